@@ -1,0 +1,140 @@
+//! The public error type of the executor.
+
+use crate::mount::MountConfigError;
+use crate::path::PathError;
+use crate::ports::{MetaError, StoreError};
+
+/// Every error an executor call can return. Each variant says what was wrong; [`Error::is_retryable`]
+/// says whether the same call may succeed later.
+#[derive(Debug, Clone, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The path is not a valid Filestore path.
+    #[error("invalid path '{path}': {source}")]
+    InvalidPath {
+        /// The path as given (control characters escaped).
+        path: String,
+        /// What is wrong.
+        source: PathError,
+    },
+    /// No mount of that name exists.
+    #[error("unknown mount '{mount}'")]
+    UnknownMount {
+        /// Mount name.
+        mount: String,
+    },
+    /// The mount exists but is disabled.
+    #[error("mount '{mount}' is disabled (backend_mounts.enabled = false)")]
+    MountDisabled {
+        /// Mount name.
+        mount: String,
+    },
+    /// The mount row is invalid.
+    #[error("{0}")]
+    InvalidMount(#[from] MountConfigError),
+    /// Nothing at that path.
+    #[error("mount '{mount}': no object at '{path}'")]
+    NotFound {
+        /// Mount name.
+        mount: String,
+        /// Path.
+        path: String,
+    },
+    /// The object is larger than this operation allows.
+    #[error("object of {size} bytes exceeds the {limit}-byte limit for {what}")]
+    TooLarge {
+        /// Size of the object (or a lower bound).
+        size: u64,
+        /// The limit.
+        limit: u64,
+        /// What the limit applies to.
+        what: &'static str,
+    },
+    /// The idempotency key is malformed.
+    #[error("invalid idempotency key: {reason}")]
+    InvalidIdempotencyKey {
+        /// What is wrong.
+        reason: String,
+    },
+    /// The idempotency key was used before with other parameters.
+    #[error("mount '{mount}': idempotency key '{key}' was already used for a different request; use a new key")]
+    IdempotencyConflict {
+        /// Mount name.
+        mount: String,
+        /// The key.
+        key: String,
+    },
+    /// An operation with this key is pending from an earlier run and awaits recovery.
+    #[error(
+        "mount '{mount}': operation with idempotency key '{key}' is still pending; retry later"
+    )]
+    InProgress {
+        /// Mount name.
+        mount: String,
+        /// The key.
+        key: String,
+    },
+    /// The object store failed.
+    #[error("S3 {op} of '{key}' failed: {source}")]
+    Storage {
+        /// S3 operation.
+        op: &'static str,
+        /// Object key.
+        key: String,
+        /// The store's error.
+        source: StoreError,
+    },
+    /// The store did not show the expected state within the verification window; the journal
+    /// entry stays pending and recovery finishes it.
+    #[error("verification of '{key}' failed: {reason}")]
+    Unverified {
+        /// Object key.
+        key: String,
+        /// What was seen.
+        reason: String,
+    },
+    /// Postgres failed.
+    #[error("metadata store: {0}")]
+    Metadata(#[from] MetaError),
+    /// Reading the caller's source failed.
+    #[error("reading {what}: {message}")]
+    Source {
+        /// What was being read.
+        what: String,
+        /// The I/O error.
+        message: String,
+    },
+    /// The operation was recorded as failed earlier.
+    #[error("operation failed: {message}")]
+    Failed {
+        /// Journal id.
+        journal_id: i64,
+        /// Recorded error.
+        message: String,
+    },
+    /// Configuration is invalid.
+    #[error("configuration: {0}")]
+    Config(String),
+    /// The executor is shutting down or the mount's actor was restarted while the call waited.
+    #[error("executor is shut down or the mount was restarted; retry the call")]
+    Shutdown,
+}
+
+impl Error {
+    /// Whether retrying the same call (with the same idempotency key) may succeed.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            Error::Storage { source, .. } => source.is_retryable(),
+            Error::Metadata(e) => e.retryable,
+            Error::InProgress { .. } | Error::Unverified { .. } | Error::Shutdown => true,
+            _ => false,
+        }
+    }
+
+    pub(crate) fn invalid_path(path: &str, source: PathError) -> Self {
+        Error::InvalidPath {
+            path: path.escape_debug().to_string(),
+            source,
+        }
+    }
+}

@@ -1,0 +1,24 @@
+//! Actors, messages, domain types and ports of the filestore-s3 executor.
+//!
+//! This crate has no AWS, Postgres or Redis dependency: the root crate `filestore-s3` supplies
+//! adapters for the [`ports`]. See `docs/architecture.md` in the repository.
+
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+pub mod committer;
+pub mod error;
+pub mod messages;
+pub mod model;
+pub mod mount;
+pub mod notifier;
+mod operation;
+pub mod path;
+pub mod ports;
+pub mod retry;
+pub mod supervisor;
+#[cfg(any(test, feature = "testing"))]
+pub mod testing;
+
+pub use error::Error;
+pub use supervisor::{MountSupervisor, SupervisorSettings};

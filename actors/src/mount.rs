@@ -1,0 +1,425 @@
+//! Mount configuration: the raw `backend_mounts` row and its validated form.
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::path::KeyMapper;
+
+/// Smallest multipart part S3 accepts (except the last part), in bytes.
+pub const MIN_PART_SIZE_BYTES: u64 = 5 * 1024 * 1024;
+/// Largest multipart part S3 accepts, in bytes.
+pub const MAX_PART_SIZE_BYTES: u64 = 5 * 1024 * 1024 * 1024;
+/// Largest object a single PUT may create, in bytes.
+pub const MAX_SINGLE_PUT_BYTES: u64 = 5 * 1024 * 1024 * 1024;
+/// Largest multipart threshold a mount may set: single PUTs are buffered in memory to hash them
+/// before sending, so the threshold bounds the memory one put may hold.
+pub const MAX_MULTIPART_THRESHOLD_BYTES: u64 = 512 * 1024 * 1024;
+/// Default multipart threshold, in bytes.
+pub const DEFAULT_MULTIPART_THRESHOLD_BYTES: u64 = 16 * 1024 * 1024;
+/// Default multipart part size, in bytes.
+pub const DEFAULT_PART_SIZE_BYTES: u64 = 16 * 1024 * 1024;
+/// Default number of parts in flight per upload.
+pub const DEFAULT_PART_CONCURRENCY: u32 = 4;
+/// Default verification window, in milliseconds.
+pub const DEFAULT_VERIFY_WINDOW_MS: u64 = 10_000;
+
+/// A `backend_mounts` row as stored, before validation.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MountRow {
+    /// Unique mount name.
+    pub name: String,
+    /// Bucket name.
+    pub bucket: String,
+    /// Key prefix inside the bucket.
+    pub prefix: String,
+    /// AWS region, e.g. `us-east-1`.
+    pub region: String,
+    /// Custom endpoint URL (S3-compatible stores); `None` for AWS.
+    pub endpoint: Option<String>,
+    /// Use path-style addressing.
+    pub path_style: bool,
+    /// `none`, `aes256` or `aws:kms`.
+    pub sse_mode: String,
+    /// KMS key id for `aws:kms`.
+    pub kms_key_id: Option<String>,
+    /// Canned ACL, e.g. `private`.
+    pub canned_acl: Option<String>,
+    /// Storage class, e.g. `STANDARD`.
+    pub storage_class: Option<String>,
+    /// Objects larger than this go through multipart upload.
+    pub multipart_threshold: i64,
+    /// Multipart part size.
+    pub part_size: i64,
+    /// Parts in flight per upload.
+    pub part_concurrency: i32,
+    /// How long verification may wait for the store to show a write, in milliseconds.
+    pub verify_window_ms: i64,
+    /// `sha256` or `none`.
+    pub checksum: String,
+    /// Disabled mounts refuse every operation.
+    pub enabled: bool,
+}
+
+impl MountRow {
+    /// A row with the defaults for everything but name, bucket and prefix.
+    pub fn new(name: &str, bucket: &str, prefix: &str) -> Self {
+        MountRow {
+            name: name.into(),
+            bucket: bucket.into(),
+            prefix: prefix.into(),
+            region: "us-east-1".into(),
+            endpoint: None,
+            path_style: false,
+            sse_mode: "none".into(),
+            kms_key_id: None,
+            canned_acl: None,
+            storage_class: None,
+            multipart_threshold: DEFAULT_MULTIPART_THRESHOLD_BYTES as i64,
+            part_size: DEFAULT_PART_SIZE_BYTES as i64,
+            part_concurrency: DEFAULT_PART_CONCURRENCY as i32,
+            verify_window_ms: DEFAULT_VERIFY_WINDOW_MS as i64,
+            checksum: "sha256".into(),
+            enabled: true,
+        }
+    }
+}
+
+/// A mount row that cannot be used, naming the mount and the field.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("mount '{mount}': field '{field}' {reason}")]
+pub struct MountConfigError {
+    /// Mount name.
+    pub mount: String,
+    /// Column name in `backend_mounts`.
+    pub field: &'static str,
+    /// What is wrong and what is accepted.
+    pub reason: String,
+}
+
+/// Server-side encryption requested for every write.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Sse {
+    /// No SSE header is sent (the bucket default applies).
+    None,
+    /// SSE-S3 (`AES256`).
+    Aes256,
+    /// SSE-KMS, optionally with a specific key.
+    Kms {
+        /// Key id or ARN; `None` uses the account's default key.
+        key_id: Option<String>,
+    },
+}
+
+/// How uploads are protected on the wire.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ChecksumPolicy {
+    /// Send `x-amz-checksum-sha256`; the server verifies it and stores it.
+    Sha256,
+    /// Send no checksum header, for stores that reject them; verification checks the size only.
+    None,
+}
+
+/// Canned ACLs S3 accepts on PUT.
+pub const CANNED_ACLS: &[&str] = &[
+    "private",
+    "public-read",
+    "public-read-write",
+    "authenticated-read",
+    "aws-exec-read",
+    "bucket-owner-read",
+    "bucket-owner-full-control",
+];
+
+/// Storage classes S3 accepts on PUT.
+pub const STORAGE_CLASSES: &[&str] = &[
+    "STANDARD",
+    "REDUCED_REDUNDANCY",
+    "STANDARD_IA",
+    "ONEZONE_IA",
+    "INTELLIGENT_TIERING",
+    "GLACIER",
+    "DEEP_ARCHIVE",
+    "GLACIER_IR",
+    "EXPRESS_ONEZONE",
+];
+
+/// A validated mount.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MountSpec {
+    /// Unique mount name.
+    pub name: String,
+    /// Bucket name.
+    pub bucket: String,
+    /// Path ↔ key translation.
+    pub keys: KeyMapper,
+    /// AWS region.
+    pub region: String,
+    /// Custom endpoint URL.
+    pub endpoint: Option<String>,
+    /// Path-style addressing.
+    pub path_style: bool,
+    /// SSE for writes.
+    pub sse: Sse,
+    /// Canned ACL for writes.
+    pub canned_acl: Option<String>,
+    /// Storage class for writes.
+    pub storage_class: Option<String>,
+    /// Multipart threshold in bytes.
+    pub multipart_threshold: u64,
+    /// Part size in bytes.
+    pub part_size: u64,
+    /// Parts in flight.
+    pub part_concurrency: u32,
+    /// Verification window.
+    pub verify_window: Duration,
+    /// Upload checksum policy.
+    pub checksum: ChecksumPolicy,
+    /// Whether operations are accepted.
+    pub enabled: bool,
+}
+
+impl MountSpec {
+    /// Validates a row; the error names the mount and the first bad field.
+    pub fn from_row(row: &MountRow) -> Result<Self, MountConfigError> {
+        let err = |field: &'static str, reason: String| MountConfigError {
+            mount: row.name.clone(),
+            field,
+            reason,
+        };
+        if row.name.is_empty()
+            || row.name.len() > 128
+            || !row
+                .name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+        {
+            return Err(err(
+                "name",
+                "must be 1-128 characters of ASCII letters, digits, '-', '_' or '.'".into(),
+            ));
+        }
+        validate_bucket(&row.bucket).map_err(|r| err("bucket", r))?;
+        let keys = KeyMapper::new(&row.prefix).map_err(|e| err("prefix", e.to_string()))?;
+        if row.region.is_empty()
+            || !row
+                .region
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+        {
+            return Err(err(
+                "region",
+                format!("'{}' is not a region name like 'us-east-1'", row.region),
+            ));
+        }
+        if let Some(ep) = &row.endpoint {
+            if !(ep.starts_with("http://") || ep.starts_with("https://")) || ep.len() < 10 {
+                return Err(err(
+                    "endpoint",
+                    format!("'{ep}' must be an http:// or https:// URL"),
+                ));
+            }
+        }
+        let sse = match row.sse_mode.as_str() {
+            "none" => {
+                if row.kms_key_id.is_some() {
+                    return Err(err(
+                        "kms_key_id",
+                        "is set but sse_mode is 'none'; set sse_mode to 'aws:kms'".into(),
+                    ));
+                }
+                Sse::None
+            }
+            "aes256" => Sse::Aes256,
+            "aws:kms" => Sse::Kms {
+                key_id: row.kms_key_id.clone().filter(|k| !k.is_empty()),
+            },
+            other => {
+                return Err(err(
+                    "sse_mode",
+                    format!("'{other}' is unknown; use 'none', 'aes256' or 'aws:kms'"),
+                ))
+            }
+        };
+        if let Some(acl) = &row.canned_acl {
+            if !CANNED_ACLS.contains(&acl.as_str()) {
+                return Err(err(
+                    "canned_acl",
+                    format!("'{acl}' is unknown; use one of {}", CANNED_ACLS.join(", ")),
+                ));
+            }
+        }
+        if let Some(sc) = &row.storage_class {
+            if !STORAGE_CLASSES.contains(&sc.as_str()) {
+                return Err(err(
+                    "storage_class",
+                    format!(
+                        "'{sc}' is unknown; use one of {}",
+                        STORAGE_CLASSES.join(", ")
+                    ),
+                ));
+            }
+        }
+        let threshold = u64::try_from(row.multipart_threshold).unwrap_or(0);
+        if !(1..=MAX_MULTIPART_THRESHOLD_BYTES).contains(&threshold) {
+            return Err(err(
+                "multipart_threshold",
+                format!(
+                    "{} is out of range 1..={MAX_MULTIPART_THRESHOLD_BYTES} bytes",
+                    row.multipart_threshold
+                ),
+            ));
+        }
+        let part_size = u64::try_from(row.part_size).unwrap_or(0);
+        if !(MIN_PART_SIZE_BYTES..=MAX_PART_SIZE_BYTES).contains(&part_size) {
+            return Err(err(
+                "part_size",
+                format!(
+                    "{} is out of S3's range {MIN_PART_SIZE_BYTES}..={MAX_PART_SIZE_BYTES} bytes",
+                    row.part_size
+                ),
+            ));
+        }
+        let part_concurrency = u32::try_from(row.part_concurrency).unwrap_or(0);
+        if !(1..=64).contains(&part_concurrency) {
+            return Err(err(
+                "part_concurrency",
+                format!("{} is out of range 1..=64", row.part_concurrency),
+            ));
+        }
+        let verify_ms = u64::try_from(row.verify_window_ms).unwrap_or(u64::MAX);
+        if verify_ms > 3_600_000 {
+            return Err(err(
+                "verify_window_ms",
+                format!("{} is out of range 0..=3600000", row.verify_window_ms),
+            ));
+        }
+        let checksum = match row.checksum.as_str() {
+            "sha256" => ChecksumPolicy::Sha256,
+            "none" => ChecksumPolicy::None,
+            other => {
+                return Err(err(
+                    "checksum",
+                    format!("'{other}' is unknown; use 'sha256' or 'none'"),
+                ))
+            }
+        };
+        Ok(MountSpec {
+            name: row.name.clone(),
+            bucket: row.bucket.clone(),
+            keys,
+            region: row.region.clone(),
+            endpoint: row.endpoint.clone(),
+            path_style: row.path_style,
+            sse,
+            canned_acl: row.canned_acl.clone(),
+            storage_class: row.storage_class.clone(),
+            multipart_threshold: threshold,
+            part_size,
+            part_concurrency,
+            verify_window: Duration::from_millis(verify_ms),
+            checksum,
+            enabled: row.enabled,
+        })
+    }
+}
+
+/// Checks a bucket name against S3's general-purpose bucket naming rules.
+pub fn validate_bucket(b: &str) -> Result<(), String> {
+    if !(3..=63).contains(&b.len()) {
+        return Err(format!("'{b}' must be 3-63 characters long"));
+    }
+    if !b
+        .chars()
+        .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '.' || c == '-')
+    {
+        return Err(format!(
+            "'{b}' may hold only lowercase letters, digits, '.' and '-'"
+        ));
+    }
+    let first_last_ok = |c: Option<char>| c.is_some_and(|c| c.is_ascii_alphanumeric());
+    if !first_last_ok(b.chars().next()) || !first_last_ok(b.chars().last()) {
+        return Err(format!("'{b}' must begin and end with a letter or digit"));
+    }
+    if b.contains("..") {
+        return Err(format!("'{b}' must not contain '..'"));
+    }
+    if b.split('.').count() == 4 && b.split('.').all(|p| p.parse::<u8>().is_ok()) {
+        return Err(format!("'{b}' must not look like an IP address"));
+    }
+    if b.starts_with("xn--") || b.starts_with("sthree-") || b.ends_with("-s3alias") {
+        return Err(format!("'{b}' uses a prefix or suffix S3 reserves"));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row() -> MountRow {
+        MountRow::new("m1", "my-bucket", "data/x")
+    }
+
+    #[test]
+    fn default_row_is_valid() {
+        let spec = MountSpec::from_row(&row()).unwrap();
+        assert_eq!(spec.keys.prefix(), "data/x/");
+        assert_eq!(spec.checksum, ChecksumPolicy::Sha256);
+        assert_eq!(spec.sse, Sse::None);
+    }
+
+    #[test]
+    fn each_bad_field_is_named() {
+        let cases: Vec<(&str, Box<dyn Fn(&mut MountRow)>)> = vec![
+            ("bucket", Box::new(|r| r.bucket = "Bad_Bucket".into())),
+            ("bucket", Box::new(|r| r.bucket = "ab".into())),
+            ("bucket", Box::new(|r| r.bucket = "192.168.1.1".into())),
+            ("prefix", Box::new(|r| r.prefix = "a/../b".into())),
+            (
+                "canned_acl",
+                Box::new(|r| r.canned_acl = Some("everyone".into())),
+            ),
+            (
+                "storage_class",
+                Box::new(|r| r.storage_class = Some("COLD".into())),
+            ),
+            ("sse_mode", Box::new(|r| r.sse_mode = "kms".into())),
+            ("kms_key_id", Box::new(|r| r.kms_key_id = Some("k".into()))),
+            ("part_size", Box::new(|r| r.part_size = 1024)),
+            (
+                "multipart_threshold",
+                Box::new(|r| r.multipart_threshold = 0),
+            ),
+            ("part_concurrency", Box::new(|r| r.part_concurrency = 0)),
+            ("verify_window_ms", Box::new(|r| r.verify_window_ms = -1)),
+            ("checksum", Box::new(|r| r.checksum = "crc32".into())),
+            (
+                "endpoint",
+                Box::new(|r| r.endpoint = Some("localhost:9000".into())),
+            ),
+            ("region", Box::new(|r| r.region = "US East".into())),
+            ("name", Box::new(|r| r.name = "has space".into())),
+        ];
+        for (field, mutate) in cases {
+            let mut r = row();
+            mutate(&mut r);
+            let e = MountSpec::from_row(&r).unwrap_err();
+            assert_eq!(e.field, field, "{e}");
+            assert!(e.to_string().contains(&r.name), "{e}");
+        }
+    }
+
+    #[test]
+    fn kms_with_key() {
+        let mut r = row();
+        r.sse_mode = "aws:kms".into();
+        r.kms_key_id = Some("alias/x".into());
+        assert_eq!(
+            MountSpec::from_row(&r).unwrap().sse,
+            Sse::Kms {
+                key_id: Some("alias/x".into())
+            }
+        );
+    }
+}

@@ -1,0 +1,135 @@
+//! The notifier: relays the outbox to Redis in commit order, at least once.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix::prelude::*;
+
+use crate::messages::OutboxChanged;
+use crate::ports::{ChangePublisher, MetaStore};
+
+/// Rows fetched per round trip.
+pub const OUTBOX_BATCH: i64 = 100;
+/// Longest wait between two attempts while Redis (or Postgres) is failing.
+pub const MAX_RELAY_BACKOFF: Duration = Duration::from_secs(10);
+
+/// Relays one mount's outbox. A failed relay is retried with backoff; commits never wait for it.
+pub struct NotifierActor {
+    mount: String,
+    meta: Arc<dyn MetaStore>,
+    publisher: Arc<dyn ChangePublisher>,
+    poll_interval: Duration,
+    relaying: bool,
+    again: bool,
+    failures: u32,
+    retry_timer: Option<SpawnHandle>,
+}
+
+impl NotifierActor {
+    /// A notifier that also polls every `poll_interval` (catches events committed by a run that
+    /// died before relaying them).
+    pub fn new(
+        mount: String,
+        meta: Arc<dyn MetaStore>,
+        publisher: Arc<dyn ChangePublisher>,
+        poll_interval: Duration,
+    ) -> Self {
+        NotifierActor {
+            mount,
+            meta,
+            publisher,
+            poll_interval,
+            relaying: false,
+            again: false,
+            failures: 0,
+            retry_timer: None,
+        }
+    }
+
+    fn relay(&mut self, ctx: &mut Context<Self>) {
+        if self.relaying {
+            self.again = true;
+            return;
+        }
+        if let Some(h) = self.retry_timer.take() {
+            ctx.cancel_future(h);
+        }
+        self.relaying = true;
+        self.again = false;
+        let meta = self.meta.clone();
+        let publisher = self.publisher.clone();
+        let mount = self.mount.clone();
+        let work = async move {
+            let mut relayed = 0usize;
+            loop {
+                let batch = meta
+                    .unpublished(&mount, OUTBOX_BATCH)
+                    .await
+                    .map_err(|e| format!("reading outbox: {e}"))?;
+                if batch.is_empty() {
+                    return Ok::<usize, String>(relayed);
+                }
+                publisher
+                    .publish(&mount, &batch)
+                    .await
+                    .map_err(|e| format!("publishing to Redis: {e}"))?;
+                let ids: Vec<i64> = batch.iter().map(|e| e.id).collect();
+                meta.mark_published(&ids)
+                    .await
+                    .map_err(|e| format!("marking outbox published: {e}"))?;
+                relayed += ids.len();
+            }
+        };
+        ctx.spawn(work.into_actor(self).map(|res, act, ctx| {
+            act.relaying = false;
+            match res {
+                Ok(n) => {
+                    if n > 0 {
+                        log::debug!("mount {}: relayed {n} events", act.mount);
+                    }
+                    act.failures = 0;
+                    if act.again {
+                        act.relay(ctx);
+                    }
+                }
+                Err(e) => {
+                    act.failures += 1;
+                    let delay = Duration::from_millis(200)
+                        .saturating_mul(1 << act.failures.min(6))
+                        .min(MAX_RELAY_BACKOFF);
+                    log::warn!(
+                        "mount {}: {e}; events stay in the outbox, retrying in {delay:?}",
+                        act.mount
+                    );
+                    act.retry_timer = Some(ctx.run_later(delay, |act, ctx| {
+                        act.retry_timer = None;
+                        act.relay(ctx);
+                    }));
+                }
+            }
+        }));
+    }
+}
+
+impl Actor for NotifierActor {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        self.relay(ctx);
+        ctx.run_interval(self.poll_interval, |act, ctx| {
+            if act.retry_timer.is_none() {
+                act.relay(ctx)
+            }
+        });
+    }
+}
+
+impl Handler<OutboxChanged> for NotifierActor {
+    type Result = ();
+
+    fn handle(&mut self, _msg: OutboxChanged, ctx: &mut Self::Context) {
+        if self.retry_timer.is_none() {
+            self.relay(ctx);
+        }
+    }
+}

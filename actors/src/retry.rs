@@ -1,0 +1,172 @@
+//! Retry with exponential backoff and jitter, bounded by attempts *and* elapsed time.
+
+use std::future::Future;
+use std::time::{Duration, Instant};
+
+use backon::{BackoffBuilder, ExponentialBuilder};
+
+/// How often and how long to retry a retryable failure.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RetryPolicy {
+    /// Attempts in total, the first included.
+    pub max_attempts: u32,
+    /// No new attempt starts after this much time since the first.
+    pub max_elapsed: Duration,
+    /// First delay.
+    pub min_delay: Duration,
+    /// Largest delay.
+    pub max_delay: Duration,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        RetryPolicy {
+            max_attempts: 6,
+            max_elapsed: Duration::from_secs(30),
+            min_delay: Duration::from_millis(100),
+            max_delay: Duration::from_secs(5),
+        }
+    }
+}
+
+impl RetryPolicy {
+    /// Delays between attempts, with full jitter.
+    pub fn delays(&self) -> impl Iterator<Item = Duration> {
+        ExponentialBuilder::default()
+            .with_min_delay(self.min_delay)
+            .with_max_delay(self.max_delay)
+            .with_max_times(self.max_attempts.saturating_sub(1) as usize)
+            .with_jitter()
+            .build()
+    }
+
+    /// Runs `op` until it succeeds, fails with a non-retryable error, or the budget is spent.
+    /// `on_retry` sees every error that is retried (for metrics and logs).
+    pub async fn run<T, E, F, Fut>(
+        &self,
+        mut op: F,
+        retryable: impl Fn(&E) -> bool,
+        mut on_retry: impl FnMut(&E, Duration),
+    ) -> Result<T, E>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<T, E>>,
+    {
+        let start = Instant::now();
+        let mut delays = self.delays();
+        loop {
+            match op().await {
+                Ok(v) => return Ok(v),
+                Err(e) => {
+                    if !retryable(&e) {
+                        return Err(e);
+                    }
+                    let Some(delay) = delays.next() else {
+                        return Err(e);
+                    };
+                    if start.elapsed() + delay > self.max_elapsed {
+                        return Err(e);
+                    }
+                    on_retry(&e, delay);
+                    tokio::time::sleep(delay).await;
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::cell::Cell;
+
+    fn fast(max_attempts: u32) -> RetryPolicy {
+        RetryPolicy {
+            max_attempts,
+            max_elapsed: Duration::from_secs(5),
+            min_delay: Duration::from_millis(1),
+            max_delay: Duration::from_millis(2),
+        }
+    }
+
+    #[tokio::test]
+    async fn retries_retryable_until_success() {
+        let calls = Cell::new(0);
+        let retries = Cell::new(0);
+        let r: Result<u32, &str> = fast(5)
+            .run(
+                || {
+                    calls.set(calls.get() + 1);
+                    let n = calls.get();
+                    async move {
+                        if n < 3 {
+                            Err("busy")
+                        } else {
+                            Ok(n)
+                        }
+                    }
+                },
+                |_| true,
+                |_, _| retries.set(retries.get() + 1),
+            )
+            .await;
+        assert_eq!(r, Ok(3));
+        assert_eq!(retries.get(), 2);
+    }
+
+    #[tokio::test]
+    async fn stops_at_attempt_budget() {
+        let calls = Cell::new(0);
+        let r: Result<(), &str> = fast(4)
+            .run(
+                || {
+                    calls.set(calls.get() + 1);
+                    async { Err("busy") }
+                },
+                |_| true,
+                |_, _| {},
+            )
+            .await;
+        assert_eq!(r, Err("busy"));
+        assert_eq!(calls.get(), 4);
+    }
+
+    #[tokio::test]
+    async fn does_not_retry_permanent_errors() {
+        let calls = Cell::new(0);
+        let r: Result<(), &str> = fast(4)
+            .run(
+                || {
+                    calls.set(calls.get() + 1);
+                    async { Err("denied") }
+                },
+                |e| *e != "denied",
+                |_, _| {},
+            )
+            .await;
+        assert!(r.is_err());
+        assert_eq!(calls.get(), 1);
+    }
+
+    #[tokio::test]
+    async fn stops_at_elapsed_budget() {
+        let policy = RetryPolicy {
+            max_attempts: 1000,
+            max_elapsed: Duration::from_millis(50),
+            min_delay: Duration::from_millis(20),
+            max_delay: Duration::from_millis(20),
+        };
+        let calls = Cell::new(0);
+        let _: Result<(), &str> = policy
+            .run(
+                || {
+                    calls.set(calls.get() + 1);
+                    async { Err("busy") }
+                },
+                |_| true,
+                |_, _| {},
+            )
+            .await;
+        assert!(calls.get() < 10, "{} attempts", calls.get());
+    }
+}

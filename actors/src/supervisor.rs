@@ -1,0 +1,502 @@
+//! The mount supervisor: one per mount, restarted by actix when it stops.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix::prelude::*;
+use bytes::Bytes;
+use sha2::{Digest, Sha256};
+use tokio::sync::oneshot;
+use uuid::Uuid;
+
+use crate::committer::CommitterActor;
+use crate::error::Error;
+use crate::messages::{
+    DeleteObject, GetStatus, ListObjects, PutObject, StatObject, SupervisorStatus,
+};
+use crate::model::{JournalEntry, ListEntry, ListPage, OpRequest, OpResult, Stat};
+use crate::mount::MountSpec;
+use crate::notifier::NotifierActor;
+use crate::operation::{recover_entry, run_operation, OpContext};
+use crate::ports::{ChangePublisher, MetaStore, ObjectStore};
+use crate::retry::RetryPolicy;
+
+/// Longest accepted idempotency key, in bytes.
+pub const MAX_IDEMPOTENCY_KEY_BYTES: usize = 255;
+
+/// Tunables shared by every supervisor of an executor.
+#[derive(Debug, Clone, Copy)]
+pub struct SupervisorSettings {
+    /// Retry policy for S3 and Postgres calls.
+    pub retry: RetryPolicy,
+    /// How often pending journal rows are re-examined.
+    pub recovery_interval: Duration,
+    /// How often the notifier polls the outbox besides being poked.
+    pub outbox_poll_interval: Duration,
+    /// Longest wait before start-up recovery after a restart.
+    pub max_restart_delay: Duration,
+}
+
+impl Default for SupervisorSettings {
+    fn default() -> Self {
+        SupervisorSettings {
+            retry: RetryPolicy::default(),
+            recovery_interval: Duration::from_secs(30),
+            outbox_poll_interval: Duration::from_secs(5),
+            max_restart_delay: Duration::from_secs(5),
+        }
+    }
+}
+
+type Job = Box<dyn FnOnce(&mut MountSupervisor, &mut Context<MountSupervisor>)>;
+type Reply = Result<OpResult, Error>;
+
+struct Running {
+    fingerprint: String,
+    waiters: Vec<oneshot::Sender<Reply>>,
+}
+
+/// Owns one mount: orders operations per path, runs them concurrently across paths, owns the
+/// committer and notifier, and recovers pending journal rows at start and periodically.
+///
+/// Started with `actix::Supervisor::start`; when it stops (for instance because start-up recovery
+/// could not reach Postgres) actix restarts it, [`Supervised::restarting`] drops all per-run state,
+/// and recovery runs again. Callers waiting on a dropped operation get [`Error::Shutdown`], which is
+/// retryable with the same idempotency key.
+pub struct MountSupervisor {
+    spec: Arc<MountSpec>,
+    store: Arc<dyn ObjectStore>,
+    meta: Arc<dyn MetaStore>,
+    publisher: Arc<dyn ChangePublisher>,
+    settings: SupervisorSettings,
+    restarts: u32,
+    // Everything below is per run and reset by `restarting`.
+    committer: Option<Addr<CommitterActor>>,
+    notifier: Option<Addr<NotifierActor>>,
+    recovered: bool,
+    /// Paths with an operation in flight; the queue holds the ones waiting behind it.
+    busy_paths: HashMap<String, VecDeque<Job>>,
+    /// Operations in flight by idempotency key, with the callers waiting for them.
+    running: HashMap<String, Running>,
+    /// Journal rows being recovered.
+    recovering: HashSet<i64>,
+}
+
+impl MountSupervisor {
+    /// A supervisor for a validated, enabled mount.
+    pub fn new(
+        spec: Arc<MountSpec>,
+        store: Arc<dyn ObjectStore>,
+        meta: Arc<dyn MetaStore>,
+        publisher: Arc<dyn ChangePublisher>,
+        settings: SupervisorSettings,
+    ) -> Self {
+        MountSupervisor {
+            spec,
+            store,
+            meta,
+            publisher,
+            settings,
+            restarts: 0,
+            committer: None,
+            notifier: None,
+            recovered: false,
+            busy_paths: HashMap::new(),
+            running: HashMap::new(),
+            recovering: HashSet::new(),
+        }
+    }
+
+    fn op_context(&self) -> Option<OpContext> {
+        Some(OpContext {
+            spec: self.spec.clone(),
+            store: self.store.clone(),
+            meta: self.meta.clone(),
+            committer: self.committer.clone()?,
+            retry: self.settings.retry,
+        })
+    }
+
+    /// Runs `job` now if `path` is idle, else after the operations queued on it.
+    fn enqueue(&mut self, path: String, job: Job, ctx: &mut Context<Self>) {
+        if let Some(queue) = self.busy_paths.get_mut(&path) {
+            queue.push_back(job);
+        } else {
+            self.busy_paths.insert(path, VecDeque::new());
+            job(self, ctx);
+        }
+    }
+
+    fn path_done(&mut self, path: &str, ctx: &mut Context<Self>) {
+        let next = self.busy_paths.get_mut(path).and_then(VecDeque::pop_front);
+        match next {
+            Some(job) => job(self, ctx),
+            None => {
+                self.busy_paths.remove(path);
+            }
+        }
+    }
+
+    fn submit(
+        &mut self,
+        idempotency_key: Option<String>,
+        request: OpRequest,
+        body: Option<Bytes>,
+        ctx: &mut Context<Self>,
+    ) -> ResponseFuture<Reply> {
+        let key = match idempotency_key {
+            Some(k) => match validate_idempotency_key(&k) {
+                Ok(()) => k,
+                Err(e) => return Box::pin(async move { Err(e) }),
+            },
+            None => Uuid::new_v4().to_string(),
+        };
+        let fingerprint = request.fingerprint();
+        let (tx, rx) = oneshot::channel();
+        if let Some(run) = self.running.get_mut(&key) {
+            // Same key while the first call runs: join it, or refuse if the parameters differ.
+            if run.fingerprint != fingerprint {
+                let e = Error::IdempotencyConflict {
+                    mount: self.spec.name.clone(),
+                    key,
+                };
+                return Box::pin(async move { Err(e) });
+            }
+            run.waiters.push(tx);
+        } else {
+            self.running.insert(
+                key.clone(),
+                Running {
+                    fingerprint,
+                    waiters: vec![tx],
+                },
+            );
+            let path = request.path().to_owned();
+            let job: Job = Box::new(move |act, ctx| act.start_operation(key, request, body, ctx));
+            self.enqueue(path, job, ctx);
+        }
+        Box::pin(async move { rx.await.unwrap_or(Err(Error::Shutdown)) })
+    }
+
+    fn start_operation(
+        &mut self,
+        key: String,
+        request: OpRequest,
+        body: Option<Bytes>,
+        ctx: &mut Context<Self>,
+    ) {
+        let path = request.path().to_owned();
+        let Some(c) = self.op_context() else {
+            self.finish(&key, Err(Error::Shutdown));
+            self.path_done(&path, ctx);
+            return;
+        };
+        let fut = run_operation(c, key.clone(), request, body);
+        ctx.spawn(fut.into_actor(self).map(move |res, act, ctx| {
+            act.finish(&key, res);
+            act.path_done(&path, ctx);
+        }));
+    }
+
+    fn finish(&mut self, key: &str, res: Reply) {
+        if let Some(run) = self.running.remove(key) {
+            for w in run.waiters {
+                let _ = w.send(res.clone());
+            }
+        }
+    }
+
+    /// Looks for pending journal rows and queues their recovery on their paths. At start-up the
+    /// mailbox waits for the scan, so no new operation overtakes a pending one on the same path.
+    fn schedule_recovery(&mut self, ctx: &mut Context<Self>, at_start: bool) {
+        let meta = self.meta.clone();
+        let mount = self.spec.name.clone();
+        let delay = if at_start && self.restarts > 0 {
+            (Duration::from_millis(200) * self.restarts).min(self.settings.max_restart_delay)
+        } else {
+            Duration::ZERO
+        };
+        let scan = async move {
+            tokio::time::sleep(delay).await;
+            meta.pending(&mount).await
+        }
+        .into_actor(self)
+        .map(move |res, act, ctx| match res {
+            Ok(entries) => {
+                if at_start {
+                    act.recovered = true;
+                    if !entries.is_empty() {
+                        log::info!(
+                            "mount {}: recovering {} pending operations",
+                            act.spec.name,
+                            entries.len()
+                        );
+                    }
+                }
+                for entry in entries {
+                    act.queue_recovery(entry, ctx);
+                }
+            }
+            Err(e) if at_start => {
+                log::error!(
+                    "mount {}: start-up recovery failed ({e}); restarting",
+                    act.spec.name
+                );
+                ctx.stop();
+            }
+            Err(e) => log::warn!("mount {}: recovery scan failed: {e}", act.spec.name),
+        });
+        if at_start {
+            ctx.wait(scan);
+        } else {
+            ctx.spawn(scan);
+        }
+    }
+
+    fn queue_recovery(&mut self, entry: JournalEntry, ctx: &mut Context<Self>) {
+        if self.running.contains_key(&entry.idempotency_key) || !self.recovering.insert(entry.id) {
+            return;
+        }
+        let path = entry.request.path().to_owned();
+        let job: Job = Box::new(move |act, ctx| {
+            let id = entry.id;
+            let done_path = entry.request.path().to_owned();
+            let Some(c) = act.op_context() else {
+                act.recovering.remove(&id);
+                act.path_done(&done_path, ctx);
+                return;
+            };
+            ctx.spawn(
+                recover_entry(c, entry)
+                    .into_actor(act)
+                    .map(move |res, act, ctx| {
+                        if let Err(e) = res {
+                            log::warn!(
+                                "mount {}: recovery of journal {id} did not finish: {e}",
+                                act.spec.name
+                            );
+                        }
+                        act.recovering.remove(&id);
+                        act.path_done(&done_path, ctx);
+                    }),
+            );
+        });
+        self.enqueue(path, job, ctx);
+    }
+}
+
+fn validate_idempotency_key(k: &str) -> Result<(), Error> {
+    if k.is_empty() || k.len() > MAX_IDEMPOTENCY_KEY_BYTES {
+        return Err(Error::InvalidIdempotencyKey {
+            reason: format!(
+                "must be 1-{MAX_IDEMPOTENCY_KEY_BYTES} bytes, got {}",
+                k.len()
+            ),
+        });
+    }
+    if k.chars().any(char::is_control) {
+        return Err(Error::InvalidIdempotencyKey {
+            reason: "must not contain control characters".into(),
+        });
+    }
+    Ok(())
+}
+
+impl Actor for MountSupervisor {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        let notifier = NotifierActor::new(
+            self.spec.name.clone(),
+            self.meta.clone(),
+            self.publisher.clone(),
+            self.settings.outbox_poll_interval,
+        )
+        .start();
+        let committer = CommitterActor::new(
+            self.spec.name.clone(),
+            self.meta.clone(),
+            notifier.clone(),
+            self.settings.retry,
+        )
+        .start();
+        self.notifier = Some(notifier);
+        self.committer = Some(committer);
+        self.schedule_recovery(ctx, true);
+        ctx.run_interval(self.settings.recovery_interval, |act, ctx| {
+            act.schedule_recovery(ctx, false)
+        });
+        log::info!(
+            "mount {}: supervisor started (restarts: {})",
+            self.spec.name,
+            self.restarts
+        );
+    }
+}
+
+impl Supervised for MountSupervisor {
+    fn restarting(&mut self, _ctx: &mut Self::Context) {
+        self.restarts += 1;
+        // Dropping the addresses stops the old committer and notifier once their mailboxes drain.
+        self.committer = None;
+        self.notifier = None;
+        self.recovered = false;
+        self.busy_paths.clear();
+        self.running.clear();
+        self.recovering.clear();
+    }
+}
+
+impl Handler<PutObject> for MountSupervisor {
+    type Result = ResponseFuture<Reply>;
+
+    fn handle(&mut self, msg: PutObject, ctx: &mut Self::Context) -> Self::Result {
+        let size = msg.body.len() as u64;
+        if size > self.spec.multipart_threshold {
+            let e = Error::TooLarge {
+                size,
+                limit: self.spec.multipart_threshold,
+                what: "a single-request put (the mount's multipart_threshold)",
+            };
+            return Box::pin(async move { Err(e) });
+        }
+        let key = match self.spec.keys.key_for(&msg.path) {
+            Ok(k) => k,
+            Err(e) => {
+                let e = Error::invalid_path(msg.path.as_str(), e);
+                return Box::pin(async move { Err(e) });
+            }
+        };
+        let request = OpRequest::Put {
+            path: msg.path.as_str().to_owned(),
+            key,
+            size,
+            sha256: hex::encode(msg.sha256),
+            content_type: msg.content_type,
+        };
+        self.submit(msg.idempotency_key, request, Some(msg.body), ctx)
+    }
+}
+
+impl Handler<DeleteObject> for MountSupervisor {
+    type Result = ResponseFuture<Reply>;
+
+    fn handle(&mut self, msg: DeleteObject, ctx: &mut Self::Context) -> Self::Result {
+        let key = match self.spec.keys.key_for(&msg.path) {
+            Ok(k) => k,
+            Err(e) => {
+                let e = Error::invalid_path(msg.path.as_str(), e);
+                return Box::pin(async move { Err(e) });
+            }
+        };
+        let request = OpRequest::Delete {
+            path: msg.path.as_str().to_owned(),
+            key,
+        };
+        self.submit(msg.idempotency_key, request, None, ctx)
+    }
+}
+
+impl Handler<StatObject> for MountSupervisor {
+    type Result = ResponseFuture<Result<Stat, Error>>;
+
+    fn handle(&mut self, msg: StatObject, _ctx: &mut Self::Context) -> Self::Result {
+        let spec = self.spec.clone();
+        let store = self.store.clone();
+        let meta = self.meta.clone();
+        let retry = self.settings.retry;
+        Box::pin(async move {
+            let path = msg.path.as_str().to_owned();
+            let key = spec
+                .keys
+                .key_for(&msg.path)
+                .map_err(|e| Error::invalid_path(&path, e))?;
+            let object = retry
+                .run(|| store.head_object(&key), |e| e.is_retryable(), |_, _| {})
+                .await
+                .map_err(|source| Error::Storage {
+                    op: "HEAD",
+                    key: key.clone(),
+                    source,
+                })?
+                .ok_or_else(|| Error::NotFound {
+                    mount: spec.name.clone(),
+                    path: path.clone(),
+                })?;
+            let node = meta.node(&spec.name, &path).await?;
+            Ok(Stat { path, object, node })
+        })
+    }
+}
+
+impl Handler<ListObjects> for MountSupervisor {
+    type Result = ResponseFuture<Result<ListPage, Error>>;
+
+    fn handle(&mut self, msg: ListObjects, _ctx: &mut Self::Context) -> Self::Result {
+        let spec = self.spec.clone();
+        let store = self.store.clone();
+        let retry = self.settings.retry;
+        Box::pin(async move {
+            let prefix = spec
+                .keys
+                .list_prefix(&msg.dir)
+                .map_err(|e| Error::invalid_path(msg.dir.as_str(), e))?;
+            let delimiter = msg.delimited.then_some("/");
+            let raw = retry
+                .run(
+                    || store.list_objects(&prefix, delimiter, msg.token.as_deref(), msg.max_keys),
+                    |e| e.is_retryable(),
+                    |_, _| {},
+                )
+                .await
+                .map_err(|source| Error::Storage {
+                    op: "LIST",
+                    key: prefix.clone(),
+                    source,
+                })?;
+            let mut page = ListPage {
+                next_token: raw.next_token,
+                ..ListPage::default()
+            };
+            for o in raw.objects {
+                match spec.keys.path_for(&o.key) {
+                    Ok(path) => page.entries.push(ListEntry {
+                        path: path.as_str().to_owned(),
+                        key: o.key,
+                        size: o.size,
+                        etag: o.etag,
+                        storage_class: o.storage_class,
+                        last_modified: o.last_modified,
+                    }),
+                    Err(u) => page.unmapped.push(u),
+                }
+            }
+            for p in raw.common_prefixes {
+                match spec.keys.dir_for(&p) {
+                    Ok(d) => page.directories.push(d.as_str().to_owned()),
+                    Err(u) => page.unmapped.push(u),
+                }
+            }
+            Ok(page)
+        })
+    }
+}
+
+impl Handler<GetStatus> for MountSupervisor {
+    type Result = MessageResult<GetStatus>;
+
+    fn handle(&mut self, _msg: GetStatus, _ctx: &mut Self::Context) -> Self::Result {
+        MessageResult(SupervisorStatus {
+            mount: self.spec.name.clone(),
+            restarts: self.restarts,
+            recovered: self.recovered,
+            operations: self.running.len(),
+        })
+    }
+}
+
+/// SHA-256 of a buffer, for callers building a [`PutObject`].
+pub fn sha256_of(data: &[u8]) -> [u8; 32] {
+    Sha256::digest(data).into()
+}

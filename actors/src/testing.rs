@@ -1,0 +1,364 @@
+//! In-memory port fakes, for unit-testing actor logic only (enable feature `testing`).
+//! End-to-end tests use the real adapters against real services.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+
+use async_trait::async_trait;
+use chrono::Utc;
+use sha2::{Digest, Sha256};
+use uuid::Uuid;
+
+use crate::model::{
+    ChangeEvent, CommitRecord, IntentOutcome, JournalEntry, JournalState, NewIntent, Node,
+    NodeChange, ObjectMeta, OpResult, OutboxEvent, RawListing, EVENT_VERSION,
+};
+use crate::mount::MountRow;
+use crate::ports::{
+    ChangePublisher, MetaError, MetaStore, ObjectStore, PublishError, PutObjectInput, StoreError,
+    StoreErrorKind,
+};
+
+/// A bucket in memory. `fail_next_puts` makes the next N puts fail with `fail_kind`.
+#[derive(Default)]
+pub struct MemoryStore {
+    objects: Mutex<BTreeMap<String, (Vec<u8>, ObjectMeta)>>,
+    /// Puts that will fail before one succeeds.
+    pub fail_next_puts: AtomicU32,
+    fail_kind: Mutex<Option<StoreErrorKind>>,
+    /// Successful puts.
+    pub puts: AtomicU32,
+}
+
+impl MemoryStore {
+    /// Makes the next `n` puts fail with `kind`.
+    pub fn fail_puts(&self, n: u32, kind: StoreErrorKind) {
+        *self.fail_kind.lock().unwrap() = Some(kind);
+        self.fail_next_puts.store(n, Ordering::SeqCst);
+    }
+
+    /// Content of an object.
+    pub fn get(&self, key: &str) -> Option<Vec<u8>> {
+        self.objects
+            .lock()
+            .unwrap()
+            .get(key)
+            .map(|(b, _)| b.clone())
+    }
+}
+
+#[async_trait]
+impl ObjectStore for MemoryStore {
+    async fn put_object(&self, input: PutObjectInput) -> Result<ObjectMeta, StoreError> {
+        if self
+            .fail_next_puts
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+            .is_ok()
+        {
+            let kind = self
+                .fail_kind
+                .lock()
+                .unwrap()
+                .unwrap_or(StoreErrorKind::Transient);
+            return Err(StoreError::new(kind, "injected failure"));
+        }
+        let sha = hex::encode(Sha256::digest(&input.body));
+        if sha != hex::encode(input.sha256) {
+            return Err(StoreError::new(
+                StoreErrorKind::ChecksumMismatch,
+                "bad digest",
+            ));
+        }
+        let meta = ObjectMeta {
+            key: input.key.clone(),
+            size: input.body.len() as u64,
+            etag: sha[..32].to_owned(),
+            sha256: Some(sha),
+            storage_class: "STANDARD".into(),
+            last_modified: Some(Utc::now()),
+            sse: None,
+        };
+        self.objects
+            .lock()
+            .unwrap()
+            .insert(input.key, (input.body.to_vec(), meta.clone()));
+        self.puts.fetch_add(1, Ordering::SeqCst);
+        Ok(meta)
+    }
+
+    async fn head_object(&self, key: &str) -> Result<Option<ObjectMeta>, StoreError> {
+        Ok(self
+            .objects
+            .lock()
+            .unwrap()
+            .get(key)
+            .map(|(_, m)| m.clone()))
+    }
+
+    async fn delete_object(&self, key: &str) -> Result<(), StoreError> {
+        self.objects.lock().unwrap().remove(key);
+        Ok(())
+    }
+
+    async fn list_objects(
+        &self,
+        prefix: &str,
+        _delimiter: Option<&str>,
+        _token: Option<&str>,
+        _max_keys: Option<i32>,
+    ) -> Result<RawListing, StoreError> {
+        let objects = self
+            .objects
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(k, _)| k.starts_with(prefix))
+            .map(|(_, (_, m))| m.clone())
+            .collect();
+        Ok(RawListing {
+            objects,
+            ..RawListing::default()
+        })
+    }
+}
+
+#[derive(Default)]
+struct MetaState {
+    mounts: Vec<MountRow>,
+    journal: Vec<JournalEntry>,
+    nodes: HashMap<(String, String), Node>,
+    generations: HashMap<(String, String), i64>,
+    outbox: Vec<(OutboxEvent, bool)>,
+}
+
+/// Postgres in memory, with the same idempotency and commit rules as the real adapter.
+#[derive(Default)]
+pub struct MemoryMeta {
+    state: Mutex<MetaState>,
+    /// Calls to `pending` that will fail before one succeeds.
+    pub fail_next_pending: AtomicU32,
+}
+
+impl MemoryMeta {
+    /// The journal rows.
+    pub fn journal(&self) -> Vec<JournalEntry> {
+        self.state.lock().unwrap().journal.clone()
+    }
+
+    /// Outbox events, with their published flag.
+    pub fn outbox(&self) -> Vec<(OutboxEvent, bool)> {
+        self.state.lock().unwrap().outbox.clone()
+    }
+
+    /// Adds a mount row.
+    pub fn add_mount(&self, row: MountRow) {
+        self.state.lock().unwrap().mounts.push(row);
+    }
+}
+
+fn meta_err(msg: &str) -> MetaError {
+    MetaError {
+        retryable: false,
+        message: msg.into(),
+    }
+}
+
+#[async_trait]
+impl MetaStore for MemoryMeta {
+    async fn load_mounts(&self) -> Result<Vec<MountRow>, MetaError> {
+        Ok(self.state.lock().unwrap().mounts.clone())
+    }
+
+    async fn begin(&self, intent: &NewIntent) -> Result<IntentOutcome, MetaError> {
+        let mut s = self.state.lock().unwrap();
+        let fp = intent.request.fingerprint();
+        if let Some(e) = s
+            .journal
+            .iter_mut()
+            .find(|e| e.mount == intent.mount && e.idempotency_key == intent.idempotency_key)
+        {
+            if e.state == JournalState::Failed && e.fingerprint == fp {
+                e.state = JournalState::Pending;
+                e.attempts += 1;
+                e.error = None;
+                return Ok(IntentOutcome::Started { journal_id: e.id });
+            }
+            return Ok(IntentOutcome::Existing(e.clone()));
+        }
+        let id = s.journal.len() as i64 + 1;
+        s.journal.push(JournalEntry {
+            id,
+            mount: intent.mount.clone(),
+            idempotency_key: intent.idempotency_key.clone(),
+            fingerprint: fp,
+            state: JournalState::Pending,
+            attempts: 1,
+            request: intent.request.clone(),
+            result: None,
+            error: None,
+        });
+        Ok(IntentOutcome::Started { journal_id: id })
+    }
+
+    async fn commit(&self, r: &CommitRecord) -> Result<OpResult, MetaError> {
+        let mut s = self.state.lock().unwrap();
+        let idx = (r.journal_id - 1) as usize;
+        let entry = s
+            .journal
+            .get(idx)
+            .ok_or_else(|| meta_err("no such journal row"))?;
+        match entry.state {
+            JournalState::Committed => return Ok(entry.result.clone().unwrap()),
+            JournalState::Failed => return Err(meta_err("journal row already failed")),
+            JournalState::Pending => {}
+        }
+        let k = (r.mount.clone(), r.path.clone());
+        let generation = s.generations.get(&k).copied().unwrap_or(0) + 1;
+        s.generations.insert(k.clone(), generation);
+        let node = match &r.change {
+            NodeChange::Upsert(m) => {
+                s.nodes.insert(
+                    k.clone(),
+                    Node {
+                        mount: r.mount.clone(),
+                        path: r.path.clone(),
+                        key: r.key.clone(),
+                        meta: m.clone(),
+                        generation,
+                    },
+                );
+                Some(m.clone())
+            }
+            NodeChange::Remove => {
+                s.nodes.remove(&k);
+                None
+            }
+        };
+        let event_id = Uuid::new_v4();
+        let result = OpResult {
+            journal_id: r.journal_id,
+            op: r.op,
+            mount: r.mount.clone(),
+            path: r.path.clone(),
+            key: r.key.clone(),
+            node: node.clone(),
+            generation,
+            event_id,
+        };
+        let event = ChangeEvent {
+            v: EVENT_VERSION,
+            event_id,
+            mount: r.mount.clone(),
+            op: r.op,
+            path: r.path.clone(),
+            source_path: None,
+            key: r.key.clone(),
+            size: node.as_ref().map(|n| n.size),
+            etag: node.as_ref().map(|n| n.etag.clone()),
+            sha256: node.as_ref().map(|n| n.sha256.clone()),
+            generation,
+            journal_id: r.journal_id,
+            time: Utc::now(),
+        };
+        let id = s.outbox.len() as i64 + 1;
+        s.outbox.push((OutboxEvent { id, event }, false));
+        let e = &mut s.journal[idx];
+        e.state = JournalState::Committed;
+        e.result = Some(result.clone());
+        Ok(result)
+    }
+
+    async fn fail(&self, journal_id: i64, error: &str) -> Result<(), MetaError> {
+        let mut s = self.state.lock().unwrap();
+        if let Some(e) = s.journal.get_mut((journal_id - 1) as usize) {
+            if e.state == JournalState::Pending {
+                e.state = JournalState::Failed;
+                e.error = Some(error.into());
+            }
+        }
+        Ok(())
+    }
+
+    async fn pending(&self, mount: &str) -> Result<Vec<JournalEntry>, MetaError> {
+        if self
+            .fail_next_pending
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+            .is_ok()
+        {
+            return Err(MetaError {
+                retryable: true,
+                message: "injected: connection refused".into(),
+            });
+        }
+        let s = self.state.lock().unwrap();
+        Ok(s.journal
+            .iter()
+            .filter(|e| e.mount == mount && e.state == JournalState::Pending)
+            .cloned()
+            .collect())
+    }
+
+    async fn node(&self, mount: &str, path: &str) -> Result<Option<Node>, MetaError> {
+        let s = self.state.lock().unwrap();
+        Ok(s.nodes.get(&(mount.into(), path.into())).cloned())
+    }
+
+    async fn unpublished(&self, mount: &str, limit: i64) -> Result<Vec<OutboxEvent>, MetaError> {
+        let s = self.state.lock().unwrap();
+        Ok(s.outbox
+            .iter()
+            .filter(|(e, published)| !published && e.event.mount == mount)
+            .take(limit as usize)
+            .map(|(e, _)| e.clone())
+            .collect())
+    }
+
+    async fn mark_published(&self, ids: &[i64]) -> Result<(), MetaError> {
+        let mut s = self.state.lock().unwrap();
+        for (e, published) in s.outbox.iter_mut() {
+            if ids.contains(&e.id) {
+                *published = true;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Records published events.
+#[derive(Default)]
+pub struct RecordingPublisher {
+    /// Everything published, in order.
+    pub events: Mutex<Vec<ChangeEvent>>,
+}
+
+#[async_trait]
+impl ChangePublisher for RecordingPublisher {
+    async fn publish(&self, _mount: &str, events: &[OutboxEvent]) -> Result<(), PublishError> {
+        self.events
+            .lock()
+            .unwrap()
+            .extend(events.iter().map(|e| e.event.clone()));
+        Ok(())
+    }
+}
+
+/// The three fakes, wired for one mount.
+pub struct Fakes {
+    /// Object store.
+    pub store: Arc<MemoryStore>,
+    /// Metadata store.
+    pub meta: Arc<MemoryMeta>,
+    /// Publisher.
+    pub publisher: Arc<RecordingPublisher>,
+}
+
+impl Default for Fakes {
+    fn default() -> Self {
+        Fakes {
+            store: Arc::new(MemoryStore::default()),
+            meta: Arc::new(MemoryMeta::default()),
+            publisher: Arc::new(RecordingPublisher::default()),
+        }
+    }
+}

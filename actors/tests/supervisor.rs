@@ -1,0 +1,371 @@
+//! Actor tests with in-memory port fakes.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix::prelude::*;
+use bytes::Bytes;
+use filestore_s3_actors::messages::{DeleteObject, GetStatus, PutObject, StatObject};
+use filestore_s3_actors::model::{IntentOutcome, JournalState, NewIntent, OpRequest};
+use filestore_s3_actors::mount::{MountRow, MountSpec};
+use filestore_s3_actors::path::FsPath;
+use filestore_s3_actors::ports::{MetaStore, ObjectStore, PutObjectInput, StoreErrorKind};
+use filestore_s3_actors::retry::RetryPolicy;
+use filestore_s3_actors::supervisor::sha256_of;
+use filestore_s3_actors::testing::Fakes;
+use filestore_s3_actors::{Error, MountSupervisor, SupervisorSettings};
+
+fn settings() -> SupervisorSettings {
+    SupervisorSettings {
+        retry: RetryPolicy {
+            max_attempts: 4,
+            max_elapsed: Duration::from_secs(5),
+            min_delay: Duration::from_millis(1),
+            max_delay: Duration::from_millis(5),
+        },
+        recovery_interval: Duration::from_secs(60),
+        outbox_poll_interval: Duration::from_millis(50),
+        max_restart_delay: Duration::from_millis(50),
+    }
+}
+
+fn spec() -> Arc<MountSpec> {
+    let mut row = MountRow::new("m", "bucket-a", "pre");
+    row.verify_window_ms = 200;
+    Arc::new(MountSpec::from_row(&row).unwrap())
+}
+
+fn start(f: &Fakes) -> Addr<MountSupervisor> {
+    let (spec, store, meta, publisher) = (
+        spec(),
+        f.store.clone() as Arc<dyn ObjectStore>,
+        f.meta.clone() as Arc<dyn MetaStore>,
+        f.publisher.clone(),
+    );
+    actix::Supervisor::start(move |_| {
+        MountSupervisor::new(spec, store, meta, publisher, settings())
+    })
+}
+
+fn put(path: &str, body: &'static [u8], key: Option<&str>) -> PutObject {
+    PutObject {
+        path: FsPath::parse(path).unwrap(),
+        body: Bytes::from_static(body),
+        sha256: sha256_of(body),
+        content_type: None,
+        idempotency_key: key.map(str::to_owned),
+    }
+}
+
+async fn eventually(mut cond: impl FnMut() -> bool) {
+    for _ in 0..200 {
+        if cond() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("condition not reached within 2 s");
+}
+
+#[actix_rt::test]
+async fn put_stat_delete_commit_and_publish_in_order() {
+    let f = Fakes::default();
+    let addr = start(&f);
+    let r = addr
+        .send(put("a/b.txt", b"hello", None))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(r.generation, 1);
+    assert_eq!(r.key, "pre/a/b.txt");
+    assert_eq!(f.store.get("pre/a/b.txt").unwrap(), b"hello");
+    let stat = addr
+        .send(StatObject {
+            path: FsPath::parse("a/b.txt").unwrap(),
+        })
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        stat.node.unwrap().meta.sha256,
+        hex::encode(sha256_of(b"hello"))
+    );
+    let d = addr
+        .send(DeleteObject {
+            path: FsPath::parse("a/b.txt").unwrap(),
+            idempotency_key: None,
+        })
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(d.generation, 2);
+    assert!(f.store.get("pre/a/b.txt").is_none());
+    eventually(|| f.publisher.events.lock().unwrap().len() == 2).await;
+    let events = f.publisher.events.lock().unwrap().clone();
+    assert_eq!(events[0].event_id, r.event_id);
+    assert_eq!(events[1].event_id, d.event_id);
+    assert!(f.meta.outbox().iter().all(|(_, published)| *published));
+}
+
+#[actix_rt::test]
+async fn failing_s3_call_is_an_error_reply_not_a_panic() {
+    let f = Fakes::default();
+    let addr = start(&f);
+    f.store.fail_puts(1, StoreErrorKind::AccessDenied);
+    let err = addr
+        .send(put("x", b"1", Some("k1")))
+        .await
+        .unwrap()
+        .unwrap_err();
+    assert!(matches!(err, Error::Storage { .. }), "{err}");
+    assert!(!err.is_retryable());
+    assert_eq!(f.meta.journal()[0].state, JournalState::Failed);
+    // The actor is alive and serves the next call.
+    let ok = addr.send(put("x", b"2", Some("k2"))).await.unwrap();
+    assert!(ok.is_ok());
+}
+
+#[actix_rt::test]
+async fn transient_s3_failures_are_retried() {
+    let f = Fakes::default();
+    let addr = start(&f);
+    f.store.fail_puts(2, StoreErrorKind::Throttled);
+    addr.send(put("x", b"1", None)).await.unwrap().unwrap();
+    assert_eq!(f.store.puts.load(Ordering::SeqCst), 1);
+}
+
+#[actix_rt::test]
+async fn supervisor_that_stops_is_restarted_and_keeps_serving() {
+    let f = Fakes::default();
+    // Start-up recovery cannot reach the metadata store: the supervisor stops, actix restarts it.
+    f.meta.fail_next_pending.store(1, Ordering::SeqCst);
+    let addr = start(&f);
+    let r = addr.send(put("after/restart", b"ok", None)).await.unwrap();
+    assert!(r.is_ok(), "{r:?}");
+    let status = addr.send(GetStatus).await.unwrap();
+    assert_eq!(status.restarts, 1);
+    assert!(status.recovered);
+}
+
+#[actix_rt::test]
+async fn same_key_twice_at_once_has_one_side_effect() {
+    let f = Fakes::default();
+    let addr = start(&f);
+    let (a, b) = tokio::join!(
+        addr.send(put("same", b"data", Some("idem"))),
+        addr.send(put("same", b"data", Some("idem")))
+    );
+    let (a, b) = (a.unwrap().unwrap(), b.unwrap().unwrap());
+    assert_eq!(a, b);
+    assert_eq!(f.store.puts.load(Ordering::SeqCst), 1);
+    // Later repeat returns the recorded result.
+    let c = addr
+        .send(put("same", b"data", Some("idem")))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(a, c);
+    assert_eq!(f.store.puts.load(Ordering::SeqCst), 1);
+    assert_eq!(f.meta.journal().len(), 1);
+}
+
+#[actix_rt::test]
+async fn same_key_other_parameters_is_rejected() {
+    let f = Fakes::default();
+    let addr = start(&f);
+    addr.send(put("p", b"one", Some("idem")))
+        .await
+        .unwrap()
+        .unwrap();
+    let err = addr
+        .send(put("p", b"two", Some("idem")))
+        .await
+        .unwrap()
+        .unwrap_err();
+    assert!(matches!(err, Error::IdempotencyConflict { .. }), "{err}");
+    assert_eq!(f.store.get("pre/p").unwrap(), b"one");
+}
+
+#[actix_rt::test]
+async fn operations_on_one_path_keep_arrival_order() {
+    let f = Fakes::default();
+    let addr = start(&f);
+    let futs: Vec<_> = (0..5u8)
+        .map(|i| {
+            let body: &'static [u8] = Box::leak(vec![b'0' + i].into_boxed_slice());
+            addr.send(put("ordered", body, None))
+        })
+        .collect();
+    let mut gens = Vec::new();
+    for fut in futs {
+        gens.push(fut.await.unwrap().unwrap().generation);
+    }
+    assert_eq!(gens, vec![1, 2, 3, 4, 5]);
+    assert_eq!(f.store.get("pre/ordered").unwrap(), b"4");
+}
+
+#[actix_rt::test]
+async fn pending_entry_is_committed_by_recovery_at_start() {
+    let f = Fakes::default();
+    // A previous run recorded the intent and wrote to S3, then died before committing.
+    let body = b"survivor";
+    let req = OpRequest::Put {
+        path: "crash/x".into(),
+        key: "pre/crash/x".into(),
+        size: body.len() as u64,
+        sha256: hex::encode(sha256_of(body)),
+        content_type: None,
+    };
+    let outcome = f
+        .meta
+        .begin(&NewIntent {
+            mount: "m".into(),
+            idempotency_key: "k".into(),
+            request: req,
+        })
+        .await
+        .unwrap();
+    assert!(matches!(outcome, IntentOutcome::Started { .. }));
+    f.store
+        .put_object(PutObjectInput {
+            key: "pre/crash/x".into(),
+            body: Bytes::from_static(body),
+            sha256: sha256_of(body),
+            content_type: None,
+        })
+        .await
+        .unwrap();
+    // And one whose write never reached S3.
+    let lost = OpRequest::Put {
+        path: "crash/y".into(),
+        key: "pre/crash/y".into(),
+        size: 1,
+        sha256: hex::encode(sha256_of(b"y")),
+        content_type: None,
+    };
+    f.meta
+        .begin(&NewIntent {
+            mount: "m".into(),
+            idempotency_key: "k2".into(),
+            request: lost,
+        })
+        .await
+        .unwrap();
+    let addr = start(&f);
+    let _ = addr.send(GetStatus).await.unwrap();
+    eventually(|| {
+        f.meta
+            .journal()
+            .iter()
+            .all(|e| e.state != JournalState::Pending)
+    })
+    .await;
+    let j = f.meta.journal();
+    assert_eq!(j[0].state, JournalState::Committed);
+    assert_eq!(j[1].state, JournalState::Failed);
+    eventually(|| f.publisher.events.lock().unwrap().len() == 1).await;
+    // Repeating the first call returns the recovered result without a new write.
+    let r = addr
+        .send(put("crash/x", body, Some("k")))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(r.journal_id, j[0].id);
+    assert_eq!(f.store.puts.load(Ordering::SeqCst), 1);
+}
+
+#[actix_rt::test]
+async fn oversized_put_and_bad_key_are_refused_before_any_effect() {
+    let f = Fakes::default();
+    let mut row = MountRow::new("m", "bucket-a", "");
+    row.multipart_threshold = 4;
+    let spec = Arc::new(MountSpec::from_row(&row).unwrap());
+    let (store, meta, publisher) = (f.store.clone(), f.meta.clone(), f.publisher.clone());
+    let addr = actix::Supervisor::start(move |_| {
+        MountSupervisor::new(spec, store, meta, publisher, settings())
+    });
+    let err = addr
+        .send(put("big", b"12345", None))
+        .await
+        .unwrap()
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            Error::TooLarge {
+                size: 5,
+                limit: 4,
+                ..
+            }
+        ),
+        "{err}"
+    );
+    let err = addr
+        .send(put("k", b"1", Some("")))
+        .await
+        .unwrap()
+        .unwrap_err();
+    assert!(matches!(err, Error::InvalidIdempotencyKey { .. }), "{err}");
+    assert!(f.meta.journal().is_empty());
+    assert_eq!(f.store.puts.load(Ordering::SeqCst), 0);
+}
+
+// --- actix facts the design relies on -------------------------------------------------------
+
+struct Fragile {
+    starts: Arc<std::sync::atomic::AtomicU32>,
+}
+impl Actor for Fragile {
+    type Context = Context<Self>;
+    fn started(&mut self, _: &mut Self::Context) {
+        self.starts.fetch_add(1, Ordering::SeqCst);
+    }
+}
+impl Supervised for Fragile {}
+
+#[derive(Message)]
+#[rtype(result = "u32")]
+enum Cmd {
+    Stop,
+    Panic,
+    Ping,
+}
+impl Handler<Cmd> for Fragile {
+    type Result = u32;
+    fn handle(&mut self, msg: Cmd, ctx: &mut Self::Context) -> u32 {
+        match msg {
+            Cmd::Stop => ctx.stop(),
+            Cmd::Panic => panic!("handler panic"),
+            Cmd::Ping => {}
+        }
+        self.starts.load(Ordering::SeqCst)
+    }
+}
+
+#[actix_rt::test]
+async fn actix_fact_stop_restarts_a_supervised_actor() {
+    let starts = Arc::new(std::sync::atomic::AtomicU32::new(0));
+    let s = starts.clone();
+    let addr = actix::Supervisor::start(move |_| Fragile { starts: s });
+    addr.send(Cmd::Stop).await.unwrap();
+    // The mailbox survives the restart; the next message reaches the new instance.
+    assert_eq!(addr.send(Cmd::Ping).await.unwrap(), 2);
+}
+
+#[actix_rt::test]
+async fn actix_fact_panic_is_not_a_restart() {
+    // A panic kills the actor's task; senders see the mailbox closed instead of a restart.
+    let starts = Arc::new(std::sync::atomic::AtomicU32::new(0));
+    let s = starts.clone();
+    let arbiter = actix::Arbiter::new();
+    let addr =
+        actix::Supervisor::start_in_arbiter(&arbiter.handle(), move |_| Fragile { starts: s });
+    assert!(addr.send(Cmd::Panic).await.is_err());
+    assert!(matches!(
+        addr.send(Cmd::Ping).await,
+        Err(MailboxError::Closed)
+    ));
+    assert_eq!(starts.load(Ordering::SeqCst), 1);
+    arbiter.stop();
+}
