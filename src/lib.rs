@@ -1,1 +1,22 @@
+//! filestore-s3: the S3 / object-storage executor of Filestore.
+//!
+//! Embed it in an actix (or plain tokio) host: [`S3Executor::start`] applies the migrations,
+//! connects to Postgres, Redis and S3, and starts one supervisor actor per enabled mount in
+//! `backend_mounts`. Every mutating call follows the operation protocol (validate → journal intent →
+//! S3 → verify → one Postgres transaction → Redis); see `docs/filestore.md`.
 
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+pub mod config;
+mod executor;
+pub mod pg;
+pub mod redis;
+pub mod s3;
+
+pub use config::ExecutorConfig;
+pub use executor::{DeleteOptions, ListOptions, MountState, PutOptions, S3Executor};
+pub use filestore_s3_actors as actors;
+pub use filestore_s3_actors::model::{ChangeEvent, ListPage, Node, NodeMeta, OpResult, Stat};
+pub use filestore_s3_actors::mount::{MountConfigError, MountRow};
+pub use filestore_s3_actors::Error;

@@ -98,3 +98,9 @@ pub struct FailOperation {
 #[derive(Debug, Message)]
 #[rtype(result = "()")]
 pub struct OutboxChanged;
+
+/// Stop serving a mount for good (its row changed or was removed, or the executor shuts down):
+/// new calls get `Error::Shutdown`, running ones finish.
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub struct RetireMount;

@@ -18,7 +18,6 @@ pub struct NotifierActor {
     mount: String,
     meta: Arc<dyn MetaStore>,
     publisher: Arc<dyn ChangePublisher>,
-    poll_interval: Duration,
     relaying: bool,
     again: bool,
     failures: u32,
@@ -26,19 +25,17 @@ pub struct NotifierActor {
 }
 
 impl NotifierActor {
-    /// A notifier that also polls every `poll_interval` (catches events committed by a run that
-    /// died before relaying them).
+    /// A notifier for one mount. It relays at start (events a previous run committed but did not
+    /// relay) and whenever it receives [`OutboxChanged`].
     pub fn new(
         mount: String,
         meta: Arc<dyn MetaStore>,
         publisher: Arc<dyn ChangePublisher>,
-        poll_interval: Duration,
     ) -> Self {
         NotifierActor {
             mount,
             meta,
             publisher,
-            poll_interval,
             relaying: false,
             again: false,
             failures: 0,
@@ -115,12 +112,9 @@ impl Actor for NotifierActor {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Self::Context) {
+        // No interval timer here: an actor with one never idles, so it would outlive its owner.
+        // The supervisor pokes the notifier every poll interval instead.
         self.relay(ctx);
-        ctx.run_interval(self.poll_interval, |act, ctx| {
-            if act.retry_timer.is_none() {
-                act.relay(ctx)
-            }
-        });
     }
 }
 

@@ -13,7 +13,8 @@ use uuid::Uuid;
 use crate::committer::CommitterActor;
 use crate::error::Error;
 use crate::messages::{
-    DeleteObject, GetStatus, ListObjects, PutObject, StatObject, SupervisorStatus,
+    DeleteObject, GetStatus, ListObjects, OutboxChanged, PutObject, RetireMount, StatObject,
+    SupervisorStatus,
 };
 use crate::model::{JournalEntry, ListEntry, ListPage, OpRequest, OpResult, Stat};
 use crate::mount::MountSpec;
@@ -81,6 +82,10 @@ pub struct MountSupervisor {
     running: HashMap<String, Running>,
     /// Journal rows being recovered.
     recovering: HashSet<i64>,
+    recovery_timer: Option<SpawnHandle>,
+    poll_timer: Option<SpawnHandle>,
+    /// Set by [`RetireMount`]: refuse new work, let running work finish, stop with the last address.
+    retired: bool,
 }
 
 impl MountSupervisor {
@@ -105,6 +110,9 @@ impl MountSupervisor {
             busy_paths: HashMap::new(),
             running: HashMap::new(),
             recovering: HashSet::new(),
+            recovery_timer: None,
+            poll_timer: None,
+            retired: false,
         }
     }
 
@@ -145,6 +153,9 @@ impl MountSupervisor {
         body: Option<Bytes>,
         ctx: &mut Context<Self>,
     ) -> ResponseFuture<Reply> {
+        if self.retired {
+            return Box::pin(async { Err(Error::Shutdown) });
+        }
         let key = match idempotency_key {
             Some(k) => match validate_idempotency_key(&k) {
                 Ok(()) => k,
@@ -311,7 +322,6 @@ impl Actor for MountSupervisor {
             self.spec.name.clone(),
             self.meta.clone(),
             self.publisher.clone(),
-            self.settings.outbox_poll_interval,
         )
         .start();
         let committer = CommitterActor::new(
@@ -324,9 +334,18 @@ impl Actor for MountSupervisor {
         self.notifier = Some(notifier);
         self.committer = Some(committer);
         self.schedule_recovery(ctx, true);
-        ctx.run_interval(self.settings.recovery_interval, |act, ctx| {
-            act.schedule_recovery(ctx, false)
-        });
+        self.recovery_timer = Some(
+            ctx.run_interval(self.settings.recovery_interval, |act, ctx| {
+                act.schedule_recovery(ctx, false)
+            }),
+        );
+        self.poll_timer = Some(
+            ctx.run_interval(self.settings.outbox_poll_interval, |act, _| {
+                if let Some(n) = &act.notifier {
+                    n.do_send(OutboxChanged);
+                }
+            }),
+        );
         log::info!(
             "mount {}: supervisor started (restarts: {})",
             self.spec.name,
@@ -345,6 +364,28 @@ impl Supervised for MountSupervisor {
         self.busy_paths.clear();
         self.running.clear();
         self.recovering.clear();
+        self.recovery_timer = None;
+        self.poll_timer = None;
+    }
+}
+
+impl Handler<RetireMount> for MountSupervisor {
+    type Result = ();
+
+    fn handle(&mut self, _msg: RetireMount, ctx: &mut Self::Context) {
+        // An actor with timers never idles, so dropping its addresses alone would not stop it; and
+        // `ctx.stop()` while an address lives means a restart. Going idle lets it stop for good
+        // once running operations end and the last address is dropped.
+        self.retired = true;
+        for h in [self.recovery_timer.take(), self.poll_timer.take()]
+            .into_iter()
+            .flatten()
+        {
+            ctx.cancel_future(h);
+        }
+        self.committer = None;
+        self.notifier = None;
+        log::info!("mount {}: retired", self.spec.name);
     }
 }
 

@@ -1,0 +1,222 @@
+//! Executor configuration: builder methods and `from_env`.
+
+use std::time::Duration;
+
+use filestore_s3_actors::retry::RetryPolicy;
+use filestore_s3_actors::{Error, SupervisorSettings};
+
+use crate::s3::S3Settings;
+
+/// Default Postgres URL (a local server with trust authentication).
+pub const DEFAULT_DATABASE_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
+/// Default schema holding the executor's tables.
+pub const DEFAULT_SCHEMA: &str = "filestore";
+/// Default Redis URL.
+pub const DEFAULT_REDIS_URL: &str = "redis://127.0.0.1:6379";
+/// Default prefix of Redis keys and channels.
+pub const DEFAULT_REDIS_PREFIX: &str = "filestore";
+/// Default approximate bound on each mount's event stream.
+pub const DEFAULT_STREAM_MAXLEN: usize = 100_000;
+
+/// Everything the executor needs besides the mount rows.
+#[derive(Clone)]
+pub struct ExecutorConfig {
+    /// Postgres URL.
+    pub database_url: String,
+    /// Schema of the executor's tables.
+    pub schema: String,
+    /// Redis URL.
+    pub redis_url: String,
+    /// Prefix of Redis keys (`{prefix}:{mount}:events`).
+    pub redis_prefix: String,
+    /// `MAXLEN ~` of each event stream.
+    pub stream_maxlen: usize,
+    /// Postgres connections at most.
+    pub pool_size: usize,
+    /// Apply migrations when starting.
+    pub migrate_on_start: bool,
+    /// S3 client settings.
+    pub s3: S3Settings,
+    /// Actor settings (retry policy, recovery interval, ...).
+    pub supervisor: SupervisorSettings,
+}
+
+fn redact(url: &str) -> String {
+    // scheme://user:password@host → scheme://user:***@host
+    match (url.find("://"), url.rfind('@')) {
+        (Some(s), Some(at)) if at > s => {
+            let userinfo = &url[s + 3..at];
+            match userinfo.find(':') {
+                Some(c) => format!("{}{}:***{}", &url[..s + 3], &userinfo[..c], &url[at..]),
+                None => url.to_owned(),
+            }
+        }
+        _ => url.to_owned(),
+    }
+}
+
+impl std::fmt::Debug for ExecutorConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ExecutorConfig")
+            .field("database_url", &redact(&self.database_url))
+            .field("schema", &self.schema)
+            .field("redis_url", &redact(&self.redis_url))
+            .field("redis_prefix", &self.redis_prefix)
+            .field("stream_maxlen", &self.stream_maxlen)
+            .field("pool_size", &self.pool_size)
+            .field("migrate_on_start", &self.migrate_on_start)
+            .field("s3", &self.s3)
+            .field("supervisor", &self.supervisor)
+            .finish()
+    }
+}
+
+impl Default for ExecutorConfig {
+    fn default() -> Self {
+        ExecutorConfig {
+            database_url: DEFAULT_DATABASE_URL.into(),
+            schema: DEFAULT_SCHEMA.into(),
+            redis_url: DEFAULT_REDIS_URL.into(),
+            redis_prefix: DEFAULT_REDIS_PREFIX.into(),
+            stream_maxlen: DEFAULT_STREAM_MAXLEN,
+            pool_size: 16,
+            migrate_on_start: true,
+            s3: S3Settings::default(),
+            supervisor: SupervisorSettings::default(),
+        }
+    }
+}
+
+fn env_parse<T: std::str::FromStr>(name: &str) -> Result<Option<T>, Error>
+where
+    T::Err: std::fmt::Display,
+{
+    match std::env::var(name) {
+        Ok(v) => v
+            .parse()
+            .map(Some)
+            .map_err(|e| Error::Config(format!("{name}='{v}': {e}"))),
+        Err(_) => Ok(None),
+    }
+}
+
+impl ExecutorConfig {
+    /// Defaults overridden by the `FILESTORE_*` environment variables (see `docs/filestore.md`).
+    /// AWS credentials and region come from the AWS default chain (`AWS_ACCESS_KEY_ID`, ...).
+    pub fn from_env() -> Result<Self, Error> {
+        let mut c = ExecutorConfig::default();
+        if let Some(v) = std::env::var("FILESTORE_DATABASE_URL")
+            .or_else(|_| std::env::var("DATABASE_URL"))
+            .ok()
+        {
+            c.database_url = v;
+        }
+        if let Ok(v) = std::env::var("FILESTORE_DB_SCHEMA") {
+            c.schema = v;
+        }
+        if let Ok(v) = std::env::var("FILESTORE_REDIS_URL") {
+            c.redis_url = v;
+        }
+        if let Ok(v) = std::env::var("FILESTORE_REDIS_PREFIX") {
+            c.redis_prefix = v;
+        }
+        if let Some(v) = env_parse("FILESTORE_STREAM_MAXLEN")? {
+            c.stream_maxlen = v;
+        }
+        if let Some(v) = env_parse("FILESTORE_PG_POOL_SIZE")? {
+            c.pool_size = v;
+        }
+        if let Some(ms) = env_parse::<u64>("FILESTORE_S3_ATTEMPT_TIMEOUT_MS")? {
+            c.s3.attempt_timeout = Duration::from_millis(ms);
+        }
+        if let Some(n) = env_parse::<u32>("FILESTORE_S3_MAX_ATTEMPTS")? {
+            c.supervisor.retry.max_attempts = n;
+        }
+        c.validate()?;
+        Ok(c)
+    }
+
+    /// Checks the values; called by `S3Executor::start` too.
+    pub fn validate(&self) -> Result<(), Error> {
+        crate::pg::validate_schema(&self.schema)?;
+        if self.redis_prefix.is_empty() || self.redis_prefix.contains(char::is_whitespace) {
+            return Err(Error::Config(format!(
+                "Redis prefix '{}' must be non-empty and without white space",
+                self.redis_prefix
+            )));
+        }
+        if self.pool_size == 0 {
+            return Err(Error::Config("pool_size must be at least 1".into()));
+        }
+        if self.supervisor.retry.max_attempts == 0 {
+            return Err(Error::Config(
+                "retry max_attempts must be at least 1".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Sets the Postgres URL.
+    pub fn with_database_url(mut self, url: impl Into<String>) -> Self {
+        self.database_url = url.into();
+        self
+    }
+
+    /// Sets the schema.
+    pub fn with_schema(mut self, schema: impl Into<String>) -> Self {
+        self.schema = schema.into();
+        self
+    }
+
+    /// Sets the Redis URL.
+    pub fn with_redis_url(mut self, url: impl Into<String>) -> Self {
+        self.redis_url = url.into();
+        self
+    }
+
+    /// Sets the Redis key prefix.
+    pub fn with_redis_prefix(mut self, prefix: impl Into<String>) -> Self {
+        self.redis_prefix = prefix.into();
+        self
+    }
+
+    /// Uses static S3 credentials instead of the AWS default chain.
+    pub fn with_s3_credentials(mut self, access_key: &str, secret_key: &str) -> Self {
+        self.s3.credentials = Some((access_key.into(), secret_key.into()));
+        self
+    }
+
+    /// Sets the retry policy.
+    pub fn with_retry(mut self, retry: RetryPolicy) -> Self {
+        self.supervisor.retry = retry;
+        self
+    }
+
+    /// Sets the actor settings.
+    pub fn with_supervisor_settings(mut self, s: SupervisorSettings) -> Self {
+        self.supervisor = s;
+        self
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn debug_hides_passwords() {
+        let c = ExecutorConfig::default()
+            .with_database_url("postgres://u:secret@h/db")
+            .with_s3_credentials("AK", "SK");
+        let s = format!("{c:?}");
+        assert!(!s.contains("secret"), "{s}");
+        assert!(!s.contains("\"SK\""), "{s}");
+        assert!(s.contains("u:***@h"), "{s}");
+    }
+
+    #[test]
+    fn bad_schema_is_refused() {
+        let c = ExecutorConfig::default().with_schema("x; drop table y");
+        assert!(matches!(c.validate(), Err(Error::Config(_))));
+    }
+}

@@ -1,0 +1,91 @@
+//! Redis adapter: the [`ChangePublisher`] port on redis-rs. Each event goes to a per-mount stream
+//! (XADD, bounded with `MAXLEN ~`) and a per-mount Pub/Sub channel.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use filestore_s3_actors::model::OutboxEvent;
+use filestore_s3_actors::ports::{ChangePublisher, PublishError};
+use filestore_s3_actors::Error;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+
+/// Key names for one prefix.
+#[derive(Debug, Clone)]
+pub struct RedisKeys {
+    prefix: String,
+}
+
+impl RedisKeys {
+    /// Keys under `prefix` (e.g. `filestore`).
+    pub fn new(prefix: &str) -> Self {
+        RedisKeys {
+            prefix: prefix.to_owned(),
+        }
+    }
+
+    /// The stream of a mount's change events: `{prefix}:{mount}:events`.
+    pub fn stream(&self, mount: &str) -> String {
+        format!("{}:{mount}:events", self.prefix)
+    }
+
+    /// The Pub/Sub channel of a mount's change events: `{prefix}:{mount}:changes`.
+    pub fn channel(&self, mount: &str) -> String {
+        format!("{}:{mount}:changes", self.prefix)
+    }
+}
+
+/// Publishes change events. The connection is made lazily and re-made after failures, so Redis
+/// being down at start-up only delays events.
+pub struct RedisPublisher {
+    conn: ConnectionManager,
+    keys: RedisKeys,
+    stream_maxlen: usize,
+}
+
+impl RedisPublisher {
+    /// A publisher; must be created on the runtime (arbiter) that will use it.
+    pub fn new(url: &str, keys: RedisKeys, stream_maxlen: usize) -> Result<Self, Error> {
+        let client = redis::Client::open(url)
+            .map_err(|e| Error::Config(format!("Redis URL '{url}' is invalid: {e}")))?;
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(Duration::from_secs(2)))
+            .set_response_timeout(Some(Duration::from_secs(5)))
+            .set_number_of_retries(1);
+        let conn = ConnectionManager::new_lazy_with_config(client, config)
+            .map_err(|e| Error::Config(format!("Redis connection manager: {e}")))?;
+        Ok(RedisPublisher {
+            conn,
+            keys,
+            stream_maxlen,
+        })
+    }
+}
+
+#[async_trait]
+impl ChangePublisher for RedisPublisher {
+    async fn publish(&self, mount: &str, events: &[OutboxEvent]) -> Result<(), PublishError> {
+        let stream = self.keys.stream(mount);
+        let channel = self.keys.channel(mount);
+        let mut pipe = redis::pipe();
+        for e in events {
+            let payload = serde_json::to_string(&e.event)
+                .map_err(|err| PublishError(format!("encoding event: {err}")))?;
+            pipe.cmd("XADD")
+                .arg(&stream)
+                .arg("MAXLEN")
+                .arg("~")
+                .arg(self.stream_maxlen)
+                .arg("*")
+                .arg("event_id")
+                .arg(e.event.event_id.to_string())
+                .arg("payload")
+                .arg(&payload)
+                .ignore();
+            pipe.cmd("PUBLISH").arg(&channel).arg(&payload).ignore();
+        }
+        let mut conn = self.conn.clone();
+        pipe.query_async::<()>(&mut conn)
+            .await
+            .map_err(|e| PublishError(e.to_string()))
+    }
+}

@@ -1,0 +1,120 @@
+//! S3 error classification: one table from error code / HTTP status to a [`StoreErrorKind`], which
+//! decides retryability.
+
+use aws_sdk_s3::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
+use aws_smithy_runtime_api::http::Response;
+use filestore_s3_actors::ports::{StoreError, StoreErrorKind};
+
+/// Kind for an S3 error code, when the code alone decides.
+fn kind_for_code(code: &str) -> Option<StoreErrorKind> {
+    use StoreErrorKind::*;
+    Some(match code {
+        "NoSuchKey" | "NotFound" | "NoSuchUpload" => NotFound,
+        "PreconditionFailed" => PreconditionFailed,
+        // Rate limiting: back off, then retry.
+        "SlowDown"
+        | "Throttling"
+        | "ThrottlingException"
+        | "RequestLimitExceeded"
+        | "TooManyRequests"
+        | "RequestThrottled" => Throttled,
+        // Server-side trouble that a later attempt may not see.
+        "InternalError" | "ServiceUnavailable" | "RequestTimeout" | "OperationAborted" => Transient,
+        // The body we sent does not match the checksum we sent: corrupted on the way, resend it.
+        "BadDigest"
+        | "InvalidDigest"
+        | "XAmzContentSHA256Mismatch"
+        | "XAmzContentChecksumMismatch" => ChecksumMismatch,
+        "AccessDenied"
+        | "InvalidAccessKeyId"
+        | "SignatureDoesNotMatch"
+        | "ExpiredToken"
+        | "InvalidToken"
+        | "AllAccessDisabled" => AccessDenied,
+        // The mount asks for something this bucket or store does not do.
+        "NoSuchBucket"
+        | "InvalidBucketName"
+        | "InvalidStorageClass"
+        | "NotImplemented"
+        | "KMS.NotFoundException"
+        | "KMS.DisabledException"
+        | "InvalidEncryptionAlgorithmError"
+        | "AccessControlListNotSupported"
+        | "PermanentRedirect"
+        | "AuthorizationHeaderMalformed" => Config,
+        _ => return None,
+    })
+}
+
+fn kind_for_status(status: u16) -> StoreErrorKind {
+    use StoreErrorKind::*;
+    match status {
+        404 => NotFound,
+        412 => PreconditionFailed,
+        403 => AccessDenied,
+        429 | 503 => Throttled,
+        500..=599 => Transient,
+        _ => Rejected,
+    }
+}
+
+/// Classifies any aws-sdk-s3 operation error.
+pub fn classify<E>(err: SdkError<E, Response>) -> StoreError
+where
+    E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+{
+    let message = DisplayErrorContext(&err).to_string();
+    let (kind, code) = match &err {
+        SdkError::ServiceError(se) => {
+            let code = se.err().code().map(str::to_owned);
+            let status = se.raw().status().as_u16();
+            let kind = code
+                .as_deref()
+                .and_then(kind_for_code)
+                .unwrap_or_else(|| kind_for_status(status));
+            (kind, code)
+        }
+        SdkError::TimeoutError(_) => (StoreErrorKind::Timeout, None),
+        SdkError::DispatchFailure(d) => {
+            let kind = if d.is_timeout() {
+                StoreErrorKind::Timeout
+            } else if d.is_user() {
+                StoreErrorKind::Config
+            } else {
+                StoreErrorKind::Transient
+            };
+            (kind, None)
+        }
+        SdkError::ResponseError(_) => (StoreErrorKind::Transient, None),
+        SdkError::ConstructionFailure(_) => (StoreErrorKind::Config, None),
+        _ => (StoreErrorKind::Transient, None),
+    };
+    StoreError {
+        kind,
+        code,
+        message,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn codes_decide_before_status() {
+        assert_eq!(kind_for_code("SlowDown"), Some(StoreErrorKind::Throttled));
+        assert_eq!(kind_for_code("NoSuchBucket"), Some(StoreErrorKind::Config));
+        assert_eq!(
+            kind_for_code("NotImplemented"),
+            Some(StoreErrorKind::Config)
+        );
+        assert_eq!(
+            kind_for_code("BadDigest"),
+            Some(StoreErrorKind::ChecksumMismatch)
+        );
+        assert_eq!(kind_for_code("Whatever"), None);
+        assert_eq!(kind_for_status(503), StoreErrorKind::Throttled);
+        assert_eq!(kind_for_status(502), StoreErrorKind::Transient);
+        assert_eq!(kind_for_status(400), StoreErrorKind::Rejected);
+    }
+}

@@ -1,0 +1,299 @@
+//! S3 adapter: the [`ObjectStore`] port on aws-sdk-s3.
+
+mod error;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use aws_sdk_s3::config::{
+    BehaviorVersion, Credentials, Region, RequestChecksumCalculation, ResponseChecksumValidation,
+    SharedCredentialsProvider,
+};
+use aws_sdk_s3::primitives::ByteStream;
+use aws_sdk_s3::types::{ChecksumMode, ObjectCannedAcl, ServerSideEncryption, StorageClass};
+use aws_sdk_s3::Client;
+use aws_smithy_types::retry::RetryConfig;
+use aws_smithy_types::timeout::TimeoutConfig;
+use base64::Engine as _;
+use chrono::{DateTime, Utc};
+use filestore_s3_actors::model::{ObjectMeta, RawListing};
+use filestore_s3_actors::mount::{ChecksumPolicy, MountSpec, Sse};
+use filestore_s3_actors::ports::{
+    ObjectStore, ObjectStoreFactory, PutObjectInput, StoreError, StoreErrorKind,
+};
+
+pub use error::classify;
+
+/// Timeouts and credentials shared by every mount's client.
+#[derive(Clone)]
+pub struct S3Settings {
+    /// Static credentials; `None` uses the AWS default chain (environment, profile, IMDS, ...).
+    pub credentials: Option<(String, String)>,
+    /// Connect timeout.
+    pub connect_timeout: Duration,
+    /// Timeout of one attempt (request and response body).
+    pub attempt_timeout: Duration,
+}
+
+impl std::fmt::Debug for S3Settings {
+    // Never print the secret.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("S3Settings")
+            .field(
+                "credentials",
+                &self.credentials.as_ref().map(|(ak, _)| (ak, "<redacted>")),
+            )
+            .field("connect_timeout", &self.connect_timeout)
+            .field("attempt_timeout", &self.attempt_timeout)
+            .finish()
+    }
+}
+
+impl Default for S3Settings {
+    fn default() -> Self {
+        S3Settings {
+            credentials: None,
+            connect_timeout: Duration::from_secs(5),
+            attempt_timeout: Duration::from_secs(60),
+        }
+    }
+}
+
+/// Builds one aws-sdk-s3 client per mount from a shared base configuration.
+pub struct S3StoreFactory {
+    base: aws_config::SdkConfig,
+    settings: S3Settings,
+}
+
+impl S3StoreFactory {
+    /// Loads the base AWS configuration (credentials chain unless static ones are given).
+    pub async fn new(settings: S3Settings) -> Self {
+        let mut loader = aws_config::defaults(BehaviorVersion::latest());
+        if let Some((ak, sk)) = &settings.credentials {
+            loader = loader.credentials_provider(SharedCredentialsProvider::new(Credentials::new(
+                ak.clone(),
+                sk.clone(),
+                None,
+                None,
+                "filestore-s3",
+            )));
+        }
+        let base = loader.load().await;
+        S3StoreFactory { base, settings }
+    }
+
+    /// The client a mount uses: its region, endpoint and addressing; SDK retries off (the executor
+    /// retries with its own policy and counts it); the SDK's default CRC32 checksum off (the
+    /// executor sends SHA-256 itself, or nothing, per the mount's checksum policy).
+    pub fn client_for(&self, spec: &MountSpec) -> Client {
+        let mut b = aws_sdk_s3::config::Builder::from(&self.base)
+            .region(Region::new(spec.region.clone()))
+            .force_path_style(spec.path_style)
+            .request_checksum_calculation(RequestChecksumCalculation::WhenRequired)
+            .response_checksum_validation(ResponseChecksumValidation::WhenRequired)
+            .retry_config(RetryConfig::disabled())
+            .timeout_config(
+                TimeoutConfig::builder()
+                    .connect_timeout(self.settings.connect_timeout)
+                    .operation_attempt_timeout(self.settings.attempt_timeout)
+                    .build(),
+            );
+        if let Some(ep) = &spec.endpoint {
+            b = b.endpoint_url(ep);
+        }
+        Client::from_conf(b.build())
+    }
+}
+
+impl ObjectStoreFactory for S3StoreFactory {
+    fn for_mount(&self, spec: &MountSpec) -> Result<Arc<dyn ObjectStore>, StoreError> {
+        Ok(Arc::new(S3Store {
+            client: self.client_for(spec),
+            bucket: spec.bucket.clone(),
+            sse: spec.sse.clone(),
+            acl: spec.canned_acl.clone(),
+            storage_class: spec.storage_class.clone(),
+            checksum: spec.checksum,
+        }))
+    }
+}
+
+/// One mount's bucket.
+pub struct S3Store {
+    client: Client,
+    bucket: String,
+    sse: Sse,
+    acl: Option<String>,
+    storage_class: Option<String>,
+    checksum: ChecksumPolicy,
+}
+
+fn to_chrono(t: Option<&aws_smithy_types::DateTime>) -> Option<DateTime<Utc>> {
+    t.and_then(|t| DateTime::from_timestamp(t.secs(), t.subsec_nanos()))
+}
+
+fn unquote(etag: Option<&str>) -> String {
+    etag.unwrap_or_default().trim_matches('"').to_owned()
+}
+
+/// Decodes a base64 SHA-256 checksum header to hex; composite (`...-N`) checksums give `None`.
+fn sha256_hex(b64: Option<&str>) -> Option<String> {
+    let b64 = b64?;
+    if b64.contains('-') {
+        return None;
+    }
+    let raw = base64::engine::general_purpose::STANDARD.decode(b64).ok()?;
+    (raw.len() == 32).then(|| hex::encode(raw))
+}
+
+#[async_trait]
+impl ObjectStore for S3Store {
+    async fn put_object(&self, input: PutObjectInput) -> Result<ObjectMeta, StoreError> {
+        let size = input.body.len() as u64;
+        let mut req = self
+            .client
+            .put_object()
+            .bucket(&self.bucket)
+            .key(&input.key)
+            .content_length(size as i64)
+            .body(ByteStream::from(input.body.clone()))
+            .set_content_type(input.content_type.clone());
+        if self.checksum == ChecksumPolicy::Sha256 {
+            req =
+                req.checksum_sha256(base64::engine::general_purpose::STANDARD.encode(input.sha256));
+        }
+        req = match &self.sse {
+            Sse::None => req,
+            Sse::Aes256 => req.server_side_encryption(ServerSideEncryption::Aes256),
+            Sse::Kms { key_id } => req
+                .server_side_encryption(ServerSideEncryption::AwsKms)
+                .set_ssekms_key_id(key_id.clone()),
+        };
+        if let Some(acl) = &self.acl {
+            req = req.acl(ObjectCannedAcl::from(acl.as_str()));
+        }
+        if let Some(sc) = &self.storage_class {
+            req = req.storage_class(StorageClass::from(sc.as_str()));
+        }
+        let out = req.send().await.map_err(classify)?;
+        Ok(ObjectMeta {
+            key: input.key,
+            size,
+            etag: unquote(out.e_tag()),
+            sha256: sha256_hex(out.checksum_sha256()),
+            storage_class: self
+                .storage_class
+                .clone()
+                .unwrap_or_else(|| "STANDARD".into()),
+            last_modified: None,
+            sse: out.server_side_encryption().map(|s| s.as_str().to_owned()),
+        })
+    }
+
+    async fn head_object(&self, key: &str) -> Result<Option<ObjectMeta>, StoreError> {
+        let res = self
+            .client
+            .head_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .checksum_mode(ChecksumMode::Enabled)
+            .send()
+            .await;
+        match res {
+            Ok(out) => Ok(Some(ObjectMeta {
+                key: key.to_owned(),
+                size: out.content_length().unwrap_or(0).max(0) as u64,
+                etag: unquote(out.e_tag()),
+                sha256: sha256_hex(out.checksum_sha256()),
+                storage_class: out
+                    .storage_class()
+                    .map(|s| s.as_str().to_owned())
+                    .unwrap_or_else(|| "STANDARD".into()),
+                last_modified: to_chrono(out.last_modified()),
+                sse: out.server_side_encryption().map(|s| s.as_str().to_owned()),
+            })),
+            Err(e) => {
+                let e = classify(e);
+                if e.kind == StoreErrorKind::NotFound {
+                    Ok(None)
+                } else {
+                    Err(e)
+                }
+            }
+        }
+    }
+
+    async fn delete_object(&self, key: &str) -> Result<(), StoreError> {
+        match self
+            .client
+            .delete_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .send()
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(e) => {
+                let e = classify(e);
+                // Some stores answer 404 for a key that is already gone: that is the goal.
+                if e.kind == StoreErrorKind::NotFound {
+                    Ok(())
+                } else {
+                    Err(e)
+                }
+            }
+        }
+    }
+
+    async fn list_objects(
+        &self,
+        prefix: &str,
+        delimiter: Option<&str>,
+        token: Option<&str>,
+        max_keys: Option<i32>,
+    ) -> Result<RawListing, StoreError> {
+        let out = self
+            .client
+            .list_objects_v2()
+            .bucket(&self.bucket)
+            .prefix(prefix)
+            .set_delimiter(delimiter.map(str::to_owned))
+            .set_continuation_token(token.map(str::to_owned))
+            .set_max_keys(max_keys)
+            .send()
+            .await
+            .map_err(classify)?;
+        let objects = out
+            .contents()
+            .iter()
+            .map(|o| ObjectMeta {
+                key: o.key().unwrap_or_default().to_owned(),
+                size: o.size().unwrap_or(0).max(0) as u64,
+                etag: unquote(o.e_tag()),
+                sha256: None,
+                storage_class: o
+                    .storage_class()
+                    .map(|s| s.as_str().to_owned())
+                    .unwrap_or_else(|| "STANDARD".into()),
+                last_modified: to_chrono(o.last_modified()),
+                sse: None,
+            })
+            .collect();
+        let common_prefixes = out
+            .common_prefixes()
+            .iter()
+            .filter_map(|p| p.prefix().map(str::to_owned))
+            .collect();
+        let next_token = if out.is_truncated() == Some(true) {
+            out.next_continuation_token().map(str::to_owned)
+        } else {
+            None
+        };
+        Ok(RawListing {
+            objects,
+            common_prefixes,
+            next_token,
+        })
+    }
+}
