@@ -11,7 +11,9 @@ use aws_sdk_s3::config::{
     SharedCredentialsProvider,
 };
 use aws_sdk_s3::primitives::ByteStream;
-use aws_sdk_s3::types::{ChecksumMode, ObjectCannedAcl, ServerSideEncryption, StorageClass};
+use aws_sdk_s3::types::{
+    ChecksumMode, EncodingType, ObjectCannedAcl, ServerSideEncryption, StorageClass,
+};
 use aws_sdk_s3::Client;
 use aws_smithy_types::retry::RetryConfig;
 use aws_smithy_types::timeout::TimeoutConfig;
@@ -261,14 +263,28 @@ impl ObjectStore for S3Store {
             .set_delimiter(delimiter.map(str::to_owned))
             .set_continuation_token(token.map(str::to_owned))
             .set_max_keys(max_keys)
+            // Keys may hold characters XML 1.0 cannot carry (control characters); with URL
+            // encoding the listing stays parseable and such keys are reported, not fatal.
+            .encoding_type(EncodingType::Url)
             .send()
             .await
             .map_err(classify)?;
+        // Stores that ignore the parameter do not echo it and send raw keys.
+        let encoded = out.encoding_type() == Some(&EncodingType::Url);
+        let decode = |k: &str| -> String {
+            if encoded {
+                percent_encoding::percent_decode_str(k)
+                    .decode_utf8_lossy()
+                    .into_owned()
+            } else {
+                k.to_owned()
+            }
+        };
         let objects = out
             .contents()
             .iter()
             .map(|o| ObjectMeta {
-                key: o.key().unwrap_or_default().to_owned(),
+                key: decode(o.key().unwrap_or_default()),
                 size: o.size().unwrap_or(0).max(0) as u64,
                 etag: unquote(o.e_tag()),
                 sha256: None,
@@ -283,7 +299,7 @@ impl ObjectStore for S3Store {
         let common_prefixes = out
             .common_prefixes()
             .iter()
-            .filter_map(|p| p.prefix().map(str::to_owned))
+            .filter_map(|p| p.prefix().map(decode))
             .collect();
         let next_token = if out.is_truncated() == Some(true) {
             out.next_continuation_token().map(str::to_owned)

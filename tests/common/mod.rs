@@ -1,0 +1,439 @@
+//! Shared harness of the end-to-end tests: real Postgres, real Redis, real S3 servers.
+//!
+//! Each test gets its own Postgres schema, Redis key prefix and bucket, so tests run in parallel
+//! and clean up after themselves. A missing service fails the test with a message saying how to
+//! start it (`scripts/dev-services.sh`); nothing is skipped.
+
+#![allow(dead_code)]
+
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use filestore_s3::actors::mount::MountSpec;
+use filestore_s3::actors::retry::RetryPolicy;
+use filestore_s3::actors::SupervisorSettings;
+use filestore_s3::s3::{S3Settings, S3StoreFactory};
+use filestore_s3::{ExecutorConfig, MountRow, S3Executor};
+use sha2::{Digest, Sha256};
+
+pub const ACCESS_KEY: &str = "filestore-test";
+pub const SECRET_KEY: &str = "filestore-test-secret";
+
+/// The S3 servers the conformance suite runs against.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    /// `s3s-fs` 0.14.1, in this test process.
+    S3sFs,
+    /// `moto_server` at `FILESTORE_TEST_MOTO_ENDPOINT`.
+    Moto,
+    /// Any endpoint given by `FILESTORE_TEST_S3_*` (MinIO, a real bucket).
+    External,
+}
+
+struct Target {
+    endpoint: Option<String>,
+    region: String,
+    credentials: Option<(String, String)>,
+    path_style: bool,
+    /// A fixed bucket (external endpoints); otherwise each test creates one.
+    bucket: Option<String>,
+}
+
+fn env(name: &str) -> Option<String> {
+    std::env::var(name).ok().filter(|v| !v.is_empty())
+}
+
+pub fn database_url() -> String {
+    env("FILESTORE_DATABASE_URL")
+        .unwrap_or_else(|| filestore_s3::config::DEFAULT_DATABASE_URL.into())
+}
+
+pub fn redis_url() -> String {
+    env("FILESTORE_REDIS_URL").unwrap_or_else(|| filestore_s3::config::DEFAULT_REDIS_URL.into())
+}
+
+/// Starts s3s-fs once per test binary, on a runtime of its own so it outlives every test's runtime.
+fn s3s_fs_endpoint() -> String {
+    static ENDPOINT: OnceLock<String> = OnceLock::new();
+    ENDPOINT
+        .get_or_init(|| {
+            let (tx, rx) = std::sync::mpsc::channel();
+            std::thread::spawn(move || {
+                let rt = tokio::runtime::Builder::new_multi_thread()
+                    .worker_threads(2)
+                    .enable_all()
+                    .build()
+                    .unwrap();
+                rt.block_on(async move {
+                    use hyper_util::rt::{TokioExecutor, TokioIo};
+                    use hyper_util::server::conn::auto::Builder as ConnBuilder;
+                    let root = tempfile::Builder::new()
+                        .prefix("filestore-s3s-fs-")
+                        .tempdir()
+                        .unwrap()
+                        .keep();
+                    let fs = s3s_fs::FileSystem::new(&root).unwrap();
+                    let mut b = s3s::service::S3ServiceBuilder::new(fs);
+                    b.set_auth(s3s::auth::SimpleAuth::from_single(ACCESS_KEY, SECRET_KEY));
+                    let service = b.build();
+                    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+                    tx.send(format!("http://{}", listener.local_addr().unwrap()))
+                        .unwrap();
+                    let http = ConnBuilder::new(TokioExecutor::new());
+                    loop {
+                        let Ok((socket, _)) = listener.accept().await else {
+                            continue;
+                        };
+                        let conn = http
+                            .serve_connection(TokioIo::new(socket), service.clone())
+                            .into_owned();
+                        tokio::spawn(async move {
+                            let _ = conn.await;
+                        });
+                    }
+                });
+            });
+            rx.recv().expect("s3s-fs server thread")
+        })
+        .clone()
+}
+
+fn target(backend: Backend) -> Target {
+    match backend {
+        Backend::S3sFs => Target {
+            endpoint: Some(s3s_fs_endpoint()),
+            region: "us-east-1".into(),
+            credentials: Some((ACCESS_KEY.into(), SECRET_KEY.into())),
+            path_style: true,
+            bucket: None,
+        },
+        Backend::Moto => Target {
+            endpoint: Some(
+                env("FILESTORE_TEST_MOTO_ENDPOINT")
+                    .unwrap_or_else(|| "http://127.0.0.1:5055".into()),
+            ),
+            region: "us-east-1".into(),
+            credentials: Some((ACCESS_KEY.into(), SECRET_KEY.into())),
+            path_style: true,
+            bucket: None,
+        },
+        Backend::External => {
+            let bucket = env("FILESTORE_TEST_S3_BUCKET").unwrap_or_else(|| {
+                panic!(
+                    "the external-endpoint suite needs FILESTORE_TEST_S3_BUCKET (and optionally \
+                     FILESTORE_TEST_S3_ENDPOINT, _REGION, _ACCESS_KEY_ID, _SECRET_ACCESS_KEY, _PATH_STYLE); \
+                     see docs/testing.md"
+                )
+            });
+            Target {
+                endpoint: env("FILESTORE_TEST_S3_ENDPOINT"),
+                region: env("FILESTORE_TEST_S3_REGION").unwrap_or_else(|| "us-east-1".into()),
+                credentials: env("FILESTORE_TEST_S3_ACCESS_KEY_ID")
+                    .zip(env("FILESTORE_TEST_S3_SECRET_ACCESS_KEY")),
+                path_style: env("FILESTORE_TEST_S3_PATH_STYLE")
+                    .is_some_and(|v| v == "1" || v == "true"),
+                bucket: Some(bucket),
+            }
+        }
+    }
+}
+
+fn unique_id() -> String {
+    static COUNTER: AtomicU32 = AtomicU32::new(0);
+    format!(
+        "{}x{}x{:06x}",
+        std::process::id(),
+        COUNTER.fetch_add(1, Ordering::SeqCst),
+        rand::random::<u32>() & 0xff_ffff
+    )
+}
+
+pub fn fast_settings() -> SupervisorSettings {
+    SupervisorSettings {
+        retry: RetryPolicy {
+            max_attempts: 4,
+            max_elapsed: Duration::from_secs(10),
+            min_delay: Duration::from_millis(20),
+            max_delay: Duration::from_millis(200),
+        },
+        recovery_interval: Duration::from_secs(60),
+        outbox_poll_interval: Duration::from_millis(500),
+        max_restart_delay: Duration::from_millis(200),
+    }
+}
+
+/// One test's world: an executor on its own schema, Redis prefix, bucket and mount.
+pub struct TestEnv {
+    pub backend: Backend,
+    pub exec: S3Executor,
+    pub mount: String,
+    pub row: MountRow,
+    pub bucket: String,
+    pub schema: String,
+    pub redis_prefix: String,
+    pub s3: aws_sdk_s3::Client,
+    pub pg: tokio_postgres::Client,
+    pub redis: redis::aio::MultiplexedConnection,
+    created_bucket: bool,
+}
+
+pub fn sha256_hex(data: &[u8]) -> String {
+    hex::encode(Sha256::digest(data))
+}
+
+impl TestEnv {
+    pub async fn new(backend: Backend) -> Self {
+        Self::with_mount(backend, |_| {}).await
+    }
+
+    /// An environment whose mount `m` is adjusted by `edit` before it is registered.
+    pub async fn with_mount(backend: Backend, edit: impl FnOnce(&mut MountRow)) -> Self {
+        let id = unique_id();
+        let t = target(backend);
+        let schema = format!("fs3_test_{id}");
+        let redis_prefix = format!("fs3test:{id}");
+
+        let (pg, conn) = tokio_postgres::connect(&database_url(), tokio_postgres::NoTls)
+            .await
+            .unwrap_or_else(|e| {
+                panic!(
+                    "Postgres is not reachable at {} ({e}); run scripts/dev-services.sh",
+                    database_url()
+                )
+            });
+        tokio::spawn(conn);
+        let redis = redis::Client::open(redis_url())
+            .unwrap()
+            .get_multiplexed_async_connection()
+            .await
+            .unwrap_or_else(|e| {
+                panic!(
+                    "Redis is not reachable at {} ({e}); run scripts/dev-services.sh",
+                    redis_url()
+                )
+            });
+
+        let (bucket, prefix, created_bucket) = match &t.bucket {
+            Some(b) => (b.clone(), format!("filestore-s3-tests/{id}"), false),
+            None => (format!("fs3t-{id}"), "data".to_string(), true),
+        };
+        let mut row = MountRow::new("m", &bucket, &prefix);
+        row.endpoint = t.endpoint.clone();
+        row.region = t.region.clone();
+        row.path_style = t.path_style;
+        row.verify_window_ms = 5_000;
+        edit(&mut row);
+
+        let mut config = ExecutorConfig::default()
+            .with_database_url(database_url())
+            .with_schema(&schema)
+            .with_redis_url(redis_url())
+            .with_redis_prefix(&redis_prefix)
+            .with_supervisor_settings(fast_settings());
+        config.s3 = S3Settings {
+            credentials: t.credentials.clone(),
+            ..S3Settings::default()
+        };
+
+        let factory = S3StoreFactory::new(config.s3.clone()).await;
+        let mut plain = row.clone();
+        plain.storage_class = None;
+        let s3 = factory.client_for(&MountSpec::from_row(&plain).expect("test mount row is valid"));
+        if created_bucket {
+            s3.create_bucket().bucket(&bucket).send().await.unwrap_or_else(|e| {
+                panic!(
+                    "{backend:?} S3 server at {:?} refused CreateBucket ({}); run scripts/dev-services.sh",
+                    t.endpoint,
+                    aws_sdk_s3::error::DisplayErrorContext(&e)
+                )
+            });
+        }
+
+        let exec = S3Executor::start(config).await.expect("executor starts");
+        let state = exec
+            .register_mount(row.clone())
+            .await
+            .expect("mount registers");
+        assert!(
+            matches!(state, filestore_s3::MountState::Ready),
+            "{state:?}"
+        );
+        TestEnv {
+            backend,
+            exec,
+            mount: "m".into(),
+            row,
+            bucket,
+            schema,
+            redis_prefix,
+            s3,
+            pg,
+            redis,
+            created_bucket,
+        }
+    }
+
+    /// The key of a path in this env's mount.
+    pub fn key(&self, path: &str) -> String {
+        format!("{}/{path}", self.row.prefix)
+    }
+
+    /// The content of an object read straight from S3, or `None`.
+    pub async fn object(&self, key: &str) -> Option<Vec<u8>> {
+        match self
+            .s3
+            .get_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .send()
+            .await
+        {
+            Ok(out) => Some(out.body.collect().await.unwrap().into_bytes().to_vec()),
+            Err(e) => {
+                let e = filestore_s3::s3::classify(e);
+                assert_eq!(
+                    e.kind,
+                    filestore_s3::actors::ports::StoreErrorKind::NotFound,
+                    "{e}"
+                );
+                None
+            }
+        }
+    }
+
+    /// Every key under the mount prefix, straight from S3.
+    pub async fn bucket_keys(&self) -> Vec<String> {
+        let mut keys = Vec::new();
+        let mut token = None;
+        loop {
+            let out = self
+                .s3
+                .list_objects_v2()
+                .bucket(&self.bucket)
+                .prefix(format!("{}/", self.row.prefix))
+                .set_continuation_token(token)
+                .encoding_type(aws_sdk_s3::types::EncodingType::Url)
+                .send()
+                .await
+                .unwrap();
+            let encoded = out.encoding_type() == Some(&aws_sdk_s3::types::EncodingType::Url);
+            keys.extend(out.contents().iter().filter_map(|o| o.key()).map(|k| {
+                if encoded {
+                    percent_encoding::percent_decode_str(k)
+                        .decode_utf8_lossy()
+                        .into_owned()
+                } else {
+                    k.to_owned()
+                }
+            }));
+            token = out.next_continuation_token().map(str::to_owned);
+            if token.is_none() {
+                break;
+            }
+        }
+        keys.sort();
+        keys
+    }
+
+    /// Writes an object behind the executor's back.
+    pub async fn raw_put(&self, key: &str, body: &[u8]) {
+        self.s3
+            .put_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .body(body.to_vec().into())
+            .send()
+            .await
+            .unwrap();
+    }
+
+    pub async fn count(&self, table: &str) -> i64 {
+        self.pg
+            .query_one(
+                &format!("SELECT count(*) FROM {}.{table}", self.schema),
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0)
+    }
+
+    pub async fn query(
+        &self,
+        sql: &str,
+        params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+    ) -> Vec<tokio_postgres::Row> {
+        let sql = sql.replace("{schema}", &self.schema);
+        self.pg.query(&sql, params).await.unwrap()
+    }
+
+    pub fn stream_key(&self) -> String {
+        format!("{}:{}:events", self.redis_prefix, self.mount)
+    }
+
+    /// Entries of the mount's event stream: (event_id field, parsed payload).
+    pub async fn stream(&self) -> Vec<(String, serde_json::Value)> {
+        let mut conn = self.redis.clone();
+        let reply: redis::streams::StreamRangeReply = redis::cmd("XRANGE")
+            .arg(self.stream_key())
+            .arg("-")
+            .arg("+")
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        reply
+            .ids
+            .iter()
+            .map(|e| {
+                let id: String = e.get("event_id").unwrap();
+                let payload: String = e.get("payload").unwrap();
+                (id, serde_json::from_str(&payload).unwrap())
+            })
+            .collect()
+    }
+
+    /// Waits (up to 10 s) until the stream has `n` entries, and returns them.
+    pub async fn wait_stream(&self, n: usize) -> Vec<(String, serde_json::Value)> {
+        for _ in 0..200 {
+            let s = self.stream().await;
+            if s.len() >= n {
+                return s;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let s = self.stream().await;
+        panic!(
+            "stream {} has {} entries, expected {n}: {s:?}",
+            self.stream_key(),
+            s.len()
+        );
+    }
+
+    /// Drops the schema, the Redis keys and the bucket's objects under the test prefix.
+    pub async fn cleanup(self) {
+        self.exec.shutdown().await;
+        self.pg
+            .batch_execute(&format!("DROP SCHEMA {} CASCADE", self.schema))
+            .await
+            .unwrap();
+        let mut conn = self.redis.clone();
+        let _: () = redis::cmd("DEL")
+            .arg(self.stream_key())
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        for key in self.bucket_keys().await {
+            let _ = self
+                .s3
+                .delete_object()
+                .bucket(&self.bucket)
+                .key(key)
+                .send()
+                .await;
+        }
+        if self.created_bucket {
+            let _ = self.s3.delete_bucket().bucket(&self.bucket).send().await;
+        }
+    }
+}
