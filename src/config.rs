@@ -105,9 +105,8 @@ impl ExecutorConfig {
     /// AWS credentials and region come from the AWS default chain (`AWS_ACCESS_KEY_ID`, ...).
     pub fn from_env() -> Result<Self, Error> {
         let mut c = ExecutorConfig::default();
-        if let Some(v) = std::env::var("FILESTORE_DATABASE_URL")
-            .or_else(|_| std::env::var("DATABASE_URL"))
-            .ok()
+        if let Ok(v) =
+            std::env::var("FILESTORE_DATABASE_URL").or_else(|_| std::env::var("DATABASE_URL"))
         {
             c.database_url = v;
         }

@@ -64,7 +64,7 @@ enum Cmd {
 #[derive(Subcommand)]
 enum MountCmd {
     /// Insert or replace a mount.
-    Add(MountArgs),
+    Add(Box<MountArgs>),
     /// Show all mounts and their state.
     List,
 }

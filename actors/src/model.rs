@@ -281,7 +281,7 @@ pub enum IntentOutcome {
         journal_id: i64,
     },
     /// An entry with this key already exists and was not re-armed.
-    Existing(JournalEntry),
+    Existing(Box<JournalEntry>),
 }
 
 /// How a commit changes the node.

@@ -371,7 +371,8 @@ mod tests {
 
     #[test]
     fn each_bad_field_is_named() {
-        let cases: Vec<(&str, Box<dyn Fn(&mut MountRow)>)> = vec![
+        type Edit = Box<dyn Fn(&mut MountRow)>;
+        let cases: Vec<(&str, Edit)> = vec![
             ("bucket", Box::new(|r| r.bucket = "Bad_Bucket".into())),
             ("bucket", Box::new(|r| r.bucket = "ab".into())),
             ("bucket", Box::new(|r| r.bucket = "192.168.1.1".into())),

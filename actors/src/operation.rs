@@ -178,7 +178,7 @@ pub(crate) async fn run_operation(
     };
     let journal_id = match c.record_intent(intent).await? {
         IntentOutcome::Started { journal_id } => journal_id,
-        IntentOutcome::Existing(entry) => return replay(&mount, &fingerprint, entry),
+        IntentOutcome::Existing(entry) => return replay(&mount, &fingerprint, *entry),
     };
     let outcome = act_and_verify(&c, &request, body).await;
     match outcome {

@@ -184,7 +184,7 @@ impl MetaStore for MemoryMeta {
                 e.error = None;
                 return Ok(IntentOutcome::Started { journal_id: e.id });
             }
-            return Ok(IntentOutcome::Existing(e.clone()));
+            return Ok(IntentOutcome::Existing(Box::new(e.clone())));
         }
         let id = s.journal.len() as i64 + 1;
         s.journal.push(JournalEntry {

@@ -315,7 +315,7 @@ impl MetaStore for PgMetaStore {
             )
             .await
             .map_err(pg)?;
-        Ok(IntentOutcome::Existing(journal_from_row(&row)?))
+        Ok(IntentOutcome::Existing(Box::new(journal_from_row(&row)?)))
     }
 
     async fn commit(&self, r: &CommitRecord) -> Result<OpResult, MetaError> {

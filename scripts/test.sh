@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# Runs every check and test of filestore-s3: formatting, clippy, unit and actor tests, and the
+# end-to-end suites against real Postgres, Redis, s3s-fs (in-process) and moto_server.
+# Brings the services up first (scripts/dev-services.sh). Extra arguments go to `cargo test`.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+scripts/dev-services.sh
+# shellcheck disable=SC1091
+. .dev/env
+
+for c in rustfmt clippy; do
+  rustup component list --installed 2>/dev/null | grep -q "^$c" || rustup component add "$c"
+done
+
+echo "== cargo fmt --check"
+cargo fmt --all -- --check
+echo "== cargo clippy -D warnings"
+cargo clippy --workspace --all-targets --locked -- -D warnings
+echo "== cargo test"
+cargo test --workspace --locked "$@"

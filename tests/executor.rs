@@ -1,0 +1,305 @@
+//! End-to-end tests of the executor itself: migrations, hosting modes, wire checksums, recovery.
+//! Real Postgres, Redis and S3 servers.
+
+mod common;
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use common::{database_url, sha256_hex, Backend, TestEnv};
+use filestore_s3::actors::model::{NewIntent, OpRequest};
+use filestore_s3::actors::mount::MountSpec;
+use filestore_s3::actors::ports::{MetaStore, ObjectStoreFactory, PutObjectInput, StoreErrorKind};
+use filestore_s3::pg::PgMetaStore;
+use filestore_s3::s3::{S3Settings, S3StoreFactory};
+use filestore_s3::{PutOptions, S3Executor};
+use sha2::{Digest, Sha256};
+
+#[tokio::test]
+async fn migrations_apply_once_and_create_every_table() {
+    let schema = format!(
+        "fs3_migrate_{}_{:x}",
+        std::process::id(),
+        rand::random::<u32>()
+    );
+    let first = filestore_s3::pg::migrate(&database_url(), &schema)
+        .await
+        .unwrap();
+    assert_eq!(first, vec![1]);
+    let second = filestore_s3::pg::migrate(&database_url(), &schema)
+        .await
+        .unwrap();
+    assert!(second.is_empty(), "second run applied {second:?}");
+    let (pg, conn) = tokio_postgres::connect(&database_url(), tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let rows = pg
+        .query(
+            "SELECT table_name FROM information_schema.tables WHERE table_schema = $1 ORDER BY 1",
+            &[&schema],
+        )
+        .await
+        .unwrap();
+    let tables: Vec<String> = rows.iter().map(|r| r.get(0)).collect();
+    for t in [
+        "backend_mounts",
+        "journal",
+        "multipart_parts",
+        "multipart_uploads",
+        "nodes",
+        "outbox",
+        "snapshots",
+    ] {
+        assert!(tables.iter().any(|x| x == t), "{t} missing from {tables:?}");
+    }
+    // The constraints hold the invariants even against direct writes.
+    pg.batch_execute(&format!(
+        "INSERT INTO {schema}.backend_mounts (name, bucket) VALUES ('m', 'b-1');
+         INSERT INTO {schema}.journal (mount, op, path, idempotency_key, fingerprint, state, request)
+         VALUES ('m', 'put', 'p', 'k', repeat('a', 64), 'pending', '{{}}');"
+    ))
+    .await
+    .unwrap();
+    let dup = pg
+        .batch_execute(&format!(
+            "INSERT INTO {schema}.journal (mount, op, path, idempotency_key, fingerprint, state, request)
+             VALUES ('m', 'put', 'p', 'k', repeat('b', 64), 'pending', '{{}}')"
+        ))
+        .await;
+    assert!(dup.is_err(), "duplicate idempotency key accepted");
+    let bad_state = pg
+        .batch_execute(&format!("UPDATE {schema}.journal SET state = 'committed'"))
+        .await;
+    assert!(bad_state.is_err(), "committed without a result accepted");
+    let bad_sse = pg
+        .batch_execute(&format!(
+            "UPDATE {schema}.backend_mounts SET sse_mode = 'kms'"
+        ))
+        .await;
+    assert!(bad_sse.is_err(), "unknown sse_mode accepted");
+    pg.batch_execute(&format!("DROP SCHEMA {schema} CASCADE"))
+        .await
+        .unwrap();
+}
+
+/// The executor started from inside a host's actix System (the embedding case).
+#[actix_rt::test]
+async fn works_inside_a_host_actix_system() {
+    let env = TestEnv::new(Backend::Moto).await;
+    let r = env
+        .exec
+        .put_bytes(
+            &env.mount,
+            "hosted.txt",
+            b"from an actix host".to_vec(),
+            PutOptions::default(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.generation, 1);
+    assert_eq!(
+        env.object(&env.key("hosted.txt")).await.unwrap(),
+        b"from an actix host"
+    );
+    env.wait_stream(1).await;
+    env.cleanup().await;
+}
+
+/// The handle is Send + Sync + Clone and usable from many tasks at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn handle_is_shared_across_tasks() {
+    fn assert_send_sync<T: Send + Sync + Clone + 'static>() {}
+    assert_send_sync::<S3Executor>();
+    let env = TestEnv::new(Backend::S3sFs).await;
+    let mut tasks = Vec::new();
+    for i in 0..16 {
+        let exec = env.exec.clone();
+        let mount = env.mount.clone();
+        tasks.push(tokio::spawn(async move {
+            exec.put_bytes(
+                &mount,
+                &format!("many/{i}.txt"),
+                format!("body {i}").into_bytes(),
+                PutOptions::default(),
+            )
+            .await
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap().unwrap();
+    }
+    assert_eq!(env.count("nodes").await, 16);
+    let events = env.wait_stream(16).await;
+    let mut ids: Vec<_> = events.iter().map(|(id, _)| id.clone()).collect();
+    ids.dedup();
+    assert_eq!(ids.len(), 16);
+    env.cleanup().await;
+}
+
+/// The checksum the executor sends is verified by the server: a body that does not match it is
+/// refused (and classified as a retryable checksum mismatch), and nothing is stored.
+#[tokio::test]
+async fn server_verifies_the_sha256_the_executor_sends() {
+    for backend in [Backend::S3sFs, Backend::Moto] {
+        let env = TestEnv::new(backend).await;
+        let settings = S3Settings {
+            credentials: Some((common::ACCESS_KEY.into(), common::SECRET_KEY.into())),
+            ..Default::default()
+        };
+        let factory = S3StoreFactory::new(settings).await;
+        let store = factory
+            .for_mount(&MountSpec::from_row(&env.row).unwrap())
+            .unwrap();
+        let wrong: [u8; 32] = Sha256::digest(b"something else").into();
+        let key = env.key("corrupt.bin");
+        let res = store
+            .put_object(PutObjectInput {
+                key: key.clone(),
+                body: Bytes::from_static(b"the real body"),
+                sha256: wrong,
+                content_type: None,
+            })
+            .await;
+        match backend {
+            Backend::S3sFs => {
+                let err = res.unwrap_err();
+                assert_eq!(err.kind, StoreErrorKind::ChecksumMismatch, "{err}");
+                assert!(err.is_retryable());
+                // s3s-fs 0.14.1 answers BadDigest yet keeps the body it refused (seen here);
+                // the executor never commits such an object, see docs/filestore.md.
+            }
+            _ => {
+                // moto 5.2.1 (seen here) accepts the header without checking it and reports no
+                // checksum on HEAD: on this store the executor's verification is by size only.
+                res.unwrap();
+                let meta = store.head_object(&key).await.unwrap().unwrap();
+                assert_eq!(meta.sha256, None);
+            }
+        }
+        env.cleanup().await;
+    }
+}
+
+/// A run died after writing to S3 and before committing (F2): the next executor's supervisor
+/// finds the pending journal row, verifies the object by HEAD, commits it once and publishes the
+/// event; a row whose write never reached S3 is marked failed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn recovery_commits_what_reached_s3_and_fails_what_did_not() {
+    let env = TestEnv::new(Backend::S3sFs).await;
+    env.exec.shutdown().await;
+    let meta = PgMetaStore::new(&database_url(), &env.schema, 2).unwrap();
+    let body = b"written before the crash";
+    let landed = OpRequest::Put {
+        path: "crash/landed.txt".into(),
+        key: env.key("crash/landed.txt"),
+        size: body.len() as u64,
+        sha256: sha256_hex(body),
+        content_type: None,
+    };
+    let lost = OpRequest::Put {
+        path: "crash/lost.txt".into(),
+        key: env.key("crash/lost.txt"),
+        size: 4,
+        sha256: sha256_hex(b"lost"),
+        content_type: None,
+    };
+    for (k, req) in [("k-landed", landed), ("k-lost", lost)] {
+        meta.begin(&NewIntent {
+            mount: "m".into(),
+            idempotency_key: k.into(),
+            request: req,
+        })
+        .await
+        .unwrap();
+    }
+    env.raw_put(&env.key("crash/landed.txt"), body).await;
+
+    let exec = S3Executor::start(env.exec.config().clone()).await.unwrap();
+    let mut states = Vec::new();
+    for _ in 0..200 {
+        states = env
+            .query(
+                "SELECT idempotency_key, state FROM {schema}.journal ORDER BY id",
+                &[],
+            )
+            .await
+            .iter()
+            .map(|r| (r.get::<_, String>(0), r.get::<_, String>(1)))
+            .collect();
+        if states.iter().all(|(_, s)| s != "pending") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        states,
+        [
+            ("k-landed".to_string(), "committed".to_string()),
+            ("k-lost".to_string(), "failed".to_string())
+        ]
+    );
+    let nodes = env
+        .query("SELECT path, sha256 FROM {schema}.nodes", &[])
+        .await;
+    assert_eq!(nodes.len(), 1);
+    assert_eq!(nodes[0].get::<_, String>(1), sha256_hex(body));
+    let events = env.wait_stream(1).await;
+    assert_eq!(events[0].1["path"], "crash/landed.txt");
+    // The caller repeating the call gets the recovered result, without a second write.
+    let r = exec
+        .put_bytes(
+            "m",
+            "crash/landed.txt",
+            body.to_vec(),
+            PutOptions {
+                idempotency_key: Some("k-landed".into()),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.generation, 1);
+    assert_eq!(env.count("snapshots").await, 1);
+    exec.shutdown().await;
+    env.cleanup().await;
+}
+
+/// Redis being down delays events but never blocks or loses commits (F4, short form).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn commits_do_not_wait_for_redis() {
+    let env = TestEnv::new(Backend::Moto).await;
+    env.exec.shutdown().await;
+    // An executor whose Redis URL points at a closed port.
+    let dead = env
+        .exec
+        .config()
+        .clone()
+        .with_redis_url("redis://127.0.0.1:1");
+    let exec = S3Executor::start(dead).await.unwrap();
+    let r = exec
+        .put_bytes(
+            "m",
+            "no-redis.txt",
+            b"still commits".to_vec(),
+            PutOptions::default(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.generation, 1);
+    let unpublished = env
+        .query(
+            "SELECT count(*) FROM {schema}.outbox WHERE published_at IS NULL",
+            &[],
+        )
+        .await[0]
+        .get::<_, i64>(0);
+    assert_eq!(unpublished, 1);
+    exec.shutdown().await;
+    // Redis is back (the real one): the next executor relays the backlog with the same event id.
+    let exec = S3Executor::start(env.exec.config().clone()).await.unwrap();
+    let events = env.wait_stream(1).await;
+    assert_eq!(events[0].0, r.event_id.to_string());
+    exec.shutdown().await;
+    env.cleanup().await;
+}
