@@ -6,17 +6,21 @@ use std::path::Path;
 use std::sync::{Arc, RwLock};
 
 use actix::{Addr, ArbiterHandle};
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use filestore_s3_actors::messages::{
-    DeleteObject, GetStatus, ListObjects, PutObject, RetireMount, StatObject, SupervisorStatus,
+    DeleteObject, GetStatus, ListObjects, OpenObject, PutLargeObject, PutObject, RetireMount,
+    StatObject, SupervisorStatus,
 };
-use filestore_s3_actors::model::{ListPage, OpResult, Stat};
+use filestore_s3_actors::model::{ListPage, OpResult, Stat, UploadProgress, UploadSource};
 use filestore_s3_actors::mount::{MountConfigError, MountRow, MountSpec};
 use filestore_s3_actors::path::{DirPath, FsPath};
+use filestore_s3_actors::ports::ByteRange;
 use filestore_s3_actors::ports::{MetaStore, ObjectStoreFactory};
+use filestore_s3_actors::upload::{file_identity, ProgressSink, SourceReader};
 use filestore_s3_actors::{Error, MountSupervisor};
+use futures::StreamExt;
 use sha2::{Digest, Sha256};
-use tokio::io::{AsyncRead, AsyncReadExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use crate::config::ExecutorConfig;
 use crate::pg::{self, PgMetaStore};
@@ -24,12 +28,55 @@ use crate::redis::{RedisKeys, RedisPublisher};
 use crate::s3::S3StoreFactory;
 
 /// Options of a put.
-#[derive(Debug, Clone, Default)]
+#[derive(Clone, Default)]
 pub struct PutOptions {
     /// Idempotency key: a repeated call with the same key and content returns the recorded result.
     pub idempotency_key: Option<String>,
     /// Content-Type stored with the object.
     pub content_type: Option<String>,
+    /// Receives progress of a multipart upload (called on the executor's thread; keep it quick).
+    /// [`progress_to_recipient`] adapts an actix `Recipient`.
+    pub progress: Option<ProgressSink>,
+}
+
+impl std::fmt::Debug for PutOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PutOptions")
+            .field("idempotency_key", &self.idempotency_key)
+            .field("content_type", &self.content_type)
+            .field("progress", &self.progress.is_some())
+            .finish()
+    }
+}
+
+/// A progress sink that forwards every update to an actix actor.
+pub fn progress_to_recipient(r: actix::Recipient<UploadProgressMsg>) -> ProgressSink {
+    Arc::new(move |p| r.do_send(UploadProgressMsg(p.clone())))
+}
+
+/// [`UploadProgress`] as an actix message, for [`progress_to_recipient`].
+#[derive(Debug, Clone, actix::Message)]
+#[rtype(result = "()")]
+pub struct UploadProgressMsg(pub UploadProgress);
+
+/// Options of a read.
+#[derive(Debug, Clone, Default)]
+pub struct GetOptions {
+    /// Read only this range; the SHA-256 is checked only for whole-object reads.
+    pub range: Option<ByteRange>,
+}
+
+/// What a read returned.
+#[derive(Debug, Clone)]
+pub struct GetResult {
+    /// Bytes written by this call.
+    pub bytes_written: u64,
+    /// Size of the whole object.
+    pub object_size: u64,
+    /// ETag of the object read.
+    pub etag: String,
+    /// SHA-256 of the whole object, when the whole object was read and checked against `nodes`.
+    pub sha256_verified: Option<String>,
 }
 
 /// Options of a delete.
@@ -319,7 +366,9 @@ impl S3Executor {
         self.put_prepared(mount, path, body, sha256, opts).await
     }
 
-    /// Puts an object from a file.
+    /// Puts an object from a file: in one request up to the mount's multipart threshold, as a
+    /// resumable multipart upload above it (the file's size and modification time identify it; a
+    /// restarted executor resumes the upload as long as they are unchanged).
     pub async fn put_file(
         &self,
         mount: &str,
@@ -327,54 +376,223 @@ impl S3Executor {
         file: impl AsRef<Path>,
         opts: PutOptions,
     ) -> Result<OpResult, Error> {
-        let file_path = file.as_ref();
-        let f = tokio::fs::File::open(file_path)
-            .await
-            .map_err(|e| Error::Source {
-                what: file_path.display().to_string(),
-                message: e.to_string(),
-            })?;
-        self.put_reader(mount, path, f, opts).await
+        let (_, spec) = self.mount(mount)?;
+        let source_err = |e: String| Error::Source {
+            what: file.as_ref().display().to_string(),
+            message: e,
+        };
+        let abs = std::path::absolute(file.as_ref()).map_err(|e| source_err(e.to_string()))?;
+        let abs_str = abs
+            .to_str()
+            .ok_or_else(|| source_err("path is not UTF-8".into()))?
+            .to_owned();
+        let (size, mtime_ns) = file_identity(&abs_str).await.map_err(source_err)?;
+        if size <= spec.multipart_threshold {
+            let f = tokio::fs::File::open(&abs)
+                .await
+                .map_err(|e| source_err(e.to_string()))?;
+            return self.put_reader(mount, path, f, opts).await;
+        }
+        let (addr, _) = self.mount(mount)?;
+        let fs_path = FsPath::parse(path).map_err(|e| invalid_path(path, e))?;
+        addr.send(PutLargeObject {
+            path: fs_path,
+            source: UploadSource::File {
+                path: abs_str,
+                size,
+                mtime_ns,
+            },
+            reader: None,
+            size: Some(size),
+            content_type: opts.content_type,
+            idempotency_key: opts.idempotency_key,
+            progress: opts.progress,
+        })
+        .await
+        .map_err(|_| Error::Shutdown)?
     }
 
-    /// Puts an object from an async reader, hashing it while it is read. The body is held in
-    /// memory, so it may not exceed the mount's multipart threshold.
-    pub async fn put_reader<R: AsyncRead + Unpin>(
+    /// Puts an object from an async reader, hashing it while it is read. Up to the mount's
+    /// multipart threshold the body is buffered and sent in one request; a longer stream becomes a
+    /// multipart upload (which cannot resume after a crash: the stream cannot be read again).
+    pub async fn put_reader<R: AsyncRead + Unpin + Send + 'static>(
         &self,
         mount: &str,
         path: &str,
         mut reader: R,
         opts: PutOptions,
     ) -> Result<OpResult, Error> {
-        let (_, spec) = self.mount(mount)?;
+        let (addr, spec) = self.mount(mount)?;
         let fs_path = FsPath::parse(path).map_err(|e| invalid_path(path, e))?;
         spec.keys
             .key_for(&fs_path)
             .map_err(|e| invalid_path(path, e))?;
         let limit = spec.multipart_threshold;
-        let mut hasher = Sha256::new();
-        let mut buf = BytesMut::new();
-        let mut chunk = vec![0u8; 64 * 1024];
-        loop {
-            let n = reader.read(&mut chunk).await.map_err(|e| Error::Source {
+        let mut buf = Vec::new();
+        // Read one byte past the threshold to learn which way to go.
+        (&mut reader)
+            .take(limit + 1)
+            .read_to_end(&mut buf)
+            .await
+            .map_err(|e| Error::Source {
                 what: format!("the body of '{path}'"),
                 message: e.to_string(),
             })?;
-            if n == 0 {
-                break;
-            }
-            if (buf.len() + n) as u64 > limit {
-                return Err(Error::TooLarge {
-                    size: (buf.len() + n) as u64,
-                    limit,
-                    what: "a single-request put (the mount's multipart_threshold)",
-                });
-            }
-            hasher.update(&chunk[..n]);
-            buf.extend_from_slice(&chunk[..n]);
+        if buf.len() as u64 <= limit {
+            let body = Bytes::from(buf);
+            let sha256: [u8; 32] = Sha256::digest(&body).into();
+            return self.put_prepared(mount, path, body, sha256, opts).await;
         }
-        self.put_prepared(mount, path, buf.freeze(), hasher.finalize().into(), opts)
+        let head = std::io::Cursor::new(buf);
+        let reader: SourceReader = Box::new(head.chain(reader));
+        addr.send(PutLargeObject {
+            path: fs_path,
+            source: UploadSource::Stream,
+            reader: Some(reader),
+            size: None,
+            content_type: opts.content_type,
+            idempotency_key: opts.idempotency_key,
+            progress: opts.progress,
+        })
+        .await
+        .map_err(|_| Error::Shutdown)?
+    }
+
+    /// Streams an object (or a range of it) into `writer`. A whole-object read is checked against
+    /// the SHA-256 recorded in `nodes`; a mismatch is `Error::ChecksumMismatch` (the bytes were
+    /// written: the caller discards them).
+    pub async fn get<W: AsyncWrite + Unpin>(
+        &self,
+        mount: &str,
+        path: &str,
+        writer: &mut W,
+        opts: GetOptions,
+    ) -> Result<GetResult, Error> {
+        self.get_inner(mount, path, writer, opts.range, None, Sha256::new(), 0)
             .await
+    }
+
+    /// Downloads an object into a file. With `resume`, an existing shorter file is taken as the
+    /// start of the object: only the rest is fetched (from the same object version, by ETag), and
+    /// the whole file is checked against the recorded SHA-256.
+    pub async fn get_to_file(
+        &self,
+        mount: &str,
+        path: &str,
+        file: impl AsRef<Path>,
+        resume: bool,
+    ) -> Result<GetResult, Error> {
+        let file = file.as_ref();
+        let io_err = |e: std::io::Error| Error::Source {
+            what: file.display().to_string(),
+            message: e.to_string(),
+        };
+        let mut hasher = Sha256::new();
+        let mut have = 0u64;
+        let mut if_match = None;
+        if resume {
+            if let Ok(mut f) = tokio::fs::File::open(file).await {
+                // Hash what is already there; it is the object's first bytes.
+                let mut chunk = vec![0u8; 1 << 20];
+                loop {
+                    let n = f.read(&mut chunk).await.map_err(io_err)?;
+                    if n == 0 {
+                        break;
+                    }
+                    hasher.update(&chunk[..n]);
+                    have += n as u64;
+                }
+                let st = self.stat(mount, path).await?;
+                if have >= st.object.size {
+                    have = 0;
+                    hasher = Sha256::new();
+                } else {
+                    if_match = Some(st.object.etag.clone());
+                }
+            }
+        }
+        let mut out = tokio::fs::OpenOptions::new()
+            .create(true)
+            .write(true)
+            .append(have > 0)
+            .truncate(have == 0)
+            .open(file)
+            .await
+            .map_err(io_err)?;
+        let range = (have > 0).then_some(ByteRange {
+            start: have,
+            end: None,
+        });
+        let r = self
+            .get_inner(mount, path, &mut out, range, if_match, hasher, have)
+            .await?;
+        out.flush().await.map_err(io_err)?;
+        Ok(r)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn get_inner<W: AsyncWrite + Unpin>(
+        &self,
+        mount: &str,
+        path: &str,
+        writer: &mut W,
+        range: Option<ByteRange>,
+        if_match: Option<String>,
+        mut hasher: Sha256,
+        already: u64,
+    ) -> Result<GetResult, Error> {
+        let (addr, _) = self.mount(mount)?;
+        let fs_path = FsPath::parse(path).map_err(|e| invalid_path(path, e))?;
+        let whole = range.is_none() || already > 0;
+        let (node, mut body) = addr
+            .send(OpenObject {
+                path: fs_path,
+                range,
+                if_match,
+            })
+            .await
+            .map_err(|_| Error::Shutdown)??;
+        let mut written = 0u64;
+        while let Some(chunk) = body.stream.next().await {
+            let chunk = chunk.map_err(|source| Error::Storage {
+                op: "GET",
+                key: body.meta.key.clone(),
+                source,
+            })?;
+            if whole {
+                hasher.update(&chunk);
+            }
+            writer.write_all(&chunk).await.map_err(|e| Error::Source {
+                what: format!("the destination of '{path}'"),
+                message: e.to_string(),
+            })?;
+            written += chunk.len() as u64;
+        }
+        writer.flush().await.map_err(|e| Error::Source {
+            what: format!("the destination of '{path}'"),
+            message: e.to_string(),
+        })?;
+        let mut verified = None;
+        if whole {
+            let actual = hex::encode(hasher.finalize());
+            if let Some(node) = node {
+                if node.meta.sha256 != actual {
+                    return Err(Error::ChecksumMismatch {
+                        mount: mount.to_owned(),
+                        path: path.to_owned(),
+                        expected: node.meta.sha256,
+                        actual,
+                    });
+                }
+                verified = Some(actual);
+            }
+        }
+        Ok(GetResult {
+            bytes_written: written,
+            object_size: body.meta.size,
+            etag: body.meta.etag,
+            sha256_verified: verified,
+        })
     }
 
     async fn put_prepared(

@@ -15,8 +15,13 @@ pub mod redis;
 pub mod s3;
 
 pub use config::ExecutorConfig;
-pub use executor::{DeleteOptions, ListOptions, MountState, PutOptions, S3Executor};
+pub use executor::{
+    progress_to_recipient, DeleteOptions, GetOptions, GetResult, ListOptions, MountState,
+    PutOptions, S3Executor, UploadProgressMsg,
+};
 pub use filestore_s3_actors as actors;
+pub use filestore_s3_actors::model::UploadProgress;
 pub use filestore_s3_actors::model::{ChangeEvent, ListPage, Node, NodeMeta, OpResult, Stat};
 pub use filestore_s3_actors::mount::{MountConfigError, MountRow};
+pub use filestore_s3_actors::ports::ByteRange;
 pub use filestore_s3_actors::Error;

@@ -1,7 +1,11 @@
 //! Reference host for the filestore-s3 executor: migrations, mount registration, one-shot
 //! operations, a demo of the whole protocol, and a long-running `serve`.
 
+use std::sync::Arc;
 use std::time::Duration;
+
+use filestore_s3::actors::upload::ProgressSink;
+use indicatif::{ProgressBar, ProgressStyle};
 
 use anyhow::{bail, Context as _};
 use clap::{Args, Parser, Subcommand};
@@ -27,7 +31,7 @@ enum Cmd {
     /// Manage backend_mounts rows.
     #[command(subcommand)]
     Mount(MountCmd),
-    /// Upload a file.
+    /// Upload a file (multipart above the mount's threshold, with a progress bar).
     Put {
         mount: String,
         path: String,
@@ -36,6 +40,18 @@ enum Cmd {
         idempotency_key: Option<String>,
         #[arg(long)]
         content_type: Option<String>,
+        /// Print progress as JSON lines on stdout instead of a progress bar.
+        #[arg(long)]
+        progress_json: bool,
+    },
+    /// Download an object into a file, checking its SHA-256.
+    Get {
+        mount: String,
+        path: String,
+        file: std::path::PathBuf,
+        /// Continue a partial download already in FILE.
+        #[arg(long)]
+        resume: bool,
     },
     /// Show the object and its node.
     Stat { mount: String, path: String },
@@ -166,8 +182,36 @@ async fn main() -> anyhow::Result<()> {
             file,
             idempotency_key,
             content_type,
+            progress_json,
         } => {
             let exec = S3Executor::start(config).await?;
+            let size = std::fs::metadata(&file)
+                .with_context(|| format!("reading {}", file.display()))?
+                .len();
+            let bar = (!progress_json).then(|| {
+                let bar = ProgressBar::new(size);
+                bar.set_style(
+                    ProgressStyle::with_template(
+                        "{bar:40} {bytes}/{total_bytes} {bytes_per_sec} eta {eta} {msg}",
+                    )
+                    .expect("valid template"),
+                );
+                bar
+            });
+            let shown = bar.clone();
+            let sink: ProgressSink = Arc::new(move |p| match &shown {
+                Some(bar) => {
+                    bar.set_position(p.bytes_done);
+                    bar.set_message(format!(
+                        "part {}/{}",
+                        p.parts_done,
+                        p.parts_total.unwrap_or(0)
+                    ));
+                }
+                None => {
+                    println!("{}", serde_json::to_string(p).expect("progress serialises"));
+                }
+            });
             let r = exec
                 .put_file(
                     &mount,
@@ -176,10 +220,39 @@ async fn main() -> anyhow::Result<()> {
                     PutOptions {
                         idempotency_key,
                         content_type,
+                        progress: Some(sink),
                     },
                 )
-                .await?;
-            println!("{}", serde_json::to_string_pretty(&r)?);
+                .await;
+            if let Some(bar) = bar {
+                bar.finish_and_clear();
+            }
+            let r = r?;
+            if progress_json {
+                println!(
+                    "{}",
+                    serde_json::to_string(&serde_json::json!({ "result": r }))?
+                );
+            } else {
+                println!("{}", serde_json::to_string_pretty(&r)?);
+            }
+            exec.shutdown().await;
+        }
+        Cmd::Get {
+            mount,
+            path,
+            file,
+            resume,
+        } => {
+            let exec = S3Executor::start(config).await?;
+            let r = exec.get_to_file(&mount, &path, &file, resume).await?;
+            println!(
+                "{} bytes written to {} (object {} bytes, sha256 {})",
+                r.bytes_written,
+                file.display(),
+                r.object_size,
+                r.sha256_verified.as_deref().unwrap_or("not recorded")
+            );
             exec.shutdown().await;
         }
         Cmd::Stat { mount, path } => {
@@ -295,6 +368,7 @@ async fn demo(config: ExecutorConfig, args: DemoArgs) -> anyhow::Result<()> {
                 PutOptions {
                     idempotency_key: Some(format!("demo-{run}-{path}")),
                     content_type: Some("text/plain".into()),
+                    progress: None,
                 },
             )
             .await?;
@@ -314,6 +388,7 @@ async fn demo(config: ExecutorConfig, args: DemoArgs) -> anyhow::Result<()> {
             PutOptions {
                 idempotency_key: Some(format!("demo-{run}-{}", files[0].0)),
                 content_type: Some("text/plain".into()),
+                progress: None,
             },
         )
         .await?;

@@ -4,10 +4,15 @@ use std::sync::Arc;
 
 use actix::prelude::*;
 
-use crate::messages::{CommitOperation, FailOperation, OutboxChanged, RecordIntent};
+use crate::messages::{
+    CommitOperation, FailOperation, OutboxChanged, RecordIntent, RecordPart, RecordUpload,
+};
 use crate::model::{IntentOutcome, OpResult};
 use crate::notifier::NotifierActor;
-use crate::ports::{MetaError, MetaStore};
+use crate::ports::{MetaError, MetaStore, UploadedPart};
+use tokio::sync::oneshot;
+
+type PartReply = oneshot::Sender<Result<(), MetaError>>;
 use crate::retry::RetryPolicy;
 
 /// Serialises the Postgres writes of one mount. Handlers use `AtomicResponse`, so the mailbox waits
@@ -17,6 +22,9 @@ pub struct CommitterActor {
     meta: Arc<dyn MetaStore>,
     notifier: Addr<NotifierActor>,
     retry: RetryPolicy,
+    /// Parts waiting for the next group commit.
+    pending_parts: Vec<(String, UploadedPart, PartReply)>,
+    flush_scheduled: bool,
 }
 
 impl CommitterActor {
@@ -32,7 +40,48 @@ impl CommitterActor {
             meta,
             notifier,
             retry,
+            pending_parts: Vec::new(),
+            flush_scheduled: false,
         }
+    }
+
+    /// Writes every part recorded since the last flush in one go; the mailbox waits meanwhile, so
+    /// the writes stay ordered with the other handlers'.
+    fn flush_parts(&mut self, ctx: &mut Context<Self>) {
+        self.flush_scheduled = false;
+        let batch = std::mem::take(&mut self.pending_parts);
+        if batch.is_empty() {
+            return;
+        }
+        let mut by_upload: Vec<(String, Vec<UploadedPart>)> = Vec::new();
+        let mut replies = Vec::with_capacity(batch.len());
+        for (upload_id, part, reply) in batch {
+            replies.push(reply);
+            match by_upload.iter_mut().find(|(u, _)| *u == upload_id) {
+                Some((_, parts)) => parts.push(part),
+                None => by_upload.push((upload_id, vec![part])),
+            }
+        }
+        let meta = self.meta.clone();
+        let retry = self.retry;
+        let mount = self.mount.clone();
+        let write = async move {
+            for (upload_id, parts) in &by_upload {
+                retry
+                    .run(
+                        || meta.record_parts(upload_id, parts),
+                        |e| e.retryable,
+                        log_retry(&mount, "recording parts"),
+                    )
+                    .await?;
+            }
+            Ok::<(), MetaError>(())
+        };
+        ctx.wait(write.into_actor(self).map(move |res, _act, _ctx| {
+            for reply in replies {
+                let _ = reply.send(res.clone());
+            }
+        }));
     }
 }
 
@@ -118,5 +167,50 @@ impl Handler<FailOperation> for CommitterActor {
             }
             .into_actor(self),
         ))
+    }
+}
+
+impl Handler<RecordUpload> for CommitterActor {
+    type Result = AtomicResponse<Self, Result<(), MetaError>>;
+
+    fn handle(&mut self, msg: RecordUpload, _ctx: &mut Self::Context) -> Self::Result {
+        let meta = self.meta.clone();
+        let retry = self.retry;
+        let mount = self.mount.clone();
+        AtomicResponse::new(Box::pin(
+            async move {
+                retry
+                    .run(
+                        || meta.record_upload(&msg.0),
+                        |e| e.retryable,
+                        log_retry(&mount, "recording upload"),
+                    )
+                    .await
+            }
+            .into_actor(self),
+        ))
+    }
+}
+
+impl Handler<RecordPart> for CommitterActor {
+    type Result = ResponseFuture<Result<(), MetaError>>;
+
+    fn handle(&mut self, msg: RecordPart, ctx: &mut Self::Context) -> Self::Result {
+        let (tx, rx) = oneshot::channel();
+        self.pending_parts.push((msg.upload_id, msg.part, tx));
+        if !self.flush_scheduled {
+            // Runs after the messages already in the mailbox: parts finishing together share a
+            // transaction (group commit).
+            self.flush_scheduled = true;
+            ctx.run_later(std::time::Duration::ZERO, |act, ctx| act.flush_parts(ctx));
+        }
+        Box::pin(async move {
+            rx.await.unwrap_or_else(|_| {
+                Err(MetaError {
+                    retryable: true,
+                    message: "committer stopped before recording the part".into(),
+                })
+            })
+        })
     }
 }

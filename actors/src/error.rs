@@ -104,6 +104,26 @@ pub enum Error {
         /// The I/O error.
         message: String,
     },
+    /// The source of a multipart put changed (or cannot be re-read) since the upload started.
+    #[error("source {source_path} changed or cannot be re-read: {reason}; the upload was ended, send the put again")]
+    SourceChanged {
+        /// The source (file path, or `<stream>`).
+        source_path: String,
+        /// What differs.
+        reason: String,
+    },
+    /// Downloaded bytes do not match the SHA-256 recorded in `nodes`.
+    #[error("mount '{mount}': '{path}' read back with SHA-256 {actual}, but {expected} is recorded; the object changed behind the executor's back or is corrupt")]
+    ChecksumMismatch {
+        /// Mount name.
+        mount: String,
+        /// Path.
+        path: String,
+        /// Recorded SHA-256.
+        expected: String,
+        /// SHA-256 of the bytes read.
+        actual: String,
+    },
     /// The operation was recorded as failed earlier.
     #[error("operation failed: {message}")]
     Failed {

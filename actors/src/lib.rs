@@ -19,6 +19,7 @@ pub mod retry;
 pub mod supervisor;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
+pub mod upload;
 
 pub use error::Error;
 pub use supervisor::{MountSupervisor, SupervisorSettings};

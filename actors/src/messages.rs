@@ -4,9 +4,13 @@ use actix::Message;
 use bytes::Bytes;
 
 use crate::error::Error;
-use crate::model::{CommitRecord, IntentOutcome, ListPage, NewIntent, OpResult, Stat};
+use crate::model::{
+    CommitRecord, IntentOutcome, ListPage, NewIntent, Node, OpResult, Stat, UploadRecord,
+    UploadSource,
+};
 use crate::path::{DirPath, FsPath};
-use crate::ports::MetaError;
+use crate::ports::{ByteRange, MetaError, ObjectBody, UploadedPart};
+use crate::upload::{ProgressSink, SourceReader};
 
 /// Put an object whose body is already in memory (at most the mount's multipart threshold).
 #[derive(Debug, Message)]
@@ -22,6 +26,48 @@ pub struct PutObject {
     pub content_type: Option<String>,
     /// Idempotency key; a random one is used when `None`.
     pub idempotency_key: Option<String>,
+}
+
+/// Put an object through a multipart upload, reading the source in order.
+#[derive(Message)]
+#[rtype(result = "Result<OpResult, Error>")]
+pub struct PutLargeObject {
+    /// Target path.
+    pub path: FsPath,
+    /// Where the bytes come from (a file can be re-read to resume after a crash).
+    pub source: UploadSource,
+    /// The reader of a [`UploadSource::Stream`] (files are opened by the upload).
+    pub reader: Option<SourceReader>,
+    /// Total size, when known.
+    pub size: Option<u64>,
+    /// Content-Type.
+    pub content_type: Option<String>,
+    /// Idempotency key; a random one is used when `None`.
+    pub idempotency_key: Option<String>,
+    /// Receives progress updates.
+    pub progress: Option<ProgressSink>,
+}
+
+impl std::fmt::Debug for PutLargeObject {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PutLargeObject")
+            .field("path", &self.path)
+            .field("source", &self.source)
+            .field("size", &self.size)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Open an object for reading: the node recorded for it and a streaming body.
+#[derive(Debug, Message)]
+#[rtype(result = "Result<(Option<Node>, ObjectBody), Error>")]
+pub struct OpenObject {
+    /// Path.
+    pub path: FsPath,
+    /// Byte range.
+    pub range: Option<ByteRange>,
+    /// Read only if the object still has this ETag.
+    pub if_match: Option<String>,
 }
 
 /// Delete the object at a path.
@@ -72,6 +118,12 @@ pub struct SupervisorStatus {
     pub recovered: bool,
     /// Operations running or queued.
     pub operations: usize,
+    /// Bytes sent in UploadPart requests since the executor started (retries included).
+    pub upload_bytes_sent: u64,
+    /// Parts accepted by the store since the executor started.
+    pub parts_uploaded: u64,
+    /// Parts skipped because an earlier run had uploaded them.
+    pub parts_resumed: u64,
 }
 
 /// Record an intent (committer).
@@ -104,3 +156,18 @@ pub struct OutboxChanged;
 #[derive(Debug, Message)]
 #[rtype(result = "()")]
 pub struct RetireMount;
+
+/// Record a started multipart upload (committer).
+#[derive(Debug, Message)]
+#[rtype(result = "Result<(), MetaError>")]
+pub struct RecordUpload(pub UploadRecord);
+
+/// Record one accepted part (committer; parts arriving together share one transaction).
+#[derive(Debug, Message)]
+#[rtype(result = "Result<(), MetaError>")]
+pub struct RecordPart {
+    /// Upload id.
+    pub upload_id: String,
+    /// The part.
+    pub part: UploadedPart,
+}

@@ -198,6 +198,19 @@ pub enum OpRequest {
         /// Content-Type sent to the store.
         content_type: Option<String>,
     },
+    /// A multipart put from a source that is read once, in order.
+    PutMultipart {
+        /// Filestore path.
+        path: String,
+        /// Object key.
+        key: String,
+        /// Size in bytes, when known up front.
+        size: Option<u64>,
+        /// Where the bytes come from; a file can be re-read to resume after a crash.
+        source: UploadSource,
+        /// Content-Type sent to the store.
+        content_type: Option<String>,
+    },
     /// A delete.
     Delete {
         /// Filestore path.
@@ -211,7 +224,7 @@ impl OpRequest {
     /// The operation kind.
     pub fn kind(&self) -> OpKind {
         match self {
-            OpRequest::Put { .. } => OpKind::Put,
+            OpRequest::Put { .. } | OpRequest::PutMultipart { .. } => OpKind::Put,
             OpRequest::Delete { .. } => OpKind::Delete,
         }
     }
@@ -219,14 +232,18 @@ impl OpRequest {
     /// The target path.
     pub fn path(&self) -> &str {
         match self {
-            OpRequest::Put { path, .. } | OpRequest::Delete { path, .. } => path,
+            OpRequest::Put { path, .. }
+            | OpRequest::PutMultipart { path, .. }
+            | OpRequest::Delete { path, .. } => path,
         }
     }
 
     /// The target key.
     pub fn key(&self) -> &str {
         match self {
-            OpRequest::Put { key, .. } | OpRequest::Delete { key, .. } => key,
+            OpRequest::Put { key, .. }
+            | OpRequest::PutMultipart { key, .. }
+            | OpRequest::Delete { key, .. } => key,
         }
     }
 
@@ -308,6 +325,8 @@ pub struct CommitRecord {
     pub key: String,
     /// Node change.
     pub change: NodeChange,
+    /// The multipart upload this commit completes (marked `completed` in the same transaction).
+    pub upload_id: Option<String>,
 }
 
 /// One entry of a listing.
@@ -360,4 +379,68 @@ pub struct Stat {
     pub object: ObjectMeta,
     /// What Postgres records (`None` if the object is not tracked).
     pub node: Option<Node>,
+}
+
+/// Where the bytes of a multipart put come from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase")]
+pub enum UploadSource {
+    /// A local file, identified by path, size and modification time; it may be re-read to resume
+    /// as long as size and modification time are unchanged.
+    File {
+        /// Absolute path.
+        path: String,
+        /// Size when the put started.
+        size: u64,
+        /// Modification time (nanoseconds since the Unix epoch) when the put started.
+        mtime_ns: i128,
+    },
+    /// A stream read once; an upload from it cannot resume after the process dies.
+    Stream,
+}
+
+/// A multipart upload as recorded in `multipart_uploads` / `multipart_parts`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UploadRecord {
+    /// Upload id.
+    pub upload_id: String,
+    /// Journal row.
+    pub journal_id: i64,
+    /// Mount name.
+    pub mount: String,
+    /// Object key.
+    pub key: String,
+    /// Part size used.
+    pub part_size: u64,
+    /// Total size, when known.
+    pub total_size: Option<u64>,
+    /// Parts recorded so far.
+    pub parts: Vec<crate::ports::UploadedPart>,
+}
+
+/// Progress of one upload, sent to the caller's sink and to Redis.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct UploadProgress {
+    /// Mount name.
+    pub mount: String,
+    /// Filestore path.
+    pub path: String,
+    /// Upload id.
+    pub upload_id: String,
+    /// Bytes done (accepted by the store and recorded), resumed parts included.
+    pub bytes_done: u64,
+    /// Total bytes, when known.
+    pub bytes_total: Option<u64>,
+    /// Parts done.
+    pub parts_done: u32,
+    /// Total parts, when known.
+    pub parts_total: Option<u32>,
+    /// Bytes sent to the store by this run (retries and re-sent parts included).
+    pub bytes_sent: u64,
+    /// Upload rate of this run, bytes per second.
+    pub bytes_per_second: f64,
+    /// Estimated seconds left.
+    pub eta_seconds: Option<f64>,
+    /// Last event of the upload (all parts done).
+    pub finished: bool,
 }

@@ -59,6 +59,8 @@ pub struct MountRow {
     pub checksum: String,
     /// Disabled mounts refuse every operation.
     pub enabled: bool,
+    /// `abort` or `retain`: what happens to a multipart upload whose part failed for good.
+    pub multipart_failure_policy: String,
 }
 
 impl MountRow {
@@ -81,6 +83,7 @@ impl MountRow {
             verify_window_ms: DEFAULT_VERIFY_WINDOW_MS as i64,
             checksum: "sha256".into(),
             enabled: true,
+            multipart_failure_policy: "abort".into(),
         }
     }
 }
@@ -177,6 +180,8 @@ pub struct MountSpec {
     pub checksum: ChecksumPolicy,
     /// Whether operations are accepted.
     pub enabled: bool,
+    /// Keep a failed multipart upload open for a resume (`true`) or abort it (`false`).
+    pub retain_failed_uploads: bool,
 }
 
 impl MountSpec {
@@ -304,6 +309,16 @@ impl MountSpec {
                 ))
             }
         };
+        let retain_failed_uploads = match row.multipart_failure_policy.as_str() {
+            "abort" => false,
+            "retain" => true,
+            other => {
+                return Err(err(
+                    "multipart_failure_policy",
+                    format!("'{other}' is unknown; use 'abort' or 'retain'"),
+                ))
+            }
+        };
         Ok(MountSpec {
             name: row.name.clone(),
             bucket: row.bucket.clone(),
@@ -320,6 +335,7 @@ impl MountSpec {
             verify_window: Duration::from_millis(verify_ms),
             checksum,
             enabled: row.enabled,
+            retain_failed_uploads,
         })
     }
 }
@@ -395,6 +411,10 @@ mod tests {
             ("part_concurrency", Box::new(|r| r.part_concurrency = 0)),
             ("verify_window_ms", Box::new(|r| r.verify_window_ms = -1)),
             ("checksum", Box::new(|r| r.checksum = "crc32".into())),
+            (
+                "multipart_failure_policy",
+                Box::new(|r| r.multipart_failure_policy = "keep".into()),
+            ),
             (
                 "endpoint",
                 Box::new(|r| r.endpoint = Some("localhost:9000".into())),

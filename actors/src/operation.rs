@@ -10,13 +10,17 @@ use bytes::Bytes;
 use crate::committer::CommitterActor;
 use crate::error::Error;
 use crate::messages::{CommitOperation, FailOperation, RecordIntent};
+use crate::model::UploadSource;
 use crate::model::{
     CommitRecord, IntentOutcome, JournalEntry, JournalState, NewIntent, NodeChange, NodeMeta,
     ObjectMeta, OpRequest, OpResult,
 };
 use crate::mount::MountSpec;
-use crate::ports::{MetaStore, ObjectStore, PutObjectInput, StoreError};
+use crate::ports::{ChangePublisher, MetaStore, ObjectStore, PutObjectInput, StoreError};
 use crate::retry::RetryPolicy;
+use crate::upload::{ProgressSink, SourceReader, UploadActor, UploadCounters, UploadJob};
+use actix::Actor;
+use tokio::sync::oneshot;
 
 /// What an operation future needs; cheap to clone.
 #[derive(Clone)]
@@ -24,8 +28,20 @@ pub(crate) struct OpContext {
     pub spec: Arc<MountSpec>,
     pub store: Arc<dyn ObjectStore>,
     pub meta: Arc<dyn MetaStore>,
+    pub publisher: Arc<dyn ChangePublisher>,
     pub committer: Addr<CommitterActor>,
     pub retry: RetryPolicy,
+    pub counters: Arc<UploadCounters>,
+}
+
+/// What a mutating operation carries besides its request.
+pub(crate) enum Payload {
+    None,
+    Bytes(Bytes),
+    Upload {
+        reader: Option<SourceReader>,
+        sink: Option<ProgressSink>,
+    },
 }
 
 fn mailbox_closed(_: actix::MailboxError) -> Error {
@@ -57,7 +73,12 @@ impl OpContext {
         Ok(self.committer.send(msg).await.map_err(mailbox_closed)??)
     }
 
-    async fn with_retry<T, F, Fut>(&self, what: &'static str, key: &str, op: F) -> Result<T, Error>
+    pub(crate) async fn with_retry<T, F, Fut>(
+        &self,
+        what: &'static str,
+        key: &str,
+        op: F,
+    ) -> Result<T, Error>
     where
         F: FnMut() -> Fut,
         Fut: std::future::Future<Output = Result<T, StoreError>>,
@@ -65,6 +86,9 @@ impl OpContext {
         let mount = &self.spec.name;
         self.retry
             .run(op, StoreError::is_retryable, |e, d| {
+                self.counters.retries.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                metrics::counter!("filestore_s3_retries_total", "mount" => mount.clone(), "op" => what)
+                    .increment(1);
                 log::warn!("mount {mount}: S3 {what} of '{key}' failed ({e}); retry in {d:?}")
             })
             .await
@@ -76,7 +100,7 @@ impl OpContext {
     }
 
     /// HEADs `key` until `accept` holds or the mount's verification window ends.
-    async fn verify<T>(
+    pub(crate) async fn verify<T>(
         &self,
         key: &str,
         accept: impl Fn(&Option<ObjectMeta>) -> Result<T, String>,
@@ -167,7 +191,7 @@ pub(crate) async fn run_operation(
     c: OpContext,
     idempotency_key: String,
     request: OpRequest,
-    body: Option<Bytes>,
+    payload: Payload,
 ) -> Result<OpResult, Error> {
     let mount = c.spec.name.clone();
     let fingerprint = request.fingerprint();
@@ -180,9 +204,9 @@ pub(crate) async fn run_operation(
         IntentOutcome::Started { journal_id } => journal_id,
         IntentOutcome::Existing(entry) => return replay(&mount, &fingerprint, *entry),
     };
-    let outcome = act_and_verify(&c, &request, body).await;
+    let outcome = act_and_verify(&c, journal_id, &request, payload).await;
     match outcome {
-        Ok(change) => {
+        Ok((change, upload_id)) => {
             c.commit(CommitRecord {
                 journal_id,
                 mount,
@@ -190,6 +214,7 @@ pub(crate) async fn run_operation(
                 path: request.path().to_owned(),
                 key: request.key().to_owned(),
                 change,
+                upload_id,
             })
             .await
         }
@@ -209,9 +234,10 @@ pub(crate) async fn run_operation(
 
 async fn act_and_verify(
     c: &OpContext,
+    journal_id: i64,
     request: &OpRequest,
-    body: Option<Bytes>,
-) -> Result<NodeChange, Error> {
+    payload: Payload,
+) -> Result<(NodeChange, Option<String>), Error> {
     match request {
         OpRequest::Put {
             key,
@@ -220,7 +246,9 @@ async fn act_and_verify(
             content_type,
             ..
         } => {
-            let body = body.ok_or_else(|| Error::Config("put without a body".into()))?;
+            let Payload::Bytes(body) = payload else {
+                return Err(Error::Config("put without a body".into()));
+            };
             let mut digest = [0u8; 32];
             hex::decode_to_slice(sha256, &mut digest)
                 .map_err(|e| Error::Config(format!("bad sha256 in request: {e}")))?;
@@ -233,7 +261,40 @@ async fn act_and_verify(
             c.with_retry("PUT", key, || c.store.put_object(input.clone()))
                 .await?;
             let node = c.verify(key, put_landed(*size, sha256)).await?;
-            Ok(NodeChange::Upsert(node))
+            Ok((NodeChange::Upsert(node), None))
+        }
+        OpRequest::PutMultipart {
+            path,
+            key,
+            size,
+            source,
+            content_type,
+        } => {
+            let (reader, sink) = match payload {
+                Payload::Upload { reader, sink } => (reader, sink),
+                _ => (None, None),
+            };
+            // A recorded upload of this journal row (a retained one, or one a crash interrupted)
+            // is resumed rather than started again.
+            let resume = c.meta.upload_of(journal_id).await?;
+            let (tx, rx) = oneshot::channel();
+            let job = UploadJob {
+                c: c.clone(),
+                journal_id,
+                path: path.clone(),
+                key: key.clone(),
+                size: *size,
+                source: source.clone(),
+                reader,
+                content_type: content_type.clone(),
+                resume,
+                sink,
+                publisher: c.publisher.clone(),
+                counters: c.counters.clone(),
+            };
+            UploadActor::new(job, tx).start();
+            let outcome = rx.await.map_err(|_| Error::Shutdown)??;
+            Ok((NodeChange::Upsert(outcome.node), Some(outcome.upload_id)))
         }
         OpRequest::Delete { path, key } => {
             if c.meta.node(&c.spec.name, path).await?.is_none() {
@@ -245,25 +306,71 @@ async fn act_and_verify(
             c.with_retry("DELETE", key, || c.store.delete_object(key))
                 .await?;
             c.verify(key, gone).await?;
-            Ok(NodeChange::Remove)
+            Ok((NodeChange::Remove, None))
         }
     }
 }
 
 /// Settles a pending journal row left by an earlier run, by looking at S3: commit what verifiably
-/// happened, fail what did not.
-pub(crate) async fn recover_entry(c: OpContext, entry: JournalEntry) -> Result<(), Error> {
+/// happened, resume a multipart upload whose file source is unchanged, fail the rest.
+pub(crate) async fn recover_entry(c: OpContext, entry: JournalEntry) -> Result<OpResult, Error> {
     let mount = c.spec.name.clone();
     let key = entry.request.key().to_owned();
     let verdict = match &entry.request {
         OpRequest::Put { size, sha256, .. } => c
             .verify(&key, put_landed(*size, sha256))
             .await
-            .map(NodeChange::Upsert),
+            .map(|n| (NodeChange::Upsert(n), None)),
+        OpRequest::PutMultipart { source, .. } => {
+            let resumable = match source {
+                UploadSource::File {
+                    path,
+                    size,
+                    mtime_ns,
+                } => match crate::upload::file_identity(path).await {
+                    Ok((s, m)) if s == *size && m == *mtime_ns => Ok(()),
+                    Ok((s, m)) => Err(format!(
+                        "size {s} / mtime {m} ns now, {size} / {mtime_ns} ns at the start"
+                    )),
+                    Err(e) => Err(e),
+                }
+                .map_err(|reason| Error::SourceChanged {
+                    source_path: path.clone(),
+                    reason,
+                }),
+                UploadSource::Stream => Err(Error::SourceChanged {
+                    source_path: "<stream>".into(),
+                    reason: "a stream cannot be re-read after the process that read it died".into(),
+                }),
+            };
+            match resumable {
+                Ok(()) => {
+                    act_and_verify(
+                        &c,
+                        entry.id,
+                        &entry.request,
+                        Payload::Upload {
+                            reader: None,
+                            sink: None,
+                        },
+                    )
+                    .await
+                }
+                Err(e) => {
+                    if let Some(rec) = c.meta.upload_of(entry.id).await? {
+                        let _ = c.store.abort_multipart(&rec.key, &rec.upload_id).await;
+                        c.meta.mark_upload_aborted(&rec.upload_id).await?;
+                    }
+                    Err(e)
+                }
+            }
+        }
         OpRequest::Delete { path, .. } => {
             let tracked = c.meta.node(&mount, path).await?.is_some();
             if tracked {
-                c.verify(&key, gone).await.map(|_| NodeChange::Remove)
+                c.verify(&key, gone)
+                    .await
+                    .map(|_| (NodeChange::Remove, None))
             } else {
                 Err(Error::NotFound {
                     mount: mount.clone(),
@@ -273,7 +380,7 @@ pub(crate) async fn recover_entry(c: OpContext, entry: JournalEntry) -> Result<(
         }
     };
     match verdict {
-        Ok(change) => {
+        Ok((change, upload_id)) => {
             let r = c
                 .commit(CommitRecord {
                     journal_id: entry.id,
@@ -282,6 +389,7 @@ pub(crate) async fn recover_entry(c: OpContext, entry: JournalEntry) -> Result<(
                     path: entry.request.path().to_owned(),
                     key,
                     change,
+                    upload_id,
                 })
                 .await?;
             log::info!(
@@ -289,7 +397,7 @@ pub(crate) async fn recover_entry(c: OpContext, entry: JournalEntry) -> Result<(
                 entry.id,
                 r.generation
             );
-            Ok(())
+            Ok(r)
         }
         Err(Error::Unverified { reason, .. }) => {
             let e = Error::Failed {
@@ -300,11 +408,21 @@ pub(crate) async fn recover_entry(c: OpContext, entry: JournalEntry) -> Result<(
             };
             c.fail(entry.id, &e).await?;
             log::info!("mount {mount}: recovery failed journal {}: {e}", entry.id);
-            Ok(())
+            Err(e)
+        }
+        Err(e)
+            if e.is_retryable()
+                && matches!(
+                    e,
+                    Error::Storage { .. } | Error::Metadata(_) | Error::Shutdown
+                ) =>
+        {
+            // The store or database is unavailable: leave the row pending for the next pass.
+            Err(e)
         }
         Err(e) => {
             c.fail(entry.id, &e).await?;
-            Ok(())
+            Err(e)
         }
     }
 }

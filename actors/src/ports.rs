@@ -3,13 +3,18 @@
 
 use std::sync::Arc;
 
+use std::pin::Pin;
+
 use async_trait::async_trait;
 use bytes::Bytes;
+use futures::Stream;
+use serde::{Deserialize, Serialize};
 
 use crate::model::{
     CommitRecord, IntentOutcome, JournalEntry, NewIntent, Node, ObjectMeta, OpResult, OutboxEvent,
     RawListing,
 };
+use crate::model::{UploadProgress, UploadRecord};
 use crate::mount::{MountRow, MountSpec};
 
 /// Classes of object-store failure. Retryability is decided here, once, from the kind.
@@ -98,6 +103,41 @@ pub struct PutObjectInput {
     pub content_type: Option<String>,
 }
 
+/// A part the store has accepted.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UploadedPart {
+    /// 1-based part number.
+    pub part_number: i32,
+    /// ETag without quotes (`None` when a listing omits it, as s3s-fs does).
+    pub etag: Option<String>,
+    /// Size in bytes.
+    pub size: u64,
+    /// SHA-256 of the part, lowercase hex, when known.
+    pub sha256: Option<String>,
+}
+
+/// A byte range of an object: `start..=end`, or `start..` when `end` is `None`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ByteRange {
+    /// First byte.
+    pub start: u64,
+    /// Last byte (inclusive).
+    pub end: Option<u64>,
+}
+
+/// A streaming object body.
+pub type BodyStream = Pin<Box<dyn Stream<Item = Result<Bytes, StoreError>> + Send>>;
+
+/// An object being read.
+pub struct ObjectBody {
+    /// Metadata of the object (size is the whole object's).
+    pub meta: ObjectMeta,
+    /// Length of the returned body (the range's length for ranged reads).
+    pub content_length: u64,
+    /// The body.
+    pub stream: BodyStream,
+}
+
 /// Object storage for one mount (bucket, prefix, SSE, ACL and storage class are the store's).
 #[async_trait]
 pub trait ObjectStore: Send + Sync + 'static {
@@ -115,6 +155,40 @@ pub trait ObjectStore: Send + Sync + 'static {
         token: Option<&str>,
         max_keys: Option<i32>,
     ) -> Result<RawListing, StoreError>;
+    /// GET an object (or a range), optionally only if its ETag is `if_match`.
+    async fn get_object(
+        &self,
+        key: &str,
+        range: Option<ByteRange>,
+        if_match: Option<&str>,
+    ) -> Result<ObjectBody, StoreError>;
+    /// CreateMultipartUpload with the mount's SSE / ACL / storage class; returns the upload id.
+    async fn create_multipart(
+        &self,
+        key: &str,
+        content_type: Option<&str>,
+    ) -> Result<String, StoreError>;
+    /// UploadPart, with the part's SHA-256 as checksum when the mount's policy says so.
+    async fn upload_part(
+        &self,
+        key: &str,
+        upload_id: &str,
+        part_number: i32,
+        body: Bytes,
+        sha256: [u8; 32],
+    ) -> Result<UploadedPart, StoreError>;
+    /// ListParts (all pages).
+    async fn list_parts(&self, key: &str, upload_id: &str)
+        -> Result<Vec<UploadedPart>, StoreError>;
+    /// CompleteMultipartUpload with `parts` sorted by number; returns the object's ETag.
+    async fn complete_multipart(
+        &self,
+        key: &str,
+        upload_id: &str,
+        parts: &[UploadedPart],
+    ) -> Result<String, StoreError>;
+    /// AbortMultipartUpload (succeeds when the upload is already gone).
+    async fn abort_multipart(&self, key: &str, upload_id: &str) -> Result<(), StoreError>;
 }
 
 /// Builds the object store of a mount.
@@ -144,6 +218,22 @@ pub trait MetaStore: Send + Sync + 'static {
     async fn unpublished(&self, mount: &str, limit: i64) -> Result<Vec<OutboxEvent>, MetaError>;
     /// Marks outbox rows published.
     async fn mark_published(&self, ids: &[i64]) -> Result<(), MetaError>;
+    /// Records a started multipart upload (state `open`) for a journal row, replacing an older
+    /// record of the same row.
+    async fn record_upload(&self, record: &UploadRecord) -> Result<(), MetaError>;
+    /// Records completed parts (idempotent per part number).
+    async fn record_parts(&self, upload_id: &str, parts: &[UploadedPart]) -> Result<(), MetaError>;
+    /// The open upload of a journal row, with its recorded parts.
+    async fn upload_of(&self, journal_id: i64) -> Result<Option<UploadRecord>, MetaError>;
+    /// Marks an upload `aborted` (it no longer exists in the bucket).
+    async fn mark_upload_aborted(&self, upload_id: &str) -> Result<(), MetaError>;
+    /// Open uploads of a mount whose journal row is no longer pending, last touched before
+    /// `older_than`: the executor started them and nothing will finish them.
+    async fn orphaned_uploads(
+        &self,
+        mount: &str,
+        older_than: chrono::DateTime<chrono::Utc>,
+    ) -> Result<Vec<UploadRecord>, MetaError>;
 }
 
 /// Redis: change notifications.
@@ -151,4 +241,10 @@ pub trait MetaStore: Send + Sync + 'static {
 pub trait ChangePublisher: Send + Sync + 'static {
     /// Publishes events of one mount, in order.
     async fn publish(&self, mount: &str, events: &[OutboxEvent]) -> Result<(), PublishError>;
+    /// Publishes an upload's progress (best effort, throttled by the caller).
+    async fn publish_progress(
+        &self,
+        mount: &str,
+        progress: &UploadProgress,
+    ) -> Result<(), PublishError>;
 }

@@ -5,7 +5,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use actix::prelude::*;
-use bytes::Bytes;
 use sha2::{Digest, Sha256};
 use tokio::sync::oneshot;
 use uuid::Uuid;
@@ -13,15 +12,17 @@ use uuid::Uuid;
 use crate::committer::CommitterActor;
 use crate::error::Error;
 use crate::messages::{
-    DeleteObject, GetStatus, ListObjects, OutboxChanged, PutObject, RetireMount, StatObject,
-    SupervisorStatus,
+    DeleteObject, GetStatus, ListObjects, OpenObject, OutboxChanged, PutLargeObject, PutObject,
+    RetireMount, StatObject, SupervisorStatus,
 };
-use crate::model::{JournalEntry, ListEntry, ListPage, OpRequest, OpResult, Stat};
+use crate::model::{JournalEntry, ListEntry, ListPage, Node, OpRequest, OpResult, Stat};
 use crate::mount::MountSpec;
 use crate::notifier::NotifierActor;
-use crate::operation::{recover_entry, run_operation, OpContext};
-use crate::ports::{ChangePublisher, MetaStore, ObjectStore};
+use crate::operation::{recover_entry, run_operation, OpContext, Payload};
+use crate::ports::{ChangePublisher, MetaStore, ObjectBody, ObjectStore, StoreErrorKind};
 use crate::retry::RetryPolicy;
+use crate::upload::UploadCounters;
+use std::sync::atomic::Ordering;
 
 /// Longest accepted idempotency key, in bytes.
 pub const MAX_IDEMPOTENCY_KEY_BYTES: usize = 255;
@@ -37,6 +38,9 @@ pub struct SupervisorSettings {
     pub outbox_poll_interval: Duration,
     /// Longest wait before start-up recovery after a restart.
     pub max_restart_delay: Duration,
+    /// A multipart upload this executor started and no longer tracks (its journal row ended) is
+    /// aborted once it has been idle this long. Uploads the executor did not start are never touched.
+    pub orphan_upload_grace: Duration,
 }
 
 impl Default for SupervisorSettings {
@@ -46,6 +50,7 @@ impl Default for SupervisorSettings {
             recovery_interval: Duration::from_secs(30),
             outbox_poll_interval: Duration::from_secs(5),
             max_restart_delay: Duration::from_secs(5),
+            orphan_upload_grace: Duration::from_secs(24 * 3600),
         }
     }
 }
@@ -72,6 +77,7 @@ pub struct MountSupervisor {
     publisher: Arc<dyn ChangePublisher>,
     settings: SupervisorSettings,
     restarts: u32,
+    counters: Arc<UploadCounters>,
     // Everything below is per run and reset by `restarting`.
     committer: Option<Addr<CommitterActor>>,
     notifier: Option<Addr<NotifierActor>>,
@@ -104,6 +110,7 @@ impl MountSupervisor {
             publisher,
             settings,
             restarts: 0,
+            counters: Arc::new(UploadCounters::default()),
             committer: None,
             notifier: None,
             recovered: false,
@@ -121,8 +128,10 @@ impl MountSupervisor {
             spec: self.spec.clone(),
             store: self.store.clone(),
             meta: self.meta.clone(),
+            publisher: self.publisher.clone(),
             committer: self.committer.clone()?,
             retry: self.settings.retry,
+            counters: self.counters.clone(),
         })
     }
 
@@ -150,7 +159,7 @@ impl MountSupervisor {
         &mut self,
         idempotency_key: Option<String>,
         request: OpRequest,
-        body: Option<Bytes>,
+        payload: Payload,
         ctx: &mut Context<Self>,
     ) -> ResponseFuture<Reply> {
         if self.retired {
@@ -184,7 +193,8 @@ impl MountSupervisor {
                 },
             );
             let path = request.path().to_owned();
-            let job: Job = Box::new(move |act, ctx| act.start_operation(key, request, body, ctx));
+            let job: Job =
+                Box::new(move |act, ctx| act.start_operation(key, request, payload, ctx));
             self.enqueue(path, job, ctx);
         }
         Box::pin(async move { rx.await.unwrap_or(Err(Error::Shutdown)) })
@@ -194,7 +204,7 @@ impl MountSupervisor {
         &mut self,
         key: String,
         request: OpRequest,
-        body: Option<Bytes>,
+        payload: Payload,
         ctx: &mut Context<Self>,
     ) {
         let path = request.path().to_owned();
@@ -203,7 +213,7 @@ impl MountSupervisor {
             self.path_done(&path, ctx);
             return;
         };
-        let fut = run_operation(c, key.clone(), request, body);
+        let fut = run_operation(c, key.clone(), request, payload);
         ctx.spawn(fut.into_actor(self).map(move |res, act, ctx| {
             act.finish(&key, res);
             act.path_done(&path, ctx);
@@ -269,12 +279,22 @@ impl MountSupervisor {
         if self.running.contains_key(&entry.idempotency_key) || !self.recovering.insert(entry.id) {
             return;
         }
+        // Registered like a call, so a caller repeating it with the same key joins the recovery.
+        let key = entry.idempotency_key.clone();
+        self.running.insert(
+            key.clone(),
+            Running {
+                fingerprint: entry.fingerprint.clone(),
+                waiters: Vec::new(),
+            },
+        );
         let path = entry.request.path().to_owned();
         let job: Job = Box::new(move |act, ctx| {
             let id = entry.id;
             let done_path = entry.request.path().to_owned();
             let Some(c) = act.op_context() else {
                 act.recovering.remove(&id);
+                act.finish(&key, Err(Error::Shutdown));
                 act.path_done(&done_path, ctx);
                 return;
             };
@@ -282,18 +302,54 @@ impl MountSupervisor {
                 recover_entry(c, entry)
                     .into_actor(act)
                     .map(move |res, act, ctx| {
-                        if let Err(e) = res {
+                        if let Err(e) = &res {
                             log::warn!(
-                                "mount {}: recovery of journal {id} did not finish: {e}",
+                                "mount {}: recovery of journal {id} ended with: {e}",
                                 act.spec.name
                             );
                         }
                         act.recovering.remove(&id);
+                        act.finish(&key, res);
                         act.path_done(&done_path, ctx);
                     }),
             );
         });
         self.enqueue(path, job, ctx);
+    }
+
+    /// Aborts open uploads this executor started whose journal row has ended, once idle for the
+    /// grace period.
+    fn sweep_orphaned_uploads(&mut self, ctx: &mut Context<Self>) {
+        let Some(c) = self.op_context() else { return };
+        let grace = chrono::Duration::from_std(self.settings.orphan_upload_grace)
+            .unwrap_or(chrono::Duration::MAX);
+        let sweep = async move {
+            let cutoff = chrono::Utc::now() - grace;
+            let orphans = c.meta.orphaned_uploads(&c.spec.name, cutoff).await?;
+            let mut aborted = 0;
+            for u in orphans {
+                match c.store.abort_multipart(&u.key, &u.upload_id).await {
+                    Ok(()) => {
+                        c.meta.mark_upload_aborted(&u.upload_id).await?;
+                        aborted += 1;
+                    }
+                    Err(e) => log::warn!(
+                        "mount {}: could not abort orphaned upload {}: {e}",
+                        c.spec.name,
+                        u.upload_id
+                    ),
+                }
+            }
+            Ok::<usize, Error>(aborted)
+        };
+        ctx.spawn(sweep.into_actor(self).map(|res, act, _| match res {
+            Ok(0) => {}
+            Ok(n) => log::info!(
+                "mount {}: aborted {n} orphaned multipart uploads",
+                act.spec.name
+            ),
+            Err(e) => log::warn!("mount {}: orphan sweep failed: {e}", act.spec.name),
+        }));
     }
 }
 
@@ -334,11 +390,13 @@ impl Actor for MountSupervisor {
         self.notifier = Some(notifier);
         self.committer = Some(committer);
         self.schedule_recovery(ctx, true);
-        self.recovery_timer = Some(
-            ctx.run_interval(self.settings.recovery_interval, |act, ctx| {
-                act.schedule_recovery(ctx, false)
-            }),
-        );
+        self.recovery_timer = Some(ctx.run_interval(
+            self.settings.recovery_interval,
+            |act, ctx| {
+                act.schedule_recovery(ctx, false);
+                act.sweep_orphaned_uploads(ctx);
+            },
+        ));
         self.poll_timer = Some(
             ctx.run_interval(self.settings.outbox_poll_interval, |act, _| {
                 if let Some(n) = &act.notifier {
@@ -416,7 +474,74 @@ impl Handler<PutObject> for MountSupervisor {
             sha256: hex::encode(msg.sha256),
             content_type: msg.content_type,
         };
-        self.submit(msg.idempotency_key, request, Some(msg.body), ctx)
+        self.submit(msg.idempotency_key, request, Payload::Bytes(msg.body), ctx)
+    }
+}
+
+impl Handler<PutLargeObject> for MountSupervisor {
+    type Result = ResponseFuture<Reply>;
+
+    fn handle(&mut self, msg: PutLargeObject, ctx: &mut Self::Context) -> Self::Result {
+        let key = match self.spec.keys.key_for(&msg.path) {
+            Ok(k) => k,
+            Err(e) => {
+                let e = Error::invalid_path(msg.path.as_str(), e);
+                return Box::pin(async move { Err(e) });
+            }
+        };
+        if let Err(e) = crate::upload::part_size_for(self.spec.part_size, msg.size) {
+            return Box::pin(async move { Err(e) });
+        }
+        let request = OpRequest::PutMultipart {
+            path: msg.path.as_str().to_owned(),
+            key,
+            size: msg.size,
+            source: msg.source,
+            content_type: msg.content_type,
+        };
+        let payload = Payload::Upload {
+            reader: msg.reader,
+            sink: msg.progress,
+        };
+        self.submit(msg.idempotency_key, request, payload, ctx)
+    }
+}
+
+impl Handler<OpenObject> for MountSupervisor {
+    type Result = ResponseFuture<Result<(Option<Node>, ObjectBody), Error>>;
+
+    fn handle(&mut self, msg: OpenObject, _ctx: &mut Self::Context) -> Self::Result {
+        let spec = self.spec.clone();
+        let store = self.store.clone();
+        let meta = self.meta.clone();
+        let retry = self.settings.retry;
+        Box::pin(async move {
+            let path = msg.path.as_str().to_owned();
+            let key = spec
+                .keys
+                .key_for(&msg.path)
+                .map_err(|e| Error::invalid_path(&path, e))?;
+            let node = meta.node(&spec.name, &path).await?;
+            let body = retry
+                .run(
+                    || store.get_object(&key, msg.range, msg.if_match.as_deref()),
+                    |e| e.is_retryable(),
+                    |_, _| {},
+                )
+                .await
+                .map_err(|source| match source.kind {
+                    StoreErrorKind::NotFound => Error::NotFound {
+                        mount: spec.name.clone(),
+                        path: path.clone(),
+                    },
+                    _ => Error::Storage {
+                        op: "GET",
+                        key: key.clone(),
+                        source,
+                    },
+                })?;
+            Ok((node, body))
+        })
     }
 }
 
@@ -435,7 +560,7 @@ impl Handler<DeleteObject> for MountSupervisor {
             path: msg.path.as_str().to_owned(),
             key,
         };
-        self.submit(msg.idempotency_key, request, None, ctx)
+        self.submit(msg.idempotency_key, request, Payload::None, ctx)
     }
 }
 
@@ -533,6 +658,9 @@ impl Handler<GetStatus> for MountSupervisor {
             restarts: self.restarts,
             recovered: self.recovered,
             operations: self.running.len(),
+            upload_bytes_sent: self.counters.bytes_sent.load(Ordering::Relaxed),
+            parts_uploaded: self.counters.parts_uploaded.load(Ordering::Relaxed),
+            parts_resumed: self.counters.parts_resumed.load(Ordering::Relaxed),
         })
     }
 }

@@ -12,13 +12,18 @@ use uuid::Uuid;
 
 use crate::model::{
     ChangeEvent, CommitRecord, IntentOutcome, JournalEntry, JournalState, NewIntent, Node,
-    NodeChange, ObjectMeta, OpResult, OutboxEvent, RawListing, EVENT_VERSION,
+    NodeChange, ObjectMeta, OpResult, OutboxEvent, RawListing, UploadProgress, UploadRecord,
+    EVENT_VERSION,
 };
 use crate::mount::MountRow;
 use crate::ports::{
-    ChangePublisher, MetaError, MetaStore, ObjectStore, PublishError, PutObjectInput, StoreError,
-    StoreErrorKind,
+    ByteRange, ChangePublisher, MetaError, MetaStore, ObjectBody, ObjectStore, PublishError,
+    PutObjectInput, StoreError, StoreErrorKind, UploadedPart,
 };
+use bytes::Bytes;
+
+/// Key and parts of an open upload.
+type OpenUpload = (String, BTreeMap<i32, Vec<u8>>);
 
 /// A bucket in memory. `fail_next_puts` makes the next N puts fail with `fail_kind`.
 #[derive(Default)]
@@ -29,6 +34,9 @@ pub struct MemoryStore {
     fail_kind: Mutex<Option<StoreErrorKind>>,
     /// Successful puts.
     pub puts: AtomicU32,
+    uploads: Mutex<HashMap<String, OpenUpload>>,
+    /// Parts that will fail before one succeeds.
+    pub fail_next_parts: AtomicU32,
 }
 
 impl MemoryStore {
@@ -121,6 +129,146 @@ impl ObjectStore for MemoryStore {
             ..RawListing::default()
         })
     }
+
+    async fn get_object(
+        &self,
+        key: &str,
+        range: Option<ByteRange>,
+        _if_match: Option<&str>,
+    ) -> Result<ObjectBody, StoreError> {
+        let (data, meta) = self
+            .objects
+            .lock()
+            .unwrap()
+            .get(key)
+            .cloned()
+            .ok_or_else(|| StoreError::new(StoreErrorKind::NotFound, "no such key"))?;
+        let (start, end) = match range {
+            Some(r) => (
+                r.start as usize,
+                r.end.map_or(data.len(), |e| e as usize + 1),
+            ),
+            None => (0, data.len()),
+        };
+        let slice = Bytes::copy_from_slice(&data[start..end.min(data.len())]);
+        Ok(ObjectBody {
+            meta,
+            content_length: slice.len() as u64,
+            stream: Box::pin(futures::stream::iter(vec![Ok(slice)])),
+        })
+    }
+
+    async fn create_multipart(&self, key: &str, _ct: Option<&str>) -> Result<String, StoreError> {
+        let id = Uuid::new_v4().to_string();
+        self.uploads
+            .lock()
+            .unwrap()
+            .insert(id.clone(), (key.to_owned(), BTreeMap::new()));
+        Ok(id)
+    }
+
+    async fn upload_part(
+        &self,
+        _key: &str,
+        upload_id: &str,
+        part_number: i32,
+        body: Bytes,
+        sha256: [u8; 32],
+    ) -> Result<UploadedPart, StoreError> {
+        if self
+            .fail_next_parts
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+            .is_ok()
+        {
+            return Err(StoreError::new(
+                StoreErrorKind::Transient,
+                "injected part failure",
+            ));
+        }
+        let mut uploads = self.uploads.lock().unwrap();
+        let (_, parts) = uploads
+            .get_mut(upload_id)
+            .ok_or_else(|| StoreError::new(StoreErrorKind::NotFound, "NoSuchUpload"))?;
+        parts.insert(part_number, body.to_vec());
+        Ok(UploadedPart {
+            part_number,
+            etag: Some(hex::encode(&sha256[..16])),
+            size: body.len() as u64,
+            sha256: Some(hex::encode(sha256)),
+        })
+    }
+
+    async fn list_parts(
+        &self,
+        _key: &str,
+        upload_id: &str,
+    ) -> Result<Vec<UploadedPart>, StoreError> {
+        let uploads = self.uploads.lock().unwrap();
+        let (_, parts) = uploads
+            .get(upload_id)
+            .ok_or_else(|| StoreError::new(StoreErrorKind::NotFound, "NoSuchUpload"))?;
+        Ok(parts
+            .iter()
+            .map(|(n, b)| {
+                let sha: [u8; 32] = Sha256::digest(b).into();
+                UploadedPart {
+                    part_number: *n,
+                    etag: Some(hex::encode(&sha[..16])),
+                    size: b.len() as u64,
+                    sha256: Some(hex::encode(sha)),
+                }
+            })
+            .collect())
+    }
+
+    async fn complete_multipart(
+        &self,
+        key: &str,
+        upload_id: &str,
+        parts: &[UploadedPart],
+    ) -> Result<String, StoreError> {
+        let (_, stored) = self
+            .uploads
+            .lock()
+            .unwrap()
+            .remove(upload_id)
+            .ok_or_else(|| StoreError::new(StoreErrorKind::NotFound, "NoSuchUpload"))?;
+        let mut data = Vec::new();
+        for p in parts {
+            data.extend_from_slice(&stored[&p.part_number]);
+        }
+        let etag = format!(
+            "{}-{}",
+            &hex::encode(Sha256::digest(&data))[..32],
+            parts.len()
+        );
+        let meta = ObjectMeta {
+            key: key.to_owned(),
+            size: data.len() as u64,
+            etag: etag.clone(),
+            sha256: None,
+            storage_class: "STANDARD".into(),
+            last_modified: Some(Utc::now()),
+            sse: None,
+        };
+        self.objects
+            .lock()
+            .unwrap()
+            .insert(key.to_owned(), (data, meta));
+        Ok(etag)
+    }
+
+    async fn abort_multipart(&self, _key: &str, upload_id: &str) -> Result<(), StoreError> {
+        self.uploads.lock().unwrap().remove(upload_id);
+        Ok(())
+    }
+}
+
+impl MemoryStore {
+    /// Open multipart uploads.
+    pub fn open_uploads(&self) -> usize {
+        self.uploads.lock().unwrap().len()
+    }
 }
 
 #[derive(Default)]
@@ -130,6 +278,7 @@ struct MetaState {
     nodes: HashMap<(String, String), Node>,
     generations: HashMap<(String, String), i64>,
     outbox: Vec<(OutboxEvent, bool)>,
+    uploads: Vec<(UploadRecord, &'static str)>,
 }
 
 /// Postgres in memory, with the same idempotency and commit rules as the real adapter.
@@ -263,6 +412,13 @@ impl MetaStore for MemoryMeta {
         };
         let id = s.outbox.len() as i64 + 1;
         s.outbox.push((OutboxEvent { id, event }, false));
+        if let Some(upload_id) = &r.upload_id {
+            for (u, st) in s.uploads.iter_mut() {
+                if &u.upload_id == upload_id {
+                    *st = "completed";
+                }
+            }
+        }
         let e = &mut s.journal[idx];
         e.state = JournalState::Committed;
         e.result = Some(result.clone());
@@ -323,6 +479,62 @@ impl MetaStore for MemoryMeta {
         }
         Ok(())
     }
+
+    async fn record_upload(&self, record: &UploadRecord) -> Result<(), MetaError> {
+        let mut s = self.state.lock().unwrap();
+        s.uploads.retain(|(u, _)| u.journal_id != record.journal_id);
+        s.uploads.push((record.clone(), "open"));
+        Ok(())
+    }
+
+    async fn record_parts(&self, upload_id: &str, parts: &[UploadedPart]) -> Result<(), MetaError> {
+        let mut s = self.state.lock().unwrap();
+        if let Some((u, _)) = s.uploads.iter_mut().find(|(u, _)| u.upload_id == upload_id) {
+            for p in parts {
+                u.parts.retain(|x| x.part_number != p.part_number);
+                u.parts.push(p.clone());
+            }
+            u.parts.sort_by_key(|p| p.part_number);
+        }
+        Ok(())
+    }
+
+    async fn upload_of(&self, journal_id: i64) -> Result<Option<UploadRecord>, MetaError> {
+        let s = self.state.lock().unwrap();
+        Ok(s.uploads
+            .iter()
+            .find(|(u, st)| u.journal_id == journal_id && *st == "open")
+            .map(|(u, _)| u.clone()))
+    }
+
+    async fn mark_upload_aborted(&self, upload_id: &str) -> Result<(), MetaError> {
+        let mut s = self.state.lock().unwrap();
+        for (u, st) in s.uploads.iter_mut() {
+            if u.upload_id == upload_id {
+                *st = "aborted";
+            }
+        }
+        Ok(())
+    }
+
+    async fn orphaned_uploads(
+        &self,
+        mount: &str,
+        _older_than: chrono::DateTime<Utc>,
+    ) -> Result<Vec<UploadRecord>, MetaError> {
+        let s = self.state.lock().unwrap();
+        Ok(s.uploads
+            .iter()
+            .filter(|(u, st)| {
+                *st == "open"
+                    && u.mount == mount
+                    && s.journal
+                        .iter()
+                        .any(|j| j.id == u.journal_id && j.state != JournalState::Pending)
+            })
+            .map(|(u, _)| u.clone())
+            .collect())
+    }
 }
 
 /// Records published events.
@@ -330,6 +542,8 @@ impl MetaStore for MemoryMeta {
 pub struct RecordingPublisher {
     /// Everything published, in order.
     pub events: Mutex<Vec<ChangeEvent>>,
+    /// Progress messages published.
+    pub progress: Mutex<Vec<UploadProgress>>,
 }
 
 #[async_trait]
@@ -339,6 +553,11 @@ impl ChangePublisher for RecordingPublisher {
             .lock()
             .unwrap()
             .extend(events.iter().map(|e| e.event.clone()));
+        Ok(())
+    }
+
+    async fn publish_progress(&self, _mount: &str, p: &UploadProgress) -> Result<(), PublishError> {
+        self.progress.lock().unwrap().push(p.clone());
         Ok(())
     }
 }

@@ -27,6 +27,7 @@ fn settings() -> SupervisorSettings {
         recovery_interval: Duration::from_secs(60),
         outbox_poll_interval: Duration::from_millis(50),
         max_restart_delay: Duration::from_millis(50),
+        orphan_upload_grace: Duration::from_secs(3600),
     }
 }
 
@@ -368,4 +369,131 @@ async fn actix_fact_panic_is_not_a_restart() {
     ));
     assert_eq!(starts.load(Ordering::SeqCst), 1);
     arbiter.stop();
+}
+
+// --- multipart uploads ------------------------------------------------------------------------
+
+fn large_put(
+    path: &str,
+    data: Vec<u8>,
+    sink: Option<filestore_s3_actors::upload::ProgressSink>,
+) -> filestore_s3_actors::messages::PutLargeObject {
+    filestore_s3_actors::messages::PutLargeObject {
+        path: FsPath::parse(path).unwrap(),
+        source: filestore_s3_actors::model::UploadSource::Stream,
+        size: Some(data.len() as u64),
+        reader: Some(Box::new(std::io::Cursor::new(data))),
+        content_type: None,
+        idempotency_key: None,
+        progress: sink,
+    }
+}
+
+fn start_with(f: &Fakes, edit: impl FnOnce(&mut MountRow)) -> Addr<MountSupervisor> {
+    let mut row = MountRow::new("m", "bucket-a", "pre");
+    row.verify_window_ms = 200;
+    row.multipart_threshold = 1024;
+    row.part_size = 5 * 1024 * 1024;
+    row.part_concurrency = 2;
+    edit(&mut row);
+    let spec = Arc::new(MountSpec::from_row(&row).unwrap());
+    let (store, meta, publisher) = (f.store.clone(), f.meta.clone(), f.publisher.clone());
+    actix::Supervisor::start(move |_| {
+        MountSupervisor::new(spec, store, meta, publisher, settings())
+    })
+}
+
+#[actix_rt::test]
+async fn multipart_upload_reports_ordered_progress_and_hashes_the_whole_object() {
+    let f = Fakes::default();
+    let addr = start_with(&f, |_| {});
+    let data: Vec<u8> = (0..(12 * 1024 * 1024 + 123))
+        .map(|i| (i % 253) as u8)
+        .collect();
+    let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let s = seen.clone();
+    let sink: filestore_s3_actors::upload::ProgressSink =
+        Arc::new(move |p| s.lock().unwrap().push(p.clone()));
+    let r = addr
+        .send(large_put("big/blob", data.clone(), Some(sink)))
+        .await
+        .unwrap()
+        .unwrap();
+    let node = r.node.unwrap();
+    assert_eq!(node.sha256, hex::encode(sha256_of(&data)));
+    assert_eq!(node.size, data.len() as u64);
+    assert_eq!(f.store.get("pre/big/blob").unwrap(), data);
+    let seen = seen.lock().unwrap().clone();
+    let done: Vec<u64> = seen.iter().map(|p| p.bytes_done).collect();
+    assert!(
+        done.windows(2).all(|w| w[0] <= w[1]),
+        "progress went backwards: {done:?}"
+    );
+    let last = seen.last().unwrap();
+    assert!(last.finished);
+    assert_eq!(last.bytes_done, data.len() as u64);
+    assert_eq!(last.parts_done, 3);
+    assert_eq!(last.parts_total, Some(3));
+    let status = addr.send(GetStatus).await.unwrap();
+    assert_eq!(status.upload_bytes_sent, data.len() as u64);
+    assert_eq!(status.parts_uploaded, 3);
+    assert_eq!(f.store.open_uploads(), 0);
+}
+
+#[actix_rt::test]
+async fn failed_part_aborts_the_upload_by_default() {
+    let f = Fakes::default();
+    let addr = start_with(&f, |_| {});
+    f.store.fail_next_parts.store(100, Ordering::SeqCst);
+    let data = vec![1u8; 6 * 1024 * 1024];
+    let err = addr
+        .send(large_put("fails", data, None))
+        .await
+        .unwrap()
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            Error::Storage {
+                op: "UploadPart",
+                ..
+            }
+        ),
+        "{err}"
+    );
+    assert_eq!(f.store.open_uploads(), 0, "upload aborted");
+    assert_eq!(f.meta.journal()[0].state, JournalState::Failed);
+    assert!(f.store.get("pre/fails").is_none());
+}
+
+#[actix_rt::test]
+async fn failed_part_keeps_the_upload_with_the_retain_policy() {
+    let f = Fakes::default();
+    let addr = start_with(&f, |r| r.multipart_failure_policy = "retain".into());
+    f.store.fail_next_parts.store(100, Ordering::SeqCst);
+    let data = vec![1u8; 6 * 1024 * 1024];
+    addr.send(large_put("kept", data, None))
+        .await
+        .unwrap()
+        .unwrap_err();
+    assert_eq!(f.store.open_uploads(), 1, "upload retained for a resume");
+}
+
+#[actix_rt::test]
+async fn transient_part_failures_are_retried_and_counted() {
+    let f = Fakes::default();
+    let addr = start_with(&f, |_| {});
+    f.store.fail_next_parts.store(2, Ordering::SeqCst);
+    let data = vec![9u8; 11 * 1024 * 1024];
+    addr.send(large_put("retried", data.clone(), None))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(f.store.get("pre/retried").unwrap(), data);
+    let status = addr.send(GetStatus).await.unwrap();
+    assert_eq!(status.parts_uploaded, 3);
+    assert_eq!(
+        status.upload_bytes_sent,
+        data.len() as u64 + 2 * 5 * 1024 * 1024
+    );
 }

@@ -5,12 +5,13 @@ use std::time::Duration;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
+use filestore_s3_actors::model::UploadRecord;
 use filestore_s3_actors::model::{
     ChangeEvent, CommitRecord, IntentOutcome, JournalEntry, JournalState, NewIntent, Node,
     NodeChange, NodeMeta, OpRequest, OpResult, OutboxEvent, EVENT_VERSION,
 };
 use filestore_s3_actors::mount::MountRow;
-use filestore_s3_actors::ports::{MetaError, MetaStore};
+use filestore_s3_actors::ports::{MetaError, MetaStore, UploadedPart};
 use filestore_s3_actors::Error;
 use tokio_postgres::{NoTls, Row};
 use uuid::Uuid;
@@ -165,15 +166,16 @@ impl PgMetaStore {
         c.execute(
             "INSERT INTO backend_mounts (name, bucket, prefix, region, endpoint, path_style, sse_mode,
                 kms_key_id, canned_acl, storage_class, multipart_threshold, part_size, part_concurrency,
-                verify_window_ms, checksum, enabled)
-             VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13,$14,$15,$16)
+                verify_window_ms, checksum, enabled, multipart_failure_policy)
+             VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13,$14,$15,$16,$17)
              ON CONFLICT (name) DO UPDATE SET bucket = EXCLUDED.bucket, prefix = EXCLUDED.prefix,
                 region = EXCLUDED.region, endpoint = EXCLUDED.endpoint, path_style = EXCLUDED.path_style,
                 sse_mode = EXCLUDED.sse_mode, kms_key_id = EXCLUDED.kms_key_id,
                 canned_acl = EXCLUDED.canned_acl, storage_class = EXCLUDED.storage_class,
                 multipart_threshold = EXCLUDED.multipart_threshold, part_size = EXCLUDED.part_size,
                 part_concurrency = EXCLUDED.part_concurrency, verify_window_ms = EXCLUDED.verify_window_ms,
-                checksum = EXCLUDED.checksum, enabled = EXCLUDED.enabled, updated_at = now()",
+                checksum = EXCLUDED.checksum, enabled = EXCLUDED.enabled,
+                multipart_failure_policy = EXCLUDED.multipart_failure_policy, updated_at = now()",
             &[
                 &r.name,
                 &r.bucket,
@@ -191,6 +193,7 @@ impl PgMetaStore {
                 &r.verify_window_ms,
                 &r.checksum,
                 &r.enabled,
+                &r.multipart_failure_policy,
             ],
         )
         .await
@@ -235,7 +238,7 @@ impl MetaStore for PgMetaStore {
             .query(
                 "SELECT name, bucket, prefix, region, endpoint, path_style, sse_mode, kms_key_id,
                         canned_acl, storage_class, multipart_threshold, part_size, part_concurrency,
-                        verify_window_ms, checksum, enabled
+                        verify_window_ms, checksum, enabled, multipart_failure_policy
                  FROM backend_mounts ORDER BY name",
                 &[],
             )
@@ -260,6 +263,7 @@ impl MetaStore for PgMetaStore {
                 verify_window_ms: r.get("verify_window_ms"),
                 checksum: r.get("checksum"),
                 enabled: r.get("enabled"),
+                multipart_failure_policy: r.get("multipart_failure_policy"),
             })
             .collect())
     }
@@ -456,6 +460,14 @@ impl MetaStore for PgMetaStore {
         )
         .await
         .map_err(pg)?;
+        if let Some(upload_id) = &r.upload_id {
+            tx.execute(
+                "UPDATE multipart_uploads SET state = 'completed', updated_at = now() WHERE upload_id = $1",
+                &[upload_id],
+            )
+            .await
+            .map_err(pg)?;
+        }
         tx.execute(
             "INSERT INTO outbox (event_id, mount, journal_id, payload) VALUES ($1, $2, $3, $4)",
             &[&event_id, &r.mount, &r.journal_id, &event_json],
@@ -551,5 +563,143 @@ impl MetaStore for PgMetaStore {
         .await
         .map_err(pg)?;
         Ok(())
+    }
+
+    async fn record_upload(&self, u: &UploadRecord) -> Result<(), MetaError> {
+        let mut c = self.client().await?;
+        let tx = c.transaction().await.map_err(pg)?;
+        tx.execute(
+            "DELETE FROM multipart_uploads WHERE journal_id = $1",
+            &[&u.journal_id],
+        )
+        .await
+        .map_err(pg)?;
+        let part_size = to_i64(u.part_size, "part size")?;
+        let total = u.total_size.map(|t| to_i64(t, "total size")).transpose()?;
+        tx.execute(
+            "INSERT INTO multipart_uploads (upload_id, journal_id, mount, object_key, part_size,
+                                            total_size, state)
+             VALUES ($1, $2, $3, $4, $5, $6, 'open')",
+            &[
+                &u.upload_id,
+                &u.journal_id,
+                &u.mount,
+                &u.key,
+                &part_size,
+                &total,
+            ],
+        )
+        .await
+        .map_err(pg)?;
+        tx.commit().await.map_err(pg)
+    }
+
+    async fn record_parts(&self, upload_id: &str, parts: &[UploadedPart]) -> Result<(), MetaError> {
+        if parts.is_empty() {
+            return Ok(());
+        }
+        let numbers: Vec<i32> = parts.iter().map(|p| p.part_number).collect();
+        let etags: Vec<String> = parts
+            .iter()
+            .map(|p| p.etag.clone().unwrap_or_default())
+            .collect();
+        let sizes: Vec<i64> = parts.iter().map(|p| p.size as i64).collect();
+        let shas: Vec<Option<String>> = parts.iter().map(|p| p.sha256.clone()).collect();
+        let c = self.client().await?;
+        c.execute(
+            "WITH p AS (SELECT * FROM unnest($2::int[], $3::text[], $4::bigint[], $5::text[])
+                         AS t(part_number, etag, size, sha256))
+             INSERT INTO multipart_parts (upload_id, part_number, etag, size, checksum_sha256)
+             SELECT $1, part_number, etag, size, sha256 FROM p
+             ON CONFLICT (upload_id, part_number) DO UPDATE SET etag = EXCLUDED.etag,
+                size = EXCLUDED.size, checksum_sha256 = EXCLUDED.checksum_sha256",
+            &[&upload_id, &numbers, &etags, &sizes, &shas],
+        )
+        .await
+        .map_err(pg)?;
+        c.execute(
+            "UPDATE multipart_uploads SET updated_at = now() WHERE upload_id = $1",
+            &[&upload_id],
+        )
+        .await
+        .map_err(pg)?;
+        Ok(())
+    }
+
+    async fn upload_of(&self, journal_id: i64) -> Result<Option<UploadRecord>, MetaError> {
+        let c = self.client().await?;
+        let Some(row) = c
+            .query_opt(
+                "SELECT upload_id, journal_id, mount, object_key, part_size, total_size
+                 FROM multipart_uploads WHERE journal_id = $1 AND state = 'open'",
+                &[&journal_id],
+            )
+            .await
+            .map_err(pg)?
+        else {
+            return Ok(None);
+        };
+        let mut record = upload_from_row(&row);
+        let parts = c
+            .query(
+                "SELECT part_number, etag, size, checksum_sha256 FROM multipart_parts
+                 WHERE upload_id = $1 ORDER BY part_number",
+                &[&record.upload_id],
+            )
+            .await
+            .map_err(pg)?;
+        record.parts = parts
+            .iter()
+            .map(|p| UploadedPart {
+                part_number: p.get(0),
+                etag: Some(p.get::<_, String>(1)).filter(|e| !e.is_empty()),
+                size: p.get::<_, i64>(2) as u64,
+                sha256: p.get(3),
+            })
+            .collect();
+        Ok(Some(record))
+    }
+
+    async fn mark_upload_aborted(&self, upload_id: &str) -> Result<(), MetaError> {
+        let c = self.client().await?;
+        c.execute(
+            "UPDATE multipart_uploads SET state = 'aborted', updated_at = now() WHERE upload_id = $1",
+            &[&upload_id],
+        )
+        .await
+        .map_err(pg)?;
+        Ok(())
+    }
+
+    async fn orphaned_uploads(
+        &self,
+        mount: &str,
+        older_than: DateTime<Utc>,
+    ) -> Result<Vec<UploadRecord>, MetaError> {
+        let c = self.client().await?;
+        let rows = c
+            .query(
+                "SELECT u.upload_id, u.journal_id, u.mount, u.object_key, u.part_size, u.total_size
+                 FROM multipart_uploads u JOIN journal j ON j.id = u.journal_id
+                 WHERE u.mount = $1 AND u.state = 'open' AND j.state <> 'pending'
+                   AND u.updated_at < $2
+                 ORDER BY u.updated_at",
+                &[&mount, &older_than],
+            )
+            .await
+            .map_err(pg)?;
+        Ok(rows.iter().map(upload_from_row).collect())
+    }
+}
+
+fn upload_from_row(row: &Row) -> UploadRecord {
+    UploadRecord {
+        upload_id: row.get(0),
+        journal_id: row.get(1),
+        mount: row.get(2),
+        key: row.get(3),
+        part_size: row.get::<_, i64>(4) as u64,
+        total_size: row.get::<_, Option<i64>>(5).map(|t| t as u64),
+        parts: Vec::new(),
     }
 }

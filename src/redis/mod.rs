@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use async_trait::async_trait;
-use filestore_s3_actors::model::OutboxEvent;
+use filestore_s3_actors::model::{OutboxEvent, UploadProgress};
 use filestore_s3_actors::ports::{ChangePublisher, PublishError};
 use filestore_s3_actors::Error;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
@@ -31,6 +31,11 @@ impl RedisKeys {
     /// The Pub/Sub channel of a mount's change events: `{prefix}:{mount}:changes`.
     pub fn channel(&self, mount: &str) -> String {
         format!("{}:{mount}:changes", self.prefix)
+    }
+
+    /// The Pub/Sub channel of a mount's upload progress: `{prefix}:{mount}:progress`.
+    pub fn progress_channel(&self, mount: &str) -> String {
+        format!("{}:{mount}:progress", self.prefix)
     }
 }
 
@@ -85,6 +90,22 @@ impl ChangePublisher for RedisPublisher {
         }
         let mut conn = self.conn.clone();
         pipe.query_async::<()>(&mut conn)
+            .await
+            .map_err(|e| PublishError(e.to_string()))
+    }
+
+    async fn publish_progress(
+        &self,
+        mount: &str,
+        progress: &UploadProgress,
+    ) -> Result<(), PublishError> {
+        let payload = serde_json::to_string(progress)
+            .map_err(|e| PublishError(format!("encoding progress: {e}")))?;
+        let mut conn = self.conn.clone();
+        redis::cmd("PUBLISH")
+            .arg(self.keys.progress_channel(mount))
+            .arg(payload)
+            .query_async::<()>(&mut conn)
             .await
             .map_err(|e| PublishError(e.to_string()))
     }

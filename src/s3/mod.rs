@@ -12,17 +12,20 @@ use aws_sdk_s3::config::{
 };
 use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::types::{
-    ChecksumMode, EncodingType, ObjectCannedAcl, ServerSideEncryption, StorageClass,
+    ChecksumAlgorithm, ChecksumMode, CompletedMultipartUpload, CompletedPart, EncodingType,
+    ObjectCannedAcl, ServerSideEncryption, StorageClass,
 };
 use aws_sdk_s3::Client;
 use aws_smithy_types::retry::RetryConfig;
 use aws_smithy_types::timeout::TimeoutConfig;
 use base64::Engine as _;
+use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use filestore_s3_actors::model::{ObjectMeta, RawListing};
 use filestore_s3_actors::mount::{ChecksumPolicy, MountSpec, Sse};
 use filestore_s3_actors::ports::{
-    ObjectStore, ObjectStoreFactory, PutObjectInput, StoreError, StoreErrorKind,
+    ByteRange, ObjectBody, ObjectStore, ObjectStoreFactory, PutObjectInput, StoreError,
+    StoreErrorKind, UploadedPart,
 };
 
 pub use error::classify;
@@ -131,6 +134,20 @@ pub struct S3Store {
     checksum: ChecksumPolicy,
 }
 
+impl S3Store {
+    fn sse_headers(&self) -> (Option<ServerSideEncryption>, Option<String>) {
+        match &self.sse {
+            Sse::None => (None, None),
+            Sse::Aes256 => (Some(ServerSideEncryption::Aes256), None),
+            Sse::Kms { key_id } => (Some(ServerSideEncryption::AwsKms), key_id.clone()),
+        }
+    }
+
+    fn b64(sha256: &[u8; 32]) -> String {
+        base64::engine::general_purpose::STANDARD.encode(sha256)
+    }
+}
+
 fn to_chrono(t: Option<&aws_smithy_types::DateTime>) -> Option<DateTime<Utc>> {
     t.and_then(|t| DateTime::from_timestamp(t.secs(), t.subsec_nanos()))
 }
@@ -165,20 +182,15 @@ impl ObjectStore for S3Store {
             req =
                 req.checksum_sha256(base64::engine::general_purpose::STANDARD.encode(input.sha256));
         }
-        req = match &self.sse {
-            Sse::None => req,
-            Sse::Aes256 => req.server_side_encryption(ServerSideEncryption::Aes256),
-            Sse::Kms { key_id } => req
-                .server_side_encryption(ServerSideEncryption::AwsKms)
-                .set_ssekms_key_id(key_id.clone()),
-        };
-        if let Some(acl) = &self.acl {
-            req = req.acl(ObjectCannedAcl::from(acl.as_str()));
-        }
-        if let Some(sc) = &self.storage_class {
-            req = req.storage_class(StorageClass::from(sc.as_str()));
-        }
-        let out = req.send().await.map_err(classify)?;
+        let (sse, kms_key) = self.sse_headers();
+        let out = req
+            .set_server_side_encryption(sse)
+            .set_ssekms_key_id(kms_key)
+            .set_acl(self.acl.as_deref().map(ObjectCannedAcl::from))
+            .set_storage_class(self.storage_class.as_deref().map(StorageClass::from))
+            .send()
+            .await
+            .map_err(classify)?;
         Ok(ObjectMeta {
             key: input.key,
             size,
@@ -311,5 +323,222 @@ impl ObjectStore for S3Store {
             common_prefixes,
             next_token,
         })
+    }
+
+    async fn get_object(
+        &self,
+        key: &str,
+        range: Option<ByteRange>,
+        if_match: Option<&str>,
+    ) -> Result<ObjectBody, StoreError> {
+        let range = range.map(|r| match r.end {
+            Some(end) => format!("bytes={}-{end}", r.start),
+            None => format!("bytes={}-", r.start),
+        });
+        let out = self
+            .client
+            .get_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .set_range(range.clone())
+            .set_if_match(if_match.map(|e| format!("\"{e}\"")))
+            .send()
+            .await
+            .map_err(classify)?;
+        let content_length = out.content_length().unwrap_or(0).max(0) as u64;
+        // Content-Range: bytes a-b/total gives the whole size of a ranged read.
+        let size = out
+            .content_range()
+            .and_then(|cr| cr.rsplit('/').next())
+            .and_then(|t| t.parse().ok())
+            .unwrap_or(content_length);
+        let meta = ObjectMeta {
+            key: key.to_owned(),
+            size,
+            etag: unquote(out.e_tag()),
+            sha256: None,
+            storage_class: out
+                .storage_class()
+                .map(|s| s.as_str().to_owned())
+                .unwrap_or_else(|| "STANDARD".into()),
+            last_modified: to_chrono(out.last_modified()),
+            sse: out.server_side_encryption().map(|s| s.as_str().to_owned()),
+        };
+        let mut body = out.body;
+        let stream = futures::stream::poll_fn(move |cx| {
+            std::pin::Pin::new(&mut body).poll_next(cx).map(|o| {
+                o.map(|r| r.map_err(|e| StoreError::new(StoreErrorKind::Transient, e.to_string())))
+            })
+        });
+        Ok(ObjectBody {
+            meta,
+            content_length,
+            stream: Box::pin(stream),
+        })
+    }
+
+    async fn create_multipart(
+        &self,
+        key: &str,
+        content_type: Option<&str>,
+    ) -> Result<String, StoreError> {
+        let (sse, kms_key) = self.sse_headers();
+        let out = self
+            .client
+            .create_multipart_upload()
+            .bucket(&self.bucket)
+            .key(key)
+            .set_content_type(content_type.map(str::to_owned))
+            .set_checksum_algorithm(
+                (self.checksum == ChecksumPolicy::Sha256).then_some(ChecksumAlgorithm::Sha256),
+            )
+            .set_server_side_encryption(sse)
+            .set_ssekms_key_id(kms_key)
+            .set_acl(self.acl.as_deref().map(ObjectCannedAcl::from))
+            .set_storage_class(self.storage_class.as_deref().map(StorageClass::from))
+            .send()
+            .await
+            .map_err(classify)?;
+        out.upload_id().map(str::to_owned).ok_or_else(|| {
+            StoreError::new(
+                StoreErrorKind::Transient,
+                "CreateMultipartUpload returned no upload id",
+            )
+        })
+    }
+
+    async fn upload_part(
+        &self,
+        key: &str,
+        upload_id: &str,
+        part_number: i32,
+        body: Bytes,
+        sha256: [u8; 32],
+    ) -> Result<UploadedPart, StoreError> {
+        let size = body.len() as u64;
+        let out = self
+            .client
+            .upload_part()
+            .bucket(&self.bucket)
+            .key(key)
+            .upload_id(upload_id)
+            .part_number(part_number)
+            .content_length(size as i64)
+            .set_checksum_sha256(
+                (self.checksum == ChecksumPolicy::Sha256).then(|| Self::b64(&sha256)),
+            )
+            .body(ByteStream::from(body))
+            .send()
+            .await
+            .map_err(classify)?;
+        Ok(UploadedPart {
+            part_number,
+            etag: Some(unquote(out.e_tag())),
+            size,
+            sha256: Some(hex::encode(sha256)),
+        })
+    }
+
+    async fn list_parts(
+        &self,
+        key: &str,
+        upload_id: &str,
+    ) -> Result<Vec<UploadedPart>, StoreError> {
+        let mut parts = Vec::new();
+        let mut marker: Option<String> = None;
+        loop {
+            let out = self
+                .client
+                .list_parts()
+                .bucket(&self.bucket)
+                .key(key)
+                .upload_id(upload_id)
+                .set_part_number_marker(marker.clone())
+                .send()
+                .await
+                .map_err(classify)?;
+            for p in out.parts() {
+                parts.push(UploadedPart {
+                    part_number: p.part_number().unwrap_or(0),
+                    etag: p
+                        .e_tag()
+                        .map(|e| unquote(Some(e)))
+                        .filter(|e| !e.is_empty()),
+                    size: p.size().unwrap_or(0).max(0) as u64,
+                    sha256: sha256_hex(p.checksum_sha256()),
+                });
+            }
+            marker = out.next_part_number_marker().map(str::to_owned);
+            if out.is_truncated() != Some(true) || marker.is_none() {
+                break;
+            }
+        }
+        Ok(parts)
+    }
+
+    async fn complete_multipart(
+        &self,
+        key: &str,
+        upload_id: &str,
+        parts: &[UploadedPart],
+    ) -> Result<String, StoreError> {
+        let mut sorted: Vec<&UploadedPart> = parts.iter().collect();
+        sorted.sort_by_key(|p| p.part_number);
+        let with_checksums = self.checksum == ChecksumPolicy::Sha256;
+        let completed = sorted
+            .iter()
+            .map(|p| {
+                let sha = p
+                    .sha256
+                    .as_deref()
+                    .filter(|_| with_checksums)
+                    .and_then(|h| hex::decode(h).ok())
+                    .map(|raw| base64::engine::general_purpose::STANDARD.encode(raw));
+                CompletedPart::builder()
+                    .part_number(p.part_number)
+                    .set_e_tag(p.etag.as_ref().map(|e| format!("\"{e}\"")))
+                    .set_checksum_sha256(sha)
+                    .build()
+            })
+            .collect();
+        // The SDK turns a 200 answer whose body is an <Error> into an error, so a success here is
+        // a real success.
+        let out = self
+            .client
+            .complete_multipart_upload()
+            .bucket(&self.bucket)
+            .key(key)
+            .upload_id(upload_id)
+            .multipart_upload(
+                CompletedMultipartUpload::builder()
+                    .set_parts(Some(completed))
+                    .build(),
+            )
+            .send()
+            .await
+            .map_err(classify)?;
+        Ok(unquote(out.e_tag()))
+    }
+
+    async fn abort_multipart(&self, key: &str, upload_id: &str) -> Result<(), StoreError> {
+        match self
+            .client
+            .abort_multipart_upload()
+            .bucket(&self.bucket)
+            .key(key)
+            .upload_id(upload_id)
+            .send()
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(e) => {
+                let e = classify(e);
+                if e.kind == StoreErrorKind::NotFound {
+                    Ok(())
+                } else {
+                    Err(e)
+                }
+            }
+        }
     }
 }

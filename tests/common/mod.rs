@@ -160,6 +160,7 @@ pub fn fast_settings() -> SupervisorSettings {
         recovery_interval: Duration::from_secs(60),
         outbox_poll_interval: Duration::from_millis(500),
         max_restart_delay: Duration::from_millis(200),
+        orphan_upload_grace: Duration::from_secs(3600),
     }
 }
 
