@@ -70,15 +70,21 @@ if [ -z "${FILESTORE_REDIS_URL:-}" ] && ! port_open 127.0.0.1 6379; then
 fi
 
 # ---------------------------------------------------------------- moto_server
+# Pinned: moto 5.2.1 answers CompleteMultipartUpload with a root element the AWS SDK rejects;
+# 5.2.5 fixes that (its ListParts root is still off, see docs/filestore.md).
+moto_version=5.2.5
 moto=${FILESTORE_TEST_MOTO_ENDPOINT:-http://127.0.0.1:5055}
 if [ -z "${FILESTORE_TEST_MOTO_ENDPOINT:-}" ] && ! port_open 127.0.0.1 5055; then
-  if ! command -v moto_server >/dev/null; then
-    command -v pip3 >/dev/null || command -v pip >/dev/null || apt_install python3-pip
-    log "pip install moto[server]"
-    python3 -m pip install -q 'moto[server]>=5.1,<6' >&2 || python3 -m pip install -q --break-system-packages 'moto[server]>=5.1,<6' >&2
+  venv="$root/.dev/moto-venv"
+  if ! "$venv/bin/moto_server" --help >/dev/null 2>&1 \
+     || [ "$("$venv/bin/python" -c 'import moto; print(moto.__version__)' 2>/dev/null)" != "$moto_version" ]; then
+    command -v python3 >/dev/null || apt_install python3
+    python3 -m venv "$venv" >&2 2>/dev/null || { apt_install python3-venv; python3 -m venv "$venv" >&2; }
+    log "pip install moto[server]==$moto_version into .dev/moto-venv"
+    "$venv/bin/pip" install -q "moto[server]==$moto_version" >&2
   fi
-  log "starting moto_server on 127.0.0.1:5055"
-  nohup moto_server -H 127.0.0.1 -p 5055 >"$root/.dev/moto.log" 2>&1 &
+  log "starting moto_server $moto_version on 127.0.0.1:5055"
+  nohup "$venv/bin/moto_server" -H 127.0.0.1 -p 5055 >"$root/.dev/moto.log" 2>&1 &
   wait_port 127.0.0.1 5055 || { log "moto_server did not open 127.0.0.1:5055 (see .dev/moto.log)"; exit 1; }
 fi
 

@@ -124,6 +124,8 @@ pub struct SupervisorStatus {
     pub parts_uploaded: u64,
     /// Parts skipped because an earlier run had uploaded them.
     pub parts_resumed: u64,
+    /// S3 and Postgres calls retried since the executor started.
+    pub retries: u64,
 }
 
 /// Record an intent (committer).

@@ -661,6 +661,7 @@ impl Handler<GetStatus> for MountSupervisor {
             upload_bytes_sent: self.counters.bytes_sent.load(Ordering::Relaxed),
             parts_uploaded: self.counters.parts_uploaded.load(Ordering::Relaxed),
             parts_resumed: self.counters.parts_resumed.load(Ordering::Relaxed),
+            retries: self.counters.retries.load(Ordering::Relaxed),
         })
     }
 }

@@ -346,6 +346,22 @@ async fn run_upload(
                 );
                 let _ = c.meta.mark_upload_aborted(&rec.upload_id).await;
             }
+            Err(Error::Storage { source, .. }) if !source.is_retryable() => {
+                // Some stores cannot list parts (moto's ListParts answer does not parse, s3s-fs
+                // omits ETags): resume from what Postgres recorded; Complete is the final check.
+                log::warn!(
+                    "mount {}: ListParts of upload {} failed ({source}); resuming from the {} parts recorded in Postgres",
+                    c.spec.name,
+                    rec.upload_id,
+                    rec.parts.len()
+                );
+                let done = rec
+                    .parts
+                    .iter()
+                    .map(|p| (p.part_number, p.clone()))
+                    .collect();
+                resumed = Some((rec.upload_id, done));
+            }
             Err(e) => return Err(e),
         }
     }

@@ -190,6 +190,17 @@ impl TestEnv {
 
     /// An environment whose mount `m` is adjusted by `edit` before it is registered.
     pub async fn with_mount(backend: Backend, edit: impl FnOnce(&mut MountRow)) -> Self {
+        Self::build(backend, edit, fast_settings(), None).await
+    }
+
+    /// The general form: mount edit, actor settings, and optionally an endpoint that replaces the
+    /// server's (a fault-injecting proxy in front of it).
+    pub async fn build(
+        backend: Backend,
+        edit: impl FnOnce(&mut MountRow),
+        settings: SupervisorSettings,
+        endpoint_override: Option<String>,
+    ) -> Self {
         let id = unique_id();
         let t = target(backend);
         let schema = format!("fs3_test_{id}");
@@ -225,13 +236,17 @@ impl TestEnv {
         row.path_style = t.path_style;
         row.verify_window_ms = 5_000;
         edit(&mut row);
+        let direct_endpoint = row.endpoint.clone();
+        if let Some(ep) = endpoint_override {
+            row.endpoint = Some(ep);
+        }
 
         let mut config = ExecutorConfig::default()
             .with_database_url(database_url())
             .with_schema(&schema)
             .with_redis_url(redis_url())
             .with_redis_prefix(&redis_prefix)
-            .with_supervisor_settings(fast_settings());
+            .with_supervisor_settings(settings);
         config.s3 = S3Settings {
             credentials: t.credentials.clone(),
             ..S3Settings::default()
@@ -240,6 +255,7 @@ impl TestEnv {
         let factory = S3StoreFactory::new(config.s3.clone()).await;
         let mut plain = row.clone();
         plain.storage_class = None;
+        plain.endpoint = direct_endpoint;
         let s3 = factory.client_for(&MountSpec::from_row(&plain).expect("test mount row is valid"));
         if created_bucket {
             s3.create_bucket().bucket(&bucket).send().await.unwrap_or_else(|e| {
@@ -436,5 +452,185 @@ impl TestEnv {
         if self.created_bucket {
             let _ = self.s3.delete_bucket().bucket(&self.bucket).send().await;
         }
+    }
+}
+
+/// The endpoint of a backend, for a proxy to forward to.
+pub fn endpoint_of(backend: Backend) -> String {
+    target(backend).endpoint.expect("backend has an endpoint")
+}
+
+/// A TCP proxy on loopback that can be switched off: while down it closes every connection,
+/// new and established, like a store that went away.
+pub struct FlakyProxy {
+    pub endpoint: String,
+    down: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    generation: std::sync::Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl FlakyProxy {
+    pub async fn start(upstream: &str) -> Self {
+        use std::sync::atomic::{AtomicBool, AtomicU64};
+        use std::sync::Arc;
+        let upstream = upstream.trim_start_matches("http://").to_owned();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let endpoint = format!("http://{}", listener.local_addr().unwrap());
+        let down = Arc::new(AtomicBool::new(false));
+        let generation = Arc::new(AtomicU64::new(0));
+        let (d, g) = (down.clone(), generation.clone());
+        tokio::spawn(async move {
+            loop {
+                let Ok((mut client, _)) = listener.accept().await else {
+                    continue;
+                };
+                if d.load(Ordering::SeqCst) {
+                    drop(client);
+                    continue;
+                }
+                let upstream = upstream.clone();
+                let (d, g) = (d.clone(), g.clone());
+                let born = g.load(Ordering::SeqCst);
+                tokio::spawn(async move {
+                    let Ok(mut server) = tokio::net::TcpStream::connect(&upstream).await else {
+                        return;
+                    };
+                    let copy = tokio::io::copy_bidirectional(&mut client, &mut server);
+                    let cut = async {
+                        loop {
+                            tokio::time::sleep(Duration::from_millis(20)).await;
+                            if d.load(Ordering::SeqCst) || g.load(Ordering::SeqCst) != born {
+                                return;
+                            }
+                        }
+                    };
+                    tokio::select! {
+                        _ = copy => {}
+                        _ = cut => {}
+                    }
+                });
+            }
+        });
+        FlakyProxy {
+            endpoint,
+            down,
+            generation,
+        }
+    }
+
+    /// Closes every connection and refuses new ones until [`FlakyProxy::up`].
+    pub fn down(&self) {
+        self.down.store(true, Ordering::SeqCst);
+        self.generation.fetch_add(1, Ordering::SeqCst);
+    }
+
+    pub fn up(&self) {
+        self.down.store(false, Ordering::SeqCst);
+    }
+}
+
+/// A deterministic pseudo-random byte stream of `len` bytes, readable as AsyncRead. Byte `i` depends
+/// only on the seed and `i`, so the stream is the same whatever sizes it is read in.
+pub struct GeneratedReader {
+    seed: u64,
+    pos: u64,
+    len: u64,
+}
+
+impl GeneratedReader {
+    pub fn new(seed: u64, len: u64) -> Self {
+        GeneratedReader { seed, pos: 0, len }
+    }
+
+    fn word(&self, w: u64) -> [u8; 8] {
+        // splitmix64
+        let mut z = self
+            .seed
+            .wrapping_add(w.wrapping_mul(0x9E37_79B9_7F4A_7C15));
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        (z ^ (z >> 31)).to_le_bytes()
+    }
+}
+
+impl tokio::io::AsyncRead for GeneratedReader {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        _cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let n = (buf.remaining() as u64)
+            .min(self.len - self.pos)
+            .min(1 << 20) as usize;
+        let mut out = Vec::with_capacity(n);
+        let mut pos = self.pos;
+        while out.len() < n {
+            let word = self.word(pos / 8);
+            let from = (pos % 8) as usize;
+            let take = (8 - from).min(n - out.len());
+            out.extend_from_slice(&word[from..from + take]);
+            pos += take as u64;
+        }
+        self.pos = pos;
+        buf.put_slice(&out);
+        std::task::Poll::Ready(Ok(()))
+    }
+}
+
+/// SHA-256 and length of everything read from `r`.
+pub async fn hash_reader(mut r: impl tokio::io::AsyncRead + Unpin) -> (String, u64) {
+    use tokio::io::AsyncReadExt;
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    let mut total = 0u64;
+    loop {
+        let n = r.read(&mut buf).await.unwrap();
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+        total += n as u64;
+    }
+    (hex::encode(h.finalize()), total)
+}
+
+/// An AsyncWrite that only hashes.
+pub struct HashingWriter {
+    pub hasher: Sha256,
+    pub len: u64,
+}
+
+impl HashingWriter {
+    pub fn new() -> Self {
+        HashingWriter {
+            hasher: Sha256::new(),
+            len: 0,
+        }
+    }
+    pub fn hex(self) -> String {
+        hex::encode(self.hasher.finalize())
+    }
+}
+
+impl tokio::io::AsyncWrite for HashingWriter {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        _cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        self.hasher.update(buf);
+        self.len += buf.len() as u64;
+        std::task::Poll::Ready(Ok(buf.len()))
+    }
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::task::Poll::Ready(Ok(()))
     }
 }
