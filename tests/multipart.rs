@@ -284,8 +284,8 @@ pub async fn one_gibibyte_generated_on_the_fly(backend: Backend) {
     assert_eq!(node.size, size);
     assert_eq!(node.sha256, expected);
     assert_eq!(read_back(&env, "huge/one-gib.bin").await, (expected, size));
-    let seen = seen.lock().unwrap();
-    assert_eq!(seen.last().unwrap().parts_done, 64);
+    let last = seen.lock().unwrap().last().cloned().unwrap();
+    assert_eq!(last.parts_done, 64);
     let status = env.exec.status(&env.mount).await.unwrap();
     assert_eq!(status.parts_uploaded, 64);
     env.cleanup().await;
