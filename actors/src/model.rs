@@ -393,7 +393,7 @@ pub enum UploadSource {
         /// Size when the put started.
         size: u64,
         /// Modification time (nanoseconds since the Unix epoch) when the put started.
-        mtime_ns: i128,
+        mtime_ns: i64,
     },
     /// A stream read once; an upload from it cannot resume after the process dies.
     Stream,

@@ -259,7 +259,7 @@ async fn open_source(job: &mut UploadJob) -> Result<SourceReader, Error> {
 }
 
 /// Size and modification time (ns since the epoch) of a file.
-pub async fn file_identity(path: &str) -> Result<(u64, i128), String> {
+pub async fn file_identity(path: &str) -> Result<(u64, i64), String> {
     let md = tokio::fs::metadata(path).await.map_err(|e| e.to_string())?;
     if !md.is_file() {
         return Err("not a regular file".into());
@@ -268,7 +268,7 @@ pub async fn file_identity(path: &str) -> Result<(u64, i128), String> {
         .modified()
         .map_err(|e| e.to_string())?
         .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos() as i128)
+        .map(|d| d.as_nanos() as i64)
         .unwrap_or(0);
     Ok((md.len(), mtime))
 }

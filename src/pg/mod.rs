@@ -501,7 +501,18 @@ impl MetaStore for PgMetaStore {
             )
             .await
             .map_err(pg)?;
-        rows.iter().map(journal_from_row).collect()
+        // One unreadable row must not keep the others from being recovered.
+        Ok(rows
+            .iter()
+            .filter_map(|r| match journal_from_row(r) {
+                Ok(e) => Some(e),
+                Err(e) => {
+                    let id: i64 = r.get("id");
+                    log::error!("mount {mount}: pending journal row {id} cannot be recovered: {e}");
+                    None
+                }
+            })
+            .collect())
     }
 
     async fn node(&self, mount: &str, path: &str) -> Result<Option<Node>, MetaError> {

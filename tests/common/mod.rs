@@ -201,6 +201,7 @@ impl TestEnv {
         settings: SupervisorSettings,
         endpoint_override: Option<String>,
     ) -> Self {
+        let _ = env_logger::builder().is_test(true).try_init();
         let id = unique_id();
         let t = target(backend);
         let schema = format!("fs3_test_{id}");
