@@ -63,7 +63,7 @@ pub fn classify<E>(err: SdkError<E, Response>) -> StoreError
 where
     E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
 {
-    let message = DisplayErrorContext(&err).to_string();
+    let mut message = DisplayErrorContext(&err).to_string();
     let (kind, code) = match &err {
         SdkError::ServiceError(se) => {
             let code = se.err().code().map(str::to_owned);
@@ -72,6 +72,14 @@ where
                 .as_deref()
                 .and_then(kind_for_code)
                 .unwrap_or_else(|| kind_for_status(status));
+            // The store's own words; the full context (raw response included) only when it
+            // sent no error code, e.g. an answer the SDK could not parse.
+            if let Some(c) = &code {
+                message = format!(
+                    "HTTP {status} {c}: {}",
+                    se.err().message().unwrap_or("(no message)")
+                );
+            }
             (kind, code)
         }
         SdkError::TimeoutError(_) => (StoreErrorKind::Timeout, None),
