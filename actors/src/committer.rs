@@ -45,6 +45,34 @@ impl CommitterActor {
         }
     }
 
+    /// One write, retried by the policy, with the mailbox paused until it ends.
+    fn atomic_write<T, F, Fut>(
+        &mut self,
+        what: &'static str,
+        op: F,
+    ) -> ResponseActFuture<Self, Result<T, MetaError>>
+    where
+        T: 'static,
+        F: Fn(Arc<dyn MetaStore>) -> Fut + 'static,
+        Fut: std::future::Future<Output = Result<T, MetaError>>,
+    {
+        let meta = self.meta.clone();
+        let retry = self.retry;
+        let mount = self.mount.clone();
+        Box::pin(
+            async move {
+                retry
+                    .run(
+                        || op(meta.clone()),
+                        |e| e.retryable,
+                        log_retry(&mount, what),
+                    )
+                    .await
+            }
+            .into_actor(self),
+        )
+    }
+
     /// Writes every part recorded since the last flush in one go; the mailbox waits meanwhile, so
     /// the writes stay ordered with the other handlers'.
     fn flush_parts(&mut self, ctx: &mut Context<Self>) {
@@ -100,21 +128,11 @@ impl Handler<RecordIntent> for CommitterActor {
     type Result = AtomicResponse<Self, Result<IntentOutcome, MetaError>>;
 
     fn handle(&mut self, msg: RecordIntent, _ctx: &mut Self::Context) -> Self::Result {
-        let meta = self.meta.clone();
-        let retry = self.retry;
-        let mount = self.mount.clone();
-        AtomicResponse::new(Box::pin(
-            async move {
-                retry
-                    .run(
-                        || meta.begin(&msg.0),
-                        |e| e.retryable,
-                        log_retry(&mount, "recording intent"),
-                    )
-                    .await
-            }
-            .into_actor(self),
-        ))
+        let intent = Arc::new(msg.0);
+        AtomicResponse::new(self.atomic_write("recording intent", move |meta| {
+            let intent = intent.clone();
+            async move { meta.begin(&intent).await }
+        }))
     }
 }
 
@@ -122,29 +140,19 @@ impl Handler<CommitOperation> for CommitterActor {
     type Result = AtomicResponse<Self, Result<OpResult, MetaError>>;
 
     fn handle(&mut self, msg: CommitOperation, _ctx: &mut Self::Context) -> Self::Result {
-        let meta = self.meta.clone();
-        let retry = self.retry;
-        let mount = self.mount.clone();
-        AtomicResponse::new(Box::pin(
-            async move {
-                // The commit is idempotent: a retry after a lost acknowledgement finds the journal row
-                // committed and returns its recorded result instead of writing again.
-                retry
-                    .run(
-                        || meta.commit(&msg.0),
-                        |e| e.retryable,
-                        log_retry(&mount, "commit"),
-                    )
-                    .await
+        let record = Arc::new(msg.0);
+        // The commit is idempotent: a retry after a lost acknowledgement finds the journal row
+        // committed and returns its recorded result instead of writing again.
+        let write = self.atomic_write("commit", move |meta| {
+            let record = record.clone();
+            async move { meta.commit(&record).await }
+        });
+        AtomicResponse::new(Box::pin(write.map(|res, act: &mut Self, _ctx| {
+            if res.is_ok() {
+                act.notifier.do_send(OutboxChanged);
             }
-            .into_actor(self)
-            .map(|res, act, _ctx| {
-                if res.is_ok() {
-                    act.notifier.do_send(OutboxChanged);
-                }
-                res
-            }),
-        ))
+            res
+        })))
     }
 }
 
@@ -152,21 +160,11 @@ impl Handler<FailOperation> for CommitterActor {
     type Result = AtomicResponse<Self, Result<(), MetaError>>;
 
     fn handle(&mut self, msg: FailOperation, _ctx: &mut Self::Context) -> Self::Result {
-        let meta = self.meta.clone();
-        let retry = self.retry;
-        let mount = self.mount.clone();
-        AtomicResponse::new(Box::pin(
-            async move {
-                retry
-                    .run(
-                        || meta.fail(msg.journal_id, &msg.error),
-                        |e| e.retryable,
-                        log_retry(&mount, "marking failed"),
-                    )
-                    .await
-            }
-            .into_actor(self),
-        ))
+        let msg = Arc::new(msg);
+        AtomicResponse::new(self.atomic_write("marking failed", move |meta| {
+            let msg = msg.clone();
+            async move { meta.fail(msg.journal_id, &msg.error).await }
+        }))
     }
 }
 
@@ -174,21 +172,11 @@ impl Handler<RecordUpload> for CommitterActor {
     type Result = AtomicResponse<Self, Result<(), MetaError>>;
 
     fn handle(&mut self, msg: RecordUpload, _ctx: &mut Self::Context) -> Self::Result {
-        let meta = self.meta.clone();
-        let retry = self.retry;
-        let mount = self.mount.clone();
-        AtomicResponse::new(Box::pin(
-            async move {
-                retry
-                    .run(
-                        || meta.record_upload(&msg.0),
-                        |e| e.retryable,
-                        log_retry(&mount, "recording upload"),
-                    )
-                    .await
-            }
-            .into_actor(self),
-        ))
+        let record = Arc::new(msg.0);
+        AtomicResponse::new(self.atomic_write("recording upload", move |meta| {
+            let record = record.clone();
+            async move { meta.record_upload(&record).await }
+        }))
     }
 }
 

@@ -329,6 +329,44 @@ pub struct CommitRecord {
     pub upload_id: Option<String>,
 }
 
+impl CommitRecord {
+    /// The caller's result and the change event of this commit, at `generation`, with a new
+    /// event id. Every [`crate::ports::MetaStore`] builds them here, so they agree.
+    pub fn outcome(&self, generation: i64) -> (OpResult, ChangeEvent) {
+        let node = match &self.change {
+            NodeChange::Upsert(m) => Some(m.clone()),
+            NodeChange::Remove => None,
+        };
+        let event_id = Uuid::new_v4();
+        let event = ChangeEvent {
+            v: EVENT_VERSION,
+            event_id,
+            mount: self.mount.clone(),
+            op: self.op,
+            path: self.path.clone(),
+            source_path: None,
+            key: self.key.clone(),
+            size: node.as_ref().map(|n| n.size),
+            etag: node.as_ref().map(|n| n.etag.clone()),
+            sha256: node.as_ref().map(|n| n.sha256.clone()),
+            generation,
+            journal_id: self.journal_id,
+            time: Utc::now(),
+        };
+        let result = OpResult {
+            journal_id: self.journal_id,
+            op: self.op,
+            mount: self.mount.clone(),
+            path: self.path.clone(),
+            key: self.key.clone(),
+            node,
+            generation,
+            event_id,
+        };
+        (result, event)
+    }
+}
+
 /// One entry of a listing.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ListEntry {

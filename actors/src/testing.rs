@@ -13,7 +13,6 @@ use uuid::Uuid;
 use crate::model::{
     ChangeEvent, CommitRecord, IntentOutcome, JournalEntry, JournalState, NewIntent, Node,
     NodeChange, ObjectMeta, OpResult, OutboxEvent, RawListing, UploadProgress, UploadRecord,
-    EVENT_VERSION,
 };
 use crate::mount::MountRow;
 use crate::ports::{
@@ -365,7 +364,7 @@ impl MetaStore for MemoryMeta {
         let k = (r.mount.clone(), r.path.clone());
         let generation = s.generations.get(&k).copied().unwrap_or(0) + 1;
         s.generations.insert(k.clone(), generation);
-        let node = match &r.change {
+        match &r.change {
             NodeChange::Upsert(m) => {
                 s.nodes.insert(
                     k.clone(),
@@ -377,39 +376,12 @@ impl MetaStore for MemoryMeta {
                         generation,
                     },
                 );
-                Some(m.clone())
             }
             NodeChange::Remove => {
                 s.nodes.remove(&k);
-                None
             }
-        };
-        let event_id = Uuid::new_v4();
-        let result = OpResult {
-            journal_id: r.journal_id,
-            op: r.op,
-            mount: r.mount.clone(),
-            path: r.path.clone(),
-            key: r.key.clone(),
-            node: node.clone(),
-            generation,
-            event_id,
-        };
-        let event = ChangeEvent {
-            v: EVENT_VERSION,
-            event_id,
-            mount: r.mount.clone(),
-            op: r.op,
-            path: r.path.clone(),
-            source_path: None,
-            key: r.key.clone(),
-            size: node.as_ref().map(|n| n.size),
-            etag: node.as_ref().map(|n| n.etag.clone()),
-            sha256: node.as_ref().map(|n| n.sha256.clone()),
-            generation,
-            journal_id: r.journal_id,
-            time: Utc::now(),
-        };
+        }
+        let (result, event) = r.outcome(generation);
         let id = s.outbox.len() as i64 + 1;
         s.outbox.push((OutboxEvent { id, event }, false));
         if let Some(upload_id) = &r.upload_id {

@@ -7,14 +7,13 @@ use chrono::{DateTime, Utc};
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
 use filestore_s3_actors::model::UploadRecord;
 use filestore_s3_actors::model::{
-    ChangeEvent, CommitRecord, IntentOutcome, JournalEntry, JournalState, NewIntent, Node,
-    NodeChange, NodeMeta, OpRequest, OpResult, OutboxEvent, EVENT_VERSION,
+    CommitRecord, IntentOutcome, JournalEntry, JournalState, NewIntent, Node, NodeChange, NodeMeta,
+    OpRequest, OpResult, OutboxEvent,
 };
 use filestore_s3_actors::mount::MountRow;
 use filestore_s3_actors::ports::{MetaError, MetaStore, UploadedPart};
 use filestore_s3_actors::Error;
 use tokio_postgres::{NoTls, Row};
-use uuid::Uuid;
 
 mod embedded {
     refinery::embed_migrations!("migrations");
@@ -360,7 +359,7 @@ impl MetaStore for PgMetaStore {
             .await
             .map_err(pg)?
             .get(0);
-        let node = match &r.change {
+        match &r.change {
             NodeChange::Upsert(m) => {
                 let size = to_i64(m.size, "size")?;
                 tx.execute(
@@ -406,7 +405,6 @@ impl MetaStore for PgMetaStore {
                 )
                 .await
                 .map_err(pg)?;
-                Some(m.clone())
             }
             NodeChange::Remove => {
                 tx.execute(
@@ -422,35 +420,10 @@ impl MetaStore for PgMetaStore {
                 )
                 .await
                 .map_err(pg)?;
-                None
             }
-        };
-        let event_id = Uuid::new_v4();
-        let result = OpResult {
-            journal_id: r.journal_id,
-            op: r.op,
-            mount: r.mount.clone(),
-            path: r.path.clone(),
-            key: r.key.clone(),
-            node: node.clone(),
-            generation,
-            event_id,
-        };
-        let event = ChangeEvent {
-            v: EVENT_VERSION,
-            event_id,
-            mount: r.mount.clone(),
-            op: r.op,
-            path: r.path.clone(),
-            source_path: None,
-            key: r.key.clone(),
-            size: node.as_ref().map(|n| n.size),
-            etag: node.as_ref().map(|n| n.etag.clone()),
-            sha256: node.as_ref().map(|n| n.sha256.clone()),
-            generation,
-            journal_id: r.journal_id,
-            time: Utc::now(),
-        };
+        }
+        let (result, event) = r.outcome(generation);
+        let event_id = result.event_id;
         let result_json = serde_json::to_value(&result).map_err(|e| corrupt("result", e))?;
         let event_json = serde_json::to_value(&event).map_err(|e| corrupt("event", e))?;
         tx.execute(
