@@ -19,6 +19,7 @@ use crate::model::{JournalEntry, ListEntry, ListPage, Node, OpRequest, OpResult,
 use crate::mount::MountSpec;
 use crate::notifier::NotifierActor;
 use crate::operation::{recover_entry, run_operation, OpContext, Payload};
+use crate::path::FsPath;
 use crate::ports::{ChangePublisher, MetaStore, ObjectBody, ObjectStore, StoreErrorKind};
 use crate::retry::RetryPolicy;
 use crate::upload::UploadCounters;
@@ -135,6 +136,13 @@ impl MountSupervisor {
         })
     }
 
+    fn key_of(&self, path: &FsPath) -> Result<String, Error> {
+        self.spec
+            .keys
+            .key_for(path)
+            .map_err(|e| Error::invalid_path(path.as_str(), e))
+    }
+
     /// Runs `job` now if `path` is idle, else after the operations queued on it.
     fn enqueue(&mut self, path: String, job: Job, ctx: &mut Context<Self>) {
         if let Some(queue) = self.busy_paths.get_mut(&path) {
@@ -163,12 +171,12 @@ impl MountSupervisor {
         ctx: &mut Context<Self>,
     ) -> ResponseFuture<Reply> {
         if self.retired {
-            return Box::pin(async { Err(Error::Shutdown) });
+            return refuse(Error::Shutdown);
         }
         let key = match idempotency_key {
             Some(k) => match validate_idempotency_key(&k) {
                 Ok(()) => k,
-                Err(e) => return Box::pin(async move { Err(e) }),
+                Err(e) => return refuse(e),
             },
             None => Uuid::new_v4().to_string(),
         };
@@ -177,11 +185,10 @@ impl MountSupervisor {
         if let Some(run) = self.running.get_mut(&key) {
             // Same key while the first call runs: join it, or refuse if the parameters differ.
             if run.fingerprint != fingerprint {
-                let e = Error::IdempotencyConflict {
+                return refuse(Error::IdempotencyConflict {
                     mount: self.spec.name.clone(),
                     key,
-                };
-                return Box::pin(async move { Err(e) });
+                });
             }
             run.waiters.push(tx);
         } else {
@@ -353,6 +360,11 @@ impl MountSupervisor {
     }
 }
 
+/// A reply that is an error, decided before anything started.
+fn refuse<T: 'static>(e: Error) -> ResponseFuture<Result<T, Error>> {
+    Box::pin(async move { Err(e) })
+}
+
 fn validate_idempotency_key(k: &str) -> Result<(), Error> {
     if k.is_empty() || k.len() > MAX_IDEMPOTENCY_KEY_BYTES {
         return Err(Error::InvalidIdempotencyKey {
@@ -453,19 +465,15 @@ impl Handler<PutObject> for MountSupervisor {
     fn handle(&mut self, msg: PutObject, ctx: &mut Self::Context) -> Self::Result {
         let size = msg.body.len() as u64;
         if size > self.spec.multipart_threshold {
-            let e = Error::TooLarge {
+            return refuse(Error::TooLarge {
                 size,
                 limit: self.spec.multipart_threshold,
                 what: "a single-request put (the mount's multipart_threshold)",
-            };
-            return Box::pin(async move { Err(e) });
+            });
         }
-        let key = match self.spec.keys.key_for(&msg.path) {
+        let key = match self.key_of(&msg.path) {
             Ok(k) => k,
-            Err(e) => {
-                let e = Error::invalid_path(msg.path.as_str(), e);
-                return Box::pin(async move { Err(e) });
-            }
+            Err(e) => return refuse(e),
         };
         let request = OpRequest::Put {
             path: msg.path.as_str().to_owned(),
@@ -482,15 +490,12 @@ impl Handler<PutLargeObject> for MountSupervisor {
     type Result = ResponseFuture<Reply>;
 
     fn handle(&mut self, msg: PutLargeObject, ctx: &mut Self::Context) -> Self::Result {
-        let key = match self.spec.keys.key_for(&msg.path) {
+        let key = match self.key_of(&msg.path) {
             Ok(k) => k,
-            Err(e) => {
-                let e = Error::invalid_path(msg.path.as_str(), e);
-                return Box::pin(async move { Err(e) });
-            }
+            Err(e) => return refuse(e),
         };
         if let Err(e) = crate::upload::part_size_for(self.spec.part_size, msg.size) {
-            return Box::pin(async move { Err(e) });
+            return refuse(e);
         }
         let request = OpRequest::PutMultipart {
             path: msg.path.as_str().to_owned(),
@@ -549,12 +554,9 @@ impl Handler<DeleteObject> for MountSupervisor {
     type Result = ResponseFuture<Reply>;
 
     fn handle(&mut self, msg: DeleteObject, ctx: &mut Self::Context) -> Self::Result {
-        let key = match self.spec.keys.key_for(&msg.path) {
+        let key = match self.key_of(&msg.path) {
             Ok(k) => k,
-            Err(e) => {
-                let e = Error::invalid_path(msg.path.as_str(), e);
-                return Box::pin(async move { Err(e) });
-            }
+            Err(e) => return refuse(e),
         };
         let request = OpRequest::Delete {
             path: msg.path.as_str().to_owned(),

@@ -148,6 +148,15 @@ impl S3Store {
     }
 }
 
+/// Deleting or aborting what is already gone reached its goal; some stores answer 404 for it.
+fn already_gone(e: StoreError) -> Result<(), StoreError> {
+    if e.kind == StoreErrorKind::NotFound {
+        Ok(())
+    } else {
+        Err(e)
+    }
+}
+
 fn to_chrono(t: Option<&aws_smithy_types::DateTime>) -> Option<DateTime<Utc>> {
     t.and_then(|t| DateTime::from_timestamp(t.secs(), t.subsec_nanos()))
 }
@@ -239,25 +248,15 @@ impl ObjectStore for S3Store {
     }
 
     async fn delete_object(&self, key: &str) -> Result<(), StoreError> {
-        match self
-            .client
+        self.client
             .delete_object()
             .bucket(&self.bucket)
             .key(key)
             .send()
             .await
-        {
-            Ok(_) => Ok(()),
-            Err(e) => {
-                let e = classify(e);
-                // Some stores answer 404 for a key that is already gone: that is the goal.
-                if e.kind == StoreErrorKind::NotFound {
-                    Ok(())
-                } else {
-                    Err(e)
-                }
-            }
-        }
+            .map(|_| ())
+            .map_err(classify)
+            .or_else(already_gone)
     }
 
     async fn list_objects(
@@ -521,24 +520,15 @@ impl ObjectStore for S3Store {
     }
 
     async fn abort_multipart(&self, key: &str, upload_id: &str) -> Result<(), StoreError> {
-        match self
-            .client
+        self.client
             .abort_multipart_upload()
             .bucket(&self.bucket)
             .key(key)
             .upload_id(upload_id)
             .send()
             .await
-        {
-            Ok(_) => Ok(()),
-            Err(e) => {
-                let e = classify(e);
-                if e.kind == StoreErrorKind::NotFound {
-                    Ok(())
-                } else {
-                    Err(e)
-                }
-            }
-        }
+            .map(|_| ())
+            .map_err(classify)
+            .or_else(already_gone)
     }
 }
