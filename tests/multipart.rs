@@ -122,6 +122,19 @@ pub async fn sizes_around_the_threshold(backend: Backend) {
                 "{name} went through a single PUT"
             );
         }
+        let snaps = env
+            .query(
+                "SELECT size, sha256, deleted FROM {schema}.snapshots WHERE path = $1",
+                &[&path],
+            )
+            .await;
+        assert_eq!(snaps.len(), 1);
+        assert_eq!(snaps[0].get::<_, Option<i64>>(0), Some(*size as i64));
+        assert_eq!(
+            snaps[0].get::<_, Option<String>>(1),
+            Some(sha256_hex(&body))
+        );
+        assert!(!snaps[0].get::<_, bool>(2));
         let events = env.wait_stream(i + 1).await;
         assert_eq!(events[i].1["sha256"], sha256_hex(&body).as_str());
         assert_eq!(events[i].1["size"], *size);

@@ -497,3 +497,64 @@ async fn transient_part_failures_are_retried_and_counted() {
         data.len() as u64 + 2 * 5 * 1024 * 1024
     );
 }
+
+#[actix_rt::test]
+async fn repeating_a_put_resumes_its_retained_upload() {
+    let f = Fakes::default();
+    let addr = start_with(&f, |r| r.multipart_failure_policy = "retain".into());
+    let data: Vec<u8> = (0..(16 * 1024 * 1024 + 9))
+        .map(|i| (i % 241) as u8)
+        .collect();
+    let put = |data: Vec<u8>| {
+        let mut m = large_put("resumed", data, None);
+        m.idempotency_key = Some("same-key".into());
+        m
+    };
+    // Part 1 and 2 go through, then every attempt fails: the upload stays open.
+    f.store.fail_next_parts.store(0, Ordering::SeqCst);
+    let first = {
+        let store = f.store.clone();
+        let sink: filestore_s3_actors::upload::ProgressSink = Arc::new(move |p| {
+            if p.parts_done == 2 {
+                store.fail_next_parts.store(1000, Ordering::SeqCst);
+            }
+        });
+        let mut m = put(data.clone());
+        m.progress = Some(sink);
+        addr.send(m).await.unwrap()
+    };
+    assert!(first.is_err());
+    assert_eq!(f.store.open_uploads(), 1);
+    // The caller repeats with the same key once the store is back: the upload resumes.
+    f.store.fail_next_parts.store(0, Ordering::SeqCst);
+    let r = addr.send(put(data.clone())).await.unwrap().unwrap();
+    assert_eq!(r.node.unwrap().sha256, hex::encode(sha256_of(&data)));
+    assert_eq!(f.store.get("pre/resumed").unwrap(), data);
+    let status = addr.send(GetStatus).await.unwrap();
+    assert!(status.parts_resumed >= 2, "{status:?}");
+    assert_eq!(f.meta.journal().len(), 1, "one journal row, re-armed");
+}
+
+#[actix_rt::test]
+async fn orphaned_uploads_are_aborted_after_the_grace_period() {
+    let f = Fakes::default();
+    let mut row = MountRow::new("m", "bucket-a", "pre");
+    row.multipart_threshold = 1024;
+    row.part_size = 5 * 1024 * 1024;
+    row.multipart_failure_policy = "retain".into();
+    let spec = Arc::new(MountSpec::from_row(&row).unwrap());
+    let mut s = settings();
+    s.recovery_interval = Duration::from_millis(50);
+    s.orphan_upload_grace = Duration::ZERO;
+    let (store, meta, publisher) = (f.store.clone(), f.meta.clone(), f.publisher.clone());
+    let addr =
+        actix::Supervisor::start(move |_| MountSupervisor::new(spec, store, meta, publisher, s));
+    f.store.fail_next_parts.store(1000, Ordering::SeqCst);
+    addr.send(large_put("orphan", vec![1u8; 6 * 1024 * 1024], None))
+        .await
+        .unwrap()
+        .unwrap_err();
+    // The journal row has ended (failed) and nothing will resume the retained upload: the sweep
+    // aborts it.
+    eventually(|| f.store.open_uploads() == 0).await;
+}
