@@ -516,16 +516,16 @@ impl Handler<OpenObject> for MountSupervisor {
     type Result = ResponseFuture<Result<(Option<Node>, ObjectBody), Error>>;
 
     fn handle(&mut self, msg: OpenObject, _ctx: &mut Self::Context) -> Self::Result {
+        let key = match self.key_of(&msg.path) {
+            Ok(k) => k,
+            Err(e) => return refuse(e),
+        };
         let spec = self.spec.clone();
         let store = self.store.clone();
         let meta = self.meta.clone();
         let retry = self.settings.retry;
         Box::pin(async move {
             let path = msg.path.as_str().to_owned();
-            let key = spec
-                .keys
-                .key_for(&msg.path)
-                .map_err(|e| Error::invalid_path(&path, e))?;
             let node = meta.node(&spec.name, &path).await?;
             let body = retry
                 .run(
@@ -570,16 +570,16 @@ impl Handler<StatObject> for MountSupervisor {
     type Result = ResponseFuture<Result<Stat, Error>>;
 
     fn handle(&mut self, msg: StatObject, _ctx: &mut Self::Context) -> Self::Result {
+        let key = match self.key_of(&msg.path) {
+            Ok(k) => k,
+            Err(e) => return refuse(e),
+        };
         let spec = self.spec.clone();
         let store = self.store.clone();
         let meta = self.meta.clone();
         let retry = self.settings.retry;
         Box::pin(async move {
             let path = msg.path.as_str().to_owned();
-            let key = spec
-                .keys
-                .key_for(&msg.path)
-                .map_err(|e| Error::invalid_path(&path, e))?;
             let object = retry
                 .run(|| store.head_object(&key), |e| e.is_retryable(), |_, _| {})
                 .await
