@@ -83,20 +83,7 @@ impl OpContext {
         F: FnMut() -> Fut,
         Fut: std::future::Future<Output = Result<T, StoreError>>,
     {
-        let mount = &self.spec.name;
-        self.retry
-            .run(op, StoreError::is_retryable, |e, d| {
-                self.counters.retries.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                metrics::counter!("filestore_s3_retries_total", "mount" => mount.clone(), "op" => what)
-                    .increment(1);
-                log::warn!("mount {mount}: S3 {what} of '{key}' failed ({e}); retry in {d:?}")
-            })
-            .await
-            .map_err(|source| Error::Storage {
-                op: what,
-                key: key.to_owned(),
-                source,
-            })
+        store_call(&self.spec.name, &self.retry, &self.counters, what, key, op).await
     }
 
     /// HEADs `key` until `accept` holds or the mount's verification window ends.
@@ -134,6 +121,35 @@ impl OpContext {
             delay = (delay * 2).min(Duration::from_secs(1));
         }
     }
+}
+
+/// One S3 call under the retry policy: retries are logged and counted (per mount and in the
+/// `filestore_s3_retries_total` metric), and the final error names the operation and key.
+pub(crate) async fn store_call<T, F, Fut>(
+    mount: &str,
+    retry: &RetryPolicy,
+    counters: &UploadCounters,
+    what: &'static str,
+    key: &str,
+    op: F,
+) -> Result<T, Error>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, StoreError>>,
+{
+    retry
+        .run(op, StoreError::is_retryable, |e, d| {
+            counters.retries.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            metrics::counter!("filestore_s3_retries_total", "mount" => mount.to_owned(), "op" => what)
+                .increment(1);
+            log::warn!("mount {mount}: S3 {what} of '{key}' failed ({e}); retry in {d:?}")
+        })
+        .await
+        .map_err(|source| Error::Storage {
+            op: what,
+            key: key.to_owned(),
+            source,
+        })
 }
 
 /// Accepts a HEAD result for a put of `size` bytes with SHA-256 `sha256` (hex).

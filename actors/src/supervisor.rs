@@ -18,7 +18,7 @@ use crate::messages::{
 use crate::model::{JournalEntry, ListEntry, ListPage, Node, OpRequest, OpResult, Stat};
 use crate::mount::MountSpec;
 use crate::notifier::NotifierActor;
-use crate::operation::{recover_entry, run_operation, OpContext, Payload};
+use crate::operation::{recover_entry, run_operation, store_call, OpContext, Payload};
 use crate::path::FsPath;
 use crate::ports::{ChangePublisher, MetaStore, ObjectBody, ObjectStore, StoreErrorKind};
 use crate::retry::RetryPolicy;
@@ -523,28 +523,23 @@ impl Handler<OpenObject> for MountSupervisor {
         let spec = self.spec.clone();
         let store = self.store.clone();
         let meta = self.meta.clone();
-        let retry = self.settings.retry;
+        let (retry, counters) = (self.settings.retry, self.counters.clone());
         Box::pin(async move {
             let path = msg.path.as_str().to_owned();
             let node = meta.node(&spec.name, &path).await?;
-            let body = retry
-                .run(
-                    || store.get_object(&key, msg.range, msg.if_match.as_deref()),
-                    |e| e.is_retryable(),
-                    |_, _| {},
-                )
-                .await
-                .map_err(|source| match source.kind {
-                    StoreErrorKind::NotFound => Error::NotFound {
+            let body = store_call(&spec.name, &retry, &counters, "GET", &key, || {
+                store.get_object(&key, msg.range, msg.if_match.as_deref())
+            })
+            .await
+            .map_err(|e| match e {
+                Error::Storage { source, .. } if source.kind == StoreErrorKind::NotFound => {
+                    Error::NotFound {
                         mount: spec.name.clone(),
                         path: path.clone(),
-                    },
-                    _ => Error::Storage {
-                        op: "GET",
-                        key: key.clone(),
-                        source,
-                    },
-                })?;
+                    }
+                }
+                e => e,
+            })?;
             Ok((node, body))
         })
     }
@@ -577,21 +572,17 @@ impl Handler<StatObject> for MountSupervisor {
         let spec = self.spec.clone();
         let store = self.store.clone();
         let meta = self.meta.clone();
-        let retry = self.settings.retry;
+        let (retry, counters) = (self.settings.retry, self.counters.clone());
         Box::pin(async move {
             let path = msg.path.as_str().to_owned();
-            let object = retry
-                .run(|| store.head_object(&key), |e| e.is_retryable(), |_, _| {})
-                .await
-                .map_err(|source| Error::Storage {
-                    op: "HEAD",
-                    key: key.clone(),
-                    source,
-                })?
-                .ok_or_else(|| Error::NotFound {
-                    mount: spec.name.clone(),
-                    path: path.clone(),
-                })?;
+            let object = store_call(&spec.name, &retry, &counters, "HEAD", &key, || {
+                store.head_object(&key)
+            })
+            .await?
+            .ok_or_else(|| Error::NotFound {
+                mount: spec.name.clone(),
+                path: path.clone(),
+            })?;
             let node = meta.node(&spec.name, &path).await?;
             Ok(Stat { path, object, node })
         })
@@ -604,25 +595,17 @@ impl Handler<ListObjects> for MountSupervisor {
     fn handle(&mut self, msg: ListObjects, _ctx: &mut Self::Context) -> Self::Result {
         let spec = self.spec.clone();
         let store = self.store.clone();
-        let retry = self.settings.retry;
+        let (retry, counters) = (self.settings.retry, self.counters.clone());
         Box::pin(async move {
             let prefix = spec
                 .keys
                 .list_prefix(&msg.dir)
                 .map_err(|e| Error::invalid_path(msg.dir.as_str(), e))?;
             let delimiter = msg.delimited.then_some("/");
-            let raw = retry
-                .run(
-                    || store.list_objects(&prefix, delimiter, msg.token.as_deref(), msg.max_keys),
-                    |e| e.is_retryable(),
-                    |_, _| {},
-                )
-                .await
-                .map_err(|source| Error::Storage {
-                    op: "LIST",
-                    key: prefix.clone(),
-                    source,
-                })?;
+            let raw = store_call(&spec.name, &retry, &counters, "LIST", &prefix, || {
+                store.list_objects(&prefix, delimiter, msg.token.as_deref(), msg.max_keys)
+            })
+            .await?;
             let mut page = ListPage {
                 next_token: raw.next_token,
                 ..ListPage::default()

@@ -134,6 +134,18 @@ pub struct S3Store {
     checksum: ChecksumPolicy,
 }
 
+/// Applies the mount's write options (SSE, KMS key, canned ACL, storage class) to a PutObject or
+/// CreateMultipartUpload request: the two builders are distinct types with the same setters.
+macro_rules! with_write_options {
+    ($req:expr, $store:expr) => {{
+        let (sse, kms_key) = $store.sse_headers();
+        $req.set_server_side_encryption(sse)
+            .set_ssekms_key_id(kms_key)
+            .set_acl($store.acl.as_deref().map(ObjectCannedAcl::from))
+            .set_storage_class($store.storage_class.as_deref().map(StorageClass::from))
+    }};
+}
+
 impl S3Store {
     fn sse_headers(&self) -> (Option<ServerSideEncryption>, Option<String>) {
         match &self.sse {
@@ -155,6 +167,15 @@ fn already_gone(e: StoreError) -> Result<(), StoreError> {
     } else {
         Err(e)
     }
+}
+
+/// S3 omits the storage class of STANDARD objects.
+fn storage_class_name(sc: Option<&str>) -> String {
+    sc.unwrap_or("STANDARD").to_owned()
+}
+
+fn sse_name(sse: Option<&ServerSideEncryption>) -> Option<String> {
+    sse.map(|s| s.as_str().to_owned())
 }
 
 fn to_chrono(t: Option<&aws_smithy_types::DateTime>) -> Option<DateTime<Utc>> {
@@ -188,15 +209,9 @@ impl ObjectStore for S3Store {
             .body(ByteStream::from(input.body.clone()))
             .set_content_type(input.content_type.clone());
         if self.checksum == ChecksumPolicy::Sha256 {
-            req =
-                req.checksum_sha256(base64::engine::general_purpose::STANDARD.encode(input.sha256));
+            req = req.checksum_sha256(Self::b64(&input.sha256));
         }
-        let (sse, kms_key) = self.sse_headers();
-        let out = req
-            .set_server_side_encryption(sse)
-            .set_ssekms_key_id(kms_key)
-            .set_acl(self.acl.as_deref().map(ObjectCannedAcl::from))
-            .set_storage_class(self.storage_class.as_deref().map(StorageClass::from))
+        let out = with_write_options!(req, self)
             .send()
             .await
             .map_err(classify)?;
@@ -205,12 +220,9 @@ impl ObjectStore for S3Store {
             size,
             etag: unquote(out.e_tag()),
             sha256: sha256_hex(out.checksum_sha256()),
-            storage_class: self
-                .storage_class
-                .clone()
-                .unwrap_or_else(|| "STANDARD".into()),
+            storage_class: storage_class_name(self.storage_class.as_deref()),
             last_modified: None,
-            sse: out.server_side_encryption().map(|s| s.as_str().to_owned()),
+            sse: sse_name(out.server_side_encryption()),
         })
     }
 
@@ -229,12 +241,9 @@ impl ObjectStore for S3Store {
                 size: out.content_length().unwrap_or(0).max(0) as u64,
                 etag: unquote(out.e_tag()),
                 sha256: sha256_hex(out.checksum_sha256()),
-                storage_class: out
-                    .storage_class()
-                    .map(|s| s.as_str().to_owned())
-                    .unwrap_or_else(|| "STANDARD".into()),
+                storage_class: storage_class_name(out.storage_class().map(|s| s.as_str())),
                 last_modified: to_chrono(out.last_modified()),
-                sse: out.server_side_encryption().map(|s| s.as_str().to_owned()),
+                sse: sse_name(out.server_side_encryption()),
             })),
             Err(e) => {
                 let e = classify(e);
@@ -299,10 +308,7 @@ impl ObjectStore for S3Store {
                 size: o.size().unwrap_or(0).max(0) as u64,
                 etag: unquote(o.e_tag()),
                 sha256: None,
-                storage_class: o
-                    .storage_class()
-                    .map(|s| s.as_str().to_owned())
-                    .unwrap_or_else(|| "STANDARD".into()),
+                storage_class: storage_class_name(o.storage_class().map(|s| s.as_str())),
                 last_modified: to_chrono(o.last_modified()),
                 sse: None,
             })
@@ -356,12 +362,9 @@ impl ObjectStore for S3Store {
             size,
             etag: unquote(out.e_tag()),
             sha256: None,
-            storage_class: out
-                .storage_class()
-                .map(|s| s.as_str().to_owned())
-                .unwrap_or_else(|| "STANDARD".into()),
+            storage_class: storage_class_name(out.storage_class().map(|s| s.as_str())),
             last_modified: to_chrono(out.last_modified()),
-            sse: out.server_side_encryption().map(|s| s.as_str().to_owned()),
+            sse: sse_name(out.server_side_encryption()),
         };
         let mut body = out.body;
         let stream = futures::stream::poll_fn(move |cx| {
@@ -381,8 +384,7 @@ impl ObjectStore for S3Store {
         key: &str,
         content_type: Option<&str>,
     ) -> Result<String, StoreError> {
-        let (sse, kms_key) = self.sse_headers();
-        let out = self
+        let req = self
             .client
             .create_multipart_upload()
             .bucket(&self.bucket)
@@ -390,11 +392,8 @@ impl ObjectStore for S3Store {
             .set_content_type(content_type.map(str::to_owned))
             .set_checksum_algorithm(
                 (self.checksum == ChecksumPolicy::Sha256).then_some(ChecksumAlgorithm::Sha256),
-            )
-            .set_server_side_encryption(sse)
-            .set_ssekms_key_id(kms_key)
-            .set_acl(self.acl.as_deref().map(ObjectCannedAcl::from))
-            .set_storage_class(self.storage_class.as_deref().map(StorageClass::from))
+            );
+        let out = with_write_options!(req, self)
             .send()
             .await
             .map_err(classify)?;
