@@ -17,11 +17,11 @@ pub mod s3;
 pub use config::ExecutorConfig;
 pub use executor::{
     progress_to_recipient, DeleteOptions, GetOptions, GetResult, ListOptions, MountState,
-    PutOptions, S3Executor, UploadProgressMsg,
+    PutOptions, S3Executor, TransferOptions, UploadProgressMsg,
 };
 pub use filestore_s3_actors as actors;
 pub use filestore_s3_actors::model::UploadProgress;
 pub use filestore_s3_actors::model::{ChangeEvent, ListPage, Node, NodeMeta, OpResult, Stat};
 pub use filestore_s3_actors::mount::{MountConfigError, MountRow};
 pub use filestore_s3_actors::ports::ByteRange;
-pub use filestore_s3_actors::Error;
+pub use filestore_s3_actors::{Error, Sha256Digest};

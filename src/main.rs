@@ -4,14 +4,16 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use filestore_s3::actors::upload::ProgressSink;
+use filestore_s3::actors::multipart::ProgressSink;
 use indicatif::{ProgressBar, ProgressStyle};
 
 use anyhow::{bail, Context as _};
 use clap::{Args, Parser, Subcommand};
 use filestore_s3::actors::mount::MountSpec;
 use filestore_s3::s3::S3StoreFactory;
-use filestore_s3::{DeleteOptions, ExecutorConfig, ListOptions, MountRow, PutOptions, S3Executor};
+use filestore_s3::{
+    DeleteOptions, ExecutorConfig, ListOptions, MountRow, PutOptions, S3Executor, TransferOptions,
+};
 
 #[derive(Parser)]
 #[command(
@@ -43,7 +45,13 @@ enum Cmd {
         /// Print progress as JSON lines on stdout instead of a progress bar.
         #[arg(long)]
         progress_json: bool,
+        #[command(flatten)]
+        condition: ConditionArgs,
     },
+    /// Copy an object (within a mount or to another mount: `MOUNT:PATH` names another mount).
+    Cp(TransferArgs),
+    /// Move an object (within a mount or to another mount: `MOUNT:PATH` names another mount).
+    Mv(TransferArgs),
     /// Download an object into a file, checking its SHA-256.
     Get {
         mount: String,
@@ -75,6 +83,48 @@ enum Cmd {
     Demo(DemoArgs),
     /// Run the executor until Ctrl-C.
     Serve,
+}
+
+#[derive(Args)]
+struct ConditionArgs {
+    /// Create only: fail if the destination path exists.
+    #[arg(long)]
+    if_none_match: bool,
+    /// Replace only if the destination's node is at this generation.
+    #[arg(long)]
+    if_generation: Option<i64>,
+}
+
+#[derive(Args)]
+struct TransferArgs {
+    /// Mount of the source (and of the destination unless DEST names one).
+    mount: String,
+    /// Source path.
+    source: String,
+    /// Destination: `PATH` on the same mount, or `MOUNT:PATH`.
+    dest: String,
+    #[arg(long)]
+    idempotency_key: Option<String>,
+    #[command(flatten)]
+    condition: ConditionArgs,
+}
+
+impl TransferArgs {
+    /// (source mount, source path, destination mount, destination path)
+    fn ends(&self) -> (&str, &str, &str, &str) {
+        match self.dest.split_once(':') {
+            Some((m, p)) if !m.is_empty() && !m.contains('/') => (&self.mount, &self.source, m, p),
+            _ => (&self.mount, &self.source, &self.mount, &self.dest),
+        }
+    }
+
+    fn options(&self) -> TransferOptions {
+        TransferOptions {
+            idempotency_key: self.idempotency_key.clone(),
+            if_none_match: self.condition.if_none_match,
+            if_generation: self.condition.if_generation,
+        }
+    }
 }
 
 #[derive(Subcommand)]
@@ -183,6 +233,7 @@ async fn main() -> anyhow::Result<()> {
             idempotency_key,
             content_type,
             progress_json,
+            condition,
         } => {
             let exec = S3Executor::start(config).await?;
             let size = std::fs::metadata(&file)
@@ -221,6 +272,8 @@ async fn main() -> anyhow::Result<()> {
                         idempotency_key,
                         content_type,
                         progress: Some(sink),
+                        if_none_match: condition.if_none_match,
+                        if_generation: condition.if_generation,
                     },
                 )
                 .await;
@@ -310,6 +363,20 @@ async fn main() -> anyhow::Result<()> {
             println!("{}", serde_json::to_string_pretty(&r)?);
             exec.shutdown().await;
         }
+        Cmd::Cp(args) => {
+            let exec = S3Executor::start(config).await?;
+            let (sm, sp, dm, dp) = args.ends();
+            let r = exec.copy(sm, sp, dm, dp, args.options()).await;
+            exec.shutdown().await;
+            println!("{}", serde_json::to_string_pretty(&r?)?);
+        }
+        Cmd::Mv(args) => {
+            let exec = S3Executor::start(config).await?;
+            let (sm, sp, dm, dp) = args.ends();
+            let r = exec.move_object(sm, sp, dm, dp, args.options()).await;
+            exec.shutdown().await;
+            println!("{}", serde_json::to_string_pretty(&r?)?);
+        }
         Cmd::Demo(args) => demo(config, args).await?,
         Cmd::Serve => {
             let exec = S3Executor::start(config).await?;
@@ -368,7 +435,7 @@ async fn demo(config: ExecutorConfig, args: DemoArgs) -> anyhow::Result<()> {
                 PutOptions {
                     idempotency_key: Some(format!("demo-{run}-{path}")),
                     content_type: Some("text/plain".into()),
-                    progress: None,
+                    ..Default::default()
                 },
             )
             .await?;
@@ -377,7 +444,7 @@ async fn demo(config: ExecutorConfig, args: DemoArgs) -> anyhow::Result<()> {
             "put   {path:<28} {:>3} bytes  generation {}  sha256 {}…",
             n.size,
             r.generation,
-            &n.sha256[..16]
+            &n.sha256.to_hex()[..16]
         );
     }
     let again = exec
@@ -388,7 +455,7 @@ async fn demo(config: ExecutorConfig, args: DemoArgs) -> anyhow::Result<()> {
             PutOptions {
                 idempotency_key: Some(format!("demo-{run}-{}", files[0].0)),
                 content_type: Some("text/plain".into()),
-                progress: None,
+                ..Default::default()
             },
         )
         .await?;
@@ -432,6 +499,62 @@ async fn demo(config: ExecutorConfig, args: DemoArgs) -> anyhow::Result<()> {
         .await?;
     println!("rm    {} -> generation {}", files[1].0, d.generation);
 
+    let c = exec
+        .copy(
+            "demo",
+            files[0].0,
+            "demo",
+            "archive/2026/summary.txt",
+            TransferOptions {
+                idempotency_key: Some(format!("demo-{run}-cp")),
+                ..Default::default()
+            },
+        )
+        .await?;
+    let cn = c.node.as_ref().expect("copy has a node");
+    println!(
+        "cp    {} -> {}  generation {}  verified {}",
+        files[0].0,
+        c.path,
+        c.generation,
+        cn.verified.as_str()
+    );
+    let m = exec
+        .move_object(
+            "demo",
+            files[2].0,
+            "demo",
+            "photos/menus/café menu ✓.txt",
+            TransferOptions {
+                idempotency_key: Some(format!("demo-{run}-mv")),
+                ..Default::default()
+            },
+        )
+        .await?;
+    println!(
+        "mv    {} -> {}  generation {}  (one commit: the source node is gone)",
+        files[2].0, m.path, m.generation
+    );
+    let refused = exec
+        .copy(
+            "demo",
+            files[0].0,
+            "demo",
+            "archive/2026/summary.txt",
+            TransferOptions {
+                if_none_match: true,
+                ..Default::default()
+            },
+        )
+        .await;
+    println!(
+        "cp    --if-none-match onto an existing path -> {}",
+        match refused {
+            Ok(_) => "accepted (unexpected)".to_string(),
+            Err(e) => format!("refused: {e}"),
+        }
+    );
+
     // Give the notifier a moment to relay the last commit, then show what landed.
     tokio::time::sleep(Duration::from_millis(500)).await;
     exec.shutdown().await;
@@ -473,16 +596,16 @@ async fn demo(config: ExecutorConfig, args: DemoArgs) -> anyhow::Result<()> {
         .arg("+")
         .arg("-")
         .arg("COUNT")
-        .arg(5)
+        .arg(8)
         .query_async(&mut conn)
         .await?;
-    println!("\n-- Redis stream {stream} (latest 5 of this and earlier runs)");
+    println!("\n-- Redis stream {stream} (latest 8 of this and earlier runs)");
     for e in entries.ids.iter().rev() {
         let payload: String = e.get("payload").unwrap_or_default();
         let v: serde_json::Value = serde_json::from_str(&payload)?;
         println!(
-            "{}  {} {} gen={} event_id={}",
-            e.id, v["op"], v["path"], v["generation"], v["event_id"]
+            "{}  {} {} gen={} source={} event_id={}",
+            e.id, v["op"], v["path"], v["generation"], v["source_path"], v["event_id"]
         );
     }
     if unpublished > 0 {

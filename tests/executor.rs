@@ -7,13 +7,12 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use common::{database_url, sha256_hex, Backend, TestEnv};
-use filestore_s3::actors::model::{NewIntent, OpRequest};
+use filestore_s3::actors::model::{IntentOutcome, NewIntent, OpRequest};
 use filestore_s3::actors::mount::MountSpec;
 use filestore_s3::actors::ports::{MetaStore, ObjectStoreFactory, PutObjectInput, StoreErrorKind};
 use filestore_s3::pg::PgMetaStore;
 use filestore_s3::s3::{S3Settings, S3StoreFactory};
 use filestore_s3::{PutOptions, S3Executor};
-use sha2::{Digest, Sha256};
 
 #[tokio::test]
 async fn migrations_apply_once_and_create_every_table() {
@@ -25,7 +24,7 @@ async fn migrations_apply_once_and_create_every_table() {
     let first = filestore_s3::pg::migrate(&database_url(), &schema)
         .await
         .unwrap();
-    assert_eq!(first, vec![1, 2]);
+    assert_eq!(first, vec![1, 2, 3]);
     let second = filestore_s3::pg::migrate(&database_url(), &schema)
         .await
         .unwrap();
@@ -151,7 +150,7 @@ async fn server_verifies_the_sha256_the_executor_sends() {
         let store = factory
             .for_mount(&MountSpec::from_row(&env.row).unwrap())
             .unwrap();
-        let wrong: [u8; 32] = Sha256::digest(b"something else").into();
+        let wrong = filestore_s3::Sha256Digest::of(b"something else");
         let key = env.key("corrupt.bin");
         let res = store
             .put_object(PutObjectInput {
@@ -159,6 +158,11 @@ async fn server_verifies_the_sha256_the_executor_sends() {
                 body: Bytes::from_static(b"the real body"),
                 sha256: wrong,
                 content_type: None,
+                marker: filestore_s3::actors::model::WriteMarker {
+                    journal_id: 1,
+                    sha256: Some(wrong),
+                },
+                if_none_match: false,
             })
             .await;
         match backend {
@@ -194,26 +198,37 @@ async fn recovery_commits_what_reached_s3_and_fails_what_did_not() {
         path: "crash/landed.txt".into(),
         key: env.key("crash/landed.txt"),
         size: body.len() as u64,
-        sha256: sha256_hex(body),
+        sha256: filestore_s3::Sha256Digest::of(body),
         content_type: None,
+        condition: Default::default(),
     };
     let lost = OpRequest::Put {
         path: "crash/lost.txt".into(),
         key: env.key("crash/lost.txt"),
         size: 4,
-        sha256: sha256_hex(b"lost"),
+        sha256: filestore_s3::Sha256Digest::of(b"lost"),
         content_type: None,
+        condition: Default::default(),
     };
+    let mut ids = Vec::new();
     for (k, req) in [("k-landed", landed), ("k-lost", lost)] {
-        meta.begin(&NewIntent {
-            mount: "m".into(),
-            idempotency_key: k.into(),
-            request: req,
-        })
-        .await
-        .unwrap();
+        let started = meta
+            .begin(&NewIntent {
+                mount: "m".into(),
+                idempotency_key: k.into(),
+                fingerprint: req.fingerprint(),
+                request: req,
+            })
+            .await
+            .unwrap();
+        let IntentOutcome::Started { journal_id } = started else {
+            panic!("{started:?}")
+        };
+        ids.push(journal_id);
     }
-    env.raw_put(&env.key("crash/landed.txt"), body).await;
+    // As the dead run wrote it: with its journal id and SHA-256 in the object's metadata.
+    env.raw_put_marked(&env.key("crash/landed.txt"), body, ids[0])
+        .await;
 
     let exec = S3Executor::start(env.exec.config().clone()).await.unwrap();
     let mut states = Vec::new();

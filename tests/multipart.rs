@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use common::{sha256_hex, Backend, GeneratedReader, HashingWriter, TestEnv};
 use filestore_s3::actors::mount::MountRow;
-use filestore_s3::actors::upload::ProgressSink;
+use filestore_s3::actors::multipart::ProgressSink;
 use filestore_s3::{ByteRange, Error, GetOptions, PutOptions, UploadProgress};
 
 const MIB: u64 = 1024 * 1024;

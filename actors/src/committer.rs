@@ -4,16 +4,58 @@ use std::sync::Arc;
 
 use actix::prelude::*;
 
-use crate::messages::{
-    CommitOperation, FailOperation, OutboxChanged, RecordIntent, RecordPart, RecordUpload,
-};
-use crate::model::{IntentOutcome, OpResult};
-use crate::notifier::NotifierActor;
+use crate::model::{CommitRecord, IntentOutcome, NewIntent, OpProgress, OpResult, UploadRecord};
+use crate::notifier::{NotifierActor, OutboxChanged};
 use crate::ports::{MetaError, MetaStore, UploadedPart};
+use crate::retry::RetryPolicy;
 use tokio::sync::oneshot;
 
 type PartReply = oneshot::Sender<Result<(), MetaError>>;
-use crate::retry::RetryPolicy;
+
+/// Record an intent.
+#[derive(Debug, Message)]
+#[rtype(result = "Result<IntentOutcome, MetaError>")]
+pub struct RecordIntent(pub NewIntent);
+
+/// Commit a verified operation.
+#[derive(Debug, Message)]
+#[rtype(result = "Result<OpResult, MetaError>")]
+pub struct CommitOperation(pub CommitRecord);
+
+/// Mark an operation failed.
+#[derive(Debug, Message)]
+#[rtype(result = "Result<(), MetaError>")]
+pub struct FailOperation {
+    /// Journal row.
+    pub journal_id: i64,
+    /// Error text stored in the row.
+    pub error: String,
+}
+
+/// Record how far a copy / move got.
+#[derive(Debug, Message)]
+#[rtype(result = "Result<(), MetaError>")]
+pub struct RecordProgress {
+    /// Journal row.
+    pub journal_id: i64,
+    /// The step reached.
+    pub progress: OpProgress,
+}
+
+/// Record a started multipart upload.
+#[derive(Debug, Message)]
+#[rtype(result = "Result<(), MetaError>")]
+pub struct RecordUpload(pub UploadRecord);
+
+/// Record one accepted part (parts arriving together share one transaction).
+#[derive(Debug, Message)]
+#[rtype(result = "Result<(), MetaError>")]
+pub struct RecordPart {
+    /// Upload id.
+    pub upload_id: String,
+    /// The part.
+    pub part: UploadedPart,
+}
 
 /// Serialises the Postgres writes of one mount. Handlers use `AtomicResponse`, so the mailbox waits
 /// while a write is in flight: writes apply in the order they were sent.
@@ -164,6 +206,18 @@ impl Handler<FailOperation> for CommitterActor {
         AtomicResponse::new(self.atomic_write("marking failed", move |meta| {
             let msg = msg.clone();
             async move { meta.fail(msg.journal_id, &msg.error).await }
+        }))
+    }
+}
+
+impl Handler<RecordProgress> for CommitterActor {
+    type Result = AtomicResponse<Self, Result<(), MetaError>>;
+
+    fn handle(&mut self, msg: RecordProgress, _ctx: &mut Self::Context) -> Self::Result {
+        let msg = Arc::new(msg);
+        AtomicResponse::new(self.atomic_write("recording progress", move |meta| {
+            let msg = msg.clone();
+            async move { meta.record_progress(msg.journal_id, &msg.progress).await }
         }))
     }
 }

@@ -132,6 +132,37 @@ pub enum Error {
         /// Recorded error.
         message: String,
     },
+    /// A condition of the request (create-only, expected generation) does not hold; nothing was
+    /// changed.
+    #[error("mount '{mount}': condition on '{path}' failed: {reason}")]
+    PreconditionFailed {
+        /// Mount name.
+        mount: String,
+        /// Path.
+        path: String,
+        /// What was expected and what was found.
+        reason: String,
+    },
+    /// The request is malformed in a way no path or key check covers (a copy onto itself, ...).
+    #[error("invalid request: {field} {reason}")]
+    InvalidRequest {
+        /// The parameter at fault.
+        field: &'static str,
+        /// What is wrong.
+        reason: String,
+    },
+    /// The store accepted a write but did not apply settings the mount requires (SSE, KMS key,
+    /// storage class), under the strict policy; the object was removed again and nothing was
+    /// committed.
+    #[error("mount '{mount}': the store ignored {} for '{key}'; nothing was committed (set the mount's settings_policy to 'lenient' to accept such stores)", settings.join(", "))]
+    SettingsNotApplied {
+        /// Mount name.
+        mount: String,
+        /// Object key.
+        key: String,
+        /// The settings, as `name: wanted, store reported`.
+        settings: Vec<String>,
+    },
     /// Configuration is invalid.
     #[error("configuration: {0}")]
     Config(String),

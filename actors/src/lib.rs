@@ -6,20 +6,24 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod commands;
 pub mod committer;
+pub mod digest;
+mod engine;
 pub mod error;
-pub mod messages;
+pub mod failpoint;
+pub mod locks;
 pub mod model;
 pub mod mount;
+pub mod multipart;
 pub mod notifier;
-mod operation;
 pub mod path;
 pub mod ports;
 pub mod retry;
 pub mod supervisor;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
-pub mod upload;
 
+pub use digest::Sha256Digest;
 pub use error::Error;
 pub use supervisor::{MountSupervisor, SupervisorSettings};

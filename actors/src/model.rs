@@ -5,6 +5,8 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
+use crate::digest::Sha256Digest;
+
 /// Version of the change-event payload.
 pub const EVENT_VERSION: u32 = 1;
 
@@ -16,6 +18,10 @@ pub enum OpKind {
     Put,
     /// Remove an object.
     Delete,
+    /// Copy an object to another path (same or another mount).
+    Copy,
+    /// Move an object: copy, then remove the source, in one commit.
+    Move,
 }
 
 impl OpKind {
@@ -24,6 +30,8 @@ impl OpKind {
         match self {
             OpKind::Put => "put",
             OpKind::Delete => "delete",
+            OpKind::Copy => "copy",
+            OpKind::Move => "move",
         }
     }
 
@@ -32,6 +40,8 @@ impl OpKind {
         match s {
             "put" => Some(OpKind::Put),
             "delete" => Some(OpKind::Delete),
+            "copy" => Some(OpKind::Copy),
+            "move" => Some(OpKind::Move),
             _ => None,
         }
     }
@@ -46,14 +56,112 @@ pub struct ObjectMeta {
     pub size: u64,
     /// ETag without quotes.
     pub etag: String,
-    /// SHA-256 as lowercase hex, when the store reports one.
-    pub sha256: Option<String>,
+    /// SHA-256 of the whole object, when the store reports one (HEAD with checksum mode).
+    pub sha256: Option<Sha256Digest>,
+    /// A composite checksum of a multipart object (`<base64>-<parts>`), when the store reports one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sha256_composite: Option<String>,
+    /// What the executor wrote into the object's user metadata ([`WriteMarker`]), when present.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub marker: Option<WriteMarker>,
     /// Storage class (`STANDARD` when the store omits it).
     pub storage_class: String,
     /// Last-Modified as reported.
     pub last_modified: Option<DateTime<Utc>>,
     /// Server-side encryption as reported (`AES256`, `aws:kms`).
     pub sse: Option<String>,
+    /// KMS key id as reported.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kms_key_id: Option<String>,
+}
+
+/// User metadata the executor writes on every object it creates, so that verification and
+/// recovery can tell *this* operation's object from an earlier one of the same size.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WriteMarker {
+    /// Journal row of the operation that wrote the object.
+    pub journal_id: i64,
+    /// SHA-256 of the whole content, when it was known before the write.
+    pub sha256: Option<Sha256Digest>,
+}
+
+impl WriteMarker {
+    /// User-metadata name (without `x-amz-meta-`) of the journal id.
+    pub const JOURNAL_ID: &'static str = "filestore-journal-id";
+    /// User-metadata name (without `x-amz-meta-`) of the SHA-256.
+    pub const SHA256: &'static str = "filestore-sha256";
+
+    /// The metadata pairs to send.
+    pub fn to_pairs(&self) -> Vec<(&'static str, String)> {
+        let mut v = vec![(Self::JOURNAL_ID, self.journal_id.to_string())];
+        if let Some(s) = &self.sha256 {
+            v.push((Self::SHA256, s.to_hex()));
+        }
+        v
+    }
+
+    /// Reads a marker back from user metadata (names compared case-insensitively); `None` when
+    /// the object carries none or an unreadable one.
+    pub fn from_pairs<'a>(pairs: impl IntoIterator<Item = (&'a str, &'a str)>) -> Option<Self> {
+        let mut journal_id = None;
+        let mut sha256 = None;
+        for (k, v) in pairs {
+            if k.eq_ignore_ascii_case(Self::JOURNAL_ID) {
+                journal_id = v.trim().parse().ok();
+            } else if k.eq_ignore_ascii_case(Self::SHA256) {
+                sha256 = Sha256Digest::from_hex(v.trim()).ok();
+            }
+        }
+        Some(WriteMarker {
+            journal_id: journal_id?,
+            sha256,
+        })
+    }
+}
+
+/// How the content of a committed object was proven, recorded in `nodes.verified`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum Verification {
+    /// The store reported a whole-object SHA-256 equal to the executor's.
+    Sha256VerifiedByStore,
+    /// The store reported a composite (per-part) SHA-256 equal to the one the executor computed
+    /// from the parts it sent.
+    CompositeVerifiedByStore,
+    /// The executor read the bytes itself (a streamed copy) and hashed them.
+    Sha256VerifiedByExecutor,
+    /// The store reports no checksum; the object carries this operation's journal id and SHA-256
+    /// in its user metadata and has the expected size.
+    Sha256FromMetadata,
+    /// Only the size could be checked (the store keeps neither checksums nor user metadata).
+    #[default]
+    SizeOnly,
+}
+
+impl Verification {
+    /// The name stored in `nodes.verified`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Verification::Sha256VerifiedByStore => "sha256-verified-by-store",
+            Verification::CompositeVerifiedByStore => "composite-verified-by-store",
+            Verification::Sha256VerifiedByExecutor => "sha256-verified-by-executor",
+            Verification::Sha256FromMetadata => "sha256-from-metadata",
+            Verification::SizeOnly => "size-only",
+        }
+    }
+
+    /// Parses a stored name.
+    pub fn parse(s: &str) -> Option<Self> {
+        [
+            Verification::Sha256VerifiedByStore,
+            Verification::CompositeVerifiedByStore,
+            Verification::Sha256VerifiedByExecutor,
+            Verification::Sha256FromMetadata,
+            Verification::SizeOnly,
+        ]
+        .into_iter()
+        .find(|v| v.as_str() == s)
+    }
 }
 
 /// The metadata recorded in `nodes` for a live object.
@@ -63,12 +171,21 @@ pub struct NodeMeta {
     pub size: u64,
     /// ETag without quotes.
     pub etag: String,
-    /// SHA-256 of the content, lowercase hex (computed by the executor).
-    pub sha256: String,
+    /// SHA-256 of the content (computed by the executor).
+    pub sha256: Sha256Digest,
     /// Storage class.
     pub storage_class: String,
     /// Last-Modified as reported by the store.
     pub last_modified: Option<DateTime<Utc>>,
+    /// How the content was proven.
+    #[serde(default)]
+    pub verified: Verification,
+    /// Server-side encryption the store reported (`AES256`, `aws:kms`), if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sse: Option<String>,
+    /// Settings of the mount the store did not apply, under the lenient policy (empty otherwise).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub not_applied: Vec<String>,
 }
 
 /// A `nodes` row.
@@ -99,6 +216,9 @@ pub struct OpResult {
     pub path: String,
     /// Object key.
     pub key: String,
+    /// Source of a copy / move.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<SourceRef>,
     /// The node after the operation (`None` after a delete).
     pub node: Option<NodeMeta>,
     /// Generation of the path after the operation.
@@ -120,6 +240,9 @@ pub struct ChangeEvent {
     pub op: OpKind,
     /// Filestore path.
     pub path: String,
+    /// Source mount for copy / move.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub source_mount: Option<String>,
     /// Source path for copy / move.
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub source_path: Option<String>,
@@ -130,7 +253,7 @@ pub struct ChangeEvent {
     /// ETag (absent for deletes).
     pub etag: Option<String>,
     /// SHA-256 (absent for deletes).
-    pub sha256: Option<String>,
+    pub sha256: Option<Sha256Digest>,
     /// Generation after the change.
     pub generation: i64,
     /// Journal row id.
@@ -181,7 +304,54 @@ impl JournalState {
     }
 }
 
+/// Conditions a write must meet, checked against the node in Postgres under the path's lock (and
+/// sent to the store as conditional headers where it supports them). A failed condition is
+/// [`crate::Error::PreconditionFailed`] and changes nothing.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WriteCondition {
+    /// Create only: fail if the destination path has a node.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub if_none_match: bool,
+    /// Replace only if the destination's node is at this generation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub if_generation: Option<i64>,
+}
+
+impl WriteCondition {
+    /// No condition.
+    pub fn is_none(&self) -> bool {
+        !self.if_none_match && self.if_generation.is_none()
+    }
+}
+
+/// The source of a copy or move.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SourceRef {
+    /// Mount of the source.
+    pub mount: String,
+    /// Filestore path of the source.
+    pub path: String,
+    /// Object key of the source.
+    pub key: String,
+}
+
+/// A copy or move request (the destination is on the journal row's mount).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TransferRequest {
+    /// Destination path.
+    pub path: String,
+    /// Destination key.
+    pub key: String,
+    /// Source.
+    pub source: SourceRef,
+    /// Conditions on the destination.
+    #[serde(default, skip_serializing_if = "WriteCondition::is_none")]
+    pub condition: WriteCondition,
+}
+
 /// The parameters of a mutating request, stored in `journal.request`. Recovery reads them back.
+/// They are what the caller asked for; what the executor learned while running (the source it
+/// pinned, how far a move got) is recorded separately as the row's [`OpProgress`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "lowercase")]
 pub enum OpRequest {
@@ -193,10 +363,13 @@ pub enum OpRequest {
         key: String,
         /// Size in bytes.
         size: u64,
-        /// SHA-256 of the content, hex.
-        sha256: String,
+        /// SHA-256 of the content.
+        sha256: Sha256Digest,
         /// Content-Type sent to the store.
         content_type: Option<String>,
+        /// Conditions on the path.
+        #[serde(default, skip_serializing_if = "WriteCondition::is_none")]
+        condition: WriteCondition,
     },
     /// A multipart put from a source that is read once, in order.
     PutMultipart {
@@ -210,6 +383,9 @@ pub enum OpRequest {
         source: UploadSource,
         /// Content-Type sent to the store.
         content_type: Option<String>,
+        /// Conditions on the path.
+        #[serde(default, skip_serializing_if = "WriteCondition::is_none")]
+        condition: WriteCondition,
     },
     /// A delete.
     Delete {
@@ -218,6 +394,10 @@ pub enum OpRequest {
         /// Object key.
         key: String,
     },
+    /// A copy.
+    Copy(TransferRequest),
+    /// A move.
+    Move(TransferRequest),
 }
 
 impl OpRequest {
@@ -226,6 +406,8 @@ impl OpRequest {
         match self {
             OpRequest::Put { .. } | OpRequest::PutMultipart { .. } => OpKind::Put,
             OpRequest::Delete { .. } => OpKind::Delete,
+            OpRequest::Copy(_) => OpKind::Copy,
+            OpRequest::Move(_) => OpKind::Move,
         }
     }
 
@@ -235,6 +417,7 @@ impl OpRequest {
             OpRequest::Put { path, .. }
             | OpRequest::PutMultipart { path, .. }
             | OpRequest::Delete { path, .. } => path,
+            OpRequest::Copy(t) | OpRequest::Move(t) => &t.path,
         }
     }
 
@@ -244,6 +427,15 @@ impl OpRequest {
             OpRequest::Put { key, .. }
             | OpRequest::PutMultipart { key, .. }
             | OpRequest::Delete { key, .. } => key,
+            OpRequest::Copy(t) | OpRequest::Move(t) => &t.key,
+        }
+    }
+
+    /// The source of a copy / move.
+    pub fn source(&self) -> Option<&SourceRef> {
+        match self {
+            OpRequest::Copy(t) | OpRequest::Move(t) => Some(&t.source),
+            _ => None,
         }
     }
 
@@ -252,6 +444,57 @@ impl OpRequest {
         // serde_json writes struct fields in declaration order, so the encoding is canonical.
         let bytes = serde_json::to_vec(self).expect("OpRequest always serialises");
         hex::encode(Sha256::digest(&bytes))
+    }
+}
+
+/// The source object as a copy / move pinned it before acting: the copy is made from exactly
+/// this version (by ETag) and proven against this SHA-256.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PinnedSource {
+    /// Size in bytes.
+    pub size: u64,
+    /// SHA-256 recorded in the source's node.
+    pub sha256: Sha256Digest,
+    /// ETag of the source object.
+    pub etag: String,
+    /// Generation of the source node.
+    pub generation: i64,
+}
+
+/// How far a copy / move got, recorded on its journal row (`journal.progress`) after each step so
+/// recovery continues from there.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "phase", rename_all = "snake_case")]
+pub enum OpProgress {
+    /// The source was read from `nodes` and pinned; nothing was written yet.
+    SourcePinned {
+        /// The pinned source.
+        source: PinnedSource,
+    },
+    /// The destination holds a verified copy.
+    Copied {
+        /// The pinned source.
+        source: PinnedSource,
+        /// The verified destination.
+        dest: NodeMeta,
+    },
+    /// (Move) the source object was deleted and verified gone; only the commit is left.
+    SourceDeleted {
+        /// The pinned source.
+        source: PinnedSource,
+        /// The verified destination.
+        dest: NodeMeta,
+    },
+}
+
+impl OpProgress {
+    /// The phase name, for logs and failpoints.
+    pub fn phase(&self) -> &'static str {
+        match self {
+            OpProgress::SourcePinned { .. } => "source_pinned",
+            OpProgress::Copied { .. } => "copied",
+            OpProgress::SourceDeleted { .. } => "source_deleted",
+        }
     }
 }
 
@@ -264,6 +507,8 @@ pub struct NewIntent {
     pub idempotency_key: String,
     /// The request.
     pub request: OpRequest,
+    /// `request.fingerprint()`, computed once per request.
+    pub fingerprint: String,
 }
 
 /// A journal row.
@@ -283,6 +528,8 @@ pub struct JournalEntry {
     pub attempts: i32,
     /// The request.
     pub request: OpRequest,
+    /// How far a copy / move got.
+    pub progress: Option<OpProgress>,
     /// Result when committed.
     pub result: Option<OpResult>,
     /// Error when failed.
@@ -325,45 +572,72 @@ pub struct CommitRecord {
     pub key: String,
     /// Node change.
     pub change: NodeChange,
+    /// The source of a copy / move; for a move its node is removed in the same transaction.
+    pub source: Option<SourceRef>,
     /// The multipart upload this commit completes (marked `completed` in the same transaction).
     pub upload_id: Option<String>,
+    /// The destination node's generation this operation was conditioned on (checked again in
+    /// the commit transaction).
+    pub condition: WriteCondition,
 }
 
 impl CommitRecord {
-    /// The caller's result and the change event of this commit, at `generation`, with a new
-    /// event id. Every [`crate::ports::MetaStore`] builds them here, so they agree.
-    pub fn outcome(&self, generation: i64) -> (OpResult, ChangeEvent) {
+    /// The mounts whose streams get an event for this commit: the record's own, and the
+    /// source's when a move crosses mounts.
+    pub fn event_mounts(&self) -> Vec<&str> {
+        let mut v = vec![self.mount.as_str()];
+        if let (OpKind::Move, Some(s)) = (self.op, &self.source) {
+            if s.mount != self.mount {
+                v.push(&s.mount);
+            }
+        }
+        v
+    }
+
+    /// The caller's result and the change events of this commit (one per mount in
+    /// [`CommitRecord::event_mounts`], each with its own id; the first is the result's), at
+    /// `generation`. Every [`crate::ports::MetaStore`] builds them here, so they agree.
+    pub fn outcome(&self, generation: i64) -> (OpResult, Vec<(String, ChangeEvent)>) {
         let node = match &self.change {
             NodeChange::Upsert(m) => Some(m.clone()),
             NodeChange::Remove => None,
         };
-        let event_id = Uuid::new_v4();
-        let event = ChangeEvent {
-            v: EVENT_VERSION,
-            event_id,
-            mount: self.mount.clone(),
-            op: self.op,
-            path: self.path.clone(),
-            source_path: None,
-            key: self.key.clone(),
-            size: node.as_ref().map(|n| n.size),
-            etag: node.as_ref().map(|n| n.etag.clone()),
-            sha256: node.as_ref().map(|n| n.sha256.clone()),
-            generation,
-            journal_id: self.journal_id,
-            time: Utc::now(),
-        };
+        let time = Utc::now();
+        let events: Vec<(String, ChangeEvent)> = self
+            .event_mounts()
+            .into_iter()
+            .map(|stream_mount| {
+                let event = ChangeEvent {
+                    v: EVENT_VERSION,
+                    event_id: Uuid::new_v4(),
+                    mount: self.mount.clone(),
+                    op: self.op,
+                    path: self.path.clone(),
+                    source_mount: self.source.as_ref().map(|s| s.mount.clone()),
+                    source_path: self.source.as_ref().map(|s| s.path.clone()),
+                    key: self.key.clone(),
+                    size: node.as_ref().map(|n| n.size),
+                    etag: node.as_ref().map(|n| n.etag.clone()),
+                    sha256: node.as_ref().map(|n| n.sha256),
+                    generation,
+                    journal_id: self.journal_id,
+                    time,
+                };
+                (stream_mount.to_owned(), event)
+            })
+            .collect();
         let result = OpResult {
             journal_id: self.journal_id,
             op: self.op,
             mount: self.mount.clone(),
             path: self.path.clone(),
             key: self.key.clone(),
+            source: self.source.clone(),
             node,
             generation,
-            event_id,
+            event_id: events[0].1.event_id,
         };
-        (result, event)
+        (result, events)
     }
 }
 
@@ -453,7 +727,7 @@ pub struct UploadRecord {
     /// Total size, when known.
     pub total_size: Option<u64>,
     /// Parts recorded so far.
-    pub parts: Vec<crate::ports::UploadedPart>,
+    pub parts: Vec<UploadedPart>,
 }
 
 /// Progress of one upload, sent to the caller's sink and to Redis.
@@ -481,4 +755,17 @@ pub struct UploadProgress {
     pub eta_seconds: Option<f64>,
     /// Last event of the upload (all parts done).
     pub finished: bool,
+}
+
+/// A part the store has accepted.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UploadedPart {
+    /// 1-based part number.
+    pub part_number: i32,
+    /// ETag without quotes (`None` when a listing omits it, as s3s-fs does).
+    pub etag: Option<String>,
+    /// Size in bytes.
+    pub size: u64,
+    /// SHA-256 of the part, when known.
+    pub sha256: Option<Sha256Digest>,
 }

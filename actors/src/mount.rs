@@ -23,6 +23,9 @@ pub const DEFAULT_PART_SIZE_BYTES: u64 = 16 * 1024 * 1024;
 pub const DEFAULT_PART_CONCURRENCY: u32 = 4;
 /// Default verification window, in milliseconds.
 pub const DEFAULT_VERIFY_WINDOW_MS: u64 = 10_000;
+/// Largest object one CopyObject may copy (S3's limit), and the default copy threshold: larger
+/// objects are copied part by part with UploadPartCopy.
+pub const MAX_COPY_OBJECT_BYTES: u64 = 5 * 1024 * 1024 * 1024;
 
 /// A `backend_mounts` row as stored, before validation.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -61,6 +64,11 @@ pub struct MountRow {
     pub enabled: bool,
     /// `abort` or `retain`: what happens to a multipart upload whose part failed for good.
     pub multipart_failure_policy: String,
+    /// Objects larger than this are copied with UploadPartCopy instead of one CopyObject.
+    pub copy_threshold: i64,
+    /// `strict` or `lenient`: what happens when the store ignores the mount's SSE / KMS key /
+    /// storage class.
+    pub settings_policy: String,
 }
 
 impl MountRow {
@@ -84,6 +92,8 @@ impl MountRow {
             checksum: "sha256".into(),
             enabled: true,
             multipart_failure_policy: "abort".into(),
+            copy_threshold: MAX_COPY_OBJECT_BYTES as i64,
+            settings_policy: "strict".into(),
         }
     }
 }
@@ -112,6 +122,18 @@ pub enum Sse {
         /// Key id or ARN; `None` uses the account's default key.
         key_id: Option<String>,
     },
+}
+
+/// What happens when the store accepts a write but does not apply the mount's SSE, KMS key or
+/// storage class (as some S3-compatible stores silently do).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum SettingsPolicy {
+    /// The operation fails with `Error::SettingsNotApplied`, the object is removed, nothing is
+    /// committed.
+    Strict,
+    /// The operation commits what the store really applied and says so in the result, the node
+    /// (`not_applied`) and the `filestore_s3_settings_not_applied_total` metric.
+    Lenient,
 }
 
 /// How uploads are protected on the wire.
@@ -182,6 +204,21 @@ pub struct MountSpec {
     pub enabled: bool,
     /// Keep a failed multipart upload open for a resume (`true`) or abort it (`false`).
     pub retain_failed_uploads: bool,
+    /// Objects larger than this are copied part by part (UploadPartCopy).
+    pub copy_threshold: u64,
+    /// What to do when the store ignores SSE / KMS key / storage class.
+    pub settings_policy: SettingsPolicy,
+}
+
+impl MountSpec {
+    /// Whether a server-side copy from `source` into this mount is possible: both mounts are
+    /// reached through the same endpoint, region and addressing (the executor's credentials are
+    /// shared by all mounts), so one client can read the source and write the destination.
+    pub fn can_copy_server_side_from(&self, source: &MountSpec) -> bool {
+        self.endpoint == source.endpoint
+            && self.region == source.region
+            && self.path_style == source.path_style
+    }
 }
 
 impl MountSpec {
@@ -319,6 +356,26 @@ impl MountSpec {
                 ))
             }
         };
+        let copy_threshold = u64::try_from(row.copy_threshold).unwrap_or(0);
+        if !(MIN_PART_SIZE_BYTES..=MAX_COPY_OBJECT_BYTES).contains(&copy_threshold) {
+            return Err(err(
+                "copy_threshold",
+                format!(
+                    "{} is out of range {MIN_PART_SIZE_BYTES}..={MAX_COPY_OBJECT_BYTES} bytes (CopyObject copies at most 5 GiB)",
+                    row.copy_threshold
+                ),
+            ));
+        }
+        let settings_policy = match row.settings_policy.as_str() {
+            "strict" => SettingsPolicy::Strict,
+            "lenient" => SettingsPolicy::Lenient,
+            other => {
+                return Err(err(
+                    "settings_policy",
+                    format!("'{other}' is unknown; use 'strict' or 'lenient'"),
+                ))
+            }
+        };
         Ok(MountSpec {
             name: row.name.clone(),
             bucket: row.bucket.clone(),
@@ -336,6 +393,8 @@ impl MountSpec {
             checksum,
             enabled: row.enabled,
             retain_failed_uploads,
+            copy_threshold,
+            settings_policy,
         })
     }
 }

@@ -5,8 +5,12 @@ use std::time::Duration;
 
 use actix::prelude::*;
 
-use crate::messages::OutboxChanged;
 use crate::ports::{ChangePublisher, MetaStore};
+
+/// Something was committed: relay the outbox. A signal, so `do_send` is fine.
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub struct OutboxChanged;
 
 /// Rows fetched per round trip.
 pub const OUTBOX_BATCH: i64 = 100;

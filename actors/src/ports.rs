@@ -8,11 +8,12 @@ use std::pin::Pin;
 use async_trait::async_trait;
 use bytes::Bytes;
 use futures::Stream;
-use serde::{Deserialize, Serialize};
 
+use crate::digest::Sha256Digest;
+pub use crate::model::UploadedPart;
 use crate::model::{
-    CommitRecord, IntentOutcome, JournalEntry, NewIntent, Node, ObjectMeta, OpResult, OutboxEvent,
-    RawListing,
+    CommitRecord, IntentOutcome, JournalEntry, NewIntent, Node, ObjectMeta, OpProgress, OpResult,
+    OutboxEvent, RawListing, WriteMarker,
 };
 use crate::model::{UploadProgress, UploadRecord};
 use crate::mount::{MountRow, MountSpec};
@@ -97,23 +98,72 @@ pub struct PutObjectInput {
     pub key: String,
     /// The whole body.
     pub body: Bytes,
-    /// SHA-256 of the body (raw bytes); sent as a checksum when the mount's policy says so.
-    pub sha256: [u8; 32],
+    /// SHA-256 of the body; sent as a checksum when the mount's policy says so.
+    pub sha256: Sha256Digest,
     /// Content-Type.
     pub content_type: Option<String>,
+    /// User metadata identifying the write.
+    pub marker: WriteMarker,
+    /// Create only (`If-None-Match: *`).
+    pub if_none_match: bool,
 }
 
-/// A part the store has accepted.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct UploadedPart {
+/// A server-side copy of a whole object (CopyObject, metadata replaced with the destination's).
+#[derive(Debug, Clone)]
+pub struct CopyObjectInput {
+    /// Bucket of the source.
+    pub source_bucket: String,
+    /// Key of the source.
+    pub source_key: String,
+    /// Copy only if the source still has this ETag.
+    pub source_etag: String,
+    /// Destination key (in this store's bucket).
+    pub key: String,
+    /// User metadata identifying the write.
+    pub marker: WriteMarker,
+}
+
+/// One part of a multipart copy (UploadPartCopy).
+#[derive(Debug, Clone)]
+pub struct PartCopyInput {
+    /// Bucket of the source.
+    pub source_bucket: String,
+    /// Key of the source.
+    pub source_key: String,
+    /// Copy only if the source still has this ETag.
+    pub source_etag: String,
+    /// Bytes of the source this part copies.
+    pub range: ByteRange,
+    /// Destination key.
+    pub key: String,
+    /// Upload id.
+    pub upload_id: String,
     /// 1-based part number.
     pub part_number: i32,
-    /// ETag without quotes (`None` when a listing omits it, as s3s-fs does).
-    pub etag: Option<String>,
-    /// Size in bytes.
-    pub size: u64,
-    /// SHA-256 of the part, lowercase hex, when known.
-    pub sha256: Option<String>,
+}
+
+/// Another mount's bucket, for copies and moves between mounts.
+#[derive(Clone)]
+pub struct MountAccess {
+    /// The mount.
+    pub spec: Arc<MountSpec>,
+    /// Its store.
+    pub store: Arc<dyn ObjectStore>,
+}
+
+impl std::fmt::Debug for MountAccess {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MountAccess")
+            .field("mount", &self.spec.name)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Finds the running mounts of an executor (for recovery of a copy / move whose source is on
+/// another mount).
+pub trait MountDirectory: Send + Sync + 'static {
+    /// The mount, if this executor serves it.
+    fn mount(&self, name: &str) -> Option<MountAccess>;
 }
 
 /// A byte range of an object: `start..=end`, or `start..` when `end` is `None`.
@@ -162,11 +212,13 @@ pub trait ObjectStore: Send + Sync + 'static {
         range: Option<ByteRange>,
         if_match: Option<&str>,
     ) -> Result<ObjectBody, StoreError>;
-    /// CreateMultipartUpload with the mount's SSE / ACL / storage class; returns the upload id.
+    /// CreateMultipartUpload with the mount's SSE / ACL / storage class and the write marker;
+    /// returns the upload id.
     async fn create_multipart(
         &self,
         key: &str,
         content_type: Option<&str>,
+        marker: &WriteMarker,
     ) -> Result<String, StoreError>;
     /// UploadPart, with the part's SHA-256 as checksum when the mount's policy says so.
     async fn upload_part(
@@ -175,8 +227,12 @@ pub trait ObjectStore: Send + Sync + 'static {
         upload_id: &str,
         part_number: i32,
         body: Bytes,
-        sha256: [u8; 32],
+        sha256: Sha256Digest,
     ) -> Result<UploadedPart, StoreError>;
+    /// CopyObject from a bucket the same client can read, with the mount's write options.
+    async fn copy_object(&self, input: CopyObjectInput) -> Result<(), StoreError>;
+    /// UploadPartCopy.
+    async fn upload_part_copy(&self, input: PartCopyInput) -> Result<UploadedPart, StoreError>;
     /// ListParts (all pages).
     async fn list_parts(&self, key: &str, upload_id: &str)
         -> Result<Vec<UploadedPart>, StoreError>;
@@ -206,10 +262,18 @@ pub trait MetaStore: Send + Sync + 'static {
     /// row with the same fingerprint is re-armed to `pending` (attempts + 1) and reported as started.
     async fn begin(&self, intent: &NewIntent) -> Result<IntentOutcome, MetaError>;
     /// In one transaction: node upsert/delete with the next generation, a snapshot row, the journal
-    /// row marked committed with its result, and the outbox event.
+    /// row marked committed with its result, and the outbox event(s). A move also removes its
+    /// source's node (with a snapshot). A commit whose `condition` no longer holds fails with a
+    /// non-retryable error and writes nothing.
     async fn commit(&self, record: &CommitRecord) -> Result<OpResult, MetaError>;
     /// Marks a pending journal row failed.
     async fn fail(&self, journal_id: i64, error: &str) -> Result<(), MetaError>;
+    /// Records how far a pending copy / move got.
+    async fn record_progress(
+        &self,
+        journal_id: i64,
+        progress: &OpProgress,
+    ) -> Result<(), MetaError>;
     /// Pending journal rows of a mount, oldest first.
     async fn pending(&self, mount: &str) -> Result<Vec<JournalEntry>, MetaError>;
     /// The node at a path.

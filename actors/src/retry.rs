@@ -1,9 +1,58 @@
-//! Retry with exponential backoff and jitter, bounded by attempts *and* elapsed time.
+//! Retry with exponential backoff and jitter, bounded by attempts *and* elapsed time; and
+//! [`store_call`], the one way the actors call the object store.
 
 use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use backon::{BackoffBuilder, ExponentialBuilder};
+
+use crate::error::Error;
+use crate::ports::StoreError;
+
+/// Counters of one mount (kept across supervisor restarts).
+#[derive(Debug, Default)]
+pub struct MountCounters {
+    /// Bytes sent in UploadPart requests, retries included.
+    pub bytes_sent: AtomicU64,
+    /// Parts accepted by the store.
+    pub parts_uploaded: AtomicU64,
+    /// Parts skipped because a previous run had uploaded them.
+    pub parts_resumed: AtomicU64,
+    /// Retried S3 / Postgres calls.
+    pub retries: AtomicU64,
+    /// CopyObject and UploadPartCopy requests sent (retries included).
+    pub copy_requests: AtomicU64,
+}
+
+/// One S3 call under the retry policy: retries are logged and counted (per mount and in the
+/// `filestore_s3_retries_total` metric), and the final error names the operation and key.
+pub async fn store_call<T, F, Fut>(
+    mount: &str,
+    retry: &RetryPolicy,
+    counters: &MountCounters,
+    what: &'static str,
+    key: &str,
+    op: F,
+) -> Result<T, Error>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, StoreError>>,
+{
+    retry
+        .run(op, StoreError::is_retryable, |e, d| {
+            counters.retries.fetch_add(1, Ordering::Relaxed);
+            metrics::counter!("filestore_s3_retries_total", "mount" => mount.to_owned(), "op" => what)
+                .increment(1);
+            log::warn!("mount {mount}: S3 {what} of '{key}' failed ({e}); retry in {d:?}")
+        })
+        .await
+        .map_err(|source| Error::Storage {
+            op: what,
+            key: key.to_owned(),
+            source,
+        })
+}
 
 /// How often and how long to retry a retryable failure.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -1,29 +1,31 @@
 //! The mount supervisor: one per mount, restarted by actix when it stops.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
 use actix::prelude::*;
-use sha2::{Digest, Sha256};
 use tokio::sync::oneshot;
 use uuid::Uuid;
 
-use crate::committer::CommitterActor;
-use crate::error::Error;
-use crate::messages::{
-    DeleteObject, GetStatus, ListObjects, OpenObject, OutboxChanged, PutLargeObject, PutObject,
-    RetireMount, StatObject, SupervisorStatus,
+use crate::commands::{
+    DeleteObject, GetStatus, ListObjects, OpenObject, PutLargeObject, PutObject, RetireMount,
+    StatObject, SupervisorStatus, TransferObject,
 };
-use crate::model::{JournalEntry, ListEntry, ListPage, Node, OpRequest, OpResult, Stat};
+use crate::committer::CommitterActor;
+use crate::digest::Sha256Digest;
+use crate::engine::{recover_entry, run_operation, validate_transfer, OpContext, Payload};
+use crate::error::Error;
+use crate::locks::{PathKey, PathLocks};
+use crate::model::{JournalEntry, ListEntry, ListPage, Node, OpKind, OpRequest, OpResult, Stat};
 use crate::mount::MountSpec;
-use crate::notifier::NotifierActor;
-use crate::operation::{recover_entry, run_operation, store_call, OpContext, Payload};
+use crate::notifier::{NotifierActor, OutboxChanged};
 use crate::path::FsPath;
-use crate::ports::{ChangePublisher, MetaStore, ObjectBody, ObjectStore, StoreErrorKind};
-use crate::retry::RetryPolicy;
-use crate::upload::UploadCounters;
-use std::sync::atomic::Ordering;
+use crate::ports::{
+    ChangePublisher, MetaStore, MountDirectory, ObjectBody, ObjectStore, StoreErrorKind,
+};
+use crate::retry::{store_call, MountCounters, RetryPolicy};
 
 /// Longest accepted idempotency key, in bytes.
 pub const MAX_IDEMPOTENCY_KEY_BYTES: usize = 255;
@@ -56,7 +58,6 @@ impl Default for SupervisorSettings {
     }
 }
 
-type Job = Box<dyn FnOnce(&mut MountSupervisor, &mut Context<MountSupervisor>)>;
 type Reply = Result<OpResult, Error>;
 
 struct Running {
@@ -78,13 +79,15 @@ pub struct MountSupervisor {
     publisher: Arc<dyn ChangePublisher>,
     settings: SupervisorSettings,
     restarts: u32,
-    counters: Arc<UploadCounters>,
+    counters: Arc<MountCounters>,
+    /// Per-path ordering, shared by every supervisor of the executor.
+    locks: PathLocks,
+    /// The executor's other mounts (sources of copies / moves being recovered).
+    mounts: Option<Arc<dyn MountDirectory>>,
     // Everything below is per run and reset by `restarting`.
     committer: Option<Addr<CommitterActor>>,
     notifier: Option<Addr<NotifierActor>>,
     recovered: bool,
-    /// Paths with an operation in flight; the queue holds the ones waiting behind it.
-    busy_paths: HashMap<String, VecDeque<Job>>,
     /// Operations in flight by idempotency key, with the callers waiting for them.
     running: HashMap<String, Running>,
     /// Journal rows being recovered.
@@ -111,17 +114,31 @@ impl MountSupervisor {
             publisher,
             settings,
             restarts: 0,
-            counters: Arc::new(UploadCounters::default()),
+            counters: Arc::new(MountCounters::default()),
+            locks: PathLocks::default(),
+            mounts: None,
             committer: None,
             notifier: None,
             recovered: false,
-            busy_paths: HashMap::new(),
             running: HashMap::new(),
             recovering: HashSet::new(),
             recovery_timer: None,
             poll_timer: None,
             retired: false,
         }
+    }
+
+    /// Shares per-path ordering with the executor's other supervisors (copies and moves hold
+    /// paths on two mounts).
+    pub fn with_path_locks(mut self, locks: PathLocks) -> Self {
+        self.locks = locks;
+        self
+    }
+
+    /// Lets recovery find the source mount of a copy / move that crosses mounts.
+    pub fn with_mount_directory(mut self, mounts: Arc<dyn MountDirectory>) -> Self {
+        self.mounts = Some(mounts);
+        self
     }
 
     fn op_context(&self) -> Option<OpContext> {
@@ -133,7 +150,17 @@ impl MountSupervisor {
             committer: self.committer.clone()?,
             retry: self.settings.retry,
             counters: self.counters.clone(),
+            mounts: self.mounts.clone(),
         })
+    }
+
+    /// The paths an operation holds: its own, and its source's for a copy / move.
+    fn lock_keys(&self, request: &OpRequest) -> Vec<PathKey> {
+        let mut keys = vec![(self.spec.name.clone(), request.path().to_owned())];
+        if let Some(s) = request.source() {
+            keys.push((s.mount.clone(), s.path.clone()));
+        }
+        keys
     }
 
     fn key_of(&self, path: &FsPath) -> Result<String, Error> {
@@ -141,26 +168,6 @@ impl MountSupervisor {
             .keys
             .key_for(path)
             .map_err(|e| Error::invalid_path(path.as_str(), e))
-    }
-
-    /// Runs `job` now if `path` is idle, else after the operations queued on it.
-    fn enqueue(&mut self, path: String, job: Job, ctx: &mut Context<Self>) {
-        if let Some(queue) = self.busy_paths.get_mut(&path) {
-            queue.push_back(job);
-        } else {
-            self.busy_paths.insert(path, VecDeque::new());
-            job(self, ctx);
-        }
-    }
-
-    fn path_done(&mut self, path: &str, ctx: &mut Context<Self>) {
-        let next = self.busy_paths.get_mut(path).and_then(VecDeque::pop_front);
-        match next {
-            Some(job) => job(self, ctx),
-            None => {
-                self.busy_paths.remove(path);
-            }
-        }
     }
 
     fn submit(
@@ -180,6 +187,7 @@ impl MountSupervisor {
             },
             None => Uuid::new_v4().to_string(),
         };
+        // Computed once per request: for joining a running call here, and for the journal.
         let fingerprint = request.fingerprint();
         let (tx, rx) = oneshot::channel();
         if let Some(run) = self.running.get_mut(&key) {
@@ -195,36 +203,27 @@ impl MountSupervisor {
             self.running.insert(
                 key.clone(),
                 Running {
-                    fingerprint,
+                    fingerprint: fingerprint.clone(),
                     waiters: vec![tx],
                 },
             );
-            let path = request.path().to_owned();
-            let job: Job =
-                Box::new(move |act, ctx| act.start_operation(key, request, payload, ctx));
-            self.enqueue(path, job, ctx);
+            // The place in the paths' queues is taken now, in arrival order.
+            let locked = self.locks.acquire_all(self.lock_keys(&request));
+            match self.op_context() {
+                None => self.finish(&key, Err(Error::Shutdown)),
+                Some(c) => {
+                    let k = key.clone();
+                    let fut = async move {
+                        let _guards = locked.await;
+                        run_operation(c, k, request, fingerprint, payload).await
+                    };
+                    ctx.spawn(fut.into_actor(self).map(move |res, act, _ctx| {
+                        act.finish(&key, res);
+                    }));
+                }
+            }
         }
         Box::pin(async move { rx.await.unwrap_or(Err(Error::Shutdown)) })
-    }
-
-    fn start_operation(
-        &mut self,
-        key: String,
-        request: OpRequest,
-        payload: Payload,
-        ctx: &mut Context<Self>,
-    ) {
-        let path = request.path().to_owned();
-        let Some(c) = self.op_context() else {
-            self.finish(&key, Err(Error::Shutdown));
-            self.path_done(&path, ctx);
-            return;
-        };
-        let fut = run_operation(c, key.clone(), request, payload);
-        ctx.spawn(fut.into_actor(self).map(move |res, act, ctx| {
-            act.finish(&key, res);
-            act.path_done(&path, ctx);
-        }));
     }
 
     fn finish(&mut self, key: &str, res: Reply) {
@@ -295,33 +294,27 @@ impl MountSupervisor {
                 waiters: Vec::new(),
             },
         );
-        let path = entry.request.path().to_owned();
-        let job: Job = Box::new(move |act, ctx| {
-            let id = entry.id;
-            let done_path = entry.request.path().to_owned();
-            let Some(c) = act.op_context() else {
-                act.recovering.remove(&id);
-                act.finish(&key, Err(Error::Shutdown));
-                act.path_done(&done_path, ctx);
-                return;
-            };
-            ctx.spawn(
-                recover_entry(c, entry)
-                    .into_actor(act)
-                    .map(move |res, act, ctx| {
-                        if let Err(e) = &res {
-                            log::warn!(
-                                "mount {}: recovery of journal {id} ended with: {e}",
-                                act.spec.name
-                            );
-                        }
-                        act.recovering.remove(&id);
-                        act.finish(&key, res);
-                        act.path_done(&done_path, ctx);
-                    }),
-            );
-        });
-        self.enqueue(path, job, ctx);
+        let locked = self.locks.acquire_all(self.lock_keys(&entry.request));
+        let id = entry.id;
+        let Some(c) = self.op_context() else {
+            self.recovering.remove(&id);
+            self.finish(&key, Err(Error::Shutdown));
+            return;
+        };
+        let fut = async move {
+            let _guards = locked.await;
+            recover_entry(c, entry).await
+        };
+        ctx.spawn(fut.into_actor(self).map(move |res, act, _ctx| {
+            if let Err(e) = &res {
+                log::warn!(
+                    "mount {}: recovery of journal {id} ended with: {e}",
+                    act.spec.name
+                );
+            }
+            act.recovering.remove(&id);
+            act.finish(&key, res);
+        }));
     }
 
     /// Aborts open uploads this executor started whose journal row has ended, once idle for the
@@ -431,7 +424,6 @@ impl Supervised for MountSupervisor {
         self.committer = None;
         self.notifier = None;
         self.recovered = false;
-        self.busy_paths.clear();
         self.running.clear();
         self.recovering.clear();
         self.recovery_timer = None;
@@ -479,8 +471,9 @@ impl Handler<PutObject> for MountSupervisor {
             path: msg.path.as_str().to_owned(),
             key,
             size,
-            sha256: hex::encode(msg.sha256),
+            sha256: msg.sha256,
             content_type: msg.content_type,
+            condition: msg.condition,
         };
         self.submit(msg.idempotency_key, request, Payload::Bytes(msg.body), ctx)
     }
@@ -494,7 +487,7 @@ impl Handler<PutLargeObject> for MountSupervisor {
             Ok(k) => k,
             Err(e) => return refuse(e),
         };
-        if let Err(e) = crate::upload::part_size_for(self.spec.part_size, msg.size) {
+        if let Err(e) = crate::multipart::part_size_for(self.spec.part_size, msg.size) {
             return refuse(e);
         }
         let request = OpRequest::PutMultipart {
@@ -503,6 +496,7 @@ impl Handler<PutLargeObject> for MountSupervisor {
             size: msg.size,
             source: msg.source,
             content_type: msg.content_type,
+            condition: msg.condition,
         };
         let payload = Payload::Upload {
             reader: msg.reader,
@@ -647,11 +641,51 @@ impl Handler<GetStatus> for MountSupervisor {
             parts_uploaded: self.counters.parts_uploaded.load(Ordering::Relaxed),
             parts_resumed: self.counters.parts_resumed.load(Ordering::Relaxed),
             retries: self.counters.retries.load(Ordering::Relaxed),
+            copy_requests: self.counters.copy_requests.load(Ordering::Relaxed),
         })
     }
 }
 
 /// SHA-256 of a buffer, for callers building a [`PutObject`].
-pub fn sha256_of(data: &[u8]) -> [u8; 32] {
-    Sha256::digest(data).into()
+pub fn sha256_of(data: &[u8]) -> Sha256Digest {
+    Sha256Digest::of(data)
+}
+
+impl Handler<TransferObject> for MountSupervisor {
+    type Result = ResponseFuture<Reply>;
+
+    fn handle(&mut self, msg: TransferObject, ctx: &mut Self::Context) -> Self::Result {
+        if !matches!(msg.op, OpKind::Copy | OpKind::Move) {
+            return refuse(Error::InvalidRequest {
+                field: "op",
+                reason: format!("'{}' is not a copy or a move", msg.op.as_str()),
+            });
+        }
+        if !msg.source_mount.spec.enabled {
+            return refuse(Error::MountDisabled {
+                mount: msg.source_mount.spec.name.clone(),
+            });
+        }
+        let t = match validate_transfer(
+            msg.op,
+            &self.spec,
+            &msg.source_mount.spec,
+            &msg.source_path,
+            &msg.path,
+            msg.condition,
+        ) {
+            Ok(t) => t,
+            Err(e) => return refuse(e),
+        };
+        let request = match msg.op {
+            OpKind::Move => OpRequest::Move(t),
+            _ => OpRequest::Copy(t),
+        };
+        self.submit(
+            msg.idempotency_key,
+            request,
+            Payload::Transfer(msg.source_mount),
+            ctx,
+        )
+    }
 }

@@ -10,14 +10,16 @@ use chrono::Utc;
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
+use crate::digest::Sha256Digest;
 use crate::model::{
     ChangeEvent, CommitRecord, IntentOutcome, JournalEntry, JournalState, NewIntent, Node,
-    NodeChange, ObjectMeta, OpResult, OutboxEvent, RawListing, UploadProgress, UploadRecord,
+    NodeChange, ObjectMeta, OpKind, OpProgress, OpResult, OutboxEvent, RawListing, UploadProgress,
+    UploadRecord, WriteMarker,
 };
 use crate::mount::MountRow;
 use crate::ports::{
-    ByteRange, ChangePublisher, MetaError, MetaStore, ObjectBody, ObjectStore, PublishError,
-    PutObjectInput, StoreError, StoreErrorKind, UploadedPart,
+    ByteRange, ChangePublisher, CopyObjectInput, MetaError, MetaStore, ObjectBody, ObjectStore,
+    PartCopyInput, PublishError, PutObjectInput, StoreError, StoreErrorKind, UploadedPart,
 };
 use bytes::Bytes;
 
@@ -70,21 +72,30 @@ impl ObjectStore for MemoryStore {
                 .unwrap_or(StoreErrorKind::Transient);
             return Err(StoreError::new(kind, "injected failure"));
         }
-        let sha = hex::encode(Sha256::digest(&input.body));
-        if sha != hex::encode(input.sha256) {
+        let sha = Sha256Digest::of(&input.body);
+        if sha != input.sha256 {
             return Err(StoreError::new(
                 StoreErrorKind::ChecksumMismatch,
                 "bad digest",
             ));
         }
+        if input.if_none_match && self.objects.lock().unwrap().contains_key(&input.key) {
+            return Err(StoreError::new(
+                StoreErrorKind::PreconditionFailed,
+                "object exists",
+            ));
+        }
         let meta = ObjectMeta {
             key: input.key.clone(),
             size: input.body.len() as u64,
-            etag: sha[..32].to_owned(),
+            etag: sha.to_hex()[..32].to_owned(),
             sha256: Some(sha),
+            sha256_composite: None,
+            marker: Some(input.marker.clone()),
             storage_class: "STANDARD".into(),
             last_modified: Some(Utc::now()),
             sse: None,
+            kms_key_id: None,
         };
         self.objects
             .lock()
@@ -157,7 +168,12 @@ impl ObjectStore for MemoryStore {
         })
     }
 
-    async fn create_multipart(&self, key: &str, _ct: Option<&str>) -> Result<String, StoreError> {
+    async fn create_multipart(
+        &self,
+        key: &str,
+        _ct: Option<&str>,
+        _marker: &WriteMarker,
+    ) -> Result<String, StoreError> {
         let id = Uuid::new_v4().to_string();
         self.uploads
             .lock()
@@ -172,7 +188,7 @@ impl ObjectStore for MemoryStore {
         upload_id: &str,
         part_number: i32,
         body: Bytes,
-        sha256: [u8; 32],
+        sha256: Sha256Digest,
     ) -> Result<UploadedPart, StoreError> {
         if self
             .fail_next_parts
@@ -191,9 +207,9 @@ impl ObjectStore for MemoryStore {
         parts.insert(part_number, body.to_vec());
         Ok(UploadedPart {
             part_number,
-            etag: Some(hex::encode(&sha256[..16])),
+            etag: Some(hex::encode(&sha256.as_bytes()[..16])),
             size: body.len() as u64,
-            sha256: Some(hex::encode(sha256)),
+            sha256: Some(sha256),
         })
     }
 
@@ -209,12 +225,12 @@ impl ObjectStore for MemoryStore {
         Ok(parts
             .iter()
             .map(|(n, b)| {
-                let sha: [u8; 32] = Sha256::digest(b).into();
+                let sha = Sha256Digest::of(b);
                 UploadedPart {
                     part_number: *n,
-                    etag: Some(hex::encode(&sha[..16])),
+                    etag: Some(hex::encode(&sha.as_bytes()[..16])),
                     size: b.len() as u64,
-                    sha256: Some(hex::encode(sha)),
+                    sha256: Some(sha),
                 }
             })
             .collect())
@@ -246,9 +262,12 @@ impl ObjectStore for MemoryStore {
             size: data.len() as u64,
             etag: etag.clone(),
             sha256: None,
+            sha256_composite: None,
+            marker: None,
             storage_class: "STANDARD".into(),
             last_modified: Some(Utc::now()),
             sse: None,
+            kms_key_id: None,
         };
         self.objects
             .lock()
@@ -260,6 +279,44 @@ impl ObjectStore for MemoryStore {
     async fn abort_multipart(&self, _key: &str, upload_id: &str) -> Result<(), StoreError> {
         self.uploads.lock().unwrap().remove(upload_id);
         Ok(())
+    }
+
+    async fn copy_object(&self, input: CopyObjectInput) -> Result<(), StoreError> {
+        let mut objects = self.objects.lock().unwrap();
+        let (body, meta) = objects
+            .get(&input.source_key)
+            .cloned()
+            .ok_or_else(|| StoreError::new(StoreErrorKind::NotFound, "NoSuchKey"))?;
+        if meta.etag != input.source_etag {
+            return Err(StoreError::new(
+                StoreErrorKind::PreconditionFailed,
+                "source ETag changed",
+            ));
+        }
+        let meta = ObjectMeta {
+            key: input.key.clone(),
+            marker: Some(input.marker),
+            last_modified: Some(Utc::now()),
+            ..meta
+        };
+        objects.insert(input.key, (body, meta));
+        Ok(())
+    }
+
+    async fn upload_part_copy(&self, input: PartCopyInput) -> Result<UploadedPart, StoreError> {
+        let body = self
+            .objects
+            .lock()
+            .unwrap()
+            .get(&input.source_key)
+            .map(|(b, _)| b.clone())
+            .ok_or_else(|| StoreError::new(StoreErrorKind::NotFound, "NoSuchKey"))?;
+        let start = input.range.start as usize;
+        let end = input.range.end.map_or(body.len(), |e| e as usize + 1);
+        let part = Bytes::copy_from_slice(&body[start..end.min(body.len())]);
+        let sha = Sha256Digest::of(&part);
+        self.upload_part(&input.key, &input.upload_id, input.part_number, part, sha)
+            .await
     }
 }
 
@@ -320,7 +377,7 @@ impl MetaStore for MemoryMeta {
 
     async fn begin(&self, intent: &NewIntent) -> Result<IntentOutcome, MetaError> {
         let mut s = self.state.lock().unwrap();
-        let fp = intent.request.fingerprint();
+        let fp = intent.fingerprint.clone();
         if let Some(e) = s
             .journal
             .iter_mut()
@@ -343,6 +400,7 @@ impl MetaStore for MemoryMeta {
             state: JournalState::Pending,
             attempts: 1,
             request: intent.request.clone(),
+            progress: None,
             result: None,
             error: None,
         });
@@ -362,6 +420,20 @@ impl MetaStore for MemoryMeta {
             JournalState::Pending => {}
         }
         let k = (r.mount.clone(), r.path.clone());
+        let current = s.nodes.get(&k).map(|n| n.generation);
+        if r.condition.if_none_match && current.is_some()
+            || r.condition
+                .if_generation
+                .is_some_and(|g| current != Some(g))
+        {
+            return Err(meta_err("precondition no longer holds"));
+        }
+        if let (OpKind::Move, Some(src)) = (r.op, &r.source) {
+            let sk = (src.mount.clone(), src.path.clone());
+            let g = s.generations.get(&sk).copied().unwrap_or(0) + 1;
+            s.generations.insert(sk.clone(), g);
+            s.nodes.remove(&sk);
+        }
         let generation = s.generations.get(&k).copied().unwrap_or(0) + 1;
         s.generations.insert(k.clone(), generation);
         match &r.change {
@@ -381,9 +453,11 @@ impl MetaStore for MemoryMeta {
                 s.nodes.remove(&k);
             }
         }
-        let (result, event) = r.outcome(generation);
-        let id = s.outbox.len() as i64 + 1;
-        s.outbox.push((OutboxEvent { id, event }, false));
+        let (result, events) = r.outcome(generation);
+        for (_, event) in events {
+            let id = s.outbox.len() as i64 + 1;
+            s.outbox.push((OutboxEvent { id, event }, false));
+        }
         if let Some(upload_id) = &r.upload_id {
             for (u, st) in s.uploads.iter_mut() {
                 if &u.upload_id == upload_id {
@@ -404,6 +478,18 @@ impl MetaStore for MemoryMeta {
                 e.state = JournalState::Failed;
                 e.error = Some(error.into());
             }
+        }
+        Ok(())
+    }
+
+    async fn record_progress(
+        &self,
+        journal_id: i64,
+        progress: &OpProgress,
+    ) -> Result<(), MetaError> {
+        let mut s = self.state.lock().unwrap();
+        if let Some(e) = s.journal.get_mut((journal_id - 1) as usize) {
+            e.progress = Some(progress.clone());
         }
         Ok(())
     }

@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use filestore_s3_actors::messages::{GetStatus, PutLargeObject};
+use filestore_s3_actors::commands::{GetStatus, PutLargeObject};
 use filestore_s3_actors::model::UploadSource;
 use filestore_s3_actors::mount::{MountRow, MountSpec};
 use filestore_s3_actors::path::FsPath;
@@ -40,6 +40,7 @@ async fn exported_counters_match_the_bytes_sent() {
         content_type: None,
         idempotency_key: None,
         progress: None,
+        condition: Default::default(),
     })
     .await
     .unwrap()

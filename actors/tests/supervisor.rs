@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use actix::prelude::*;
 use bytes::Bytes;
-use filestore_s3_actors::messages::{DeleteObject, GetStatus, PutObject, StatObject};
+use filestore_s3_actors::commands::{DeleteObject, GetStatus, PutObject, StatObject};
 use filestore_s3_actors::model::{IntentOutcome, JournalState, NewIntent, OpRequest};
 use filestore_s3_actors::mount::{MountRow, MountSpec};
 use filestore_s3_actors::path::FsPath;
@@ -56,6 +56,7 @@ fn put(path: &str, body: &'static [u8], key: Option<&str>) -> PutObject {
         sha256: sha256_of(body),
         content_type: None,
         idempotency_key: key.map(str::to_owned),
+        condition: Default::default(),
     }
 }
 
@@ -88,10 +89,7 @@ async fn put_stat_delete_commit_and_publish_in_order() {
         .await
         .unwrap()
         .unwrap();
-    assert_eq!(
-        stat.node.unwrap().meta.sha256,
-        hex::encode(sha256_of(b"hello"))
-    );
+    assert_eq!(stat.node.unwrap().meta.sha256, sha256_of(b"hello"));
     let d = addr
         .send(DeleteObject {
             path: FsPath::parse("a/b.txt").unwrap(),
@@ -215,25 +213,34 @@ async fn pending_entry_is_committed_by_recovery_at_start() {
         path: "crash/x".into(),
         key: "pre/crash/x".into(),
         size: body.len() as u64,
-        sha256: hex::encode(sha256_of(body)),
+        sha256: sha256_of(body),
         content_type: None,
+        condition: Default::default(),
     };
     let outcome = f
         .meta
         .begin(&NewIntent {
             mount: "m".into(),
             idempotency_key: "k".into(),
+            fingerprint: req.fingerprint(),
             request: req,
         })
         .await
         .unwrap();
-    assert!(matches!(outcome, IntentOutcome::Started { .. }));
+    let IntentOutcome::Started { journal_id } = outcome else {
+        panic!("{outcome:?}")
+    };
     f.store
         .put_object(PutObjectInput {
             key: "pre/crash/x".into(),
             body: Bytes::from_static(body),
             sha256: sha256_of(body),
             content_type: None,
+            marker: filestore_s3_actors::model::WriteMarker {
+                journal_id,
+                sha256: Some(sha256_of(body)),
+            },
+            if_none_match: false,
         })
         .await
         .unwrap();
@@ -242,13 +249,15 @@ async fn pending_entry_is_committed_by_recovery_at_start() {
         path: "crash/y".into(),
         key: "pre/crash/y".into(),
         size: 1,
-        sha256: hex::encode(sha256_of(b"y")),
+        sha256: sha256_of(b"y"),
         content_type: None,
+        condition: Default::default(),
     };
     f.meta
         .begin(&NewIntent {
             mount: "m".into(),
             idempotency_key: "k2".into(),
+            fingerprint: lost.fingerprint(),
             request: lost,
         })
         .await
@@ -376,9 +385,9 @@ async fn actix_fact_panic_is_not_a_restart() {
 fn large_put(
     path: &str,
     data: Vec<u8>,
-    sink: Option<filestore_s3_actors::upload::ProgressSink>,
-) -> filestore_s3_actors::messages::PutLargeObject {
-    filestore_s3_actors::messages::PutLargeObject {
+    sink: Option<filestore_s3_actors::multipart::ProgressSink>,
+) -> filestore_s3_actors::commands::PutLargeObject {
+    filestore_s3_actors::commands::PutLargeObject {
         path: FsPath::parse(path).unwrap(),
         source: filestore_s3_actors::model::UploadSource::Stream,
         size: Some(data.len() as u64),
@@ -386,6 +395,7 @@ fn large_put(
         content_type: None,
         idempotency_key: None,
         progress: sink,
+        condition: Default::default(),
     }
 }
 
@@ -412,7 +422,7 @@ async fn multipart_upload_reports_ordered_progress_and_hashes_the_whole_object()
         .collect();
     let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
     let s = seen.clone();
-    let sink: filestore_s3_actors::upload::ProgressSink =
+    let sink: filestore_s3_actors::multipart::ProgressSink =
         Arc::new(move |p| s.lock().unwrap().push(p.clone()));
     let r = addr
         .send(large_put("big/blob", data.clone(), Some(sink)))
@@ -420,7 +430,7 @@ async fn multipart_upload_reports_ordered_progress_and_hashes_the_whole_object()
         .unwrap()
         .unwrap();
     let node = r.node.unwrap();
-    assert_eq!(node.sha256, hex::encode(sha256_of(&data)));
+    assert_eq!(node.sha256, sha256_of(&data));
     assert_eq!(node.size, data.len() as u64);
     assert_eq!(f.store.get("pre/big/blob").unwrap(), data);
     let seen = seen.lock().unwrap().clone();
@@ -514,7 +524,7 @@ async fn repeating_a_put_resumes_its_retained_upload() {
     f.store.fail_next_parts.store(0, Ordering::SeqCst);
     let first = {
         let store = f.store.clone();
-        let sink: filestore_s3_actors::upload::ProgressSink = Arc::new(move |p| {
+        let sink: filestore_s3_actors::multipart::ProgressSink = Arc::new(move |p| {
             if p.parts_done == 2 {
                 store.fail_next_parts.store(1000, Ordering::SeqCst);
             }
@@ -528,7 +538,7 @@ async fn repeating_a_put_resumes_its_retained_upload() {
     // The caller repeats with the same key once the store is back: the upload resumes.
     f.store.fail_next_parts.store(0, Ordering::SeqCst);
     let r = addr.send(put(data.clone())).await.unwrap().unwrap();
-    assert_eq!(r.node.unwrap().sha256, hex::encode(sha256_of(&data)));
+    assert_eq!(r.node.unwrap().sha256, sha256_of(&data));
     assert_eq!(f.store.get("pre/resumed").unwrap(), data);
     let status = addr.send(GetStatus).await.unwrap();
     assert!(status.parts_resumed >= 2, "{status:?}");

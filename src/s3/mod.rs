@@ -2,6 +2,7 @@
 
 mod error;
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -13,7 +14,7 @@ use aws_sdk_s3::config::{
 use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::types::{
     ChecksumAlgorithm, ChecksumMode, CompletedMultipartUpload, CompletedPart, EncodingType,
-    ObjectCannedAcl, ServerSideEncryption, StorageClass,
+    MetadataDirective, ObjectCannedAcl, ServerSideEncryption, StorageClass,
 };
 use aws_sdk_s3::Client;
 use aws_smithy_types::retry::RetryConfig;
@@ -21,12 +22,14 @@ use aws_smithy_types::timeout::TimeoutConfig;
 use base64::Engine as _;
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
-use filestore_s3_actors::model::{ObjectMeta, RawListing};
+use filestore_s3_actors::model::{ObjectMeta, RawListing, WriteMarker};
 use filestore_s3_actors::mount::{ChecksumPolicy, MountSpec, Sse};
 use filestore_s3_actors::ports::{
-    ByteRange, ObjectBody, ObjectStore, ObjectStoreFactory, PutObjectInput, StoreError,
-    StoreErrorKind, UploadedPart,
+    ByteRange, CopyObjectInput, ObjectBody, ObjectStore, ObjectStoreFactory, PartCopyInput,
+    PutObjectInput, StoreError, StoreErrorKind, UploadedPart,
 };
+use filestore_s3_actors::Sha256Digest;
+use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
 
 pub use error::classify;
 
@@ -134,8 +137,9 @@ pub struct S3Store {
     checksum: ChecksumPolicy,
 }
 
-/// Applies the mount's write options (SSE, KMS key, canned ACL, storage class) to a PutObject or
-/// CreateMultipartUpload request: the two builders are distinct types with the same setters.
+/// Applies the mount's write options (SSE, KMS key, canned ACL, storage class) to a PutObject,
+/// CreateMultipartUpload or CopyObject request: the builders are distinct types with the same
+/// setters.
 macro_rules! with_write_options {
     ($req:expr, $store:expr) => {{
         let (sse, kms_key) = $store.sse_headers();
@@ -155,9 +159,35 @@ impl S3Store {
         }
     }
 
-    fn b64(sha256: &[u8; 32]) -> String {
-        base64::engine::general_purpose::STANDARD.encode(sha256)
+    fn b64(sha256: &Sha256Digest) -> String {
+        base64::engine::general_purpose::STANDARD.encode(sha256.as_bytes())
     }
+
+    /// `x-amz-copy-source`: bucket and key, percent-encoded (the key may hold any UTF-8).
+    fn copy_source(bucket: &str, key: &str) -> String {
+        format!("{bucket}/{}", utf8_percent_encode(key, COPY_SOURCE_KEY))
+    }
+}
+
+/// Everything but unreserved characters and `/` is escaped in a copy source's key.
+const COPY_SOURCE_KEY: &AsciiSet = &NON_ALPHANUMERIC
+    .remove(b'/')
+    .remove(b'-')
+    .remove(b'_')
+    .remove(b'.')
+    .remove(b'~');
+
+/// The write marker as S3 user metadata (`x-amz-meta-*`).
+fn marker_metadata(marker: &WriteMarker) -> HashMap<String, String> {
+    marker
+        .to_pairs()
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v))
+        .collect()
+}
+
+fn marker_of(metadata: Option<&HashMap<String, String>>) -> Option<WriteMarker> {
+    WriteMarker::from_pairs(metadata?.iter().map(|(k, v)| (k.as_str(), v.as_str())))
 }
 
 /// Deleting or aborting what is already gone reached its goal; some stores answer 404 for it.
@@ -186,14 +216,19 @@ fn unquote(etag: Option<&str>) -> String {
     etag.unwrap_or_default().trim_matches('"').to_owned()
 }
 
-/// Decodes a base64 SHA-256 checksum header to hex; composite (`...-N`) checksums give `None`.
-fn sha256_hex(b64: Option<&str>) -> Option<String> {
+/// Decodes a base64 SHA-256 checksum header; composite (`...-N`) checksums give `None`.
+fn sha256_of_header(b64: Option<&str>) -> Option<Sha256Digest> {
     let b64 = b64?;
     if b64.contains('-') {
         return None;
     }
     let raw = base64::engine::general_purpose::STANDARD.decode(b64).ok()?;
-    (raw.len() == 32).then(|| hex::encode(raw))
+    Sha256Digest::from_slice(&raw)
+}
+
+/// A composite (`<base64>-<parts>`) checksum header, as reported.
+fn composite_of_header(b64: Option<&str>) -> Option<String> {
+    b64.filter(|v| v.contains('-')).map(str::to_owned)
 }
 
 #[async_trait]
@@ -207,7 +242,11 @@ impl ObjectStore for S3Store {
             .key(&input.key)
             .content_length(size as i64)
             .body(ByteStream::from(input.body.clone()))
-            .set_content_type(input.content_type.clone());
+            .set_content_type(input.content_type.clone())
+            .set_metadata(Some(marker_metadata(&input.marker)));
+        if input.if_none_match {
+            req = req.if_none_match("*");
+        }
         if self.checksum == ChecksumPolicy::Sha256 {
             req = req.checksum_sha256(Self::b64(&input.sha256));
         }
@@ -219,10 +258,13 @@ impl ObjectStore for S3Store {
             key: input.key,
             size,
             etag: unquote(out.e_tag()),
-            sha256: sha256_hex(out.checksum_sha256()),
+            sha256: sha256_of_header(out.checksum_sha256()),
+            sha256_composite: None,
+            marker: Some(input.marker),
             storage_class: storage_class_name(self.storage_class.as_deref()),
             last_modified: None,
             sse: sse_name(out.server_side_encryption()),
+            kms_key_id: out.ssekms_key_id().map(str::to_owned),
         })
     }
 
@@ -240,10 +282,13 @@ impl ObjectStore for S3Store {
                 key: key.to_owned(),
                 size: out.content_length().unwrap_or(0).max(0) as u64,
                 etag: unquote(out.e_tag()),
-                sha256: sha256_hex(out.checksum_sha256()),
+                sha256: sha256_of_header(out.checksum_sha256()),
+                sha256_composite: composite_of_header(out.checksum_sha256()),
+                marker: marker_of(out.metadata()),
                 storage_class: storage_class_name(out.storage_class().map(|s| s.as_str())),
                 last_modified: to_chrono(out.last_modified()),
                 sse: sse_name(out.server_side_encryption()),
+                kms_key_id: out.ssekms_key_id().map(str::to_owned),
             })),
             Err(e) => {
                 let e = classify(e);
@@ -308,9 +353,12 @@ impl ObjectStore for S3Store {
                 size: o.size().unwrap_or(0).max(0) as u64,
                 etag: unquote(o.e_tag()),
                 sha256: None,
+                sha256_composite: None,
+                marker: None,
                 storage_class: storage_class_name(o.storage_class().map(|s| s.as_str())),
                 last_modified: to_chrono(o.last_modified()),
                 sse: None,
+                kms_key_id: None,
             })
             .collect();
         let common_prefixes = out
@@ -362,9 +410,12 @@ impl ObjectStore for S3Store {
             size,
             etag: unquote(out.e_tag()),
             sha256: None,
+            sha256_composite: None,
+            marker: marker_of(out.metadata()),
             storage_class: storage_class_name(out.storage_class().map(|s| s.as_str())),
             last_modified: to_chrono(out.last_modified()),
             sse: sse_name(out.server_side_encryption()),
+            kms_key_id: out.ssekms_key_id().map(str::to_owned),
         };
         let mut body = out.body;
         let stream = futures::stream::poll_fn(move |cx| {
@@ -383,6 +434,7 @@ impl ObjectStore for S3Store {
         &self,
         key: &str,
         content_type: Option<&str>,
+        marker: &WriteMarker,
     ) -> Result<String, StoreError> {
         let req = self
             .client
@@ -390,6 +442,7 @@ impl ObjectStore for S3Store {
             .bucket(&self.bucket)
             .key(key)
             .set_content_type(content_type.map(str::to_owned))
+            .set_metadata(Some(marker_metadata(marker)))
             .set_checksum_algorithm(
                 (self.checksum == ChecksumPolicy::Sha256).then_some(ChecksumAlgorithm::Sha256),
             );
@@ -411,7 +464,7 @@ impl ObjectStore for S3Store {
         upload_id: &str,
         part_number: i32,
         body: Bytes,
-        sha256: [u8; 32],
+        sha256: Sha256Digest,
     ) -> Result<UploadedPart, StoreError> {
         let size = body.len() as u64;
         let out = self
@@ -433,7 +486,7 @@ impl ObjectStore for S3Store {
             part_number,
             etag: Some(unquote(out.e_tag())),
             size,
-            sha256: Some(hex::encode(sha256)),
+            sha256: Some(sha256),
         })
     }
 
@@ -463,7 +516,7 @@ impl ObjectStore for S3Store {
                         .map(|e| unquote(Some(e)))
                         .filter(|e| !e.is_empty()),
                     size: p.size().unwrap_or(0).max(0) as u64,
-                    sha256: sha256_hex(p.checksum_sha256()),
+                    sha256: sha256_of_header(p.checksum_sha256()),
                 });
             }
             marker = out.next_part_number_marker().map(str::to_owned);
@@ -486,12 +539,7 @@ impl ObjectStore for S3Store {
         let completed = sorted
             .iter()
             .map(|p| {
-                let sha = p
-                    .sha256
-                    .as_deref()
-                    .filter(|_| with_checksums)
-                    .and_then(|h| hex::decode(h).ok())
-                    .map(|raw| base64::engine::general_purpose::STANDARD.encode(raw));
+                let sha = p.sha256.filter(|_| with_checksums).map(|d| Self::b64(&d));
                 CompletedPart::builder()
                     .part_number(p.part_number)
                     .set_e_tag(p.etag.as_ref().map(|e| format!("\"{e}\"")))
@@ -516,6 +564,61 @@ impl ObjectStore for S3Store {
             .await
             .map_err(classify)?;
         Ok(unquote(out.e_tag()))
+    }
+
+    async fn copy_object(&self, input: CopyObjectInput) -> Result<(), StoreError> {
+        // Metadata is replaced (the marker names this copy's journal row); the destination mount's
+        // SSE / ACL / storage class apply; with SHA-256 checksums the store computes one for the
+        // copy, which verification compares with the source's.
+        let req = self
+            .client
+            .copy_object()
+            .bucket(&self.bucket)
+            .key(&input.key)
+            .copy_source(Self::copy_source(&input.source_bucket, &input.source_key))
+            .copy_source_if_match(format!("\"{}\"", input.source_etag))
+            .metadata_directive(MetadataDirective::Replace)
+            .set_metadata(Some(marker_metadata(&input.marker)))
+            .set_checksum_algorithm(
+                (self.checksum == ChecksumPolicy::Sha256).then_some(ChecksumAlgorithm::Sha256),
+            );
+        with_write_options!(req, self)
+            .send()
+            .await
+            .map(|_| ())
+            .map_err(classify)
+    }
+
+    async fn upload_part_copy(&self, input: PartCopyInput) -> Result<UploadedPart, StoreError> {
+        let range = format!(
+            "bytes={}-{}",
+            input.range.start,
+            input.range.end.unwrap_or(u64::MAX)
+        );
+        let out = self
+            .client
+            .upload_part_copy()
+            .bucket(&self.bucket)
+            .key(&input.key)
+            .upload_id(&input.upload_id)
+            .part_number(input.part_number)
+            .copy_source(Self::copy_source(&input.source_bucket, &input.source_key))
+            .copy_source_if_match(format!("\"{}\"", input.source_etag))
+            .copy_source_range(range)
+            .send()
+            .await
+            .map_err(classify)?;
+        let result = out.copy_part_result();
+        let size = input.range.end.map_or(0, |e| e + 1 - input.range.start);
+        Ok(UploadedPart {
+            part_number: input.part_number,
+            etag: result
+                .and_then(|r| r.e_tag())
+                .map(|e| unquote(Some(e)))
+                .filter(|e| !e.is_empty()),
+            size,
+            sha256: sha256_of_header(result.and_then(|r| r.checksum_sha256())),
+        })
     }
 
     async fn abort_multipart(&self, key: &str, upload_id: &str) -> Result<(), StoreError> {

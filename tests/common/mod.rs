@@ -366,6 +366,25 @@ impl TestEnv {
             .unwrap();
     }
 
+    /// Writes an object as the executor does: with the journal id and SHA-256 of the operation
+    /// in its user metadata.
+    pub async fn raw_put_marked(&self, key: &str, body: &[u8], journal_id: i64) {
+        let marker = filestore_s3::actors::model::WriteMarker {
+            journal_id,
+            sha256: Some(filestore_s3::Sha256Digest::of(body)),
+        };
+        let mut req = self
+            .s3
+            .put_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .body(body.to_vec().into());
+        for (k, v) in marker.to_pairs() {
+            req = req.metadata(k, v);
+        }
+        req.send().await.unwrap();
+    }
+
     pub async fn count(&self, table: &str) -> i64 {
         self.pg
             .query_one(

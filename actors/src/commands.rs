@@ -1,16 +1,16 @@
-//! Mailbox messages. Commands are imperative (`PutObject`); the reply type is in `rtype`.
+//! The public mailbox commands of a mount supervisor (what a host sends). Messages internal to
+//! the executor live with the actor that handles them (the committer's in `committer`, the
+//! notifier's in `notifier`). Commands are imperative (`PutObject`); the reply type is in `rtype`.
 
 use actix::Message;
 use bytes::Bytes;
 
+use crate::digest::Sha256Digest;
 use crate::error::Error;
-use crate::model::{
-    CommitRecord, IntentOutcome, ListPage, NewIntent, Node, OpResult, Stat, UploadRecord,
-    UploadSource,
-};
+use crate::model::{ListPage, Node, OpKind, OpResult, Stat, UploadSource, WriteCondition};
+use crate::multipart::{ProgressSink, SourceReader};
 use crate::path::{DirPath, FsPath};
-use crate::ports::{ByteRange, MetaError, ObjectBody, UploadedPart};
-use crate::upload::{ProgressSink, SourceReader};
+use crate::ports::{ByteRange, MountAccess, ObjectBody};
 
 /// Put an object whose body is already in memory (at most the mount's multipart threshold).
 #[derive(Debug, Message)]
@@ -21,11 +21,13 @@ pub struct PutObject {
     /// Content.
     pub body: Bytes,
     /// SHA-256 of `body`, computed while the caller's source was read.
-    pub sha256: [u8; 32],
+    pub sha256: Sha256Digest,
     /// Content-Type.
     pub content_type: Option<String>,
     /// Idempotency key; a random one is used when `None`.
     pub idempotency_key: Option<String>,
+    /// Conditions on the path.
+    pub condition: WriteCondition,
 }
 
 /// Put an object through a multipart upload, reading the source in order.
@@ -46,6 +48,8 @@ pub struct PutLargeObject {
     pub idempotency_key: Option<String>,
     /// Receives progress updates.
     pub progress: Option<ProgressSink>,
+    /// Conditions on the path.
+    pub condition: WriteCondition,
 }
 
 impl std::fmt::Debug for PutLargeObject {
@@ -126,32 +130,9 @@ pub struct SupervisorStatus {
     pub parts_resumed: u64,
     /// S3 and Postgres calls retried since the executor started.
     pub retries: u64,
+    /// CopyObject / UploadPartCopy requests sent since the executor started (retries included).
+    pub copy_requests: u64,
 }
-
-/// Record an intent (committer).
-#[derive(Debug, Message)]
-#[rtype(result = "Result<IntentOutcome, MetaError>")]
-pub struct RecordIntent(pub NewIntent);
-
-/// Commit a verified operation (committer).
-#[derive(Debug, Message)]
-#[rtype(result = "Result<OpResult, MetaError>")]
-pub struct CommitOperation(pub CommitRecord);
-
-/// Mark an operation failed (committer).
-#[derive(Debug, Message)]
-#[rtype(result = "Result<(), MetaError>")]
-pub struct FailOperation {
-    /// Journal row.
-    pub journal_id: i64,
-    /// Error text stored in the row.
-    pub error: String,
-}
-
-/// Something was committed: relay the outbox (notifier). A signal, so `do_send` is fine.
-#[derive(Debug, Message)]
-#[rtype(result = "()")]
-pub struct OutboxChanged;
 
 /// Stop serving a mount for good (its row changed or was removed, or the executor shuts down):
 /// new calls get `Error::Shutdown`, running ones finish.
@@ -159,17 +140,20 @@ pub struct OutboxChanged;
 #[rtype(result = "()")]
 pub struct RetireMount;
 
-/// Record a started multipart upload (committer).
+/// Copy or move an object to a path of this supervisor's mount, from this mount or another.
 #[derive(Debug, Message)]
-#[rtype(result = "Result<(), MetaError>")]
-pub struct RecordUpload(pub UploadRecord);
-
-/// Record one accepted part (committer; parts arriving together share one transaction).
-#[derive(Debug, Message)]
-#[rtype(result = "Result<(), MetaError>")]
-pub struct RecordPart {
-    /// Upload id.
-    pub upload_id: String,
-    /// The part.
-    pub part: UploadedPart,
+#[rtype(result = "Result<OpResult, Error>")]
+pub struct TransferObject {
+    /// [`OpKind::Copy`] or [`OpKind::Move`].
+    pub op: OpKind,
+    /// The source's mount (this one, or another the executor serves).
+    pub source_mount: MountAccess,
+    /// Source path.
+    pub source_path: FsPath,
+    /// Destination path (on this mount).
+    pub path: FsPath,
+    /// Conditions on the destination.
+    pub condition: WriteCondition,
+    /// Idempotency key; a random one is used when `None`.
+    pub idempotency_key: Option<String>,
 }

@@ -1,26 +1,33 @@
-//! The upload actor: one per large object. It owns the multipart state (upload id, parts done,
-//! progress), reads the source in order, keeps at most `part_concurrency` parts in flight, records
-//! every accepted part in Postgres before freeing its slot (so a crash loses at most the parts in
-//! flight), and completes and verifies the upload.
+//! The multipart upload as a unit of its own: it reads a source in order, keeps at most
+//! `concurrency` parts in flight, has every accepted part recorded (through a [`PartRecorder`])
+//! before freeing its slot, so a crash loses at most the parts in flight, resumes a recorded
+//! upload from the parts the store still has, and completes the upload. It depends only on the
+//! object-store port and the recorder; verifying and committing the result is the caller's job.
+//! It runs in an [`UploadActor`] driven through an [`UploadHandle`] (`join` / `abort` /
+//! `progress`). [`copy`] does the same for UploadPartCopy.
+
+mod actor;
+pub mod copy;
+
+pub use actor::{AbortUpload, GetUploadProgress, UploadActor, UploadHandle};
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use actix::prelude::*;
+use async_trait::async_trait;
 use bytes::{Bytes, BytesMut};
 use futures::stream::{FuturesUnordered, StreamExt};
 use sha2::{Digest, Sha256};
 use tokio::io::{AsyncRead, AsyncReadExt};
-use tokio::sync::oneshot;
 
+use crate::digest::Sha256Digest;
 use crate::error::Error;
-use crate::messages::{RecordPart, RecordUpload};
-use crate::model::{NodeMeta, ObjectMeta, UploadProgress, UploadRecord, UploadSource};
+use crate::model::{UploadProgress, UploadRecord, UploadSource, UploadedPart, WriteMarker};
 use crate::mount::{MAX_PART_SIZE_BYTES, MIN_PART_SIZE_BYTES};
-use crate::operation::OpContext;
-use crate::ports::{ChangePublisher, StoreErrorKind, UploadedPart};
+use crate::ports::{ChangePublisher, ObjectStore, StoreErrorKind};
+use crate::retry::{store_call, MountCounters, RetryPolicy};
 
 /// S3's limit on parts per upload.
 pub const MAX_PARTS: u64 = 10_000;
@@ -55,110 +62,93 @@ pub fn part_size_for(mount_part_size: u64, total: Option<u64>) -> Result<u64, Er
         .clamp(MIN_PART_SIZE_BYTES, MAX_PART_SIZE_BYTES))
 }
 
-/// Counters of one mount's uploads (kept across supervisor restarts).
-#[derive(Debug, Default)]
-pub struct UploadCounters {
-    /// Bytes sent in UploadPart requests, retries included.
-    pub bytes_sent: AtomicU64,
-    /// Parts accepted by the store.
-    pub parts_uploaded: AtomicU64,
-    /// Parts skipped because a previous run had uploaded them.
-    pub parts_resumed: AtomicU64,
-    /// Retried S3 / Postgres calls.
-    pub retries: AtomicU64,
+/// Where a multipart upload records what it did. The engine records through the mount's
+/// committer (Postgres); tests can record in memory.
+#[async_trait]
+pub trait PartRecorder: Send + Sync + 'static {
+    /// A new upload was created in the store.
+    async fn upload_started(&self, record: UploadRecord) -> Result<(), Error>;
+    /// The store accepted a part. The upload waits for this before it frees the part's slot.
+    async fn part_done(&self, upload_id: &str, part: UploadedPart) -> Result<(), Error>;
+    /// The upload no longer exists in the store (aborted, or found gone).
+    async fn upload_ended(&self, upload_id: &str) -> Result<(), Error>;
 }
 
-/// What a finished upload gives the operation.
-#[derive(Debug, Clone)]
-pub(crate) struct UploadOutcome {
-    pub node: NodeMeta,
-    pub upload_id: String,
-}
-
-/// Everything an upload needs.
-pub(crate) struct UploadJob {
-    pub c: OpContext,
-    pub journal_id: i64,
+/// What to upload, and how.
+pub struct UploadRequest {
+    /// Mount name (logs, metrics, progress).
+    pub mount: String,
+    /// Filestore path (progress).
     pub path: String,
+    /// Object key.
     pub key: String,
+    /// Journal row the upload belongs to.
+    pub journal_id: i64,
+    /// Total size, when known.
     pub size: Option<u64>,
+    /// Where the bytes come from.
     pub source: UploadSource,
+    /// The reader of a [`UploadSource::Stream`] (files are opened by the upload).
     pub reader: Option<SourceReader>,
+    /// Content-Type.
     pub content_type: Option<String>,
+    /// A recorded upload to resume.
     pub resume: Option<UploadRecord>,
+    /// The mount's part size (enlarged for huge objects, see [`part_size_for`]).
+    pub part_size: u64,
+    /// Parts in flight.
+    pub concurrency: usize,
+    /// Keep the upload open for a resume when a part fails for good.
+    pub retain_on_failure: bool,
+    /// Receives progress updates.
     pub sink: Option<ProgressSink>,
+}
+
+/// What an upload needs from its surroundings.
+#[derive(Clone)]
+pub struct UploadDeps {
+    /// The store.
+    pub store: Arc<dyn ObjectStore>,
+    /// Where parts are recorded.
+    pub recorder: Arc<dyn PartRecorder>,
+    /// Retry policy of every S3 call.
+    pub retry: RetryPolicy,
+    /// The mount's counters.
+    pub counters: Arc<MountCounters>,
+    /// Progress also goes to Redis.
     pub publisher: Arc<dyn ChangePublisher>,
-    pub counters: Arc<UploadCounters>,
 }
 
-/// Ask an upload actor for its progress.
-#[derive(Debug, Message)]
-#[rtype(result = "UploadProgress")]
-pub struct GetUploadProgress;
-
-/// The actor for one multipart upload. It stops when the upload ends.
-pub struct UploadActor {
-    job: Option<UploadJob>,
-    done: Option<oneshot::Sender<Result<UploadOutcome, Error>>>,
-    progress: Arc<Mutex<UploadProgress>>,
+/// A completed multipart upload, not yet verified.
+#[derive(Debug, Clone)]
+pub struct CompletedUpload {
+    /// Upload id.
+    pub upload_id: String,
+    /// The parts, by number.
+    pub parts: Vec<UploadedPart>,
+    /// Bytes read from the source.
+    pub size: u64,
+    /// SHA-256 of everything read.
+    pub sha256: Sha256Digest,
+    /// ETag CompleteMultipartUpload answered (empty when the answer was lost and the object was
+    /// found by its marker instead).
+    pub etag: String,
 }
 
-impl UploadActor {
-    pub(crate) fn new(job: UploadJob, done: oneshot::Sender<Result<UploadOutcome, Error>>) -> Self {
-        let progress = UploadProgress {
-            mount: job.c.spec.name.clone(),
-            path: job.path.clone(),
-            upload_id: String::new(),
-            bytes_done: 0,
-            bytes_total: job.size,
-            parts_done: 0,
-            parts_total: None,
-            bytes_sent: 0,
-            bytes_per_second: 0.0,
-            eta_seconds: None,
-            finished: false,
-        };
-        UploadActor {
-            job: Some(job),
-            done: Some(done),
-            progress: Arc::new(Mutex::new(progress)),
+impl CompletedUpload {
+    /// The composite checksum S3 reports for this upload (`base64(sha256(part digests))-N`),
+    /// as hex of the inner digest plus the part count; `None` if a part's digest is unknown.
+    pub fn composite_sha256(&self) -> Option<(Sha256Digest, usize)> {
+        let mut h = Sha256::new();
+        for p in &self.parts {
+            h.update(p.sha256?.as_bytes());
         }
-    }
-}
-
-impl Actor for UploadActor {
-    type Context = Context<Self>;
-
-    fn started(&mut self, ctx: &mut Self::Context) {
-        let Some(job) = self.job.take() else { return };
-        let mount = job.c.spec.name.clone();
-        metrics::gauge!("filestore_s3_uploads_in_flight", "mount" => mount.clone()).increment(1.0);
-        let progress = self.progress.clone();
-        ctx.spawn(
-            run_upload(job, progress)
-                .into_actor(self)
-                .map(move |res, act, ctx| {
-                    metrics::gauge!("filestore_s3_uploads_in_flight", "mount" => mount)
-                        .decrement(1.0);
-                    if let Some(done) = act.done.take() {
-                        let _ = done.send(res);
-                    }
-                    ctx.stop();
-                }),
-        );
-    }
-}
-
-impl Handler<GetUploadProgress> for UploadActor {
-    type Result = MessageResult<GetUploadProgress>;
-
-    fn handle(&mut self, _msg: GetUploadProgress, _ctx: &mut Self::Context) -> Self::Result {
-        MessageResult(self.progress.lock().expect("progress lock").clone())
+        Some((Sha256Digest::finish(h), self.parts.len()))
     }
 }
 
 /// Progress bookkeeping shared by the part futures of one upload.
-struct Tracker {
+pub(crate) struct Tracker {
     state: Arc<Mutex<UploadProgress>>,
     started: Instant,
     last_publish: Mutex<Option<Instant>>,
@@ -223,7 +213,7 @@ async fn read_part(reader: &mut SourceReader, n: u64, what: &str) -> Result<Byte
     Ok(buf.freeze())
 }
 
-async fn open_source(job: &mut UploadJob) -> Result<SourceReader, Error> {
+async fn open_source(job: &mut UploadRequest) -> Result<SourceReader, Error> {
     match &job.source {
         UploadSource::File {
             path,
@@ -255,6 +245,46 @@ async fn open_source(job: &mut UploadJob) -> Result<SourceReader, Error> {
             source_path: "<stream>".into(),
             reason: "a stream can be read only once; the upload cannot be resumed from it".into(),
         }),
+    }
+}
+
+/// An object body (a stream of chunks) as a [`SourceReader`], for uploads whose bytes come from
+/// another object (a streamed copy).
+pub fn reader_from_stream(stream: crate::ports::BodyStream) -> SourceReader {
+    Box::new(StreamReader {
+        stream,
+        chunk: Bytes::new(),
+    })
+}
+
+struct StreamReader {
+    stream: crate::ports::BodyStream,
+    chunk: Bytes,
+}
+
+impl AsyncRead for StreamReader {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        use std::task::Poll;
+        loop {
+            if !self.chunk.is_empty() {
+                let n = self.chunk.len().min(buf.remaining());
+                let part = self.chunk.split_to(n);
+                buf.put_slice(&part);
+                return Poll::Ready(Ok(()));
+            }
+            match self.stream.as_mut().poll_next(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(None) => return Poll::Ready(Ok(())),
+                Poll::Ready(Some(Ok(b))) => self.chunk = b,
+                Poll::Ready(Some(Err(e))) => {
+                    return Poll::Ready(Err(std::io::Error::other(e.to_string())))
+                }
+            }
+        }
     }
 }
 
@@ -298,98 +328,51 @@ fn reconcile(recorded: &[UploadedPart], listed: &[UploadedPart]) -> BTreeMap<i32
     done
 }
 
-async fn run_upload(
-    mut job: UploadJob,
+impl UploadDeps {
+    async fn call<T, F, Fut>(
+        &self,
+        mount: &str,
+        what: &'static str,
+        key: &str,
+        op: F,
+    ) -> Result<T, Error>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<T, crate::ports::StoreError>>,
+    {
+        store_call(mount, &self.retry, &self.counters, what, key, op).await
+    }
+}
+
+/// Runs one upload to completion (CompleteMultipartUpload answered, or the object was found
+/// carrying this upload's marker after a lost answer). Used by [`UploadActor`].
+pub(crate) async fn run_upload(
+    mut job: UploadRequest,
+    deps: UploadDeps,
     state: Arc<Mutex<UploadProgress>>,
-) -> Result<UploadOutcome, Error> {
-    let c = job.c.clone();
+) -> Result<CompletedUpload, Error> {
     let key = job.key.clone();
+    let mount = job.mount.clone();
     let mut reader = open_source(&mut job).await?;
     let part_size = match &job.resume {
         Some(r) => r.part_size,
-        None => part_size_for(c.spec.part_size, job.size)?,
+        None => part_size_for(job.part_size, job.size)?,
     };
     let parts_total = job.size.map(|t| t.div_ceil(part_size).max(1) as u32);
-
-    // Resume the recorded upload when the store still has it; otherwise start a new one.
-    let mut resumed: Option<(String, BTreeMap<i32, UploadedPart>)> = None;
-    if let Some(rec) = job.resume.take() {
-        match c
-            .with_retry("ListParts", &key, || {
-                c.store.list_parts(&key, &rec.upload_id)
-            })
-            .await
-        {
-            Ok(listed) => {
-                let done = reconcile(&rec.parts, &listed);
-                let adopted: Vec<UploadedPart> = done
-                    .values()
-                    .filter(|p| !rec.parts.iter().any(|r| r.part_number == p.part_number))
-                    .cloned()
-                    .collect();
-                if !adopted.is_empty() {
-                    record_parts(&c, &rec.upload_id, adopted).await?;
-                }
-                log::info!(
-                    "mount {}: resuming upload {} of '{key}' with {} of its parts done",
-                    c.spec.name,
-                    rec.upload_id,
-                    done.len()
-                );
-                resumed = Some((rec.upload_id, done));
-            }
-            Err(Error::Storage { source, .. }) if source.kind == StoreErrorKind::NotFound => {
-                log::warn!(
-                    "mount {}: upload {} of '{key}' is gone from the store; starting a new one",
-                    c.spec.name,
-                    rec.upload_id
-                );
-                let _ = c.meta.mark_upload_aborted(&rec.upload_id).await;
-            }
-            Err(Error::Storage { source, .. }) if !source.is_retryable() => {
-                // Some stores cannot list parts (moto's ListParts answer does not parse, s3s-fs
-                // omits ETags): resume from what Postgres recorded; Complete is the final check.
-                log::warn!(
-                    "mount {}: ListParts of upload {} failed ({source}); resuming from the {} parts recorded in Postgres",
-                    c.spec.name,
-                    rec.upload_id,
-                    rec.parts.len()
-                );
-                let done = rec
-                    .parts
-                    .iter()
-                    .map(|p| (p.part_number, p.clone()))
-                    .collect();
-                resumed = Some((rec.upload_id, done));
-            }
-            Err(e) => return Err(e),
-        }
-    }
-    let (upload_id, done) = match resumed {
-        Some(r) => r,
-        None => {
-            let ct = job.content_type.clone();
-            let id = c
-                .with_retry("CreateMultipartUpload", &key, || {
-                    c.store.create_multipart(&key, ct.as_deref())
-                })
-                .await?;
-            let record = UploadRecord {
-                upload_id: id.clone(),
-                journal_id: job.journal_id,
-                mount: c.spec.name.clone(),
-                key: key.clone(),
-                part_size,
-                total_size: job.size,
-                parts: Vec::new(),
-            };
-            c.committer
-                .send(RecordUpload(record))
-                .await
-                .map_err(|_| Error::Shutdown)??;
-            (id, BTreeMap::new())
-        }
+    let marker = WriteMarker {
+        journal_id: job.journal_id,
+        sha256: None,
     };
+    let target = UploadTarget {
+        mount: &mount,
+        key: &key,
+        journal_id: job.journal_id,
+        content_type: job.content_type.as_deref(),
+        total_size: job.size,
+        part_size,
+        marker: &marker,
+    };
+    let (upload_id, done) = open_upload(&target, job.resume.take(), &deps).await?;
 
     {
         let mut p = state.lock().expect("progress lock");
@@ -401,59 +384,202 @@ async fn run_upload(
         started: Instant::now(),
         last_publish: Mutex::new(None),
         sink: job.sink.clone(),
-        publisher: job.publisher.clone(),
+        publisher: deps.publisher.clone(),
     });
 
-    let result = upload_parts(&c, &job, &mut reader, &upload_id, part_size, done, &tracker).await;
+    let result = upload_parts(
+        &deps,
+        &job,
+        &mut reader,
+        &upload_id,
+        part_size,
+        done,
+        &tracker,
+    )
+    .await;
     let (parts, size, sha256) = match result {
         Ok(v) => v,
         Err(e) => {
-            if c.spec.retain_failed_uploads && e.is_retryable() {
+            if job.retain_on_failure && e.is_retryable() {
                 log::warn!(
-                    "mount {}: upload {upload_id} of '{key}' failed ({e}); retained for a resume",
-                    c.spec.name
+                    "mount {mount}: upload {upload_id} of '{key}' failed ({e}); retained for a resume"
                 );
             } else {
-                abort(&c, &key, &upload_id).await;
+                abort_upload(&deps, &mount, &key, &upload_id).await;
             }
             return Err(e);
         }
     };
     if let Some(expected) = job.size {
         if size != expected {
-            abort(&c, &key, &upload_id).await;
+            abort_upload(&deps, &mount, &key, &upload_id).await;
             return Err(Error::SourceChanged {
                 source_path: source_name(&job.source),
                 reason: format!("read {size} bytes, expected {expected}"),
             });
         }
     }
-
-    let etag = c
-        .with_retry("CompleteMultipartUpload", &key, || {
-            c.store.complete_multipart(&key, &upload_id, &parts)
-        })
-        .await?;
-    // Verify what the store now holds: size, and the ETag Complete answered (a multipart ETag is
-    // not an MD5 of the object; it is compared, never recomputed).
-    let node = c
-        .verify(&key, |seen: &Option<ObjectMeta>| match seen {
-            None => Err("object not visible yet".to_string()),
-            Some(m) if m.size != size => Err(format!("size is {} bytes, expected {size}", m.size)),
-            Some(m) if !etag.is_empty() && !m.etag.is_empty() && m.etag != etag => {
-                Err(format!("ETag is {}, Complete answered {etag}", m.etag))
-            }
-            Some(m) => Ok(NodeMeta {
-                size: m.size,
-                etag: m.etag.clone(),
-                sha256: sha256.clone(),
-                storage_class: m.storage_class.clone(),
-                last_modified: m.last_modified,
-            }),
-        })
-        .await?;
+    let etag = complete(
+        &deps,
+        &mount,
+        &key,
+        &upload_id,
+        &parts,
+        job.journal_id,
+        size,
+    )
+    .await?;
     tracker.update(|p| p.finished = true);
-    Ok(UploadOutcome { node, upload_id })
+    Ok(CompletedUpload {
+        upload_id,
+        parts,
+        size,
+        sha256,
+        etag,
+    })
+}
+
+/// Where a multipart upload goes.
+pub(crate) struct UploadTarget<'a> {
+    pub mount: &'a str,
+    pub key: &'a str,
+    pub journal_id: i64,
+    pub content_type: Option<&'a str>,
+    pub total_size: Option<u64>,
+    pub part_size: u64,
+    pub marker: &'a WriteMarker,
+}
+
+/// Resumes the recorded upload when the store still has it; otherwise starts a new one.
+pub(crate) async fn open_upload(
+    t: &UploadTarget<'_>,
+    resume: Option<UploadRecord>,
+    deps: &UploadDeps,
+) -> Result<(String, BTreeMap<i32, UploadedPart>), Error> {
+    let (mount, key) = (t.mount, t.key);
+    if let Some(rec) = resume {
+        match deps
+            .call(mount, "ListParts", key, || {
+                deps.store.list_parts(key, &rec.upload_id)
+            })
+            .await
+        {
+            Ok(listed) => {
+                let done = reconcile(&rec.parts, &listed);
+                for p in done.values() {
+                    if !rec.parts.iter().any(|r| r.part_number == p.part_number) {
+                        deps.recorder.part_done(&rec.upload_id, p.clone()).await?;
+                    }
+                }
+                log::info!(
+                    "mount {mount}: resuming upload {} of '{key}' with {} of its parts done",
+                    rec.upload_id,
+                    done.len()
+                );
+                return Ok((rec.upload_id, done));
+            }
+            Err(Error::Storage { source, .. }) if source.kind == StoreErrorKind::NotFound => {
+                log::warn!(
+                    "mount {mount}: upload {} of '{key}' is gone from the store; starting a new one",
+                    rec.upload_id
+                );
+                let _ = deps.recorder.upload_ended(&rec.upload_id).await;
+            }
+            Err(Error::Storage { source, .. }) if !source.is_retryable() => {
+                // Some stores cannot list parts (moto's ListParts answer does not parse, s3s-fs
+                // omits ETags): resume from what Postgres recorded; Complete is the final check.
+                log::warn!(
+                    "mount {mount}: ListParts of upload {} failed ({source}); resuming from the {} parts recorded in Postgres",
+                    rec.upload_id,
+                    rec.parts.len()
+                );
+                let done = rec
+                    .parts
+                    .iter()
+                    .map(|p| (p.part_number, p.clone()))
+                    .collect();
+                return Ok((rec.upload_id, done));
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    let id = deps
+        .call(mount, "CreateMultipartUpload", key, || {
+            deps.store.create_multipart(key, t.content_type, t.marker)
+        })
+        .await?;
+    deps.recorder
+        .upload_started(UploadRecord {
+            upload_id: id.clone(),
+            journal_id: t.journal_id,
+            mount: mount.to_owned(),
+            key: key.to_owned(),
+            part_size: t.part_size,
+            total_size: t.total_size,
+            parts: Vec::new(),
+        })
+        .await?;
+    Ok((id, BTreeMap::new()))
+}
+
+/// CompleteMultipartUpload. Complete is not idempotent: when a retry (or a run after a crash)
+/// gets NoSuchUpload, the first attempt may have completed the upload with its answer lost. The
+/// object is then accepted if it carries this operation's journal id and the expected size;
+/// anything else is an error (and the bytes are not sent again blindly).
+pub(crate) async fn complete(
+    deps: &UploadDeps,
+    mount: &str,
+    key: &str,
+    upload_id: &str,
+    parts: &[UploadedPart],
+    journal_id: i64,
+    size: u64,
+) -> Result<String, Error> {
+    let res = deps
+        .call(mount, "CompleteMultipartUpload", key, || {
+            deps.store.complete_multipart(key, upload_id, parts)
+        })
+        .await;
+    match res {
+        Ok(etag) => Ok(etag),
+        Err(Error::Storage { source, .. }) if source.kind == StoreErrorKind::NotFound => {
+            let seen = deps
+                .call(mount, "HEAD", key, || deps.store.head_object(key))
+                .await?;
+            match seen {
+                Some(m)
+                    if m.size == size
+                        && m.marker
+                            .as_ref()
+                            .is_some_and(|w| w.journal_id == journal_id) =>
+                {
+                    log::info!(
+                        "mount {mount}: upload {upload_id} of '{key}' was already completed (answer lost); the object carries journal {journal_id}"
+                    );
+                    Ok(String::new())
+                }
+                other => Err(Error::Storage {
+                    op: "CompleteMultipartUpload",
+                    key: key.to_owned(),
+                    source: crate::ports::StoreError::new(
+                        StoreErrorKind::NotFound,
+                        format!(
+                            "upload {upload_id} is gone and the object is not this upload's ({})",
+                            match other {
+                                None => "no object".to_string(),
+                                Some(m) => format!(
+                                    "{} bytes, written by journal {:?}",
+                                    m.size,
+                                    m.marker.map(|w| w.journal_id)
+                                ),
+                            }
+                        ),
+                    ),
+                }),
+            }
+        }
+        Err(e) => Err(e),
+    }
 }
 
 fn source_name(s: &UploadSource) -> String {
@@ -463,51 +589,35 @@ fn source_name(s: &UploadSource) -> String {
     }
 }
 
-async fn abort(c: &OpContext, key: &str, upload_id: &str) {
-    match c
-        .with_retry("AbortMultipartUpload", key, || c.store.abort_multipart(key, upload_id))
+/// Aborts an upload in the store and records that it ended; a failure is logged (the orphan
+/// sweep retries it).
+pub async fn abort_upload(deps: &UploadDeps, mount: &str, key: &str, upload_id: &str) {
+    match deps
+        .call(mount, "AbortMultipartUpload", key, || deps.store.abort_multipart(key, upload_id))
         .await
     {
         Ok(()) => {
-            if let Err(e) = c.meta.mark_upload_aborted(upload_id).await {
-                log::warn!("mount {}: upload {upload_id} aborted but not marked: {e}", c.spec.name);
+            if let Err(e) = deps.recorder.upload_ended(upload_id).await {
+                log::warn!("mount {mount}: upload {upload_id} aborted but not marked: {e}");
             }
         }
         Err(e) => log::error!(
-            "mount {}: could not abort upload {upload_id} of '{key}': {e}; the orphan sweep retries",
-            c.spec.name
+            "mount {mount}: could not abort upload {upload_id} of '{key}': {e}; the orphan sweep retries"
         ),
     }
 }
 
-async fn record_parts(
-    c: &OpContext,
-    upload_id: &str,
-    parts: Vec<UploadedPart>,
-) -> Result<(), Error> {
-    for part in parts {
-        c.committer
-            .send(RecordPart {
-                upload_id: upload_id.to_owned(),
-                part,
-            })
-            .await
-            .map_err(|_| Error::Shutdown)??;
-    }
-    Ok(())
-}
-
 /// Reads and uploads every part; returns the parts, the size and the SHA-256 of the whole object.
 async fn upload_parts(
-    c: &OpContext,
-    job: &UploadJob,
+    deps: &UploadDeps,
+    job: &UploadRequest,
     reader: &mut SourceReader,
     upload_id: &str,
     part_size: u64,
     mut done: BTreeMap<i32, UploadedPart>,
     tracker: &Arc<Tracker>,
-) -> Result<(Vec<UploadedPart>, u64, String), Error> {
-    let concurrency = c.spec.part_concurrency as usize;
+) -> Result<(Vec<UploadedPart>, u64, Sha256Digest), Error> {
+    let concurrency = job.concurrency.max(1);
     let what = source_name(&job.source);
     let mut hasher = Sha256::new();
     let mut in_flight = FuturesUnordered::new();
@@ -534,20 +644,16 @@ async fn upload_parts(
         let last = (buf.len() as u64) < part_size;
         size += buf.len() as u64;
         hasher.update(&buf);
-        let part_sha: [u8; 32] = Sha256::digest(&buf).into();
+        let part_sha = Sha256Digest::of(&buf);
         if let Some(prev) = done.get(&part_number) {
-            let same = prev.size == buf.len() as u64
-                && prev
-                    .sha256
-                    .as_deref()
-                    .is_none_or(|s| s == hex::encode(part_sha));
+            let same = prev.size == buf.len() as u64 && prev.sha256.is_none_or(|s| s == part_sha);
             if !same {
                 return Err(Error::SourceChanged {
                     source_path: what.clone(),
                     reason: format!("part {part_number} differs from the part uploaded before"),
                 });
             }
-            job.counters.parts_resumed.fetch_add(1, Ordering::Relaxed);
+            deps.counters.parts_resumed.fetch_add(1, Ordering::Relaxed);
             let n = prev.size;
             tracker.update(|p| {
                 p.bytes_done += n;
@@ -555,14 +661,14 @@ async fn upload_parts(
             });
         } else {
             in_flight.push(upload_one(
-                c.clone(),
+                deps.clone(),
+                job.mount.clone(),
                 job.key.clone(),
                 upload_id.to_owned(),
                 part_number,
                 buf,
                 part_sha,
                 tracker.clone(),
-                job.counters.clone(),
             ));
         }
         if last {
@@ -576,31 +682,31 @@ async fn upload_parts(
     Ok((
         done.into_values().collect(),
         size,
-        hex::encode(hasher.finalize()),
+        Sha256Digest::finish(hasher),
     ))
 }
 
 #[allow(clippy::too_many_arguments)]
 async fn upload_one(
-    c: OpContext,
+    deps: UploadDeps,
+    mount: String,
     key: String,
     upload_id: String,
     part_number: i32,
     body: Bytes,
-    sha256: [u8; 32],
+    sha256: Sha256Digest,
     tracker: Arc<Tracker>,
-    counters: Arc<UploadCounters>,
 ) -> Result<UploadedPart, Error> {
     let n = body.len() as u64;
-    let mount = c.spec.name.clone();
     let started = Instant::now();
-    let part = c
+    let counters = deps.counters.clone();
+    let part = deps
         .retry
         .run(
             || {
                 counters.bytes_sent.fetch_add(n, Ordering::Relaxed);
                 tracker.update(|p| p.bytes_sent += n);
-                c.store
+                deps.store
                     .upload_part(&key, &upload_id, part_number, body.clone(), sha256)
             },
             |e| e.is_retryable(),
@@ -619,13 +725,7 @@ async fn upload_one(
     metrics::histogram!("filestore_s3_part_upload_seconds", "mount" => mount.clone())
         .record(started.elapsed().as_secs_f64());
     // The slot is freed only once the part is recorded: a crash loses at most the parts in flight.
-    c.committer
-        .send(RecordPart {
-            upload_id: upload_id.clone(),
-            part: part.clone(),
-        })
-        .await
-        .map_err(|_| Error::Shutdown)??;
+    deps.recorder.part_done(&upload_id, part.clone()).await?;
     counters.parts_uploaded.fetch_add(1, Ordering::Relaxed);
     metrics::counter!("filestore_s3_upload_bytes_total", "mount" => mount.clone()).increment(n);
     metrics::counter!("filestore_s3_upload_parts_total", "mount" => mount).increment(1);
@@ -660,7 +760,7 @@ mod tests {
             part_number: n,
             etag: etag.map(Into::into),
             size: 10,
-            sha256: sha.map(Into::into),
+            sha256: sha.map(|s| Sha256Digest::of(s.as_bytes())),
         }
     }
 

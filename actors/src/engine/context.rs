@@ -1,0 +1,278 @@
+//! What every operation step needs: the mount, its ports, the committer; and the steps shared by
+//! all operations (journal writes, retried store calls, the verification loop, the check of the
+//! mount's settings against what the store applied).
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use actix::Addr;
+use async_trait::async_trait;
+
+use crate::committer::{
+    CommitOperation, CommitterActor, FailOperation, RecordIntent, RecordPart, RecordProgress,
+    RecordUpload,
+};
+use crate::digest::Sha256Digest;
+use crate::error::Error;
+use crate::model::{
+    CommitRecord, IntentOutcome, NewIntent, NodeMeta, ObjectMeta, OpProgress, OpResult,
+    UploadRecord, UploadedPart, Verification,
+};
+use crate::mount::{MountSpec, SettingsPolicy, Sse};
+use crate::multipart::{PartRecorder, UploadDeps};
+use crate::ports::{ChangePublisher, MetaStore, MountDirectory, ObjectStore, StoreError};
+use crate::retry::{store_call, MountCounters, RetryPolicy};
+
+/// What an operation future needs; cheap to clone.
+#[derive(Clone)]
+pub(crate) struct OpContext {
+    pub spec: Arc<MountSpec>,
+    pub store: Arc<dyn ObjectStore>,
+    pub meta: Arc<dyn MetaStore>,
+    pub publisher: Arc<dyn ChangePublisher>,
+    pub committer: Addr<CommitterActor>,
+    pub retry: RetryPolicy,
+    pub counters: Arc<MountCounters>,
+    pub mounts: Option<Arc<dyn MountDirectory>>,
+}
+
+fn mailbox_closed(_: actix::MailboxError) -> Error {
+    Error::Shutdown
+}
+
+impl OpContext {
+    pub async fn record_intent(&self, intent: NewIntent) -> Result<IntentOutcome, Error> {
+        Ok(self
+            .committer
+            .send(RecordIntent(intent))
+            .await
+            .map_err(mailbox_closed)??)
+    }
+
+    pub async fn commit(&self, record: CommitRecord) -> Result<OpResult, Error> {
+        Ok(self
+            .committer
+            .send(CommitOperation(record))
+            .await
+            .map_err(mailbox_closed)??)
+    }
+
+    pub async fn fail(&self, journal_id: i64, error: &Error) -> Result<(), Error> {
+        let msg = FailOperation {
+            journal_id,
+            error: error.to_string(),
+        };
+        Ok(self.committer.send(msg).await.map_err(mailbox_closed)??)
+    }
+
+    pub async fn record_progress(
+        &self,
+        journal_id: i64,
+        progress: OpProgress,
+    ) -> Result<(), Error> {
+        let phase = progress.phase();
+        self.committer
+            .send(RecordProgress {
+                journal_id,
+                progress,
+            })
+            .await
+            .map_err(mailbox_closed)??;
+        crate::failpoint::hit(&format!("after_{phase}"));
+        Ok(())
+    }
+
+    pub async fn with_retry<T, F, Fut>(
+        &self,
+        what: &'static str,
+        key: &str,
+        op: F,
+    ) -> Result<T, Error>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<T, StoreError>>,
+    {
+        store_call(&self.spec.name, &self.retry, &self.counters, what, key, op).await
+    }
+
+    /// HEADs `key` until `accept` holds or the mount's verification window ends.
+    pub async fn verify<T>(
+        &self,
+        key: &str,
+        accept: impl Fn(&Option<ObjectMeta>) -> Result<T, String>,
+    ) -> Result<T, Error> {
+        verify_in(self, &self.store, key, accept).await
+    }
+
+    /// The multipart unit's dependencies, recording through this mount's committer.
+    pub fn upload_deps(&self) -> UploadDeps {
+        UploadDeps {
+            store: self.store.clone(),
+            recorder: Arc::new(CommitterRecorder {
+                committer: self.committer.clone(),
+                meta: self.meta.clone(),
+            }),
+            retry: self.retry,
+            counters: self.counters.clone(),
+            publisher: self.publisher.clone(),
+        }
+    }
+}
+
+/// HEADs `key` in `store` until `accept` holds or the window of `c`'s mount ends.
+pub(crate) async fn verify_in<T>(
+    c: &OpContext,
+    store: &Arc<dyn ObjectStore>,
+    key: &str,
+    accept: impl Fn(&Option<ObjectMeta>) -> Result<T, String>,
+) -> Result<T, Error> {
+    let deadline = Instant::now() + c.spec.verify_window;
+    let mut delay = Duration::from_millis(50);
+    loop {
+        let seen = c.with_retry("HEAD", key, || store.head_object(key)).await;
+        let reason = match seen {
+            Ok(meta) => match accept(&meta) {
+                Ok(v) => return Ok(v),
+                Err(reason) => reason,
+            },
+            Err(e) if e.is_retryable() => e.to_string(),
+            Err(e) => {
+                return Err(Error::Unverified {
+                    key: key.to_owned(),
+                    reason: e.to_string(),
+                })
+            }
+        };
+        if Instant::now() + delay > deadline {
+            return Err(Error::Unverified {
+                key: key.to_owned(),
+                reason,
+            });
+        }
+        tokio::time::sleep(delay).await;
+        delay = (delay * 2).min(Duration::from_secs(1));
+    }
+}
+
+/// The mount's settings the store did not apply to `seen` (as `name: wanted, store reported`).
+pub(crate) fn settings_not_applied(spec: &MountSpec, seen: &ObjectMeta) -> Vec<String> {
+    let mut missing = Vec::new();
+    let sse = seen.sse.as_deref().unwrap_or("none");
+    match &spec.sse {
+        Sse::None => {}
+        Sse::Aes256 => {
+            if !sse.eq_ignore_ascii_case("AES256") {
+                missing.push(format!("sse_mode: wanted AES256, store reported {sse}"));
+            }
+        }
+        Sse::Kms { key_id } => {
+            if !sse.eq_ignore_ascii_case("aws:kms") {
+                missing.push(format!("sse_mode: wanted aws:kms, store reported {sse}"));
+            } else if let Some(want) = key_id {
+                let got = seen.kms_key_id.as_deref().unwrap_or("none");
+                // AWS reports the key's ARN; a mount may name the key by id or alias.
+                if !(got == want || got.ends_with(&format!("/{want}"))) {
+                    missing.push(format!("kms_key_id: wanted {want}, store reported {got}"));
+                }
+            }
+        }
+    }
+    if let Some(sc) = &spec.storage_class {
+        if !sc.eq_ignore_ascii_case(&seen.storage_class) {
+            missing.push(format!(
+                "storage_class: wanted {sc}, store reported {}",
+                seen.storage_class
+            ));
+        }
+    }
+    missing
+}
+
+/// Applies the mount's settings policy to what the store reported: strict refuses (the caller
+/// removes the object), lenient returns the list to record.
+pub(crate) fn enforce_settings(c: &OpContext, seen: &ObjectMeta) -> Result<Vec<String>, Error> {
+    let missing = settings_not_applied(&c.spec, seen);
+    if missing.is_empty() {
+        return Ok(missing);
+    }
+    metrics::counter!("filestore_s3_settings_not_applied_total", "mount" => c.spec.name.clone())
+        .increment(1);
+    match c.spec.settings_policy {
+        SettingsPolicy::Strict => Err(Error::SettingsNotApplied {
+            mount: c.spec.name.clone(),
+            key: seen.key.clone(),
+            settings: missing,
+        }),
+        SettingsPolicy::Lenient => {
+            log::warn!(
+                "mount {}: the store ignored {} for '{}'; committed as the store applied it (lenient policy)",
+                c.spec.name,
+                missing.join(", "),
+                seen.key
+            );
+            Ok(missing)
+        }
+    }
+}
+
+/// The node for a verified object: applies the mount's settings policy (a strict refusal removes
+/// the object this operation wrote) and records how the content was proven.
+pub(crate) async fn node_for(
+    c: &OpContext,
+    seen: &ObjectMeta,
+    sha256: Sha256Digest,
+    verified: Verification,
+) -> Result<NodeMeta, Error> {
+    let not_applied = match enforce_settings(c, seen) {
+        Ok(n) => n,
+        Err(e) => {
+            let key = &seen.key;
+            let _ = c
+                .with_retry("DELETE", key, || c.store.delete_object(key))
+                .await;
+            return Err(e);
+        }
+    };
+    Ok(NodeMeta {
+        size: seen.size,
+        etag: seen.etag.clone(),
+        sha256,
+        storage_class: seen.storage_class.clone(),
+        last_modified: seen.last_modified,
+        verified,
+        sse: seen.sse.clone(),
+        not_applied,
+    })
+}
+
+/// Records multipart state through the committer (parts finishing together share a transaction).
+struct CommitterRecorder {
+    committer: Addr<CommitterActor>,
+    meta: Arc<dyn MetaStore>,
+}
+
+#[async_trait]
+impl PartRecorder for CommitterRecorder {
+    async fn upload_started(&self, record: UploadRecord) -> Result<(), Error> {
+        Ok(self
+            .committer
+            .send(RecordUpload(record))
+            .await
+            .map_err(mailbox_closed)??)
+    }
+
+    async fn part_done(&self, upload_id: &str, part: UploadedPart) -> Result<(), Error> {
+        Ok(self
+            .committer
+            .send(RecordPart {
+                upload_id: upload_id.to_owned(),
+                part,
+            })
+            .await
+            .map_err(mailbox_closed)??)
+    }
+
+    async fn upload_ended(&self, upload_id: &str) -> Result<(), Error> {
+        Ok(self.meta.mark_upload_aborted(upload_id).await?)
+    }
+}

@@ -1,0 +1,169 @@
+//! The operation engine: runs the protocol of DESIGN.md once for every mutating operation —
+//! validate (in the supervisor's handler) → intent → act → verify → commit → notify (the committer
+//! pokes the notifier) — and settles a pending row left by an earlier run (recovery). Each
+//! operation supplies its own act / verify / recover steps in [`ops`].
+
+mod context;
+mod ops;
+
+use bytes::Bytes;
+
+pub(crate) use context::OpContext;
+pub(crate) use ops::validate_transfer;
+
+use crate::error::Error;
+use crate::model::{
+    CommitRecord, IntentOutcome, JournalEntry, JournalState, NewIntent, NodeChange, OpRequest,
+    OpResult, WriteCondition,
+};
+use crate::multipart::{ProgressSink, SourceReader};
+use crate::ports::MountAccess;
+
+/// What a mutating operation carries besides its request.
+pub(crate) enum Payload {
+    None,
+    Bytes(Bytes),
+    Upload {
+        reader: Option<SourceReader>,
+        sink: Option<ProgressSink>,
+    },
+    /// The source mount of a copy / move.
+    Transfer(MountAccess),
+}
+
+/// What an operation's act + verify steps produced: the node change to commit.
+pub(crate) struct Outcome {
+    pub change: NodeChange,
+    /// The multipart upload the commit completes.
+    pub upload_id: Option<String>,
+}
+
+/// Maps an existing journal row for the same key to what the caller gets.
+fn replay(mount: &str, fingerprint: &str, entry: JournalEntry) -> Result<OpResult, Error> {
+    if entry.fingerprint != fingerprint {
+        return Err(Error::IdempotencyConflict {
+            mount: mount.to_owned(),
+            key: entry.idempotency_key,
+        });
+    }
+    match (entry.state, entry.result) {
+        (JournalState::Committed, Some(result)) => Ok(result),
+        (JournalState::Pending, _) => Err(Error::InProgress {
+            mount: mount.to_owned(),
+            key: entry.idempotency_key,
+        }),
+        (_, _) => Err(Error::Failed {
+            journal_id: entry.id,
+            message: entry.error.unwrap_or_else(|| "unknown".into()),
+        }),
+    }
+}
+
+fn condition_of(request: &OpRequest) -> WriteCondition {
+    match request {
+        OpRequest::Put { condition, .. } | OpRequest::PutMultipart { condition, .. } => *condition,
+        OpRequest::Copy(t) | OpRequest::Move(t) => t.condition,
+        OpRequest::Delete { .. } => WriteCondition::default(),
+    }
+}
+
+fn commit_record(c: &OpContext, journal_id: i64, request: &OpRequest, o: Outcome) -> CommitRecord {
+    CommitRecord {
+        journal_id,
+        mount: c.spec.name.clone(),
+        op: request.kind(),
+        path: request.path().to_owned(),
+        key: request.key().to_owned(),
+        change: o.change,
+        source: request.source().cloned(),
+        upload_id: o.upload_id,
+        condition: condition_of(request),
+    }
+}
+
+/// Runs one mutating operation through the whole protocol. The caller holds the paths' locks.
+pub(crate) async fn run_operation(
+    c: OpContext,
+    idempotency_key: String,
+    request: OpRequest,
+    fingerprint: String,
+    payload: Payload,
+) -> Result<OpResult, Error> {
+    let mount = c.spec.name.clone();
+    let intent = NewIntent {
+        mount: mount.clone(),
+        idempotency_key,
+        request: request.clone(),
+        fingerprint: fingerprint.clone(),
+    };
+    let journal_id = match c.record_intent(intent).await? {
+        IntentOutcome::Started { journal_id } => journal_id,
+        IntentOutcome::Existing(entry) => return replay(&mount, &fingerprint, *entry),
+    };
+    match ops::act(&c, journal_id, &request, payload, None).await {
+        Ok(outcome) => {
+            crate::failpoint::hit("before_commit");
+            c.commit(commit_record(&c, journal_id, &request, outcome))
+                .await
+        }
+        // Unverified: S3 may hold the new state; the row stays pending for recovery to settle.
+        Err(e @ Error::Unverified { .. }) => Err(e),
+        // The executor is stopping: the row stays pending; recovery continues it.
+        Err(e @ Error::Shutdown) => Err(e),
+        Err(e) => {
+            if let Err(fail_err) = c.fail(journal_id, &e).await {
+                log::error!(
+                    "mount {}: could not mark journal {journal_id} failed: {fail_err}",
+                    c.spec.name
+                );
+            }
+            Err(e)
+        }
+    }
+}
+
+/// Settles a pending journal row left by an earlier run, by looking at S3: commit what verifiably
+/// happened, continue what can be continued (a multipart upload from an unchanged file, a copy or
+/// move from the step it reached), fail the rest. The caller holds the paths' locks.
+pub(crate) async fn recover_entry(c: OpContext, entry: JournalEntry) -> Result<OpResult, Error> {
+    let mount = c.spec.name.clone();
+    match ops::recover(&c, &entry).await {
+        Ok(outcome) => {
+            crate::failpoint::hit("before_commit");
+            let r = c
+                .commit(commit_record(&c, entry.id, &entry.request, outcome))
+                .await?;
+            log::info!(
+                "mount {mount}: recovery committed journal {} (generation {})",
+                entry.id,
+                r.generation
+            );
+            Ok(r)
+        }
+        Err(Error::Unverified { reason, .. }) => {
+            let e = Error::Failed {
+                journal_id: entry.id,
+                message: format!(
+                    "interrupted before the operation took effect in S3 ({reason}); send it again"
+                ),
+            };
+            c.fail(entry.id, &e).await?;
+            log::info!("mount {mount}: recovery failed journal {}: {e}", entry.id);
+            Err(e)
+        }
+        Err(e)
+            if e.is_retryable()
+                && matches!(
+                    e,
+                    Error::Storage { .. } | Error::Metadata(_) | Error::Shutdown
+                ) =>
+        {
+            // The store or database is unavailable: leave the row pending for the next pass.
+            Err(e)
+        }
+        Err(e) => {
+            c.fail(entry.id, &e).await?;
+            Err(e)
+        }
+    }
+}

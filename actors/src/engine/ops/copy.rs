@@ -1,0 +1,321 @@
+//! A copy, within a mount or across mounts. Steps, each recorded on the journal row so recovery
+//! continues from the last one reached:
+//! 1. pin the source: read its node (size, SHA-256, ETag, generation) → `source_pinned`;
+//! 2. copy: server-side when one client reaches both buckets (same endpoint / region /
+//!    addressing) — CopyObject up to the destination's `copy_threshold`, UploadPartCopy above it
+//!    (resumable, parts recorded) — otherwise streamed through the executor with bounded memory;
+//!    every request is conditioned on the pinned ETag, so a source changed behind the executor's
+//!    back is never copied;
+//! 3. verify the destination by size and SHA-256 (never by ETag equality with the source: copies
+//!    of multipart objects get new ETags) → `copied`.
+
+use bytes::BytesMut;
+use futures::StreamExt;
+use sha2::{Digest, Sha256};
+
+use super::{check_condition, prove_content};
+use crate::digest::Sha256Digest;
+use crate::engine::context::node_for;
+use crate::engine::{OpContext, Outcome};
+use crate::error::Error;
+use crate::model::{
+    NodeChange, NodeMeta, ObjectMeta, OpKind, OpProgress, PinnedSource, SourceRef, TransferRequest,
+    UploadSource, WriteCondition, WriteMarker,
+};
+use crate::mount::MountSpec;
+use crate::multipart::copy::{copy_parts, PartCopyRequest};
+use crate::multipart::{reader_from_stream, UploadHandle, UploadRequest};
+use crate::path::FsPath;
+use crate::ports::{CopyObjectInput, MountAccess, PutObjectInput, StoreErrorKind};
+
+/// Builds the request of a copy / move into `dest` (validation: both keys valid, not onto
+/// itself).
+pub(crate) fn validate_transfer(
+    op: OpKind,
+    dest: &MountSpec,
+    source: &MountSpec,
+    source_path: &FsPath,
+    path: &FsPath,
+    condition: WriteCondition,
+) -> Result<TransferRequest, Error> {
+    let key = dest
+        .keys
+        .key_for(path)
+        .map_err(|e| Error::invalid_path(path.as_str(), e))?;
+    let source_key = source
+        .keys
+        .key_for(source_path)
+        .map_err(|e| Error::invalid_path(source_path.as_str(), e))?;
+    if dest.bucket == source.bucket && key == source_key && dest.endpoint == source.endpoint {
+        return Err(Error::InvalidRequest {
+            field: "path",
+            reason: format!(
+                "a {} of '{}' onto itself (mount '{}', key '{key}') would change nothing",
+                op.as_str(),
+                path,
+                dest.name
+            ),
+        });
+    }
+    Ok(TransferRequest {
+        path: path.as_str().to_owned(),
+        key,
+        source: SourceRef {
+            mount: source.name.clone(),
+            path: source_path.as_str().to_owned(),
+            key: source_key,
+        },
+        condition,
+    })
+}
+
+pub(super) async fn act(
+    c: &OpContext,
+    journal_id: i64,
+    t: &TransferRequest,
+    source: &MountAccess,
+    progress: Option<OpProgress>,
+) -> Result<Outcome, Error> {
+    let (_, dest, upload_id) = copy_steps(c, journal_id, t, source, progress).await?;
+    Ok(Outcome {
+        change: NodeChange::Upsert(dest),
+        upload_id,
+    })
+}
+
+/// Steps 1–3; shared with move. Returns the pinned source, the verified destination and the
+/// multipart upload (part copy, large streamed copy) the commit completes.
+pub(super) async fn copy_steps(
+    c: &OpContext,
+    journal_id: i64,
+    t: &TransferRequest,
+    source: &MountAccess,
+    progress: Option<OpProgress>,
+) -> Result<(PinnedSource, NodeMeta, Option<String>), Error> {
+    let pinned = match progress {
+        Some(OpProgress::Copied { source, dest } | OpProgress::SourceDeleted { source, dest }) => {
+            return Ok((source, dest, None))
+        }
+        Some(OpProgress::SourcePinned { source }) => source,
+        None => {
+            check_condition(c, &t.path, &t.condition).await?;
+            let node = c
+                .meta
+                .node(&t.source.mount, &t.source.path)
+                .await?
+                .ok_or_else(|| Error::NotFound {
+                    mount: t.source.mount.clone(),
+                    path: t.source.path.clone(),
+                })?;
+            let pinned = PinnedSource {
+                size: node.meta.size,
+                sha256: node.meta.sha256,
+                etag: node.meta.etag.clone(),
+                generation: node.generation,
+            };
+            c.record_progress(
+                journal_id,
+                OpProgress::SourcePinned {
+                    source: pinned.clone(),
+                },
+            )
+            .await?;
+            pinned
+        }
+    };
+    let (dest, upload_id) = if c.spec.can_copy_server_side_from(&source.spec) {
+        server_side(c, journal_id, t, source, &pinned).await?
+    } else {
+        streamed(c, journal_id, t, source, &pinned).await?
+    };
+    c.record_progress(
+        journal_id,
+        OpProgress::Copied {
+            source: pinned.clone(),
+            dest: dest.clone(),
+        },
+    )
+    .await?;
+    Ok((pinned, dest, upload_id))
+}
+
+fn source_changed(t: &TransferRequest, e: Error) -> Error {
+    match e {
+        Error::Storage { source, .. } if source.kind == StoreErrorKind::PreconditionFailed => {
+            Error::PreconditionFailed {
+                mount: t.source.mount.clone(),
+                path: t.source.path.clone(),
+                reason: "the source object changed in the store since its node was recorded".into(),
+            }
+        }
+        Error::Storage { source, .. }
+            if source.kind == StoreErrorKind::NotFound
+                && source.code.as_deref() != Some("NoSuchUpload") =>
+        {
+            Error::NotFound {
+                mount: t.source.mount.clone(),
+                path: t.source.path.clone(),
+            }
+        }
+        e => e,
+    }
+}
+
+async fn server_side(
+    c: &OpContext,
+    journal_id: i64,
+    t: &TransferRequest,
+    source: &MountAccess,
+    pinned: &PinnedSource,
+) -> Result<(NodeMeta, Option<String>), Error> {
+    if pinned.size <= c.spec.copy_threshold {
+        let input = CopyObjectInput {
+            source_bucket: source.spec.bucket.clone(),
+            source_key: t.source.key.clone(),
+            source_etag: pinned.etag.clone(),
+            key: t.key.clone(),
+            marker: WriteMarker {
+                journal_id,
+                sha256: Some(pinned.sha256),
+            },
+        };
+        c.with_retry("CopyObject", &t.key, || {
+            c.counters
+                .copy_requests
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            c.store.copy_object(input.clone())
+        })
+        .await
+        .map_err(|e| source_changed(t, e))?;
+        let node = verify_copy(c, journal_id, &t.key, pinned).await?;
+        return Ok((node, None));
+    }
+    let req = PartCopyRequest {
+        mount: c.spec.name.clone(),
+        key: t.key.clone(),
+        journal_id,
+        source_bucket: source.spec.bucket.clone(),
+        source_key: t.source.key.clone(),
+        source_etag: pinned.etag.clone(),
+        size: pinned.size,
+        sha256: pinned.sha256,
+        part_size: c.spec.part_size,
+        concurrency: c.spec.part_concurrency as usize,
+        resume: c.meta.upload_of(journal_id).await?,
+    };
+    let done = copy_parts(req, &c.upload_deps())
+        .await
+        .map_err(|e| source_changed(t, e))?;
+    let node = super::multipart_put::verify_upload(c, &t.key, journal_id, &done).await?;
+    Ok((node, Some(done.upload_id)))
+}
+
+/// HEADs the destination until it proves to be this copy of the pinned source.
+async fn verify_copy(
+    c: &OpContext,
+    journal_id: i64,
+    key: &str,
+    pinned: &PinnedSource,
+) -> Result<NodeMeta, Error> {
+    let (seen, verified) = c
+        .verify(key, |seen: &Option<ObjectMeta>| {
+            prove_content(seen, pinned.size, pinned.sha256, journal_id, false)
+                .map(|v| (seen.clone().expect("proven objects exist"), v))
+        })
+        .await?;
+    node_for(c, &seen, pinned.sha256, verified).await
+}
+
+/// Copies through the executor: GET the pinned source (If-Match its ETag), hash it while it
+/// passes, and PUT it (or upload it in parts above the destination's multipart threshold). The
+/// bytes read must hash to the pinned SHA-256, or nothing is committed.
+async fn streamed(
+    c: &OpContext,
+    journal_id: i64,
+    t: &TransferRequest,
+    source: &MountAccess,
+    pinned: &PinnedSource,
+) -> Result<(NodeMeta, Option<String>), Error> {
+    let counters = c.counters.clone();
+    let body = crate::retry::store_call(
+        &source.spec.name,
+        &c.retry,
+        &counters,
+        "GET",
+        &t.source.key,
+        || {
+            source
+                .store
+                .get_object(&t.source.key, None, Some(&pinned.etag))
+        },
+    )
+    .await
+    .map_err(|e| source_changed(t, e))?;
+    let mismatch = |actual: Sha256Digest| Error::ChecksumMismatch {
+        mount: t.source.mount.clone(),
+        path: t.source.path.clone(),
+        expected: pinned.sha256.to_hex(),
+        actual: actual.to_hex(),
+    };
+    if pinned.size <= c.spec.multipart_threshold {
+        let mut buf = BytesMut::with_capacity(pinned.size as usize);
+        let mut hasher = Sha256::new();
+        let mut stream = body.stream;
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk.map_err(|source| Error::Storage {
+                op: "GET",
+                key: t.source.key.clone(),
+                source,
+            })?;
+            hasher.update(&chunk);
+            buf.extend_from_slice(&chunk);
+        }
+        let read = Sha256Digest::finish(hasher);
+        if read != pinned.sha256 || buf.len() as u64 != pinned.size {
+            return Err(mismatch(read));
+        }
+        let input = PutObjectInput {
+            key: t.key.clone(),
+            body: buf.freeze(),
+            sha256: read,
+            content_type: None,
+            marker: WriteMarker {
+                journal_id,
+                sha256: Some(read),
+            },
+            if_none_match: t.condition.if_none_match,
+        };
+        c.with_retry("PUT", &t.key, || c.store.put_object(input.clone()))
+            .await?;
+        let node = verify_copy(c, journal_id, &t.key, pinned).await?;
+        return Ok((node, None));
+    }
+    let job = UploadRequest {
+        mount: c.spec.name.clone(),
+        path: t.path.clone(),
+        key: t.key.clone(),
+        journal_id,
+        size: Some(pinned.size),
+        source: UploadSource::Stream,
+        reader: Some(reader_from_stream(body.stream)),
+        content_type: None,
+        resume: c.meta.upload_of(journal_id).await?,
+        part_size: c.spec.part_size,
+        concurrency: c.spec.part_concurrency as usize,
+        retain_on_failure: false,
+        sink: None,
+    };
+    let done = UploadHandle::start(job, c.upload_deps()).join().await?;
+    if done.sha256 != pinned.sha256 {
+        let _ = c
+            .with_retry("DELETE", &t.key, || c.store.delete_object(&t.key))
+            .await;
+        return Err(mismatch(done.sha256));
+    }
+    let mut node = super::multipart_put::verify_upload(c, &t.key, journal_id, &done).await?;
+    if node.verified == crate::model::Verification::SizeOnly {
+        // The bytes that went up are the bytes read, and they hash to the source's SHA-256.
+        node.verified = crate::model::Verification::Sha256VerifiedByExecutor;
+    }
+    Ok((node, Some(done.upload_id)))
+}

@@ -1,0 +1,149 @@
+//! One module per operation, each with its act / verify / recover steps; this module dispatches
+//! on the request and holds the checks several operations share.
+
+mod copy;
+mod delete;
+mod multipart_put;
+mod mv;
+mod put;
+
+use super::{OpContext, Outcome, Payload};
+use crate::digest::Sha256Digest;
+use crate::error::Error;
+use crate::model::{JournalEntry, ObjectMeta, OpProgress, OpRequest, Verification, WriteCondition};
+use crate::ports::MountAccess;
+
+pub(crate) use copy::validate_transfer;
+
+/// Act and verify. `progress` is where an earlier run of this journal row got to (recovery).
+pub(super) async fn act(
+    c: &OpContext,
+    journal_id: i64,
+    request: &OpRequest,
+    payload: Payload,
+    progress: Option<OpProgress>,
+) -> Result<Outcome, Error> {
+    match request {
+        OpRequest::Put { .. } => put::act(c, journal_id, request, payload).await,
+        OpRequest::PutMultipart { .. } => multipart_put::act(c, journal_id, request, payload).await,
+        OpRequest::Delete { path, key } => delete::act(c, path, key).await,
+        OpRequest::Copy(t) => {
+            let source = transfer_source(c, &t.source.mount, payload)?;
+            copy::act(c, journal_id, t, &source, progress).await
+        }
+        OpRequest::Move(t) => {
+            let source = transfer_source(c, &t.source.mount, payload)?;
+            mv::act(c, journal_id, t, &source, progress).await
+        }
+    }
+}
+
+/// Recovery of a pending row.
+pub(super) async fn recover(c: &OpContext, entry: &JournalEntry) -> Result<Outcome, Error> {
+    match &entry.request {
+        OpRequest::Put { .. } => put::recover(c, entry).await,
+        OpRequest::PutMultipart { .. } => multipart_put::recover(c, entry).await,
+        OpRequest::Delete { path, key } => delete::recover(c, path, key).await,
+        OpRequest::Copy(_) | OpRequest::Move(_) => {
+            act(
+                c,
+                entry.id,
+                &entry.request,
+                Payload::None,
+                entry.progress.clone(),
+            )
+            .await
+        }
+    }
+}
+
+/// The source mount of a copy / move: given by the caller, or looked up (recovery).
+fn transfer_source(c: &OpContext, mount: &str, payload: Payload) -> Result<MountAccess, Error> {
+    if let Payload::Transfer(m) = payload {
+        return Ok(m);
+    }
+    if mount == c.spec.name {
+        return Ok(MountAccess {
+            spec: c.spec.clone(),
+            store: c.store.clone(),
+        });
+    }
+    c.mounts
+        .as_ref()
+        .and_then(|d| d.mount(mount))
+        .ok_or_else(|| Error::UnknownMount {
+            mount: mount.to_owned(),
+        })
+}
+
+/// Checks a write's conditions against the destination's node (under the path's lock).
+async fn check_condition(c: &OpContext, path: &str, cond: &WriteCondition) -> Result<(), Error> {
+    if cond.is_none() {
+        return Ok(());
+    }
+    let node = c.meta.node(&c.spec.name, path).await?;
+    let fail = |reason: String| Error::PreconditionFailed {
+        mount: c.spec.name.clone(),
+        path: path.to_owned(),
+        reason,
+    };
+    if cond.if_none_match {
+        if let Some(n) = &node {
+            return Err(fail(format!(
+                "create-only, but the path exists (generation {})",
+                n.generation
+            )));
+        }
+    }
+    if let Some(want) = cond.if_generation {
+        let have = node.as_ref().map(|n| n.generation);
+        if have != Some(want) {
+            return Err(fail(format!(
+                "expected generation {want}, found {}",
+                have.map_or("no node".to_string(), |g| g.to_string())
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// How far a HEAD result proves that this operation (journal `journal_id`) wrote `sha256` of
+/// `size` bytes. `require_proof`: refuse a size-only match (recovery, where nothing else shows
+/// that the write happened).
+fn prove_content(
+    seen: &Option<ObjectMeta>,
+    size: u64,
+    sha256: Sha256Digest,
+    journal_id: i64,
+    require_proof: bool,
+) -> Result<Verification, String> {
+    let Some(m) = seen else {
+        return Err("object not visible yet".into());
+    };
+    if m.size != size {
+        return Err(format!("size is {} bytes, expected {size}", m.size));
+    }
+    if let Some(store_sha) = m.sha256 {
+        return if store_sha == sha256 {
+            Ok(Verification::Sha256VerifiedByStore)
+        } else {
+            Err(format!("SHA-256 is {store_sha}, expected {sha256}"))
+        };
+    }
+    match &m.marker {
+        Some(w) if w.journal_id != journal_id => Err(format!(
+            "the object was written by journal {}, not {journal_id}",
+            w.journal_id
+        )),
+        Some(w) if w.sha256.is_some_and(|s| s != sha256) => Err(format!(
+            "the object's metadata names SHA-256 {}, expected {sha256}",
+            w.sha256.map(|s| s.to_hex()).unwrap_or_default()
+        )),
+        Some(w) if w.sha256.is_some() => Ok(Verification::Sha256FromMetadata),
+        _ if require_proof => Err(
+            "the store reports neither a checksum nor this operation's metadata; cannot prove the content"
+                .into(),
+        ),
+        _ => Ok(Verification::SizeOnly),
+    }
+}

@@ -1,0 +1,187 @@
+//! A multipart put: the multipart unit uploads (resuming a recorded upload of this journal row),
+//! then HEAD proves the object: size, the ETag Complete answered, the composite checksum of the
+//! parts where the store reports one, and this operation's journal id in the metadata.
+
+use crate::digest::Sha256Digest;
+use crate::engine::context::node_for;
+use crate::engine::{OpContext, Outcome, Payload};
+use crate::error::Error;
+use crate::model::{
+    JournalEntry, NodeChange, NodeMeta, ObjectMeta, OpRequest, UploadSource, Verification,
+};
+use crate::multipart::{file_identity, CompletedUpload, UploadHandle, UploadRequest};
+
+pub(super) async fn act(
+    c: &OpContext,
+    journal_id: i64,
+    request: &OpRequest,
+    payload: Payload,
+) -> Result<Outcome, Error> {
+    let OpRequest::PutMultipart {
+        path,
+        key,
+        size,
+        source,
+        content_type,
+        condition,
+    } = request
+    else {
+        unreachable!("multipart_put::act is only called for multipart puts")
+    };
+    let (reader, sink) = match payload {
+        Payload::Upload { reader, sink } => (reader, sink),
+        _ => (None, None),
+    };
+    super::check_condition(c, path, condition).await?;
+    // A recorded upload of this journal row (a retained one, or one a crash interrupted) is
+    // resumed rather than started again.
+    let resume = c.meta.upload_of(journal_id).await?;
+    let job = UploadRequest {
+        mount: c.spec.name.clone(),
+        path: path.clone(),
+        key: key.clone(),
+        journal_id,
+        size: *size,
+        source: source.clone(),
+        reader,
+        content_type: content_type.clone(),
+        resume,
+        part_size: c.spec.part_size,
+        concurrency: c.spec.part_concurrency as usize,
+        retain_on_failure: c.spec.retain_failed_uploads,
+        sink,
+    };
+    let done = UploadHandle::start(job, c.upload_deps()).join().await?;
+    crate::failpoint::hit("after_complete");
+    let node = verify_upload(c, key, journal_id, &done).await?;
+    Ok(Outcome {
+        change: NodeChange::Upsert(node),
+        upload_id: Some(done.upload_id),
+    })
+}
+
+/// Proves a completed upload: size, Complete's ETag, the composite checksum if the store reports
+/// one, and the journal id in the metadata if the store keeps metadata.
+pub(super) async fn verify_upload(
+    c: &OpContext,
+    key: &str,
+    journal_id: i64,
+    done: &CompletedUpload,
+) -> Result<NodeMeta, Error> {
+    let composite = done.composite_sha256();
+    let size = done.size;
+    let etag = done.etag.clone();
+    let (seen, verified) = c
+        .verify(key, |seen: &Option<ObjectMeta>| {
+            let m = seen.as_ref().ok_or("object not visible yet")?;
+            if m.size != size {
+                return Err(format!("size is {} bytes, expected {size}", m.size));
+            }
+            if !etag.is_empty() && !m.etag.is_empty() && m.etag != etag {
+                return Err(format!("ETag is {}, Complete answered {etag}", m.etag));
+            }
+            if let Some(w) = &m.marker {
+                if w.journal_id != journal_id {
+                    return Err(format!(
+                        "the object was written by journal {}, not {journal_id}",
+                        w.journal_id
+                    ));
+                }
+            }
+            let verified = match (&m.sha256_composite, composite) {
+                (Some(reported), Some((mine, n))) => {
+                    if composite_matches(reported, mine, n) {
+                        Verification::CompositeVerifiedByStore
+                    } else {
+                        return Err(format!(
+                            "composite checksum is {reported}, expected {mine}-{n} (hex)"
+                        ));
+                    }
+                }
+                _ => match m.sha256 {
+                    Some(s) if s == done.sha256 => Verification::Sha256VerifiedByStore,
+                    // moto reports the composite checksum without its `-<parts>` suffix.
+                    Some(s) if composite.is_some_and(|(c, _)| c == s) => {
+                        Verification::CompositeVerifiedByStore
+                    }
+                    Some(s) => return Err(format!("SHA-256 is {s}, expected {}", done.sha256)),
+                    None => Verification::SizeOnly,
+                },
+            };
+            Ok((m.clone(), verified))
+        })
+        .await?;
+    node_for(c, &seen, done.sha256, verified).await
+}
+
+/// `reported` is `<base64 of the digest of the part digests>-<parts>`; `mine` is that digest.
+fn composite_matches(reported: &str, mine: Sha256Digest, parts: usize) -> bool {
+    let Some((b64, n)) = reported.rsplit_once('-') else {
+        return false;
+    };
+    n.parse::<usize>().ok() == Some(parts) && base64_decode(b64).as_deref() == Some(mine.as_bytes())
+}
+
+fn base64_decode(s: &str) -> Option<Vec<u8>> {
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD.decode(s).ok()
+}
+
+/// Resumes the upload of an unchanged file; a stream cannot be re-read, so its upload is ended.
+pub(super) async fn recover(c: &OpContext, entry: &JournalEntry) -> Result<Outcome, Error> {
+    let OpRequest::PutMultipart { source, .. } = &entry.request else {
+        unreachable!()
+    };
+    let resumable = match source {
+        UploadSource::File {
+            path,
+            size,
+            mtime_ns,
+        } => match file_identity(path).await {
+            Ok((s, m)) if s == *size && m == *mtime_ns => Ok(()),
+            Ok((s, m)) => Err(format!(
+                "size {s} / mtime {m} ns now, {size} / {mtime_ns} ns at the start"
+            )),
+            Err(e) => Err(e),
+        }
+        .map_err(|reason| Error::SourceChanged {
+            source_path: path.clone(),
+            reason,
+        }),
+        UploadSource::Stream => Err(Error::SourceChanged {
+            source_path: "<stream>".into(),
+            reason: "a stream cannot be re-read after the process that read it died".into(),
+        }),
+    };
+    match resumable {
+        Ok(()) => {
+            let payload = Payload::Upload {
+                reader: None,
+                sink: None,
+            };
+            act(c, entry.id, &entry.request, payload).await
+        }
+        Err(e) => {
+            if let Some(rec) = c.meta.upload_of(entry.id).await? {
+                let _ = c.store.abort_multipart(&rec.key, &rec.upload_id).await;
+                c.meta.mark_upload_aborted(&rec.upload_id).await?;
+            }
+            Err(e)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn composite_checksum_is_compared_in_base64() {
+        let d = Sha256Digest::of(b"parts");
+        use base64::Engine as _;
+        let b64 = base64::engine::general_purpose::STANDARD.encode(d.as_bytes());
+        assert!(composite_matches(&format!("{b64}-3"), d, 3));
+        assert!(!composite_matches(&format!("{b64}-4"), d, 3));
+        assert!(!composite_matches("AAAA-3", d, 3));
+    }
+}

@@ -1,0 +1,93 @@
+//! A single-request put: PUT with the SHA-256 as checksum and the write marker in the object's
+//! metadata, then HEAD until the object proves to be this put's.
+
+use super::{check_condition, prove_content};
+use crate::engine::context::node_for;
+use crate::engine::{OpContext, Outcome, Payload};
+use crate::error::Error;
+use crate::model::{JournalEntry, NodeChange, NodeMeta, OpRequest, WriteMarker};
+use crate::ports::{PutObjectInput, StoreErrorKind};
+
+pub(super) async fn act(
+    c: &OpContext,
+    journal_id: i64,
+    request: &OpRequest,
+    payload: Payload,
+) -> Result<Outcome, Error> {
+    let OpRequest::Put {
+        path,
+        key,
+        sha256,
+        content_type,
+        condition,
+        ..
+    } = request
+    else {
+        unreachable!("put::act is only called for puts")
+    };
+    let Payload::Bytes(body) = payload else {
+        return Err(Error::Config("put without a body".into()));
+    };
+    check_condition(c, path, condition).await?;
+    let input = PutObjectInput {
+        key: key.clone(),
+        body,
+        sha256: *sha256,
+        content_type: content_type.clone(),
+        marker: WriteMarker {
+            journal_id,
+            sha256: Some(*sha256),
+        },
+        if_none_match: condition.if_none_match,
+    };
+    c.with_retry("PUT", key, || c.store.put_object(input.clone()))
+        .await
+        .map_err(|e| match e {
+            Error::Storage { source, .. } if source.kind == StoreErrorKind::PreconditionFailed => {
+                Error::PreconditionFailed {
+                    mount: c.spec.name.clone(),
+                    path: path.clone(),
+                    reason: "create-only, but the store already holds an object at the key".into(),
+                }
+            }
+            e => e,
+        })?;
+    let node = verified_node(c, journal_id, request, false).await?;
+    Ok(Outcome {
+        change: NodeChange::Upsert(node),
+        upload_id: None,
+    })
+}
+
+/// HEADs the key until it proves to hold this put's content, then applies the mount's settings
+/// policy. A strict refusal removes the object this put wrote.
+async fn verified_node(
+    c: &OpContext,
+    journal_id: i64,
+    request: &OpRequest,
+    require_proof: bool,
+) -> Result<NodeMeta, Error> {
+    let OpRequest::Put {
+        key, size, sha256, ..
+    } = request
+    else {
+        unreachable!()
+    };
+    let (seen, verified) = c
+        .verify(key, |seen| {
+            prove_content(seen, *size, *sha256, journal_id, require_proof)
+                .map(|v| (seen.clone().expect("proven objects exist"), v))
+        })
+        .await?;
+    node_for(c, &seen, *sha256, verified).await
+}
+
+/// A pending put is committed only if the object proves to be this put's (store checksum, or the
+/// journal id and SHA-256 in its metadata); a same-size object written by someone else is not.
+pub(super) async fn recover(c: &OpContext, entry: &JournalEntry) -> Result<Outcome, Error> {
+    let node = verified_node(c, entry.id, &entry.request, true).await?;
+    Ok(Outcome {
+        change: NodeChange::Upsert(node),
+        upload_id: None,
+    })
+}

@@ -1,0 +1,219 @@
+//! Per-path ordering: operations on one path run one at a time in arrival order; operations on
+//! different paths run concurrently. A copy or move holds two paths (possibly on two mounts) and
+//! takes them in one global order, (mount, path), so two transfers in opposite directions cannot
+//! wait on each other. One [`PathLocks`] is shared by every supervisor of an executor.
+
+use std::collections::{HashMap, VecDeque};
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+
+use tokio::sync::oneshot;
+
+/// A mount and a Filestore path.
+pub type PathKey = (String, String);
+
+type Waiters = VecDeque<oneshot::Sender<()>>;
+
+/// FIFO locks on (mount, path), shared by every supervisor of one executor.
+#[derive(Clone, Default)]
+pub struct PathLocks {
+    // A key is present while it is held; its queue holds the waiters in arrival order.
+    held: Arc<Mutex<HashMap<PathKey, Waiters>>>,
+}
+
+impl std::fmt::Debug for PathLocks {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let n = self.held.lock().map(|m| m.len()).unwrap_or(0);
+        f.debug_struct("PathLocks").field("held", &n).finish()
+    }
+}
+
+/// Holds one path until dropped.
+#[derive(Debug)]
+pub struct PathGuard {
+    locks: PathLocks,
+    key: Option<PathKey>,
+}
+
+impl Drop for PathGuard {
+    fn drop(&mut self) {
+        if let Some(key) = self.key.take() {
+            self.locks.release(key);
+        }
+    }
+}
+
+/// Waits for one path. Dropping it before it resolved gives up its place (or its lock, when the
+/// lock was handed over at that very moment).
+pub struct PathWait {
+    locks: PathLocks,
+    key: Option<PathKey>,
+    rx: Option<oneshot::Receiver<()>>,
+}
+
+impl Future for PathWait {
+    type Output = PathGuard;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<PathGuard> {
+        if let Some(rx) = self.rx.as_mut() {
+            match Pin::new(rx).poll(cx) {
+                Poll::Pending => return Poll::Pending,
+                // Err cannot happen (senders are only dropped after a failed send or by us), but
+                // either way the lock is ours now.
+                Poll::Ready(_) => {
+                    self.rx = None;
+                }
+            }
+        }
+        Poll::Ready(PathGuard {
+            locks: self.locks.clone(),
+            key: self.key.take(),
+        })
+    }
+}
+
+impl Drop for PathWait {
+    fn drop(&mut self) {
+        if let (Some(mut rx), Some(key)) = (self.rx.take(), self.key.take()) {
+            rx.close();
+            if rx.try_recv().is_ok() {
+                // The lock was handed to us as we gave up: pass it on.
+                self.locks.release(key);
+            }
+        }
+    }
+}
+
+impl PathLocks {
+    /// Takes a place in the path's queue now (so arrival order is kept) and resolves when the
+    /// path is free.
+    pub fn acquire(&self, mount: &str, path: &str) -> PathWait {
+        let key = (mount.to_owned(), path.to_owned());
+        let mut held = self.held.lock().expect("path locks");
+        let rx = match held.get_mut(&key) {
+            None => {
+                held.insert(key.clone(), VecDeque::new());
+                None
+            }
+            Some(q) => {
+                let (tx, rx) = oneshot::channel();
+                q.push_back(tx);
+                Some(rx)
+            }
+        };
+        PathWait {
+            locks: self.clone(),
+            key: Some(key),
+            rx,
+        }
+    }
+
+    /// Takes every path of `keys` in (mount, path) order. The first key's place is taken now.
+    pub fn acquire_all(&self, mut keys: Vec<PathKey>) -> impl Future<Output = Vec<PathGuard>> {
+        keys.sort();
+        keys.dedup();
+        let first = keys
+            .first()
+            .map(|(m, p)| self.acquire(m, p))
+            .expect("at least one path");
+        let this = self.clone();
+        async move {
+            let mut guards = vec![first.await];
+            for (m, p) in keys.into_iter().skip(1) {
+                guards.push(this.acquire(&m, &p).await);
+            }
+            guards
+        }
+    }
+
+    /// Whether anything holds or waits for the path.
+    pub fn is_busy(&self, mount: &str, path: &str) -> bool {
+        self.held
+            .lock()
+            .expect("path locks")
+            .contains_key(&(mount.to_owned(), path.to_owned()))
+    }
+
+    fn release(&self, key: PathKey) {
+        let mut held = self.held.lock().expect("path locks");
+        let Some(queue) = held.get_mut(&key) else {
+            return;
+        };
+        while let Some(next) = queue.pop_front() {
+            if next.send(()).is_ok() {
+                return;
+            }
+        }
+        held.remove(&key);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[tokio::test]
+    async fn one_holder_at_a_time_in_arrival_order() {
+        let locks = PathLocks::default();
+        let order = Arc::new(Mutex::new(Vec::new()));
+        let first = locks.acquire("m", "a").await;
+        let mut tasks = Vec::new();
+        for i in 0..3 {
+            let wait = locks.acquire("m", "a");
+            let order = order.clone();
+            tasks.push(tokio::spawn(async move {
+                let _g = wait.await;
+                order.lock().unwrap().push(i);
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }));
+        }
+        // Another path is independent.
+        let _b = locks.acquire("m", "b").await;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert!(order.lock().unwrap().is_empty());
+        drop(first);
+        for t in tasks {
+            t.await.unwrap();
+        }
+        assert_eq!(*order.lock().unwrap(), vec![0, 1, 2]);
+        assert!(!locks.is_busy("m", "a"));
+    }
+
+    #[tokio::test]
+    async fn a_waiter_that_gives_up_passes_the_lock_on() {
+        let locks = PathLocks::default();
+        let g = locks.acquire("m", "a").await;
+        let quitter = locks.acquire("m", "a");
+        let next = locks.acquire("m", "a");
+        drop(quitter);
+        drop(g);
+        let _n = tokio::time::timeout(Duration::from_secs(1), next)
+            .await
+            .expect("the lock reached the next waiter");
+    }
+
+    #[tokio::test]
+    async fn opposite_transfers_do_not_deadlock() {
+        let locks = PathLocks::default();
+        let k1 = ("m1".to_string(), "x".to_string());
+        let k2 = ("m2".to_string(), "y".to_string());
+        let a = locks.acquire_all(vec![k1.clone(), k2.clone()]);
+        let b = locks.acquire_all(vec![k2, k1]);
+        let ta = tokio::spawn(async move {
+            let _g = a.await;
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        });
+        let tb = tokio::spawn(async move {
+            let _g = b.await;
+        });
+        tokio::time::timeout(Duration::from_secs(2), async {
+            ta.await.unwrap();
+            tb.await.unwrap();
+        })
+        .await
+        .expect("no deadlock");
+    }
+}

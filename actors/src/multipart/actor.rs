@@ -1,0 +1,161 @@
+//! The actor that runs one multipart upload, and the handle its owner drives it through.
+
+use std::sync::{Arc, Mutex};
+
+use actix::prelude::*;
+use tokio::sync::oneshot;
+
+use super::{abort_upload, run_upload, CompletedUpload, UploadDeps, UploadRequest};
+use crate::error::Error;
+use crate::model::UploadProgress;
+
+/// Ask an upload actor for its progress.
+#[derive(Debug, Message)]
+#[rtype(result = "UploadProgress")]
+pub struct GetUploadProgress;
+
+/// Stop an upload: its running future is dropped and the upload is aborted in the store. The
+/// handle's `join` then answers [`Error::Shutdown`].
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub struct AbortUpload;
+
+type Done = oneshot::Sender<Result<CompletedUpload, Error>>;
+
+/// The actor for one multipart upload. It stops when the upload ends or is aborted.
+pub struct UploadActor {
+    job: Option<(UploadRequest, UploadDeps)>,
+    done: Option<Done>,
+    progress: Arc<Mutex<UploadProgress>>,
+    running: Option<SpawnHandle>,
+    // What an abort needs to end the upload in the store.
+    abort_with: Option<(UploadDeps, String, String)>,
+}
+
+/// Drives one upload: wait for it, ask its progress, or abort it.
+pub struct UploadHandle {
+    addr: Addr<UploadActor>,
+    done: oneshot::Receiver<Result<CompletedUpload, Error>>,
+}
+
+impl UploadHandle {
+    /// Starts the upload in a new actor on the current arbiter.
+    pub fn start(job: UploadRequest, deps: UploadDeps) -> Self {
+        let (tx, rx) = oneshot::channel();
+        let progress = UploadProgress {
+            mount: job.mount.clone(),
+            path: job.path.clone(),
+            upload_id: String::new(),
+            bytes_done: 0,
+            bytes_total: job.size,
+            parts_done: 0,
+            parts_total: None,
+            bytes_sent: 0,
+            bytes_per_second: 0.0,
+            eta_seconds: None,
+            finished: false,
+        };
+        let abort_with = Some((deps.clone(), job.mount.clone(), job.key.clone()));
+        let addr = UploadActor {
+            job: Some((job, deps)),
+            done: Some(tx),
+            progress: Arc::new(Mutex::new(progress)),
+            running: None,
+            abort_with,
+        }
+        .start();
+        UploadHandle { addr, done: rx }
+    }
+
+    /// The actor's address.
+    pub fn addr(&self) -> &Addr<UploadActor> {
+        &self.addr
+    }
+
+    /// Progress so far.
+    pub async fn progress(&self) -> Result<UploadProgress, Error> {
+        self.addr
+            .send(GetUploadProgress)
+            .await
+            .map_err(|_| Error::Shutdown)
+    }
+
+    /// Stops the upload and aborts it in the store.
+    pub async fn abort(&self) {
+        let _ = self.addr.send(AbortUpload).await;
+    }
+
+    /// Waits for the upload to end.
+    pub async fn join(self) -> Result<CompletedUpload, Error> {
+        self.done.await.map_err(|_| Error::Shutdown)?
+    }
+}
+
+impl Actor for UploadActor {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        let Some((job, deps)) = self.job.take() else {
+            return;
+        };
+        let mount = job.mount.clone();
+        metrics::gauge!("filestore_s3_uploads_in_flight", "mount" => mount.clone()).increment(1.0);
+        let progress = self.progress.clone();
+        self.running = Some(
+            ctx.spawn(run_upload(job, deps, progress).into_actor(self).map(
+                move |res, act, ctx| {
+                    metrics::gauge!("filestore_s3_uploads_in_flight", "mount" => mount)
+                        .decrement(1.0);
+                    act.running = None;
+                    if let Some(done) = act.done.take() {
+                        let _ = done.send(res);
+                    }
+                    ctx.stop();
+                },
+            )),
+        );
+    }
+}
+
+impl Handler<GetUploadProgress> for UploadActor {
+    type Result = MessageResult<GetUploadProgress>;
+
+    fn handle(&mut self, _msg: GetUploadProgress, _ctx: &mut Self::Context) -> Self::Result {
+        MessageResult(self.progress.lock().expect("progress lock").clone())
+    }
+}
+
+impl Handler<AbortUpload> for UploadActor {
+    type Result = ResponseActFuture<Self, ()>;
+
+    fn handle(&mut self, _msg: AbortUpload, ctx: &mut Self::Context) -> Self::Result {
+        if let Some(h) = self.running.take() {
+            ctx.cancel_future(h);
+            metrics::gauge!("filestore_s3_uploads_in_flight", "mount" => self.progress.lock().expect("progress lock").mount.clone())
+                .decrement(1.0);
+        }
+        let upload_id = self
+            .progress
+            .lock()
+            .expect("progress lock")
+            .upload_id
+            .clone();
+        let abort_with = self.abort_with.take();
+        Box::pin(
+            async move {
+                if let Some((deps, mount, key)) = abort_with {
+                    if !upload_id.is_empty() {
+                        abort_upload(&deps, &mount, &key, &upload_id).await;
+                    }
+                }
+            }
+            .into_actor(self)
+            .map(|_, act, ctx| {
+                if let Some(done) = act.done.take() {
+                    let _ = done.send(Err(Error::Shutdown));
+                }
+                ctx.stop();
+            }),
+        )
+    }
+}

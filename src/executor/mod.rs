@@ -1,0 +1,179 @@
+//! The `S3Executor` handle: starts one supervisor per enabled mount and routes calls to it.
+//!
+//! - `runtime`: the actix System / Arbiter and the service clients;
+//! - `registry`: the mount table, supervisors, the directory they find each other through;
+//! - `write` / `read`: the calls that change / read objects; `options`: their options.
+
+mod options;
+mod read;
+mod registry;
+mod runtime;
+mod write;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use actix::ArbiterHandle;
+use filestore_s3_actors::commands::{
+    GetStatus, ListObjects, RetireMount, StatObject, SupervisorStatus,
+};
+use filestore_s3_actors::model::{ListPage, Stat};
+use filestore_s3_actors::mount::{MountRow, MountSpec};
+use filestore_s3_actors::path::{DirPath, FsPath};
+use filestore_s3_actors::Error;
+
+pub use options::{
+    progress_to_recipient, DeleteOptions, GetOptions, GetResult, ListOptions, PutOptions,
+    TransferOptions, UploadProgressMsg,
+};
+pub use registry::MountState;
+
+use crate::config::ExecutorConfig;
+use registry::Registry;
+use runtime::{arbiter_for_executor, on_arbiter, Services};
+
+struct Inner {
+    config: ExecutorConfig,
+    arbiter: ArbiterHandle,
+    /// The System this executor started because the caller had none; stopped on shutdown.
+    own_system: Option<actix::System>,
+    services: Arc<Services>,
+    registry: Arc<Registry>,
+}
+
+/// Handle to a running executor. `Send + Sync + Clone`; usable from an actix System or plain tokio.
+///
+/// ```no_run
+/// # async fn demo() -> Result<(), filestore_s3::Error> {
+/// use filestore_s3::{ExecutorConfig, PutOptions, S3Executor};
+/// let exec = S3Executor::start(ExecutorConfig::from_env()?).await?;
+/// let r = exec.put_bytes("artifacts", "builds/1/app.tar", b"...".to_vec(), PutOptions::default()).await?;
+/// println!("generation {} etag {}", r.generation, r.node.unwrap().etag);
+/// let page = exec.list("artifacts", "builds", Default::default()).await?;
+/// exec.delete("artifacts", "builds/1/app.tar", Default::default()).await?;
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct S3Executor {
+    inner: Arc<Inner>,
+}
+
+impl S3Executor {
+    /// Starts the executor: migrations (unless disabled), connections, and a supervisor per enabled
+    /// mount. Invalid mount rows are logged and refused per call; the other mounts run.
+    pub async fn start(config: ExecutorConfig) -> Result<Self, Error> {
+        config.validate()?;
+        let (arbiter, own_system) = arbiter_for_executor()?;
+        let services = match on_arbiter(&arbiter, runtime::connect(config.clone())).await {
+            Ok(Ok(s)) => s,
+            Ok(Err(e)) | Err(e) => {
+                if let Some(sys) = own_system {
+                    sys.stop();
+                }
+                return Err(e);
+            }
+        };
+        let exec = S3Executor {
+            inner: Arc::new(Inner {
+                config,
+                arbiter,
+                own_system,
+                services: Arc::new(services),
+                registry: Registry::new(),
+            }),
+        };
+        if let Err(e) = exec.reload_mounts().await {
+            exec.shutdown().await;
+            return Err(e);
+        }
+        Ok(exec)
+    }
+
+    /// The configuration the executor runs with.
+    pub fn config(&self) -> &ExecutorConfig {
+        &self.inner.config
+    }
+
+    /// Inserts or replaces a `backend_mounts` row, then reloads the mounts. An invalid row is
+    /// refused before it is written.
+    pub async fn register_mount(&self, row: MountRow) -> Result<MountState, Error> {
+        MountSpec::from_row(&row)?;
+        let services = self.inner.services.clone();
+        let name = row.name.clone();
+        on_arbiter(&self.inner.arbiter, async move {
+            services.meta.upsert_mount(&row).await
+        })
+        .await??;
+        self.reload_mounts().await?;
+        Ok(self
+            .mount_states()
+            .remove(&name)
+            .unwrap_or(MountState::Disabled))
+    }
+
+    /// Re-reads `backend_mounts`: starts supervisors for new or changed enabled mounts and retires
+    /// those of removed, disabled, invalid or changed ones.
+    pub async fn reload_mounts(&self) -> Result<(), Error> {
+        let inner = self.inner.clone();
+        on_arbiter(&self.inner.arbiter, async move {
+            inner.registry.reload(&inner.config, &inner.services).await
+        })
+        .await?
+    }
+
+    /// Every known mount and its state.
+    pub fn mount_states(&self) -> HashMap<String, MountState> {
+        self.inner.registry.states()
+    }
+
+    fn mount(&self, name: &str) -> Result<registry::ServedMount, Error> {
+        self.inner.registry.get(name)
+    }
+
+    /// Supervisor status of a mount.
+    pub async fn status(&self, mount: &str) -> Result<SupervisorStatus, Error> {
+        let (addr, _, _) = self.mount(mount)?;
+        addr.send(GetStatus).await.map_err(|_| Error::Shutdown)
+    }
+
+    /// What the store holds at a path, and what Postgres records for it.
+    pub async fn stat(&self, mount: &str, path: &str) -> Result<Stat, Error> {
+        let (addr, _, _) = self.mount(mount)?;
+        let path = FsPath::parse(path).map_err(|e| invalid_path(path, e))?;
+        addr.send(StatObject { path })
+            .await
+            .map_err(|_| Error::Shutdown)?
+    }
+
+    /// One page of a directory listing. Keys that do not map to a Filestore path are reported in
+    /// `unmapped` rather than failing the listing.
+    pub async fn list(&self, mount: &str, dir: &str, opts: ListOptions) -> Result<ListPage, Error> {
+        let (addr, _, _) = self.mount(mount)?;
+        let dir = DirPath::parse(dir).map_err(|e| invalid_path(dir, e))?;
+        addr.send(ListObjects {
+            dir,
+            delimited: opts.delimited,
+            token: opts.token,
+            max_keys: opts.max_keys,
+        })
+        .await
+        .map_err(|_| Error::Shutdown)?
+    }
+
+    /// Retires every mount and, if the executor started its own actix System, stops it.
+    pub async fn shutdown(&self) {
+        for addr in self.inner.registry.drain() {
+            let _ = addr.send(RetireMount).await;
+        }
+        if let Some(sys) = &self.inner.own_system {
+            sys.stop();
+        }
+    }
+}
+
+fn invalid_path(path: &str, e: filestore_s3_actors::path::PathError) -> Error {
+    Error::InvalidPath {
+        path: path.escape_debug().to_string(),
+        source: e,
+    }
+}

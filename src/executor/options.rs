@@ -1,0 +1,112 @@
+//! Options and results of the executor's calls.
+
+use std::sync::Arc;
+
+use filestore_s3_actors::model::{UploadProgress, WriteCondition};
+use filestore_s3_actors::multipart::ProgressSink;
+use filestore_s3_actors::ports::ByteRange;
+
+/// Options of a put.
+#[derive(Clone, Default)]
+pub struct PutOptions {
+    /// Idempotency key: a repeated call with the same key and content returns the recorded result.
+    pub idempotency_key: Option<String>,
+    /// Content-Type stored with the object.
+    pub content_type: Option<String>,
+    /// Receives progress of a multipart upload (called on the executor's thread; keep it quick).
+    /// [`progress_to_recipient`] adapts an actix `Recipient`.
+    pub progress: Option<ProgressSink>,
+    /// Create only: fail with `Error::PreconditionFailed` if the path exists.
+    pub if_none_match: bool,
+    /// Replace only if the path's node is at this generation.
+    pub if_generation: Option<i64>,
+}
+
+impl PutOptions {
+    pub(crate) fn condition(&self) -> WriteCondition {
+        WriteCondition {
+            if_none_match: self.if_none_match,
+            if_generation: self.if_generation,
+        }
+    }
+}
+
+impl std::fmt::Debug for PutOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PutOptions")
+            .field("idempotency_key", &self.idempotency_key)
+            .field("content_type", &self.content_type)
+            .field("progress", &self.progress.is_some())
+            .field("if_none_match", &self.if_none_match)
+            .field("if_generation", &self.if_generation)
+            .finish()
+    }
+}
+
+/// A progress sink that forwards every update to an actix actor.
+pub fn progress_to_recipient(r: actix::Recipient<UploadProgressMsg>) -> ProgressSink {
+    Arc::new(move |p| r.do_send(UploadProgressMsg(p.clone())))
+}
+
+/// [`UploadProgress`] as an actix message, for [`progress_to_recipient`].
+#[derive(Debug, Clone, actix::Message)]
+#[rtype(result = "()")]
+pub struct UploadProgressMsg(pub UploadProgress);
+
+/// Options of a read.
+#[derive(Debug, Clone, Default)]
+pub struct GetOptions {
+    /// Read only this range; the SHA-256 is checked only for whole-object reads.
+    pub range: Option<ByteRange>,
+}
+
+/// What a read returned.
+#[derive(Debug, Clone)]
+pub struct GetResult {
+    /// Bytes written by this call.
+    pub bytes_written: u64,
+    /// Size of the whole object.
+    pub object_size: u64,
+    /// ETag of the object read.
+    pub etag: String,
+    /// SHA-256 of the whole object, when the whole object was read and checked against `nodes`.
+    pub sha256_verified: Option<String>,
+}
+
+/// Options of a delete.
+#[derive(Debug, Clone, Default)]
+pub struct DeleteOptions {
+    /// Idempotency key.
+    pub idempotency_key: Option<String>,
+}
+
+/// Options of a listing.
+#[derive(Debug, Clone, Default)]
+pub struct ListOptions {
+    /// One level with sub-directories (`true`) or everything below (`false`).
+    pub delimited: bool,
+    /// Continuation token from the previous page.
+    pub token: Option<String>,
+    /// Page size.
+    pub max_keys: Option<i32>,
+}
+
+/// Options of a copy or move.
+#[derive(Debug, Clone, Default)]
+pub struct TransferOptions {
+    /// Idempotency key (on the destination mount).
+    pub idempotency_key: Option<String>,
+    /// Create only: fail with `Error::PreconditionFailed` if the destination exists.
+    pub if_none_match: bool,
+    /// Replace only if the destination's node is at this generation.
+    pub if_generation: Option<i64>,
+}
+
+impl TransferOptions {
+    pub(crate) fn condition(&self) -> WriteCondition {
+        WriteCondition {
+            if_none_match: self.if_none_match,
+            if_generation: self.if_generation,
+        }
+    }
+}

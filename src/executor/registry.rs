@@ -1,0 +1,191 @@
+//! The mount registry: which mounts run, in which state, and their supervisors. Also the
+//! [`MountDirectory`] the supervisors use to find each other's buckets (copies and moves across
+//! mounts), held weakly so the registry and its supervisors do not keep each other alive.
+
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock, Weak};
+
+use actix::Addr;
+use filestore_s3_actors::commands::RetireMount;
+use filestore_s3_actors::locks::PathLocks;
+use filestore_s3_actors::mount::{MountConfigError, MountSpec};
+use filestore_s3_actors::ports::{
+    MetaStore, MountAccess, MountDirectory, ObjectStore, ObjectStoreFactory,
+};
+use filestore_s3_actors::{Error, MountSupervisor};
+
+use super::runtime::Services;
+use crate::config::ExecutorConfig;
+
+/// What the executor knows about a mount.
+#[derive(Debug, Clone)]
+pub enum MountState {
+    /// Served by a supervisor.
+    Ready,
+    /// `enabled = false`.
+    Disabled,
+    /// The row is invalid; the error names the field.
+    Invalid(MountConfigError),
+}
+
+#[derive(Clone)]
+pub(super) enum Slot {
+    Ready {
+        addr: Addr<MountSupervisor>,
+        spec: Arc<MountSpec>,
+        store: Arc<dyn ObjectStore>,
+    },
+    Disabled,
+    Invalid(MountConfigError),
+}
+
+/// A served mount: its supervisor, spec and store.
+pub(super) type ServedMount = (Addr<MountSupervisor>, Arc<MountSpec>, Arc<dyn ObjectStore>);
+
+/// The running mounts of one executor.
+pub(super) struct Registry {
+    mounts: RwLock<HashMap<String, Slot>>,
+    /// Per-path ordering shared by every supervisor.
+    locks: PathLocks,
+    this: Weak<Registry>,
+}
+
+struct Directory(Weak<Registry>);
+
+impl MountDirectory for Directory {
+    fn mount(&self, name: &str) -> Option<MountAccess> {
+        let registry = self.0.upgrade()?;
+        let mounts = registry.mounts.read().expect("mount table lock");
+        match mounts.get(name)? {
+            Slot::Ready { spec, store, .. } => Some(MountAccess {
+                spec: spec.clone(),
+                store: store.clone(),
+            }),
+            _ => None,
+        }
+    }
+}
+
+impl Registry {
+    pub fn new() -> Arc<Self> {
+        Arc::new_cyclic(|this| Registry {
+            mounts: RwLock::new(HashMap::new()),
+            locks: PathLocks::default(),
+            this: this.clone(),
+        })
+    }
+
+    /// Applies the current `backend_mounts` rows: starts supervisors for new or changed enabled
+    /// mounts and retires those of removed, disabled, invalid or changed ones. Runs on the
+    /// executor's arbiter.
+    pub async fn reload(&self, config: &ExecutorConfig, services: &Services) -> Result<(), Error> {
+        let rows = services.meta.load_mounts().await?;
+        let mut old = std::mem::take(&mut *self.mounts.write().expect("mount table lock"));
+        let mut new = HashMap::new();
+        for row in rows {
+            let slot = match MountSpec::from_row(&row) {
+                Err(e) => {
+                    log::error!("{e}; the mount is not served");
+                    Slot::Invalid(e)
+                }
+                Ok(spec) if !spec.enabled => Slot::Disabled,
+                Ok(spec) => match old.remove(&row.name) {
+                    Some(Slot::Ready {
+                        addr,
+                        spec: running,
+                        store,
+                    }) if *running == spec => Slot::Ready {
+                        addr,
+                        spec: running,
+                        store,
+                    },
+                    previous => {
+                        if let Some(Slot::Ready { addr, .. }) = previous {
+                            addr.do_send(RetireMount);
+                        }
+                        self.start_supervisor(config, services, spec)?
+                    }
+                },
+            };
+            new.insert(row.name.clone(), slot);
+        }
+        for slot in old.into_values() {
+            if let Slot::Ready { addr, .. } = slot {
+                addr.do_send(RetireMount);
+            }
+        }
+        *self.mounts.write().expect("mount table lock") = new;
+        Ok(())
+    }
+
+    fn start_supervisor(
+        &self,
+        config: &ExecutorConfig,
+        services: &Services,
+        spec: MountSpec,
+    ) -> Result<Slot, Error> {
+        let spec = Arc::new(spec);
+        let store = services
+            .factory
+            .for_mount(&spec)
+            .map_err(|e| Error::Config(format!("mount '{}': {e}", spec.name)))?;
+        let meta: Arc<dyn MetaStore> = services.meta.clone();
+        let publisher = services.publisher.clone();
+        let settings = config.supervisor;
+        let (s, st) = (spec.clone(), store.clone());
+        let locks = self.locks.clone();
+        let directory: Arc<dyn MountDirectory> = Arc::new(Directory(self.this.clone()));
+        let addr = actix::Supervisor::start(move |_| {
+            MountSupervisor::new(s, st, meta, publisher, settings)
+                .with_path_locks(locks)
+                .with_mount_directory(directory)
+        });
+        Ok(Slot::Ready { addr, spec, store })
+    }
+
+    /// Every known mount and its state.
+    pub fn states(&self) -> HashMap<String, MountState> {
+        self.mounts
+            .read()
+            .expect("mount table lock")
+            .iter()
+            .map(|(k, v)| {
+                let s = match v {
+                    Slot::Ready { .. } => MountState::Ready,
+                    Slot::Disabled => MountState::Disabled,
+                    Slot::Invalid(e) => MountState::Invalid(e.clone()),
+                };
+                (k.clone(), s)
+            })
+            .collect()
+    }
+
+    /// A served mount's supervisor, spec and store; a typed error for any other state.
+    pub fn get(&self, name: &str) -> Result<ServedMount, Error> {
+        match self.mounts.read().expect("mount table lock").get(name) {
+            Some(Slot::Ready { addr, spec, store }) => {
+                Ok((addr.clone(), spec.clone(), store.clone()))
+            }
+            Some(Slot::Disabled) => Err(Error::MountDisabled {
+                mount: name.to_owned(),
+            }),
+            Some(Slot::Invalid(e)) => Err(Error::InvalidMount(e.clone())),
+            None => Err(Error::UnknownMount {
+                mount: name.to_owned(),
+            }),
+        }
+    }
+
+    /// Removes every mount, returning the supervisors to retire.
+    pub fn drain(&self) -> Vec<Addr<MountSupervisor>> {
+        self.mounts
+            .write()
+            .expect("mount table lock")
+            .drain()
+            .filter_map(|(_, v)| match v {
+                Slot::Ready { addr, .. } => Some(addr),
+                _ => None,
+            })
+            .collect()
+    }
+}

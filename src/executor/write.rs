@@ -1,0 +1,223 @@
+//! The mutating calls of the handle: put (bytes, file, reader), delete, copy, move.
+
+use std::path::Path;
+
+use bytes::Bytes;
+use filestore_s3_actors::commands::{DeleteObject, PutLargeObject, PutObject, TransferObject};
+use filestore_s3_actors::model::{OpKind, OpResult, UploadSource};
+use filestore_s3_actors::multipart::{file_identity, SourceReader};
+use filestore_s3_actors::path::FsPath;
+use filestore_s3_actors::ports::MountAccess;
+use filestore_s3_actors::{Error, Sha256Digest};
+use tokio::io::{AsyncRead, AsyncReadExt};
+
+use super::{invalid_path, DeleteOptions, PutOptions, S3Executor, TransferOptions};
+
+impl S3Executor {
+    /// Puts an object from memory.
+    pub async fn put_bytes(
+        &self,
+        mount: &str,
+        path: &str,
+        body: impl Into<Bytes>,
+        opts: PutOptions,
+    ) -> Result<OpResult, Error> {
+        let body = body.into();
+        let sha256 = Sha256Digest::of(&body);
+        self.put_prepared(mount, path, body, sha256, opts).await
+    }
+
+    /// Puts an object from a file: in one request up to the mount's multipart threshold, as a
+    /// resumable multipart upload above it (the file's size and modification time identify it; a
+    /// restarted executor resumes the upload as long as they are unchanged).
+    pub async fn put_file(
+        &self,
+        mount: &str,
+        path: &str,
+        file: impl AsRef<Path>,
+        opts: PutOptions,
+    ) -> Result<OpResult, Error> {
+        let (_, spec, _) = self.mount(mount)?;
+        let source_err = |e: String| Error::Source {
+            what: file.as_ref().display().to_string(),
+            message: e,
+        };
+        let abs = std::path::absolute(file.as_ref()).map_err(|e| source_err(e.to_string()))?;
+        let abs_str = abs
+            .to_str()
+            .ok_or_else(|| source_err("path is not UTF-8".into()))?
+            .to_owned();
+        let (size, mtime_ns) = file_identity(&abs_str).await.map_err(source_err)?;
+        if size <= spec.multipart_threshold {
+            let f = tokio::fs::File::open(&abs)
+                .await
+                .map_err(|e| source_err(e.to_string()))?;
+            return self.put_reader(mount, path, f, opts).await;
+        }
+        let (addr, _, _) = self.mount(mount)?;
+        let fs_path = FsPath::parse(path).map_err(|e| invalid_path(path, e))?;
+        addr.send(PutLargeObject {
+            path: fs_path,
+            source: UploadSource::File {
+                path: abs_str,
+                size,
+                mtime_ns,
+            },
+            reader: None,
+            size: Some(size),
+            condition: opts.condition(),
+            content_type: opts.content_type,
+            idempotency_key: opts.idempotency_key,
+            progress: opts.progress,
+        })
+        .await
+        .map_err(|_| Error::Shutdown)?
+    }
+
+    /// Puts an object from an async reader, hashing it while it is read. Up to the mount's
+    /// multipart threshold the body is buffered and sent in one request; a longer stream becomes a
+    /// multipart upload (which cannot resume after a crash: the stream cannot be read again).
+    pub async fn put_reader<R: AsyncRead + Unpin + Send + 'static>(
+        &self,
+        mount: &str,
+        path: &str,
+        mut reader: R,
+        opts: PutOptions,
+    ) -> Result<OpResult, Error> {
+        let (addr, spec, _) = self.mount(mount)?;
+        let fs_path = FsPath::parse(path).map_err(|e| invalid_path(path, e))?;
+        spec.keys
+            .key_for(&fs_path)
+            .map_err(|e| invalid_path(path, e))?;
+        let limit = spec.multipart_threshold;
+        let mut buf = Vec::new();
+        // Read one byte past the threshold to learn which way to go.
+        (&mut reader)
+            .take(limit + 1)
+            .read_to_end(&mut buf)
+            .await
+            .map_err(|e| Error::Source {
+                what: format!("the body of '{path}'"),
+                message: e.to_string(),
+            })?;
+        if buf.len() as u64 <= limit {
+            let body = Bytes::from(buf);
+            let sha256 = Sha256Digest::of(&body);
+            return self.put_prepared(mount, path, body, sha256, opts).await;
+        }
+        let head = std::io::Cursor::new(buf);
+        let reader: SourceReader = Box::new(head.chain(reader));
+        addr.send(PutLargeObject {
+            path: fs_path,
+            source: UploadSource::Stream,
+            reader: Some(reader),
+            size: None,
+            condition: opts.condition(),
+            content_type: opts.content_type,
+            idempotency_key: opts.idempotency_key,
+            progress: opts.progress,
+        })
+        .await
+        .map_err(|_| Error::Shutdown)?
+    }
+
+    async fn put_prepared(
+        &self,
+        mount: &str,
+        path: &str,
+        body: Bytes,
+        sha256: Sha256Digest,
+        opts: PutOptions,
+    ) -> Result<OpResult, Error> {
+        let (addr, _, _) = self.mount(mount)?;
+        let path = FsPath::parse(path).map_err(|e| invalid_path(path, e))?;
+        addr.send(PutObject {
+            path,
+            body,
+            sha256,
+            condition: opts.condition(),
+            content_type: opts.content_type,
+            idempotency_key: opts.idempotency_key,
+        })
+        .await
+        .map_err(|_| Error::Shutdown)?
+    }
+
+    /// Deletes the object at a path.
+    pub async fn delete(
+        &self,
+        mount: &str,
+        path: &str,
+        opts: DeleteOptions,
+    ) -> Result<OpResult, Error> {
+        let (addr, _, _) = self.mount(mount)?;
+        let path = FsPath::parse(path).map_err(|e| invalid_path(path, e))?;
+        addr.send(DeleteObject {
+            path,
+            idempotency_key: opts.idempotency_key,
+        })
+        .await
+        .map_err(|_| Error::Shutdown)?
+    }
+
+    /// Copies `source_path` of mount `source` to `path` of mount `mount` (the same mount or
+    /// another). Server-side when one client reaches both buckets, else streamed through the
+    /// executor; the destination mount's SSE / KMS key / ACL / storage class apply; the copy is
+    /// verified by size and SHA-256 before it is committed. The idempotency key belongs to the
+    /// destination mount.
+    pub async fn copy(
+        &self,
+        source: &str,
+        source_path: &str,
+        mount: &str,
+        path: &str,
+        opts: TransferOptions,
+    ) -> Result<OpResult, Error> {
+        self.transfer(OpKind::Copy, source, source_path, mount, path, opts)
+            .await
+    }
+
+    /// Moves `source_path` of mount `source` to `path` of mount `mount`: copy, verify the
+    /// destination, delete the source, verify it gone, then ONE commit that writes the destination
+    /// node and removes the source node (one journal row on the destination mount, a `move`
+    /// event on each mount's stream). An interrupted move is finished by recovery.
+    pub async fn move_object(
+        &self,
+        source: &str,
+        source_path: &str,
+        mount: &str,
+        path: &str,
+        opts: TransferOptions,
+    ) -> Result<OpResult, Error> {
+        self.transfer(OpKind::Move, source, source_path, mount, path, opts)
+            .await
+    }
+
+    async fn transfer(
+        &self,
+        op: OpKind,
+        source: &str,
+        source_path: &str,
+        mount: &str,
+        path: &str,
+        opts: TransferOptions,
+    ) -> Result<OpResult, Error> {
+        let (addr, _, _) = self.mount(mount)?;
+        let (_, source_spec, source_store) = self.mount(source)?;
+        let source_path = FsPath::parse(source_path).map_err(|e| invalid_path(source_path, e))?;
+        let path = FsPath::parse(path).map_err(|e| invalid_path(path, e))?;
+        addr.send(TransferObject {
+            op,
+            source_mount: MountAccess {
+                spec: source_spec,
+                store: source_store,
+            },
+            source_path,
+            path,
+            condition: opts.condition(),
+            idempotency_key: opts.idempotency_key,
+        })
+        .await
+        .map_err(|_| Error::Shutdown)?
+    }
+}

@@ -1,0 +1,204 @@
+//! The commit transaction: node(s), snapshots, journal row, outbox event(s) — all or nothing.
+
+use deadpool_postgres::Transaction;
+use filestore_s3_actors::model::{CommitRecord, NodeChange, NodeMeta, OpKind, OpResult};
+use filestore_s3_actors::ports::MetaError;
+
+use super::{corrupt, pg, to_i64, PgMetaStore};
+
+/// The next generation of a path: one past the last snapshot (deletions included), so a path
+/// that is deleted and written again never reuses a generation.
+async fn next_generation(tx: &Transaction<'_>, mount: &str, path: &str) -> Result<i64, MetaError> {
+    Ok(tx
+        .query_one(
+            "SELECT coalesce(max(generation), 0) + 1 FROM snapshots WHERE mount = $1 AND path = $2",
+            &[&mount, &path],
+        )
+        .await
+        .map_err(pg)?
+        .get(0))
+}
+
+async fn upsert_node(
+    tx: &Transaction<'_>,
+    r: &CommitRecord,
+    m: &NodeMeta,
+    generation: i64,
+) -> Result<(), MetaError> {
+    let size = to_i64(m.size, "size")?;
+    let sha = m.sha256.to_hex();
+    let verified = m.verified.as_str();
+    tx.execute(
+        "INSERT INTO nodes (mount, path, object_key, size, etag, sha256, storage_class,
+                            last_modified, generation, journal_id, verified, sse, not_applied)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)
+         ON CONFLICT (mount, path) DO UPDATE SET object_key = EXCLUDED.object_key,
+            size = EXCLUDED.size, etag = EXCLUDED.etag, sha256 = EXCLUDED.sha256,
+            storage_class = EXCLUDED.storage_class, last_modified = EXCLUDED.last_modified,
+            generation = EXCLUDED.generation, journal_id = EXCLUDED.journal_id,
+            verified = EXCLUDED.verified, sse = EXCLUDED.sse, not_applied = EXCLUDED.not_applied,
+            updated_at = now()",
+        &[
+            &r.mount,
+            &r.path,
+            &r.key,
+            &size,
+            &m.etag,
+            &sha,
+            &m.storage_class,
+            &m.last_modified,
+            &generation,
+            &r.journal_id,
+            &verified,
+            &m.sse,
+            &m.not_applied,
+        ],
+    )
+    .await
+    .map_err(pg)?;
+    tx.execute(
+        "INSERT INTO snapshots (mount, path, generation, deleted, object_key, size, etag,
+                                sha256, storage_class, last_modified, journal_id, verified)
+         VALUES ($1, $2, $3, false, $4, $5, $6, $7, $8, $9, $10, $11)",
+        &[
+            &r.mount,
+            &r.path,
+            &generation,
+            &r.key,
+            &size,
+            &m.etag,
+            &sha,
+            &m.storage_class,
+            &m.last_modified,
+            &r.journal_id,
+            &verified,
+        ],
+    )
+    .await
+    .map_err(pg)?;
+    Ok(())
+}
+
+async fn remove_node(
+    tx: &Transaction<'_>,
+    journal_id: i64,
+    mount: &str,
+    path: &str,
+    key: &str,
+) -> Result<i64, MetaError> {
+    let generation = next_generation(tx, mount, path).await?;
+    tx.execute(
+        "DELETE FROM nodes WHERE mount = $1 AND path = $2",
+        &[&mount, &path],
+    )
+    .await
+    .map_err(pg)?;
+    tx.execute(
+        "INSERT INTO snapshots (mount, path, generation, deleted, object_key, journal_id)
+         VALUES ($1, $2, $3, true, $4, $5)",
+        &[&mount, &path, &generation, &key, &journal_id],
+    )
+    .await
+    .map_err(pg)?;
+    Ok(generation)
+}
+
+impl PgMetaStore {
+    pub(super) async fn do_commit(&self, r: &CommitRecord) -> Result<OpResult, MetaError> {
+        let mut c = self.client().await?;
+        let tx = c.transaction().await.map_err(pg)?;
+        let row = tx
+            .query_one(
+                "SELECT state, result, error FROM journal WHERE id = $1 FOR UPDATE",
+                &[&r.journal_id],
+            )
+            .await
+            .map_err(pg)?;
+        let state: String = row.get(0);
+        match state.as_str() {
+            "committed" => {
+                // A retry after a lost acknowledgement: the first commit stands.
+                let v: serde_json::Value = row.get(1);
+                return serde_json::from_value(v).map_err(|e| corrupt("journal result", e));
+            }
+            "failed" => {
+                let err: Option<String> = row.get(2);
+                return Err(MetaError {
+                    retryable: false,
+                    message: format!(
+                        "journal {} was already marked failed: {}",
+                        r.journal_id,
+                        err.unwrap_or_default()
+                    ),
+                });
+            }
+            _ => {}
+        }
+        if !r.condition.is_none() {
+            // Checked before acting too; checked again here so that no commit lands on a node
+            // that changed in between (FOR UPDATE holds the row until the commit).
+            let current: Option<i64> = tx
+                .query_opt(
+                    "SELECT generation FROM nodes WHERE mount = $1 AND path = $2 FOR UPDATE",
+                    &[&r.mount, &r.path],
+                )
+                .await
+                .map_err(pg)?
+                .map(|row| row.get(0));
+            let broken = (r.condition.if_none_match && current.is_some())
+                || r.condition
+                    .if_generation
+                    .is_some_and(|g| current != Some(g));
+            if broken {
+                return Err(MetaError {
+                    retryable: false,
+                    message: format!(
+                        "condition on '{}' no longer holds at commit (node generation {current:?})",
+                        r.path
+                    ),
+                });
+            }
+        }
+        // A move removes its source's node in the same transaction.
+        if let (OpKind::Move, Some(src)) = (r.op, &r.source) {
+            remove_node(&tx, r.journal_id, &src.mount, &src.path, &src.key).await?;
+        }
+        let generation = match &r.change {
+            NodeChange::Upsert(m) => {
+                let generation = next_generation(&tx, &r.mount, &r.path).await?;
+                upsert_node(&tx, r, m, generation).await?;
+                generation
+            }
+            NodeChange::Remove => remove_node(&tx, r.journal_id, &r.mount, &r.path, &r.key).await?,
+        };
+        let (result, events) = r.outcome(generation);
+        let result_json = serde_json::to_value(&result).map_err(|e| corrupt("result", e))?;
+        tx.execute(
+            "UPDATE journal SET state = 'committed', result = $2, error = NULL, updated_at = now()
+             WHERE id = $1",
+            &[&r.journal_id, &result_json],
+        )
+        .await
+        .map_err(pg)?;
+        // Every open upload of this operation is done with: the one it completed, and any a
+        // recovered copy no longer names.
+        tx.execute(
+            "UPDATE multipart_uploads SET state = 'completed', updated_at = now()
+             WHERE journal_id = $1 AND state = 'open'",
+            &[&r.journal_id],
+        )
+        .await
+        .map_err(pg)?;
+        for (stream_mount, event) in &events {
+            let event_json = serde_json::to_value(event).map_err(|e| corrupt("event", e))?;
+            tx.execute(
+                "INSERT INTO outbox (event_id, mount, journal_id, payload) VALUES ($1, $2, $3, $4)",
+                &[&event.event_id, stream_mount, &r.journal_id, &event_json],
+            )
+            .await
+            .map_err(pg)?;
+        }
+        tx.commit().await.map_err(pg)?;
+        Ok(result)
+    }
+}

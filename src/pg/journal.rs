@@ -1,0 +1,164 @@
+//! The journal: intents, failures, pending rows for recovery, progress of copies / moves.
+
+use filestore_s3_actors::model::{
+    IntentOutcome, JournalEntry, JournalState, NewIntent, OpProgress, OpRequest, OpResult,
+};
+use filestore_s3_actors::ports::MetaError;
+use tokio_postgres::Row;
+
+use super::{corrupt, pg, PgMetaStore};
+
+const JOURNAL_COLUMNS: &str =
+    "id, mount, idempotency_key, fingerprint, state, attempts, request, progress, result, error";
+
+fn journal_from_row(row: &Row) -> Result<JournalEntry, MetaError> {
+    let state: String = row.get("state");
+    let request: serde_json::Value = row.get("request");
+    let result: Option<serde_json::Value> = row.get("result");
+    let progress: Option<serde_json::Value> = row.get("progress");
+    Ok(JournalEntry {
+        id: row.get("id"),
+        mount: row.get("mount"),
+        idempotency_key: row.get("idempotency_key"),
+        fingerprint: row.get("fingerprint"),
+        state: JournalState::parse(&state).ok_or_else(|| corrupt("journal state", &state))?,
+        attempts: row.get("attempts"),
+        request: serde_json::from_value::<OpRequest>(request)
+            .map_err(|e| corrupt("journal request", e))?,
+        progress: progress
+            .map(serde_json::from_value::<OpProgress>)
+            .transpose()
+            .map_err(|e| corrupt("journal progress", e))?,
+        result: result
+            .map(serde_json::from_value::<OpResult>)
+            .transpose()
+            .map_err(|e| corrupt("journal result", e))?,
+        error: row.get("error"),
+    })
+}
+
+impl PgMetaStore {
+    pub(super) async fn do_begin(&self, intent: &NewIntent) -> Result<IntentOutcome, MetaError> {
+        let c = self.client().await?;
+        let fingerprint = &intent.fingerprint;
+        let request = serde_json::to_value(&intent.request).map_err(|e| corrupt("request", e))?;
+        let source = intent.request.source();
+        let inserted = c
+            .query_opt(
+                "INSERT INTO journal (mount, op, path, idempotency_key, fingerprint, state, request,
+                                      source_mount, source_path)
+                 VALUES ($1, $2, $3, $4, $5, 'pending', $6, $7, $8)
+                 ON CONFLICT (mount, idempotency_key) DO NOTHING
+                 RETURNING id",
+                &[
+                    &intent.mount,
+                    &intent.request.kind().as_str(),
+                    &intent.request.path(),
+                    &intent.idempotency_key,
+                    fingerprint,
+                    &request,
+                    &source.map(|s| s.mount.as_str()),
+                    &source.map(|s| s.path.as_str()),
+                ],
+            )
+            .await
+            .map_err(pg)?;
+        if let Some(row) = inserted {
+            return Ok(IntentOutcome::Started {
+                journal_id: row.get(0),
+            });
+        }
+        // A failed attempt with the same parameters may run again under the same key.
+        let rearmed = c
+            .query_opt(
+                // A copy / move that failed after it copied continues from there; one that failed
+                // while only pinned starts over (the source may have changed since).
+                "UPDATE journal SET state = 'pending', attempts = attempts + 1, error = NULL,
+                        progress = CASE WHEN progress->>'phase' = 'source_pinned' THEN NULL
+                                        ELSE progress END,
+                        updated_at = now()
+                 WHERE mount = $1 AND idempotency_key = $2 AND fingerprint = $3 AND state = 'failed'
+                 RETURNING id",
+                &[&intent.mount, &intent.idempotency_key, fingerprint],
+            )
+            .await
+            .map_err(pg)?;
+        if let Some(row) = rearmed {
+            return Ok(IntentOutcome::Started {
+                journal_id: row.get(0),
+            });
+        }
+        let row = c
+            .query_one(
+                &format!(
+                    "SELECT {JOURNAL_COLUMNS} FROM journal WHERE mount = $1 AND idempotency_key = $2"
+                ),
+                &[&intent.mount, &intent.idempotency_key],
+            )
+            .await
+            .map_err(pg)?;
+        Ok(IntentOutcome::Existing(Box::new(journal_from_row(&row)?)))
+    }
+
+    pub(super) async fn do_fail(&self, journal_id: i64, error: &str) -> Result<(), MetaError> {
+        let c = self.client().await?;
+        c.execute(
+            "UPDATE journal SET state = 'failed', error = $2, updated_at = now()
+             WHERE id = $1 AND state = 'pending'",
+            &[&journal_id, &error],
+        )
+        .await
+        .map_err(pg)?;
+        Ok(())
+    }
+
+    pub(super) async fn do_pending(&self, mount: &str) -> Result<Vec<JournalEntry>, MetaError> {
+        let c = self.client().await?;
+        let rows = c
+            .query(
+                &format!(
+                    "SELECT {JOURNAL_COLUMNS} FROM journal WHERE mount = $1 AND state = 'pending' ORDER BY id"
+                ),
+                &[&mount],
+            )
+            .await
+            .map_err(pg)?;
+        // One unreadable row must not keep the others from being recovered.
+        Ok(rows
+            .iter()
+            .filter_map(|r| match journal_from_row(r) {
+                Ok(e) => Some(e),
+                Err(e) => {
+                    let id: i64 = r.get("id");
+                    log::error!("mount {mount}: pending journal row {id} cannot be recovered: {e}");
+                    None
+                }
+            })
+            .collect())
+    }
+
+    pub(super) async fn do_record_progress(
+        &self,
+        journal_id: i64,
+        progress: &OpProgress,
+    ) -> Result<(), MetaError> {
+        let c = self.client().await?;
+        let v = serde_json::to_value(progress).map_err(|e| corrupt("progress", e))?;
+        let n = c
+            .execute(
+                "UPDATE journal SET progress = $2, updated_at = now() WHERE id = $1 AND state = 'pending'",
+                &[&journal_id, &v],
+            )
+            .await
+            .map_err(pg)?;
+        if n == 0 {
+            return Err(MetaError {
+                retryable: false,
+                message: format!(
+                    "journal {journal_id} is no longer pending; its progress was not recorded"
+                ),
+            });
+        }
+        Ok(())
+    }
+}

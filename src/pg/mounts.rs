@@ -1,0 +1,93 @@
+//! `backend_mounts` rows.
+
+use filestore_s3_actors::mount::MountRow;
+use filestore_s3_actors::ports::MetaError;
+
+use super::{pg, PgMetaStore};
+
+impl PgMetaStore {
+    /// Inserts or replaces a `backend_mounts` row.
+    pub async fn upsert_mount(&self, r: &MountRow) -> Result<(), MetaError> {
+        let c = self.client().await?;
+        c.execute(
+            "INSERT INTO backend_mounts (name, bucket, prefix, region, endpoint, path_style, sse_mode,
+                kms_key_id, canned_acl, storage_class, multipart_threshold, part_size, part_concurrency,
+                verify_window_ms, checksum, enabled, multipart_failure_policy, copy_threshold,
+                settings_policy)
+             VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13,$14,$15,$16,$17,$18,$19)
+             ON CONFLICT (name) DO UPDATE SET bucket = EXCLUDED.bucket, prefix = EXCLUDED.prefix,
+                region = EXCLUDED.region, endpoint = EXCLUDED.endpoint, path_style = EXCLUDED.path_style,
+                sse_mode = EXCLUDED.sse_mode, kms_key_id = EXCLUDED.kms_key_id,
+                canned_acl = EXCLUDED.canned_acl, storage_class = EXCLUDED.storage_class,
+                multipart_threshold = EXCLUDED.multipart_threshold, part_size = EXCLUDED.part_size,
+                part_concurrency = EXCLUDED.part_concurrency, verify_window_ms = EXCLUDED.verify_window_ms,
+                checksum = EXCLUDED.checksum, enabled = EXCLUDED.enabled,
+                multipart_failure_policy = EXCLUDED.multipart_failure_policy,
+                copy_threshold = EXCLUDED.copy_threshold, settings_policy = EXCLUDED.settings_policy,
+                updated_at = now()",
+            &[
+                &r.name,
+                &r.bucket,
+                &r.prefix,
+                &r.region,
+                &r.endpoint,
+                &r.path_style,
+                &r.sse_mode,
+                &r.kms_key_id,
+                &r.canned_acl,
+                &r.storage_class,
+                &r.multipart_threshold,
+                &r.part_size,
+                &r.part_concurrency,
+                &r.verify_window_ms,
+                &r.checksum,
+                &r.enabled,
+                &r.multipart_failure_policy,
+                &r.copy_threshold,
+                &r.settings_policy,
+            ],
+        )
+        .await
+        .map_err(pg)?;
+        Ok(())
+    }
+
+    pub(super) async fn do_load_mounts(&self) -> Result<Vec<MountRow>, MetaError> {
+        let c = self.client().await?;
+        let rows = c
+            .query(
+                "SELECT name, bucket, prefix, region, endpoint, path_style, sse_mode, kms_key_id,
+                        canned_acl, storage_class, multipart_threshold, part_size, part_concurrency,
+                        verify_window_ms, checksum, enabled, multipart_failure_policy,
+                        copy_threshold, settings_policy
+                 FROM backend_mounts ORDER BY name",
+                &[],
+            )
+            .await
+            .map_err(pg)?;
+        Ok(rows
+            .iter()
+            .map(|r| MountRow {
+                name: r.get("name"),
+                bucket: r.get("bucket"),
+                prefix: r.get("prefix"),
+                region: r.get("region"),
+                endpoint: r.get("endpoint"),
+                path_style: r.get("path_style"),
+                sse_mode: r.get("sse_mode"),
+                kms_key_id: r.get("kms_key_id"),
+                canned_acl: r.get("canned_acl"),
+                storage_class: r.get("storage_class"),
+                multipart_threshold: r.get("multipart_threshold"),
+                part_size: r.get("part_size"),
+                part_concurrency: r.get("part_concurrency"),
+                verify_window_ms: r.get("verify_window_ms"),
+                checksum: r.get("checksum"),
+                enabled: r.get("enabled"),
+                multipart_failure_policy: r.get("multipart_failure_policy"),
+                copy_threshold: r.get("copy_threshold"),
+                settings_policy: r.get("settings_policy"),
+            })
+            .collect())
+    }
+}

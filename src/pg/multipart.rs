@@ -1,0 +1,161 @@
+//! Records of multipart uploads and their parts (resume after a crash, orphan sweep).
+
+use chrono::{DateTime, Utc};
+use filestore_s3_actors::model::UploadRecord;
+use filestore_s3_actors::ports::{MetaError, UploadedPart};
+use filestore_s3_actors::Sha256Digest;
+use tokio_postgres::Row;
+
+use super::{pg, to_i64, PgMetaStore};
+
+impl PgMetaStore {
+    pub(super) async fn do_record_upload(&self, u: &UploadRecord) -> Result<(), MetaError> {
+        let mut c = self.client().await?;
+        let tx = c.transaction().await.map_err(pg)?;
+        tx.execute(
+            "DELETE FROM multipart_uploads WHERE journal_id = $1",
+            &[&u.journal_id],
+        )
+        .await
+        .map_err(pg)?;
+        let part_size = to_i64(u.part_size, "part size")?;
+        let total = u.total_size.map(|t| to_i64(t, "total size")).transpose()?;
+        tx.execute(
+            "INSERT INTO multipart_uploads (upload_id, journal_id, mount, object_key, part_size,
+                                            total_size, state)
+             VALUES ($1, $2, $3, $4, $5, $6, 'open')",
+            &[
+                &u.upload_id,
+                &u.journal_id,
+                &u.mount,
+                &u.key,
+                &part_size,
+                &total,
+            ],
+        )
+        .await
+        .map_err(pg)?;
+        tx.commit().await.map_err(pg)
+    }
+
+    pub(super) async fn do_record_parts(
+        &self,
+        upload_id: &str,
+        parts: &[UploadedPart],
+    ) -> Result<(), MetaError> {
+        if parts.is_empty() {
+            return Ok(());
+        }
+        let numbers: Vec<i32> = parts.iter().map(|p| p.part_number).collect();
+        let etags: Vec<String> = parts
+            .iter()
+            .map(|p| p.etag.clone().unwrap_or_default())
+            .collect();
+        let sizes: Vec<i64> = parts.iter().map(|p| p.size as i64).collect();
+        let shas: Vec<Option<String>> =
+            parts.iter().map(|p| p.sha256.map(|d| d.to_hex())).collect();
+        let c = self.client().await?;
+        c.execute(
+            "WITH p AS (SELECT * FROM unnest($2::int[], $3::text[], $4::bigint[], $5::text[])
+                         AS t(part_number, etag, size, sha256))
+             INSERT INTO multipart_parts (upload_id, part_number, etag, size, checksum_sha256)
+             SELECT $1, part_number, etag, size, sha256 FROM p
+             ON CONFLICT (upload_id, part_number) DO UPDATE SET etag = EXCLUDED.etag,
+                size = EXCLUDED.size, checksum_sha256 = EXCLUDED.checksum_sha256",
+            &[&upload_id, &numbers, &etags, &sizes, &shas],
+        )
+        .await
+        .map_err(pg)?;
+        c.execute(
+            "UPDATE multipart_uploads SET updated_at = now() WHERE upload_id = $1",
+            &[&upload_id],
+        )
+        .await
+        .map_err(pg)?;
+        Ok(())
+    }
+
+    pub(super) async fn do_upload_of(
+        &self,
+        journal_id: i64,
+    ) -> Result<Option<UploadRecord>, MetaError> {
+        let c = self.client().await?;
+        let Some(row) = c
+            .query_opt(
+                "SELECT upload_id, journal_id, mount, object_key, part_size, total_size
+                 FROM multipart_uploads WHERE journal_id = $1 AND state = 'open'",
+                &[&journal_id],
+            )
+            .await
+            .map_err(pg)?
+        else {
+            return Ok(None);
+        };
+        let mut record = upload_from_row(&row);
+        let parts = c
+            .query(
+                "SELECT part_number, etag, size, checksum_sha256 FROM multipart_parts
+                 WHERE upload_id = $1 ORDER BY part_number",
+                &[&record.upload_id],
+            )
+            .await
+            .map_err(pg)?;
+        record.parts = parts
+            .iter()
+            .map(|p| UploadedPart {
+                part_number: p.get(0),
+                etag: Some(p.get::<_, String>(1)).filter(|e| !e.is_empty()),
+                size: p.get::<_, i64>(2) as u64,
+                // An unreadable part checksum is treated as unknown: the part is then checked by
+                // size only on resume, and Complete is the final check.
+                sha256: p
+                    .get::<_, Option<String>>(3)
+                    .and_then(|h| Sha256Digest::from_hex(&h).ok()),
+            })
+            .collect();
+        Ok(Some(record))
+    }
+
+    pub(super) async fn do_mark_upload_aborted(&self, upload_id: &str) -> Result<(), MetaError> {
+        let c = self.client().await?;
+        c.execute(
+            "UPDATE multipart_uploads SET state = 'aborted', updated_at = now() WHERE upload_id = $1",
+            &[&upload_id],
+        )
+        .await
+        .map_err(pg)?;
+        Ok(())
+    }
+
+    pub(super) async fn do_orphaned_uploads(
+        &self,
+        mount: &str,
+        older_than: DateTime<Utc>,
+    ) -> Result<Vec<UploadRecord>, MetaError> {
+        let c = self.client().await?;
+        let rows = c
+            .query(
+                "SELECT u.upload_id, u.journal_id, u.mount, u.object_key, u.part_size, u.total_size
+                 FROM multipart_uploads u JOIN journal j ON j.id = u.journal_id
+                 WHERE u.mount = $1 AND u.state = 'open' AND j.state <> 'pending'
+                   AND u.updated_at < $2
+                 ORDER BY u.updated_at",
+                &[&mount, &older_than],
+            )
+            .await
+            .map_err(pg)?;
+        Ok(rows.iter().map(upload_from_row).collect())
+    }
+}
+
+fn upload_from_row(row: &Row) -> UploadRecord {
+    UploadRecord {
+        upload_id: row.get(0),
+        journal_id: row.get(1),
+        mount: row.get(2),
+        key: row.get(3),
+        part_size: row.get::<_, i64>(4) as u64,
+        total_size: row.get::<_, Option<i64>>(5).map(|t| t as u64),
+        parts: Vec::new(),
+    }
+}
