@@ -213,12 +213,14 @@ pub trait ObjectStore: Send + Sync + 'static {
         if_match: Option<&str>,
     ) -> Result<ObjectBody, StoreError>;
     /// CreateMultipartUpload with the mount's SSE / ACL / storage class and the write marker;
-    /// returns the upload id.
+    /// returns the upload id. `part_checksums`: the parts will carry SHA-256 checksums (when the
+    /// mount's policy sends them); false for part copies, whose bytes the executor never sees.
     async fn create_multipart(
         &self,
         key: &str,
         content_type: Option<&str>,
         marker: &WriteMarker,
+        part_checksums: bool,
     ) -> Result<String, StoreError>;
     /// UploadPart, with the part's SHA-256 as checksum when the mount's policy says so.
     async fn upload_part(
@@ -266,6 +268,12 @@ pub trait MetaStore: Send + Sync + 'static {
     /// source's node (with a snapshot). A commit whose `condition` no longer holds fails with a
     /// non-retryable error and writes nothing.
     async fn commit(&self, record: &CommitRecord) -> Result<OpResult, MetaError>;
+    /// The journal row of an idempotency key, if any.
+    async fn entry(
+        &self,
+        mount: &str,
+        idempotency_key: &str,
+    ) -> Result<Option<JournalEntry>, MetaError>;
     /// Marks a pending journal row failed.
     async fn fail(&self, journal_id: i64, error: &str) -> Result<(), MetaError>;
     /// Records how far a pending copy / move got.

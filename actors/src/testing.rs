@@ -173,6 +173,7 @@ impl ObjectStore for MemoryStore {
         key: &str,
         _ct: Option<&str>,
         _marker: &WriteMarker,
+        _part_checksums: bool,
     ) -> Result<String, StoreError> {
         let id = Uuid::new_v4().to_string();
         self.uploads
@@ -480,6 +481,18 @@ impl MetaStore for MemoryMeta {
             }
         }
         Ok(())
+    }
+
+    async fn entry(
+        &self,
+        mount: &str,
+        idempotency_key: &str,
+    ) -> Result<Option<JournalEntry>, MetaError> {
+        let s = self.state.lock().unwrap();
+        Ok(s.journal
+            .iter()
+            .find(|e| e.mount == mount && e.idempotency_key == idempotency_key)
+            .cloned())
     }
 
     async fn record_progress(

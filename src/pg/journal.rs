@@ -137,6 +137,24 @@ impl PgMetaStore {
             .collect())
     }
 
+    pub(super) async fn do_entry(
+        &self,
+        mount: &str,
+        idempotency_key: &str,
+    ) -> Result<Option<JournalEntry>, MetaError> {
+        let c = self.client().await?;
+        c.query_opt(
+            &format!(
+                "SELECT {JOURNAL_COLUMNS} FROM journal WHERE mount = $1 AND idempotency_key = $2"
+            ),
+            &[&mount, &idempotency_key],
+        )
+        .await
+        .map_err(pg)?
+        .map(|r| journal_from_row(&r))
+        .transpose()
+    }
+
     pub(super) async fn do_record_progress(
         &self,
         journal_id: i64,

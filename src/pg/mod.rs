@@ -120,6 +120,13 @@ impl MetaStore for PgMetaStore {
     async fn commit(&self, record: &CommitRecord) -> Result<OpResult, MetaError> {
         self.do_commit(record).await
     }
+    async fn entry(
+        &self,
+        mount: &str,
+        idempotency_key: &str,
+    ) -> Result<Option<JournalEntry>, MetaError> {
+        self.do_entry(mount, idempotency_key).await
+    }
     async fn fail(&self, journal_id: i64, error: &str) -> Result<(), MetaError> {
         self.do_fail(journal_id, error).await
     }

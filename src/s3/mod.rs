@@ -435,6 +435,7 @@ impl ObjectStore for S3Store {
         key: &str,
         content_type: Option<&str>,
         marker: &WriteMarker,
+        part_checksums: bool,
     ) -> Result<String, StoreError> {
         let req = self
             .client
@@ -444,7 +445,8 @@ impl ObjectStore for S3Store {
             .set_content_type(content_type.map(str::to_owned))
             .set_metadata(Some(marker_metadata(marker)))
             .set_checksum_algorithm(
-                (self.checksum == ChecksumPolicy::Sha256).then_some(ChecksumAlgorithm::Sha256),
+                (part_checksums && self.checksum == ChecksumPolicy::Sha256)
+                    .then_some(ChecksumAlgorithm::Sha256),
             );
         let out = with_write_options!(req, self)
             .send()

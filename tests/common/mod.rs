@@ -177,6 +177,9 @@ pub struct TestEnv {
     pub pg: tokio_postgres::Client,
     pub redis: redis::aio::MultiplexedConnection,
     created_bucket: bool,
+    /// Further mounts: (name, bucket, prefix, bucket created by the test).
+    pub extra: Vec<(String, String, String, bool)>,
+    id: String,
 }
 
 pub fn sha256_hex(data: &[u8]) -> String {
@@ -289,6 +292,112 @@ impl TestEnv {
             pg,
             redis,
             created_bucket,
+            extra: Vec::new(),
+            id,
+        }
+    }
+
+    /// Registers another mount `name` on a bucket of its own (or, on an external endpoint, the
+    /// same bucket under another prefix), adjusted by `edit`; returns its row.
+    pub async fn add_mount(&mut self, name: &str, edit: impl FnOnce(&mut MountRow)) -> MountRow {
+        let (bucket, prefix, created) = if self.created_bucket {
+            let b = format!("fs3t-{}-{name}", self.id).to_lowercase();
+            self.s3.create_bucket().bucket(&b).send().await.unwrap();
+            (b, format!("other/{name}"), true)
+        } else {
+            (
+                self.bucket.clone(),
+                format!("{}-{name}", self.row.prefix),
+                false,
+            )
+        };
+        let mut row = self.row.clone();
+        row.name = name.into();
+        row.bucket = bucket.clone();
+        row.prefix = prefix.clone();
+        edit(&mut row);
+        let state = self.exec.register_mount(row.clone()).await.unwrap();
+        if row.enabled {
+            assert!(
+                matches!(state, filestore_s3::MountState::Ready),
+                "{state:?}"
+            );
+        }
+        self.extra.push((name.into(), bucket, prefix, created));
+        row
+    }
+
+    /// The content of an object in any bucket of this env.
+    pub async fn object_in(&self, bucket: &str, key: &str) -> Option<Vec<u8>> {
+        match self.s3.get_object().bucket(bucket).key(key).send().await {
+            Ok(out) => Some(out.body.collect().await.unwrap().into_bytes().to_vec()),
+            Err(e) => {
+                let e = filestore_s3::s3::classify(e);
+                assert_eq!(
+                    e.kind,
+                    filestore_s3::actors::ports::StoreErrorKind::NotFound,
+                    "{e}"
+                );
+                None
+            }
+        }
+    }
+
+    /// Every key under `prefix/` of `bucket`.
+    pub async fn keys_in(&self, bucket: &str, prefix: &str) -> Vec<String> {
+        let out = self
+            .s3
+            .list_objects_v2()
+            .bucket(bucket)
+            .prefix(format!("{prefix}/"))
+            .send()
+            .await
+            .unwrap();
+        let mut keys: Vec<String> = out
+            .contents()
+            .iter()
+            .filter_map(|o| o.key().map(str::to_owned))
+            .collect();
+        keys.sort();
+        keys
+    }
+
+    /// Entries of another mount's event stream.
+    pub async fn stream_of(&self, mount: &str) -> Vec<(String, serde_json::Value)> {
+        let mut conn = self.redis.clone();
+        let reply: redis::streams::StreamRangeReply = redis::cmd("XRANGE")
+            .arg(format!("{}:{mount}:events", self.redis_prefix))
+            .arg("-")
+            .arg("+")
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        reply
+            .ids
+            .iter()
+            .map(|e| {
+                let id: String = e.get("event_id").unwrap();
+                let payload: String = e.get("payload").unwrap();
+                (id, serde_json::from_str(&payload).unwrap())
+            })
+            .collect()
+    }
+
+    /// Waits (up to 15 s: a mount whose events another mount's commit wrote is woken by its poll)
+    /// until `mount`'s stream has `n` entries.
+    pub async fn wait_stream_of(&self, mount: &str, n: usize) -> Vec<(String, serde_json::Value)> {
+        let deadline = std::time::Instant::now() + Duration::from_secs(15);
+        loop {
+            let s = self.stream_of(mount).await;
+            if s.len() >= n || std::time::Instant::now() > deadline {
+                assert!(
+                    s.len() >= n,
+                    "stream of {mount} has {} entries, expected {n}: {s:?}",
+                    s.len()
+                );
+                return s;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
 
@@ -471,6 +580,19 @@ impl TestEnv {
         }
         if self.created_bucket {
             let _ = self.s3.delete_bucket().bucket(&self.bucket).send().await;
+        }
+        for (name, bucket, prefix, created) in &self.extra {
+            let _: () = redis::cmd("DEL")
+                .arg(format!("{}:{name}:events", self.redis_prefix))
+                .query_async(&mut conn)
+                .await
+                .unwrap();
+            for key in self.keys_in(bucket, prefix).await {
+                let _ = self.s3.delete_object().bucket(bucket).key(key).send().await;
+            }
+            if *created {
+                let _ = self.s3.delete_bucket().bucket(bucket).send().await;
+            }
         }
     }
 }

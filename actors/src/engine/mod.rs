@@ -96,6 +96,21 @@ pub(crate) async fn run_operation(
         request: request.clone(),
         fingerprint: fingerprint.clone(),
     };
+    // Conditions and the existence of what the operation needs are checked before the intent is
+    // recorded (under the paths' locks), so a refused call leaves no trace; a call repeating an
+    // earlier one gets that one's outcome instead.
+    if let Err(e) = ops::precheck(&c, &request).await {
+        if !matches!(e, Error::PreconditionFailed { .. } | Error::NotFound { .. }) {
+            return Err(e);
+        }
+        return match c.meta.entry(&mount, &intent.idempotency_key).await? {
+            Some(entry) if entry.state != JournalState::Failed => {
+                replay(&mount, &fingerprint, entry)
+            }
+            Some(entry) if entry.fingerprint != fingerprint => replay(&mount, &fingerprint, entry),
+            _ => Err(e),
+        };
+    }
     let journal_id = match c.record_intent(intent).await? {
         IntentOutcome::Started { journal_id } => journal_id,
         IntentOutcome::Existing(entry) => return replay(&mount, &fingerprint, *entry),

@@ -58,6 +58,7 @@ pub async fn copy_parts(req: PartCopyRequest, deps: &UploadDeps) -> Result<Compl
         total_size: Some(req.size),
         part_size,
         marker: &marker,
+        part_checksums: false,
     };
     let (upload_id, mut done) = open_upload(&target, req.resume.clone(), deps).await?;
     let parts_total = req.size.div_ceil(part_size).max(1) as i32;
@@ -129,6 +130,12 @@ async fn copy_missing(
                     deps.store.upload_part_copy(input.clone())
                 })
                 .await?;
+            // The upload was created without checksums: the part is completed by ETag, and its
+            // content is proven by the destination's size and metadata after Complete.
+            let part = UploadedPart {
+                sha256: None,
+                ..part
+            };
             deps.recorder.part_done(upload_id, part.clone()).await?;
             Ok::<UploadedPart, Error>(part)
         });

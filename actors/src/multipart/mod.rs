@@ -371,6 +371,7 @@ pub(crate) async fn run_upload(
         total_size: job.size,
         part_size,
         marker: &marker,
+        part_checksums: true,
     };
     let (upload_id, done) = open_upload(&target, job.resume.take(), &deps).await?;
 
@@ -448,6 +449,8 @@ pub(crate) struct UploadTarget<'a> {
     pub total_size: Option<u64>,
     pub part_size: u64,
     pub marker: &'a WriteMarker,
+    /// Whether parts carry SHA-256 checksums (false for part copies).
+    pub part_checksums: bool,
 }
 
 /// Resumes the recorded upload when the store still has it; otherwise starts a new one.
@@ -505,7 +508,8 @@ pub(crate) async fn open_upload(
     }
     let id = deps
         .call(mount, "CreateMultipartUpload", key, || {
-            deps.store.create_multipart(key, t.content_type, t.marker)
+            deps.store
+                .create_multipart(key, t.content_type, t.marker, t.part_checksums)
         })
         .await?;
     deps.recorder

@@ -38,6 +38,42 @@ pub(super) async fn act(
     }
 }
 
+/// The checks made before an intent is recorded: the write's conditions, and that what a delete,
+/// copy or move acts on has a node.
+pub(super) async fn precheck(c: &OpContext, request: &OpRequest) -> Result<(), Error> {
+    match request {
+        OpRequest::Put {
+            path, condition, ..
+        }
+        | OpRequest::PutMultipart {
+            path, condition, ..
+        } => check_condition(c, path, condition).await,
+        OpRequest::Delete { path, .. } => {
+            if c.meta.node(&c.spec.name, path).await?.is_none() {
+                return Err(Error::NotFound {
+                    mount: c.spec.name.clone(),
+                    path: path.clone(),
+                });
+            }
+            Ok(())
+        }
+        OpRequest::Copy(t) | OpRequest::Move(t) => {
+            check_condition(c, &t.path, &t.condition).await?;
+            if c.meta
+                .node(&t.source.mount, &t.source.path)
+                .await?
+                .is_none()
+            {
+                return Err(Error::NotFound {
+                    mount: t.source.mount.clone(),
+                    path: t.source.path.clone(),
+                });
+            }
+            Ok(())
+        }
+    }
+}
+
 /// Recovery of a pending row.
 pub(super) async fn recover(c: &OpContext, entry: &JournalEntry) -> Result<Outcome, Error> {
     match &entry.request {

@@ -155,6 +155,9 @@ pub(super) async fn recover(c: &OpContext, entry: &JournalEntry) -> Result<Outco
     };
     match resumable {
         Ok(()) => {
+            if let Some(outcome) = completed_before_crash(c, entry).await? {
+                return Ok(outcome);
+            }
             let payload = Payload::Upload {
                 reader: None,
                 sink: None,
@@ -168,6 +171,74 @@ pub(super) async fn recover(c: &OpContext, entry: &JournalEntry) -> Result<Outco
             }
             Err(e)
         }
+    }
+}
+
+/// A crash (or a lost answer) after CompleteMultipartUpload: the object exists, carries this
+/// journal row's id and has the file's size. The file is hashed again (read locally, not sent)
+/// and the object verified and committed, instead of uploading everything again.
+async fn completed_before_crash(
+    c: &OpContext,
+    entry: &JournalEntry,
+) -> Result<Option<Outcome>, Error> {
+    let OpRequest::PutMultipart {
+        key,
+        source: UploadSource::File { path, size, .. },
+        ..
+    } = &entry.request
+    else {
+        return Ok(None);
+    };
+    let seen = c
+        .with_retry("HEAD", key, || c.store.head_object(key))
+        .await?;
+    let ours = seen.as_ref().is_some_and(|m| {
+        m.size == *size && m.marker.as_ref().is_some_and(|w| w.journal_id == entry.id)
+    });
+    if !ours {
+        return Ok(None);
+    }
+    let sha256 = hash_file(path).await.map_err(|message| Error::Source {
+        what: path.clone(),
+        message,
+    })?;
+    let record = c.meta.upload_of(entry.id).await?;
+    let done = CompletedUpload {
+        upload_id: record
+            .as_ref()
+            .map(|r| r.upload_id.clone())
+            .unwrap_or_default(),
+        parts: record.map(|r| r.parts).unwrap_or_default(),
+        size: *size,
+        sha256,
+        etag: String::new(),
+    };
+    log::info!(
+        "mount {}: journal {}: the upload was completed before the crash; verifying it without sending it again",
+        c.spec.name,
+        entry.id
+    );
+    let node = verify_upload(c, key, entry.id, &done).await?;
+    Ok(Some(Outcome {
+        change: NodeChange::Upsert(node),
+        upload_id: None,
+    }))
+}
+
+async fn hash_file(path: &str) -> Result<Sha256Digest, String> {
+    use sha2::{Digest, Sha256};
+    use tokio::io::AsyncReadExt;
+    let mut f = tokio::fs::File::open(path)
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = f.read(&mut buf).await.map_err(|e| e.to_string())?;
+        if n == 0 {
+            return Ok(Sha256Digest::finish(h));
+        }
+        h.update(&buf[..n]);
     }
 }
 
