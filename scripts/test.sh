@@ -15,7 +15,12 @@ done
 
 echo "== cargo fmt --check"
 cargo fmt --all -- --check
+# The crash tests stop the reference binary at failpoints, which exist only with this feature.
+features=(--features filestore-s3/failpoints)
 echo "== cargo clippy -D warnings"
 cargo clippy --workspace --all-targets --locked -- -D warnings
+cargo clippy --workspace --all-targets --locked "${features[@]}" -- -D warnings
+echo "== import circles among the actor modules"
+if [ -x ../shared/tools/import-circles ]; then ../shared/tools/import-circles actors/src; fi
 echo "== cargo test"
-cargo test --workspace --locked "$@"
+cargo test --workspace --locked "${features[@]}" "$@"

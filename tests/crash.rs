@@ -208,6 +208,151 @@ pub async fn changed_source_ends_the_upload(backend: Backend) {
     env.cleanup().await;
 }
 
+/// Runs the reference binary with `args` and the failpoints `armed` (feature `failpoints`): it
+/// aborts at the first armed point it reaches, like a process killed there.
+async fn run_until_failpoint(env: &TestEnv, args: &[&str], armed: &str) {
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_filestore-s3"))
+        .args(args)
+        .env("FILESTORE_DATABASE_URL", common::database_url())
+        .env("FILESTORE_DB_SCHEMA", &env.schema)
+        .env("FILESTORE_REDIS_URL", common::redis_url())
+        .env("FILESTORE_REDIS_PREFIX", &env.redis_prefix)
+        .env("AWS_ACCESS_KEY_ID", common::ACCESS_KEY)
+        .env("AWS_SECRET_ACCESS_KEY", common::SECRET_KEY)
+        .env("AWS_REGION", "us-east-1")
+        .env(filestore_s3::actors::failpoint::FAILPOINTS_ENV, armed)
+        .kill_on_drop(true)
+        .output()
+        .await
+        .expect("reference binary runs");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && stderr.contains(&format!("failpoint {armed}")),
+        "the child did not stop at {armed}: {:?}\n{stderr}",
+        out.status
+    );
+}
+
+/// A move killed at `point` (after its copy, after the delete of its source, before its
+/// commit), then a restarted executor: exactly one destination node, the source gone, one `move`
+/// event, no pending row, and nothing copied again.
+pub async fn killed_move_is_finished_by_recovery(backend: Backend, point: &str, phase: &str) {
+    let env = TestEnv::new(backend).await;
+    let body: Vec<u8> = (0..150_000u32).map(|i| (i % 251) as u8).collect();
+    env.exec
+        .put_bytes("m", "from/a.bin", body.clone(), PutOptions::default())
+        .await
+        .unwrap();
+    env.wait_stream(1).await;
+    env.exec.shutdown().await; // the child is the only executor on this schema until it dies
+
+    run_until_failpoint(
+        &env,
+        &[
+            "mv",
+            "m",
+            "from/a.bin",
+            "to/b.bin",
+            "--idempotency-key",
+            "mv-crash",
+        ],
+        point,
+    )
+    .await;
+    let rows = env
+        .query(
+            "SELECT state, progress->>'phase' FROM {schema}.journal WHERE op = 'move'",
+            &[],
+        )
+        .await;
+    assert_eq!(rows[0].get::<_, String>(0), "pending");
+    assert_eq!(rows[0].get::<_, Option<String>>(1).as_deref(), Some(phase));
+
+    let exec = S3Executor::start(env.exec.config().clone()).await.unwrap();
+    let mut settled = None;
+    for _ in 0..300 {
+        let rows = env
+            .query(
+                "SELECT state, error FROM {schema}.journal WHERE op = 'move'",
+                &[],
+            )
+            .await;
+        if rows[0].get::<_, String>(0) != "pending" {
+            settled = Some((
+                rows[0].get::<_, String>(0),
+                rows[0].get::<_, Option<String>>(1),
+            ));
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (state, error) = settled.expect("the move was settled by recovery");
+    assert_eq!(state, "committed", "{error:?}");
+    assert_eq!(
+        exec.status("m").await.unwrap().copy_requests,
+        0,
+        "recovery copied again"
+    );
+    assert!(
+        env.object(&env.key("from/a.bin")).await.is_none(),
+        "source still in S3"
+    );
+    assert_eq!(env.object(&env.key("to/b.bin")).await.unwrap(), body);
+    let nodes = env
+        .query("SELECT path, sha256 FROM {schema}.nodes ORDER BY path", &[])
+        .await;
+    assert_eq!(nodes.len(), 1, "one live node");
+    assert_eq!(nodes[0].get::<_, String>(0), "to/b.bin");
+    assert_eq!(nodes[0].get::<_, String>(1), sha256_hex(&body));
+    let events = env.wait_stream(2).await;
+    let moves: Vec<_> = events.iter().filter(|(_, e)| e["op"] == "move").collect();
+    assert_eq!(moves.len(), 1, "{events:?}");
+    assert_eq!(moves[0].1["source_path"], "from/a.bin");
+    assert_eq!(env.count("outbox").await, 2);
+    exec.shutdown().await;
+    env.cleanup().await;
+}
+
+/// Killed after CompleteMultipartUpload answered and before the commit: the restarted executor
+/// finds the object carrying this operation's journal id, hashes the file locally and commits;
+/// no byte is uploaded again.
+pub async fn killed_after_complete_is_committed_without_upload(backend: Backend) {
+    let env = TestEnv::with_mount(backend, crash_mount).await;
+    env.exec.shutdown().await;
+    let dir = tempfile::tempdir().unwrap();
+    let size = 3 * PART + 99;
+    let (file, body) = write_source(dir.path(), size);
+    run_until_failpoint(
+        &env,
+        &[
+            "put",
+            "m",
+            "crash/done.bin",
+            file.to_str().unwrap(),
+            "--idempotency-key",
+            "put-crash",
+            "--progress-json",
+        ],
+        "after_complete",
+    )
+    .await;
+    let exec = S3Executor::start(env.exec.config().clone()).await.unwrap();
+    let (state, error) = wait_journal_settled(&env).await;
+    assert_eq!(state, "committed", "{error:?}");
+    let status = exec.status("m").await.unwrap();
+    assert_eq!(status.upload_bytes_sent, 0, "{status:?}");
+    assert_eq!(status.parts_uploaded, 0, "{status:?}");
+    let rows = env
+        .query("SELECT sha256, size FROM {schema}.nodes", &[])
+        .await;
+    assert_eq!(rows[0].get::<_, String>(0), sha256_hex(&body));
+    assert_eq!(rows[0].get::<_, i64>(1), size as i64);
+    assert_eq!(env.object(&env.key("crash/done.bin")).await.unwrap(), body);
+    env.wait_stream(1).await;
+    exec.shutdown().await;
+    env.cleanup().await;
+}
+
 macro_rules! crash_suite {
     ($module:ident, $backend:expr) => {
         mod $module {
@@ -215,6 +360,48 @@ macro_rules! crash_suite {
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn killed_upload_resumes_the_same_upload() {
                 super::killed_upload_resumes_the_same_upload($backend).await
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            #[cfg_attr(
+                not(feature = "failpoints"),
+                ignore = "needs --features failpoints (scripts/test.sh enables it)"
+            )]
+            async fn killed_move_after_copy() {
+                super::killed_move_is_finished_by_recovery($backend, "after_copied", "copied").await
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            #[cfg_attr(
+                not(feature = "failpoints"),
+                ignore = "needs --features failpoints (scripts/test.sh enables it)"
+            )]
+            async fn killed_move_after_source_delete() {
+                super::killed_move_is_finished_by_recovery(
+                    $backend,
+                    "after_source_deleted",
+                    "source_deleted",
+                )
+                .await
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            #[cfg_attr(
+                not(feature = "failpoints"),
+                ignore = "needs --features failpoints (scripts/test.sh enables it)"
+            )]
+            async fn killed_move_before_commit() {
+                super::killed_move_is_finished_by_recovery(
+                    $backend,
+                    "before_commit",
+                    "source_deleted",
+                )
+                .await
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            #[cfg_attr(
+                not(feature = "failpoints"),
+                ignore = "needs --features failpoints (scripts/test.sh enables it)"
+            )]
+            async fn killed_after_complete() {
+                super::killed_after_complete_is_committed_without_upload($backend).await
             }
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn changed_source_ends_the_upload() {
