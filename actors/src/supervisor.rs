@@ -84,6 +84,8 @@ pub struct MountSupervisor {
     locks: PathLocks,
     /// The executor's other mounts (sources of copies / moves being recovered).
     mounts: Option<Arc<dyn MountDirectory>>,
+    /// The settings probe's finding (see `OpContext::ensure_settings_honoured`).
+    probe: Arc<tokio::sync::OnceCell<Vec<String>>>,
     // Everything below is per run and reset by `restarting`.
     committer: Option<Addr<CommitterActor>>,
     notifier: Option<Addr<NotifierActor>>,
@@ -117,6 +119,7 @@ impl MountSupervisor {
             counters: Arc::new(MountCounters::default()),
             locks: PathLocks::default(),
             mounts: None,
+            probe: Arc::new(tokio::sync::OnceCell::new()),
             committer: None,
             notifier: None,
             recovered: false,
@@ -151,6 +154,7 @@ impl MountSupervisor {
             retry: self.settings.retry,
             counters: self.counters.clone(),
             mounts: self.mounts.clone(),
+            probe: self.probe.clone(),
         })
     }
 

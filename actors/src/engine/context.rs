@@ -14,13 +14,16 @@ use crate::committer::{
 };
 use crate::digest::Sha256Digest;
 use crate::error::Error;
+use crate::model::WriteMarker;
 use crate::model::{
     CommitRecord, IntentOutcome, NewIntent, NodeMeta, ObjectMeta, OpProgress, OpResult,
     UploadRecord, UploadedPart, Verification,
 };
 use crate::mount::{MountSpec, SettingsPolicy, Sse};
 use crate::multipart::{PartRecorder, UploadDeps};
-use crate::ports::{ChangePublisher, MetaStore, MountDirectory, ObjectStore, StoreError};
+use crate::ports::{
+    ChangePublisher, MetaStore, MountDirectory, ObjectStore, PutObjectInput, StoreError,
+};
 use crate::retry::{store_call, MountCounters, RetryPolicy};
 
 /// What an operation future needs; cheap to clone.
@@ -34,6 +37,8 @@ pub(crate) struct OpContext {
     pub retry: RetryPolicy,
     pub counters: Arc<MountCounters>,
     pub mounts: Option<Arc<dyn MountDirectory>>,
+    /// What the settings probe found (the mount's settings the store ignored), once it ran.
+    pub probe: Arc<tokio::sync::OnceCell<Vec<String>>>,
 }
 
 fn mailbox_closed(_: actix::MailboxError) -> Error {
@@ -104,6 +109,75 @@ impl OpContext {
         verify_in(self, &self.store, key, accept).await
     }
 
+    /// Before the first write of a mount with SSE or a storage class: writes a small probe
+    /// object with the mount's settings, reads back what the store applied, deletes it. Under the
+    /// strict policy a store that ignores a setting refuses every write of the mount before it
+    /// touches a real key (so an overwrite never replaces an object with one that lacks the
+    /// setting); under the lenient one the writes go ahead and each node records what was not
+    /// applied. The result is kept for the supervisor's life; a failed probe is tried again.
+    pub async fn ensure_settings_honoured(&self) -> Result<(), Error> {
+        if matches!(self.spec.sse, Sse::None) && self.spec.storage_class.is_none() {
+            return Ok(());
+        }
+        let missing = self.probe.get_or_try_init(|| self.probe_settings()).await?;
+        if missing.is_empty() || self.spec.settings_policy == SettingsPolicy::Lenient {
+            return Ok(());
+        }
+        Err(Error::SettingsNotApplied {
+            mount: self.spec.name.clone(),
+            key: format!("{}{PROBE_KEY_PREFIX}*", self.spec.keys.prefix()),
+            settings: missing.clone(),
+        })
+    }
+
+    async fn probe_settings(&self) -> Result<Vec<String>, Error> {
+        let key = format!(
+            "{}{PROBE_KEY_PREFIX}{}",
+            self.spec.keys.prefix(),
+            uuid::Uuid::new_v4()
+        );
+        let body = bytes::Bytes::from_static(b"filestore-s3 settings probe");
+        let sha256 = Sha256Digest::of(&body);
+        let input = PutObjectInput {
+            key: key.clone(),
+            body,
+            sha256,
+            content_type: None,
+            marker: WriteMarker {
+                journal_id: 0,
+                sha256: Some(sha256),
+            },
+            if_none_match: false,
+        };
+        self.with_retry("PUT", &key, || self.store.put_object(input.clone()))
+            .await?;
+        let seen = self
+            .verify(&key, |seen| {
+                seen.clone()
+                    .ok_or_else(|| "probe object not visible yet".to_string())
+            })
+            .await;
+        if let Err(e) = self
+            .with_retry("DELETE", &key, || self.store.delete_object(&key))
+            .await
+        {
+            log::warn!(
+                "mount {}: settings probe '{key}' not removed: {e}",
+                self.spec.name
+            );
+        }
+        let missing = settings_not_applied(&self.spec, &seen?);
+        if !missing.is_empty() {
+            log::warn!(
+                "mount {}: the store does not apply {} ({:?} policy)",
+                self.spec.name,
+                missing.join(", "),
+                self.spec.settings_policy
+            );
+        }
+        Ok(missing)
+    }
+
     /// The multipart unit's dependencies, recording through this mount's committer.
     pub fn upload_deps(&self) -> UploadDeps {
         UploadDeps {
@@ -118,6 +192,9 @@ impl OpContext {
         }
     }
 }
+
+/// Name (after the mount prefix) of the settings probe's objects.
+pub(crate) const PROBE_KEY_PREFIX: &str = ".filestore-settings-probe-";
 
 /// HEADs `key` in `store` until `accept` holds or the window of `c`'s mount ends.
 pub(crate) async fn verify_in<T>(

@@ -90,6 +90,7 @@ pub(crate) async fn run_operation(
     payload: Payload,
 ) -> Result<OpResult, Error> {
     let mount = c.spec.name.clone();
+    let key = idempotency_key.clone();
     let intent = NewIntent {
         mount: mount.clone(),
         idempotency_key,
@@ -113,7 +114,10 @@ pub(crate) async fn run_operation(
     }
     let journal_id = match c.record_intent(intent).await? {
         IntentOutcome::Started { journal_id } => journal_id,
-        IntentOutcome::Existing(entry) => return replay(&mount, &fingerprint, *entry),
+        IntentOutcome::Existing(entry) => {
+            let result = replay(&mount, &fingerprint, *entry)?;
+            return same_stream_content(&c, &key, result, payload).await;
+        }
     };
     match ops::act(&c, journal_id, &request, payload, None).await {
         Ok(outcome) => {
@@ -135,6 +139,49 @@ pub(crate) async fn run_operation(
             Err(e)
         }
     }
+}
+
+/// The fingerprint of a put from a stream cannot include the content's hash (it is known only
+/// once the stream was read), so a repeated key with the same fingerprint is not yet proof of the
+/// same request. The rule: the stream is read again (hashed, not uploaded) and must hash to the
+/// recorded SHA-256; different content under the same key is an `IdempotencyConflict`.
+async fn same_stream_content(
+    c: &OpContext,
+    idempotency_key: &str,
+    result: OpResult,
+    payload: Payload,
+) -> Result<OpResult, Error> {
+    let Payload::Upload {
+        reader: Some(mut reader),
+        ..
+    } = payload
+    else {
+        return Ok(result);
+    };
+    let Some(recorded) = result.node.as_ref().map(|n| n.sha256) else {
+        return Ok(result);
+    };
+    use sha2::{Digest, Sha256};
+    use tokio::io::AsyncReadExt;
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = reader.read(&mut buf).await.map_err(|e| Error::Source {
+            what: "<stream>".into(),
+            message: e.to_string(),
+        })?;
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+    }
+    if crate::digest::Sha256Digest::finish(h) != recorded {
+        return Err(Error::IdempotencyConflict {
+            mount: c.spec.name.clone(),
+            key: idempotency_key.to_owned(),
+        });
+    }
+    Ok(result)
 }
 
 /// Settles a pending journal row left by an earlier run, by looking at S3: commit what verifiably

@@ -23,6 +23,9 @@ pub(super) async fn act(
     payload: Payload,
     progress: Option<OpProgress>,
 ) -> Result<Outcome, Error> {
+    if !matches!(request, OpRequest::Delete { .. }) {
+        c.ensure_settings_honoured().await?;
+    }
     match request {
         OpRequest::Put { .. } => put::act(c, journal_id, request, payload).await,
         OpRequest::PutMultipart { .. } => multipart_put::act(c, journal_id, request, payload).await,

@@ -1,0 +1,338 @@
+//! Verification that proves the content, end to end on every S3 server: the write marker in the
+//! object's metadata, recovery that tells this operation's object from an earlier one of the
+//! same size, the mount's settings checked against what the store applied (strict / lenient),
+//! and the idempotency rule for puts from a stream. Real Postgres, Redis and S3 servers.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{sha256_hex, Backend, TestEnv};
+use filestore_s3::actors::model::{IntentOutcome, NewIntent, OpRequest};
+use filestore_s3::actors::ports::MetaStore;
+use filestore_s3::pg::PgMetaStore;
+use filestore_s3::{Error, PutOptions, S3Executor, Sha256Digest};
+
+/// Every object the executor writes carries the journal id and SHA-256 of the operation in its
+/// user metadata; the node records how the content was proven, and matches the store's HEAD.
+pub async fn objects_carry_the_write_marker(backend: Backend) {
+    let env = TestEnv::new(backend).await;
+    let body = b"marked content".to_vec();
+    let r = env
+        .exec
+        .put_bytes("m", "marked.txt", body.clone(), PutOptions::default())
+        .await
+        .unwrap();
+    let head = env
+        .s3
+        .head_object()
+        .bucket(&env.bucket)
+        .key(env.key("marked.txt"))
+        .checksum_mode(aws_sdk_s3::types::ChecksumMode::Enabled)
+        .send()
+        .await
+        .unwrap();
+    let meta = head.metadata().cloned().unwrap_or_default();
+    assert_eq!(
+        meta.get("filestore-journal-id").map(String::as_str),
+        Some(r.journal_id.to_string().as_str()),
+        "{meta:?}"
+    );
+    assert_eq!(
+        meta.get("filestore-sha256").map(String::as_str),
+        Some(sha256_hex(&body).as_str())
+    );
+    let node = r.node.as_ref().unwrap();
+    assert_eq!(node.etag, head.e_tag().unwrap().trim_matches('"'));
+    let lm = head.last_modified().unwrap();
+    assert_eq!(node.last_modified.unwrap().timestamp(), lm.secs());
+    let rows = env
+        .query(
+            "SELECT verified, last_modified IS NOT NULL FROM {schema}.nodes WHERE path = 'marked.txt'",
+            &[],
+        )
+        .await;
+    let verified: String = rows[0].get(0);
+    // A store that keeps SHA-256 checksums proves the content itself; otherwise the metadata does.
+    let expected = if head.checksum_sha256().is_some() {
+        "sha256-verified-by-store"
+    } else {
+        "sha256-from-metadata"
+    };
+    assert_eq!(verified, expected);
+    assert_eq!(node.verified.as_str(), expected);
+    assert!(rows[0].get::<_, bool>(1));
+    env.cleanup().await;
+}
+
+/// A put of new content was interrupted before its PUT reached the store, while the path holds an
+/// older object of the SAME size: recovery must not commit the new SHA-256 for the old bytes.
+/// When the new object did land (it carries the row's journal id), recovery commits it.
+pub async fn recovery_tells_a_same_size_object_apart(backend: Backend) {
+    let env = TestEnv::new(backend).await;
+    let old = b"AAAAAAAAAAAAAAAA".to_vec();
+    let new = b"BBBBBBBBBBBBBBBB".to_vec();
+    let first = env
+        .exec
+        .put_bytes("m", "same.txt", old.clone(), PutOptions::default())
+        .await
+        .unwrap();
+    env.wait_stream(1).await;
+    env.exec.shutdown().await;
+
+    let meta = PgMetaStore::new(&common::database_url(), &env.schema, 2).unwrap();
+    let intent = |k: &str, path: &str| {
+        let req = OpRequest::Put {
+            path: path.into(),
+            key: env.key(path),
+            size: new.len() as u64,
+            sha256: Sha256Digest::of(&new),
+            content_type: None,
+            condition: Default::default(),
+        };
+        NewIntent {
+            mount: "m".into(),
+            idempotency_key: k.into(),
+            fingerprint: req.fingerprint(),
+            request: req,
+        }
+    };
+    // Row 1: interrupted before its PUT; the old object is still there.
+    meta.begin(&intent("k-lost", "same.txt")).await.unwrap();
+    // Row 2: its PUT landed (as the executor writes it) and then the process died.
+    let IntentOutcome::Started { journal_id } =
+        meta.begin(&intent("k-landed", "other.txt")).await.unwrap()
+    else {
+        panic!("intent not started")
+    };
+    env.raw_put(&env.key("other.txt"), &old).await; // an unrelated same-size object first...
+    env.raw_put_marked(&env.key("other.txt"), &new, journal_id)
+        .await; // ...then this row's
+
+    let exec = S3Executor::start(env.exec.config().clone()).await.unwrap();
+    let mut states = Vec::new();
+    for _ in 0..300 {
+        states = env
+            .query(
+                "SELECT idempotency_key, state FROM {schema}.journal ORDER BY id",
+                &[],
+            )
+            .await
+            .iter()
+            .map(|r| (r.get::<_, String>(0), r.get::<_, String>(1)))
+            .collect();
+        if states.iter().all(|(_, s)| s != "pending") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(states[1], ("k-lost".to_string(), "failed".to_string()));
+    assert_eq!(states[2], ("k-landed".to_string(), "committed".to_string()));
+    let rows = env
+        .query(
+            "SELECT path, sha256, generation FROM {schema}.nodes ORDER BY path",
+            &[],
+        )
+        .await;
+    let nodes: Vec<(String, String, i64)> = rows
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2)))
+        .collect();
+    assert_eq!(
+        nodes,
+        vec![
+            ("other.txt".to_string(), sha256_hex(&new), 1),
+            ("same.txt".to_string(), sha256_hex(&old), first.generation),
+        ]
+    );
+    assert_eq!(env.object(&env.key("same.txt")).await.unwrap(), old);
+    exec.shutdown().await;
+    env.cleanup().await;
+}
+
+/// SSE on a store that may ignore it. s3s-fs ignores SSE headers: the strict policy (default)
+/// refuses the write and leaves nothing behind; the lenient one commits and records what was not
+/// applied. moto applies (echoes) SSE, KMS key and ACL: both policies commit, nothing missing.
+pub async fn settings_the_store_ignores(backend: Backend) {
+    let mut env = TestEnv::with_mount(backend, |r| r.sse_mode = "aes256".into()).await;
+    let strict = env
+        .exec
+        .put_bytes(
+            "m",
+            "secret.txt",
+            b"classified".to_vec(),
+            PutOptions::default(),
+        )
+        .await;
+    env.add_mount("lenient", |r| {
+        r.sse_mode = "aes256".into();
+        r.settings_policy = "lenient".into();
+    })
+    .await;
+    let lenient = env
+        .exec
+        .put_bytes(
+            "lenient",
+            "secret.txt",
+            b"classified".to_vec(),
+            PutOptions::default(),
+        )
+        .await
+        .unwrap();
+    let lenient_node = lenient.node.as_ref().unwrap();
+    match backend {
+        Backend::S3sFs => {
+            match strict {
+                Err(Error::SettingsNotApplied { ref settings, .. }) => {
+                    assert!(settings[0].starts_with("sse_mode"), "{settings:?}")
+                }
+                other => panic!("expected SettingsNotApplied, got {other:?}"),
+            }
+            assert!(
+                env.bucket_keys().await.is_empty(),
+                "{:?}",
+                env.bucket_keys().await
+            );
+            let rows = env
+                .query("SELECT count(*) FROM {schema}.nodes WHERE mount = 'm'", &[])
+                .await;
+            assert_eq!(rows[0].get::<_, i64>(0), 0);
+            let j = env
+                .query(
+                    "SELECT state, error FROM {schema}.journal WHERE mount = 'm'",
+                    &[],
+                )
+                .await;
+            assert_eq!(j[0].get::<_, String>(0), "failed");
+            assert!(j[0].get::<_, String>(1).contains("sse_mode"));
+            assert_eq!(lenient_node.not_applied.len(), 1, "{lenient_node:?}");
+            assert!(lenient_node.not_applied[0].starts_with("sse_mode"));
+            let rows = env
+                .query(
+                    "SELECT not_applied, sse FROM {schema}.nodes WHERE mount = 'lenient'",
+                    &[],
+                )
+                .await;
+            assert_eq!(rows[0].get::<_, Vec<String>>(0), lenient_node.not_applied);
+            assert_eq!(rows[0].get::<_, Option<String>>(1), None);
+        }
+        _ => {
+            let r = strict.unwrap();
+            assert_eq!(r.node.as_ref().unwrap().sse.as_deref(), Some("AES256"));
+            assert!(lenient_node.not_applied.is_empty());
+            if backend != Backend::Moto {
+                env.cleanup().await;
+                return;
+            }
+            // KMS key and canned ACL, as moto records them.
+            env.add_mount("kms", |r| {
+                r.sse_mode = "aws:kms".into();
+                r.kms_key_id = Some("filestore-test-key".into());
+                r.canned_acl = Some("public-read".into());
+            })
+            .await;
+            let k = env
+                .exec
+                .put_bytes("kms", "k.txt", b"kms".to_vec(), PutOptions::default())
+                .await
+                .unwrap();
+            let bucket = env.extra.last().unwrap().1.clone();
+            let head = env
+                .s3
+                .head_object()
+                .bucket(&bucket)
+                .key(&k.key)
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(
+                head.server_side_encryption().map(|s| s.as_str()),
+                Some("aws:kms")
+            );
+            assert!(head
+                .ssekms_key_id()
+                .is_some_and(|id| id.ends_with("filestore-test-key")));
+            let acl = env
+                .s3
+                .get_object_acl()
+                .bucket(&bucket)
+                .key(&k.key)
+                .send()
+                .await
+                .unwrap();
+            let public = acl.grants().iter().any(|g| {
+                g.grantee()
+                    .and_then(|u| u.uri())
+                    .is_some_and(|u| u.ends_with("/AllUsers"))
+                    && g.permission().map(|p| p.as_str()) == Some("READ")
+            });
+            assert!(public, "{:?}", acl.grants());
+        }
+    }
+    env.cleanup().await;
+}
+
+/// A put from a stream repeated with its idempotency key: the same content gets the recorded
+/// result without an upload; other content under the same key is an IdempotencyConflict.
+pub async fn stream_put_key_reused_with_other_content(backend: Backend) {
+    const MIB: usize = 1024 * 1024;
+    let env = TestEnv::with_mount(backend, |r| {
+        r.multipart_threshold = (6 * MIB) as i64;
+        r.part_size = (5 * MIB) as i64;
+    })
+    .await;
+    let body: Vec<u8> = (0..7 * MIB).map(|i| (i % 253) as u8).collect();
+    let opts = || PutOptions {
+        idempotency_key: Some("stream-1".into()),
+        ..Default::default()
+    };
+    let first = env
+        .exec
+        .put_reader("m", "s.bin", std::io::Cursor::new(body.clone()), opts())
+        .await
+        .unwrap();
+    let sent = env.exec.status("m").await.unwrap().upload_bytes_sent;
+    let again = env
+        .exec
+        .put_reader("m", "s.bin", std::io::Cursor::new(body.clone()), opts())
+        .await
+        .unwrap();
+    assert_eq!(again, first);
+    let mut other = body.clone();
+    other[5 * MIB + 1] ^= 1;
+    let err = env
+        .exec
+        .put_reader("m", "s.bin", std::io::Cursor::new(other), opts())
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::IdempotencyConflict { .. }), "{err}");
+    assert_eq!(env.exec.status("m").await.unwrap().upload_bytes_sent, sent);
+    assert_eq!(env.count("journal").await, 1);
+    assert_eq!(env.object(&env.key("s.bin")).await.unwrap(), body);
+    env.cleanup().await;
+}
+
+macro_rules! verification_suite {
+    ($module:ident, $backend:expr $(, $attr:meta)?) => {
+        mod $module {
+            use super::*;
+            const B: Backend = $backend;
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)] $(#[$attr])?
+            async fn objects_carry_the_write_marker() { super::objects_carry_the_write_marker(B).await }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)] $(#[$attr])?
+            async fn recovery_tells_a_same_size_object_apart() { super::recovery_tells_a_same_size_object_apart(B).await }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)] $(#[$attr])?
+            async fn settings_the_store_ignores() { super::settings_the_store_ignores(B).await }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)] $(#[$attr])?
+            async fn stream_put_key_reused_with_other_content() { super::stream_put_key_reused_with_other_content(B).await }
+        }
+    };
+}
+
+verification_suite!(s3s_fs, Backend::S3sFs);
+verification_suite!(moto, Backend::Moto);
+verification_suite!(
+    external,
+    Backend::External,
+    ignore = "needs FILESTORE_TEST_S3_* (see docs/testing.md)"
+);
