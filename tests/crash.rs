@@ -1,6 +1,11 @@
-//! Crash recovery of multipart uploads: a child process running the reference binary is killed
-//! with SIGKILL in the middle of a large upload; a new executor resumes the same upload.
+//! Crash recovery: a child process running the reference binary is killed (SIGKILL in the middle
+//! of a large upload, or an abort at a named failpoint of a move or after Complete); a new
+//! executor finishes the work without redoing what the store already holds.
 //! Real Postgres, Redis and S3 servers.
+
+// The kill tests are ignored without the `failpoints` feature; in the external suite they are
+// ignored anyway, and the second `ignore` is then unused.
+#![allow(unused_attributes)]
 
 mod common;
 
@@ -354,14 +359,14 @@ pub async fn killed_after_complete_is_committed_without_upload(backend: Backend)
 }
 
 macro_rules! crash_suite {
-    ($module:ident, $backend:expr) => {
+    ($module:ident, $backend:expr $(, $attr:meta)?) => {
         mod $module {
             use super::*;
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)] $(#[$attr])?
             async fn killed_upload_resumes_the_same_upload() {
                 super::killed_upload_resumes_the_same_upload($backend).await
             }
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)] $(#[$attr])?
             #[cfg_attr(
                 not(feature = "failpoints"),
                 ignore = "needs --features failpoints (scripts/test.sh enables it)"
@@ -369,7 +374,7 @@ macro_rules! crash_suite {
             async fn killed_move_after_copy() {
                 super::killed_move_is_finished_by_recovery($backend, "after_copied", "copied").await
             }
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)] $(#[$attr])?
             #[cfg_attr(
                 not(feature = "failpoints"),
                 ignore = "needs --features failpoints (scripts/test.sh enables it)"
@@ -382,7 +387,7 @@ macro_rules! crash_suite {
                 )
                 .await
             }
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)] $(#[$attr])?
             #[cfg_attr(
                 not(feature = "failpoints"),
                 ignore = "needs --features failpoints (scripts/test.sh enables it)"
@@ -395,7 +400,7 @@ macro_rules! crash_suite {
                 )
                 .await
             }
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)] $(#[$attr])?
             #[cfg_attr(
                 not(feature = "failpoints"),
                 ignore = "needs --features failpoints (scripts/test.sh enables it)"
@@ -403,7 +408,7 @@ macro_rules! crash_suite {
             async fn killed_after_complete() {
                 super::killed_after_complete_is_committed_without_upload($backend).await
             }
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)] $(#[$attr])?
             async fn changed_source_ends_the_upload() {
                 super::changed_source_ends_the_upload($backend).await
             }
@@ -413,3 +418,8 @@ macro_rules! crash_suite {
 
 crash_suite!(s3s_fs, Backend::S3sFs);
 crash_suite!(moto, Backend::Moto);
+crash_suite!(
+    external,
+    Backend::External,
+    ignore = "needs FILESTORE_TEST_S3_* (see docs/testing.md)"
+);

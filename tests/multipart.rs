@@ -561,31 +561,31 @@ pub async fn survives_a_transient_outage_mid_upload(backend: Backend) {
 }
 
 macro_rules! large_objects {
-    ($module:ident, $backend:expr) => {
+    ($module:ident, $backend:expr $(, $attr:meta)?) => {
         mod $module {
             use super::*;
             const B: Backend = $backend;
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)] $(#[$attr])?
             async fn sizes_around_the_threshold() {
                 super::sizes_around_the_threshold(B).await
             }
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)] $(#[$attr])?
             async fn parts_in_postgres_match_list_parts_while_uploading() {
                 super::parts_in_postgres_match_list_parts_while_uploading(B).await
             }
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)] $(#[$attr])?
             async fn one_gibibyte_generated_on_the_fly() {
                 super::one_gibibyte_generated_on_the_fly(B).await
             }
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)] $(#[$attr])?
             async fn progress_is_ordered_and_counters_match() {
                 super::progress_is_ordered_and_counters_match(B).await
             }
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)] $(#[$attr])?
             async fn downloads_full_ranged_resumed_and_corrupt() {
                 super::downloads_full_ranged_resumed_and_corrupt(B).await
             }
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)] $(#[$attr])?
             async fn survives_a_transient_outage_mid_upload() {
                 super::survives_a_transient_outage_mid_upload(B).await
             }
@@ -595,3 +595,8 @@ macro_rules! large_objects {
 
 large_objects!(s3s_fs, Backend::S3sFs);
 large_objects!(moto, Backend::Moto);
+large_objects!(
+    external,
+    Backend::External,
+    ignore = "needs FILESTORE_TEST_S3_* (see docs/testing.md)"
+);
