@@ -313,7 +313,8 @@ pub async fn same_idempotency_key_writes_once(backend: Backend) {
         .query("SELECT generation FROM {schema}.nodes", &[])
         .await;
     assert_eq!(gens[0].get::<_, i64>(0), 1);
-    tokio::time::sleep(std::time::Duration::from_millis(700)).await;
+    // Once every outbox row is relayed the stream is final: exactly one event.
+    env.wait_outbox_drained().await;
     assert_eq!(env.stream().await.len(), 1, "one event");
 
     // Two calls at once with one key: one write, one result.
@@ -560,6 +561,83 @@ pub async fn checksum_policy_none_still_verifies_size(backend: Backend) {
         .await
         .unwrap();
     assert_put_landed(&env, &r, "plain.txt", b"no checksum header", 1).await;
+
+    // Without checksums the size still decides: a put whose object in the store (marked as this
+    // put's, yet one byte short, as a truncated write would leave it) does not have the recorded
+    // size is not committed by recovery.
+    env.exec.shutdown().await;
+    let meta = filestore_s3::pg::PgMetaStore::new(&common::database_url(), &env.schema, 2).unwrap();
+    let body = b"twenty bytes of data".to_vec();
+    let req = filestore_s3::actors::model::OpRequest::Put {
+        path: "short.txt".into(),
+        key: env.key("short.txt"),
+        size: body.len() as u64,
+        sha256: filestore_s3::Sha256Digest::of(&body),
+        content_type: None,
+        condition: Default::default(),
+    };
+    use filestore_s3::actors::ports::MetaStore as _;
+    let started = meta
+        .begin(&filestore_s3::actors::model::NewIntent {
+            mount: "m".into(),
+            idempotency_key: "short".into(),
+            fingerprint: req.fingerprint(),
+            request: req,
+        })
+        .await
+        .unwrap();
+    let filestore_s3::actors::model::IntentOutcome::Started { journal_id } = started else {
+        panic!("{started:?}")
+    };
+    let marker = filestore_s3::actors::model::WriteMarker {
+        journal_id,
+        sha256: Some(filestore_s3::Sha256Digest::of(&body)),
+    };
+    let mut put = env
+        .s3
+        .put_object()
+        .bucket(&env.bucket)
+        .key(env.key("short.txt"))
+        .body(body[..body.len() - 1].to_vec().into());
+    for (k, v) in marker.to_pairs() {
+        put = put.metadata(k, v);
+    }
+    put.send().await.unwrap();
+    let exec = filestore_s3::S3Executor::start(env.exec.config().clone())
+        .await
+        .unwrap();
+    let mut row = None;
+    for _ in 0..200 {
+        let rows = env
+            .query(
+                "SELECT state, error FROM {schema}.journal WHERE idempotency_key = 'short'",
+                &[],
+            )
+            .await;
+        if rows[0].get::<_, String>(0) != "pending" {
+            row = Some((rows[0].get::<_, String>(0), rows[0].get::<_, String>(1)));
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let (state, error) = row.expect("recovery settled the row");
+    assert_eq!(state, "failed");
+    assert!(
+        error.contains(&format!(
+            "size is {} bytes, expected {}",
+            body.len() - 1,
+            body.len()
+        )),
+        "{error}"
+    );
+    let nodes = env
+        .query(
+            "SELECT count(*) FROM {schema}.nodes WHERE path = 'short.txt'",
+            &[],
+        )
+        .await;
+    assert_eq!(nodes[0].get::<_, i64>(0), 0);
+    exec.shutdown().await;
     env.cleanup().await;
 }
 

@@ -131,13 +131,16 @@ async fn handle_is_shared_across_tasks() {
     assert_eq!(env.count("nodes").await, 16);
     let events = env.wait_stream(16).await;
     let mut ids: Vec<_> = events.iter().map(|(id, _)| id.clone()).collect();
+    ids.sort();
     ids.dedup();
     assert_eq!(ids.len(), 16);
     env.cleanup().await;
 }
 
-/// The checksum the executor sends is verified by the server: a body that does not match it is
-/// refused (and classified as a retryable checksum mismatch), and nothing is stored.
+/// What each server does with a SHA-256 checksum that does not match the body, sent straight
+/// through the S3 adapter: s3s-fs refuses it (a retryable checksum mismatch) yet keeps the body;
+/// moto accepts it unchecked. Either way nothing reaches the tables or the stream: the adapter
+/// alone never commits, and the executor commits only what it verified.
 #[tokio::test]
 async fn server_verifies_the_sha256_the_executor_sends() {
     for backend in [Backend::S3sFs, Backend::Moto] {
@@ -170,8 +173,11 @@ async fn server_verifies_the_sha256_the_executor_sends() {
                 let err = res.unwrap_err();
                 assert_eq!(err.kind, StoreErrorKind::ChecksumMismatch, "{err}");
                 assert!(err.is_retryable());
-                // s3s-fs 0.14.1 answers BadDigest yet keeps the body it refused (seen here);
-                // the executor never commits such an object, see docs/filestore.md.
+                // s3s-fs 0.14.1 answers BadDigest yet keeps the body it refused.
+                assert_eq!(
+                    env.object(&key).await.as_deref(),
+                    Some(&b"the real body"[..])
+                );
             }
             _ => {
                 // moto 5.2.1 (seen here) accepts the header without checking it and reports no
@@ -179,8 +185,16 @@ async fn server_verifies_the_sha256_the_executor_sends() {
                 res.unwrap();
                 let meta = store.head_object(&key).await.unwrap().unwrap();
                 assert_eq!(meta.sha256, None);
+                assert_eq!(
+                    env.object(&key).await.as_deref(),
+                    Some(&b"the real body"[..])
+                );
             }
         }
+        for t in ["journal", "nodes", "snapshots", "outbox"] {
+            assert_eq!(env.count(t).await, 0, "{t}");
+        }
+        assert!(env.stream().await.is_empty());
         env.cleanup().await;
     }
 }

@@ -532,6 +532,14 @@ pub async fn survives_a_transient_outage_mid_upload(backend: Backend) {
     tokio::task::spawn_blocking(move || rx.recv_timeout(Duration::from_secs(60)).unwrap())
         .await
         .unwrap();
+    // Parts recorded now were accepted by the store before the outage.
+    let before: Vec<i32> = env
+        .query("SELECT part_number FROM {schema}.multipart_parts", &[])
+        .await
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert!(before.len() >= 3, "{before:?}");
     proxy.down();
     tokio::time::sleep(Duration::from_millis(1500)).await;
     proxy.up();
@@ -541,8 +549,24 @@ pub async fn survives_a_transient_outage_mid_upload(backend: Backend) {
     let status = env.exec.status(&env.mount).await.unwrap();
     assert_eq!(status.parts_uploaded, 12, "each part accepted once");
     assert!(status.retries > 0, "the outage was felt: {status:?}");
-    // Parts accepted before the outage were not sent again: every part number has exactly one
-    // record, and the first three were recorded before the outage began.
+    // Parts accepted before the outage were not sent again: the proxy saw exactly one UploadPart
+    // request for each of them. Every part number has exactly one record.
+    for n in &before {
+        assert_eq!(
+            proxy.upload_part_requests(*n),
+            1,
+            "part {n} was re-sent: {:?}",
+            proxy.requests()
+        );
+    }
+    let resent: usize = (1..=12)
+        .map(|n| proxy.upload_part_requests(n))
+        .sum::<usize>()
+        - 12;
+    eprintln!(
+        "{backend:?}: {} parts done before the outage, {resent} UploadPart requests re-sent",
+        before.len()
+    );
     let parts = env
         .query(
             "SELECT count(DISTINCT part_number), count(*) FROM {schema}.multipart_parts",

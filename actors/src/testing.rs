@@ -35,6 +35,8 @@ pub struct MemoryStore {
     fail_kind: Mutex<Option<StoreErrorKind>>,
     /// Successful puts.
     pub puts: AtomicU32,
+    /// Calls of `put_object`, failed ones included.
+    pub put_attempts: AtomicU32,
     uploads: Mutex<HashMap<String, OpenUpload>>,
     /// Parts that will fail before one succeeds.
     pub fail_next_parts: AtomicU32,
@@ -60,6 +62,7 @@ impl MemoryStore {
 #[async_trait]
 impl ObjectStore for MemoryStore {
     async fn put_object(&self, input: PutObjectInput) -> Result<ObjectMeta, StoreError> {
+        self.put_attempts.fetch_add(1, Ordering::SeqCst);
         if self
             .fail_next_puts
             .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))

@@ -132,6 +132,12 @@ async fn transient_s3_failures_are_retried() {
     f.store.fail_puts(2, StoreErrorKind::Throttled);
     addr.send(put("x", b"1", None)).await.unwrap().unwrap();
     assert_eq!(f.store.puts.load(Ordering::SeqCst), 1);
+    assert_eq!(
+        f.store.put_attempts.load(Ordering::SeqCst),
+        3,
+        "two retries, then success"
+    );
+    assert_eq!(addr.send(GetStatus).await.unwrap().retries, 2);
 }
 
 #[actix_rt::test]

@@ -556,6 +556,28 @@ impl TestEnv {
         );
     }
 
+    /// Waits (up to 10 s) until the notifier has relayed every outbox row.
+    pub async fn wait_outbox_drained(&self) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let rows = self
+                .query(
+                    "SELECT count(*) FROM {schema}.outbox WHERE published_at IS NULL",
+                    &[],
+                )
+                .await;
+            let left: i64 = rows[0].get(0);
+            if left == 0 {
+                return;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{left} outbox rows still unpublished after 10 s"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     /// Drops the schema, the Redis keys and the bucket's objects under the test prefix.
     pub async fn cleanup(self) {
         self.exec.shutdown().await;
@@ -603,11 +625,49 @@ pub fn endpoint_of(backend: Backend) -> String {
 }
 
 /// A TCP proxy on loopback that can be switched off: while down it closes every connection,
-/// new and established, like a store that went away.
+/// new and established, like a store that went away. It also logs the request line of every HTTP
+/// request it forwards, so tests can count what was sent (and re-sent).
 pub struct FlakyProxy {
     pub endpoint: String,
     down: std::sync::Arc<std::sync::atomic::AtomicBool>,
     generation: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    requests: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+/// Splits a client's byte stream into HTTP/1.1 requests (head, then `Content-Length` bytes of
+/// body) and logs each request line.
+struct RequestLog {
+    head: Vec<u8>,
+    body_left: usize,
+    log: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+impl RequestLog {
+    fn feed(&mut self, mut bytes: &[u8]) {
+        while !bytes.is_empty() {
+            if self.body_left > 0 {
+                let n = self.body_left.min(bytes.len());
+                self.body_left -= n;
+                bytes = &bytes[n..];
+                continue;
+            }
+            self.head.push(bytes[0]);
+            bytes = &bytes[1..];
+            if self.head.ends_with(b"\r\n\r\n") {
+                let head = String::from_utf8_lossy(&self.head).into_owned();
+                self.head.clear();
+                let mut lines = head.lines();
+                if let Some(line) = lines.next() {
+                    self.log.lock().unwrap().push(line.to_owned());
+                }
+                self.body_left = lines
+                    .filter_map(|l| l.split_once(':'))
+                    .find(|(k, _)| k.eq_ignore_ascii_case("content-length"))
+                    .and_then(|(_, v)| v.trim().parse().ok())
+                    .unwrap_or(0);
+            }
+        }
+    }
 }
 
 impl FlakyProxy {
@@ -619,7 +679,8 @@ impl FlakyProxy {
         let endpoint = format!("http://{}", listener.local_addr().unwrap());
         let down = Arc::new(AtomicBool::new(false));
         let generation = Arc::new(AtomicU64::new(0));
-        let (d, g) = (down.clone(), generation.clone());
+        let requests = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (d, g, log) = (down.clone(), generation.clone(), requests.clone());
         tokio::spawn(async move {
             loop {
                 let Ok((mut client, _)) = listener.accept().await else {
@@ -631,12 +692,34 @@ impl FlakyProxy {
                 }
                 let upstream = upstream.clone();
                 let (d, g) = (d.clone(), g.clone());
+                let log = log.clone();
                 let born = g.load(Ordering::SeqCst);
                 tokio::spawn(async move {
-                    let Ok(mut server) = tokio::net::TcpStream::connect(&upstream).await else {
+                    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+                    let Ok(server) = tokio::net::TcpStream::connect(&upstream).await else {
                         return;
                     };
-                    let copy = tokio::io::copy_bidirectional(&mut client, &mut server);
+                    let (mut cr, mut cw) = client.split();
+                    let (mut sr, mut sw) = server.into_split();
+                    let up = async {
+                        let mut parser = RequestLog {
+                            head: Vec::new(),
+                            body_left: 0,
+                            log,
+                        };
+                        let mut buf = vec![0u8; 64 * 1024];
+                        loop {
+                            let n = cr.read(&mut buf).await?;
+                            if n == 0 {
+                                return sw.shutdown().await;
+                            }
+                            parser.feed(&buf[..n]);
+                            sw.write_all(&buf[..n]).await?;
+                        }
+                    };
+                    let copy = async {
+                        let _ = tokio::join!(up, tokio::io::copy(&mut sr, &mut cw));
+                    };
                     let cut = async {
                         loop {
                             tokio::time::sleep(Duration::from_millis(20)).await;
@@ -656,7 +739,24 @@ impl FlakyProxy {
             endpoint,
             down,
             generation,
+            requests,
         }
+    }
+
+    /// Request lines forwarded so far (`PUT /bucket/key?partNumber=3&uploadId=… HTTP/1.1`).
+    pub fn requests(&self) -> Vec<String> {
+        self.requests.lock().unwrap().clone()
+    }
+
+    /// How many UploadPart requests for `part_number` were forwarded.
+    pub fn upload_part_requests(&self, part_number: i32) -> usize {
+        let needle = format!("partNumber={part_number}&");
+        let needle_end = format!("partNumber={part_number} ");
+        self.requests()
+            .iter()
+            .filter(|l| l.starts_with("PUT ") && l.contains("uploadId="))
+            .filter(|l| l.contains(&needle) || l.contains(&needle_end))
+            .count()
     }
 
     /// Closes every connection and refuses new ones until [`FlakyProxy::up`].
