@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The main job, end to end: brings up Postgres, Redis and moto_server, then runs the reference
-# host's demo (migrate, register a mount, put / stat / list / delete, show nodes rows and the
-# Redis events). Point it at another store with FILESTORE_DEMO_ENDPOINT and AWS_* variables.
+# host's demo (migrate, register a mount, put / stat / list / delete / copy / move, show nodes rows
+# and the Redis events). Point it at another store with FILESTORE_DEMO_ENDPOINT and AWS_* variables.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 

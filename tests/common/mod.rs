@@ -656,11 +656,9 @@ impl RequestLog {
             if self.head.ends_with(b"\r\n\r\n") {
                 let head = String::from_utf8_lossy(&self.head).into_owned();
                 self.head.clear();
-                let mut lines = head.lines();
-                if let Some(line) = lines.next() {
-                    self.log.lock().unwrap().push(line.to_owned());
-                }
-                self.body_left = lines
+                self.log.lock().unwrap().push(head.clone());
+                self.body_left = head
+                    .lines()
                     .filter_map(|l| l.split_once(':'))
                     .find(|(k, _)| k.eq_ignore_ascii_case("content-length"))
                     .and_then(|(_, v)| v.trim().parse().ok())
@@ -745,7 +743,22 @@ impl FlakyProxy {
 
     /// Request lines forwarded so far (`PUT /bucket/key?partNumber=3&uploadId=… HTTP/1.1`).
     pub fn requests(&self) -> Vec<String> {
-        self.requests.lock().unwrap().clone()
+        self.requests
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|h| h.lines().next().unwrap_or_default().to_owned())
+            .collect()
+    }
+
+    /// CopyObject / UploadPartCopy requests forwarded so far (heads with `x-amz-copy-source`).
+    pub fn copy_requests(&self) -> usize {
+        self.requests
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|h| h.to_ascii_lowercase().contains("\nx-amz-copy-source:"))
+            .count()
     }
 
     /// How many UploadPart requests for `part_number` were forwarded.
