@@ -166,7 +166,20 @@ impl OpContext {
                 self.spec.name
             );
         }
-        let missing = settings_not_applied(&self.spec, &seen?);
+        // A probe that did not show up is a transient store problem, not an unverified write of
+        // the operation (which would leave its journal row pending for recovery).
+        let seen = seen.map_err(|e| match e {
+            Error::Unverified { key, reason } => Error::Storage {
+                op: "HEAD",
+                key,
+                source: StoreError::new(
+                    crate::ports::StoreErrorKind::Transient,
+                    format!("settings probe not visible: {reason}"),
+                ),
+            },
+            e => e,
+        })?;
+        let missing = settings_not_applied(&self.spec, &seen);
         if !missing.is_empty() {
             log::warn!(
                 "mount {}: the store does not apply {} ({:?} policy)",
