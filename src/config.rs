@@ -37,8 +37,23 @@ pub struct ExecutorConfig {
     pub migrate_on_start: bool,
     /// S3 client settings.
     pub s3: S3Settings,
-    /// Actor settings (retry policy, recovery interval, ...).
+    /// Actor settings (retry policy, recovery interval, lease duration, ...).
     pub supervisor: SupervisorSettings,
+    /// This executor's id in `mount_leases.owner` (host, process, a random instance id): unique
+    /// per running executor.
+    pub owner_id: String,
+}
+
+/// `{hostname}:{pid}:{8 hex digits}`: readable in `mount_leases` and unique per executor.
+pub fn default_owner_id() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "host".into());
+    let instance = uuid::Uuid::new_v4().simple().to_string();
+    format!("{host}:{}:{}", std::process::id(), &instance[..8])
 }
 
 fn redact(url: &str) -> String {
@@ -67,6 +82,7 @@ impl std::fmt::Debug for ExecutorConfig {
             .field("migrate_on_start", &self.migrate_on_start)
             .field("s3", &self.s3)
             .field("supervisor", &self.supervisor)
+            .field("owner_id", &self.owner_id)
             .finish()
     }
 }
@@ -83,6 +99,7 @@ impl Default for ExecutorConfig {
             migrate_on_start: true,
             s3: S3Settings::default(),
             supervisor: SupervisorSettings::default(),
+            owner_id: default_owner_id(),
         }
     }
 }
@@ -131,6 +148,12 @@ impl ExecutorConfig {
         if let Some(n) = env_parse::<u32>("FILESTORE_S3_MAX_ATTEMPTS")? {
             c.supervisor.retry.max_attempts = n;
         }
+        if let Some(ms) = env_parse::<u64>("FILESTORE_LEASE_TTL_MS")? {
+            c.supervisor.lease_ttl = Duration::from_millis(ms);
+        }
+        if let Ok(v) = std::env::var("FILESTORE_OWNER_ID") {
+            c.owner_id = v;
+        }
         c.validate()?;
         Ok(c)
     }
@@ -146,6 +169,18 @@ impl ExecutorConfig {
         }
         if self.pool_size == 0 {
             return Err(Error::Config("pool_size must be at least 1".into()));
+        }
+        if !(1..=255).contains(&self.owner_id.len()) {
+            return Err(Error::Config(format!(
+                "FILESTORE_OWNER_ID must be 1-255 bytes, got {}",
+                self.owner_id.len()
+            )));
+        }
+        if self.supervisor.lease_ttl < Duration::from_secs(1) {
+            return Err(Error::Config(format!(
+                "FILESTORE_LEASE_TTL_MS must be at least 1000, got {}",
+                self.supervisor.lease_ttl.as_millis()
+            )));
         }
         if self.supervisor.retry.max_attempts == 0 {
             return Err(Error::Config(

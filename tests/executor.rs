@@ -24,7 +24,7 @@ async fn migrations_apply_once_and_create_every_table() {
     let first = filestore_s3::pg::migrate(&database_url(), &schema)
         .await
         .unwrap();
-    assert_eq!(first, vec![1, 2, 3]);
+    assert_eq!(first, vec![1, 2, 3, 4]);
     let second = filestore_s3::pg::migrate(&database_url(), &schema)
         .await
         .unwrap();
@@ -44,6 +44,7 @@ async fn migrations_apply_once_and_create_every_table() {
     for t in [
         "backend_mounts",
         "journal",
+        "mount_leases",
         "multipart_parts",
         "multipart_uploads",
         "nodes",

@@ -132,6 +132,27 @@ pub struct SupervisorStatus {
     pub retries: u64,
     /// CopyObject / UploadPartCopy requests sent since the executor started (retries included).
     pub copy_requests: u64,
+    /// The mount's lease as this supervisor sees it.
+    pub lease: LeaseStatus,
+}
+
+/// Who owns a mount, as one supervisor sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LeaseStatus {
+    /// This executor holds the lease at this epoch.
+    Owned {
+        /// The lease's epoch (fencing token).
+        epoch: i64,
+    },
+    /// Another executor holds it.
+    HeldBy {
+        /// Its owner id.
+        owner: String,
+        /// Until when, unless renewed.
+        until: chrono::DateTime<chrono::Utc>,
+    },
+    /// Not known yet (starting, or Postgres unreachable).
+    Unknown,
 }
 
 /// Stop serving a mount for good (its row changed or was removed, or the executor shuts down):

@@ -249,6 +249,7 @@ impl Handler<RecordPart> for CommitterActor {
         Box::pin(async move {
             rx.await.unwrap_or_else(|_| {
                 Err(MetaError {
+                    fenced: false,
                     retryable: true,
                     message: "committer stopped before recording the part".into(),
                 })

@@ -95,7 +95,22 @@ pub enum Error {
     },
     /// Postgres failed.
     #[error("metadata store: {0}")]
-    Metadata(#[from] MetaError),
+    Metadata(MetaError),
+    /// Another executor owns the mount (holds its lease); send the call there, or retry once it
+    /// is taken over.
+    #[error("mount '{mount}' is owned by executor '{owner}' (lease until {until}); send the call to that host, or retry after a takeover")]
+    NotOwner {
+        /// Mount name.
+        mount: String,
+        /// Owner id of the executor holding the lease.
+        owner: String,
+        /// When its lease runs out unless renewed.
+        until: chrono::DateTime<chrono::Utc>,
+    },
+    /// This executor lost the mount's lease while the call ran; its write was refused (fencing)
+    /// and the owner's recovery settles the operation.
+    #[error("this executor lost the lease of the mount while the call ran; the write was refused ({0}); retry the call")]
+    LeaseLost(MetaError),
     /// Reading the caller's source failed.
     #[error("reading {what}: {message}")]
     Source {
@@ -171,13 +186,27 @@ pub enum Error {
     Shutdown,
 }
 
+impl From<MetaError> for Error {
+    fn from(e: MetaError) -> Self {
+        if e.fenced {
+            Error::LeaseLost(e)
+        } else {
+            Error::Metadata(e)
+        }
+    }
+}
+
 impl Error {
     /// Whether retrying the same call (with the same idempotency key) may succeed.
     pub fn is_retryable(&self) -> bool {
         match self {
             Error::Storage { source, .. } => source.is_retryable(),
             Error::Metadata(e) => e.retryable,
-            Error::InProgress { .. } | Error::Unverified { .. } | Error::Shutdown => true,
+            Error::InProgress { .. }
+            | Error::Unverified { .. }
+            | Error::Shutdown
+            | Error::NotOwner { .. }
+            | Error::LeaseLost(_) => true,
             _ => false,
         }
     }

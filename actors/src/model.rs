@@ -769,3 +769,28 @@ pub struct UploadedPart {
     /// SHA-256 of the part, when known.
     pub sha256: Option<Sha256Digest>,
 }
+
+/// A mount's lease as held by one executor: the fencing token of its writes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Fence {
+    /// Mount name.
+    pub mount: String,
+    /// Owner id of the executor (host, process, instance).
+    pub owner: String,
+    /// Epoch of this acquisition; every acquisition increments it.
+    pub epoch: i64,
+}
+
+/// What trying to take a mount's lease found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LeaseState {
+    /// The lease is ours.
+    Owned(Fence),
+    /// Another executor holds it until `expires_at`.
+    HeldBy {
+        /// Its owner id.
+        owner: String,
+        /// When the lease runs out unless renewed.
+        expires_at: DateTime<Utc>,
+    },
+}

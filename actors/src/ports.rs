@@ -15,7 +15,7 @@ use crate::model::{
     CommitRecord, IntentOutcome, JournalEntry, NewIntent, Node, ObjectMeta, OpProgress, OpResult,
     OutboxEvent, RawListing, WriteMarker,
 };
-use crate::model::{UploadProgress, UploadRecord};
+use crate::model::{Fence, LeaseState, UploadProgress, UploadRecord};
 use crate::mount::{MountRow, MountSpec};
 
 /// Classes of object-store failure. Retryability is decided here, once, from the kind.
@@ -82,6 +82,8 @@ impl StoreError {
 pub struct MetaError {
     /// Whether a retry may succeed (connection lost, serialization failure, ...).
     pub retryable: bool,
+    /// The write was refused because the writer no longer holds the mount's lease (fencing).
+    pub fenced: bool,
     /// Detail.
     pub message: String,
 }
@@ -255,9 +257,26 @@ pub trait ObjectStoreFactory: Send + Sync + 'static {
     fn for_mount(&self, spec: &MountSpec) -> Result<Arc<dyn ObjectStore>, StoreError>;
 }
 
-/// Postgres: mounts, journal, nodes, snapshots, outbox.
+/// Postgres: mounts, journal, nodes, snapshots, outbox, mount leases.
 #[async_trait]
 pub trait MetaStore: Send + Sync + 'static {
+    /// A view of this store whose writes of journal / nodes / snapshots / outbox / multipart
+    /// records succeed only while `fence` still holds the mount's lease (checked inside each write
+    /// transaction); a write after the lease was lost fails with `MetaError { fenced: true }`.
+    fn with_fence(&self, fence: Fence) -> Arc<dyn MetaStore>;
+    /// Takes the mount's lease for `owner` if it is free, expired, or already `owner`'s (each
+    /// acquisition starts a new epoch), or reports who holds it.
+    async fn acquire_lease(
+        &self,
+        mount: &str,
+        owner: &str,
+        ttl: std::time::Duration,
+    ) -> Result<LeaseState, MetaError>;
+    /// Extends the lease; `false` when `fence` no longer holds it.
+    async fn renew_lease(&self, fence: &Fence, ttl: std::time::Duration)
+        -> Result<bool, MetaError>;
+    /// Gives the lease up (it expires now), if `fence` still holds it.
+    async fn release_lease(&self, fence: &Fence) -> Result<(), MetaError>;
     /// All `backend_mounts` rows.
     async fn load_mounts(&self) -> Result<Vec<MountRow>, MetaError>;
     /// Records an intent (journal row `pending`), or reports the existing row for the key. A failed

@@ -10,22 +10,25 @@ use tokio::sync::oneshot;
 use uuid::Uuid;
 
 use crate::commands::{
-    DeleteObject, GetStatus, ListObjects, OpenObject, PutLargeObject, PutObject, RetireMount,
-    StatObject, SupervisorStatus, TransferObject,
+    DeleteObject, GetStatus, LeaseStatus, ListObjects, OpenObject, PutLargeObject, PutObject,
+    RetireMount, StatObject, SupervisorStatus, TransferObject,
 };
 use crate::committer::CommitterActor;
 use crate::digest::Sha256Digest;
 use crate::engine::{recover_entry, run_operation, validate_transfer, OpContext, Payload};
 use crate::error::Error;
 use crate::locks::{PathKey, PathLocks};
-use crate::model::{JournalEntry, ListEntry, ListPage, Node, OpKind, OpRequest, OpResult, Stat};
+use crate::model::{
+    Fence, JournalEntry, LeaseState, ListEntry, ListPage, Node, OpKind, OpRequest, OpResult, Stat,
+};
 use crate::mount::MountSpec;
 use crate::notifier::{NotifierActor, OutboxChanged};
 use crate::path::FsPath;
 use crate::ports::{
-    ChangePublisher, MetaStore, MountDirectory, ObjectBody, ObjectStore, StoreErrorKind,
+    ChangePublisher, MetaError, MetaStore, MountDirectory, ObjectBody, ObjectStore, StoreErrorKind,
 };
 use crate::retry::{store_call, MountCounters, RetryPolicy};
+use chrono::{DateTime, Utc};
 
 /// Longest accepted idempotency key, in bytes.
 pub const MAX_IDEMPOTENCY_KEY_BYTES: usize = 255;
@@ -44,6 +47,9 @@ pub struct SupervisorSettings {
     /// A multipart upload this executor started and no longer tracks (its journal row ended) is
     /// aborted once it has been idle this long. Uploads the executor did not start are never touched.
     pub orphan_upload_grace: Duration,
+    /// How long a mount's lease lasts unless renewed (it is renewed every third of it). A dead
+    /// owner's mounts are taken over within `lease_ttl` plus a third of it.
+    pub lease_ttl: Duration,
 }
 
 impl Default for SupervisorSettings {
@@ -54,6 +60,7 @@ impl Default for SupervisorSettings {
             outbox_poll_interval: Duration::from_secs(5),
             max_restart_delay: Duration::from_secs(5),
             orphan_upload_grace: Duration::from_secs(24 * 3600),
+            lease_ttl: Duration::from_secs(15),
         }
     }
 }
@@ -86,6 +93,16 @@ pub struct MountSupervisor {
     mounts: Option<Arc<dyn MountDirectory>>,
     /// The settings probe's finding (see `OpContext::ensure_settings_honoured`).
     probe: Arc<tokio::sync::OnceCell<Vec<String>>>,
+    /// This executor's id in `mount_leases`.
+    owner: String,
+    // Lease state, per run.
+    /// The lease, while this supervisor owns the mount.
+    fence: Option<Fence>,
+    /// Who owns the mount, while another executor does.
+    held_by: Option<(String, DateTime<Utc>)>,
+    /// Why the lease could not be looked at (Postgres unreachable), while that lasts.
+    lease_error: Option<MetaError>,
+    lease_timer: Option<SpawnHandle>,
     // Everything below is per run and reset by `restarting`.
     committer: Option<Addr<CommitterActor>>,
     notifier: Option<Addr<NotifierActor>>,
@@ -120,6 +137,11 @@ impl MountSupervisor {
             locks: PathLocks::default(),
             mounts: None,
             probe: Arc::new(tokio::sync::OnceCell::new()),
+            owner: Uuid::new_v4().to_string(),
+            fence: None,
+            held_by: None,
+            lease_error: None,
+            lease_timer: None,
             committer: None,
             notifier: None,
             recovered: false,
@@ -138,6 +160,13 @@ impl MountSupervisor {
         self
     }
 
+    /// The owner id this supervisor takes the mount's lease under (the executor's; a random one
+    /// by default).
+    pub fn with_owner(mut self, owner: String) -> Self {
+        self.owner = owner;
+        self
+    }
+
     /// Lets recovery find the source mount of a copy / move that crosses mounts.
     pub fn with_mount_directory(mut self, mounts: Arc<dyn MountDirectory>) -> Self {
         self.mounts = Some(mounts);
@@ -145,16 +174,193 @@ impl MountSupervisor {
     }
 
     fn op_context(&self) -> Option<OpContext> {
+        let fence = self.fence.clone()?;
         Some(OpContext {
             spec: self.spec.clone(),
             store: self.store.clone(),
-            meta: self.meta.clone(),
+            meta: self.meta.with_fence(fence),
             publisher: self.publisher.clone(),
             committer: self.committer.clone()?,
             retry: self.settings.retry,
             counters: self.counters.clone(),
             mounts: self.mounts.clone(),
             probe: self.probe.clone(),
+        })
+    }
+
+    /// Whether this supervisor may run operations: it holds the lease, or the error that says why
+    /// not (another executor owns the mount, or the lease could not be looked at).
+    fn ownership(&self) -> Result<(), Error> {
+        if self.fence.is_some() {
+            return Ok(());
+        }
+        if let Some((owner, until)) = &self.held_by {
+            return Err(Error::NotOwner {
+                mount: self.spec.name.clone(),
+                owner: owner.clone(),
+                until: *until,
+            });
+        }
+        Err(match &self.lease_error {
+            Some(e) => Error::Metadata(e.clone()),
+            None => Error::Shutdown,
+        })
+    }
+
+    /// Tries to take the mount's lease; `at_start` makes the mailbox wait for the answer, so no
+    /// call is refused just because the supervisor is starting.
+    fn acquire_lease(&mut self, ctx: &mut Context<Self>, at_start: bool) {
+        let meta = self.meta.clone();
+        let (mount, owner, ttl) = (
+            self.spec.name.clone(),
+            self.owner.clone(),
+            self.settings.lease_ttl,
+        );
+        let fut = async move { meta.acquire_lease(&mount, &owner, ttl).await }
+            .into_actor(self)
+            .map(|res, act, ctx| {
+                if act.retired {
+                    return;
+                }
+                match res {
+                    Ok(LeaseState::Owned(fence)) => {
+                        act.held_by = None;
+                        act.lease_error = None;
+                        act.become_owner(fence, ctx);
+                    }
+                    Ok(LeaseState::HeldBy { owner, expires_at }) => {
+                        if act.held_by.as_ref().map(|h| &h.0) != Some(&owner) {
+                            log::info!(
+                                "mount {}: owned by executor '{owner}' (lease until {expires_at}); waiting to take over",
+                                act.spec.name
+                            );
+                        }
+                        act.held_by = Some((owner, expires_at));
+                        act.lease_error = None;
+                        act.retry_lease_later(ctx);
+                    }
+                    Err(e) => {
+                        log::warn!("mount {}: cannot look at the lease ({e})", act.spec.name);
+                        act.lease_error = Some(e);
+                        act.retry_lease_later(ctx);
+                    }
+                }
+            });
+        if at_start {
+            ctx.wait(fut);
+        } else {
+            ctx.spawn(fut);
+        }
+    }
+
+    fn retry_lease_later(&mut self, ctx: &mut Context<Self>) {
+        let every = self.settings.lease_ttl / 3;
+        self.lease_timer = Some(ctx.run_later(every, |act, ctx| {
+            act.lease_timer = None;
+            act.acquire_lease(ctx, false);
+        }));
+    }
+
+    /// Holds the lease now: starts the committer (its writes fenced by the lease) and the
+    /// notifier, recovers pending rows, and renews the lease every third of its duration. A lost
+    /// lease stops the supervisor (actix restarts it, and it waits for the lease again).
+    fn become_owner(&mut self, fence: Fence, ctx: &mut Context<Self>) {
+        log::info!(
+            "mount {}: lease taken by '{}' (epoch {})",
+            self.spec.name,
+            fence.owner,
+            fence.epoch
+        );
+        let fenced = self.meta.with_fence(fence.clone());
+        self.fence = Some(fence);
+        let notifier = NotifierActor::new(
+            self.spec.name.clone(),
+            self.meta.clone(),
+            self.publisher.clone(),
+        )
+        .start();
+        let committer = CommitterActor::new(
+            self.spec.name.clone(),
+            fenced,
+            notifier.clone(),
+            self.settings.retry,
+        )
+        .start();
+        self.notifier = Some(notifier);
+        self.committer = Some(committer);
+        self.schedule_recovery(ctx, true);
+        self.recovery_timer = Some(ctx.run_interval(
+            self.settings.recovery_interval,
+            |act, ctx| {
+                act.schedule_recovery(ctx, false);
+                act.sweep_orphaned_uploads(ctx);
+            },
+        ));
+        self.poll_timer = Some(
+            ctx.run_interval(self.settings.outbox_poll_interval, |act, _| {
+                if let Some(n) = &act.notifier {
+                    n.do_send(OutboxChanged);
+                }
+            }),
+        );
+        self.lease_timer =
+            Some(ctx.run_interval(self.settings.lease_ttl / 3, |act, ctx| act.renew_lease(ctx)));
+    }
+
+    fn renew_lease(&mut self, ctx: &mut Context<Self>) {
+        let Some(fence) = self.fence.clone() else {
+            return;
+        };
+        let meta = self.meta.clone();
+        let ttl = self.settings.lease_ttl;
+        ctx.spawn(
+            async move { meta.renew_lease(&fence, ttl).await }
+                .into_actor(self)
+                .map(|res, act, ctx| match res {
+                    Ok(true) => {}
+                    Ok(false) if act.retired => {}
+                    Ok(false) => {
+                        log::error!(
+                            "mount {}: lease lost (expired or taken over); stopping this supervisor's work",
+                            act.spec.name
+                        );
+                        // A restart drops every operation of this run; their writes would be
+                        // refused by the fence anyway. The restarted supervisor waits for the lease.
+                        ctx.stop();
+                    }
+                    Err(e) => log::warn!(
+                        "mount {}: lease renewal failed ({e}); retrying",
+                        act.spec.name
+                    ),
+                }),
+        );
+    }
+
+    /// Gives the lease up (so another executor, or this executor's next supervisor of the mount,
+    /// can take it at once) — only once the supervisor is retired and its last operation ended,
+    /// so that operations running at retirement still commit.
+    fn release_if_retired_and_idle(&mut self, ctx: &mut Context<Self>) {
+        if let Some(release) = self.release_when_idle() {
+            if let Some(h) = self.lease_timer.take() {
+                ctx.cancel_future(h);
+            }
+            ctx.spawn(release.into_actor(self));
+        }
+    }
+
+    fn release_when_idle(&mut self) -> Option<impl std::future::Future<Output = ()> + 'static> {
+        if !self.retired || !self.running.is_empty() {
+            return None;
+        }
+        let fence = self.fence.take()?;
+        let meta = self.meta.clone();
+        Some(async move {
+            if let Err(e) = meta.release_lease(&fence).await {
+                log::warn!(
+                    "mount {}: lease not released ({e}); it expires",
+                    fence.mount
+                );
+            }
         })
     }
 
@@ -183,6 +389,9 @@ impl MountSupervisor {
     ) -> ResponseFuture<Reply> {
         if self.retired {
             return refuse(Error::Shutdown);
+        }
+        if let Err(e) = self.ownership() {
+            return refuse(e);
         }
         let key = match idempotency_key {
             Some(k) => match validate_idempotency_key(&k) {
@@ -221,8 +430,9 @@ impl MountSupervisor {
                         let _guards = locked.await;
                         run_operation(c, k, request, fingerprint, payload).await
                     };
-                    ctx.spawn(fut.into_actor(self).map(move |res, act, _ctx| {
+                    ctx.spawn(fut.into_actor(self).map(move |res, act, ctx| {
                         act.finish(&key, res);
+                        act.release_if_retired_and_idle(ctx);
                     }));
                 }
             }
@@ -309,7 +519,7 @@ impl MountSupervisor {
             let _guards = locked.await;
             recover_entry(c, entry).await
         };
-        ctx.spawn(fut.into_actor(self).map(move |res, act, _ctx| {
+        ctx.spawn(fut.into_actor(self).map(move |res, act, ctx| {
             if let Err(e) = &res {
                 log::warn!(
                     "mount {}: recovery of journal {id} ended with: {e}",
@@ -318,6 +528,7 @@ impl MountSupervisor {
             }
             act.recovering.remove(&id);
             act.finish(&key, res);
+            act.release_if_retired_and_idle(ctx);
         }));
     }
 
@@ -383,41 +594,12 @@ impl Actor for MountSupervisor {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Self::Context) {
-        let notifier = NotifierActor::new(
-            self.spec.name.clone(),
-            self.meta.clone(),
-            self.publisher.clone(),
-        )
-        .start();
-        let committer = CommitterActor::new(
-            self.spec.name.clone(),
-            self.meta.clone(),
-            notifier.clone(),
-            self.settings.retry,
-        )
-        .start();
-        self.notifier = Some(notifier);
-        self.committer = Some(committer);
-        self.schedule_recovery(ctx, true);
-        self.recovery_timer = Some(ctx.run_interval(
-            self.settings.recovery_interval,
-            |act, ctx| {
-                act.schedule_recovery(ctx, false);
-                act.sweep_orphaned_uploads(ctx);
-            },
-        ));
-        self.poll_timer = Some(
-            ctx.run_interval(self.settings.outbox_poll_interval, |act, _| {
-                if let Some(n) = &act.notifier {
-                    n.do_send(OutboxChanged);
-                }
-            }),
-        );
         log::info!(
             "mount {}: supervisor started (restarts: {})",
             self.spec.name,
             self.restarts
         );
+        self.acquire_lease(ctx, true);
     }
 }
 
@@ -428,6 +610,10 @@ impl Supervised for MountSupervisor {
         self.committer = None;
         self.notifier = None;
         self.recovered = false;
+        self.fence = None;
+        self.held_by = None;
+        self.lease_error = None;
+        self.lease_timer = None;
         self.running.clear();
         self.recovering.clear();
         self.recovery_timer = None;
@@ -436,9 +622,11 @@ impl Supervised for MountSupervisor {
 }
 
 impl Handler<RetireMount> for MountSupervisor {
-    type Result = ();
+    type Result = ResponseActFuture<Self, ()>;
 
-    fn handle(&mut self, _msg: RetireMount, ctx: &mut Self::Context) {
+    /// Answers once the lease is given up (when no operation runs), so a caller awaiting the
+    /// retirement can hand the mount over at once.
+    fn handle(&mut self, _msg: RetireMount, ctx: &mut Self::Context) -> Self::Result {
         // An actor with timers never idles, so dropping its addresses alone would not stop it; and
         // `ctx.stop()` while an address lives means a restart. Going idle lets it stop for good
         // once running operations end and the last address is dropped.
@@ -449,9 +637,26 @@ impl Handler<RetireMount> for MountSupervisor {
         {
             ctx.cancel_future(h);
         }
+        // The lease is still renewed while operations finish; it goes with the last of them.
+        if self.running.is_empty() {
+            if let Some(h) = self.lease_timer.take() {
+                ctx.cancel_future(h);
+            }
+        }
         self.committer = None;
         self.notifier = None;
         log::info!("mount {}: retired", self.spec.name);
+        // The reply waits for the lease to be given up when nothing runs; otherwise the last
+        // operation to end gives it up.
+        let release = self.release_when_idle();
+        Box::pin(
+            async move {
+                if let Some(r) = release {
+                    r.await;
+                }
+            }
+            .into_actor(self),
+        )
     }
 }
 
@@ -646,6 +851,14 @@ impl Handler<GetStatus> for MountSupervisor {
             parts_resumed: self.counters.parts_resumed.load(Ordering::Relaxed),
             retries: self.counters.retries.load(Ordering::Relaxed),
             copy_requests: self.counters.copy_requests.load(Ordering::Relaxed),
+            lease: match (&self.fence, &self.held_by) {
+                (Some(f), _) => LeaseStatus::Owned { epoch: f.epoch },
+                (None, Some((owner, until))) => LeaseStatus::HeldBy {
+                    owner: owner.clone(),
+                    until: *until,
+                },
+                (None, None) => LeaseStatus::Unknown,
+            },
         })
     }
 }

@@ -12,9 +12,9 @@ use uuid::Uuid;
 
 use crate::digest::Sha256Digest;
 use crate::model::{
-    ChangeEvent, CommitRecord, IntentOutcome, JournalEntry, JournalState, NewIntent, Node,
-    NodeChange, ObjectMeta, OpKind, OpProgress, OpResult, OutboxEvent, RawListing, UploadProgress,
-    UploadRecord, WriteMarker,
+    ChangeEvent, CommitRecord, Fence, IntentOutcome, JournalEntry, JournalState, LeaseState,
+    NewIntent, Node, NodeChange, ObjectMeta, OpKind, OpProgress, OpResult, OutboxEvent, RawListing,
+    UploadProgress, UploadRecord, WriteMarker,
 };
 use crate::mount::MountRow;
 use crate::ports::{
@@ -339,14 +339,17 @@ struct MetaState {
     generations: HashMap<(String, String), i64>,
     outbox: Vec<(OutboxEvent, bool)>,
     uploads: Vec<(UploadRecord, &'static str)>,
+    /// mount → (owner, epoch, expires)
+    leases: HashMap<String, (String, i64, std::time::Instant)>,
 }
 
-/// Postgres in memory, with the same idempotency and commit rules as the real adapter.
-#[derive(Default)]
+/// Postgres in memory, with the same idempotency, commit and lease rules as the real adapter.
+#[derive(Default, Clone)]
 pub struct MemoryMeta {
-    state: Mutex<MetaState>,
+    state: Arc<Mutex<MetaState>>,
     /// Calls to `pending` that will fail before one succeeds.
-    pub fail_next_pending: AtomicU32,
+    pub fail_next_pending: Arc<AtomicU32>,
+    fence: Option<Fence>,
 }
 
 impl MemoryMeta {
@@ -364,10 +367,34 @@ impl MemoryMeta {
     pub fn add_mount(&self, row: MountRow) {
         self.state.lock().unwrap().mounts.push(row);
     }
+
+    /// Ends a mount's lease now (as if its owner had stopped renewing it long ago).
+    pub fn expire_lease(&self, mount: &str) {
+        if let Some(l) = self.state.lock().unwrap().leases.get_mut(mount) {
+            l.2 = std::time::Instant::now();
+        }
+    }
+
+    fn fenced(&self, s: &MetaState) -> Result<(), MetaError> {
+        let Some(f) = &self.fence else { return Ok(()) };
+        match s.leases.get(&f.mount) {
+            Some((o, e, exp))
+                if *o == f.owner && *e == f.epoch && *exp > std::time::Instant::now() =>
+            {
+                Ok(())
+            }
+            _ => Err(MetaError {
+                fenced: true,
+                retryable: false,
+                message: format!("'{}' no longer holds the lease of '{}'", f.owner, f.mount),
+            }),
+        }
+    }
 }
 
 fn meta_err(msg: &str) -> MetaError {
     MetaError {
+        fenced: false,
         retryable: false,
         message: msg.into(),
     }
@@ -375,12 +402,75 @@ fn meta_err(msg: &str) -> MetaError {
 
 #[async_trait]
 impl MetaStore for MemoryMeta {
+    fn with_fence(&self, fence: Fence) -> Arc<dyn MetaStore> {
+        Arc::new(MemoryMeta {
+            fence: Some(fence),
+            ..self.clone()
+        })
+    }
+
+    async fn acquire_lease(
+        &self,
+        mount: &str,
+        owner: &str,
+        ttl: std::time::Duration,
+    ) -> Result<LeaseState, MetaError> {
+        let mut s = self.state.lock().unwrap();
+        let now = std::time::Instant::now();
+        let expires = now + ttl;
+        let epoch = match s.leases.get(mount) {
+            Some((o, e, exp)) if *exp > now && o != owner => {
+                let left = (*exp - now).as_millis() as i64;
+                return Ok(LeaseState::HeldBy {
+                    owner: o.clone(),
+                    expires_at: Utc::now() + chrono::Duration::milliseconds(left),
+                });
+            }
+            Some((_, e, _)) => e + 1,
+            None => 1,
+        };
+        s.leases
+            .insert(mount.to_owned(), (owner.to_owned(), epoch, expires));
+        Ok(LeaseState::Owned(Fence {
+            mount: mount.to_owned(),
+            owner: owner.to_owned(),
+            epoch,
+        }))
+    }
+
+    async fn renew_lease(
+        &self,
+        fence: &Fence,
+        ttl: std::time::Duration,
+    ) -> Result<bool, MetaError> {
+        let mut s = self.state.lock().unwrap();
+        let now = std::time::Instant::now();
+        match s.leases.get_mut(&fence.mount) {
+            Some((o, e, exp)) if *o == fence.owner && *e == fence.epoch && *exp > now => {
+                *exp = now + ttl;
+                Ok(true)
+            }
+            _ => Ok(false),
+        }
+    }
+
+    async fn release_lease(&self, fence: &Fence) -> Result<(), MetaError> {
+        let mut s = self.state.lock().unwrap();
+        if let Some((o, e, exp)) = s.leases.get_mut(&fence.mount) {
+            if *o == fence.owner && *e == fence.epoch {
+                *exp = std::time::Instant::now();
+            }
+        }
+        Ok(())
+    }
+
     async fn load_mounts(&self) -> Result<Vec<MountRow>, MetaError> {
         Ok(self.state.lock().unwrap().mounts.clone())
     }
 
     async fn begin(&self, intent: &NewIntent) -> Result<IntentOutcome, MetaError> {
         let mut s = self.state.lock().unwrap();
+        self.fenced(&s)?;
         let fp = intent.fingerprint.clone();
         if let Some(e) = s
             .journal
@@ -413,6 +503,7 @@ impl MetaStore for MemoryMeta {
 
     async fn commit(&self, r: &CommitRecord) -> Result<OpResult, MetaError> {
         let mut s = self.state.lock().unwrap();
+        self.fenced(&s)?;
         let idx = (r.journal_id - 1) as usize;
         let entry = s
             .journal
@@ -477,6 +568,7 @@ impl MetaStore for MemoryMeta {
 
     async fn fail(&self, journal_id: i64, error: &str) -> Result<(), MetaError> {
         let mut s = self.state.lock().unwrap();
+        self.fenced(&s)?;
         if let Some(e) = s.journal.get_mut((journal_id - 1) as usize) {
             if e.state == JournalState::Pending {
                 e.state = JournalState::Failed;
@@ -517,6 +609,7 @@ impl MetaStore for MemoryMeta {
             .is_ok()
         {
             return Err(MetaError {
+                fenced: false,
                 retryable: true,
                 message: "injected: connection refused".into(),
             });

@@ -28,6 +28,7 @@ fn settings() -> SupervisorSettings {
         outbox_poll_interval: Duration::from_millis(50),
         max_restart_delay: Duration::from_millis(50),
         orphan_upload_grace: Duration::from_secs(3600),
+        lease_ttl: Duration::from_secs(3),
     }
 }
 

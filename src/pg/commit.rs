@@ -107,6 +107,7 @@ impl PgMetaStore {
     pub(super) async fn do_commit(&self, r: &CommitRecord) -> Result<OpResult, MetaError> {
         let mut c = self.client().await?;
         let tx = c.transaction().await.map_err(pg)?;
+        self.fenced(&tx).await?;
         let row = tx
             .query_one(
                 "SELECT state, result, error FROM journal WHERE id = $1 FOR UPDATE",
@@ -124,6 +125,7 @@ impl PgMetaStore {
             "failed" => {
                 let err: Option<String> = row.get(2);
                 return Err(MetaError {
+                    fenced: false,
                     retryable: false,
                     message: format!(
                         "journal {} was already marked failed: {}",
@@ -151,6 +153,7 @@ impl PgMetaStore {
                     .is_some_and(|g| current != Some(g));
             if broken {
                 return Err(MetaError {
+                    fenced: false,
                     retryable: false,
                     message: format!(
                         "condition on '{}' no longer holds at commit (node generation {current:?})",
@@ -159,7 +162,13 @@ impl PgMetaStore {
                 });
             }
         }
-        // A move removes its source's node in the same transaction.
+        // A move removes its source's node in the same transaction; the source mount must be
+        // this executor's too.
+        if let (OpKind::Move, Some(src), Some(f)) = (r.op, &r.source, &self.fence) {
+            if src.mount != f.mount {
+                super::lease::check_fence(&tx, &src.mount, &f.owner, None).await?;
+            }
+        }
         if let (OpKind::Move, Some(src)) = (r.op, &r.source) {
             remove_node(&tx, r.journal_id, &src.mount, &src.path, &src.key).await?;
         }

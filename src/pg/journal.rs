@@ -39,7 +39,9 @@ fn journal_from_row(row: &Row) -> Result<JournalEntry, MetaError> {
 
 impl PgMetaStore {
     pub(super) async fn do_begin(&self, intent: &NewIntent) -> Result<IntentOutcome, MetaError> {
-        let c = self.client().await?;
+        let mut client = self.client().await?;
+        let c = client.transaction().await.map_err(pg)?;
+        self.fenced(&c).await?;
         let fingerprint = &intent.fingerprint;
         let request = serde_json::to_value(&intent.request).map_err(|e| corrupt("request", e))?;
         let source = intent.request.source();
@@ -64,9 +66,9 @@ impl PgMetaStore {
             .await
             .map_err(pg)?;
         if let Some(row) = inserted {
-            return Ok(IntentOutcome::Started {
-                journal_id: row.get(0),
-            });
+            let journal_id = row.get(0);
+            c.commit().await.map_err(pg)?;
+            return Ok(IntentOutcome::Started { journal_id });
         }
         // A failed attempt with the same parameters may run again under the same key.
         let rearmed = c
@@ -84,9 +86,9 @@ impl PgMetaStore {
             .await
             .map_err(pg)?;
         if let Some(row) = rearmed {
-            return Ok(IntentOutcome::Started {
-                journal_id: row.get(0),
-            });
+            let journal_id = row.get(0);
+            c.commit().await.map_err(pg)?;
+            return Ok(IntentOutcome::Started { journal_id });
         }
         let row = c
             .query_one(
@@ -97,11 +99,15 @@ impl PgMetaStore {
             )
             .await
             .map_err(pg)?;
-        Ok(IntentOutcome::Existing(Box::new(journal_from_row(&row)?)))
+        let entry = journal_from_row(&row)?;
+        c.commit().await.map_err(pg)?;
+        Ok(IntentOutcome::Existing(Box::new(entry)))
     }
 
     pub(super) async fn do_fail(&self, journal_id: i64, error: &str) -> Result<(), MetaError> {
-        let c = self.client().await?;
+        let mut client = self.client().await?;
+        let c = client.transaction().await.map_err(pg)?;
+        self.fenced(&c).await?;
         c.execute(
             "UPDATE journal SET state = 'failed', error = $2, updated_at = now()
              WHERE id = $1 AND state = 'pending'",
@@ -109,7 +115,7 @@ impl PgMetaStore {
         )
         .await
         .map_err(pg)?;
-        Ok(())
+        c.commit().await.map_err(pg)
     }
 
     pub(super) async fn do_pending(&self, mount: &str) -> Result<Vec<JournalEntry>, MetaError> {
@@ -160,7 +166,9 @@ impl PgMetaStore {
         journal_id: i64,
         progress: &OpProgress,
     ) -> Result<(), MetaError> {
-        let c = self.client().await?;
+        let mut client = self.client().await?;
+        let c = client.transaction().await.map_err(pg)?;
+        self.fenced(&c).await?;
         let v = serde_json::to_value(progress).map_err(|e| corrupt("progress", e))?;
         let n = c
             .execute(
@@ -171,12 +179,13 @@ impl PgMetaStore {
             .map_err(pg)?;
         if n == 0 {
             return Err(MetaError {
+                fenced: false,
                 retryable: false,
                 message: format!(
                     "journal {journal_id} is no longer pending; its progress was not recorded"
                 ),
             });
         }
-        Ok(())
+        c.commit().await.map_err(pg)
     }
 }

@@ -4,6 +4,7 @@
 
 mod commit;
 mod journal;
+mod lease;
 mod migrate;
 mod mounts;
 mod multipart;
@@ -16,8 +17,8 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
 use filestore_s3_actors::model::{
-    CommitRecord, IntentOutcome, JournalEntry, NewIntent, Node, OpProgress, OpResult, OutboxEvent,
-    UploadRecord,
+    CommitRecord, Fence, IntentOutcome, JournalEntry, LeaseState, NewIntent, Node, OpProgress,
+    OpResult, OutboxEvent, UploadRecord,
 };
 use filestore_s3_actors::mount::MountRow;
 use filestore_s3_actors::ports::{MetaError, MetaStore, UploadedPart};
@@ -49,13 +50,18 @@ fn to_meta_error(e: &tokio_postgres::Error) -> MetaError {
         Some(db) => format!("{}: {}", db.code().code(), db.message()),
         None => e.to_string(),
     };
-    MetaError { retryable, message }
+    MetaError {
+        retryable,
+        fenced: false,
+        message,
+    }
 }
 
 fn pool_error(e: deadpool_postgres::PoolError) -> MetaError {
     match e {
         deadpool_postgres::PoolError::Backend(e) => to_meta_error(&e),
         other => MetaError {
+            fenced: false,
             retryable: true,
             message: format!("connection pool: {other}"),
         },
@@ -68,6 +74,7 @@ fn pg(e: tokio_postgres::Error) -> MetaError {
 
 fn corrupt(what: &str, detail: impl std::fmt::Display) -> MetaError {
     MetaError {
+        fenced: false,
         retryable: false,
         message: format!("unreadable {what} in Postgres: {detail}"),
     }
@@ -77,6 +84,8 @@ fn corrupt(what: &str, detail: impl std::fmt::Display) -> MetaError {
 #[derive(Clone)]
 pub struct PgMetaStore {
     pool: Pool,
+    /// The lease this view's writes are fenced with (`MetaStore::with_fence`).
+    fence: Option<Fence>,
 }
 
 impl PgMetaStore {
@@ -97,7 +106,7 @@ impl PgMetaStore {
             .create_timeout(Some(Duration::from_secs(10)))
             .build()
             .map_err(|e| Error::Config(format!("connection pool: {e}")))?;
-        Ok(PgMetaStore { pool })
+        Ok(PgMetaStore { pool, fence: None })
     }
 
     async fn client(&self) -> Result<deadpool_postgres::Object, MetaError> {
@@ -111,6 +120,26 @@ fn to_i64(v: u64, what: &str) -> Result<i64, MetaError> {
 
 #[async_trait]
 impl MetaStore for PgMetaStore {
+    fn with_fence(&self, fence: Fence) -> std::sync::Arc<dyn MetaStore> {
+        std::sync::Arc::new(PgMetaStore {
+            pool: self.pool.clone(),
+            fence: Some(fence),
+        })
+    }
+    async fn acquire_lease(
+        &self,
+        mount: &str,
+        owner: &str,
+        ttl: Duration,
+    ) -> Result<LeaseState, MetaError> {
+        self.do_acquire_lease(mount, owner, ttl).await
+    }
+    async fn renew_lease(&self, fence: &Fence, ttl: Duration) -> Result<bool, MetaError> {
+        self.do_renew_lease(fence, ttl).await
+    }
+    async fn release_lease(&self, fence: &Fence) -> Result<(), MetaError> {
+        self.do_release_lease(fence).await
+    }
     async fn load_mounts(&self) -> Result<Vec<MountRow>, MetaError> {
         self.do_load_mounts().await
     }

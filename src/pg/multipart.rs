@@ -12,6 +12,7 @@ impl PgMetaStore {
     pub(super) async fn do_record_upload(&self, u: &UploadRecord) -> Result<(), MetaError> {
         let mut c = self.client().await?;
         let tx = c.transaction().await.map_err(pg)?;
+        self.fenced(&tx).await?;
         tx.execute(
             "DELETE FROM multipart_uploads WHERE journal_id = $1",
             &[&u.journal_id],
@@ -54,7 +55,9 @@ impl PgMetaStore {
         let sizes: Vec<i64> = parts.iter().map(|p| p.size as i64).collect();
         let shas: Vec<Option<String>> =
             parts.iter().map(|p| p.sha256.map(|d| d.to_hex())).collect();
-        let c = self.client().await?;
+        let mut client = self.client().await?;
+        let c = client.transaction().await.map_err(pg)?;
+        self.fenced(&c).await?;
         c.execute(
             "WITH p AS (SELECT * FROM unnest($2::int[], $3::text[], $4::bigint[], $5::text[])
                          AS t(part_number, etag, size, sha256))
@@ -72,7 +75,7 @@ impl PgMetaStore {
         )
         .await
         .map_err(pg)?;
-        Ok(())
+        c.commit().await.map_err(pg)
     }
 
     pub(super) async fn do_upload_of(

@@ -161,6 +161,7 @@ pub fn fast_settings() -> SupervisorSettings {
         outbox_poll_interval: Duration::from_millis(500),
         max_restart_delay: Duration::from_millis(200),
         orphan_upload_grace: Duration::from_secs(3600),
+        lease_ttl: Duration::from_secs(3),
     }
 }
 

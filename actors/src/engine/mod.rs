@@ -127,8 +127,9 @@ pub(crate) async fn run_operation(
         }
         // Unverified: S3 may hold the new state; the row stays pending for recovery to settle.
         Err(e @ Error::Unverified { .. }) => Err(e),
-        // The executor is stopping: the row stays pending; recovery continues it.
-        Err(e @ Error::Shutdown) => Err(e),
+        // The executor is stopping, or lost the mount's lease: the row stays pending; the
+        // owner's recovery continues it (this executor could not mark it failed anyway).
+        Err(e @ (Error::Shutdown | Error::LeaseLost(_))) => Err(e),
         Err(e) => {
             if let Err(fail_err) = c.fail(journal_id, &e).await {
                 log::error!(
@@ -217,7 +218,10 @@ pub(crate) async fn recover_entry(c: OpContext, entry: JournalEntry) -> Result<O
             if e.is_retryable()
                 && matches!(
                     e,
-                    Error::Storage { .. } | Error::Metadata(_) | Error::Shutdown
+                    Error::Storage { .. }
+                        | Error::Metadata(_)
+                        | Error::Shutdown
+                        | Error::LeaseLost(_)
                 ) =>
         {
             // The store or database is unavailable: leave the row pending for the next pass.
