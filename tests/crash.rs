@@ -228,6 +228,7 @@ async fn run_until_failpoint(env: &TestEnv, args: &[&str], armed: &str) {
         .env("AWS_REGION", "us-east-1")
         .env("FILESTORE_LEASE_TTL_MS", "2000")
         .env(filestore_s3::actors::failpoint::FAILPOINTS_ENV, armed)
+        .env("FILESTORE_OWNER_ID", "crashed-child")
         .kill_on_drop(true)
         .output()
         .await
@@ -275,7 +276,28 @@ pub async fn killed_move_is_finished_by_recovery(backend: Backend, point: &str, 
     assert_eq!(rows[0].get::<_, String>(0), "pending");
     assert_eq!(rows[0].get::<_, Option<String>>(1).as_deref(), Some(phase));
 
+    // The dead child still holds the mount's lease (2 s); the new executor takes the mount over
+    // once it expires, within the lease plus one look (a third of its own lease), and only then
+    // recovers the move.
     let exec = S3Executor::start(env.exec.config().clone()).await.unwrap();
+    let started = std::time::Instant::now();
+    match exec.status("m").await.unwrap().lease {
+        filestore_s3::actors::commands::LeaseStatus::HeldBy { owner, .. } => {
+            assert_eq!(owner, "crashed-child")
+        }
+        other => panic!("the dead child's lease should still hold: {other:?}"),
+    }
+    while !matches!(
+        exec.status("m").await.unwrap().lease,
+        filestore_s3::actors::commands::LeaseStatus::Owned { .. }
+    ) {
+        assert!(started.elapsed() < Duration::from_secs(10), "no takeover");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    eprintln!(
+        "{backend:?}: took the mount over from the dead child after {:?}",
+        started.elapsed()
+    );
     let mut settled = None;
     for _ in 0..300 {
         let rows = env

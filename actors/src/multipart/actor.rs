@@ -20,6 +20,13 @@ pub struct GetUploadProgress;
 #[rtype(result = "()")]
 pub struct AbortUpload;
 
+/// Stop an upload without aborting it: its running future is dropped, the upload stays open and
+/// recorded, so the journal row's owner can resume it. Sent when the handle is dropped before the
+/// upload ended (the operation that owned it was dropped, e.g. by a supervisor restart).
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub struct StopUpload;
+
 type Done = oneshot::Sender<Result<CompletedUpload, Error>>;
 
 /// The actor for one multipart upload. It stops when the upload ends or is aborted.
@@ -32,10 +39,19 @@ pub struct UploadActor {
     abort_with: Option<(UploadDeps, String, String)>,
 }
 
-/// Drives one upload: wait for it, ask its progress, or abort it.
+/// Drives one upload: wait for it, ask its progress, or abort it. Dropping the handle before the
+/// upload ended stops the upload (resumable, not aborted): no upload outlives its owner.
 pub struct UploadHandle {
     addr: Addr<UploadActor>,
-    done: oneshot::Receiver<Result<CompletedUpload, Error>>,
+    done: Option<oneshot::Receiver<Result<CompletedUpload, Error>>>,
+}
+
+impl Drop for UploadHandle {
+    fn drop(&mut self) {
+        if self.done.is_some() {
+            self.addr.do_send(StopUpload);
+        }
+    }
 }
 
 impl UploadHandle {
@@ -64,7 +80,10 @@ impl UploadHandle {
             abort_with,
         }
         .start();
-        UploadHandle { addr, done: rx }
+        UploadHandle {
+            addr,
+            done: Some(rx),
+        }
     }
 
     /// The actor's address.
@@ -86,8 +105,13 @@ impl UploadHandle {
     }
 
     /// Waits for the upload to end.
-    pub async fn join(self) -> Result<CompletedUpload, Error> {
-        self.done.await.map_err(|_| Error::Shutdown)?
+    pub async fn join(mut self) -> Result<CompletedUpload, Error> {
+        let Some(done) = self.done.as_mut() else {
+            return Err(Error::Shutdown);
+        };
+        let res = done.await;
+        self.done = None;
+        res.map_err(|_| Error::Shutdown)?
     }
 }
 
@@ -122,6 +146,23 @@ impl Handler<GetUploadProgress> for UploadActor {
 
     fn handle(&mut self, _msg: GetUploadProgress, _ctx: &mut Self::Context) -> Self::Result {
         MessageResult(self.progress.lock().expect("progress lock").clone())
+    }
+}
+
+impl Handler<StopUpload> for UploadActor {
+    type Result = ();
+
+    fn handle(&mut self, _msg: StopUpload, ctx: &mut Self::Context) {
+        if let Some(h) = self.running.take() {
+            ctx.cancel_future(h);
+            metrics::gauge!("filestore_s3_uploads_in_flight", "mount" => self.progress.lock().expect("progress lock").mount.clone())
+                .decrement(1.0);
+            log::info!(
+                "upload {} stopped with its operation; left open for a resume",
+                self.progress.lock().expect("progress lock").upload_id
+            );
+        }
+        ctx.stop();
     }
 }
 

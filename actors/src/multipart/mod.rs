@@ -9,7 +9,7 @@
 mod actor;
 pub mod copy;
 
-pub use actor::{AbortUpload, GetUploadProgress, UploadActor, UploadHandle};
+pub use actor::{AbortUpload, GetUploadProgress, StopUpload, UploadActor, UploadHandle};
 
 use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
@@ -400,6 +400,14 @@ pub(crate) async fn run_upload(
     .await;
     let (parts, size, sha256) = match result {
         Ok(v) => v,
+        Err(e @ (Error::LeaseLost(_) | Error::Shutdown)) => {
+            // The journal row lives on: its owner (another executor, or this one's restarted
+            // supervisor) resumes this very upload, so it must not be aborted here.
+            log::warn!(
+                "mount {mount}: upload {upload_id} of '{key}' stopped ({e}); left for its owner to resume"
+            );
+            return Err(e);
+        }
         Err(e) => {
             if job.retain_on_failure && e.is_retryable() {
                 log::warn!(
