@@ -267,3 +267,78 @@ async fn a_restarted_supervisor_leaves_one_upload_running() {
     assert_eq!(w.hex(), common::sha256_hex(&body));
     env.cleanup().await;
 }
+
+/// A mount row changed (or disabled) while an upload runs: the running upload finishes and
+/// commits under the old supervisor; only then does the new one take the lease (a higher epoch)
+/// and serve the new settings; a disabled mount refuses new calls at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_changed_mount_is_handed_over_after_its_running_work() {
+    const MIB: u64 = 1024 * 1024;
+    let env = TestEnv::with_mount(Backend::S3sFs, |r| {
+        r.multipart_threshold = (6 * MIB) as i64;
+        r.part_size = (5 * MIB) as i64;
+        r.part_concurrency = 1;
+    })
+    .await;
+    let before = epoch(&env.exec.status("m").await.unwrap().lease);
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("big.bin");
+    let body: Vec<u8> = (0..12 * 5 * MIB).map(|i| (i % 239) as u8).collect();
+    std::fs::write(&file, &body).unwrap();
+    let exec = env.exec.clone();
+    let f = file.clone();
+    let put = tokio::spawn(async move {
+        exec.put_file("m", "big.bin", &f, PutOptions::default())
+            .await
+    });
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while env
+        .query("SELECT count(*) FROM {schema}.multipart_parts", &[])
+        .await[0]
+        .get::<_, i64>(0)
+        < 2
+    {
+        assert!(Instant::now() < deadline, "the upload did not start");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Change the mount while the upload runs.
+    let mut changed = env.row.clone();
+    changed.verify_window_ms += 1;
+    env.exec.register_mount(changed.clone()).await.unwrap();
+    let r = put
+        .await
+        .unwrap()
+        .expect("the running upload finished under the old supervisor");
+    assert_eq!(r.node.unwrap().sha256, common::sha256_hex(&body));
+
+    // The new supervisor took over after the upload ended, with a new epoch.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match env.exec.status("m").await {
+            Ok(s) if matches!(s.lease, LeaseStatus::Owned { epoch } if epoch > before) => break,
+            _ => {}
+        }
+        assert!(Instant::now() < deadline, "no handover");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    env.exec
+        .put_bytes(
+            "m",
+            "after.txt",
+            b"new settings".to_vec(),
+            PutOptions::default(),
+        )
+        .await
+        .unwrap();
+
+    // Disabled: refused at once.
+    changed.enabled = false;
+    env.exec.register_mount(changed).await.unwrap();
+    let err = env
+        .exec
+        .put_bytes("m", "refused.txt", b"x".to_vec(), PutOptions::default())
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::MountDisabled { .. }), "{err}");
+    env.cleanup().await;
+}

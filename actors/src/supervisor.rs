@@ -103,6 +103,8 @@ pub struct MountSupervisor {
     /// Why the lease could not be looked at (Postgres unreachable), while that lasts.
     lease_error: Option<MetaError>,
     lease_timer: Option<SpawnHandle>,
+    /// Callers of `RetireMount` waiting for the running operations to end and the lease to go.
+    drain_waiters: Vec<oneshot::Sender<()>>,
     // Everything below is per run and reset by `restarting`.
     committer: Option<Addr<CommitterActor>>,
     notifier: Option<Addr<NotifierActor>>,
@@ -142,6 +144,7 @@ impl MountSupervisor {
             held_by: None,
             lease_error: None,
             lease_timer: None,
+            drain_waiters: Vec::new(),
             committer: None,
             notifier: None,
             recovered: false,
@@ -340,12 +343,25 @@ impl MountSupervisor {
     /// can take it at once) — only once the supervisor is retired and its last operation ended,
     /// so that operations running at retirement still commit.
     fn release_if_retired_and_idle(&mut self, ctx: &mut Context<Self>) {
-        if let Some(release) = self.release_when_idle() {
-            if let Some(h) = self.lease_timer.take() {
-                ctx.cancel_future(h);
-            }
-            ctx.spawn(release.into_actor(self));
+        if !self.retired || !self.running.is_empty() {
+            return;
         }
+        if let Some(h) = self.lease_timer.take() {
+            ctx.cancel_future(h);
+        }
+        let release = self.release_when_idle();
+        let waiters = std::mem::take(&mut self.drain_waiters);
+        ctx.spawn(
+            async move {
+                if let Some(r) = release {
+                    r.await;
+                }
+                for w in waiters {
+                    let _ = w.send(());
+                }
+            }
+            .into_actor(self),
+        );
     }
 
     fn release_when_idle(&mut self) -> Option<impl std::future::Future<Output = ()> + 'static> {
@@ -624,8 +640,8 @@ impl Supervised for MountSupervisor {
 impl Handler<RetireMount> for MountSupervisor {
     type Result = ResponseActFuture<Self, ()>;
 
-    /// Answers once the lease is given up (when no operation runs), so a caller awaiting the
-    /// retirement can hand the mount over at once.
+    /// Answers once the running operations have ended and the lease is given up, so a caller
+    /// awaiting the retirement can hand the mount over without two owners at any time.
     fn handle(&mut self, _msg: RetireMount, ctx: &mut Self::Context) -> Self::Result {
         // An actor with timers never idles, so dropping its addresses alone would not stop it; and
         // `ctx.stop()` while an address lives means a restart. Going idle lets it stop for good
@@ -637,23 +653,21 @@ impl Handler<RetireMount> for MountSupervisor {
         {
             ctx.cancel_future(h);
         }
-        // The lease is still renewed while operations finish; it goes with the last of them.
-        if self.running.is_empty() {
-            if let Some(h) = self.lease_timer.take() {
-                ctx.cancel_future(h);
-            }
-        }
+        // The lease is still renewed while operations finish; it goes with the last of them,
+        // and the reply waits for that.
         self.committer = None;
         self.notifier = None;
-        log::info!("mount {}: retired", self.spec.name);
-        // The reply waits for the lease to be given up when nothing runs; otherwise the last
-        // operation to end gives it up.
-        let release = self.release_when_idle();
+        log::info!(
+            "mount {}: retired ({} operations still running)",
+            self.spec.name,
+            self.running.len()
+        );
+        let (tx, rx) = oneshot::channel();
+        self.drain_waiters.push(tx);
+        self.release_if_retired_and_idle(ctx);
         Box::pin(
             async move {
-                if let Some(r) = release {
-                    r.await;
-                }
+                let _ = rx.await;
             }
             .into_actor(self),
         )

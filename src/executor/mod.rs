@@ -32,6 +32,9 @@ use crate::config::ExecutorConfig;
 use registry::Registry;
 use runtime::{arbiter_for_executor, on_arbiter, Services};
 
+/// How long `S3Executor::shutdown` lets running operations finish.
+pub const SHUTDOWN_DRAIN_DEADLINE: std::time::Duration = std::time::Duration::from_secs(30);
+
 struct Inner {
     config: ExecutorConfig,
     arbiter: ArbiterHandle,
@@ -160,11 +163,20 @@ impl S3Executor {
         .map_err(|_| Error::Shutdown)?
     }
 
-    /// Retires every mount and, if the executor started its own actix System, stops it.
+    /// Retires every mount — new calls are refused, running operations may finish for up to
+    /// [`SHUTDOWN_DRAIN_DEADLINE`], then the leases are released — and, if the executor started
+    /// its own actix System, stops it. Operations cut off by the deadline stay pending and are
+    /// resumed by the mount's next owner.
     pub async fn shutdown(&self) {
-        for addr in self.inner.registry.drain() {
-            let _ = addr.send(RetireMount).await;
-        }
+        let retiring: Vec<_> = self
+            .inner
+            .registry
+            .drain()
+            .into_iter()
+            .map(|addr| async move { addr.send(RetireMount).await })
+            .collect();
+        let _ = tokio::time::timeout(SHUTDOWN_DRAIN_DEADLINE, futures::future::join_all(retiring))
+            .await;
         if let Some(sys) = &self.inner.own_system {
             sys.stop();
         }

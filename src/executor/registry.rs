@@ -78,7 +78,16 @@ impl Registry {
     /// Applies the current `backend_mounts` rows: starts supervisors for new or changed enabled
     /// mounts and retires those of removed, disabled, invalid or changed ones. Runs on the
     /// executor's arbiter.
-    pub async fn reload(&self, config: &ExecutorConfig, services: &Services) -> Result<(), Error> {
+    ///
+    /// A changed mount is handed over: its old supervisor is retired (refusing new calls with the
+    /// retryable `Error::Shutdown`) and the new one starts only once the old one has finished its
+    /// running operations and given up the lease, so no operation of the mount ever has two
+    /// owners, in this process or across hosts.
+    pub async fn reload(
+        &self,
+        config: &ExecutorConfig,
+        services: &Arc<Services>,
+    ) -> Result<(), Error> {
         let rows = services.meta.load_mounts().await?;
         let mut old = std::mem::take(&mut *self.mounts.write().expect("mount table lock"));
         let mut new = HashMap::new();
@@ -99,12 +108,19 @@ impl Registry {
                         spec: running,
                         store,
                     },
-                    previous => {
-                        if let Some(Slot::Ready { addr, .. }) = previous {
-                            addr.do_send(RetireMount);
+                    Some(Slot::Ready {
+                        addr,
+                        spec: running,
+                        store,
+                    }) => {
+                        self.hand_over(addr.clone(), spec, config, services);
+                        Slot::Ready {
+                            addr,
+                            spec: running,
+                            store,
                         }
-                        self.start_supervisor(config, services, spec)?
                     }
+                    _ => self.start_supervisor(config, services, spec)?,
                 },
             };
             new.insert(row.name.clone(), slot);
@@ -116,6 +132,45 @@ impl Registry {
         }
         *self.mounts.write().expect("mount table lock") = new;
         Ok(())
+    }
+
+    /// Retires `old` and, once it has drained and released the lease, starts a supervisor for
+    /// `spec` in its slot (unless a later reload replaced the slot meanwhile).
+    fn hand_over(
+        &self,
+        old: Addr<MountSupervisor>,
+        spec: MountSpec,
+        config: &ExecutorConfig,
+        services: &Arc<Services>,
+    ) {
+        let (this, config, services) = (self.this.clone(), config.clone(), services.clone());
+        let name = spec.name.clone();
+        log::info!("mount {name}: changed; handing over once running operations end");
+        actix::spawn(async move {
+            let _ = old.send(RetireMount).await;
+            let Some(registry) = this.upgrade() else {
+                return;
+            };
+            let slot = match registry.start_supervisor(&config, &services, spec) {
+                Ok(slot) => slot,
+                Err(e) => {
+                    log::error!("mount {name}: cannot start its new supervisor: {e}");
+                    Slot::Invalid(filestore_s3_actors::mount::MountConfigError {
+                        mount: name.clone(),
+                        field: "endpoint",
+                        reason: e.to_string(),
+                    })
+                }
+            };
+            let mut mounts = registry.mounts.write().expect("mount table lock");
+            let current =
+                matches!(mounts.get(&name), Some(Slot::Ready { addr, .. }) if *addr == old);
+            if current {
+                mounts.insert(name, slot);
+            } else if let Slot::Ready { addr, .. } = slot {
+                addr.do_send(RetireMount);
+            }
+        });
     }
 
     fn start_supervisor(
