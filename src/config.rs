@@ -42,6 +42,10 @@ pub struct ExecutorConfig {
     /// This executor's id in `mount_leases.owner` (host, process, a random instance id): unique
     /// per running executor.
     pub owner_id: String,
+    /// Follow changes of `backend_mounts` while running (LISTEN/NOTIFY plus a periodic reload).
+    pub watch_mounts: bool,
+    /// Period of the fallback reload of `backend_mounts`.
+    pub mount_reload_interval: Duration,
 }
 
 /// `{hostname}:{pid}:{8 hex digits}`: readable in `mount_leases` and unique per executor.
@@ -83,6 +87,8 @@ impl std::fmt::Debug for ExecutorConfig {
             .field("s3", &self.s3)
             .field("supervisor", &self.supervisor)
             .field("owner_id", &self.owner_id)
+            .field("watch_mounts", &self.watch_mounts)
+            .field("mount_reload_interval", &self.mount_reload_interval)
             .finish()
     }
 }
@@ -100,6 +106,8 @@ impl Default for ExecutorConfig {
             s3: S3Settings::default(),
             supervisor: SupervisorSettings::default(),
             owner_id: default_owner_id(),
+            watch_mounts: true,
+            mount_reload_interval: Duration::from_secs(30),
         }
     }
 }
@@ -154,6 +162,9 @@ impl ExecutorConfig {
         if let Ok(v) = std::env::var("FILESTORE_OWNER_ID") {
             c.owner_id = v;
         }
+        if let Some(ms) = env_parse::<u64>("FILESTORE_MOUNT_RELOAD_MS")? {
+            c.mount_reload_interval = Duration::from_millis(ms);
+        }
         c.validate()?;
         Ok(c)
     }
@@ -174,6 +185,12 @@ impl ExecutorConfig {
             return Err(Error::Config(format!(
                 "FILESTORE_OWNER_ID must be 1-255 bytes, got {}",
                 self.owner_id.len()
+            )));
+        }
+        if self.mount_reload_interval < Duration::from_millis(100) {
+            return Err(Error::Config(format!(
+                "FILESTORE_MOUNT_RELOAD_MS must be at least 100, got {}",
+                self.mount_reload_interval.as_millis()
             )));
         }
         if self.supervisor.lease_ttl < Duration::from_secs(1) {

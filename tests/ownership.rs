@@ -342,3 +342,84 @@ async fn a_changed_mount_is_handed_over_after_its_running_work() {
     assert!(matches!(err, Error::MountDisabled { .. }), "{err}");
     env.cleanup().await;
 }
+
+/// Live mounts: rows written straight into `backend_mounts` while the executor runs take effect
+/// without a restart (LISTEN/NOTIFY): a new mount becomes usable, a changed storage class applies
+/// to the next put, a disabled mount refuses new calls. moto, which records storage classes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mount_rows_take_effect_while_running() {
+    let env = TestEnv::new(Backend::Moto).await;
+    let bucket = format!("{}-live", env.bucket);
+    env.s3.create_bucket().bucket(&bucket).send().await.unwrap();
+    let endpoint = env.row.endpoint.clone().unwrap();
+    env.query(
+        "INSERT INTO {schema}.backend_mounts (name, bucket, prefix, endpoint, path_style, verify_window_ms)
+         VALUES ('live', $1, 'l', $2, true, 5000)",
+        &[&bucket, &endpoint],
+    )
+    .await;
+    let usable = |deadline: Instant| {
+        let exec = env.exec.clone();
+        async move {
+            loop {
+                match exec
+                    .put_bytes("live", "x.txt", b"x".to_vec(), PutOptions::default())
+                    .await
+                {
+                    Ok(r) => return r,
+                    Err(e) => assert!(Instant::now() < deadline, "not usable: {e}"),
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    };
+    let r = usable(Instant::now() + Duration::from_secs(10)).await;
+    assert_eq!(r.node.unwrap().storage_class, "STANDARD");
+
+    env.query(
+        "UPDATE {schema}.backend_mounts SET storage_class = 'STANDARD_IA' WHERE name = 'live'",
+        &[],
+    )
+    .await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let r = usable(deadline).await;
+        if r.node.unwrap().storage_class == "STANDARD_IA" {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the new storage class was not applied"
+        );
+    }
+
+    env.query(
+        "UPDATE {schema}.backend_mounts SET enabled = false WHERE name = 'live'",
+        &[],
+    )
+    .await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match env
+            .exec
+            .put_bytes("live", "y.txt", b"y".to_vec(), PutOptions::default())
+            .await
+        {
+            Err(Error::MountDisabled { .. }) => break,
+            other => assert!(Instant::now() < deadline, "still served: {other:?}"),
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Clean the extra bucket (the env removes its own).
+    for key in env.keys_in(&bucket, "l").await {
+        env.s3
+            .delete_object()
+            .bucket(&bucket)
+            .key(key)
+            .send()
+            .await
+            .unwrap();
+    }
+    env.s3.delete_bucket().bucket(&bucket).send().await.unwrap();
+    env.cleanup().await;
+}

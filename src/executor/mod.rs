@@ -8,6 +8,7 @@ mod options;
 mod read;
 mod registry;
 mod runtime;
+mod watch;
 mod write;
 
 use std::collections::HashMap;
@@ -42,6 +43,8 @@ struct Inner {
     own_system: Option<actix::System>,
     services: Arc<Services>,
     registry: Arc<Registry>,
+    /// Stops the mount watcher.
+    stop_watch: tokio::sync::watch::Sender<bool>,
 }
 
 /// Handle to a running executor. `Send + Sync + Clone`; usable from an actix System or plain tokio.
@@ -76,6 +79,7 @@ impl S3Executor {
                 return Err(e);
             }
         };
+        let (stop_watch, stop_rx) = tokio::sync::watch::channel(false);
         let exec = S3Executor {
             inner: Arc::new(Inner {
                 config,
@@ -83,11 +87,23 @@ impl S3Executor {
                 own_system,
                 services: Arc::new(services),
                 registry: Registry::new(),
+                stop_watch,
             }),
         };
         if let Err(e) = exec.reload_mounts().await {
             exec.shutdown().await;
             return Err(e);
+        }
+        if exec.inner.config.watch_mounts {
+            let c = &exec.inner.config;
+            let watcher = watch::watch_mounts(
+                Arc::downgrade(&exec.inner),
+                c.database_url.clone(),
+                c.schema.clone(),
+                c.mount_reload_interval,
+                stop_rx,
+            );
+            exec.inner.arbiter.spawn(watcher);
         }
         Ok(exec)
     }
@@ -168,10 +184,12 @@ impl S3Executor {
     /// its own actix System, stops it. Operations cut off by the deadline stay pending and are
     /// resumed by the mount's next owner.
     pub async fn shutdown(&self) {
+        let _ = self.inner.stop_watch.send(true);
         let retiring: Vec<_> = self
             .inner
             .registry
             .drain()
+            .await
             .into_iter()
             .map(|addr| async move { addr.send(RetireMount).await })
             .collect();

@@ -45,6 +45,12 @@ pub(super) type ServedMount = (Addr<MountSupervisor>, Arc<MountSpec>, Arc<dyn Ob
 /// The running mounts of one executor.
 pub(super) struct Registry {
     mounts: RwLock<HashMap<String, Slot>>,
+    /// Reloads run one at a time (the watcher's and `register_mount`'s).
+    reloading: tokio::sync::Mutex<()>,
+    /// Set by `drain` (shutdown): no reload starts a supervisor after it.
+    closed: std::sync::atomic::AtomicBool,
+    /// Hand-overs in progress: mount → the spec its next supervisor gets (the latest row).
+    handovers: std::sync::Mutex<HashMap<String, MountSpec>>,
     /// Per-path ordering shared by every supervisor.
     locks: PathLocks,
     this: Weak<Registry>,
@@ -70,6 +76,9 @@ impl Registry {
     pub fn new() -> Arc<Self> {
         Arc::new_cyclic(|this| Registry {
             mounts: RwLock::new(HashMap::new()),
+            reloading: tokio::sync::Mutex::new(()),
+            closed: std::sync::atomic::AtomicBool::new(false),
+            handovers: std::sync::Mutex::new(HashMap::new()),
             locks: PathLocks::default(),
             this: this.clone(),
         })
@@ -88,10 +97,23 @@ impl Registry {
         config: &ExecutorConfig,
         services: &Arc<Services>,
     ) -> Result<(), Error> {
+        let _one_at_a_time = self.reloading.lock().await;
+        if self.closed.load(std::sync::atomic::Ordering::SeqCst) {
+            return Ok(());
+        }
         let rows = services.meta.load_mounts().await?;
-        let mut old = std::mem::take(&mut *self.mounts.write().expect("mount table lock"));
+        // Calls keep seeing the current table while the new one is built (reloads are serialized,
+        // and so are hand-overs and `drain`, so no other writer changes it meanwhile).
+        let mut old = self.mounts.read().expect("mount table lock").clone();
         let mut new = HashMap::new();
         for row in rows {
+            // A pending hand-over goes on only if this reload asks for one again (below).
+            let pending = self
+                .handovers
+                .lock()
+                .expect("hand-over table lock")
+                .remove(&row.name)
+                .is_some();
             let slot = match MountSpec::from_row(&row) {
                 Err(e) => {
                     log::error!("{e}; the mount is not served");
@@ -113,7 +135,16 @@ impl Registry {
                         spec: running,
                         store,
                     }) => {
-                        self.hand_over(addr.clone(), spec, config, services);
+                        // One hand-over per mount at a time; a later change only updates the
+                        // spec it ends with.
+                        let name = spec.name.clone();
+                        self.handovers
+                            .lock()
+                            .expect("hand-over table lock")
+                            .insert(name.clone(), spec);
+                        if !pending {
+                            self.hand_over(addr.clone(), name, config, services);
+                        }
                         Slot::Ready {
                             addr,
                             spec: running,
@@ -139,16 +170,29 @@ impl Registry {
     fn hand_over(
         &self,
         old: Addr<MountSupervisor>,
-        spec: MountSpec,
+        name: String,
         config: &ExecutorConfig,
         services: &Arc<Services>,
     ) {
         let (this, config, services) = (self.this.clone(), config.clone(), services.clone());
-        let name = spec.name.clone();
         log::info!("mount {name}: changed; handing over once running operations end");
         actix::spawn(async move {
             let _ = old.send(RetireMount).await;
             let Some(registry) = this.upgrade() else {
+                return;
+            };
+            let _one_at_a_time = registry.reloading.lock().await;
+            let spec = registry
+                .handovers
+                .lock()
+                .expect("hand-over table lock")
+                .remove(&name);
+            let current = matches!(
+                registry.mounts.read().expect("mount table lock").get(&name),
+                Some(Slot::Ready { addr, .. }) if *addr == old
+            ) && !registry.closed.load(std::sync::atomic::Ordering::SeqCst);
+            // A later reload disabled or removed the mount, or the executor shut down.
+            let (Some(spec), true) = (spec, current) else {
                 return;
             };
             let slot = match registry.start_supervisor(&config, &services, spec) {
@@ -162,14 +206,11 @@ impl Registry {
                     })
                 }
             };
-            let mut mounts = registry.mounts.write().expect("mount table lock");
-            let current =
-                matches!(mounts.get(&name), Some(Slot::Ready { addr, .. }) if *addr == old);
-            if current {
-                mounts.insert(name, slot);
-            } else if let Slot::Ready { addr, .. } = slot {
-                addr.do_send(RetireMount);
-            }
+            registry
+                .mounts
+                .write()
+                .expect("mount table lock")
+                .insert(name, slot);
         });
     }
 
@@ -233,8 +274,10 @@ impl Registry {
         }
     }
 
-    /// Removes every mount, returning the supervisors to retire.
-    pub fn drain(&self) -> Vec<Addr<MountSupervisor>> {
+    /// Removes every mount, returning the supervisors to retire; no reload runs after it.
+    pub async fn drain(&self) -> Vec<Addr<MountSupervisor>> {
+        let _one_at_a_time = self.reloading.lock().await;
+        self.closed.store(true, std::sync::atomic::Ordering::SeqCst);
         self.mounts
             .write()
             .expect("mount table lock")

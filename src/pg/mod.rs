@@ -5,6 +5,7 @@
 mod commit;
 mod journal;
 mod lease;
+mod listen;
 mod migrate;
 mod mounts;
 mod multipart;
@@ -25,6 +26,7 @@ use filestore_s3_actors::ports::{MetaError, MetaStore, UploadedPart};
 use filestore_s3_actors::Error;
 use tokio_postgres::NoTls;
 
+pub use listen::listen_mount_changes;
 use migrate::pg_config;
 pub use migrate::{migrate, validate_schema};
 
