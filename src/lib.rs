@@ -16,8 +16,9 @@ pub mod s3;
 
 pub use config::ExecutorConfig;
 pub use executor::{
-    progress_to_recipient, DeleteOptions, GetOptions, GetResult, ListOptions, MountState,
-    PutOptions, S3Executor, TransferOptions, UploadProgressMsg, SHUTDOWN_DRAIN_DEADLINE,
+    progress_to_recipient, DeleteOptions, FeedEvent, FollowOptions, GetOptions, GetResult,
+    ListOptions, MountState, PutOptions, S3Executor, TransferOptions, UploadProgressMsg,
+    SHUTDOWN_DRAIN_DEADLINE,
 };
 pub use filestore_s3_actors as actors;
 pub use filestore_s3_actors::model::UploadProgress;

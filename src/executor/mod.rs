@@ -4,6 +4,7 @@
 //! - `registry`: the mount table, supervisors, the directory they find each other through;
 //! - `write` / `read`: the calls that change / read objects; `options`: their options.
 
+mod feed;
 mod options;
 mod read;
 mod registry;
@@ -23,6 +24,7 @@ use filestore_s3_actors::mount::{MountRow, MountSpec};
 use filestore_s3_actors::path::{DirPath, FsPath};
 use filestore_s3_actors::Error;
 
+pub use feed::{FeedEvent, FollowOptions};
 pub use options::{
     progress_to_recipient, DeleteOptions, GetOptions, GetResult, ListOptions, PutOptions,
     TransferOptions, UploadProgressMsg,

@@ -3,6 +3,7 @@
 //! `multipart`; this file holds the pool, the error mapping and the port's dispatch.
 
 mod commit;
+mod feed;
 mod journal;
 mod lease;
 mod listen;
