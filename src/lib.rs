@@ -10,15 +10,16 @@
 
 pub mod config;
 mod executor;
+pub mod http;
 pub mod pg;
 pub mod redis;
 pub mod s3;
 
 pub use config::ExecutorConfig;
 pub use executor::{
-    progress_to_recipient, DeleteOptions, FeedEvent, FollowOptions, GetOptions, GetResult,
-    ListOptions, MountState, PutOptions, S3Executor, TransferOptions, UploadProgressMsg,
-    SHUTDOWN_DRAIN_DEADLINE,
+    progress_to_recipient, DeleteOptions, FeedEvent, FollowOptions, GetOptions, GetResult, Health,
+    ListOptions, MountHealth, MountState, PutOptions, Reach, S3Executor, TransferOptions,
+    UploadProgressMsg, SHUTDOWN_DRAIN_DEADLINE,
 };
 pub use filestore_s3_actors as actors;
 pub use filestore_s3_actors::model::UploadProgress;

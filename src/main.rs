@@ -81,8 +81,12 @@ enum Cmd {
     },
     /// Run the whole protocol once against a bucket and show what it produced.
     Demo(DemoArgs),
-    /// Run the executor until Ctrl-C.
-    Serve,
+    /// Run the executor until SIGTERM / Ctrl-C, with /healthz and /metrics over HTTP.
+    Serve {
+        /// Address of the HTTP endpoints.
+        #[arg(long, env = "FILESTORE_SERVE_ADDR", default_value = "127.0.0.1:9464")]
+        listen: std::net::SocketAddr,
+    },
 }
 
 #[derive(Args)]
@@ -378,13 +382,52 @@ async fn main() -> anyhow::Result<()> {
             println!("{}", serde_json::to_string_pretty(&r?)?);
         }
         Cmd::Demo(args) => demo(config, args).await?,
-        Cmd::Serve => {
-            let exec = S3Executor::start(config).await?;
-            println!("serving mounts: {:?}", exec.mount_states());
-            tokio::signal::ctrl_c().await?;
-            exec.shutdown().await;
-        }
+        Cmd::Serve { listen } => serve(config, listen).await?,
     }
+    Ok(())
+}
+
+/// Runs every enabled mount until SIGTERM or Ctrl-C, serving /healthz and /metrics; on the
+/// signal, running operations get `SHUTDOWN_DRAIN_DEADLINE` to finish (multipart uploads cut off
+/// stay resumable) and the leases are released.
+async fn serve(config: ExecutorConfig, listen: std::net::SocketAddr) -> anyhow::Result<()> {
+    let prometheus = metrics_exporter_prometheus::PrometheusBuilder::new()
+        .install_recorder()
+        .context("installing the Prometheus recorder")?;
+    let exec = S3Executor::start(config).await?;
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("binding {listen}"))?;
+    println!(
+        "listening on http://{} (/healthz, /metrics); owner id {}",
+        listener.local_addr()?,
+        exec.config().owner_id
+    );
+    let mut states: Vec<_> = exec.mount_states().into_iter().collect();
+    states.sort_by(|a, b| a.0.cmp(&b.0));
+    for (name, state) in states {
+        println!("mount {name}: {state:?}");
+    }
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let http = tokio::spawn(filestore_s3::http::serve_http(
+        exec.clone(),
+        listener,
+        prometheus,
+        stopped,
+    ));
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+    println!(
+        "stopping: running operations get up to {:?} to finish",
+        filestore_s3::SHUTDOWN_DRAIN_DEADLINE
+    );
+    exec.shutdown().await;
+    let _ = stop.send(true);
+    let _ = http.await;
+    println!("stopped");
     Ok(())
 }
 

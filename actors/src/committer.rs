@@ -185,10 +185,17 @@ impl Handler<CommitOperation> for CommitterActor {
         let record = Arc::new(msg.0);
         // The commit is idempotent: a retry after a lost acknowledgement finds the journal row
         // committed and returns its recorded result instead of writing again.
+        let started = std::time::Instant::now();
+        let mount = self.mount.clone();
         let write = self.atomic_write("commit", move |meta| {
             let record = record.clone();
             async move { meta.commit(&record).await }
         });
+        let write = Box::pin(write.map(move |res, _act: &mut Self, _ctx| {
+            metrics::histogram!("filestore_s3_commit_seconds", "mount" => mount)
+                .record(started.elapsed().as_secs_f64());
+            res
+        }));
         AtomicResponse::new(Box::pin(write.map(|res, act: &mut Self, _ctx| {
             if res.is_ok() {
                 act.notifier.do_send(OutboxChanged);

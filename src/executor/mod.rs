@@ -5,6 +5,7 @@
 //! - `write` / `read`: the calls that change / read objects; `options`: their options.
 
 mod feed;
+mod health;
 mod options;
 mod read;
 mod registry;
@@ -25,6 +26,7 @@ use filestore_s3_actors::path::{DirPath, FsPath};
 use filestore_s3_actors::Error;
 
 pub use feed::{FeedEvent, FollowOptions};
+pub use health::{Health, MountHealth, Reach};
 pub use options::{
     progress_to_recipient, DeleteOptions, GetOptions, GetResult, ListOptions, PutOptions,
     TransferOptions, UploadProgressMsg,

@@ -4,6 +4,7 @@
 
 mod commit;
 mod feed;
+mod health;
 mod journal;
 mod lease;
 mod listen;

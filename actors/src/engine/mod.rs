@@ -81,8 +81,50 @@ fn commit_record(c: &OpContext, journal_id: i64, request: &OpRequest, o: Outcome
     }
 }
 
-/// Runs one mutating operation through the whole protocol. The caller holds the paths' locks.
+/// Runs one mutating operation through the whole protocol (the caller holds the paths' locks),
+/// and accounts for it: one log line (mount, op, path, journal id, duration, outcome), the
+/// `filestore_s3_operations_total{mount,op,outcome}` counter and the
+/// `filestore_s3_operation_seconds{mount,op}` histogram.
 pub(crate) async fn run_operation(
+    c: OpContext,
+    idempotency_key: String,
+    request: OpRequest,
+    fingerprint: String,
+    payload: Payload,
+) -> Result<OpResult, Error> {
+    let started = std::time::Instant::now();
+    let (mount, op, path) = (
+        c.spec.name.clone(),
+        request.kind().as_str(),
+        request.path().to_owned(),
+    );
+    let res = run_protocol(c, idempotency_key, request, fingerprint, payload).await;
+    let secs = started.elapsed().as_secs_f64();
+    let outcome = match &res {
+        Ok(_) => "committed",
+        Err(e) if e.is_retryable() => "retryable_error",
+        Err(_) => "error",
+    };
+    metrics::counter!("filestore_s3_operations_total", "mount" => mount.clone(), "op" => op, "outcome" => outcome)
+        .increment(1);
+    metrics::histogram!("filestore_s3_operation_seconds", "mount" => mount.clone(), "op" => op)
+        .record(secs);
+    match &res {
+        Ok(r) => log::info!(
+            "operation mount={mount} op={op} path={path:?} journal={} generation={} duration_ms={:.1} outcome={outcome}",
+            r.journal_id,
+            r.generation,
+            secs * 1e3
+        ),
+        Err(e) => log::info!(
+            "operation mount={mount} op={op} path={path:?} duration_ms={:.1} outcome={outcome} error={e}",
+            secs * 1e3
+        ),
+    }
+    res
+}
+
+async fn run_protocol(
     c: OpContext,
     idempotency_key: String,
     request: OpRequest,

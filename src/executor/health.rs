@@ -1,0 +1,173 @@
+//! Health of an executor: Postgres, Redis, and per mount its state, lease, store reachability
+//! and outbox backlog. Served as `/healthz` by the reference host (`crate::http`).
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use filestore_s3_actors::commands::LeaseStatus;
+use serde::Serialize;
+
+use super::runtime::on_arbiter;
+use super::{MountState, S3Executor};
+
+/// How long each probe of a health check may take.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// Whether a dependency answered.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct Reach {
+    /// It answered.
+    pub ok: bool,
+    /// Why not.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+impl Reach {
+    fn from<E: std::fmt::Display>(r: Result<(), E>) -> Self {
+        match r {
+            Ok(()) => Reach {
+                ok: true,
+                error: None,
+            },
+            Err(e) => Reach {
+                ok: false,
+                error: Some(e.to_string()),
+            },
+        }
+    }
+}
+
+/// One mount's health.
+#[derive(Debug, Clone, Serialize)]
+pub struct MountHealth {
+    /// `ready`, `disabled` or `invalid: …`.
+    pub state: String,
+    /// `owned`, `held_by`, `unknown` (ready mounts only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lease: Option<String>,
+    /// Owner id of the lease holder, when another executor holds it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub owner: Option<String>,
+    /// Lease epoch, when owned.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub epoch: Option<i64>,
+    /// The bucket answered a one-key listing.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub s3: Option<Reach>,
+    /// Outbox rows not yet relayed to Redis.
+    pub outbox_backlog: i64,
+    /// Operations running or queued.
+    pub operations: usize,
+}
+
+/// An executor's health.
+#[derive(Debug, Clone, Serialize)]
+pub struct Health {
+    /// Postgres answered.
+    pub postgres: Reach,
+    /// Redis answered `PING`.
+    pub redis: Reach,
+    /// Per mount.
+    pub mounts: BTreeMap<String, MountHealth>,
+}
+
+impl Health {
+    /// Healthy: Postgres answers and every ready mount's store answers. (Redis being down only
+    /// delays events, so it does not make the executor unhealthy.)
+    pub fn healthy(&self) -> bool {
+        self.postgres.ok
+            && self
+                .mounts
+                .values()
+                .all(|m| m.s3.as_ref().is_none_or(|r| r.ok))
+    }
+}
+
+impl S3Executor {
+    /// Checks Postgres, Redis and every mount (each probe bounded by a few seconds).
+    pub async fn health(&self) -> Health {
+        let inner = self.inner.clone();
+        let backlog = tokio::time::timeout(
+            PROBE_TIMEOUT,
+            on_arbiter(&inner.arbiter.clone(), async move {
+                inner.services.meta.outbox_backlog().await
+            }),
+        )
+        .await;
+        let (postgres, backlog) = match backlog {
+            Ok(Ok(Ok(b))) => (Reach::from(Ok::<(), String>(())), b),
+            Ok(Ok(Err(e))) => (Reach::from(Err(e)), Default::default()),
+            Ok(Err(e)) => (Reach::from(Err(e)), Default::default()),
+            Err(_) => (Reach::from(Err("no answer in time")), Default::default()),
+        };
+        let redis = Reach::from(self.ping_redis().await);
+        let mut mounts = BTreeMap::new();
+        for (name, state) in self.mount_states() {
+            let mut h = MountHealth {
+                state: match &state {
+                    MountState::Ready => "ready".into(),
+                    MountState::Disabled => "disabled".into(),
+                    MountState::Invalid(e) => format!("invalid: {e}"),
+                },
+                lease: None,
+                owner: None,
+                epoch: None,
+                s3: None,
+                outbox_backlog: backlog.get(&name).copied().unwrap_or(0),
+                operations: 0,
+            };
+            if matches!(state, MountState::Ready) {
+                if let Ok(status) = self.status(&name).await {
+                    h.operations = status.operations;
+                    match status.lease {
+                        LeaseStatus::Owned { epoch } => {
+                            h.lease = Some("owned".into());
+                            h.epoch = Some(epoch);
+                        }
+                        LeaseStatus::HeldBy { owner, .. } => {
+                            h.lease = Some("held_by".into());
+                            h.owner = Some(owner);
+                        }
+                        LeaseStatus::Unknown => h.lease = Some("unknown".into()),
+                    }
+                }
+                h.s3 = Some(Reach::from(self.probe_store(&name).await));
+            }
+            mounts.insert(name, h);
+        }
+        Health {
+            postgres,
+            redis,
+            mounts,
+        }
+    }
+
+    async fn ping_redis(&self) -> Result<(), String> {
+        let client =
+            redis::Client::open(self.config().redis_url.as_str()).map_err(|e| e.to_string())?;
+        let ping = async {
+            let mut conn = client.get_multiplexed_async_connection().await?;
+            redis::cmd("PING").query_async::<String>(&mut conn).await
+        };
+        match tokio::time::timeout(PROBE_TIMEOUT, ping).await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(e)) => Err(e.to_string()),
+            Err(_) => Err("no answer in time".into()),
+        }
+    }
+
+    async fn probe_store(&self, mount: &str) -> Result<(), String> {
+        let (_, spec, store) = self.mount(mount).map_err(|e| e.to_string())?;
+        let prefix = spec.keys.prefix().to_owned();
+        let list = on_arbiter(&self.inner.arbiter, async move {
+            store.list_objects(&prefix, Some("/"), None, Some(1)).await
+        });
+        match tokio::time::timeout(PROBE_TIMEOUT, list).await {
+            Ok(Ok(Ok(_))) => Ok(()),
+            Ok(Ok(Err(e))) => Err(e.to_string()),
+            Ok(Err(e)) => Err(e.to_string()),
+            Err(_) => Err("no answer in time".into()),
+        }
+    }
+}

@@ -1,0 +1,101 @@
+//! The reference host's HTTP endpoints: `GET /healthz` (JSON from `S3Executor::health`, 200 when
+//! healthy, 503 otherwise) and `GET /metrics` (Prometheus text from the `metrics` facade through
+//! `metrics-exporter-prometheus`, plus per-mount gauges refreshed at each scrape).
+
+use std::convert::Infallible;
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::{Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use metrics_exporter_prometheus::PrometheusHandle;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use crate::S3Executor;
+
+fn reply(status: StatusCode, content_type: &str, body: String) -> Response<Full<Bytes>> {
+    Response::builder()
+        .status(status)
+        .header("content-type", content_type)
+        .body(Full::new(Bytes::from(body)))
+        .expect("static response parts are valid")
+}
+
+async fn handle(
+    exec: S3Executor,
+    prometheus: PrometheusHandle,
+    req: Request<hyper::body::Incoming>,
+) -> Result<Response<Full<Bytes>>, Infallible> {
+    if req.method() != hyper::Method::GET {
+        return Ok(reply(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "text/plain",
+            "GET only\n".into(),
+        ));
+    }
+    Ok(match req.uri().path() {
+        "/healthz" => {
+            let h = exec.health().await;
+            let status = if h.healthy() {
+                StatusCode::OK
+            } else {
+                StatusCode::SERVICE_UNAVAILABLE
+            };
+            let body = serde_json::to_string_pretty(&h).unwrap_or_else(|e| e.to_string());
+            reply(status, "application/json", body + "\n")
+        }
+        "/metrics" => {
+            let h = exec.health().await;
+            for (mount, m) in &h.mounts {
+                metrics::gauge!("filestore_s3_outbox_backlog", "mount" => mount.clone())
+                    .set(m.outbox_backlog as f64);
+                metrics::gauge!("filestore_s3_operations_running", "mount" => mount.clone())
+                    .set(m.operations as f64);
+                let owned = m.lease.as_deref() == Some("owned");
+                metrics::gauge!("filestore_s3_mount_owned", "mount" => mount.clone())
+                    .set(if owned { 1.0 } else { 0.0 });
+            }
+            metrics::gauge!("filestore_s3_postgres_up").set(if h.postgres.ok { 1.0 } else { 0.0 });
+            metrics::gauge!("filestore_s3_redis_up").set(if h.redis.ok { 1.0 } else { 0.0 });
+            reply(
+                StatusCode::OK,
+                "text/plain; version=0.0.4",
+                prometheus.render(),
+            )
+        }
+        _ => reply(
+            StatusCode::NOT_FOUND,
+            "text/plain",
+            "try /healthz or /metrics\n".into(),
+        ),
+    })
+}
+
+/// Serves `/healthz` and `/metrics` on `listener` until `stop` turns true.
+pub async fn serve_http(
+    exec: S3Executor,
+    listener: TcpListener,
+    prometheus: PrometheusHandle,
+    mut stop: watch::Receiver<bool>,
+) {
+    loop {
+        let accepted = tokio::select! {
+            a = listener.accept() => a,
+            _ = stop.changed() => return,
+        };
+        let Ok((socket, _)) = accepted else { continue };
+        let (exec, prometheus) = (exec.clone(), prometheus.clone());
+        tokio::spawn(async move {
+            let service = hyper::service::service_fn(move |req| {
+                handle(exec.clone(), prometheus.clone(), req)
+            });
+            if let Err(e) = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(socket), service)
+                .await
+            {
+                log::debug!("HTTP connection ended: {e}");
+            }
+        });
+    }
+}
