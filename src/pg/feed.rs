@@ -3,7 +3,8 @@
 use filestore_s3_actors::model::OutboxEvent;
 use filestore_s3_actors::ports::MetaError;
 
-use super::{corrupt, pg, PgMetaStore};
+use super::outbox::events_of;
+use super::{pg, PgMetaStore};
 
 impl PgMetaStore {
     /// Outbox rows of `mount` with an id above `after`, in id order (a mount's commit order),
@@ -22,15 +23,6 @@ impl PgMetaStore {
             )
             .await
             .map_err(pg)?;
-        rows.iter()
-            .map(|r| {
-                let payload: serde_json::Value = r.get(1);
-                Ok(OutboxEvent {
-                    id: r.get(0),
-                    event: serde_json::from_value(payload)
-                        .map_err(|e| corrupt("outbox payload", e))?,
-                })
-            })
-            .collect()
+        events_of(&rows)
     }
 }

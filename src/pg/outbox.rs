@@ -5,6 +5,19 @@ use filestore_s3_actors::ports::MetaError;
 
 use super::{corrupt, pg, PgMetaStore};
 
+/// `(id, payload)` rows as events.
+pub(super) fn events_of(rows: &[tokio_postgres::Row]) -> Result<Vec<OutboxEvent>, MetaError> {
+    rows.iter()
+        .map(|r| {
+            let payload: serde_json::Value = r.get(1);
+            Ok(OutboxEvent {
+                id: r.get(0),
+                event: serde_json::from_value(payload).map_err(|e| corrupt("outbox payload", e))?,
+            })
+        })
+        .collect()
+}
+
 impl PgMetaStore {
     pub(super) async fn do_unpublished(
         &self,
@@ -20,16 +33,7 @@ impl PgMetaStore {
             )
             .await
             .map_err(pg)?;
-        rows.iter()
-            .map(|r| {
-                let payload: serde_json::Value = r.get(1);
-                Ok(OutboxEvent {
-                    id: r.get(0),
-                    event: serde_json::from_value(payload)
-                        .map_err(|e| corrupt("outbox payload", e))?,
-                })
-            })
-            .collect()
+        events_of(&rows)
     }
 
     pub(super) async fn do_mark_published(&self, ids: &[i64]) -> Result<(), MetaError> {
