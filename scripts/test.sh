@@ -5,6 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+scripts/check-toolchain.sh
 scripts/dev-services.sh
 # shellcheck disable=SC1091
 . .dev/env

@@ -44,6 +44,9 @@ pub struct ExecutorConfig {
     pub owner_id: String,
     /// Follow changes of `backend_mounts` while running (LISTEN/NOTIFY plus a periodic reload).
     pub watch_mounts: bool,
+    /// Take no mount's lease: serve reads, the change feed and health only (a watcher's
+    /// executor); mutating calls are refused.
+    pub passive: bool,
     /// Period of the fallback reload of `backend_mounts`.
     pub mount_reload_interval: Duration,
 }
@@ -88,6 +91,7 @@ impl std::fmt::Debug for ExecutorConfig {
             .field("supervisor", &self.supervisor)
             .field("owner_id", &self.owner_id)
             .field("watch_mounts", &self.watch_mounts)
+            .field("passive", &self.passive)
             .field("mount_reload_interval", &self.mount_reload_interval)
             .finish()
     }
@@ -107,6 +111,7 @@ impl Default for ExecutorConfig {
             supervisor: SupervisorSettings::default(),
             owner_id: default_owner_id(),
             watch_mounts: true,
+            passive: false,
             mount_reload_interval: Duration::from_secs(30),
         }
     }

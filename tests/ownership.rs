@@ -423,3 +423,42 @@ async fn mount_rows_take_effect_while_running() {
     env.s3.delete_bucket().bucket(&bucket).send().await.unwrap();
     env.cleanup().await;
 }
+
+/// A passive executor (a watcher's) never takes a lease, refuses writes, and still reads and
+/// follows the mount while another executor owns it — and keeps not owning it when that owner
+/// goes away.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_passive_executor_only_reads() {
+    let env = TestEnv::new(Backend::S3sFs).await;
+    let r = env
+        .exec
+        .put_bytes("m", "a.txt", b"a".to_vec(), PutOptions::default())
+        .await
+        .unwrap();
+    let mut config: ExecutorConfig = env.exec.config().clone();
+    config.owner_id = "watcher".into();
+    config.passive = true;
+    let w = S3Executor::start(config).await.unwrap();
+    let err = w
+        .put_bytes("m", "b.txt", b"b".to_vec(), PutOptions::default())
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::Config(_)), "{err}");
+    assert_eq!(w.stat("m", "a.txt").await.unwrap().object.size, 1);
+    let mut feed = Box::pin(w.follow("m", 0, Default::default()));
+    let e = tokio::time::timeout(Duration::from_secs(10), futures::StreamExt::next(&mut feed))
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(e.event.event_id, r.event_id);
+    env.exec.shutdown().await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(w.status("m").await.unwrap().lease, LeaseStatus::Unknown);
+    let owners = env
+        .query("SELECT owner FROM {schema}.mount_leases", &[])
+        .await;
+    assert_ne!(owners[0].get::<_, String>(0), "watcher");
+    w.shutdown().await;
+    env.cleanup().await;
+}

@@ -105,6 +105,8 @@ pub struct MountSupervisor {
     lease_timer: Option<SpawnHandle>,
     /// Callers of `RetireMount` waiting for the running operations to end and the lease to go.
     drain_waiters: Vec<oneshot::Sender<()>>,
+    /// Never takes the lease: reads only (a watcher's or a dashboard's executor).
+    passive: bool,
     // Everything below is per run and reset by `restarting`.
     committer: Option<Addr<CommitterActor>>,
     notifier: Option<Addr<NotifierActor>>,
@@ -145,6 +147,7 @@ impl MountSupervisor {
             lease_error: None,
             lease_timer: None,
             drain_waiters: Vec::new(),
+            passive: false,
             committer: None,
             notifier: None,
             recovered: false,
@@ -167,6 +170,13 @@ impl MountSupervisor {
     /// by default).
     pub fn with_owner(mut self, owner: String) -> Self {
         self.owner = owner;
+        self
+    }
+
+    /// A passive supervisor never takes the mount's lease: it serves reads (stat, list, get) and
+    /// refuses every mutating call; it never runs recovery. For executors that only watch.
+    pub fn with_passive(mut self, passive: bool) -> Self {
+        self.passive = passive;
         self
     }
 
@@ -196,6 +206,12 @@ impl MountSupervisor {
     fn ownership(&self) -> Result<(), Error> {
         if self.fence.is_some() {
             return Ok(());
+        }
+        if self.passive {
+            return Err(Error::Config(format!(
+                "mount '{}': this executor is passive (ExecutorConfig::passive) and serves no writes",
+                self.spec.name
+            )));
         }
         if let Some((owner, until)) = &self.held_by {
             return Err(Error::NotOwner {
@@ -615,7 +631,9 @@ impl Actor for MountSupervisor {
             self.spec.name,
             self.restarts
         );
-        self.acquire_lease(ctx, true);
+        if !self.passive {
+            self.acquire_lease(ctx, true);
+        }
     }
 }
 

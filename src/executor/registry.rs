@@ -231,10 +231,12 @@ impl Registry {
         let (s, st) = (spec.clone(), store.clone());
         let locks = self.locks.clone();
         let owner = config.owner_id.clone();
+        let passive = config.passive;
         let directory: Arc<dyn MountDirectory> = Arc::new(Directory(self.this.clone()));
         let addr = actix::Supervisor::start(move |_| {
             MountSupervisor::new(s, st, meta, publisher, settings)
                 .with_owner(owner)
+                .with_passive(passive)
                 .with_path_locks(locks)
                 .with_mount_directory(directory)
         });
