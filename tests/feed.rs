@@ -104,3 +104,31 @@ async fn catch_up_then_live_in_commit_order() {
     );
     env.cleanup().await;
 }
+
+/// A move across mounts writes an event for the source mount from the destination's committer;
+/// the commit's NOTIFY wakes the source mount's notifier, so the event reaches the source mount's
+/// stream at once, not at its next poll (set here to a minute).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_written_elsewhere_are_relayed_at_once() {
+    let mut settings = common::fast_settings();
+    settings.outbox_poll_interval = Duration::from_secs(60);
+    let mut env = TestEnv::build(Backend::S3sFs, |_| {}, settings, None).await;
+    env.add_mount("m2", |_| {}).await;
+    env.exec
+        .put_bytes("m", "a.txt", b"a".to_vec(), PutOptions::default())
+        .await
+        .unwrap();
+    env.wait_stream(1).await;
+    let started = std::time::Instant::now();
+    let m = env
+        .exec
+        .move_object("m", "a.txt", "m2", "b.txt", Default::default())
+        .await
+        .unwrap();
+    // wait_stream_of gives up after 15 s, well before the 60 s poll.
+    let events = env.wait_stream_of("m", 2).await;
+    assert_eq!(events[1].1["journal_id"], m.journal_id);
+    assert_eq!(events[1].1["op"], "move");
+    assert!(started.elapsed() < Duration::from_secs(15));
+    env.cleanup().await;
+}

@@ -178,3 +178,8 @@ pub struct TransferObject {
     /// Idempotency key; a random one is used when `None`.
     pub idempotency_key: Option<String>,
 }
+
+/// Relay the mount's outbox now (a commit elsewhere wrote events for it). A signal: `do_send`.
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub struct RelayOutbox;

@@ -11,7 +11,7 @@ use uuid::Uuid;
 
 use crate::commands::{
     DeleteObject, GetStatus, LeaseStatus, ListObjects, OpenObject, PutLargeObject, PutObject,
-    RetireMount, StatObject, SupervisorStatus, TransferObject,
+    RelayOutbox, RetireMount, StatObject, SupervisorStatus, TransferObject,
 };
 use crate::committer::CommitterActor;
 use crate::digest::Sha256Digest;
@@ -898,6 +898,16 @@ impl Handler<GetStatus> for MountSupervisor {
 /// SHA-256 of a buffer, for callers building a [`PutObject`].
 pub fn sha256_of(data: &[u8]) -> Sha256Digest {
     Sha256Digest::of(data)
+}
+
+impl Handler<RelayOutbox> for MountSupervisor {
+    type Result = ();
+
+    fn handle(&mut self, _msg: RelayOutbox, _ctx: &mut Self::Context) {
+        if let Some(n) = &self.notifier {
+            n.do_send(OutboxChanged);
+        }
+    }
 }
 
 impl Handler<TransferObject> for MountSupervisor {

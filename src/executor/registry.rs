@@ -276,6 +276,15 @@ impl Registry {
         }
     }
 
+    /// Wakes the notifier of `mount`, if this executor serves it (owners only relay).
+    pub fn poke_notifier(&self, mount: &str) {
+        if let Some(Slot::Ready { addr, .. }) =
+            self.mounts.read().expect("mount table lock").get(mount)
+        {
+            addr.do_send(filestore_s3_actors::commands::RelayOutbox);
+        }
+    }
+
     /// Removes every mount, returning the supervisors to retire; no reload runs after it.
     pub async fn drain(&self) -> Vec<Addr<MountSupervisor>> {
         let _one_at_a_time = self.reloading.lock().await;

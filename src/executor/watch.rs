@@ -1,7 +1,9 @@
 //! Live mounts: a change of `backend_mounts` takes effect without a restart. The watcher LISTENs
 //! for the trigger's notifications and reloads the mounts at each one, and also every
 //! `mount_reload_interval` in case a notification was missed (the listener reconnects with
-//! backoff when its connection drops, and reloads once after reconnecting).
+//! backoff when its connection drops, and reloads once after reconnecting). It also hears the
+//! commits' `<schema>.outbox` notifications and wakes the notifier of the mount named, so events
+//! written by another process (or another mount's committer) are relayed at once.
 
 use std::sync::Weak;
 use std::time::Duration;
@@ -58,9 +60,26 @@ pub(super) async fn watch_mounts(
         loop {
             tokio::select! {
                 change = changes.recv() => match change {
-                    Some(()) => {
-                        while changes.try_recv().is_ok() {}
-                        if !reload(&inner).await {
+                    Some(first) => {
+                        // Handle everything queued: one reload, one poke per mount.
+                        let mut reload_now = false;
+                        let mut pokes = std::collections::BTreeSet::new();
+                        let mut next = Some(first);
+                        while let Some(c) = next {
+                            match c {
+                                pg::Change::Mounts => reload_now = true,
+                                pg::Change::Outbox(m) => {
+                                    pokes.insert(m);
+                                }
+                            }
+                            next = changes.try_recv().ok();
+                        }
+                        let Some(strong) = inner.upgrade() else { return };
+                        for m in pokes {
+                            strong.registry.poke_notifier(&m);
+                        }
+                        drop(strong);
+                        if reload_now && !reload(&inner).await {
                             return;
                         }
                     }

@@ -206,6 +206,14 @@ impl PgMetaStore {
             )
             .await
             .map_err(pg)?;
+            // Delivered at commit: wakes the notifier of the mount's owner, in whatever process
+            // (a move across mounts writes an event for a mount another committer serves).
+            tx.execute(
+                "SELECT pg_notify(current_schema() || '.outbox', $1)",
+                &[stream_mount],
+            )
+            .await
+            .map_err(pg)?;
         }
         tx.commit().await.map_err(pg)?;
         Ok(result)

@@ -28,7 +28,7 @@ use filestore_s3_actors::ports::{MetaError, MetaStore, UploadedPart};
 use filestore_s3_actors::Error;
 use tokio_postgres::NoTls;
 
-pub use listen::listen_mount_changes;
+pub use listen::{listen_mount_changes, Change};
 use migrate::pg_config;
 pub use migrate::{migrate, validate_schema};
 
