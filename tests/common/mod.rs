@@ -384,8 +384,7 @@ impl TestEnv {
             .collect()
     }
 
-    /// Waits (up to 15 s: a mount whose events another mount's commit wrote is woken by its poll)
-    /// until `mount`'s stream has `n` entries.
+    /// Waits (up to 15 s) until `mount`'s stream has `n` entries.
     pub async fn wait_stream_of(&self, mount: &str, n: usize) -> Vec<(String, serde_json::Value)> {
         let deadline = std::time::Instant::now() + Duration::from_secs(15);
         loop {
@@ -409,25 +408,7 @@ impl TestEnv {
 
     /// The content of an object read straight from S3, or `None`.
     pub async fn object(&self, key: &str) -> Option<Vec<u8>> {
-        match self
-            .s3
-            .get_object()
-            .bucket(&self.bucket)
-            .key(key)
-            .send()
-            .await
-        {
-            Ok(out) => Some(out.body.collect().await.unwrap().into_bytes().to_vec()),
-            Err(e) => {
-                let e = filestore_s3::s3::classify(e);
-                assert_eq!(
-                    e.kind,
-                    filestore_s3::actors::ports::StoreErrorKind::NotFound,
-                    "{e}"
-                );
-                None
-            }
-        }
+        self.object_in(&self.bucket, key).await
     }
 
     /// Every key under the mount prefix, straight from S3.
@@ -521,23 +502,7 @@ impl TestEnv {
 
     /// Entries of the mount's event stream: (event_id field, parsed payload).
     pub async fn stream(&self) -> Vec<(String, serde_json::Value)> {
-        let mut conn = self.redis.clone();
-        let reply: redis::streams::StreamRangeReply = redis::cmd("XRANGE")
-            .arg(self.stream_key())
-            .arg("-")
-            .arg("+")
-            .query_async(&mut conn)
-            .await
-            .unwrap();
-        reply
-            .ids
-            .iter()
-            .map(|e| {
-                let id: String = e.get("event_id").unwrap();
-                let payload: String = e.get("payload").unwrap();
-                (id, serde_json::from_str(&payload).unwrap())
-            })
-            .collect()
+        self.stream_of(&self.mount).await
     }
 
     /// Waits (up to 10 s) until the stream has `n` entries, and returns them.
