@@ -606,21 +606,15 @@ pub async fn checksum_policy_none_still_verifies_size(backend: Backend) {
     let exec = filestore_s3::S3Executor::start(env.exec.config().clone())
         .await
         .unwrap();
-    let mut row = None;
-    for _ in 0..200 {
-        let rows = env
-            .query(
-                "SELECT state, error FROM {schema}.journal WHERE idempotency_key = 'short'",
-                &[],
-            )
-            .await;
-        if rows[0].get::<_, String>(0) != "pending" {
-            row = Some((rows[0].get::<_, String>(0), rows[0].get::<_, String>(1)));
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
-    let (state, error) = row.expect("recovery settled the row");
+    env.wait_no_pending(std::time::Duration::from_secs(10))
+        .await;
+    let rows = env
+        .query(
+            "SELECT state, error FROM {schema}.journal WHERE idempotency_key = 'short'",
+            &[],
+        )
+        .await;
+    let (state, error): (String, String) = (rows[0].get(0), rows[0].get(1));
     assert_eq!(state, "failed");
     assert!(
         error.contains(&format!(

@@ -70,18 +70,13 @@ async fn put_and_kill(env: &TestEnv, file: &std::path::Path, kill_after: u32) ->
     }
 }
 
+/// State and error of the (only) journal row, once recovery settled it (at most 60 s).
 async fn wait_journal_settled(env: &TestEnv) -> (String, Option<String>) {
-    for _ in 0..600 {
-        let rows = env
-            .query("SELECT state, error FROM {schema}.journal", &[])
-            .await;
-        let state: String = rows[0].get(0);
-        if state != "pending" {
-            return (state, rows[0].get(1));
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    panic!("journal row still pending after 60 s");
+    env.wait_no_pending(Duration::from_secs(60)).await;
+    let rows = env
+        .query("SELECT state, error FROM {schema}.journal", &[])
+        .await;
+    (rows[0].get(0), rows[0].get(1))
 }
 
 fn write_source(dir: &std::path::Path, size: u64) -> (std::path::PathBuf, Vec<u8>) {
@@ -298,24 +293,14 @@ pub async fn killed_move_is_finished_by_recovery(backend: Backend, point: &str, 
         "{backend:?}: took the mount over from the dead child after {:?}",
         started.elapsed()
     );
-    let mut settled = None;
-    for _ in 0..300 {
-        let rows = env
-            .query(
-                "SELECT state, error FROM {schema}.journal WHERE op = 'move'",
-                &[],
-            )
-            .await;
-        if rows[0].get::<_, String>(0) != "pending" {
-            settled = Some((
-                rows[0].get::<_, String>(0),
-                rows[0].get::<_, Option<String>>(1),
-            ));
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let (state, error) = settled.expect("the move was settled by recovery");
+    env.wait_no_pending(Duration::from_secs(15)).await;
+    let rows = env
+        .query(
+            "SELECT state, error FROM {schema}.journal WHERE op = 'move'",
+            &[],
+        )
+        .await;
+    let (state, error): (String, Option<String>) = (rows[0].get(0), rows[0].get(1));
     assert_eq!(state, "committed", "{error:?}");
     assert_eq!(
         exec.status("m").await.unwrap().copy_requests,

@@ -246,22 +246,16 @@ async fn recovery_commits_what_reached_s3_and_fails_what_did_not() {
         .await;
 
     let exec = S3Executor::start(env.exec.config().clone()).await.unwrap();
-    let mut states = Vec::new();
-    for _ in 0..200 {
-        states = env
-            .query(
-                "SELECT idempotency_key, state FROM {schema}.journal ORDER BY id",
-                &[],
-            )
-            .await
-            .iter()
-            .map(|r| (r.get::<_, String>(0), r.get::<_, String>(1)))
-            .collect();
-        if states.iter().all(|(_, s)| s != "pending") {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    env.wait_no_pending(Duration::from_secs(10)).await;
+    let states: Vec<(String, String)> = env
+        .query(
+            "SELECT idempotency_key, state FROM {schema}.journal ORDER BY id",
+            &[],
+        )
+        .await
+        .iter()
+        .map(|r| (r.get::<_, String>(0), r.get::<_, String>(1)))
+        .collect();
     assert_eq!(
         states,
         [

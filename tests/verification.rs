@@ -110,22 +110,16 @@ pub async fn recovery_tells_a_same_size_object_apart(backend: Backend) {
         .await; // ...then this row's
 
     let exec = S3Executor::start(env.exec.config().clone()).await.unwrap();
-    let mut states = Vec::new();
-    for _ in 0..300 {
-        states = env
-            .query(
-                "SELECT idempotency_key, state FROM {schema}.journal ORDER BY id",
-                &[],
-            )
-            .await
-            .iter()
-            .map(|r| (r.get::<_, String>(0), r.get::<_, String>(1)))
-            .collect();
-        if states.iter().all(|(_, s)| s != "pending") {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    env.wait_no_pending(Duration::from_secs(15)).await;
+    let states: Vec<(String, String)> = env
+        .query(
+            "SELECT idempotency_key, state FROM {schema}.journal ORDER BY id",
+            &[],
+        )
+        .await
+        .iter()
+        .map(|r| (r.get::<_, String>(0), r.get::<_, String>(1)))
+        .collect();
     assert_eq!(states[1], ("k-lost".to_string(), "failed".to_string()));
     assert_eq!(states[2], ("k-landed".to_string(), "committed".to_string()));
     let rows = env

@@ -87,6 +87,12 @@ impl Health {
 impl S3Executor {
     /// Checks Postgres, Redis and every mount (each probe bounded by a few seconds).
     pub async fn health(&self) -> Health {
+        self.health_with(true).await
+    }
+
+    /// As [`S3Executor::health`]; `probe_stores = false` skips the listing sent to every mount's
+    /// bucket (`s3` is then absent), for frequent callers such as a metrics scrape.
+    pub async fn health_with(&self, probe_stores: bool) -> Health {
         let inner = self.inner.clone();
         let backlog = tokio::time::timeout(
             PROBE_TIMEOUT,
@@ -132,7 +138,9 @@ impl S3Executor {
                         LeaseStatus::Unknown => h.lease = Some("unknown".into()),
                     }
                 }
-                h.s3 = Some(Reach::from(self.probe_store(&name).await));
+                if probe_stores {
+                    h.s3 = Some(Reach::from(self.probe_store(&name).await));
+                }
             }
             mounts.insert(name, h);
         }

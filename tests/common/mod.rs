@@ -522,6 +522,27 @@ impl TestEnv {
         );
     }
 
+    /// Waits until no journal row is pending (recovery settled them), at most `within`.
+    pub async fn wait_no_pending(&self, within: Duration) {
+        let deadline = std::time::Instant::now() + within;
+        loop {
+            let rows = self
+                .query(
+                    "SELECT count(*) FROM {schema}.journal WHERE state = 'pending'",
+                    &[],
+                )
+                .await;
+            if rows[0].get::<_, i64>(0) == 0 {
+                return;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "journal rows still pending after {within:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     /// Waits (up to 10 s) until the notifier has relayed every outbox row.
     pub async fn wait_outbox_drained(&self) {
         let deadline = std::time::Instant::now() + Duration::from_secs(10);
