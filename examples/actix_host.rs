@@ -106,7 +106,7 @@ async fn main() -> anyhow::Result<()> {
     row.part_size = 5 * 1024 * 1024;
     let client = S3StoreFactory::new(config.s3.clone())
         .await
-        .client_for(&MountSpec::from_row(&row)?);
+        .client_for(&MountSpec::from_row(&row)?)?;
     if client
         .head_bucket()
         .bucket(&row.bucket)

@@ -158,6 +158,9 @@ impl ExecutorConfig {
         if let Some(ms) = env_parse::<u64>("FILESTORE_S3_ATTEMPT_TIMEOUT_MS")? {
             c.s3.attempt_timeout = Duration::from_millis(ms);
         }
+        if let Ok(v) = std::env::var("FILESTORE_STS_ENDPOINT") {
+            c.s3.sts_endpoint = Some(v).filter(|v| !v.is_empty());
+        }
         if let Some(n) = env_parse::<u32>("FILESTORE_S3_MAX_ATTEMPTS")? {
             c.supervisor.retry.max_attempts = n;
         }

@@ -168,6 +168,39 @@ struct MountArgs {
     checksum: String,
     #[arg(long)]
     disabled: bool,
+    /// Objects larger than this (bytes) go through multipart upload.
+    #[arg(long)]
+    multipart_threshold: Option<i64>,
+    /// Multipart part size in bytes.
+    #[arg(long)]
+    part_size: Option<i64>,
+    /// Parts in flight per upload.
+    #[arg(long)]
+    part_concurrency: Option<i32>,
+    /// How long verification may wait for the store to show a write.
+    #[arg(long)]
+    verify_window_ms: Option<i64>,
+    /// abort | retain: what happens to a multipart upload whose part failed for good.
+    #[arg(long)]
+    multipart_failure_policy: Option<String>,
+    /// Objects larger than this (bytes) are copied part by part.
+    #[arg(long)]
+    copy_threshold: Option<i64>,
+    /// strict | lenient: when the store ignores SSE / KMS key / storage class.
+    #[arg(long)]
+    settings_policy: Option<String>,
+    /// Take the mount's credentials from this profile of the shared AWS config files.
+    #[arg(long, conflicts_with = "role_arn")]
+    profile: Option<String>,
+    /// Assume this role (STS AssumeRole, authorised by the executor's default chain).
+    #[arg(long)]
+    role_arn: Option<String>,
+    /// External id for the role's trust policy.
+    #[arg(long, requires = "role_arn")]
+    external_id: Option<String>,
+    /// Session name of the assumed role (default filestore-s3-<mount>).
+    #[arg(long, requires = "role_arn")]
+    session_name: Option<String>,
 }
 
 impl MountArgs {
@@ -182,6 +215,37 @@ impl MountArgs {
         r.storage_class = self.storage_class.clone();
         r.checksum = self.checksum.clone();
         r.enabled = !self.disabled;
+        if let Some(v) = self.multipart_threshold {
+            r.multipart_threshold = v;
+        }
+        if let Some(v) = self.part_size {
+            r.part_size = v;
+        }
+        if let Some(v) = self.part_concurrency {
+            r.part_concurrency = v;
+        }
+        if let Some(v) = self.verify_window_ms {
+            r.verify_window_ms = v;
+        }
+        if let Some(v) = &self.multipart_failure_policy {
+            r.multipart_failure_policy = v.clone();
+        }
+        if let Some(v) = self.copy_threshold {
+            r.copy_threshold = v;
+        }
+        if let Some(v) = &self.settings_policy {
+            r.settings_policy = v.clone();
+        }
+        if let Some(p) = &self.profile {
+            r.credentials_source = "profile".into();
+            r.credentials_profile = Some(p.clone());
+        }
+        if let Some(arn) = &self.role_arn {
+            r.credentials_source = "assume_role".into();
+            r.role_arn = Some(arn.clone());
+            r.role_external_id = self.external_id.clone();
+            r.role_session_name = self.session_name.clone();
+        }
         r
     }
 }
@@ -444,7 +508,7 @@ async fn demo(config: ExecutorConfig, args: DemoArgs) -> anyhow::Result<()> {
     row.path_style = true;
     let spec = MountSpec::from_row(&row)?;
     let factory = S3StoreFactory::new(config.s3.clone()).await;
-    let client = factory.client_for(&spec);
+    let client = factory.client_for(&spec)?;
     if client
         .head_bucket()
         .bucket(&args.bucket)

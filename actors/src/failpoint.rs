@@ -1,6 +1,12 @@
-//! Kill points for crash tests. With the `failpoints` feature, `hit(name)` aborts the process
-//! (no destructor runs, like SIGKILL) when `name` is listed in `FILESTORE_FAILPOINTS`
-//! (comma-separated). Without the feature it compiles to nothing.
+//! Fault points for crash and takeover tests. With the `failpoints` feature, `hit(name).await`
+//! acts when `name` is armed in `FILESTORE_FAILPOINTS` (comma-separated `name[=action]`); without
+//! the feature it compiles to nothing.
+//!
+//! Actions: `abort` (the default) ends the process at once, no destructor running, like SIGKILL;
+//! `pause` parks the operation for good (the rest of the process — lease renewal, other
+//! operations — goes on), so a test can kill the process while the operation is at that point;
+//! `sleep:<ms>` parks it for that long, then it goes on. Each action prints one line
+//! `failpoint <name>: <action>` to stderr when it fires.
 //!
 //! Names: `after_<phase>` once a copy / move recorded that phase (`after_source_pinned`,
 //! `after_copied`, `after_source_deleted`); `before_commit` once an operation is verified and
@@ -9,26 +15,86 @@
 /// Environment variable that lists the armed failpoints.
 pub const FAILPOINTS_ENV: &str = "FILESTORE_FAILPOINTS";
 
-/// Aborts the process if `name` is armed (feature `failpoints` only).
+/// What an armed failpoint does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    /// End the process at once.
+    Abort,
+    /// Park the operation for good.
+    Pause,
+    /// Park the operation this many milliseconds.
+    Sleep(u64),
+}
+
+/// Parses `FILESTORE_FAILPOINTS`: `name[=abort|pause|sleep:<ms>]`, comma-separated. An entry
+/// that cannot be parsed is reported and ignored.
+pub fn parse(spec: &str) -> Vec<(String, Action)> {
+    spec.split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .filter_map(|entry| {
+            let (name, action) = entry.split_once('=').unwrap_or((entry, "abort"));
+            let action = match action {
+                "abort" => Action::Abort,
+                "pause" => Action::Pause,
+                other => match other.strip_prefix("sleep:").map(str::parse) {
+                    Some(Ok(ms)) => Action::Sleep(ms),
+                    _ => {
+                        eprintln!(
+                            "{FAILPOINTS_ENV}: '{entry}' ignored (abort, pause or sleep:<ms>)"
+                        );
+                        return None;
+                    }
+                },
+            };
+            Some((name.to_owned(), action))
+        })
+        .collect()
+}
+
+/// Acts if `name` is armed (feature `failpoints` only).
 #[cfg(feature = "failpoints")]
-pub fn hit(name: &str) {
+pub async fn hit(name: &str) {
     use std::sync::OnceLock;
-    static ARMED: OnceLock<Vec<String>> = OnceLock::new();
-    let armed = ARMED.get_or_init(|| {
-        std::env::var(FAILPOINTS_ENV)
-            .unwrap_or_default()
-            .split(',')
-            .map(|s| s.trim().to_owned())
-            .filter(|s| !s.is_empty())
-            .collect()
-    });
-    if armed.iter().any(|a| a == name) {
-        eprintln!("failpoint {name}: aborting the process");
-        std::process::abort();
+    static ARMED: OnceLock<Vec<(String, Action)>> = OnceLock::new();
+    let armed = ARMED.get_or_init(|| parse(&std::env::var(FAILPOINTS_ENV).unwrap_or_default()));
+    let Some((_, action)) = armed.iter().find(|(n, _)| n == name) else {
+        return;
+    };
+    match action {
+        Action::Abort => {
+            eprintln!("failpoint {name}: aborting the process");
+            std::process::abort();
+        }
+        Action::Pause => {
+            eprintln!("failpoint {name}: paused");
+            std::future::pending::<()>().await;
+        }
+        Action::Sleep(ms) => {
+            eprintln!("failpoint {name}: sleeping {ms} ms");
+            tokio::time::sleep(std::time::Duration::from_millis(*ms)).await;
+        }
     }
 }
 
-/// Aborts the process if `name` is armed (feature `failpoints` only).
+/// Acts if `name` is armed (feature `failpoints` only).
 #[cfg(not(feature = "failpoints"))]
 #[inline(always)]
-pub fn hit(_name: &str) {}
+pub async fn hit(_name: &str) {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_actions() {
+        assert_eq!(
+            parse("after_copied, before_commit=pause,after_complete=sleep:250,x=boom,,"),
+            vec![
+                ("after_copied".to_owned(), Action::Abort),
+                ("before_commit".to_owned(), Action::Pause),
+                ("after_complete".to_owned(), Action::Sleep(250)),
+            ]
+        );
+    }
+}

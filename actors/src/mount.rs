@@ -69,6 +69,16 @@ pub struct MountRow {
     /// `strict` or `lenient`: what happens when the store ignores the mount's SSE / KMS key /
     /// storage class.
     pub settings_policy: String,
+    /// `default`, `profile` or `assume_role`: where the mount's credentials come from.
+    pub credentials_source: String,
+    /// Profile name of the shared AWS config / credentials files (`profile` only).
+    pub credentials_profile: Option<String>,
+    /// Role to assume with STS (`assume_role` only).
+    pub role_arn: Option<String>,
+    /// External id the role's trust policy asks for (`assume_role` only, optional).
+    pub role_external_id: Option<String>,
+    /// Session name of the assumed role (`assume_role` only; default `filestore-s3-<mount>`).
+    pub role_session_name: Option<String>,
 }
 
 impl MountRow {
@@ -94,6 +104,11 @@ impl MountRow {
             multipart_failure_policy: "abort".into(),
             copy_threshold: MAX_COPY_OBJECT_BYTES as i64,
             settings_policy: "strict".into(),
+            credentials_source: "default".into(),
+            credentials_profile: None,
+            role_arn: None,
+            role_external_id: None,
+            role_session_name: None,
         }
     }
 }
@@ -134,6 +149,40 @@ pub enum SettingsPolicy {
     /// The operation commits what the store really applied and says so in the result, the node
     /// (`not_applied`) and the `filestore_s3_settings_not_applied_total` metric.
     Lenient,
+}
+
+/// Where a mount's credentials come from. None of them puts a secret in the mount table.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum CredentialSource {
+    /// The executor's credential chain (static keys given to it, environment, shared files,
+    /// web identity, container / instance metadata).
+    Default,
+    /// A named profile of the shared AWS config / credentials files.
+    Profile {
+        /// Profile name.
+        name: String,
+    },
+    /// A role assumed with STS AssumeRole, authorised by the executor's credential chain; the
+    /// temporary credentials are cached and refreshed before they expire.
+    AssumeRole {
+        /// The role's ARN.
+        role_arn: String,
+        /// External id, when the role's trust policy requires one.
+        external_id: Option<String>,
+        /// Session name (shows in CloudTrail).
+        session_name: String,
+    },
+}
+
+impl CredentialSource {
+    /// Short form for logs, health reports and errors (no secret is ever part of it).
+    pub fn describe(&self) -> String {
+        match self {
+            CredentialSource::Default => "default chain".into(),
+            CredentialSource::Profile { name } => format!("profile '{name}'"),
+            CredentialSource::AssumeRole { role_arn, .. } => format!("role '{role_arn}'"),
+        }
+    }
 }
 
 /// How uploads are protected on the wire.
@@ -208,6 +257,8 @@ pub struct MountSpec {
     pub copy_threshold: u64,
     /// What to do when the store ignores SSE / KMS key / storage class.
     pub settings_policy: SettingsPolicy,
+    /// Where the mount's credentials come from.
+    pub credentials: CredentialSource,
 }
 
 impl MountSpec {
@@ -218,6 +269,7 @@ impl MountSpec {
         self.endpoint == source.endpoint
             && self.region == source.region
             && self.path_style == source.path_style
+            && self.credentials == source.credentials
     }
 }
 
@@ -376,6 +428,7 @@ impl MountSpec {
                 ))
             }
         };
+        let credentials = credential_source(row).map_err(|(f, r)| err(f, r))?;
         Ok(MountSpec {
             name: row.name.clone(),
             bucket: row.bucket.clone(),
@@ -395,7 +448,103 @@ impl MountSpec {
             retain_failed_uploads,
             copy_threshold,
             settings_policy,
+            credentials,
         })
+    }
+}
+
+/// Validates the credential columns of `row`; the error names the column.
+fn credential_source(row: &MountRow) -> Result<CredentialSource, (&'static str, String)> {
+    let unexpected = |field: &'static str, value: &Option<String>| match value {
+        Some(_) => Err((
+            field,
+            format!(
+                "is set but credentials_source is '{}'",
+                row.credentials_source
+            ),
+        )),
+        None => Ok(()),
+    };
+    let chars_ok = |s: &str, extra: &str| {
+        s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || extra.contains(c))
+    };
+    match row.credentials_source.as_str() {
+        "default" => {
+            unexpected("credentials_profile", &row.credentials_profile)?;
+            unexpected("role_arn", &row.role_arn)?;
+            unexpected("role_external_id", &row.role_external_id)?;
+            unexpected("role_session_name", &row.role_session_name)?;
+            Ok(CredentialSource::Default)
+        }
+        "profile" => {
+            unexpected("role_arn", &row.role_arn)?;
+            unexpected("role_external_id", &row.role_external_id)?;
+            unexpected("role_session_name", &row.role_session_name)?;
+            let name = row.credentials_profile.clone().unwrap_or_default();
+            if name.is_empty() || name.len() > 64 || !chars_ok(&name, "-_.") {
+                return Err((
+                    "credentials_profile",
+                    format!("'{name}' must be 1-64 ASCII letters, digits, '-', '_' or '.'"),
+                ));
+            }
+            Ok(CredentialSource::Profile { name })
+        }
+        "assume_role" => {
+            unexpected("credentials_profile", &row.credentials_profile)?;
+            let arn = row.role_arn.clone().unwrap_or_default();
+            // arn:<partition>:iam::<account>:role/<path/name>
+            let parts: Vec<&str> = arn.splitn(6, ':').collect();
+            let well_formed = parts.len() == 6
+                && parts[0] == "arn"
+                && parts[1].starts_with("aws")
+                && parts[2] == "iam"
+                && parts[3].is_empty()
+                && parts[4].len() == 12
+                && parts[4].chars().all(|c| c.is_ascii_digit())
+                && parts[5].len() > "role/".len()
+                && parts[5].starts_with("role/")
+                && arn.len() <= 2048
+                && chars_ok(parts[5], "/+=,.@_-");
+            if !well_formed {
+                return Err((
+                    "role_arn",
+                    format!("'{arn}' is not a role ARN like 'arn:aws:iam::123456789012:role/name'"),
+                ));
+            }
+            if let Some(id) = &row.role_external_id {
+                if !(2..=1224).contains(&id.len()) || !chars_ok(id, "+=,.@:/_-") {
+                    return Err((
+                        "role_external_id",
+                        "must be 2-1224 characters of letters, digits and +=,.@:/_-".into(),
+                    ));
+                }
+            }
+            let session_name = match &row.role_session_name {
+                Some(n) => n.clone(),
+                None => format!("filestore-s3-{}", row.name)
+                    .chars()
+                    .take(64)
+                    .collect(),
+            };
+            if !(2..=64).contains(&session_name.len()) || !chars_ok(&session_name, "+=,.@_-") {
+                return Err((
+                    "role_session_name",
+                    format!(
+                        "'{session_name}' must be 2-64 characters of letters, digits and +=,.@_-"
+                    ),
+                ));
+            }
+            Ok(CredentialSource::AssumeRole {
+                role_arn: arn,
+                external_id: row.role_external_id.clone(),
+                session_name,
+            })
+        }
+        other => Err((
+            "credentials_source",
+            format!("'{other}' is unknown; use 'default', 'profile' or 'assume_role'"),
+        )),
     }
 }
 
@@ -442,6 +591,37 @@ mod tests {
         assert_eq!(spec.keys.prefix(), "data/x/");
         assert_eq!(spec.checksum, ChecksumPolicy::Sha256);
         assert_eq!(spec.sse, Sse::None);
+        assert_eq!(spec.credentials, CredentialSource::Default);
+    }
+
+    #[test]
+    fn credential_sources() {
+        let mut r = row();
+        r.credentials_source = "profile".into();
+        r.credentials_profile = Some("prod-archive".into());
+        assert_eq!(
+            MountSpec::from_row(&r).unwrap().credentials,
+            CredentialSource::Profile {
+                name: "prod-archive".into()
+            }
+        );
+        let mut r = row();
+        r.credentials_source = "assume_role".into();
+        r.role_arn = Some("arn:aws:iam::123456789012:role/team/archive-writer".into());
+        r.role_external_id = Some("ext-42".into());
+        let spec = MountSpec::from_row(&r).unwrap();
+        assert_eq!(
+            spec.credentials,
+            CredentialSource::AssumeRole {
+                role_arn: "arn:aws:iam::123456789012:role/team/archive-writer".into(),
+                external_id: Some("ext-42".into()),
+                session_name: "filestore-s3-m1".into(),
+            }
+        );
+        // Another credential source means another account: no server-side copy between them.
+        let default = MountSpec::from_row(&row()).unwrap();
+        assert!(default.can_copy_server_side_from(&default));
+        assert!(!default.can_copy_server_side_from(&spec));
     }
 
     #[test]
@@ -468,6 +648,41 @@ mod tests {
                 Box::new(|r| r.multipart_threshold = 0),
             ),
             ("part_concurrency", Box::new(|r| r.part_concurrency = 0)),
+            (
+                "credentials_source",
+                Box::new(|r| r.credentials_source = "keys".into()),
+            ),
+            (
+                "credentials_profile",
+                Box::new(|r| r.credentials_source = "profile".into()),
+            ),
+            (
+                "credentials_profile",
+                Box::new(|r| r.credentials_profile = Some("p".into())),
+            ),
+            (
+                "role_arn",
+                Box::new(|r| {
+                    r.credentials_source = "assume_role".into();
+                    r.role_arn = Some("arn:aws:s3:::bucket".into());
+                }),
+            ),
+            (
+                "role_external_id",
+                Box::new(|r| {
+                    r.credentials_source = "assume_role".into();
+                    r.role_arn = Some("arn:aws:iam::123456789012:role/r".into());
+                    r.role_external_id = Some("x".into());
+                }),
+            ),
+            (
+                "role_session_name",
+                Box::new(|r| {
+                    r.credentials_source = "assume_role".into();
+                    r.role_arn = Some("arn:aws:iam::123456789012:role/r".into());
+                    r.role_session_name = Some("has space".into());
+                }),
+            ),
             ("verify_window_ms", Box::new(|r| r.verify_window_ms = -1)),
             ("checksum", Box::new(|r| r.checksum = "crc32".into())),
             (

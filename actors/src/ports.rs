@@ -35,6 +35,9 @@ pub enum StoreErrorKind {
     ChecksumMismatch,
     /// Credentials or permissions: fix the configuration.
     AccessDenied,
+    /// The mount's credentials could not be obtained (profile missing, role not assumable, STS
+    /// unreachable): nothing was sent to the bucket; fix the mount's credential source.
+    Credentials,
     /// Bucket missing, endpoint unreachable by name, or a request the store rejects
     /// (unknown storage class, checksum header not supported): fix the mount.
     Config,

@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use filestore_s3_actors::commands::LeaseStatus;
+use filestore_s3_actors::ports::{StoreError, StoreErrorKind};
 use serde::Serialize;
 
 use super::runtime::on_arbiter;
@@ -52,9 +53,15 @@ pub struct MountHealth {
     /// Lease epoch, when owned.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub epoch: Option<i64>,
+    /// Where the mount's credentials come from (`default chain`, `profile 'p'`, `role 'arn'`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub credentials: Option<String>,
     /// The bucket answered a one-key listing.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub s3: Option<Reach>,
+    /// Why the mount's credentials could not be obtained, when the probe failed for that reason.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub credentials_error: Option<String>,
     /// Outbox rows not yet relayed to Redis.
     pub outbox_backlog: i64,
     /// Operations running or queued.
@@ -119,7 +126,9 @@ impl S3Executor {
                 lease: None,
                 owner: None,
                 epoch: None,
+                credentials: None,
                 s3: None,
+                credentials_error: None,
                 outbox_backlog: backlog.get(&name).copied().unwrap_or(0),
                 operations: 0,
             };
@@ -138,8 +147,17 @@ impl S3Executor {
                         LeaseStatus::Unknown => h.lease = Some("unknown".into()),
                     }
                 }
+                if let Ok((_, spec, _)) = self.mount(&name) {
+                    h.credentials = Some(spec.credentials.describe());
+                }
                 if probe_stores {
-                    h.s3 = Some(Reach::from(self.probe_store(&name).await));
+                    let probe = self.probe_store(&name).await;
+                    if let Err(ProbeError::Store(e)) = &probe {
+                        if e.kind == StoreErrorKind::Credentials {
+                            h.credentials_error = Some(e.message.clone());
+                        }
+                    }
+                    h.s3 = Some(Reach::from(probe));
                 }
             }
             mounts.insert(name, h);
@@ -165,17 +183,34 @@ impl S3Executor {
         }
     }
 
-    async fn probe_store(&self, mount: &str) -> Result<(), String> {
-        let (_, spec, store) = self.mount(mount).map_err(|e| e.to_string())?;
+    async fn probe_store(&self, mount: &str) -> Result<(), ProbeError> {
+        let (_, spec, store) = self
+            .mount(mount)
+            .map_err(|e| ProbeError::Other(e.to_string()))?;
         let prefix = spec.keys.prefix().to_owned();
         let list = on_arbiter(&self.inner.arbiter, async move {
             store.list_objects(&prefix, Some("/"), None, Some(1)).await
         });
         match tokio::time::timeout(PROBE_TIMEOUT, list).await {
             Ok(Ok(Ok(_))) => Ok(()),
-            Ok(Ok(Err(e))) => Err(e.to_string()),
-            Ok(Err(e)) => Err(e.to_string()),
-            Err(_) => Err("no answer in time".into()),
+            Ok(Ok(Err(e))) => Err(ProbeError::Store(e)),
+            Ok(Err(e)) => Err(ProbeError::Other(e.to_string())),
+            Err(_) => Err(ProbeError::Other("no answer in time".into())),
+        }
+    }
+}
+
+/// Why a store probe failed.
+enum ProbeError {
+    Store(StoreError),
+    Other(String),
+}
+
+impl std::fmt::Display for ProbeError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ProbeError::Store(e) => e.fmt(f),
+            ProbeError::Other(e) => f.write_str(e),
         }
     }
 }

@@ -182,10 +182,16 @@ impl PgMetaStore {
         };
         let (result, events) = r.outcome(generation);
         let result_json = serde_json::to_value(&result).map_err(|e| corrupt("result", e))?;
+        // The lease this commit was checked against (none for an unfenced view: tools, tests).
+        let (by, epoch) = match &self.fence {
+            Some(f) => (Some(f.owner.as_str()), Some(f.epoch)),
+            None => (None, None),
+        };
         tx.execute(
-            "UPDATE journal SET state = 'committed', result = $2, error = NULL, updated_at = now()
+            "UPDATE journal SET state = 'committed', result = $2, error = NULL, updated_at = now(),
+                committed_by = $3, committed_epoch = $4
              WHERE id = $1",
-            &[&r.journal_id, &result_json],
+            &[&r.journal_id, &result_json, &by, &epoch],
         )
         .await
         .map_err(pg)?;

@@ -13,8 +13,10 @@ impl PgMetaStore {
             "INSERT INTO backend_mounts (name, bucket, prefix, region, endpoint, path_style, sse_mode,
                 kms_key_id, canned_acl, storage_class, multipart_threshold, part_size, part_concurrency,
                 verify_window_ms, checksum, enabled, multipart_failure_policy, copy_threshold,
-                settings_policy)
-             VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13,$14,$15,$16,$17,$18,$19)
+                settings_policy, credentials_source, credentials_profile, role_arn,
+                role_external_id, role_session_name)
+             VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13,$14,$15,$16,$17,$18,$19,$20,$21,$22,
+                $23,$24)
              ON CONFLICT (name) DO UPDATE SET bucket = EXCLUDED.bucket, prefix = EXCLUDED.prefix,
                 region = EXCLUDED.region, endpoint = EXCLUDED.endpoint, path_style = EXCLUDED.path_style,
                 sse_mode = EXCLUDED.sse_mode, kms_key_id = EXCLUDED.kms_key_id,
@@ -24,6 +26,10 @@ impl PgMetaStore {
                 checksum = EXCLUDED.checksum, enabled = EXCLUDED.enabled,
                 multipart_failure_policy = EXCLUDED.multipart_failure_policy,
                 copy_threshold = EXCLUDED.copy_threshold, settings_policy = EXCLUDED.settings_policy,
+                credentials_source = EXCLUDED.credentials_source,
+                credentials_profile = EXCLUDED.credentials_profile, role_arn = EXCLUDED.role_arn,
+                role_external_id = EXCLUDED.role_external_id,
+                role_session_name = EXCLUDED.role_session_name,
                 updated_at = now()",
             &[
                 &r.name,
@@ -45,6 +51,11 @@ impl PgMetaStore {
                 &r.multipart_failure_policy,
                 &r.copy_threshold,
                 &r.settings_policy,
+                &r.credentials_source,
+                &r.credentials_profile,
+                &r.role_arn,
+                &r.role_external_id,
+                &r.role_session_name,
             ],
         )
         .await
@@ -59,7 +70,8 @@ impl PgMetaStore {
                 "SELECT name, bucket, prefix, region, endpoint, path_style, sse_mode, kms_key_id,
                         canned_acl, storage_class, multipart_threshold, part_size, part_concurrency,
                         verify_window_ms, checksum, enabled, multipart_failure_policy,
-                        copy_threshold, settings_policy
+                        copy_threshold, settings_policy, credentials_source, credentials_profile,
+                        role_arn, role_external_id, role_session_name
                  FROM backend_mounts ORDER BY name",
                 &[],
             )
@@ -87,6 +99,11 @@ impl PgMetaStore {
                 multipart_failure_policy: r.get("multipart_failure_policy"),
                 copy_threshold: r.get("copy_threshold"),
                 settings_policy: r.get("settings_policy"),
+                credentials_source: r.get("credentials_source"),
+                credentials_profile: r.get("credentials_profile"),
+                role_arn: r.get("role_arn"),
+                role_external_id: r.get("role_external_id"),
+                role_session_name: r.get("role_session_name"),
             })
             .collect())
     }

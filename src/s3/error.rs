@@ -1,6 +1,7 @@
 //! S3 error classification: one table from error code / HTTP status to a [`StoreErrorKind`], which
 //! decides retryability.
 
+use aws_credential_types::provider::error::CredentialsError;
 use aws_sdk_s3::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
 use aws_smithy_runtime_api::http::Response;
 use filestore_s3_actors::ports::{StoreError, StoreErrorKind};
@@ -58,12 +59,32 @@ fn kind_for_status(status: u16) -> StoreErrorKind {
     }
 }
 
+/// Whether `err` (or an error it wraps) is a credentials provider's failure.
+fn credentials_failed(err: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(err);
+    while let Some(e) = cur {
+        if e.is::<CredentialsError>() {
+            return true;
+        }
+        cur = e.source();
+    }
+    false
+}
+
 /// Classifies any aws-sdk-s3 operation error.
 pub fn classify<E>(err: SdkError<E, Response>) -> StoreError
 where
     E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
 {
     let mut message = DisplayErrorContext(&err).to_string();
+    if credentials_failed(&err) {
+        // The request was never signed, so never sent: the mount's credential source failed.
+        return StoreError {
+            kind: StoreErrorKind::Credentials,
+            code: None,
+            message: format!("the mount's credentials could not be obtained: {message}"),
+        };
+    }
     let (kind, code) = match &err {
         SdkError::ServiceError(se) => {
             let code = se.err().code().map(str::to_owned);

@@ -23,12 +23,13 @@ use base64::Engine as _;
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use filestore_s3_actors::model::{ObjectMeta, RawListing, WriteMarker};
-use filestore_s3_actors::mount::{ChecksumPolicy, MountSpec, Sse};
+use filestore_s3_actors::mount::{ChecksumPolicy, CredentialSource, MountSpec, Sse};
 use filestore_s3_actors::ports::{
     ByteRange, CopyObjectInput, ObjectBody, ObjectStore, ObjectStoreFactory, PartCopyInput,
     PutObjectInput, StoreError, StoreErrorKind, UploadedPart,
 };
 use filestore_s3_actors::Sha256Digest;
+use futures::FutureExt as _;
 use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
 
 pub use error::classify;
@@ -38,6 +39,9 @@ pub use error::classify;
 pub struct S3Settings {
     /// Static credentials; `None` uses the AWS default chain (environment, profile, IMDS, ...).
     pub credentials: Option<(String, String)>,
+    /// STS endpoint for mounts that assume a role (`None`: the SDK's, which honours
+    /// `AWS_ENDPOINT_URL_STS`); set for STS-compatible services such as moto.
+    pub sts_endpoint: Option<String>,
     /// Connect timeout.
     pub connect_timeout: Duration,
     /// Timeout of one attempt (request and response body).
@@ -52,6 +56,7 @@ impl std::fmt::Debug for S3Settings {
                 "credentials",
                 &self.credentials.as_ref().map(|(ak, _)| (ak, "<redacted>")),
             )
+            .field("sts_endpoint", &self.sts_endpoint)
             .field("connect_timeout", &self.connect_timeout)
             .field("attempt_timeout", &self.attempt_timeout)
             .finish()
@@ -62,6 +67,7 @@ impl Default for S3Settings {
     fn default() -> Self {
         S3Settings {
             credentials: None,
+            sts_endpoint: None,
             connect_timeout: Duration::from_secs(5),
             attempt_timeout: Duration::from_secs(60),
         }
@@ -91,10 +97,64 @@ impl S3StoreFactory {
         S3StoreFactory { base, settings }
     }
 
-    /// The client a mount uses: its region, endpoint and addressing; SDK retries off (the executor
-    /// retries with its own policy and counts it); the SDK's default CRC32 checksum off (the
-    /// executor sends SHA-256 itself, or nothing, per the mount's checksum policy).
-    pub fn client_for(&self, spec: &MountSpec) -> Client {
+    /// The credentials provider of a mount whose credentials do not come from the default
+    /// chain. Providers resolve lazily: a profile that is missing or a role that cannot be
+    /// assumed shows as a `Credentials` error of the mount's first request (and in its health),
+    /// never at start-up, so one mount's credentials cannot keep the others from starting.
+    fn credentials_for(
+        &self,
+        spec: &MountSpec,
+    ) -> Result<Option<SharedCredentialsProvider>, StoreError> {
+        Ok(match &spec.credentials {
+            CredentialSource::Default => None,
+            CredentialSource::Profile { name } => Some(SharedCredentialsProvider::new(
+                aws_config::profile::ProfileFileCredentialsProvider::builder()
+                    .profile_name(name)
+                    .build(),
+            )),
+            CredentialSource::AssumeRole {
+                role_arn,
+                external_id,
+                session_name,
+            } => {
+                // STS is called with the executor's own credentials (the base chain), in the
+                // mount's region.
+                let mut sts = self
+                    .base
+                    .clone()
+                    .into_builder()
+                    .region(Region::new(spec.region.clone()));
+                if let Some(ep) = &self.settings.sts_endpoint {
+                    sts = sts.endpoint_url(ep);
+                }
+                let mut builder = aws_config::sts::AssumeRoleProvider::builder(role_arn)
+                    .session_name(session_name)
+                    .configure(&sts.build());
+                if let Some(id) = external_id {
+                    builder = builder.external_id(id);
+                }
+                // With a configuration given, `build` only assembles the STS client: it never
+                // waits, so it is finished on the first poll.
+                let provider = builder.build().now_or_never().ok_or_else(|| {
+                    StoreError::new(
+                        StoreErrorKind::Credentials,
+                        format!(
+                            "mount '{}': the AssumeRole provider could not be built",
+                            spec.name
+                        ),
+                    )
+                })?;
+                Some(SharedCredentialsProvider::new(provider))
+            }
+        })
+    }
+
+    /// The client a mount uses: its region, endpoint, addressing and credentials; SDK retries off
+    /// (the executor retries with its own policy and counts it); the SDK's default CRC32 checksum
+    /// off (the executor sends SHA-256 itself, or nothing, per the mount's checksum policy).
+    /// Temporary credentials (an assumed role) are cached by the client's identity cache and
+    /// fetched again before they expire.
+    pub fn client_for(&self, spec: &MountSpec) -> Result<Client, StoreError> {
         let mut b = aws_sdk_s3::config::Builder::from(&self.base)
             .region(Region::new(spec.region.clone()))
             .force_path_style(spec.path_style)
@@ -110,14 +170,17 @@ impl S3StoreFactory {
         if let Some(ep) = &spec.endpoint {
             b = b.endpoint_url(ep);
         }
-        Client::from_conf(b.build())
+        if let Some(provider) = self.credentials_for(spec)? {
+            b = b.credentials_provider(provider);
+        }
+        Ok(Client::from_conf(b.build()))
     }
 }
 
 impl ObjectStoreFactory for S3StoreFactory {
     fn for_mount(&self, spec: &MountSpec) -> Result<Arc<dyn ObjectStore>, StoreError> {
         Ok(Arc::new(S3Store {
-            client: self.client_for(spec),
+            client: self.client_for(spec)?,
             bucket: spec.bucket.clone(),
             sse: spec.sse.clone(),
             acl: spec.canned_acl.clone(),

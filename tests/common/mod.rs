@@ -6,6 +6,8 @@
 
 #![allow(dead_code)]
 
+pub mod invariants;
+
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::OnceLock;
 use std::time::Duration;
@@ -205,6 +207,17 @@ impl TestEnv {
         settings: SupervisorSettings,
         endpoint_override: Option<String>,
     ) -> Self {
+        Self::build_with_config(backend, edit, settings, endpoint_override, |_| {}).await
+    }
+
+    /// As [`TestEnv::build`], with the executor's configuration adjusted by `edit_config` last.
+    pub async fn build_with_config(
+        backend: Backend,
+        edit: impl FnOnce(&mut MountRow),
+        settings: SupervisorSettings,
+        endpoint_override: Option<String>,
+        edit_config: impl FnOnce(&mut ExecutorConfig),
+    ) -> Self {
         let _ = env_logger::builder().is_test(true).try_init();
         let id = unique_id();
         let t = target(backend);
@@ -256,12 +269,15 @@ impl TestEnv {
             credentials: t.credentials.clone(),
             ..S3Settings::default()
         };
+        edit_config(&mut config);
 
         let factory = S3StoreFactory::new(config.s3.clone()).await;
         let mut plain = row.clone();
         plain.storage_class = None;
         plain.endpoint = direct_endpoint;
-        let s3 = factory.client_for(&MountSpec::from_row(&plain).expect("test mount row is valid"));
+        let s3 = factory
+            .client_for(&MountSpec::from_row(&plain).expect("test mount row is valid"))
+            .expect("default-chain client");
         if created_bucket {
             s3.create_bucket().bucket(&bucket).send().await.unwrap_or_else(|e| {
                 panic!(
@@ -736,6 +752,11 @@ impl FlakyProxy {
             .iter()
             .map(|h| h.lines().next().unwrap_or_default().to_owned())
             .collect()
+    }
+
+    /// Whole request heads (request line and headers) forwarded so far.
+    pub fn heads(&self) -> Vec<String> {
+        self.requests.lock().unwrap().clone()
     }
 
     /// CopyObject / UploadPartCopy requests forwarded so far (heads with `x-amz-copy-source`).

@@ -83,7 +83,7 @@ impl OpContext {
             })
             .await
             .map_err(mailbox_closed)??;
-        crate::failpoint::hit(&format!("after_{phase}"));
+        crate::failpoint::hit(&format!("after_{phase}")).await;
         Ok(())
     }
 

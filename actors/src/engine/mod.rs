@@ -163,7 +163,7 @@ async fn run_protocol(
     };
     match ops::act(&c, journal_id, &request, payload, None).await {
         Ok(outcome) => {
-            crate::failpoint::hit("before_commit");
+            crate::failpoint::hit("before_commit").await;
             c.commit(commit_record(&c, journal_id, &request, outcome))
                 .await
         }
@@ -234,7 +234,7 @@ pub(crate) async fn recover_entry(c: OpContext, entry: JournalEntry) -> Result<O
     let mount = c.spec.name.clone();
     match ops::recover(&c, &entry).await {
         Ok(outcome) => {
-            crate::failpoint::hit("before_commit");
+            crate::failpoint::hit("before_commit").await;
             let r = c
                 .commit(commit_record(&c, entry.id, &entry.request, outcome))
                 .await?;

@@ -52,7 +52,7 @@ pub(super) async fn act(
         sink,
     };
     let done = UploadHandle::start(job, c.upload_deps()).join().await?;
-    crate::failpoint::hit("after_complete");
+    crate::failpoint::hit("after_complete").await;
     let node = verify_upload(c, key, journal_id, &done).await?;
     Ok(Outcome {
         change: NodeChange::Upsert(node),
