@@ -103,13 +103,25 @@ impl CommitterActor {
         let mount = self.mount.clone();
         Box::pin(
             async move {
-                retry
+                if what == "commit" {
+                    // Lets a test stop the process with a commit about to be written.
+                    crate::failpoint::hit("before_commit_transaction").await;
+                }
+                let result = retry
                     .run(
                         || op(meta.clone()),
                         |e| e.retryable,
                         log_retry(&mount, what),
                     )
-                    .await
+                    .await;
+                if let Err(e) = &result {
+                    if e.fenced {
+                        log::warn!(
+                            "mount {mount}: {what} refused by the lease fence: this executor no longer holds the mount's lease ({e})"
+                        );
+                    }
+                }
+                result
             }
             .into_actor(self),
         )

@@ -204,21 +204,32 @@ pub async fn check(env: &TestEnv, expected: &Expected) {
         .collect();
     let buckets: BTreeSet<(String, String)> = mounts.values().cloned().collect();
     for (bucket, prefix) in buckets {
-        let open = env
+        let listing = env
             .s3
             .list_multipart_uploads()
             .bucket(&bucket)
             .prefix(&prefix)
             .send()
-            .await
-            .unwrap_or_else(|e| panic!("ListMultipartUploads {bucket}: {e:?}"));
-        for u in open.uploads() {
-            let id = u.upload_id().unwrap_or_default();
-            assert!(
-                retained.contains(id),
-                "I6: upload {id} of {:?} is open in {bucket} but no unfinished operation holds it",
-                u.key()
-            );
+            .await;
+        match listing {
+            Ok(open) => {
+                for u in open.uploads() {
+                    let id = u.upload_id().unwrap_or_default();
+                    assert!(
+                        retained.contains(id),
+                        "I6: upload {id} of {:?} is open in {bucket} but no unfinished operation holds it",
+                        u.key()
+                    );
+                }
+            }
+            // s3s-fs lists no uploads, and its ListParts answers for an upload it completed:
+            // there I6 cannot be observed (moto and real S3 check it).
+            Err(e)
+                if e.as_service_error().and_then(|s| s.meta().code()) == Some("NotImplemented") =>
+            {
+                eprintln!("I6 not checked on {bucket}: the server does not list multipart uploads");
+            }
+            Err(e) => panic!("ListMultipartUploads {bucket}: {e:?}"),
         }
     }
 }
