@@ -68,6 +68,8 @@ if [ -z "${FILESTORE_REDIS_URL:-}" ] && ! port_open 127.0.0.1 6379; then
     --dir "$root/.dev" --logfile "$root/.dev/redis.log" >&2
   wait_port 127.0.0.1 6379 || { log "Redis did not open 127.0.0.1:6379"; exit 1; }
 fi
+# The feed test restarts a Redis of its own (redis-server on a free loopback port).
+command -v redis-server >/dev/null || apt_install redis-server
 
 # ---------------------------------------------------------------- moto_server
 # Pinned: moto 5.2.1 answers CompleteMultipartUpload with a root element the AWS SDK rejects;

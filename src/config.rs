@@ -49,6 +49,9 @@ pub struct ExecutorConfig {
     pub passive: bool,
     /// Period of the fallback reload of `backend_mounts`.
     pub mount_reload_interval: Duration,
+    /// How long `shutdown` lets running operations finish before it gives up on them (they stay
+    /// pending, multipart uploads resumable, for the mount's next owner).
+    pub shutdown_deadline: Duration,
 }
 
 /// `{hostname}:{pid}:{8 hex digits}`: readable in `mount_leases` and unique per executor.
@@ -93,6 +96,7 @@ impl std::fmt::Debug for ExecutorConfig {
             .field("watch_mounts", &self.watch_mounts)
             .field("passive", &self.passive)
             .field("mount_reload_interval", &self.mount_reload_interval)
+            .field("shutdown_deadline", &self.shutdown_deadline)
             .finish()
     }
 }
@@ -113,6 +117,7 @@ impl Default for ExecutorConfig {
             watch_mounts: true,
             passive: false,
             mount_reload_interval: Duration::from_secs(30),
+            shutdown_deadline: crate::executor::SHUTDOWN_DRAIN_DEADLINE,
         }
     }
 }
@@ -172,6 +177,12 @@ impl ExecutorConfig {
         }
         if let Some(ms) = env_parse::<u64>("FILESTORE_MOUNT_RELOAD_MS")? {
             c.mount_reload_interval = Duration::from_millis(ms);
+        }
+        if let Some(ms) = env_parse::<u64>("FILESTORE_SHUTDOWN_DEADLINE_MS")? {
+            c.shutdown_deadline = Duration::from_millis(ms);
+        }
+        if let Some(s) = env_parse::<u64>("FILESTORE_OUTBOX_RETENTION_SECS")? {
+            c.supervisor.outbox_retention = Duration::from_secs(s);
         }
         c.validate()?;
         Ok(c)

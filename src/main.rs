@@ -452,8 +452,8 @@ async fn main() -> anyhow::Result<()> {
 }
 
 /// Runs every enabled mount until SIGTERM or Ctrl-C, serving /healthz and /metrics; on the
-/// signal, running operations get `SHUTDOWN_DRAIN_DEADLINE` to finish (multipart uploads cut off
-/// stay resumable) and the leases are released.
+/// signal, running operations get the shutdown deadline (`FILESTORE_SHUTDOWN_DEADLINE_MS`, 30 s by
+/// default) to finish (multipart uploads cut off stay resumable) and the leases are released.
 async fn serve(config: ExecutorConfig, listen: std::net::SocketAddr) -> anyhow::Result<()> {
     let prometheus = metrics_exporter_prometheus::PrometheusBuilder::new()
         .install_recorder()
@@ -486,7 +486,7 @@ async fn serve(config: ExecutorConfig, listen: std::net::SocketAddr) -> anyhow::
     }
     println!(
         "stopping: running operations get up to {:?} to finish",
-        filestore_s3::SHUTDOWN_DRAIN_DEADLINE
+        exec.config().shutdown_deadline
     );
     exec.shutdown().await;
     let _ = stop.send(true);

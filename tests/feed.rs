@@ -132,3 +132,228 @@ async fn events_written_elsewhere_are_relayed_at_once() {
     assert!(started.elapsed() < Duration::from_secs(15));
     env.cleanup().await;
 }
+
+/// A Redis server of the test's own on a free loopback port, so that it can be restarted.
+struct OwnRedis {
+    port: u16,
+    dir: tempfile::TempDir,
+    child: Option<std::process::Child>,
+}
+
+impl OwnRedis {
+    fn start() -> Self {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let mut r = OwnRedis {
+            port,
+            dir: tempfile::tempdir().unwrap(),
+            child: None,
+        };
+        r.up();
+        r
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    fn up(&mut self) {
+        let child = std::process::Command::new("redis-server")
+            .args(["--bind", "127.0.0.1", "--port", &self.port.to_string()])
+            .args(["--save", "", "--appendonly", "no"])
+            .arg("--dir")
+            .arg(self.dir.path())
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("redis-server is installed (scripts/dev-services.sh installs it)");
+        self.child = Some(child);
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "redis-server did not start"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Kills the server (SIGKILL: it keeps nothing, like a crashed cache).
+    fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            c.kill().unwrap();
+            c.wait().unwrap();
+        }
+    }
+}
+
+impl Drop for OwnRedis {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Redis crashes and restarts while a watcher follows the mount and operations commit: the
+/// watcher receives every event, in commit order, with no gap; the events committed while Redis
+/// was down reach the new Redis stream once it is back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_restart_mid_stream_loses_nothing() {
+    let mut redis = OwnRedis::start();
+    let url = redis.url();
+    let env = TestEnv::build_with_config(
+        Backend::S3sFs,
+        |_| {},
+        common::fast_settings(),
+        None,
+        |c| c.redis_url = url,
+    )
+    .await;
+    let opts = FollowOptions {
+        poll_interval: Duration::from_millis(200),
+    };
+    let mut feed = Box::pin(env.exec.follow("m", 0, opts));
+    let mut committed = Vec::new();
+    let mut seen = Vec::new();
+    let put = |i: usize| {
+        let exec = env.exec.clone();
+        async move {
+            exec.put_bytes(
+                "m",
+                &format!("r/{}.txt", i % 7),
+                format!("r{i}").into_bytes(),
+                PutOptions::default(),
+            )
+            .await
+            .unwrap()
+        }
+    };
+    for i in 0..40 {
+        committed.push(put(i).await);
+    }
+    for _ in 0..20 {
+        seen.push(next(&mut feed).await);
+    }
+    redis.kill();
+    // Commits go on while Redis is down (the outbox keeps the events).
+    for i in 40..80 {
+        committed.push(put(i).await);
+    }
+    for _ in 20..60 {
+        seen.push(next(&mut feed).await);
+    }
+    redis.up();
+    for i in 80..100 {
+        committed.push(put(i).await);
+    }
+    for _ in 60..100 {
+        seen.push(next(&mut feed).await);
+    }
+    let got: Vec<_> = seen.iter().map(|e| e.event.event_id).collect();
+    let want: Vec<_> = committed.iter().map(|r| r.event_id).collect();
+    assert_eq!(got, want, "every event once, in commit order");
+    assert!(seen.windows(2).all(|w| w[0].cursor < w[1].cursor));
+
+    // The notifier relays the backlog to the restarted Redis: every event committed from the
+    // outage on is on the new stream, in order (the ones published before the crash died with it).
+    let mut conn = redis::Client::open(redis.url())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let key = env.stream_key();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let on_stream: Vec<String> = loop {
+        let reply: redis::streams::StreamRangeReply = redis::cmd("XRANGE")
+            .arg(&key)
+            .arg("-")
+            .arg("+")
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        let ids: Vec<String> = reply
+            .ids
+            .iter()
+            .map(|e| e.get::<String>("event_id").unwrap())
+            .collect();
+        if ids.len() >= 60 || std::time::Instant::now() > deadline {
+            break ids;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let after_crash: Vec<String> = committed[40..]
+        .iter()
+        .map(|r| r.event_id.to_string())
+        .collect();
+    assert_eq!(on_stream, after_crash);
+    env.cleanup().await;
+}
+
+/// Published outbox rows older than the retention are pruned by the mount's owner; a watcher
+/// asking to resume before the pruned events gets `FeedExpired` naming the horizon, and following
+/// from the horizon continues with the events still kept and the live ones.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn outbox_retention_prunes_and_the_feed_says_so() {
+    let mut settings = common::fast_settings();
+    settings.recovery_interval = Duration::from_millis(200);
+    // Long enough for the feed below to read the next event before it is pruned in turn.
+    settings.outbox_retention = Duration::from_secs(1);
+    let env = TestEnv::build(Backend::S3sFs, |_| {}, settings, None).await;
+    let mut last = None;
+    for i in 0..5 {
+        last = Some(
+            env.exec
+                .put_bytes("m", &format!("p/{i}"), b"x".to_vec(), PutOptions::default())
+                .await
+                .unwrap(),
+        );
+    }
+    env.wait_stream(5).await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    while env.count("outbox").await > 0 {
+        assert!(std::time::Instant::now() < deadline, "outbox not pruned");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let horizon: i64 = env
+        .query(
+            "SELECT pruned_through FROM {schema}.outbox_horizon WHERE mount = 'm'",
+            &[],
+        )
+        .await[0]
+        .get(0);
+    assert!(horizon > 0);
+
+    let mut old = Box::pin(env.exec.follow("m", 0, FollowOptions::default()));
+    let err = tokio::time::timeout(Duration::from_secs(5), old.next())
+        .await
+        .unwrap()
+        .unwrap();
+    match err {
+        Err(filestore_s3::Error::FeedExpired {
+            mount,
+            cursor,
+            pruned_through,
+        }) => {
+            assert_eq!((mount.as_str(), cursor, pruned_through), ("m", 0, horizon));
+        }
+        other => panic!("expected FeedExpired, got {other:?}"),
+    }
+    // From the horizon on, nothing is missing: the next event is the next commit.
+    let mut feed = Box::pin(env.exec.follow(
+        "m",
+        horizon,
+        FollowOptions {
+            poll_interval: Duration::from_millis(100),
+        },
+    ));
+    let r = env
+        .exec
+        .put_bytes("m", "p/new", b"y".to_vec(), PutOptions::default())
+        .await
+        .unwrap();
+    let e = next(&mut feed).await;
+    assert_eq!(e.event.event_id, r.event_id);
+    assert_ne!(e.event.event_id, last.unwrap().event_id);
+    env.cleanup().await;
+}

@@ -111,6 +111,18 @@ pub enum Error {
     /// and the owner's recovery settles the operation.
     #[error("this executor lost the lease of the mount while the call ran; the write was refused ({0}); retry the call")]
     LeaseLost(MetaError),
+    /// A change feed was asked to resume below the mount's feed horizon: the events up to
+    /// `pruned_through` were deleted by the outbox retention. Resynchronise (list the mount),
+    /// then follow from `pruned_through`.
+    #[error("mount '{mount}': events up to cursor {pruned_through} were pruned by the outbox retention; cannot resume from cursor {cursor} without a gap (resynchronise, then follow from {pruned_through})")]
+    FeedExpired {
+        /// Mount name.
+        mount: String,
+        /// The cursor asked for.
+        cursor: i64,
+        /// Highest pruned cursor.
+        pruned_through: i64,
+    },
     /// Reading the caller's source failed.
     #[error("reading {what}: {message}")]
     Source {

@@ -328,6 +328,13 @@ pub trait MetaStore: Send + Sync + 'static {
         mount: &str,
         older_than: chrono::DateTime<chrono::Utc>,
     ) -> Result<Vec<UploadRecord>, MetaError>;
+    /// Deletes `mount`'s outbox rows published longer than `retention` ago (a change feed can no
+    /// longer resume before them); returns how many.
+    async fn prune_outbox(
+        &self,
+        mount: &str,
+        retention: std::time::Duration,
+    ) -> Result<u64, MetaError>;
 }
 
 /// Redis: change notifications.

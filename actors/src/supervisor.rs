@@ -50,6 +50,9 @@ pub struct SupervisorSettings {
     /// How long a mount's lease lasts unless renewed (it is renewed every third of it). A dead
     /// owner's mounts are taken over within `lease_ttl` plus a third of it.
     pub lease_ttl: Duration,
+    /// Published outbox rows older than this are pruned by the mount's owner (at each recovery
+    /// pass); a change feed can resume from any event younger than it.
+    pub outbox_retention: Duration,
 }
 
 impl Default for SupervisorSettings {
@@ -61,6 +64,7 @@ impl Default for SupervisorSettings {
             max_restart_delay: Duration::from_secs(5),
             orphan_upload_grace: Duration::from_secs(24 * 3600),
             lease_ttl: Duration::from_secs(15),
+            outbox_retention: Duration::from_secs(7 * 24 * 3600),
         }
     }
 }
@@ -313,6 +317,7 @@ impl MountSupervisor {
             |act, ctx| {
                 act.schedule_recovery(ctx, false);
                 act.sweep_orphaned_uploads(ctx);
+                act.prune_outbox(ctx);
             },
         ));
         self.poll_timer = Some(
@@ -561,6 +566,22 @@ impl MountSupervisor {
             act.recovering.remove(&id);
             act.finish(&key, res);
             act.release_if_retired_and_idle(ctx);
+        }));
+    }
+
+    /// Deletes the mount's outbox rows published longer ago than the retention.
+    fn prune_outbox(&mut self, ctx: &mut Context<Self>) {
+        let Some(c) = self.op_context() else { return };
+        let retention = self.settings.outbox_retention;
+        let prune = async move { c.meta.prune_outbox(&c.spec.name, retention).await };
+        ctx.spawn(prune.into_actor(self).map(|res, act, _| match res {
+            Ok(0) => {}
+            Ok(n) => log::info!(
+                "mount {}: pruned {n} outbox rows published over {:?} ago",
+                act.spec.name,
+                act.settings.outbox_retention
+            ),
+            Err(e) => log::warn!("mount {}: outbox pruning failed: {e}", act.spec.name),
         }));
     }
 

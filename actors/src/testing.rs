@@ -702,6 +702,19 @@ impl MetaStore for MemoryMeta {
             .map(|(u, _)| u.clone())
             .collect())
     }
+
+    async fn prune_outbox(
+        &self,
+        mount: &str,
+        _retention: std::time::Duration,
+    ) -> Result<u64, MetaError> {
+        // No timestamps here: every published event of the mount counts as old enough.
+        let mut s = self.state.lock().unwrap();
+        let before = s.outbox.len();
+        s.outbox
+            .retain(|(e, published)| !*published || e.event.mount != mount);
+        Ok((before - s.outbox.len()) as u64)
+    }
 }
 
 /// Records published events.

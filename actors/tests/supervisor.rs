@@ -29,6 +29,7 @@ fn settings() -> SupervisorSettings {
         max_restart_delay: Duration::from_millis(50),
         orphan_upload_grace: Duration::from_secs(3600),
         lease_ttl: Duration::from_secs(3),
+        outbox_retention: Duration::from_secs(3600),
     }
 }
 

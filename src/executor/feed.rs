@@ -5,6 +5,8 @@
 //! Pub/Sub only wakes the feed up early, and it polls as a fallback (so Redis being down delays
 //! the live phase by at most the poll interval). The cursor is the outbox id: store the `cursor`
 //! of the last event handled and pass it to `follow` after a restart to resume without a gap.
+//! Published events are kept for the outbox retention (`FILESTORE_OUTBOX_RETENTION_SECS`, 7 days
+//! by default); a cursor older than that ends the feed with `Error::FeedExpired`.
 
 use std::collections::VecDeque;
 use std::time::Duration;
@@ -98,7 +100,7 @@ impl FeedState {
             });
         }
         let (mount, after) = (self.mount.clone(), self.cursor);
-        let rows = on_arbiter(&inner.arbiter.clone(), async move {
+        let (rows, pruned_through) = on_arbiter(&inner.arbiter.clone(), async move {
             inner
                 .services
                 .meta
@@ -106,6 +108,15 @@ impl FeedState {
                 .await
         })
         .await??;
+        // Events up to the horizon were pruned (outbox retention): following from before it
+        // would skip them silently.
+        if after < pruned_through {
+            return Err(Error::FeedExpired {
+                mount: self.mount.clone(),
+                cursor: after,
+                pruned_through,
+            });
+        }
         let found = !rows.is_empty();
         self.buffer.extend(rows.into_iter().map(|r| FeedEvent {
             cursor: r.id,

@@ -184,7 +184,8 @@ impl S3Executor {
     }
 
     /// Retires every mount — new calls are refused, running operations may finish for up to
-    /// [`SHUTDOWN_DRAIN_DEADLINE`], then the leases are released — and, if the executor started
+    /// `config.shutdown_deadline` ([`SHUTDOWN_DRAIN_DEADLINE`] by default), then the leases are
+    /// released — and, if the executor started
     /// its own actix System, stops it. Operations cut off by the deadline stay pending and are
     /// resumed by the mount's next owner.
     pub async fn shutdown(&self) {
@@ -197,8 +198,15 @@ impl S3Executor {
             .into_iter()
             .map(|addr| async move { addr.send(RetireMount).await })
             .collect();
-        let _ = tokio::time::timeout(SHUTDOWN_DRAIN_DEADLINE, futures::future::join_all(retiring))
-            .await;
+        let deadline = self.inner.config.shutdown_deadline;
+        if tokio::time::timeout(deadline, futures::future::join_all(retiring))
+            .await
+            .is_err()
+        {
+            log::warn!(
+                "shutdown: operations still running after {deadline:?} are left to the mounts' next owner (they stay pending; multipart uploads stay resumable)"
+            );
+        }
         if let Some(sys) = &self.inner.own_system {
             sys.stop();
         }

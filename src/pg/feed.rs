@@ -8,14 +8,24 @@ use super::{pg, PgMetaStore};
 
 impl PgMetaStore {
     /// Outbox rows of `mount` with an id above `after`, in id order (a mount's commit order),
-    /// published or not.
+    /// published or not; and the mount's feed horizon: the highest id pruned by the outbox
+    /// retention (0 if none), below which a feed cannot resume.
     pub async fn events_after(
         &self,
         mount: &str,
         after: i64,
         limit: i64,
-    ) -> Result<Vec<OutboxEvent>, MetaError> {
+    ) -> Result<(Vec<OutboxEvent>, i64), MetaError> {
         let c = self.client().await?;
+        let horizon = c
+            .query_opt(
+                "SELECT pruned_through FROM outbox_horizon WHERE mount = $1",
+                &[&mount],
+            )
+            .await
+            .map_err(pg)?
+            .map(|r| r.get::<_, i64>(0))
+            .unwrap_or(0);
         let rows = c
             .query(
                 "SELECT id, payload FROM outbox WHERE mount = $1 AND id > $2 ORDER BY id LIMIT $3",
@@ -23,6 +33,6 @@ impl PgMetaStore {
             )
             .await
             .map_err(pg)?;
-        events_of(&rows)
+        Ok((events_of(&rows)?, horizon))
     }
 }

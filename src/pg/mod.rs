@@ -201,4 +201,12 @@ impl MetaStore for PgMetaStore {
     ) -> Result<Vec<UploadRecord>, MetaError> {
         self.do_orphaned_uploads(mount, older_than).await
     }
+
+    async fn prune_outbox(
+        &self,
+        mount: &str,
+        retention: std::time::Duration,
+    ) -> Result<u64, MetaError> {
+        self.do_prune_outbox(mount, retention).await
+    }
 }

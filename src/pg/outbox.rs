@@ -46,4 +46,39 @@ impl PgMetaStore {
         .map_err(pg)?;
         Ok(())
     }
+
+    /// Deletes `mount`'s outbox rows published more than `retention` ago and moves the mount's
+    /// feed horizon (`outbox_horizon.pruned_through`) up to the highest id deleted, in one fenced
+    /// transaction. Returns how many rows went.
+    pub(super) async fn do_prune_outbox(
+        &self,
+        mount: &str,
+        retention: std::time::Duration,
+    ) -> Result<u64, MetaError> {
+        let retention_ms = i64::try_from(retention.as_millis()).unwrap_or(i64::MAX);
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(pg)?;
+        self.fenced(&tx).await?;
+        let row = tx
+            .query_one(
+                "WITH gone AS (
+                    DELETE FROM outbox
+                    WHERE mount = $1 AND published_at IS NOT NULL
+                      AND published_at < now() - $2 * interval '1 millisecond'
+                    RETURNING id),
+                 horizon AS (
+                    INSERT INTO outbox_horizon (mount, pruned_through)
+                    SELECT $1, max(id) FROM gone HAVING max(id) IS NOT NULL
+                    ON CONFLICT (mount) DO UPDATE
+                        SET pruned_through = GREATEST(outbox_horizon.pruned_through,
+                                                      EXCLUDED.pruned_through),
+                            pruned_at = now())
+                 SELECT count(*) FROM gone",
+                &[&mount, &(retention_ms as f64)],
+            )
+            .await
+            .map_err(pg)?;
+        tx.commit().await.map_err(pg)?;
+        Ok(row.get::<_, i64>(0) as u64)
+    }
 }

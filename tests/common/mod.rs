@@ -164,6 +164,7 @@ pub fn fast_settings() -> SupervisorSettings {
         max_restart_delay: Duration::from_millis(200),
         orphan_upload_grace: Duration::from_secs(3600),
         lease_ttl: Duration::from_secs(3),
+        outbox_retention: Duration::from_secs(7 * 24 * 3600),
     }
 }
 
