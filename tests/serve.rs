@@ -165,3 +165,243 @@ async fn serve_answers_and_stops_cleanly_on_sigterm() {
     assert!(rows[0].get::<_, bool>(1), "the lease was given up");
     env.cleanup().await;
 }
+
+/// A `filestore-s3 serve` child on this env's schema: the process and its HTTP address.
+struct Served {
+    child: tokio::process::Child,
+    addr: String,
+}
+
+async fn spawn_serve(env: &TestEnv, owner: &str, extra: &[(&str, &str)]) -> Served {
+    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_filestore-s3"));
+    cmd.args(["serve", "--listen", "127.0.0.1:0"])
+        .env("FILESTORE_DATABASE_URL", common::database_url())
+        .env("FILESTORE_DB_SCHEMA", &env.schema)
+        .env("FILESTORE_REDIS_URL", common::redis_url())
+        .env("FILESTORE_REDIS_PREFIX", &env.redis_prefix)
+        .env("FILESTORE_OWNER_ID", owner)
+        .env("FILESTORE_LEASE_TTL_MS", "2000")
+        .env("AWS_ACCESS_KEY_ID", common::ACCESS_KEY)
+        .env("AWS_SECRET_ACCESS_KEY", common::SECRET_KEY)
+        .env("AWS_REGION", "us-east-1")
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true);
+    for (k, v) in extra {
+        cmd.env(k, v);
+    }
+    let mut child = cmd.spawn().unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let first = tokio::time::timeout(Duration::from_secs(30), lines.next_line())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    let addr = first
+        .strip_prefix("listening on http://")
+        .and_then(|r| r.split_whitespace().next())
+        .unwrap_or_else(|| panic!("unexpected first line: {first}"))
+        .to_owned();
+    // Keep reading stdout so the child never blocks on a full pipe.
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    Served { child, addr }
+}
+
+impl Served {
+    /// `/healthz` as JSON.
+    async fn health(&self) -> serde_json::Value {
+        let (_, body) = get(&self.addr, "/healthz").await;
+        serde_json::from_str(&body).unwrap()
+    }
+
+    /// Waits (at most `within`) until `/healthz` satisfies `ok`.
+    async fn wait_health(&self, within: Duration, ok: impl Fn(&serde_json::Value) -> bool) {
+        let deadline = std::time::Instant::now() + within;
+        loop {
+            let h = self.health().await;
+            if ok(&h) {
+                return;
+            }
+            assert!(std::time::Instant::now() < deadline, "{h}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// SIGTERM, then the exit status (within `within`).
+    async fn terminate(mut self, within: Duration) -> std::process::ExitStatus {
+        let pid = self.child.id().unwrap().to_string();
+        assert!(std::process::Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success());
+        tokio::time::timeout(within, self.child.wait())
+            .await
+            .expect("exits within the deadline")
+            .unwrap()
+    }
+}
+
+/// Rows inserted, disabled and removed in `backend_mounts` while `serve` runs take effect
+/// without a restart (LISTEN/NOTIFY): a new mount is served and owned within seconds; a disabled
+/// one is reported disabled.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_follows_mount_rows() {
+    let mut env = TestEnv::new(Backend::S3sFs).await;
+    env.exec.shutdown().await;
+    let served = spawn_serve(&env, "serve-live", &[]).await;
+    served
+        .wait_health(Duration::from_secs(10), |h| {
+            h["mounts"]["m"]["lease"] == "owned"
+        })
+        .await;
+    assert!(served.health().await["mounts"].get("late").is_none());
+
+    // Insert a mount row with plain SQL, as an operator or a management tool would.
+    let bucket = format!("{}-late", env.bucket);
+    env.s3.create_bucket().bucket(&bucket).send().await.unwrap();
+    env.extra
+        .push(("late".into(), bucket.clone(), "late".into(), true));
+    env.query(
+        "INSERT INTO {schema}.backend_mounts (name, bucket, prefix, region, endpoint, path_style)
+         SELECT 'late', $1, 'late', region, endpoint, path_style
+         FROM {schema}.backend_mounts WHERE name = 'm'",
+        &[&bucket],
+    )
+    .await;
+    let inserted = std::time::Instant::now();
+    served
+        .wait_health(Duration::from_secs(5), |h| {
+            h["mounts"]["late"]["state"] == "ready" && h["mounts"]["late"]["lease"] == "owned"
+        })
+        .await;
+    eprintln!(
+        "new mount owned by serve {:?} after the insert",
+        inserted.elapsed()
+    );
+
+    env.query(
+        "UPDATE {schema}.backend_mounts SET enabled = false WHERE name = 'late'",
+        &[],
+    )
+    .await;
+    served
+        .wait_health(Duration::from_secs(5), |h| {
+            h["mounts"]["late"]["state"] == "disabled"
+        })
+        .await;
+    assert!(served.terminate(Duration::from_secs(40)).await.success());
+    env.cleanup().await;
+}
+
+/// Parts recorded so far, all uploads.
+async fn parts(env: &TestEnv) -> i64 {
+    env.query("SELECT count(*) FROM {schema}.multipart_parts", &[])
+        .await[0]
+        .get(0)
+}
+
+/// SIGTERM while `serve` is uploading (it resumed a put whose process was killed): it exits
+/// cleanly within its shutdown deadline, the upload left open and resumable; the next `serve`
+/// resumes the same upload and commits it.
+#[cfg_attr(
+    not(feature = "failpoints"),
+    ignore = "needs --features failpoints (scripts/test.sh enables it)"
+)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_mid_upload_leaves_it_resumable() {
+    const MIB: u64 = 1024 * 1024;
+    let env = TestEnv::with_mount(Backend::S3sFs, |r| {
+        r.multipart_threshold = (6 * MIB) as i64;
+        r.part_size = (5 * MIB) as i64;
+        r.part_concurrency = 1;
+    })
+    .await;
+    env.exec.shutdown().await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("big.bin");
+    let body: Vec<u8> = (0..(40 * 5 * MIB + 99))
+        .map(|i| ((i * 7 + i / 13) % 256) as u8)
+        .collect();
+    std::fs::write(&file, &body).unwrap();
+
+    // A put that starts the upload and is killed after two parts: the row stays pending.
+    let mut put = tokio::process::Command::new(env!("CARGO_BIN_EXE_filestore-s3"))
+        .args(["put", "m", "big.bin"])
+        .arg(&file)
+        .args(["--idempotency-key", "big"])
+        .env("FILESTORE_DATABASE_URL", common::database_url())
+        .env("FILESTORE_DB_SCHEMA", &env.schema)
+        .env("FILESTORE_REDIS_URL", common::redis_url())
+        .env("FILESTORE_REDIS_PREFIX", &env.redis_prefix)
+        .env("FILESTORE_LEASE_TTL_MS", "2000")
+        .env("AWS_ACCESS_KEY_ID", common::ACCESS_KEY)
+        .env("AWS_SECRET_ACCESS_KEY", common::SECRET_KEY)
+        .env("AWS_REGION", "us-east-1")
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while parts(&env).await < 2 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the put never uploaded"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    put.start_kill().unwrap();
+    put.wait().await.unwrap();
+    let killed_at = parts(&env).await;
+    let upload: String = env
+        .query("SELECT upload_id FROM {schema}.multipart_uploads", &[])
+        .await[0]
+        .get(0);
+
+    // serve takes the mount over and resumes the upload; SIGTERM it while the upload runs.
+    let served = spawn_serve(
+        &env,
+        "serve-1",
+        &[("FILESTORE_SHUTDOWN_DEADLINE_MS", "500")],
+    )
+    .await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while parts(&env).await <= killed_at {
+        assert!(std::time::Instant::now() < deadline, "serve never resumed");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let asked = std::time::Instant::now();
+    let status = served.terminate(Duration::from_secs(10)).await;
+    eprintln!("serve exited {:?} after SIGTERM", asked.elapsed());
+    assert!(status.success(), "{status:?}");
+    let rows = env.query("SELECT state FROM {schema}.journal", &[]).await;
+    assert_eq!(rows[0].get::<_, String>(0), "pending", "cut off, not ended");
+    let state: String = env
+        .query("SELECT state FROM {schema}.multipart_uploads", &[])
+        .await[0]
+        .get(0);
+    assert_eq!(state, "open", "left resumable, not aborted");
+    let done_at_term = parts(&env).await;
+    assert!(done_at_term < 40, "the upload was still running at SIGTERM");
+
+    // The next serve resumes the same upload and commits it.
+    let served = spawn_serve(&env, "serve-2", &[]).await;
+    env.wait_no_pending(Duration::from_secs(120)).await;
+    let uploads = env
+        .query(
+            "SELECT upload_id, state FROM {schema}.multipart_uploads",
+            &[],
+        )
+        .await;
+    assert_eq!(uploads.len(), 1);
+    assert_eq!(uploads[0].get::<_, String>(0), upload);
+    assert_eq!(uploads[0].get::<_, String>(1), "completed");
+    let j = env
+        .query("SELECT state, committed_by FROM {schema}.journal", &[])
+        .await;
+    assert_eq!(j[0].get::<_, String>(0), "committed");
+    assert_eq!(j[0].get::<_, Option<String>>(1).as_deref(), Some("serve-2"));
+    let mut expected = common::invariants::Expected::new();
+    expected.insert(("m".into(), "big.bin".into()), common::sha256_hex(&body));
+    common::invariants::check(&env, &expected).await;
+    assert!(served.terminate(Duration::from_secs(40)).await.success());
+    env.cleanup().await;
+}
