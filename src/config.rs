@@ -122,66 +122,154 @@ impl Default for ExecutorConfig {
     }
 }
 
-fn env_parse<T: std::str::FromStr>(name: &str) -> Result<Option<T>, Error>
-where
-    T::Err: std::fmt::Display,
-{
-    match std::env::var(name) {
-        Ok(v) => v
-            .parse()
-            .map(Some)
-            .map_err(|e| Error::Config(format!("{name}='{v}': {e}"))),
-        Err(_) => Ok(None),
+/// The `FILESTORE_*` variables this configuration reads (a configuration file may set only these).
+pub const CONFIG_VARIABLES: &[&str] = &[
+    "FILESTORE_DATABASE_URL",
+    "DATABASE_URL",
+    "FILESTORE_DB_SCHEMA",
+    "FILESTORE_REDIS_URL",
+    "FILESTORE_REDIS_PREFIX",
+    "FILESTORE_STREAM_MAXLEN",
+    "FILESTORE_PG_POOL_SIZE",
+    "FILESTORE_S3_ATTEMPT_TIMEOUT_MS",
+    "FILESTORE_STS_ENDPOINT",
+    "FILESTORE_S3_MAX_ATTEMPTS",
+    "FILESTORE_LEASE_TTL_MS",
+    "FILESTORE_OWNER_ID",
+    "FILESTORE_MOUNT_RELOAD_MS",
+    "FILESTORE_SHUTDOWN_DEADLINE_MS",
+    "FILESTORE_OUTBOX_RETENTION_SECS",
+];
+
+/// Where configuration values come from: the environment, then an optional file.
+struct Vars {
+    file: std::collections::HashMap<String, String>,
+}
+
+impl Vars {
+    fn get(&self, name: &str) -> Option<String> {
+        std::env::var(name)
+            .ok()
+            .or_else(|| self.file.get(name).cloned())
+    }
+
+    fn parse<T: std::str::FromStr>(&self, name: &str) -> Result<Option<T>, Error>
+    where
+        T::Err: std::fmt::Display,
+    {
+        match self.get(name) {
+            Some(v) => v
+                .parse()
+                .map(Some)
+                .map_err(|e| Error::Config(format!("{name}='{v}': {e}"))),
+            None => Ok(None),
+        }
     }
 }
 
+/// Parses a configuration file: `NAME=value` lines (optionally `export NAME=value`, values
+/// optionally in single or double quotes), `#` comments and blank lines. Only the variables of
+/// [`CONFIG_VARIABLES`] are accepted, so a misspelt name is an error, not a silent default.
+pub fn parse_config_file(text: &str) -> Result<std::collections::HashMap<String, String>, String> {
+    let mut vars = std::collections::HashMap::new();
+    for (i, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let line = line.strip_prefix("export ").unwrap_or(line);
+        let Some((name, value)) = line.split_once('=') else {
+            return Err(format!("line {}: expected NAME=value", i + 1));
+        };
+        let name = name.trim();
+        if !CONFIG_VARIABLES.contains(&name) {
+            return Err(format!(
+                "line {}: '{name}' is not a configuration variable (see docs/filestore.md)",
+                i + 1
+            ));
+        }
+        let value = value.trim();
+        let value = value
+            .strip_prefix('"')
+            .and_then(|v| v.strip_suffix('"'))
+            .or_else(|| value.strip_prefix('\'').and_then(|v| v.strip_suffix('\'')))
+            .unwrap_or(value);
+        vars.insert(name.to_owned(), value.to_owned());
+    }
+    Ok(vars)
+}
+
 impl ExecutorConfig {
-    /// Defaults overridden by the `FILESTORE_*` environment variables (see `docs/filestore.md`).
+    /// Defaults overridden by the `FILESTORE_*` environment variables (see `docs/filestore.md`),
+    /// and beneath them by the file named in `FILESTORE_CONFIG_FILE`, if set.
     /// AWS credentials and region come from the AWS default chain (`AWS_ACCESS_KEY_ID`, ...).
     pub fn from_env() -> Result<Self, Error> {
+        Self::from_env_and_file(
+            std::env::var_os("FILESTORE_CONFIG_FILE")
+                .map(std::path::PathBuf::from)
+                .as_deref(),
+        )
+    }
+
+    /// As [`ExecutorConfig::from_env`] with `file` (if any) as the configuration file: each
+    /// variable is taken from the environment when set there, else from the file.
+    pub fn from_env_and_file(file: Option<&std::path::Path>) -> Result<Self, Error> {
+        let file = match file {
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|e| {
+                    Error::Config(format!("configuration file {}: {e}", path.display()))
+                })?;
+                parse_config_file(&text).map_err(|e| {
+                    Error::Config(format!("configuration file {}: {e}", path.display()))
+                })?
+            }
+            None => Default::default(),
+        };
+        let vars = Vars { file };
         let mut c = ExecutorConfig::default();
-        if let Ok(v) =
-            std::env::var("FILESTORE_DATABASE_URL").or_else(|_| std::env::var("DATABASE_URL"))
+        if let Some(v) = vars
+            .get("FILESTORE_DATABASE_URL")
+            .or_else(|| vars.get("DATABASE_URL"))
         {
             c.database_url = v;
         }
-        if let Ok(v) = std::env::var("FILESTORE_DB_SCHEMA") {
+        if let Some(v) = vars.get("FILESTORE_DB_SCHEMA") {
             c.schema = v;
         }
-        if let Ok(v) = std::env::var("FILESTORE_REDIS_URL") {
+        if let Some(v) = vars.get("FILESTORE_REDIS_URL") {
             c.redis_url = v;
         }
-        if let Ok(v) = std::env::var("FILESTORE_REDIS_PREFIX") {
+        if let Some(v) = vars.get("FILESTORE_REDIS_PREFIX") {
             c.redis_prefix = v;
         }
-        if let Some(v) = env_parse("FILESTORE_STREAM_MAXLEN")? {
+        if let Some(v) = vars.parse("FILESTORE_STREAM_MAXLEN")? {
             c.stream_maxlen = v;
         }
-        if let Some(v) = env_parse("FILESTORE_PG_POOL_SIZE")? {
+        if let Some(v) = vars.parse("FILESTORE_PG_POOL_SIZE")? {
             c.pool_size = v;
         }
-        if let Some(ms) = env_parse::<u64>("FILESTORE_S3_ATTEMPT_TIMEOUT_MS")? {
+        if let Some(ms) = vars.parse::<u64>("FILESTORE_S3_ATTEMPT_TIMEOUT_MS")? {
             c.s3.attempt_timeout = Duration::from_millis(ms);
         }
-        if let Ok(v) = std::env::var("FILESTORE_STS_ENDPOINT") {
+        if let Some(v) = vars.get("FILESTORE_STS_ENDPOINT") {
             c.s3.sts_endpoint = Some(v).filter(|v| !v.is_empty());
         }
-        if let Some(n) = env_parse::<u32>("FILESTORE_S3_MAX_ATTEMPTS")? {
+        if let Some(n) = vars.parse::<u32>("FILESTORE_S3_MAX_ATTEMPTS")? {
             c.supervisor.retry.max_attempts = n;
         }
-        if let Some(ms) = env_parse::<u64>("FILESTORE_LEASE_TTL_MS")? {
+        if let Some(ms) = vars.parse::<u64>("FILESTORE_LEASE_TTL_MS")? {
             c.supervisor.lease_ttl = Duration::from_millis(ms);
         }
-        if let Ok(v) = std::env::var("FILESTORE_OWNER_ID") {
+        if let Some(v) = vars.get("FILESTORE_OWNER_ID") {
             c.owner_id = v;
         }
-        if let Some(ms) = env_parse::<u64>("FILESTORE_MOUNT_RELOAD_MS")? {
+        if let Some(ms) = vars.parse::<u64>("FILESTORE_MOUNT_RELOAD_MS")? {
             c.mount_reload_interval = Duration::from_millis(ms);
         }
-        if let Some(ms) = env_parse::<u64>("FILESTORE_SHUTDOWN_DEADLINE_MS")? {
+        if let Some(ms) = vars.parse::<u64>("FILESTORE_SHUTDOWN_DEADLINE_MS")? {
             c.shutdown_deadline = Duration::from_millis(ms);
         }
-        if let Some(s) = env_parse::<u64>("FILESTORE_OUTBOX_RETENTION_SECS")? {
+        if let Some(s) = vars.parse::<u64>("FILESTORE_OUTBOX_RETENTION_SECS")? {
             c.supervisor.outbox_retention = Duration::from_secs(s);
         }
         c.validate()?;
@@ -282,6 +370,49 @@ mod tests {
         assert!(!s.contains("secret"), "{s}");
         assert!(!s.contains("\"SK\""), "{s}");
         assert!(s.contains("u:***@h"), "{s}");
+    }
+
+    #[test]
+    fn config_file_lines() {
+        let vars = parse_config_file(
+            "# filestore\n\nFILESTORE_DB_SCHEMA=prod_fs\nexport FILESTORE_LEASE_TTL_MS = 9000\nFILESTORE_OWNER_ID=\"host a\"\n",
+        )
+        .unwrap();
+        assert_eq!(vars["FILESTORE_DB_SCHEMA"], "prod_fs");
+        assert_eq!(vars["FILESTORE_LEASE_TTL_MS"], "9000");
+        assert_eq!(vars["FILESTORE_OWNER_ID"], "host a");
+        let err = parse_config_file("FILESTORE_LEASE_TTL=5").unwrap_err();
+        assert!(
+            err.contains("line 1") && err.contains("FILESTORE_LEASE_TTL"),
+            "{err}"
+        );
+        assert!(parse_config_file("just words")
+            .unwrap_err()
+            .contains("NAME=value"));
+    }
+
+    #[test]
+    fn config_file_values_apply_and_bad_ones_are_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("fs.env");
+        // Variables not set in this test process's environment.
+        std::fs::write(
+            &path,
+            "FILESTORE_MOUNT_RELOAD_MS=1234\nFILESTORE_OUTBOX_RETENTION_SECS=60\n",
+        )
+        .unwrap();
+        let c = ExecutorConfig::from_env_and_file(Some(&path)).unwrap();
+        assert_eq!(c.mount_reload_interval, Duration::from_millis(1234));
+        assert_eq!(c.supervisor.outbox_retention, Duration::from_secs(60));
+        std::fs::write(&path, "FILESTORE_SHUTDOWN_DEADLINE_MS=soon\n").unwrap();
+        let err = ExecutorConfig::from_env_and_file(Some(&path)).unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("FILESTORE_SHUTDOWN_DEADLINE_MS='soon'"),
+            "{err}"
+        );
+        let missing = ExecutorConfig::from_env_and_file(Some(&dir.path().join("none")));
+        assert!(matches!(missing, Err(Error::Config(_))));
     }
 
     #[test]

@@ -22,6 +22,9 @@ use filestore_s3::{
     about = "S3 executor of Filestore (reference host)"
 )]
 struct Cli {
+    /// Configuration file of `NAME=value` lines (the FILESTORE_* variables; the environment wins).
+    #[arg(long, global = true, env = "FILESTORE_CONFIG_FILE")]
+    config: Option<std::path::PathBuf>,
     #[command(subcommand)]
     cmd: Cmd,
 }
@@ -264,11 +267,20 @@ struct DemoArgs {
     bucket: String,
 }
 
+/// The configuration of a one-shot command that changes no object (reads, mount management): a
+/// passive executor that takes no lease — so it never holds up the mounts' owners — and does not
+/// follow `backend_mounts`.
+fn one_shot_reader(mut config: ExecutorConfig) -> ExecutorConfig {
+    config.passive = true;
+    config.watch_mounts = false;
+    config
+}
+
 #[actix_rt::main]
 async fn main() -> anyhow::Result<()> {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
     let cli = Cli::parse();
-    let config = ExecutorConfig::from_env()?;
+    let config = ExecutorConfig::from_env_and_file(cli.config.as_deref())?;
     match cli.cmd {
         Cmd::Migrate => {
             let applied = filestore_s3::pg::migrate(&config.database_url, &config.schema).await?;
@@ -280,13 +292,13 @@ async fn main() -> anyhow::Result<()> {
             );
         }
         Cmd::Mount(MountCmd::Add(args)) => {
-            let exec = S3Executor::start(config).await?;
+            let exec = S3Executor::start(one_shot_reader(config)).await?;
             let state = exec.register_mount(args.row()).await?;
             println!("mount '{}': {state:?}", args.name);
             exec.shutdown().await;
         }
         Cmd::Mount(MountCmd::List) => {
-            let exec = S3Executor::start(config).await?;
+            let exec = S3Executor::start(one_shot_reader(config)).await?;
             let mut states: Vec<_> = exec.mount_states().into_iter().collect();
             states.sort_by(|a, b| a.0.cmp(&b.0));
             for (name, state) in states {
@@ -365,7 +377,7 @@ async fn main() -> anyhow::Result<()> {
             file,
             resume,
         } => {
-            let exec = S3Executor::start(config).await?;
+            let exec = S3Executor::start(one_shot_reader(config)).await?;
             let r = exec.get_to_file(&mount, &path, &file, resume).await?;
             println!(
                 "{} bytes written to {} (object {} bytes, sha256 {})",
@@ -377,7 +389,7 @@ async fn main() -> anyhow::Result<()> {
             exec.shutdown().await;
         }
         Cmd::Stat { mount, path } => {
-            let exec = S3Executor::start(config).await?;
+            let exec = S3Executor::start(one_shot_reader(config)).await?;
             println!(
                 "{}",
                 serde_json::to_string_pretty(&exec.stat(&mount, &path).await?)?
@@ -389,7 +401,7 @@ async fn main() -> anyhow::Result<()> {
             dir,
             recursive,
         } => {
-            let exec = S3Executor::start(config).await?;
+            let exec = S3Executor::start(one_shot_reader(config)).await?;
             let mut token = None;
             loop {
                 let page = exec

@@ -462,3 +462,37 @@ async fn a_passive_executor_only_reads() {
     w.shutdown().await;
     env.cleanup().await;
 }
+
+/// An executor shut down right after one of its mounts changed (a hand-over in progress) leaves
+/// no lease behind: the next owner takes the mount at once, not after the lease runs out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_during_a_hand_over_leaves_no_lease() {
+    for round in 0..5 {
+        let env = TestEnv::new(Backend::S3sFs).await;
+        let mut row = env.row.clone();
+        row.storage_class = Some(
+            if round % 2 == 0 {
+                "STANDARD_IA"
+            } else {
+                "GLACIER_IR"
+            }
+            .into(),
+        );
+        env.exec.register_mount(row).await.unwrap();
+        env.exec.shutdown().await;
+        let held = env
+            .query(
+                "SELECT owner FROM {schema}.mount_leases WHERE expires_at > now()",
+                &[],
+            )
+            .await;
+        assert!(
+            held.is_empty(),
+            "round {round}: lease still held by {:?}",
+            held.iter()
+                .map(|r| r.get::<_, String>(0))
+                .collect::<Vec<_>>()
+        );
+        env.cleanup().await;
+    }
+}

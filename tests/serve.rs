@@ -90,6 +90,17 @@ async fn healthz_and_metrics_move_with_operations() {
     assert_eq!(puts_after - puts_before, 5.0, "{after}");
     assert!(after.contains("filestore_s3_operation_seconds"), "{after}");
     assert!(after.contains("filestore_s3_commit_seconds"), "{after}");
+    // Every relayed event records its commit → publish lag.
+    env.wait_outbox_drained().await;
+    let (_, relayed) = get(&addr, "/metrics").await;
+    assert!(
+        sample(
+            &relayed,
+            "filestore_s3_publish_lag_seconds_count",
+            &["mount=\"m\""]
+        ) >= 5.0,
+        "{relayed}"
+    );
     assert_eq!(
         sample(&after, "filestore_s3_mount_owned", &["mount=\"m\""]),
         1.0

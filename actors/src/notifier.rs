@@ -74,6 +74,13 @@ impl NotifierActor {
                     .publish(&mount, &batch)
                     .await
                     .map_err(|e| format!("publishing to Redis: {e}"))?;
+                // Commit → publish lag (clock of the committing host: a skew shows up here).
+                let now = chrono::Utc::now();
+                for e in &batch {
+                    let lag = (now - e.event.time).to_std().unwrap_or_default();
+                    metrics::histogram!("filestore_s3_publish_lag_seconds", "mount" => mount.clone())
+                        .record(lag.as_secs_f64());
+                }
                 let ids: Vec<i64> = batch.iter().map(|e| e.id).collect();
                 meta.mark_published(&ids)
                     .await

@@ -109,6 +109,8 @@ pub struct MountSupervisor {
     lease_timer: Option<SpawnHandle>,
     /// Callers of `RetireMount` waiting for the running operations to end and the lease to go.
     drain_waiters: Vec<oneshot::Sender<()>>,
+    /// A lease release is being written; the drain waiters are answered once it is.
+    releasing: bool,
     /// Never takes the lease: reads only (a watcher's or a dashboard's executor).
     passive: bool,
     // Everything below is per run and reset by `restarting`.
@@ -151,6 +153,7 @@ impl MountSupervisor {
             lease_error: None,
             lease_timer: None,
             drain_waiters: Vec::new(),
+            releasing: false,
             passive: false,
             committer: None,
             notifier: None,
@@ -243,6 +246,19 @@ impl MountSupervisor {
             .into_actor(self)
             .map(|res, act, ctx| {
                 if act.retired {
+                    // Retired while asking: a lease taken meanwhile is given back at once, so the
+                    // mount's next owner does not wait for it to expire.
+                    if let Ok(LeaseState::Owned(fence)) = res {
+                        let meta = act.meta.clone();
+                        ctx.spawn(
+                            async move {
+                                if let Err(e) = meta.release_lease(&fence).await {
+                                    log::warn!("mount {}: lease not released ({e}); it expires", fence.mount);
+                                }
+                            }
+                            .into_actor(act),
+                        );
+                    }
                     return;
                 }
                 match res {
@@ -364,24 +380,29 @@ impl MountSupervisor {
     /// can take it at once) — only once the supervisor is retired and its last operation ended,
     /// so that operations running at retirement still commit.
     fn release_if_retired_and_idle(&mut self, ctx: &mut Context<Self>) {
-        if !self.retired || !self.running.is_empty() {
+        // A release under way answers every waiter, including those of a later RetireMount,
+        // when it has been written — never before.
+        if !self.retired || !self.running.is_empty() || self.releasing {
             return;
         }
         if let Some(h) = self.lease_timer.take() {
             ctx.cancel_future(h);
         }
         let release = self.release_when_idle();
-        let waiters = std::mem::take(&mut self.drain_waiters);
+        self.releasing = true;
         ctx.spawn(
             async move {
                 if let Some(r) = release {
                     r.await;
                 }
-                for w in waiters {
+            }
+            .into_actor(self)
+            .map(|(), act, _| {
+                act.releasing = false;
+                for w in std::mem::take(&mut act.drain_waiters) {
                     let _ = w.send(());
                 }
-            }
-            .into_actor(self),
+            }),
         );
     }
 
@@ -673,6 +694,8 @@ impl Supervised for MountSupervisor {
         self.recovering.clear();
         self.recovery_timer = None;
         self.poll_timer = None;
+        // A release cut off by the restart is not answered by it; the next retirement releases.
+        self.releasing = false;
     }
 }
 
