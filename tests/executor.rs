@@ -24,7 +24,7 @@ async fn migrations_apply_once_and_create_every_table() {
     let first = filestore_s3::pg::migrate(&database_url(), &schema)
         .await
         .unwrap();
-    assert_eq!(first, vec![1, 2, 3, 4, 5]);
+    assert_eq!(first, vec![1, 2, 3, 4, 5, 6]);
     let second = filestore_s3::pg::migrate(&database_url(), &schema)
         .await
         .unwrap();
@@ -49,6 +49,7 @@ async fn migrations_apply_once_and_create_every_table() {
         "multipart_uploads",
         "nodes",
         "outbox",
+        "outbox_horizon",
         "snapshots",
     ] {
         assert!(tables.iter().any(|x| x == t), "{t} missing from {tables:?}");
@@ -78,6 +79,16 @@ async fn migrations_apply_once_and_create_every_table() {
         ))
         .await;
     assert!(bad_sse.is_err(), "unknown sse_mode accepted");
+    // A credential source needs its columns, and no stray ones.
+    for bad in [
+        "UPDATE {schema}.backend_mounts SET credentials_source = 'assume_role'",
+        "UPDATE {schema}.backend_mounts SET credentials_source = 'profile'",
+        "UPDATE {schema}.backend_mounts SET role_arn = 'arn:aws:iam::123456789012:role/r'",
+        "UPDATE {schema}.backend_mounts SET credentials_source = 'keys'",
+    ] {
+        let r = pg.batch_execute(&bad.replace("{schema}", &schema)).await;
+        assert!(r.is_err(), "accepted: {bad}");
+    }
     pg.batch_execute(&format!("DROP SCHEMA {schema} CASCADE"))
         .await
         .unwrap();

@@ -393,6 +393,31 @@ async fn mount_rows_take_effect_while_running() {
         );
     }
 
+    // An operation in flight when the mount is disabled: a streamed put past the multipart
+    // threshold whose source is held open by the test.
+    env.query(
+        "UPDATE {schema}.backend_mounts SET multipart_threshold = 6291456, part_size = 5242880
+         WHERE name = 'live'",
+        &[],
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await; // the change is handed over
+    let (mut source, reader) = tokio::io::duplex(1 << 20);
+    let exec = env.exec.clone();
+    let in_flight = tokio::spawn(async move {
+        exec.put_reader("live", "slow.bin", reader, PutOptions::default())
+            .await
+    });
+    use tokio::io::AsyncWriteExt;
+    let first: Vec<u8> = (0..7 * 1024 * 1024u32).map(|i| (i % 239) as u8).collect();
+    source.write_all(&first).await.unwrap();
+    // The put is running in the supervisor (parts are being recorded) before the row changes.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while env.count("multipart_uploads").await == 0 {
+        assert!(Instant::now() < deadline, "the streamed put did not start");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
     env.query(
         "UPDATE {schema}.backend_mounts SET enabled = false WHERE name = 'live'",
         &[],
@@ -405,11 +430,23 @@ async fn mount_rows_take_effect_while_running() {
             .put_bytes("live", "y.txt", b"y".to_vec(), PutOptions::default())
             .await
         {
-            Err(Error::MountDisabled { .. }) => break,
+            Err(e @ Error::MountDisabled { .. }) => {
+                assert!(e.to_string().contains("'live' is disabled"), "{e}");
+                break;
+            }
             other => assert!(Instant::now() < deadline, "still served: {other:?}"),
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    // The operation in flight still finishes and commits.
+    source.write_all(&[7u8; 3 * 1024 * 1024]).await.unwrap();
+    drop(source);
+    let r = tokio::time::timeout(Duration::from_secs(60), in_flight)
+        .await
+        .expect("the in-flight put ends")
+        .unwrap()
+        .expect("the in-flight put commits after the mount was disabled");
+    assert_eq!(r.node.unwrap().size, 10 * 1024 * 1024);
     // Clean the extra bucket (the env removes its own).
     for key in env.keys_in(&bucket, "l").await {
         env.s3
