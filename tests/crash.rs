@@ -31,13 +31,7 @@ async fn put_and_kill(env: &TestEnv, file: &std::path::Path, kill_after: u32) ->
         .args(["put", "m", "crash/big.bin"])
         .arg(file)
         .args(["--idempotency-key", "crash-1", "--progress-json"])
-        .env("FILESTORE_DATABASE_URL", common::database_url())
-        .env("FILESTORE_DB_SCHEMA", &env.schema)
-        .env("FILESTORE_REDIS_URL", common::redis_url())
-        .env("FILESTORE_REDIS_PREFIX", &env.redis_prefix)
-        .env("AWS_ACCESS_KEY_ID", common::ACCESS_KEY)
-        .env("AWS_SECRET_ACCESS_KEY", common::SECRET_KEY)
-        .env("AWS_REGION", "us-east-1")
+        .envs(env.child_vars())
         .env("FILESTORE_LEASE_TTL_MS", "2000")
         .stdout(std::process::Stdio::piped())
         .kill_on_drop(true)
@@ -138,15 +132,10 @@ pub async fn killed_upload_resumes_the_same_upload(backend: Backend) {
     );
 
     // The same upload id, completed; the object is right; one node, one snapshot, one event.
-    let uploads = env
-        .query(
-            "SELECT upload_id, state FROM {schema}.multipart_uploads",
-            &[],
-        )
-        .await;
-    assert_eq!(uploads.len(), 1);
-    assert_eq!(uploads[0].get::<_, String>(0), killed.upload_id);
-    assert_eq!(uploads[0].get::<_, String>(1), "completed");
+    assert_eq!(
+        env.only_upload().await,
+        (killed.upload_id.clone(), "completed".to_owned())
+    );
     let mut w = common::HashingWriter::new();
     exec.get("m", "crash/big.bin", &mut w, Default::default())
         .await
@@ -214,13 +203,7 @@ pub async fn changed_source_ends_the_upload(backend: Backend) {
 async fn run_until_failpoint(env: &TestEnv, args: &[&str], armed: &str) {
     let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_filestore-s3"))
         .args(args)
-        .env("FILESTORE_DATABASE_URL", common::database_url())
-        .env("FILESTORE_DB_SCHEMA", &env.schema)
-        .env("FILESTORE_REDIS_URL", common::redis_url())
-        .env("FILESTORE_REDIS_PREFIX", &env.redis_prefix)
-        .env("AWS_ACCESS_KEY_ID", common::ACCESS_KEY)
-        .env("AWS_SECRET_ACCESS_KEY", common::SECRET_KEY)
-        .env("AWS_REGION", "us-east-1")
+        .envs(env.child_vars())
         .env("FILESTORE_LEASE_TTL_MS", "2000")
         .env(filestore_s3::actors::failpoint::FAILPOINTS_ENV, armed)
         .env("FILESTORE_OWNER_ID", "crashed-child")

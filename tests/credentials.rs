@@ -225,13 +225,7 @@ async fn a_named_profile_signs_its_mount() {
     let run = |args: &[&str]| {
         let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_filestore-s3"));
         c.args(args)
-            .env("FILESTORE_DATABASE_URL", common::database_url())
-            .env("FILESTORE_DB_SCHEMA", &env.schema)
-            .env("FILESTORE_REDIS_URL", common::redis_url())
-            .env("FILESTORE_REDIS_PREFIX", &env.redis_prefix)
-            .env("AWS_ACCESS_KEY_ID", common::ACCESS_KEY)
-            .env("AWS_SECRET_ACCESS_KEY", common::SECRET_KEY)
-            .env("AWS_REGION", "us-east-1")
+            .envs(env.child_vars())
             .env("AWS_SHARED_CREDENTIALS_FILE", &creds)
             .env("AWS_CONFIG_FILE", dir.path().join("config"));
         let out = c.output().unwrap();

@@ -59,15 +59,9 @@ async fn executor(env: &TestEnv, owner: &str) -> S3Executor {
 }
 
 fn child_env(cmd: &mut tokio::process::Command, env: &TestEnv, owner: &str, failpoints: &str) {
-    cmd.env("FILESTORE_DATABASE_URL", common::database_url())
-        .env("FILESTORE_DB_SCHEMA", &env.schema)
-        .env("FILESTORE_REDIS_URL", common::redis_url())
-        .env("FILESTORE_REDIS_PREFIX", &env.redis_prefix)
+    cmd.envs(env.child_vars())
         .env("FILESTORE_OWNER_ID", owner)
         .env("FILESTORE_LEASE_TTL_MS", TTL.as_millis().to_string())
-        .env("AWS_ACCESS_KEY_ID", common::ACCESS_KEY)
-        .env("AWS_SECRET_ACCESS_KEY", common::SECRET_KEY)
-        .env("AWS_REGION", "us-east-1")
         .env(FAILPOINTS_ENV, failpoints)
         .stderr(std::process::Stdio::piped())
         .stdout(std::process::Stdio::null())
@@ -316,15 +310,10 @@ async fn sigkill_of_the_owner_mid_work_is_taken_over(backend: Backend) {
         assert_eq!(r.get::<_, Option<i64>>(3), Some(b_epoch), "{key}");
     }
     // The multipart put was resumed: one upload, A's, completed.
-    let uploads = env
-        .query(
-            "SELECT upload_id, state FROM {schema}.multipart_uploads",
-            &[],
-        )
-        .await;
-    assert_eq!(uploads.len(), 1);
-    assert_eq!(uploads[0].get::<_, String>(0), a_upload);
-    assert_eq!(uploads[0].get::<_, String>(1), "completed");
+    assert_eq!(
+        env.only_upload().await,
+        (a_upload.clone(), "completed".to_owned())
+    );
 
     // I1–I6, with I5's reference: the state one clean run of these operations leaves.
     let mut expected: Expected = BTreeMap::new();

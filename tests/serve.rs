@@ -120,51 +120,15 @@ async fn healthz_and_metrics_move_with_operations() {
 async fn serve_answers_and_stops_cleanly_on_sigterm() {
     let env = TestEnv::new(Backend::S3sFs).await;
     env.exec.shutdown().await; // the child owns the mount
-    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_filestore-s3"))
-        .args(["serve", "--listen", "127.0.0.1:0"])
-        .env("FILESTORE_DATABASE_URL", common::database_url())
-        .env("FILESTORE_DB_SCHEMA", &env.schema)
-        .env("FILESTORE_REDIS_URL", common::redis_url())
-        .env("FILESTORE_REDIS_PREFIX", &env.redis_prefix)
-        .env("FILESTORE_OWNER_ID", "serve-child")
-        .env("AWS_ACCESS_KEY_ID", common::ACCESS_KEY)
-        .env("AWS_SECRET_ACCESS_KEY", common::SECRET_KEY)
-        .env("AWS_REGION", "us-east-1")
-        .stdout(std::process::Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let first = tokio::time::timeout(Duration::from_secs(30), lines.next_line())
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap();
-    let addr = first
-        .strip_prefix("listening on http://")
-        .and_then(|r| r.split_whitespace().next())
-        .unwrap_or_else(|| panic!("unexpected first line: {first}"))
-        .to_owned();
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        let (status, body) = get(&addr, "/healthz").await;
-        let h: serde_json::Value = serde_json::from_str(&body).unwrap();
-        if status == 200 && h["mounts"]["m"]["lease"] == "owned" {
-            break;
-        }
-        assert!(std::time::Instant::now() < deadline, "{status} {body}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    let pid = child.id().unwrap() as i32;
-    let kill = std::process::Command::new("kill")
-        .args(["-TERM", &pid.to_string()])
-        .status()
-        .unwrap();
-    assert!(kill.success());
-    let status = tokio::time::timeout(Duration::from_secs(40), child.wait())
-        .await
-        .expect("exits within the drain deadline")
-        .unwrap();
+    let served = spawn_serve(&env, "serve-child", &[]).await;
+    served
+        .wait_health(Duration::from_secs(10), |h| {
+            h["mounts"]["m"]["lease"] == "owned"
+        })
+        .await;
+    let (status, _) = get(&served.addr, "/healthz").await;
+    assert_eq!(status, 200);
+    let status = served.terminate(Duration::from_secs(40)).await;
     assert!(status.success(), "{status:?}");
     let rows = env
         .query(
@@ -186,15 +150,9 @@ struct Served {
 async fn spawn_serve(env: &TestEnv, owner: &str, extra: &[(&str, &str)]) -> Served {
     let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_filestore-s3"));
     cmd.args(["serve", "--listen", "127.0.0.1:0"])
-        .env("FILESTORE_DATABASE_URL", common::database_url())
-        .env("FILESTORE_DB_SCHEMA", &env.schema)
-        .env("FILESTORE_REDIS_URL", common::redis_url())
-        .env("FILESTORE_REDIS_PREFIX", &env.redis_prefix)
+        .envs(env.child_vars())
         .env("FILESTORE_OWNER_ID", owner)
         .env("FILESTORE_LEASE_TTL_MS", "2000")
-        .env("AWS_ACCESS_KEY_ID", common::ACCESS_KEY)
-        .env("AWS_SECRET_ACCESS_KEY", common::SECRET_KEY)
-        .env("AWS_REGION", "us-east-1")
         .stdout(std::process::Stdio::piped())
         .kill_on_drop(true);
     for (k, v) in extra {
@@ -340,14 +298,8 @@ async fn sigterm_mid_upload_leaves_it_resumable() {
         .args(["put", "m", "big.bin"])
         .arg(&file)
         .args(["--idempotency-key", "big"])
-        .env("FILESTORE_DATABASE_URL", common::database_url())
-        .env("FILESTORE_DB_SCHEMA", &env.schema)
-        .env("FILESTORE_REDIS_URL", common::redis_url())
-        .env("FILESTORE_REDIS_PREFIX", &env.redis_prefix)
+        .envs(env.child_vars())
         .env("FILESTORE_LEASE_TTL_MS", "2000")
-        .env("AWS_ACCESS_KEY_ID", common::ACCESS_KEY)
-        .env("AWS_SECRET_ACCESS_KEY", common::SECRET_KEY)
-        .env("AWS_REGION", "us-east-1")
         .kill_on_drop(true)
         .spawn()
         .unwrap();
@@ -396,15 +348,10 @@ async fn sigterm_mid_upload_leaves_it_resumable() {
     // The next serve resumes the same upload and commits it.
     let served = spawn_serve(&env, "serve-2", &[]).await;
     env.wait_no_pending(Duration::from_secs(120)).await;
-    let uploads = env
-        .query(
-            "SELECT upload_id, state FROM {schema}.multipart_uploads",
-            &[],
-        )
-        .await;
-    assert_eq!(uploads.len(), 1);
-    assert_eq!(uploads[0].get::<_, String>(0), upload);
-    assert_eq!(uploads[0].get::<_, String>(1), "completed");
+    assert_eq!(
+        env.only_upload().await,
+        (upload.clone(), "completed".to_owned())
+    );
     let j = env
         .query("SELECT state, committed_by FROM {schema}.journal", &[])
         .await;

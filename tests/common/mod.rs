@@ -315,6 +315,33 @@ impl TestEnv {
         }
     }
 
+    /// The environment a child process (the reference binary, or this test binary run again)
+    /// needs to reach this env's Postgres schema, Redis prefix and S3 server.
+    pub fn child_vars(&self) -> Vec<(&'static str, String)> {
+        vec![
+            ("FILESTORE_DATABASE_URL", database_url()),
+            ("FILESTORE_DB_SCHEMA", self.schema.clone()),
+            ("FILESTORE_REDIS_URL", redis_url()),
+            ("FILESTORE_REDIS_PREFIX", self.redis_prefix.clone()),
+            ("AWS_ACCESS_KEY_ID", ACCESS_KEY.into()),
+            ("AWS_SECRET_ACCESS_KEY", SECRET_KEY.into()),
+            ("AWS_REGION", "us-east-1".into()),
+        ]
+    }
+
+    /// The one multipart upload recorded in this env: (upload id, state). Panics unless there is
+    /// exactly one.
+    pub async fn only_upload(&self) -> (String, String) {
+        let rows = self
+            .query(
+                "SELECT upload_id, state FROM {schema}.multipart_uploads",
+                &[],
+            )
+            .await;
+        assert_eq!(rows.len(), 1, "exactly one multipart upload");
+        (rows[0].get(0), rows[0].get(1))
+    }
+
     /// Registers another mount `name` on a bucket of its own (or, on an external endpoint, the
     /// same bucket under another prefix), adjusted by `edit`; returns its row.
     pub async fn add_mount(&mut self, name: &str, edit: impl FnOnce(&mut MountRow)) -> MountRow {
