@@ -134,6 +134,7 @@ pub const CONFIG_VARIABLES: &[&str] = &[
     "FILESTORE_S3_ATTEMPT_TIMEOUT_MS",
     "FILESTORE_STS_ENDPOINT",
     "FILESTORE_S3_MAX_ATTEMPTS",
+    "FILESTORE_S3_RETRY_BUDGET",
     "FILESTORE_LEASE_TTL_MS",
     "FILESTORE_OWNER_ID",
     "FILESTORE_MOUNT_RELOAD_MS",
@@ -256,6 +257,9 @@ impl ExecutorConfig {
         }
         if let Some(n) = vars.parse::<u32>("FILESTORE_S3_MAX_ATTEMPTS")? {
             c.supervisor.retry.max_attempts = n;
+        }
+        if let Some(n) = vars.parse::<u64>("FILESTORE_S3_RETRY_BUDGET")? {
+            c.supervisor.retry.retry_budget = n;
         }
         if let Some(ms) = vars.parse::<u64>("FILESTORE_LEASE_TTL_MS")? {
             c.supervisor.lease_ttl = Duration::from_millis(ms);

@@ -11,6 +11,7 @@ mod common;
 
 use std::time::Duration;
 
+use common::invariants::{self, Expected};
 use common::{sha256_hex, Backend, TestEnv};
 use filestore_s3::{PutOptions, S3Executor, UploadProgress};
 use tokio::io::{AsyncBufReadExt, BufReader};
@@ -163,6 +164,9 @@ pub async fn killed_upload_resumes_the_same_upload(backend: Backend) {
         .unwrap();
     assert_eq!(r.node.unwrap().sha256, sha256_hex(&body));
     assert_eq!(exec.status("m").await.unwrap().upload_bytes_sent, before);
+    let mut expected = Expected::new();
+    expected.insert(("m".into(), "crash/big.bin".into()), sha256_hex(&body));
+    invariants::check(&env, &expected).await;
     exec.shutdown().await;
     env.cleanup().await;
 }
@@ -306,6 +310,9 @@ pub async fn killed_move_is_finished_by_recovery(backend: Backend, point: &str, 
     assert_eq!(moves.len(), 1, "{events:?}");
     assert_eq!(moves[0].1["source_path"], "from/a.bin");
     assert_eq!(env.count("outbox").await, 2);
+    let mut expected = Expected::new();
+    expected.insert(("m".into(), "to/b.bin".into()), sha256_hex(&body));
+    invariants::check(&env, &expected).await;
     exec.shutdown().await;
     env.cleanup().await;
 }
@@ -346,6 +353,9 @@ pub async fn killed_after_complete_is_committed_without_upload(backend: Backend)
     assert_eq!(rows[0].get::<_, i64>(1), size as i64);
     assert_eq!(env.object(&env.key("crash/done.bin")).await.unwrap(), body);
     env.wait_stream(1).await;
+    let mut expected = Expected::new();
+    expected.insert(("m".into(), "crash/done.bin".into()), sha256_hex(&body));
+    invariants::check(&env, &expected).await;
     exec.shutdown().await;
     env.cleanup().await;
 }
@@ -355,7 +365,7 @@ macro_rules! crash_suite {
         mod $module {
             use super::*;
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)] $(#[$attr])?
-            async fn killed_upload_resumes_the_same_upload() {
+            async fn f01_killed_mid_multipart_resumes_the_same_upload() {
                 super::killed_upload_resumes_the_same_upload($backend).await
             }
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)] $(#[$attr])?
@@ -363,7 +373,7 @@ macro_rules! crash_suite {
                 not(feature = "failpoints"),
                 ignore = "needs --features failpoints (scripts/test.sh enables it)"
             )]
-            async fn killed_move_after_copy() {
+            async fn f15_killed_between_copy_and_delete_of_a_move() {
                 super::killed_move_is_finished_by_recovery($backend, "after_copied", "copied").await
             }
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)] $(#[$attr])?
@@ -397,7 +407,7 @@ macro_rules! crash_suite {
                 not(feature = "failpoints"),
                 ignore = "needs --features failpoints (scripts/test.sh enables it)"
             )]
-            async fn killed_after_complete() {
+            async fn f02_killed_after_the_s3_write_before_the_commit() {
                 super::killed_after_complete_is_committed_without_upload($backend).await
             }
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)] $(#[$attr])?

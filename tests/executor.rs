@@ -256,7 +256,11 @@ async fn recovery_commits_what_reached_s3_and_fails_what_did_not() {
     env.raw_put_marked(&env.key("crash/landed.txt"), body, ids[0])
         .await;
 
-    let exec = S3Executor::start(env.exec.config().clone()).await.unwrap();
+    // This store shows writes at once: a missing object is final, no need to wait for it to
+    // appear (the consistency horizon, 60 s by default).
+    let mut config = env.exec.config().clone();
+    config.supervisor.consistency_horizon = Duration::ZERO;
+    let exec = S3Executor::start(config).await.unwrap();
     env.wait_no_pending(Duration::from_secs(10)).await;
     let states: Vec<(String, String)> = env
         .query(

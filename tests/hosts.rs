@@ -181,7 +181,7 @@ async fn owner_process() {
     not(feature = "failpoints"),
     ignore = "needs --features failpoints (scripts/test.sh enables it)"
 )]
-async fn sigkill_of_the_owner_mid_work_is_taken_over_s3s_fs() {
+async fn f17_sigkill_of_the_owner_mid_work_is_taken_over_s3s_fs() {
     sigkill_of_the_owner_mid_work_is_taken_over(Backend::S3sFs).await
 }
 
@@ -190,7 +190,7 @@ async fn sigkill_of_the_owner_mid_work_is_taken_over_s3s_fs() {
     not(feature = "failpoints"),
     ignore = "needs --features failpoints (scripts/test.sh enables it)"
 )]
-async fn sigkill_of_the_owner_mid_work_is_taken_over_moto() {
+async fn f17_sigkill_of_the_owner_mid_work_is_taken_over_moto() {
     sigkill_of_the_owner_mid_work_is_taken_over(Backend::Moto).await
 }
 

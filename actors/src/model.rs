@@ -534,6 +534,8 @@ pub struct JournalEntry {
     pub result: Option<OpResult>,
     /// Error when failed.
     pub error: Option<String>,
+    /// Time since the row last changed (by the database's clock).
+    pub idle: std::time::Duration,
 }
 
 /// What recording an intent found.

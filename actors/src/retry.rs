@@ -23,6 +23,49 @@ pub struct MountCounters {
     pub retries: AtomicU64,
     /// CopyObject and UploadPartCopy requests sent (retries included).
     pub copy_requests: AtomicU64,
+    /// Retry tokens spent and not yet earned back (see [`MountCounters::may_retry`]).
+    pub retry_tokens_spent: AtomicU64,
+    /// Failures returned without a retry because the retry budget was spent.
+    pub retries_refused: AtomicU64,
+}
+
+/// Tokens a retry of a failed call costs.
+pub const RETRY_COST: u64 = 5;
+/// Tokens a retry after a timeout costs (a timeout says more about the store's state).
+pub const TIMEOUT_RETRY_COST: u64 = 10;
+
+impl MountCounters {
+    /// The mount's retry budget, a token bucket as in the AWS SDKs' standard retry mode: a retry
+    /// takes [`RETRY_COST`] tokens ([`TIMEOUT_RETRY_COST`] after a timeout) out of
+    /// `policy.retry_budget`, and every call that succeeds puts one back. With the bucket empty a
+    /// failure is returned at once — still retryable for the caller — so a store that is down or
+    /// throttling gets a bounded number of requests from this mount, not a storm.
+    pub fn may_retry(&self, policy: &RetryPolicy, e: &StoreError) -> bool {
+        let cost = if e.kind == crate::ports::StoreErrorKind::Timeout {
+            TIMEOUT_RETRY_COST
+        } else {
+            RETRY_COST
+        };
+        let took = self
+            .retry_tokens_spent
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |spent| {
+                (spent + cost <= policy.retry_budget).then_some(spent + cost)
+            })
+            .is_ok();
+        if !took {
+            self.retries_refused.fetch_add(1, Ordering::Relaxed);
+        }
+        took
+    }
+
+    /// A call succeeded: one token back into the budget.
+    pub fn call_succeeded(&self) {
+        let _ =
+            self.retry_tokens_spent
+                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |spent| {
+                    spent.checked_sub(1)
+                });
+    }
 }
 
 /// One S3 call under the retry policy: retries are logged and counted (per mount and in the
@@ -39,8 +82,19 @@ where
     F: FnMut() -> Fut,
     Fut: Future<Output = Result<T, StoreError>>,
 {
+    let mut op = op;
+    let attempt = || {
+        let call = op();
+        async move {
+            let r = call.await;
+            if r.is_ok() {
+                counters.call_succeeded();
+            }
+            r
+        }
+    };
     retry
-        .run(op, StoreError::is_retryable, |e, d| {
+        .run(attempt, |e| e.is_retryable() && budget_allows(mount, retry, counters, e), |e, d| {
             counters.retries.fetch_add(1, Ordering::Relaxed);
             metrics::counter!("filestore_s3_retries_total", "mount" => mount.to_owned(), "op" => what)
                 .increment(1);
@@ -54,6 +108,22 @@ where
         })
 }
 
+/// Whether the mount's retry budget pays for retrying `e`; logs and counts a refusal.
+pub fn budget_allows(
+    mount: &str,
+    retry: &RetryPolicy,
+    counters: &MountCounters,
+    e: &StoreError,
+) -> bool {
+    if counters.may_retry(retry, e) {
+        return true;
+    }
+    metrics::counter!("filestore_s3_retries_refused_total", "mount" => mount.to_owned())
+        .increment(1);
+    log::warn!("mount {mount}: retry budget spent; failing fast ({e})");
+    false
+}
+
 /// How often and how long to retry a retryable failure.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RetryPolicy {
@@ -65,6 +135,9 @@ pub struct RetryPolicy {
     pub min_delay: Duration,
     /// Largest delay.
     pub max_delay: Duration,
+    /// Capacity of each mount's retry budget, in tokens (a retry costs 5, after a timeout 10;
+    /// a success earns 1 back). 500, as in the AWS SDKs: 100 retries in a row, then fail fast.
+    pub retry_budget: u64,
 }
 
 impl Default for RetryPolicy {
@@ -74,6 +147,7 @@ impl Default for RetryPolicy {
             max_elapsed: Duration::from_secs(30),
             min_delay: Duration::from_millis(100),
             max_delay: Duration::from_secs(5),
+            retry_budget: 500,
         }
     }
 }
@@ -107,13 +181,11 @@ impl RetryPolicy {
             match op().await {
                 Ok(v) => return Ok(v),
                 Err(e) => {
-                    if !retryable(&e) {
-                        return Err(e);
-                    }
+                    // Attempts and time first: `retryable` may spend from a budget.
                     let Some(delay) = delays.next() else {
                         return Err(e);
                     };
-                    if start.elapsed() + delay > self.max_elapsed {
+                    if start.elapsed() + delay > self.max_elapsed || !retryable(&e) {
                         return Err(e);
                     }
                     on_retry(&e, delay);
@@ -135,6 +207,7 @@ mod tests {
             max_elapsed: Duration::from_secs(5),
             min_delay: Duration::from_millis(1),
             max_delay: Duration::from_millis(2),
+            retry_budget: 500,
         }
     }
 
@@ -204,6 +277,7 @@ mod tests {
             max_elapsed: Duration::from_millis(50),
             min_delay: Duration::from_millis(20),
             max_delay: Duration::from_millis(20),
+            retry_budget: 500,
         };
         let calls = Cell::new(0);
         let _: Result<(), &str> = policy

@@ -53,6 +53,9 @@ pub struct SupervisorSettings {
     /// Published outbox rows older than this are pruned by the mount's owner (at each recovery
     /// pass); a change feed can resume from any event younger than it.
     pub outbox_retention: Duration,
+    /// How long recovery keeps waiting for the object of a pending write that does not show
+    /// (yet) — eventual consistency — before it fails the row. Counted from the row's last change.
+    pub consistency_horizon: Duration,
 }
 
 impl Default for SupervisorSettings {
@@ -65,6 +68,7 @@ impl Default for SupervisorSettings {
             orphan_upload_grace: Duration::from_secs(24 * 3600),
             lease_ttl: Duration::from_secs(15),
             outbox_retention: Duration::from_secs(7 * 24 * 3600),
+            consistency_horizon: Duration::from_secs(60),
         }
     }
 }
@@ -205,6 +209,7 @@ impl MountSupervisor {
             counters: self.counters.clone(),
             mounts: self.mounts.clone(),
             probe: self.probe.clone(),
+            consistency_horizon: self.settings.consistency_horizon,
         })
     }
 

@@ -497,6 +497,7 @@ impl MetaStore for MemoryMeta {
             progress: None,
             result: None,
             error: None,
+            idle: std::time::Duration::ZERO,
         });
         Ok(IntentOutcome::Started { journal_id: id })
     }

@@ -23,6 +23,7 @@ fn settings() -> SupervisorSettings {
             max_elapsed: Duration::from_secs(5),
             min_delay: Duration::from_millis(1),
             max_delay: Duration::from_millis(5),
+            retry_budget: 500,
         },
         recovery_interval: Duration::from_secs(60),
         outbox_poll_interval: Duration::from_millis(50),
@@ -30,6 +31,8 @@ fn settings() -> SupervisorSettings {
         orphan_upload_grace: Duration::from_secs(3600),
         lease_ttl: Duration::from_secs(3),
         outbox_retention: Duration::from_secs(3600),
+        // The in-memory store shows every write at once: a missing object is final.
+        consistency_horizon: Duration::ZERO,
     }
 }
 

@@ -9,7 +9,8 @@ use tokio_postgres::Row;
 use super::{corrupt, pg, PgMetaStore};
 
 const JOURNAL_COLUMNS: &str =
-    "id, mount, idempotency_key, fingerprint, state, attempts, request, progress, result, error";
+    "id, mount, idempotency_key, fingerprint, state, attempts, request, progress, result, error,
+     (EXTRACT(EPOCH FROM (now() - updated_at)) * 1000)::bigint AS idle_ms";
 
 fn journal_from_row(row: &Row) -> Result<JournalEntry, MetaError> {
     let state: String = row.get("state");
@@ -34,6 +35,7 @@ fn journal_from_row(row: &Row) -> Result<JournalEntry, MetaError> {
             .transpose()
             .map_err(|e| corrupt("journal result", e))?,
         error: row.get("error"),
+        idle: std::time::Duration::from_millis(row.get::<_, i64>("idle_ms").max(0) as u64),
     })
 }
 

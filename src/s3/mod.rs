@@ -337,7 +337,11 @@ impl ObjectStore for S3Store {
             .head_object()
             .bucket(&self.bucket)
             .key(key)
-            .checksum_mode(ChecksumMode::Enabled)
+            // A mount with `checksum = none` is for stores that reject checksum headers: it does
+            // not ask for stored checksums either.
+            .set_checksum_mode(
+                (self.checksum == ChecksumPolicy::Sha256).then_some(ChecksumMode::Enabled),
+            )
             .send()
             .await;
         match res {

@@ -6,6 +6,7 @@
 
 #![allow(dead_code)]
 
+pub mod faultproxy;
 pub mod invariants;
 
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -158,6 +159,7 @@ pub fn fast_settings() -> SupervisorSettings {
             max_elapsed: Duration::from_secs(10),
             min_delay: Duration::from_millis(20),
             max_delay: Duration::from_millis(200),
+            retry_budget: 500,
         },
         recovery_interval: Duration::from_secs(60),
         outbox_poll_interval: Duration::from_millis(500),
@@ -165,6 +167,7 @@ pub fn fast_settings() -> SupervisorSettings {
         orphan_upload_grace: Duration::from_secs(3600),
         lease_ttl: Duration::from_secs(3),
         outbox_retention: Duration::from_secs(7 * 24 * 3600),
+        consistency_horizon: Duration::from_secs(60),
     }
 }
 

@@ -39,6 +39,8 @@ pub(crate) struct OpContext {
     pub mounts: Option<Arc<dyn MountDirectory>>,
     /// What the settings probe found (the mount's settings the store ignored), once it ran.
     pub probe: Arc<tokio::sync::OnceCell<Vec<String>>>,
+    /// How long recovery waits for a pending write's object to show before failing the row.
+    pub consistency_horizon: std::time::Duration,
 }
 
 fn mailbox_closed(_: actix::MailboxError) -> Error {

@@ -535,9 +535,10 @@ pub(crate) async fn open_upload(
 }
 
 /// CompleteMultipartUpload. Complete is not idempotent: when a retry (or a run after a crash)
-/// gets NoSuchUpload, the first attempt may have completed the upload with its answer lost. The
-/// object is then accepted if it carries this operation's journal id and the expected size;
-/// anything else is an error (and the bytes are not sent again blindly).
+/// fails for good — NoSuchUpload on S3, AccessDenied on stores that forget a completed upload id —
+/// the first attempt may have completed the upload with its answer lost. Its outcome is checked
+/// before anything else: the object is accepted if it carries this operation's journal id and the
+/// expected size; otherwise the error stands (and the bytes are not sent again blindly).
 pub(crate) async fn complete(
     deps: &UploadDeps,
     mount: &str,
@@ -554,7 +555,7 @@ pub(crate) async fn complete(
         .await;
     match res {
         Ok(etag) => Ok(etag),
-        Err(Error::Storage { source, .. }) if source.kind == StoreErrorKind::NotFound => {
+        Err(Error::Storage { source, .. }) if !source.is_retryable() => {
             let seen = deps
                 .call(mount, "HEAD", key, || deps.store.head_object(key))
                 .await?;
@@ -569,6 +570,17 @@ pub(crate) async fn complete(
                         "mount {mount}: upload {upload_id} of '{key}' was already completed (answer lost); the object carries journal {journal_id}"
                     );
                     Ok(String::new())
+                }
+                other if source.kind != StoreErrorKind::NotFound => {
+                    log::warn!(
+                        "mount {mount}: CompleteMultipartUpload of '{key}' failed ({source}) and the object is not this upload's ({})",
+                        other.map_or("no object".into(), |m| format!("{} bytes", m.size))
+                    );
+                    Err(Error::Storage {
+                        op: "CompleteMultipartUpload",
+                        key: key.to_owned(),
+                        source,
+                    })
                 }
                 other => Err(Error::Storage {
                     op: "CompleteMultipartUpload",
@@ -718,10 +730,19 @@ async fn upload_one(
             || {
                 counters.bytes_sent.fetch_add(n, Ordering::Relaxed);
                 tracker.update(|p| p.bytes_sent += n);
-                deps.store
-                    .upload_part(&key, &upload_id, part_number, body.clone(), sha256)
+                let call =
+                    deps.store
+                        .upload_part(&key, &upload_id, part_number, body.clone(), sha256);
+                let counters = counters.clone();
+                async move {
+                    let r = call.await;
+                    if r.is_ok() {
+                        counters.call_succeeded();
+                    }
+                    r
+                }
             },
-            |e| e.is_retryable(),
+            |e| e.is_retryable() && crate::retry::budget_allows(&mount, &deps.retry, &counters, e),
             |e, d| {
                 counters.retries.fetch_add(1, Ordering::Relaxed);
                 metrics::counter!("filestore_s3_retries_total", "mount" => mount.clone(), "op" => "UploadPart").increment(1);

@@ -6,7 +6,7 @@ use crate::engine::context::node_for;
 use crate::engine::{OpContext, Outcome, Payload};
 use crate::error::Error;
 use crate::model::{JournalEntry, NodeChange, NodeMeta, OpRequest, WriteMarker};
-use crate::ports::{PutObjectInput, StoreErrorKind};
+use crate::ports::{PutObjectInput, StoreError, StoreErrorKind};
 
 pub(super) async fn act(
     c: &OpContext,
@@ -84,10 +84,37 @@ async fn verified_node(
 
 /// A pending put is committed only if the object proves to be this put's (store checksum, or the
 /// journal id and SHA-256 in its metadata); a same-size object written by someone else is not.
+///
+/// An object that does not show at all may not be visible yet (eventual consistency): while the row
+/// is younger than the consistency horizon, recovery leaves it pending and looks again at its next
+/// pass, so a write the store accepted is not failed (and left behind untracked) too early.
 pub(super) async fn recover(c: &OpContext, entry: &JournalEntry) -> Result<Outcome, Error> {
-    let node = verified_node(c, entry.id, &entry.request, true).await?;
-    Ok(Outcome {
-        change: NodeChange::Upsert(node),
-        upload_id: None,
-    })
+    match verified_node(c, entry.id, &entry.request, true).await {
+        Ok(node) => Ok(Outcome {
+            change: NodeChange::Upsert(node),
+            upload_id: None,
+        }),
+        Err(Error::Unverified { key, reason }) if entry.idle < c.consistency_horizon => {
+            let absent = c
+                .with_retry("HEAD", &key, || c.store.head_object(&key))
+                .await?
+                .is_none();
+            if absent {
+                Err(Error::Storage {
+                    op: "HEAD",
+                    key,
+                    source: StoreError::new(
+                        StoreErrorKind::Transient,
+                        format!(
+                            "no object yet ({reason}); recovery looks again until the row is {:?} old",
+                            c.consistency_horizon
+                        ),
+                    ),
+                })
+            } else {
+                Err(Error::Unverified { key, reason })
+            }
+        }
+        Err(e) => Err(e),
+    }
 }

@@ -1,0 +1,387 @@
+//! A fault-injecting S3 proxy for the tests: an HTTP/1.1 server (hyper) in front of a real S3
+//! server that forwards every request — or, by rule and probability, answers 503 SlowDown / 500,
+//! answers 200 with an `<Error>` body to CompleteMultipartUpload, resets the connection after N
+//! bytes of the request body, stalls, delays, flips a byte of the request body, answers 404 to
+//! reads of a key for a while after it was written (eventual consistency), refuses requests that
+//! carry checksum headers, or drops the response after the server applied the request. It counts
+//! requests per S3 operation and part number, so tests can assert what was re-sent.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::{Request, Response};
+use rand::{Rng, SeedableRng};
+
+/// The S3 operation of a request, from its method, path, query and headers (path-style).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Op {
+    PutObject,
+    CopyObject,
+    UploadPart,
+    UploadPartCopy,
+    CreateMultipartUpload,
+    CompleteMultipartUpload,
+    AbortMultipartUpload,
+    HeadObject,
+    GetObject,
+    DeleteObject,
+    ListParts,
+    ListObjects,
+    Bucket,
+    Other,
+}
+
+fn classify(method: &hyper::Method, path: &str, query: &str, headers: &hyper::HeaderMap) -> Op {
+    let q: Vec<&str> = query
+        .split('&')
+        .map(|p| p.split('=').next().unwrap_or(""))
+        .collect();
+    let has = |k: &str| q.contains(&k);
+    // Path-style: /bucket or /bucket/ is a bucket request, /bucket/key an object request.
+    let object = path
+        .trim_start_matches('/')
+        .split_once('/')
+        .is_some_and(|(_, k)| !k.is_empty());
+    let copy = headers.contains_key("x-amz-copy-source");
+    match method.as_str() {
+        "PUT" if object && has("partNumber") && copy => Op::UploadPartCopy,
+        "PUT" if object && has("partNumber") => Op::UploadPart,
+        "PUT" if object && copy => Op::CopyObject,
+        "PUT" if object => Op::PutObject,
+        "POST" if object && has("uploads") => Op::CreateMultipartUpload,
+        "POST" if object && has("uploadId") => Op::CompleteMultipartUpload,
+        "DELETE" if object && has("uploadId") => Op::AbortMultipartUpload,
+        "DELETE" if object => Op::DeleteObject,
+        "HEAD" if object => Op::HeadObject,
+        "GET" if object && has("uploadId") => Op::ListParts,
+        "GET" if object => Op::GetObject,
+        "GET" => Op::ListObjects,
+        _ if !object => Op::Bucket,
+        _ => Op::Other,
+    }
+}
+
+/// What a rule does to a matching request.
+#[derive(Debug, Clone)]
+pub enum Fault {
+    /// Answer this status with this S3 error code; the server never sees the request.
+    Status(u16, &'static str),
+    /// Answer 200 with an `<Error>` body (InternalError); the server never sees the request.
+    OkWithError,
+    /// Read this many bytes of the request body, then close the connection.
+    ResetAfter(usize),
+    /// Never answer (until the client gives up).
+    Stall,
+    /// Forward after this delay.
+    Delay(Duration),
+    /// Flip one byte in the middle of the request body, then forward.
+    FlipByte,
+    /// Forward, let the server apply it, then close the connection without an answer.
+    DropResponse,
+    /// Refuse a request carrying `x-amz-checksum-*` / `x-amz-sdk-checksum-algorithm` headers with
+    /// 400 InvalidRequest, as stores that do not implement them do.
+    RejectChecksumHeaders,
+    /// For this long after a key is written, answer HEAD / GET of it with 404 NoSuchKey.
+    NotFoundAfterWrite(Duration),
+}
+
+/// A fault, the requests it applies to, how likely and how often.
+#[derive(Debug, Clone)]
+pub struct Rule {
+    /// Only requests of this operation (`None`: every request).
+    pub op: Option<Op>,
+    /// Only this part number (UploadPart / UploadPartCopy).
+    pub part: Option<u32>,
+    /// Chance a matching request gets the fault.
+    pub probability: f64,
+    /// At most this many times (`None`: no limit).
+    pub times: Option<usize>,
+    pub fault: Fault,
+}
+
+impl Rule {
+    pub fn always(op: Option<Op>, fault: Fault) -> Self {
+        Rule {
+            op,
+            part: None,
+            probability: 1.0,
+            times: None,
+            fault,
+        }
+    }
+
+    pub fn once(op: Op, fault: Fault) -> Self {
+        Rule {
+            times: Some(1),
+            ..Rule::always(Some(op), fault)
+        }
+    }
+}
+
+/// One request the proxy saw.
+#[derive(Debug, Clone)]
+pub struct Seen {
+    pub op: Op,
+    pub part: Option<u32>,
+    pub key: String,
+    /// The fault applied, if any.
+    pub fault: Option<String>,
+}
+
+struct State {
+    rules: Vec<(Rule, usize)>,
+    seen: Vec<Seen>,
+    written: HashMap<String, Instant>,
+    rng: rand::rngs::StdRng,
+}
+
+/// The proxy; dropped, it stops accepting connections.
+pub struct FaultProxy {
+    pub endpoint: String,
+    state: Arc<Mutex<State>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for FaultProxy {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+fn s3_error(status: u16, code: &str) -> Response<Full<Bytes>> {
+    let body = format!(
+        "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Error><Code>{code}</Code><Message>injected by the test proxy</Message><RequestId>fault</RequestId></Error>"
+    );
+    Response::builder()
+        .status(status)
+        .header("content-type", "application/xml")
+        .body(Full::new(Bytes::from(body)))
+        .unwrap()
+}
+
+fn not_found(head: bool) -> Response<Full<Bytes>> {
+    if head {
+        Response::builder()
+            .status(404)
+            .body(Full::new(Bytes::new()))
+            .unwrap()
+    } else {
+        s3_error(404, "NoSuchKey")
+    }
+}
+
+impl FaultProxy {
+    /// A proxy in front of `upstream` (`http://host:port`); `seed` drives the probabilities.
+    pub async fn start(upstream: &str, seed: u64) -> Self {
+        let upstream = upstream.trim_start_matches("http://").to_owned();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let endpoint = format!("http://{}", listener.local_addr().unwrap());
+        let state = Arc::new(Mutex::new(State {
+            rules: Vec::new(),
+            seen: Vec::new(),
+            written: HashMap::new(),
+            rng: rand::rngs::StdRng::seed_from_u64(seed),
+        }));
+        let st = state.clone();
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
+                let (st, upstream) = (st.clone(), upstream.clone());
+                tokio::spawn(async move {
+                    let service = hyper::service::service_fn(move |req| {
+                        handle(req, st.clone(), upstream.clone())
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                        .await;
+                });
+            }
+        });
+        FaultProxy {
+            endpoint,
+            state,
+            task,
+        }
+    }
+
+    /// Adds a rule (rules are tried in order; the first that fires applies).
+    pub fn add(&self, rule: Rule) {
+        self.state.lock().unwrap().rules.push((rule, 0));
+    }
+
+    /// Removes every rule: the store is healthy again.
+    pub fn clear(&self) {
+        self.state.lock().unwrap().rules.clear();
+    }
+
+    /// Every request seen so far.
+    pub fn seen(&self) -> Vec<Seen> {
+        self.state.lock().unwrap().seen.clone()
+    }
+
+    /// Requests of `op` seen so far.
+    pub fn count(&self, op: Op) -> usize {
+        self.seen().iter().filter(|s| s.op == op).count()
+    }
+
+    /// Requests of `op` that got a fault.
+    pub fn faulted(&self, op: Op) -> usize {
+        self.seen()
+            .iter()
+            .filter(|s| s.op == op && s.fault.is_some())
+            .count()
+    }
+
+    /// UploadPart requests for part `n` seen so far.
+    pub fn part_requests(&self, n: u32) -> usize {
+        self.seen()
+            .iter()
+            .filter(|s| s.op == Op::UploadPart && s.part == Some(n))
+            .count()
+    }
+}
+
+type Reply = Result<Response<Full<Bytes>>, std::io::Error>;
+
+async fn handle(req: Request<Incoming>, st: Arc<Mutex<State>>, upstream: String) -> Reply {
+    let (parts, body) = req.into_parts();
+    let path = parts.uri.path().to_owned();
+    let query = parts.uri.query().unwrap_or("").to_owned();
+    let op = classify(&parts.method, &path, &query, &parts.headers);
+    let part = query
+        .split('&')
+        .find_map(|p| p.strip_prefix("partNumber="))
+        .and_then(|n| n.parse().ok());
+    let has_checksum_headers = parts.headers.keys().any(|k| {
+        let k = k.as_str();
+        k.starts_with("x-amz-checksum-") || k == "x-amz-sdk-checksum-algorithm"
+    });
+    // Decide the fault (and log the request) before anything is read.
+    let fault = {
+        let mut s = st.lock().unwrap();
+        let State { rules, rng, .. } = &mut *s;
+        let mut chosen = None;
+        for (rule, fired) in rules.iter_mut() {
+            let applies = rule.op.is_none_or(|o| o == op)
+                && rule.part.is_none_or(|p| Some(p) == part)
+                && rule.times.is_none_or(|t| *fired < t)
+                && match rule.fault {
+                    Fault::RejectChecksumHeaders => has_checksum_headers,
+                    Fault::NotFoundAfterWrite(_) => false, // applied below, per key
+                    _ => true,
+                };
+            if applies && rng.random_bool(rule.probability.clamp(0.0, 1.0)) {
+                *fired += 1;
+                chosen = Some(rule.fault.clone());
+                break;
+            }
+        }
+        // Eventual consistency: a read of a key written moments ago.
+        if chosen.is_none() && matches!(op, Op::HeadObject | Op::GetObject) {
+            let window = rules.iter().find_map(|(r, _)| match r.fault {
+                Fault::NotFoundAfterWrite(d) => Some(d),
+                _ => None,
+            });
+            if let (Some(d), Some(at)) = (window, s.written.get(&path)) {
+                if at.elapsed() < d {
+                    chosen = Some(Fault::NotFoundAfterWrite(d));
+                }
+            }
+        }
+        s.seen.push(Seen {
+            op,
+            part,
+            key: path.clone(),
+            fault: chosen.as_ref().map(|f| format!("{f:?}")),
+        });
+        chosen
+    };
+    match &fault {
+        Some(Fault::Status(status, code)) => return Ok(s3_error(*status, code)),
+        Some(Fault::OkWithError) => return Ok(s3_error(200, "InternalError")),
+        Some(Fault::RejectChecksumHeaders) => return Ok(s3_error(400, "InvalidRequest")),
+        Some(Fault::NotFoundAfterWrite(_)) => return Ok(not_found(op == Op::HeadObject)),
+        Some(Fault::Stall) => {
+            tokio::time::sleep(Duration::from_secs(3600)).await;
+            return Err(std::io::Error::other("stalled"));
+        }
+        Some(Fault::ResetAfter(n)) => {
+            let mut body = body;
+            let mut read = 0usize;
+            while read < *n {
+                match body.frame().await {
+                    Some(Ok(f)) => read += f.data_ref().map_or(0, |d| d.len()),
+                    _ => break,
+                }
+            }
+            return Err(std::io::Error::other("connection reset by the test proxy"));
+        }
+        Some(Fault::Delay(d)) => tokio::time::sleep(*d).await,
+        _ => {}
+    }
+    let mut bytes = match body.collect().await {
+        Ok(b) => b.to_bytes(),
+        Err(e) => return Err(std::io::Error::other(e)),
+    };
+    if matches!(fault, Some(Fault::FlipByte)) && !bytes.is_empty() {
+        let mut v = bytes.to_vec();
+        let mid = v.len() / 2;
+        v[mid] ^= 0x5a;
+        bytes = Bytes::from(v);
+    }
+    let response = forward(&upstream, &parts, bytes).await?;
+    if response.status().is_success()
+        && matches!(
+            op,
+            Op::PutObject | Op::CopyObject | Op::CompleteMultipartUpload
+        )
+    {
+        st.lock().unwrap().written.insert(path, Instant::now());
+    }
+    if matches!(fault, Some(Fault::DropResponse)) {
+        return Err(std::io::Error::other("response dropped by the test proxy"));
+    }
+    Ok(response)
+}
+
+/// Sends the request to the server on a connection of its own and reads the whole answer.
+async fn forward(
+    upstream: &str,
+    parts: &hyper::http::request::Parts,
+    body: Bytes,
+) -> Result<Response<Full<Bytes>>, std::io::Error> {
+    let stream = tokio::net::TcpStream::connect(upstream).await?;
+    let (mut sender, conn) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+            .await
+            .map_err(std::io::Error::other)?;
+    tokio::spawn(conn);
+    let mut req = Request::builder()
+        .method(parts.method.clone())
+        .uri(parts.uri.clone())
+        .version(hyper::Version::HTTP_11);
+    for (k, v) in &parts.headers {
+        req = req.header(k, v);
+    }
+    let req = req.body(Full::new(body)).map_err(std::io::Error::other)?;
+    let resp = sender
+        .send_request(req)
+        .await
+        .map_err(std::io::Error::other)?;
+    let (rparts, rbody) = resp.into_parts();
+    let rbytes = rbody
+        .collect()
+        .await
+        .map_err(std::io::Error::other)?
+        .to_bytes();
+    let mut out = Response::from_parts(rparts, Full::new(rbytes));
+    // The body is whole now; its length is known.
+    out.headers_mut().remove(hyper::header::TRANSFER_ENCODING);
+    Ok(out)
+}

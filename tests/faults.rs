@@ -1,0 +1,407 @@
+//! The wire faults of FAULTS.md, through the fault-injecting proxy (`tests/common/faultproxy.rs`)
+//! in front of a real S3 server (s3s-fs), with real Postgres and Redis; every scenario ends with
+//! the shared invariant checker (I1–I6). Named after their scenarios: `f06_…` to `f12_…`, `f16_…`.
+//! The crash scenarios (F1–F3, F15) are in `crash.rs`, F4 in `feed.rs`, F13–F14 in
+//! `conformance.rs`, F17 in `hosts.rs`.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::faultproxy::{Fault, FaultProxy, Op, Rule};
+use common::invariants::{self, Expected};
+use common::{sha256_hex, Backend, TestEnv};
+use filestore_s3::actors::ports::StoreErrorKind;
+use filestore_s3::{Error, PutOptions, TransferOptions};
+
+const MIB: usize = 1024 * 1024;
+
+fn body(len: usize, seed: u8) -> Vec<u8> {
+    (0..len)
+        .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))
+        .collect()
+}
+
+fn multipart(r: &mut filestore_s3::MountRow) {
+    r.multipart_threshold = (6 * MIB) as i64;
+    r.part_size = (5 * MIB) as i64;
+    r.part_concurrency = 2;
+}
+
+/// An env whose mount `m` reaches s3s-fs through a fault proxy (seeded).
+async fn behind_proxy(
+    seed: u64,
+    edit: impl FnOnce(&mut filestore_s3::MountRow),
+    settings: filestore_s3::actors::SupervisorSettings,
+    config: impl FnOnce(&mut filestore_s3::ExecutorConfig),
+) -> (TestEnv, FaultProxy) {
+    let proxy = FaultProxy::start(&common::endpoint_of(Backend::S3sFs), seed).await;
+    let env = TestEnv::build_with_config(
+        Backend::S3sFs,
+        edit,
+        settings,
+        Some(proxy.endpoint.clone()),
+        config,
+    )
+    .await;
+    (env, proxy)
+}
+
+fn key(k: &str) -> PutOptions {
+    PutOptions {
+        idempotency_key: Some(k.into()),
+        ..Default::default()
+    }
+}
+
+/// F6: 10 % of S3 requests answer 503 SlowDown. Every operation succeeds; the retries show in the
+/// mount's counters, one per injected fault.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn f06_ten_percent_slowdown_every_operation_succeeds() {
+    let (env, proxy) = behind_proxy(6, multipart, common::fast_settings(), |_| {}).await;
+    proxy.add(Rule {
+        probability: 0.10,
+        ..Rule::always(None, Fault::Status(503, "SlowDown"))
+    });
+    let mut expected = Expected::new();
+    for i in 0..20 {
+        let b = body(1000 + i, i as u8);
+        env.exec
+            .put_bytes("m", &format!("s/{i}"), b.clone(), key(&format!("s{i}")))
+            .await
+            .unwrap();
+        expected.insert(("m".into(), format!("s/{i}")), sha256_hex(&b));
+    }
+    let big = body(16 * MIB + 5, 9);
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("big");
+    std::fs::write(&file, &big).unwrap();
+    env.exec
+        .put_file("m", "big.bin", &file, key("big"))
+        .await
+        .unwrap();
+    env.exec
+        .copy("m", "s/1", "m", "copy/1", TransferOptions::default())
+        .await
+        .unwrap();
+    env.exec
+        .move_object("m", "s/2", "m", "moved/2", TransferOptions::default())
+        .await
+        .unwrap();
+    env.exec
+        .delete("m", "s/3", Default::default())
+        .await
+        .unwrap();
+    expected.insert(("m".into(), "big.bin".into()), sha256_hex(&big));
+    expected.insert(
+        ("m".into(), "copy/1".into()),
+        expected[&("m".to_owned(), "s/1".to_owned())].clone(),
+    );
+    let moved = expected
+        .remove(&("m".to_owned(), "s/2".to_owned()))
+        .unwrap();
+    expected.insert(("m".into(), "moved/2".into()), moved);
+    expected.remove(&("m".to_owned(), "s/3".to_owned()));
+
+    let injected = proxy.seen().iter().filter(|s| s.fault.is_some()).count();
+    let retries = env.exec.status("m").await.unwrap().retries;
+    eprintln!(
+        "F6: {} requests, {injected} answered SlowDown, {retries} retries",
+        proxy.seen().len()
+    );
+    assert!(injected > 0, "the seed injected no fault");
+    assert_eq!(retries as usize, injected, "one retry per injected 503");
+    proxy.clear();
+    invariants::check(&env, &expected).await;
+    env.cleanup().await;
+}
+
+/// F7: S3 answers only 503 for a while. Operations fail with a retryable error once the retry
+/// budget is spent, and the store sees a bounded number of requests (no retry storm); when it
+/// answers again, work resumes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn f07_only_503_fails_fast_within_the_retry_budget() {
+    let mut settings = common::fast_settings();
+    settings.retry.retry_budget = 50; // ten retries (5 tokens each)
+    settings.retry.max_attempts = 6;
+    let (env, proxy) = behind_proxy(7, |_| {}, settings, |_| {}).await;
+    proxy.add(Rule::always(None, Fault::Status(503, "SlowDown")));
+    let ops = 20;
+    for i in 0..ops {
+        let started = Instant::now();
+        let err = env
+            .exec
+            .put_bytes("m", &format!("o/{i}"), b"x".to_vec(), key(&format!("o{i}")))
+            .await
+            .unwrap_err();
+        assert!(err.is_retryable(), "{err}");
+        assert!(
+            started.elapsed() <= settings.retry.max_elapsed + Duration::from_secs(2),
+            "failed after {:?}",
+            started.elapsed()
+        );
+    }
+    // Without a budget: up to 20 × 6 attempts. With it: one attempt each plus ten retries.
+    let sent = proxy.seen().len();
+    eprintln!("F7: {sent} requests for {ops} failing puts");
+    assert!(sent <= ops + 10, "{sent} requests: a retry storm");
+    assert!(sent >= ops, "every put was tried once");
+
+    // The store answers again: work resumes at once (first attempts never need the budget).
+    proxy.clear();
+    let b = b"after the outage".to_vec();
+    env.exec
+        .put_bytes("m", "back.txt", b.clone(), key("back"))
+        .await
+        .unwrap();
+    // The failed puts left nothing behind: no node, no pending row.
+    env.wait_no_pending(Duration::from_secs(10)).await;
+    let mut expected = Expected::new();
+    expected.insert(("m".into(), "back.txt".into()), sha256_hex(&b));
+    invariants::check(&env, &expected).await;
+    env.cleanup().await;
+}
+
+/// F8: CompleteMultipartUpload answers 200 with an `<Error>` body. It is retried; one object, one
+/// commit, one upload.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn f08_complete_answering_200_with_an_error_is_retried() {
+    let (env, proxy) = behind_proxy(8, multipart, common::fast_settings(), |_| {}).await;
+    proxy.add(Rule::once(Op::CompleteMultipartUpload, Fault::OkWithError));
+    let big = body(12 * MIB + 1, 8);
+    let r = env
+        .exec
+        .put_reader("m", "big.bin", std::io::Cursor::new(big.clone()), key("k"))
+        .await
+        .unwrap();
+    assert_eq!(r.node.unwrap().sha256, sha256_hex(&big));
+    assert_eq!(proxy.count(Op::CompleteMultipartUpload), 2);
+    assert_eq!(proxy.count(Op::CreateMultipartUpload), 1);
+    assert_eq!(proxy.count(Op::UploadPart), 3);
+    let mut expected = Expected::new();
+    expected.insert(("m".into(), "big.bin".into()), sha256_hex(&big));
+    invariants::check(&env, &expected).await;
+    env.cleanup().await;
+}
+
+/// The answer to CompleteMultipartUpload is lost after the server applied it: the retry finds the
+/// upload gone, the object is proven to be this operation's (its marker), and it is committed
+/// once, with no second upload.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn f08b_lost_complete_answer_commits_once() {
+    let (env, proxy) = behind_proxy(81, multipart, common::fast_settings(), |_| {}).await;
+    proxy.add(Rule::once(Op::CompleteMultipartUpload, Fault::DropResponse));
+    let big = body(11 * MIB, 3);
+    let r = env
+        .exec
+        .put_reader("m", "big.bin", std::io::Cursor::new(big.clone()), key("k"))
+        .await
+        .unwrap();
+    assert_eq!(r.node.unwrap().sha256, sha256_hex(&big));
+    assert_eq!(
+        proxy.count(Op::CreateMultipartUpload),
+        1,
+        "no second upload"
+    );
+    assert_eq!(proxy.count(Op::UploadPart), 3, "no part sent twice");
+    assert!(proxy.count(Op::CompleteMultipartUpload) >= 2);
+    assert_eq!(env.count("snapshots").await, 1, "one commit");
+    let mut expected = Expected::new();
+    expected.insert(("m".into(), "big.bin".into()), sha256_hex(&big));
+    invariants::check(&env, &expected).await;
+    env.cleanup().await;
+}
+
+/// F9: the connection is reset in the middle of a part: only that part is sent again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn f09_reset_mid_part_resends_only_that_part() {
+    let (env, proxy) = behind_proxy(9, multipart, common::fast_settings(), |_| {}).await;
+    proxy.add(Rule {
+        part: Some(2),
+        ..Rule::once(Op::UploadPart, Fault::ResetAfter(MIB))
+    });
+    let big = body(16 * MIB + 77, 4);
+    env.exec
+        .put_reader("m", "big.bin", std::io::Cursor::new(big.clone()), key("k"))
+        .await
+        .unwrap();
+    assert_eq!(proxy.part_requests(2), 2, "part 2 sent again");
+    for n in [1, 3, 4] {
+        assert_eq!(proxy.part_requests(n), 1, "part {n} sent once");
+    }
+    let mut expected = Expected::new();
+    expected.insert(("m".into(), "big.bin".into()), sha256_hex(&big));
+    invariants::check(&env, &expected).await;
+    env.cleanup().await;
+}
+
+/// F10: a request stalls (no byte comes back): the attempt timeout fires, the call is retried and
+/// succeeds; no actor hangs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn f10_stalled_request_times_out_and_is_retried() {
+    let (env, proxy) = behind_proxy(
+        10,
+        |_| {},
+        common::fast_settings(),
+        |c| {
+            c.s3.attempt_timeout = Duration::from_secs(2);
+        },
+    )
+    .await;
+    proxy.add(Rule::once(Op::PutObject, Fault::Stall));
+    let b = b"after a stall".to_vec();
+    let started = Instant::now();
+    env.exec
+        .put_bytes("m", "stalled.txt", b.clone(), key("k"))
+        .await
+        .unwrap();
+    eprintln!(
+        "F10: put done {:?} after the stall began",
+        started.elapsed()
+    );
+    assert_eq!(proxy.count(Op::PutObject), 2);
+    assert_eq!(env.exec.status("m").await.unwrap().retries, 1);
+    // The supervisor still answers.
+    env.exec
+        .put_bytes("m", "next.txt", b"next".to_vec(), key("k2"))
+        .await
+        .unwrap();
+    let mut expected = Expected::new();
+    expected.insert(("m".into(), "stalled.txt".into()), sha256_hex(&b));
+    expected.insert(("m".into(), "next.txt".into()), sha256_hex(b"next"));
+    invariants::check(&env, &expected).await;
+    env.cleanup().await;
+}
+
+/// F11: eventual consistency — reads of a written key answer 404 for 2 s. Verification waits
+/// inside its window (5 s) and commits; with a 0.5 s window the entry is left pending and
+/// recovery commits it once the object shows — never committed unverified.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn f11_eventual_consistency_waits_or_leaves_it_to_recovery() {
+    let mut settings = common::fast_settings();
+    settings.recovery_interval = Duration::from_millis(500);
+    let (mut env, proxy) = behind_proxy(11, |_| {}, settings, |_| {}).await;
+    proxy.add(Rule::always(
+        None,
+        Fault::NotFoundAfterWrite(Duration::from_secs(2)),
+    ));
+    let b = b"visible after two seconds".to_vec();
+    let started = Instant::now();
+    env.exec
+        .put_bytes("m", "ec.txt", b.clone(), key("k"))
+        .await
+        .unwrap();
+    assert!(
+        started.elapsed() >= Duration::from_secs(2),
+        "verification waited"
+    );
+    assert!(proxy.faulted(Op::HeadObject) + proxy.faulted(Op::GetObject) > 0);
+
+    let ep = proxy.endpoint.clone();
+    env.add_mount("short", |r| {
+        r.endpoint = Some(ep);
+        r.verify_window_ms = 500;
+    })
+    .await;
+    let err = env
+        .exec
+        .put_bytes("short", "ec.txt", b.clone(), key("k"))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::Unverified { .. }), "{err:?}");
+    let state: String = env
+        .query(
+            "SELECT state FROM {schema}.journal WHERE mount = 'short'",
+            &[],
+        )
+        .await[0]
+        .get(0);
+    assert_eq!(state, "pending", "not committed unverified");
+    env.wait_no_pending(Duration::from_secs(20)).await;
+    let state: String = env
+        .query(
+            "SELECT state FROM {schema}.journal WHERE mount = 'short'",
+            &[],
+        )
+        .await[0]
+        .get(0);
+    assert_eq!(state, "committed", "recovery committed it once visible");
+    let mut expected = Expected::new();
+    expected.insert(("m".into(), "ec.txt".into()), sha256_hex(&b));
+    expected.insert(("short".into(), "ec.txt".into()), sha256_hex(&b));
+    invariants::check(&env, &expected).await;
+    env.cleanup().await;
+}
+
+/// F12: a byte flipped in an upload body (a put and a part) is rejected by the checksum the
+/// executor sends, never committed, and sent again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn f12_flipped_byte_is_rejected_and_resent() {
+    let (env, proxy) = behind_proxy(12, multipart, common::fast_settings(), |_| {}).await;
+    proxy.add(Rule::once(Op::PutObject, Fault::FlipByte));
+    proxy.add(Rule {
+        part: Some(1),
+        ..Rule::once(Op::UploadPart, Fault::FlipByte)
+    });
+    let small = body(4000, 1);
+    env.exec
+        .put_bytes("m", "small.bin", small.clone(), key("s"))
+        .await
+        .unwrap();
+    let big = body(11 * MIB, 2);
+    env.exec
+        .put_reader("m", "big.bin", std::io::Cursor::new(big.clone()), key("b"))
+        .await
+        .unwrap();
+    assert_eq!(proxy.count(Op::PutObject), 2);
+    assert_eq!(proxy.part_requests(1), 2);
+    assert!(env.exec.status("m").await.unwrap().retries >= 2);
+    let mut expected = Expected::new();
+    expected.insert(("m".into(), "small.bin".into()), sha256_hex(&small));
+    expected.insert(("m".into(), "big.bin".into()), sha256_hex(&big));
+    invariants::check(&env, &expected).await;
+    env.cleanup().await;
+}
+
+/// F16: the store rejects checksum headers. With the mount's default (`checksum = sha256`) a put
+/// fails with a clear, non-retryable error and nothing is written; with `checksum = none` the same
+/// store works.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn f16_store_rejecting_checksum_headers() {
+    let (mut env, proxy) = behind_proxy(16, |_| {}, common::fast_settings(), |_| {}).await;
+    proxy.add(Rule::always(None, Fault::RejectChecksumHeaders));
+    let err = env
+        .exec
+        .put_bytes("m", "a.txt", b"a".to_vec(), key("a"))
+        .await
+        .unwrap_err();
+    match &err {
+        Error::Storage { source, .. } => {
+            assert!(
+                matches!(
+                    source.kind,
+                    StoreErrorKind::Rejected | StoreErrorKind::Config
+                ),
+                "{err}"
+            );
+            assert!(err.to_string().contains("InvalidRequest"), "{err}");
+        }
+        other => panic!("expected a storage error, got {other:?}"),
+    }
+    assert!(!err.is_retryable());
+    let ep = proxy.endpoint.clone();
+    env.add_mount("plain", |r| {
+        r.endpoint = Some(ep);
+        r.checksum = "none".into();
+    })
+    .await;
+    let b = b"no checksum headers".to_vec();
+    env.exec
+        .put_bytes("plain", "a.txt", b.clone(), key("a"))
+        .await
+        .unwrap();
+    let mut expected = Expected::new();
+    expected.insert(("plain".into(), "a.txt".into()), sha256_hex(&b));
+    invariants::check(&env, &expected).await;
+    env.cleanup().await;
+}
