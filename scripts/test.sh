@@ -21,7 +21,10 @@ features=(--features filestore-s3/failpoints)
 echo "== cargo clippy -D warnings"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 cargo clippy --workspace --all-targets --locked "${features[@]}" -- -D warnings
-echo "== import circles among the actor modules"
-if [ -x ../shared/tools/import-circles ]; then ../shared/tools/import-circles actors/src; fi
+echo "== import circles among the modules (actors and root crate)"
+if [ -x ../shared/tools/import-circles ]; then
+  ../shared/tools/import-circles actors/src
+  ../shared/tools/import-circles src
+fi
 echo "== cargo test"
 cargo test --workspace --locked "${features[@]}" "$@"

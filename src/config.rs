@@ -7,6 +7,9 @@ use filestore_s3_actors::{Error, SupervisorSettings};
 
 use crate::s3::S3Settings;
 
+/// How long `S3Executor::shutdown` lets running operations finish.
+pub const SHUTDOWN_DRAIN_DEADLINE: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// Default Postgres URL (a local server with trust authentication).
 pub const DEFAULT_DATABASE_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
 /// Default schema holding the executor's tables.
@@ -117,7 +120,7 @@ impl Default for ExecutorConfig {
             watch_mounts: true,
             passive: false,
             mount_reload_interval: Duration::from_secs(30),
-            shutdown_deadline: crate::executor::SHUTDOWN_DRAIN_DEADLINE,
+            shutdown_deadline: SHUTDOWN_DRAIN_DEADLINE,
         }
     }
 }

@@ -37,8 +37,7 @@ use crate::config::ExecutorConfig;
 use registry::Registry;
 use runtime::{arbiter_for_executor, on_arbiter, Services};
 
-/// How long `S3Executor::shutdown` lets running operations finish.
-pub const SHUTDOWN_DRAIN_DEADLINE: std::time::Duration = std::time::Duration::from_secs(30);
+pub use crate::config::SHUTDOWN_DRAIN_DEADLINE;
 
 struct Inner {
     config: ExecutorConfig,
