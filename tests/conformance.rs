@@ -711,7 +711,7 @@ macro_rules! conformance {
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)] $(#[$attr])?
             async fn keys_that_do_not_map_are_reported() { super::keys_that_do_not_map_are_reported(B).await }
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)] $(#[$attr])?
-            async fn same_idempotency_key_writes_once() { super::same_idempotency_key_writes_once(B).await }
+            async fn f13_f14_same_idempotency_key_writes_once() { super::same_idempotency_key_writes_once(B).await }
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)] $(#[$attr])?
             async fn bad_input_changes_nothing() { super::bad_input_changes_nothing(B).await }
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)] $(#[$attr])?

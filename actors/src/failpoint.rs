@@ -11,7 +11,8 @@
 //! Names: `after_<phase>` once a copy / move recorded that phase (`after_source_pinned`,
 //! `after_copied`, `after_source_deleted`); `before_commit` once an operation is verified and
 //! about to commit; `before_commit_transaction` in the committer, just before the commit's
-//! fenced transaction; `after_complete` once CompleteMultipartUpload answered.
+//! fenced transaction; `after_complete` once CompleteMultipartUpload answered; `before_publish`
+//! in the notifier, with committed events about to go to Redis.
 
 /// Environment variable that lists the armed failpoints.
 pub const FAILPOINTS_ENV: &str = "FILESTORE_FAILPOINTS";

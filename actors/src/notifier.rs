@@ -70,6 +70,7 @@ impl NotifierActor {
                 if batch.is_empty() {
                     return Ok::<usize, String>(relayed);
                 }
+                crate::failpoint::hit("before_publish").await;
                 publisher
                     .publish(&mount, &batch)
                     .await

@@ -94,7 +94,7 @@ where
         }
     };
     retry
-        .run(attempt, |e| e.is_retryable() && budget_allows(mount, retry, counters, e), |e, d| {
+        .run_scaled(attempt, |e| e.is_retryable() && budget_allows(mount, retry, counters, e), backoff_scale, |e, d| {
             counters.retries.fetch_add(1, Ordering::Relaxed);
             metrics::counter!("filestore_s3_retries_total", "mount" => mount.to_owned(), "op" => what)
                 .increment(1);
@@ -167,8 +167,24 @@ impl RetryPolicy {
     /// `on_retry` sees every error that is retried (for metrics and logs).
     pub async fn run<T, E, F, Fut>(
         &self,
+        op: F,
+        retryable: impl Fn(&E) -> bool,
+        on_retry: impl FnMut(&E, Duration),
+    ) -> Result<T, E>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<T, E>>,
+    {
+        self.run_scaled(op, retryable, |_| 1, on_retry).await
+    }
+
+    /// As [`RetryPolicy::run`], with each delay multiplied by `scale(error)` (capped at
+    /// `max_delay`): throttling answers back off from a larger base than other failures.
+    pub async fn run_scaled<T, E, F, Fut>(
+        &self,
         mut op: F,
         retryable: impl Fn(&E) -> bool,
+        scale: impl Fn(&E) -> u32,
         mut on_retry: impl FnMut(&E, Duration),
     ) -> Result<T, E>
     where
@@ -185,6 +201,7 @@ impl RetryPolicy {
                     let Some(delay) = delays.next() else {
                         return Err(e);
                     };
+                    let delay = delay.saturating_mul(scale(&e).max(1)).min(self.max_delay);
                     if start.elapsed() + delay > self.max_elapsed || !retryable(&e) {
                         return Err(e);
                     }
@@ -193,6 +210,16 @@ impl RetryPolicy {
                 }
             }
         }
+    }
+}
+
+/// Delay factor of a failed S3 call: a store that says it is overloaded (`SlowDown`, 429, 503)
+/// gets four times the usual backoff.
+pub fn backoff_scale(e: &StoreError) -> u32 {
+    if e.kind == crate::ports::StoreErrorKind::Throttled {
+        4
+    } else {
+        1
     }
 }
 

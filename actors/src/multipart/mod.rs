@@ -726,7 +726,7 @@ async fn upload_one(
     let counters = deps.counters.clone();
     let part = deps
         .retry
-        .run(
+        .run_scaled(
             || {
                 counters.bytes_sent.fetch_add(n, Ordering::Relaxed);
                 tracker.update(|p| p.bytes_sent += n);
@@ -743,6 +743,7 @@ async fn upload_one(
                 }
             },
             |e| e.is_retryable() && crate::retry::budget_allows(&mount, &deps.retry, &counters, e),
+            crate::retry::backoff_scale,
             |e, d| {
                 counters.retries.fetch_add(1, Ordering::Relaxed);
                 metrics::counter!("filestore_s3_retries_total", "mount" => mount.clone(), "op" => "UploadPart").increment(1);
