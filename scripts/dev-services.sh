@@ -58,6 +58,12 @@ if [ -z "$pg_url" ]; then
   fi
 fi
 pg_ok "$pg_url" || { log "cannot connect to Postgres at $pg_url"; exit 1; }
+# The F5 test restarts a Postgres cluster of its own (initdb + pg_ctl on a free loopback port).
+if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 && ! command -v initdb >/dev/null \
+   && [ -z "${FILESTORE_TEST_PG_BINDIR:-}" ]; then
+  apt_install postgresql
+fi
+command -v runuser >/dev/null || [ "$(id -u)" != 0 ] || apt_install util-linux
 
 # ---------------------------------------------------------------- Redis
 redis_url=${FILESTORE_REDIS_URL:-redis://127.0.0.1:6379}

@@ -437,14 +437,11 @@ pub async fn bad_input_changes_nothing(backend: Backend) {
     disabled.name = "off".into();
     disabled.enabled = false;
     env.exec.register_mount(disabled).await.unwrap();
-    env.pg
-        .batch_execute(&format!(
-            "INSERT INTO {s}.backend_mounts (name, bucket, prefix) VALUES ('broken', 'Bad_Bucket', 'p');
-             INSERT INTO {s}.backend_mounts (name, bucket, prefix, canned_acl) VALUES ('badacl', 'fine-bucket', 'p', 'everyone');",
-            s = env.schema
-        ))
-        .await
-        .unwrap();
+    env.batch(
+        "INSERT INTO {schema}.backend_mounts (name, bucket, prefix) VALUES ('broken', 'Bad_Bucket', 'p');
+         INSERT INTO {schema}.backend_mounts (name, bucket, prefix, canned_acl) VALUES ('badacl', 'fine-bucket', 'p', 'everyone');",
+    )
+    .await;
     env.exec.reload_mounts().await.unwrap();
     let err = env
         .exec

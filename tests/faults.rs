@@ -1,6 +1,7 @@
 //! The wire faults of FAULTS.md, through the fault-injecting proxy (`tests/common/faultproxy.rs`)
 //! in front of a real S3 server (s3s-fs), with real Postgres and Redis; every scenario ends with
-//! the shared invariant checker (I1–I6). Named after their scenarios: `f06_…` to `f12_…`, `f16_…`.
+//! the shared invariant checker (I1–I6). Named after their scenarios: `f05_…` (a Postgres cluster
+//! of the test's own, restarted) to `f12_…`, `f16_…`.
 //! The crash scenarios (F1–F3, F15) are in `crash.rs`, F4 in `feed.rs`, F13–F14 in
 //! `conformance.rs`, F17 in `hosts.rs`.
 
@@ -52,6 +53,87 @@ fn key(k: &str) -> PutOptions {
         idempotency_key: Some(k.into()),
         ..Default::default()
     }
+}
+
+/// F5: Postgres restarted (`pg_ctl restart -m immediate`, on a cluster of the test's own) while
+/// puts commit one after another. Transactions cut off are rolled back and retried with the same
+/// journal ids: every put succeeds, exactly once, and no S3 write is made twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn f05_postgres_restarted_mid_commit() {
+    let cluster = common::pgcluster::PgCluster::start();
+    let proxy = FaultProxy::start(&common::endpoint_of(Backend::S3sFs), 5).await;
+    let mut settings = common::fast_settings();
+    // Long enough to ride out the restart (about a second here).
+    settings.retry.max_attempts = 40;
+    settings.retry.max_delay = Duration::from_millis(500);
+    settings.retry.max_elapsed = Duration::from_secs(30);
+    settings.lease_ttl = Duration::from_secs(15);
+    let env = TestEnv::build_on(
+        cluster.url(),
+        Backend::S3sFs,
+        |_| {},
+        settings,
+        Some(proxy.endpoint.clone()),
+        |_| {},
+    )
+    .await;
+    let n = 40;
+    let exec = env.exec.clone();
+    let work = tokio::spawn(async move {
+        let mut results = Vec::new();
+        for i in 0..n {
+            let r = exec
+                .put_bytes(
+                    "m",
+                    &format!("pg/{i}"),
+                    body(500 + i, i as u8),
+                    key(&format!("pg{i}")),
+                )
+                .await;
+            results.push(r);
+        }
+        results
+    });
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while env.count("snapshots").await < 10 {
+        assert!(Instant::now() < deadline, "puts do not commit");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let restart = Instant::now();
+    let cluster = tokio::task::spawn_blocking(move || {
+        cluster.restart_immediate();
+        cluster
+    })
+    .await
+    .unwrap();
+    eprintln!("F5: Postgres restarted in {:?}", restart.elapsed());
+    env.reconnect_pg().await;
+    let results = tokio::time::timeout(Duration::from_secs(120), work)
+        .await
+        .expect("the puts end")
+        .unwrap();
+    for (i, r) in results.iter().enumerate() {
+        assert!(r.is_ok(), "put {i}: {r:?}");
+    }
+    assert_eq!(proxy.count(Op::PutObject), n, "no S3 write made twice");
+    let committed: i64 = env
+        .query(
+            "SELECT count(*) FROM {schema}.journal WHERE state = 'committed'",
+            &[],
+        )
+        .await[0]
+        .get(0);
+    assert_eq!(committed as usize, n);
+    let mut expected = Expected::new();
+    for i in 0..n {
+        expected.insert(
+            ("m".into(), format!("pg/{i}")),
+            sha256_hex(&body(500 + i, i as u8)),
+        );
+    }
+    invariants::check(&env, &expected).await;
+    env.cleanup().await;
+    drop(cluster);
 }
 
 /// F6: 10 % of S3 requests answer 503 SlowDown. Every operation succeeds; the retries show in the

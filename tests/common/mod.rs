@@ -8,6 +8,7 @@
 
 pub mod faultproxy;
 pub mod invariants;
+pub mod pgcluster;
 
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::OnceLock;
@@ -181,7 +182,10 @@ pub struct TestEnv {
     pub schema: String,
     pub redis_prefix: String,
     pub s3: aws_sdk_s3::Client,
-    pub pg: tokio_postgres::Client,
+    /// The test's own connection (reconnected by [`TestEnv::reconnect_pg`] after a restart).
+    pub pg: tokio::sync::Mutex<tokio_postgres::Client>,
+    /// The Postgres the env (and its executor) uses.
+    pub database_url: String,
     pub redis: redis::aio::MultiplexedConnection,
     created_bucket: bool,
     /// Further mounts: (name, bucket, prefix, bucket created by the test).
@@ -222,19 +226,36 @@ impl TestEnv {
         endpoint_override: Option<String>,
         edit_config: impl FnOnce(&mut ExecutorConfig),
     ) -> Self {
+        Self::build_on(
+            database_url(),
+            backend,
+            edit,
+            settings,
+            endpoint_override,
+            edit_config,
+        )
+        .await
+    }
+
+    /// As [`TestEnv::build_with_config`], on the Postgres at `db_url`.
+    pub async fn build_on(
+        db_url: String,
+        backend: Backend,
+        edit: impl FnOnce(&mut MountRow),
+        settings: SupervisorSettings,
+        endpoint_override: Option<String>,
+        edit_config: impl FnOnce(&mut ExecutorConfig),
+    ) -> Self {
         let _ = env_logger::builder().is_test(true).try_init();
         let id = unique_id();
         let t = target(backend);
         let schema = format!("fs3_test_{id}");
         let redis_prefix = format!("fs3test:{id}");
 
-        let (pg, conn) = tokio_postgres::connect(&database_url(), tokio_postgres::NoTls)
+        let (pg, conn) = tokio_postgres::connect(&db_url, tokio_postgres::NoTls)
             .await
             .unwrap_or_else(|e| {
-                panic!(
-                    "Postgres is not reachable at {} ({e}); run scripts/dev-services.sh",
-                    database_url()
-                )
+                panic!("Postgres is not reachable at {db_url} ({e}); run scripts/dev-services.sh")
             });
         tokio::spawn(conn);
         let redis = redis::Client::open(redis_url())
@@ -264,7 +285,7 @@ impl TestEnv {
         }
 
         let mut config = ExecutorConfig::default()
-            .with_database_url(database_url())
+            .with_database_url(db_url.clone())
             .with_schema(&schema)
             .with_redis_url(redis_url())
             .with_redis_prefix(&redis_prefix)
@@ -310,7 +331,8 @@ impl TestEnv {
             schema,
             redis_prefix,
             s3,
-            pg,
+            pg: tokio::sync::Mutex::new(pg),
+            database_url: db_url,
             redis,
             created_bucket,
             extra: Vec::new(),
@@ -322,7 +344,7 @@ impl TestEnv {
     /// needs to reach this env's Postgres schema, Redis prefix and S3 server.
     pub fn child_vars(&self) -> Vec<(&'static str, String)> {
         vec![
-            ("FILESTORE_DATABASE_URL", database_url()),
+            ("FILESTORE_DATABASE_URL", self.database_url.clone()),
             ("FILESTORE_DB_SCHEMA", self.schema.clone()),
             ("FILESTORE_REDIS_URL", redis_url()),
             ("FILESTORE_REDIS_PREFIX", self.redis_prefix.clone()),
@@ -525,6 +547,8 @@ impl TestEnv {
 
     pub async fn count(&self, table: &str) -> i64 {
         self.pg
+            .lock()
+            .await
             .query_one(
                 &format!("SELECT count(*) FROM {}.{table}", self.schema),
                 &[],
@@ -540,7 +564,22 @@ impl TestEnv {
         params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
     ) -> Vec<tokio_postgres::Row> {
         let sql = sql.replace("{schema}", &self.schema);
-        self.pg.query(&sql, params).await.unwrap()
+        self.pg.lock().await.query(&sql, params).await.unwrap()
+    }
+
+    /// Runs SQL statements (`{schema}` replaced by the env's schema).
+    pub async fn batch(&self, sql: &str) {
+        let sql = sql.replace("{schema}", &self.schema);
+        self.pg.lock().await.batch_execute(&sql).await.unwrap()
+    }
+
+    /// A new connection for the test's own queries (after the server restarted).
+    pub async fn reconnect_pg(&self) {
+        let (pg, conn) = tokio_postgres::connect(&self.database_url, tokio_postgres::NoTls)
+            .await
+            .unwrap();
+        tokio::spawn(conn);
+        *self.pg.lock().await = pg;
     }
 
     pub fn stream_key(&self) -> String {
@@ -616,6 +655,8 @@ impl TestEnv {
     pub async fn cleanup(self) {
         self.exec.shutdown().await;
         self.pg
+            .lock()
+            .await
             .batch_execute(&format!("DROP SCHEMA {} CASCADE", self.schema))
             .await
             .unwrap();

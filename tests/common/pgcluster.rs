@@ -1,0 +1,161 @@
+//! A PostgreSQL cluster of the test's own (initdb + pg_ctl on a free loopback port, in a temporary
+//! directory), so that a test can restart it without touching the shared server. Run as the
+//! `postgres` user when the tests run as root (initdb refuses root).
+
+use std::path::PathBuf;
+use std::process::Command;
+
+pub struct PgCluster {
+    dir: tempfile::TempDir,
+    port: u16,
+    bin: PathBuf,
+    as_postgres: bool,
+}
+
+/// The directory of `initdb` and `pg_ctl`: `FILESTORE_TEST_PG_BINDIR`, `pg_config --bindir`, or the
+/// newest `/usr/lib/postgresql/*/bin` (Debian).
+fn bindir() -> PathBuf {
+    if let Ok(d) = std::env::var("FILESTORE_TEST_PG_BINDIR") {
+        return d.into();
+    }
+    if let Ok(out) = Command::new("pg_config").arg("--bindir").output() {
+        let d = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
+        if d.join("initdb").exists() {
+            return d;
+        }
+    }
+    let mut found: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.path().join("bin"))
+        .filter(|b| b.join("initdb").exists())
+        .collect();
+    found.sort_by_key(|p| {
+        p.parent()
+            .and_then(|v| v.file_name())
+            .and_then(|v| v.to_str())
+            .and_then(|v| v.parse::<u32>().ok())
+            .unwrap_or(0)
+    });
+    found.pop().expect(
+        "initdb not found: install PostgreSQL's server binaries (scripts/dev-services.sh does) \
+         or set FILESTORE_TEST_PG_BINDIR",
+    )
+}
+
+impl PgCluster {
+    pub fn start() -> Self {
+        let bin = bindir();
+        let as_postgres = Command::new("id")
+            .arg("-u")
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+            .unwrap_or(false);
+        let dir = tempfile::tempdir().unwrap();
+        if as_postgres {
+            let ok = Command::new("chown")
+                .args(["-R", "postgres:postgres"])
+                .arg(dir.path())
+                .status()
+                .unwrap()
+                .success();
+            assert!(ok, "chown of the cluster directory to postgres failed");
+        }
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let c = PgCluster {
+            dir,
+            port,
+            bin,
+            as_postgres,
+        };
+        let data = c.data();
+        c.run(
+            "initdb",
+            &["-D", &data, "-A", "trust", "-U", "postgres", "--no-sync"],
+        );
+        let opts = format!(
+            "-p {} -c listen_addresses=127.0.0.1 -k {} -c fsync=off",
+            c.port,
+            c.dir.path().display()
+        );
+        let log = format!("{}/log", c.dir.path().display());
+        c.run(
+            "pg_ctl",
+            &["-D", &data, "-o", &opts, "-l", &log, "-w", "start"],
+        );
+        c
+    }
+
+    fn data(&self) -> String {
+        format!("{}/data", self.dir.path().display())
+    }
+
+    fn run(&self, tool: &str, args: &[&str]) {
+        let exe = self.bin.join(tool);
+        let mut cmd = if self.as_postgres {
+            let mut c = Command::new("runuser");
+            c.args(["-u", "postgres", "--"]).arg(&exe);
+            c
+        } else {
+            Command::new(&exe)
+        };
+        let out = cmd.args(args).output().unwrap();
+        assert!(
+            out.status.success(),
+            "{tool} {args:?}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    pub fn url(&self) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)
+    }
+
+    /// `pg_ctl restart -m immediate`: every connection is cut, open transactions are lost (rolled
+    /// back by crash recovery at start).
+    pub fn restart_immediate(&self) {
+        let data = self.data();
+        let opts = format!(
+            "-p {} -c listen_addresses=127.0.0.1 -k {} -c fsync=off",
+            self.port,
+            self.dir.path().display()
+        );
+        let log = format!("{}/log", self.dir.path().display());
+        self.run(
+            "pg_ctl",
+            &[
+                "-D",
+                &data,
+                "-o",
+                &opts,
+                "-l",
+                &log,
+                "-m",
+                "immediate",
+                "-w",
+                "restart",
+            ],
+        );
+    }
+}
+
+impl Drop for PgCluster {
+    fn drop(&mut self) {
+        let data = self.data();
+        let exe = self.bin.join("pg_ctl");
+        let mut cmd = if self.as_postgres {
+            let mut c = Command::new("runuser");
+            c.args(["-u", "postgres", "--"]).arg(&exe);
+            c
+        } else {
+            Command::new(&exe)
+        };
+        let _ = cmd.args(["-D", &data, "-m", "immediate", "stop"]).output();
+    }
+}
