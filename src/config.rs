@@ -143,6 +143,7 @@ pub const CONFIG_VARIABLES: &[&str] = &[
     "FILESTORE_MOUNT_RELOAD_MS",
     "FILESTORE_SHUTDOWN_DEADLINE_MS",
     "FILESTORE_OUTBOX_RETENTION_SECS",
+    "FILESTORE_CONSISTENCY_HORIZON_MS",
 ];
 
 /// Where configuration values come from: the environment, then an optional file.
@@ -278,6 +279,9 @@ impl ExecutorConfig {
         }
         if let Some(s) = vars.parse::<u64>("FILESTORE_OUTBOX_RETENTION_SECS")? {
             c.supervisor.outbox_retention = Duration::from_secs(s);
+        }
+        if let Some(ms) = vars.parse::<u64>("FILESTORE_CONSISTENCY_HORIZON_MS")? {
+            c.supervisor.consistency_horizon = Duration::from_millis(ms);
         }
         c.validate()?;
         Ok(c)

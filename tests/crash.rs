@@ -360,61 +360,6 @@ pub async fn killed_after_complete_is_committed_without_upload(backend: Backend)
     env.cleanup().await;
 }
 
-/// F3: killed after the commit, before the Redis publish. The restarted executor's notifier
-/// publishes the committed event, with the event id the commit recorded; nothing is written again.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[cfg_attr(
-    not(feature = "failpoints"),
-    ignore = "needs --features failpoints (scripts/test.sh enables it)"
-)]
-async fn f03_killed_after_the_commit_before_the_publish() {
-    let env = TestEnv::new(Backend::S3sFs).await;
-    env.exec.shutdown().await;
-    let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join("small.txt");
-    let body = b"committed, not yet announced".to_vec();
-    std::fs::write(&file, &body).unwrap();
-    run_until_failpoint(
-        &env,
-        &[
-            "put",
-            "m",
-            "f3.txt",
-            file.to_str().unwrap(),
-            "--idempotency-key",
-            "f3",
-        ],
-        "before_publish",
-    )
-    .await;
-    let rows = env
-        .query(
-            "SELECT j.state, o.event_id::text, o.published_at IS NULL FROM {schema}.journal j
-             JOIN {schema}.outbox o ON o.journal_id = j.id",
-            &[],
-        )
-        .await;
-    assert_eq!(rows.len(), 1);
-    assert_eq!(rows[0].get::<_, String>(0), "committed");
-    assert!(rows[0].get::<_, bool>(2), "not published before the kill");
-    let event_id: String = rows[0].get(1);
-    assert!(env.stream().await.is_empty());
-
-    let exec = S3Executor::start(env.exec.config().clone()).await.unwrap();
-    let events = env.wait_stream(1).await;
-    assert_eq!(events.len(), 1);
-    assert_eq!(
-        events[0].0, event_id,
-        "published with the committed event id"
-    );
-    assert_eq!(env.count("snapshots").await, 1);
-    let mut expected = Expected::new();
-    expected.insert(("m".into(), "f3.txt".into()), sha256_hex(&body));
-    invariants::check(&env, &expected).await;
-    exec.shutdown().await;
-    env.cleanup().await;
-}
-
 macro_rules! crash_suite {
     ($module:ident, $backend:expr $(, $attr:meta)?) => {
         mod $module {

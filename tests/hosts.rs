@@ -431,3 +431,62 @@ async fn an_owner_paused_past_its_lease_cannot_write() {
     b.shutdown().await;
     env.cleanup().await;
 }
+
+/// F3: the owner is killed after a commit and before the notifier published its event (the
+/// `before_publish` failpoint aborts the process; the owner process lingers after its put, so
+/// its notifier surely gets there). The next owner's notifier publishes the committed event with
+/// the event id the commit recorded; nothing is written again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(feature = "failpoints"),
+    ignore = "needs --features failpoints (scripts/test.sh enables it)"
+)]
+async fn f03_killed_after_the_commit_before_the_publish() {
+    let env = TestEnv::new(Backend::S3sFs).await;
+    env.exec.shutdown().await;
+    let mut cmd = tokio::process::Command::new(std::env::current_exe().unwrap());
+    cmd.args(["--exact", "owner_process", "--ignored", "--nocapture"])
+        .env(CHILD_ENV, "one-put");
+    child_env(&mut cmd, &env, "host-a", "before_publish");
+    let mut a = cmd.spawn().unwrap();
+    let log = collect_lines(a.stderr.take().unwrap());
+    let status = tokio::time::timeout(Duration::from_secs(60), a.wait())
+        .await
+        .expect("A ends")
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let stderr = log.lock().unwrap().join("\n");
+    assert!(
+        !status.success() && stderr.contains("failpoint before_publish: aborting"),
+        "A must die at before_publish: {status:?}\n{stderr}"
+    );
+    let rows = env
+        .query(
+            "SELECT j.state, o.event_id::text, o.published_at IS NULL FROM {schema}.journal j
+             JOIN {schema}.outbox o ON o.journal_id = j.id",
+            &[],
+        )
+        .await;
+    assert_eq!(rows.len(), 1);
+    assert_eq!(rows[0].get::<_, String>(0), "committed");
+    assert!(rows[0].get::<_, bool>(2), "not published before the kill");
+    let event_id: String = rows[0].get(1);
+    assert!(env.stream().await.is_empty());
+
+    let b = executor(&env, "host-b").await;
+    let events = env.wait_stream(1).await;
+    assert_eq!(events.len(), 1);
+    assert_eq!(
+        events[0].0, event_id,
+        "published with the committed event id"
+    );
+    assert_eq!(env.count("snapshots").await, 1);
+    let mut expected: Expected = BTreeMap::new();
+    expected.insert(
+        ("m".into(), "paused.txt".into()),
+        sha256_hex(&paused_body()),
+    );
+    invariants::check(&env, &expected).await;
+    b.shutdown().await;
+    env.cleanup().await;
+}

@@ -3,6 +3,7 @@
 //! the feature it compiles to nothing.
 //!
 //! Actions: `abort` (the default) ends the process at once, no destructor running, like SIGKILL;
+//! `abort@<n>` does so the n-th time the point is reached;
 //! `pause` parks the operation for good (the rest of the process — lease renewal, other
 //! operations — goes on), so a test can kill the process while the operation is at that point;
 //! `sleep:<ms>` parks it for that long, then it goes on. Each action prints one line
@@ -22,6 +23,8 @@ pub const FAILPOINTS_ENV: &str = "FILESTORE_FAILPOINTS";
 pub enum Action {
     /// End the process at once.
     Abort,
+    /// End the process at once on the n-th time the point is reached (1 = the first).
+    AbortAt(u32),
     /// Park the operation for good.
     Pause,
     /// Park the operation this many milliseconds.
@@ -39,11 +42,15 @@ pub fn parse(spec: &str) -> Vec<(String, Action)> {
             let action = match action {
                 "abort" => Action::Abort,
                 "pause" => Action::Pause,
-                other => match other.strip_prefix("sleep:").map(str::parse) {
-                    Some(Ok(ms)) => Action::Sleep(ms),
+                other => match (
+                    other.strip_prefix("sleep:").map(str::parse),
+                    other.strip_prefix("abort@").map(str::parse::<u32>),
+                ) {
+                    (Some(Ok(ms)), _) => Action::Sleep(ms),
+                    (_, Some(Ok(n))) if n > 0 => Action::AbortAt(n),
                     _ => {
                         eprintln!(
-                            "{FAILPOINTS_ENV}: '{entry}' ignored (abort, pause or sleep:<ms>)"
+                            "{FAILPOINTS_ENV}: '{entry}' ignored (abort, abort@<n>, pause or sleep:<ms>)"
                         );
                         return None;
                     }
@@ -63,7 +70,26 @@ pub async fn hit(name: &str) {
     let Some((_, action)) = armed.iter().find(|(n, _)| n == name) else {
         return;
     };
+    static HITS: std::sync::Mutex<Vec<(String, u32)>> = std::sync::Mutex::new(Vec::new());
+    let hit_number = {
+        let mut hits = HITS.lock().unwrap_or_else(|e| e.into_inner());
+        match hits.iter_mut().find(|(n, _)| n == name) {
+            Some((_, c)) => {
+                *c += 1;
+                *c
+            }
+            None => {
+                hits.push((name.to_owned(), 1));
+                1
+            }
+        }
+    };
     match action {
+        Action::AbortAt(n) if hit_number == *n => {
+            eprintln!("failpoint {name}: aborting the process (hit {n})");
+            std::process::abort();
+        }
+        Action::AbortAt(_) => {}
         Action::Abort => {
             eprintln!("failpoint {name}: aborting the process");
             std::process::abort();
@@ -91,11 +117,12 @@ mod tests {
     #[test]
     fn parses_actions() {
         assert_eq!(
-            parse("after_copied, before_commit=pause,after_complete=sleep:250,x=boom,,"),
+            parse("after_copied, before_commit=pause,after_complete=sleep:250,x=boom,y=abort@0,before_publish=abort@3,,"),
             vec![
                 ("after_copied".to_owned(), Action::Abort),
                 ("before_commit".to_owned(), Action::Pause),
                 ("after_complete".to_owned(), Action::Sleep(250)),
+                ("before_publish".to_owned(), Action::AbortAt(3)),
             ]
         );
     }

@@ -214,6 +214,29 @@ macro_rules! with_write_options {
 }
 
 impl S3Store {
+    /// A store that does not verify `x-amz-checksum-sha256` (moto) still answers, for an object or
+    /// part written without SSE-KMS, an ETag that is the MD5 of the bytes it kept. When the ETag
+    /// has that form and is not the MD5 of what was sent, the body was corrupted on the way:
+    /// `ChecksumMismatch`, so the write is sent again instead of being verified by its own marker.
+    fn check_md5_etag(&self, etag: &str, body: &[u8]) -> Result<(), StoreError> {
+        use md5::Digest as _;
+        let plain = etag.len() == 32 && etag.chars().all(|c| c.is_ascii_hexdigit());
+        if !plain || matches!(self.sse, Sse::Kms { .. }) {
+            return Ok(());
+        }
+        let md5 = hex::encode(md5::Md5::digest(body));
+        if md5.eq_ignore_ascii_case(etag) {
+            return Ok(());
+        }
+        Err(StoreError::new(
+            StoreErrorKind::ChecksumMismatch,
+            format!(
+                "the store's ETag {etag} is not the MD5 {md5} of the {} bytes sent: the body was corrupted on the way",
+                body.len()
+            ),
+        ))
+    }
+
     fn sse_headers(&self) -> (Option<ServerSideEncryption>, Option<String>) {
         match &self.sse {
             Sse::None => (None, None),
@@ -317,6 +340,7 @@ impl ObjectStore for S3Store {
             .send()
             .await
             .map_err(classify)?;
+        self.check_md5_etag(&unquote(out.e_tag()), &input.body)?;
         Ok(ObjectMeta {
             key: input.key,
             size,
@@ -547,10 +571,11 @@ impl ObjectStore for S3Store {
             .set_checksum_sha256(
                 (self.checksum == ChecksumPolicy::Sha256).then(|| Self::b64(&sha256)),
             )
-            .body(ByteStream::from(body))
+            .body(ByteStream::from(body.clone()))
             .send()
             .await
             .map_err(classify)?;
+        self.check_md5_etag(&unquote(out.e_tag()), &body)?;
         Ok(UploadedPart {
             part_number,
             etag: Some(unquote(out.e_tag())),

@@ -7,7 +7,8 @@ use crate::engine::context::node_for;
 use crate::engine::{OpContext, Outcome, Payload};
 use crate::error::Error;
 use crate::model::{
-    JournalEntry, NodeChange, NodeMeta, ObjectMeta, OpRequest, UploadSource, Verification,
+    JournalEntry, NodeChange, NodeMeta, ObjectMeta, OpRequest, UploadSource, UploadedPart,
+    Verification,
 };
 use crate::multipart::{file_identity, CompletedUpload, UploadHandle, UploadRequest};
 
@@ -198,17 +199,43 @@ async fn completed_before_crash(
     if !ours {
         return Ok(None);
     }
-    let sha256 = hash_file(path).await.map_err(|message| Error::Source {
-        what: path.clone(),
-        message,
-    })?;
     let record = c.meta.upload_of(entry.id).await?;
+    // The file is read again (locally) for its SHA-256 and, cut at the upload's part size, for
+    // each part's: the composite checksum the store may report is then checked, whatever parts
+    // the record holds (a part recorded from a listing has no checksum).
+    let (sha256, part_digests) = hash_file(path, record.as_ref().map(|r| r.part_size))
+        .await
+        .map_err(|message| Error::Source {
+            what: path.clone(),
+            message,
+        })?;
+    let parts = match record.as_ref() {
+        Some(r) if !part_digests.is_empty() => part_digests
+            .into_iter()
+            .enumerate()
+            .map(|(i, (len, digest))| {
+                let number = i as i32 + 1;
+                UploadedPart {
+                    part_number: number,
+                    etag: r
+                        .parts
+                        .iter()
+                        .find(|p| p.part_number == number)
+                        .and_then(|p| p.etag.clone()),
+                    size: len,
+                    sha256: Some(digest),
+                }
+            })
+            .collect(),
+        Some(r) => r.parts.clone(),
+        None => Vec::new(),
+    };
     let done = CompletedUpload {
         upload_id: record
             .as_ref()
             .map(|r| r.upload_id.clone())
             .unwrap_or_default(),
-        parts: record.map(|r| r.parts).unwrap_or_default(),
+        parts,
         size: *size,
         sha256,
         etag: String::new(),
@@ -225,20 +252,43 @@ async fn completed_before_crash(
     }))
 }
 
-async fn hash_file(path: &str) -> Result<Sha256Digest, String> {
+/// SHA-256 of the file and, with a part size, of each part: (length, digest) per part.
+async fn hash_file(
+    path: &str,
+    part_size: Option<u64>,
+) -> Result<(Sha256Digest, Vec<(u64, Sha256Digest)>), String> {
     use sha2::{Digest, Sha256};
     use tokio::io::AsyncReadExt;
     let mut f = tokio::fs::File::open(path)
         .await
         .map_err(|e| e.to_string())?;
-    let mut h = Sha256::new();
+    let mut whole = Sha256::new();
+    let mut part = Sha256::new();
+    let (mut in_part, mut parts) = (0u64, Vec::new());
     let mut buf = vec![0u8; 1 << 20];
     loop {
         let n = f.read(&mut buf).await.map_err(|e| e.to_string())?;
         if n == 0 {
-            return Ok(Sha256Digest::finish(h));
+            if in_part > 0 && part_size.is_some() {
+                parts.push((in_part, Sha256Digest::finish(part)));
+            }
+            return Ok((Sha256Digest::finish(whole), parts));
         }
-        h.update(&buf[..n]);
+        whole.update(&buf[..n]);
+        let Some(ps) = part_size.filter(|p| *p > 0) else {
+            continue;
+        };
+        let mut chunk = &buf[..n];
+        while !chunk.is_empty() {
+            let take = ((ps - in_part) as usize).min(chunk.len());
+            part.update(&chunk[..take]);
+            in_part += take as u64;
+            chunk = &chunk[take..];
+            if in_part == ps {
+                parts.push((in_part, Sha256Digest::finish(std::mem::take(&mut part))));
+                in_part = 0;
+            }
+        }
     }
 }
 
