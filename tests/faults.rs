@@ -2,8 +2,8 @@
 //! in front of a real S3 server (s3s-fs), with real Postgres and Redis; every scenario ends with
 //! the shared invariant checker (I1–I6). Named after their scenarios: `f05_…` (a Postgres cluster
 //! of the test's own, restarted) to `f12_…`, `f16_…`.
-//! The crash scenarios F1, F2, F15 are in `crash.rs`, F3 and F17 in `hosts.rs`, F4 in `feed.rs`
-//! and `executor.rs`, F13–F14 in `conformance.rs`, the randomised run in `random.rs`.
+//! The crash scenarios F1, F2, F15 are in `crash.rs`, F3 and F17 in `hosts.rs`, F4 in `feed.rs`,
+//! F13–F14 in `conformance.rs`, the randomised run in `random.rs`.
 
 mod common;
 

@@ -138,10 +138,16 @@ struct OwnRedis {
     port: u16,
     dir: tempfile::TempDir,
     child: Option<std::process::Child>,
+    /// Keep the data across restarts (append-only file).
+    persistent: bool,
 }
 
 impl OwnRedis {
     fn start() -> Self {
+        Self::start_with(false)
+    }
+
+    fn start_with(persistent: bool) -> Self {
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()
@@ -151,6 +157,7 @@ impl OwnRedis {
             port,
             dir: tempfile::tempdir().unwrap(),
             child: None,
+            persistent,
         };
         r.up();
         r
@@ -163,7 +170,8 @@ impl OwnRedis {
     fn up(&mut self) {
         let child = std::process::Command::new("redis-server")
             .args(["--bind", "127.0.0.1", "--port", &self.port.to_string()])
-            .args(["--save", "", "--appendonly", "no"])
+            .args(["--save", ""])
+            .args(["--appendonly", if self.persistent { "yes" } else { "no" }])
             .arg("--dir")
             .arg(self.dir.path())
             .stdout(std::process::Stdio::null())
@@ -177,6 +185,17 @@ impl OwnRedis {
                 "redis-server did not start"
             );
             std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Stops the server the orderly way (SIGTERM: it writes its append-only file first).
+    fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let pid = c.id().to_string();
+            let _ = std::process::Command::new("kill")
+                .args(["-TERM", &pid])
+                .status();
+            c.wait().unwrap();
         }
     }
 
@@ -355,5 +374,52 @@ async fn outbox_retention_prunes_and_the_feed_says_so() {
     let e = next(&mut feed).await;
     assert_eq!(e.event.event_id, r.event_id);
     assert_ne!(e.event.event_id, last.unwrap().event_id);
+    env.cleanup().await;
+}
+
+/// F4: Redis stopped for a while, then started again (with its data, as a persistent Redis
+/// would be). Operations keep committing meanwhile; once Redis is back the backlog drains in
+/// commit order, every event once with its outbox event id; the invariants hold.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn f04_redis_down_for_a_while_commits_go_on() {
+    let mut redis = OwnRedis::start_with(true);
+    let url = redis.url();
+    let env = TestEnv::build_with_config(
+        Backend::S3sFs,
+        |_| {},
+        common::fast_settings(),
+        None,
+        |c| c.redis_url = url,
+    )
+    .await;
+    let mut expected = common::invariants::Expected::new();
+    let mut committed = Vec::new();
+    for i in 0..30 {
+        if i == 10 {
+            env.wait_outbox_drained().await;
+            redis.stop();
+        }
+        let body = format!("f4 {i}").into_bytes();
+        let r = env
+            .exec
+            .put_bytes("m", &format!("f4/{i}"), body.clone(), PutOptions::default())
+            .await
+            .unwrap();
+        committed.push(r.event_id.to_string());
+        expected.insert(("m".into(), format!("f4/{i}")), common::sha256_hex(&body));
+    }
+    let backlog: i64 = env
+        .query(
+            "SELECT count(*) FROM {schema}.outbox WHERE published_at IS NULL",
+            &[],
+        )
+        .await[0]
+        .get(0);
+    assert_eq!(backlog, 20, "the outage's commits wait in the outbox");
+    redis.up();
+    let events = env.wait_stream(30).await;
+    let ids: Vec<String> = events.iter().map(|(id, _)| id.clone()).collect();
+    assert_eq!(ids, committed, "every event once, in commit order");
+    common::invariants::check(&env, &expected).await;
     env.cleanup().await;
 }

@@ -186,7 +186,8 @@ pub struct TestEnv {
     pub pg: tokio::sync::Mutex<tokio_postgres::Client>,
     /// The Postgres the env (and its executor) uses.
     pub database_url: String,
-    pub redis: redis::aio::MultiplexedConnection,
+    /// Reconnects by itself (a test may restart its Redis).
+    pub redis: redis::aio::ConnectionManager,
     created_bucket: bool,
     /// Further mounts: (name, bucket, prefix, bucket created by the test).
     pub extra: Vec<(String, String, String, bool)>,
@@ -258,16 +259,6 @@ impl TestEnv {
                 panic!("Postgres is not reachable at {db_url} ({e}); run scripts/dev-services.sh")
             });
         tokio::spawn(conn);
-        let redis = redis::Client::open(redis_url())
-            .unwrap()
-            .get_multiplexed_async_connection()
-            .await
-            .unwrap_or_else(|e| {
-                panic!(
-                    "Redis is not reachable at {} ({e}); run scripts/dev-services.sh",
-                    redis_url()
-                )
-            });
 
         let (bucket, prefix, created_bucket) = match &t.bucket {
             Some(b) => (b.clone(), format!("filestore-s3-tests/{id}"), false),
@@ -295,6 +286,17 @@ impl TestEnv {
             ..S3Settings::default()
         };
         edit_config(&mut config);
+        // The test reads the Redis the executor writes to (its own, when edit_config chose one).
+        let redis = redis::Client::open(config.redis_url.as_str())
+            .unwrap()
+            .get_connection_manager()
+            .await
+            .unwrap_or_else(|e| {
+                panic!(
+                    "Redis is not reachable at {} ({e}); run scripts/dev-services.sh",
+                    config.redis_url
+                )
+            });
 
         let factory = S3StoreFactory::new(config.s3.clone()).await;
         let mut plain = row.clone();
@@ -346,7 +348,7 @@ impl TestEnv {
         vec![
             ("FILESTORE_DATABASE_URL", self.database_url.clone()),
             ("FILESTORE_DB_SCHEMA", self.schema.clone()),
-            ("FILESTORE_REDIS_URL", redis_url()),
+            ("FILESTORE_REDIS_URL", self.exec.config().redis_url.clone()),
             ("FILESTORE_REDIS_PREFIX", self.redis_prefix.clone()),
             ("AWS_ACCESS_KEY_ID", ACCESS_KEY.into()),
             ("AWS_SECRET_ACCESS_KEY", SECRET_KEY.into()),
@@ -432,16 +434,28 @@ impl TestEnv {
         keys
     }
 
+    /// A Redis command on the test's connection; the first call after the server restarted fails
+    /// while the connection manager reconnects, so a failed call is tried again a few times.
+    pub async fn redis_query<T: redis::FromRedisValue>(&self, cmd: &redis::Cmd) -> T {
+        let mut last = None;
+        for _ in 0..5 {
+            let mut conn = self.redis.clone();
+            match cmd.query_async(&mut conn).await {
+                Ok(v) => return v,
+                Err(e) => last = Some(e),
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("Redis: {:?}", last)
+    }
+
     /// Entries of another mount's event stream.
     pub async fn stream_of(&self, mount: &str) -> Vec<(String, serde_json::Value)> {
-        let mut conn = self.redis.clone();
-        let reply: redis::streams::StreamRangeReply = redis::cmd("XRANGE")
-            .arg(format!("{}:{mount}:events", self.redis_prefix))
+        let mut cmd = redis::cmd("XRANGE");
+        cmd.arg(format!("{}:{mount}:events", self.redis_prefix))
             .arg("-")
-            .arg("+")
-            .query_async(&mut conn)
-            .await
-            .unwrap();
+            .arg("+");
+        let reply: redis::streams::StreamRangeReply = self.redis_query(&cmd).await;
         reply
             .ids
             .iter()
@@ -660,12 +674,9 @@ impl TestEnv {
             .batch_execute(&format!("DROP SCHEMA {} CASCADE", self.schema))
             .await
             .unwrap();
-        let mut conn = self.redis.clone();
-        let _: () = redis::cmd("DEL")
-            .arg(self.stream_key())
-            .query_async(&mut conn)
-            .await
-            .unwrap();
+        let _: () = self
+            .redis_query(redis::cmd("DEL").arg(self.stream_key()))
+            .await;
         for key in self.bucket_keys().await {
             let _ = self
                 .s3
@@ -679,11 +690,9 @@ impl TestEnv {
             let _ = self.s3.delete_bucket().bucket(&self.bucket).send().await;
         }
         for (name, bucket, prefix, created) in &self.extra {
-            let _: () = redis::cmd("DEL")
-                .arg(format!("{}:{name}:events", self.redis_prefix))
-                .query_async(&mut conn)
-                .await
-                .unwrap();
+            let _: () = self
+                .redis_query(redis::cmd("DEL").arg(format!("{}:{name}:events", self.redis_prefix)))
+                .await;
             for key in self.keys_in(bucket, prefix).await {
                 let _ = self.s3.delete_object().bucket(bucket).key(key).send().await;
             }
