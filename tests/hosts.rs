@@ -84,6 +84,25 @@ async fn wait_owned(exec: &S3Executor, within: Duration) -> i64 {
     }
 }
 
+/// Starts this test binary again as the owner process `host-a` (`owner_process`) in `mode`, with
+/// `failpoints` armed; its stderr lines are collected.
+fn spawn_owner(
+    env: &TestEnv,
+    mode: &str,
+    failpoints: &str,
+) -> (
+    tokio::process::Child,
+    std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+) {
+    let mut cmd = tokio::process::Command::new(std::env::current_exe().unwrap());
+    cmd.args(["--exact", "owner_process", "--ignored", "--nocapture"])
+        .env(CHILD_ENV, mode);
+    child_env(&mut cmd, env, "host-a", failpoints);
+    let mut child = cmd.spawn().unwrap();
+    let log = collect_lines(child.stderr.take().unwrap());
+    (child, log)
+}
+
 /// Reads the child's stderr lines into a shared log, in the background.
 fn collect_lines(
     stderr: tokio::process::ChildStderr,
@@ -207,17 +226,11 @@ async fn sigkill_of_the_owner_mid_work_is_taken_over(backend: Backend) {
     std::fs::write(&big_file, big_body()).unwrap();
 
     // Host A: this test binary again, running only `owner_process`.
-    let mut cmd = tokio::process::Command::new(std::env::current_exe().unwrap());
-    cmd.args(["--exact", "owner_process", "--ignored", "--nocapture"])
-        .env(CHILD_ENV, format!("work:{}", big_file.display()));
-    child_env(
-        &mut cmd,
+    let (mut a, log) = spawn_owner(
         &env,
-        "host-a",
+        &format!("work:{}", big_file.display()),
         "before_commit=pause,after_copied=pause",
     );
-    let mut a = cmd.spawn().unwrap();
-    let log = collect_lines(a.stderr.take().unwrap());
     let deadline = Instant::now() + Duration::from_secs(60);
     while count_lines(&log, "CHILD owns m") == 0 {
         assert!(Instant::now() < deadline, "{:?}", log.lock().unwrap());
@@ -342,17 +355,7 @@ async fn an_owner_paused_past_its_lease_cannot_write() {
     env.exec.shutdown().await;
     let body = paused_body();
 
-    let mut cmd = tokio::process::Command::new(std::env::current_exe().unwrap());
-    cmd.args(["--exact", "owner_process", "--ignored", "--nocapture"])
-        .env(CHILD_ENV, "one-put");
-    child_env(
-        &mut cmd,
-        &env,
-        "host-a",
-        "before_commit_transaction=sleep:1500",
-    );
-    let mut a = cmd.spawn().unwrap();
-    let log = collect_lines(a.stderr.take().unwrap());
+    let (mut a, log) = spawn_owner(&env, "one-put", "before_commit_transaction=sleep:1500");
     let deadline = Instant::now() + Duration::from_secs(60);
     while count_lines(&log, "failpoint before_commit_transaction: sleeping") == 0 {
         assert!(Instant::now() < deadline, "{:?}", log.lock().unwrap());
@@ -444,12 +447,7 @@ async fn an_owner_paused_past_its_lease_cannot_write() {
 async fn f03_killed_after_the_commit_before_the_publish() {
     let env = TestEnv::new(Backend::S3sFs).await;
     env.exec.shutdown().await;
-    let mut cmd = tokio::process::Command::new(std::env::current_exe().unwrap());
-    cmd.args(["--exact", "owner_process", "--ignored", "--nocapture"])
-        .env(CHILD_ENV, "one-put");
-    child_env(&mut cmd, &env, "host-a", "before_publish");
-    let mut a = cmd.spawn().unwrap();
-    let log = collect_lines(a.stderr.take().unwrap());
+    let (mut a, log) = spawn_owner(&env, "one-put", "before_publish");
     let status = tokio::time::timeout(Duration::from_secs(60), a.wait())
         .await
         .expect("A ends")
