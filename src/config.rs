@@ -135,6 +135,7 @@ pub const CONFIG_VARIABLES: &[&str] = &[
     "FILESTORE_STREAM_MAXLEN",
     "FILESTORE_PG_POOL_SIZE",
     "FILESTORE_S3_ATTEMPT_TIMEOUT_MS",
+    "FILESTORE_S3_STALL_GRACE_MS",
     "FILESTORE_STS_ENDPOINT",
     "FILESTORE_S3_MAX_ATTEMPTS",
     "FILESTORE_S3_RETRY_BUDGET",
@@ -255,6 +256,9 @@ impl ExecutorConfig {
         }
         if let Some(ms) = vars.parse::<u64>("FILESTORE_S3_ATTEMPT_TIMEOUT_MS")? {
             c.s3.attempt_timeout = Duration::from_millis(ms);
+        }
+        if let Some(ms) = vars.parse::<u64>("FILESTORE_S3_STALL_GRACE_MS")? {
+            c.s3.stall_grace = Duration::from_millis(ms);
         }
         if let Some(v) = vars.get("FILESTORE_STS_ENDPOINT") {
             c.s3.sts_endpoint = Some(v).filter(|v| !v.is_empty());

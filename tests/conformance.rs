@@ -579,6 +579,7 @@ pub async fn checksum_policy_none_still_verifies_size(backend: Backend) {
             mount: "m".into(),
             idempotency_key: "short".into(),
             fingerprint: req.fingerprint(),
+            token: uuid::Uuid::new_v4(),
             request: req,
         })
         .await
@@ -708,7 +709,7 @@ macro_rules! conformance {
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)] $(#[$attr])?
             async fn keys_that_do_not_map_are_reported() { super::keys_that_do_not_map_are_reported(B).await }
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)] $(#[$attr])?
-            async fn f13_f14_same_idempotency_key_writes_once() { super::same_idempotency_key_writes_once(B).await }
+            async fn repeated_idempotency_key_returns_the_recorded_result() { super::same_idempotency_key_writes_once(B).await }
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)] $(#[$attr])?
             async fn bad_input_changes_nothing() { super::bad_input_changes_nothing(B).await }
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)] $(#[$attr])?

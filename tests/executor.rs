@@ -24,7 +24,7 @@ async fn migrations_apply_once_and_create_every_table() {
     let first = filestore_s3::pg::migrate(&database_url(), &schema)
         .await
         .unwrap();
-    assert_eq!(first, vec![1, 2, 3, 4, 5, 6]);
+    assert_eq!(first, vec![1, 2, 3, 4, 5, 6, 7]);
     let second = filestore_s3::pg::migrate(&database_url(), &schema)
         .await
         .unwrap();
@@ -243,6 +243,7 @@ async fn recovery_commits_what_reached_s3_and_fails_what_did_not() {
                 mount: "m".into(),
                 idempotency_key: k.into(),
                 fingerprint: req.fingerprint(),
+                token: uuid::Uuid::new_v4(),
                 request: req,
             })
             .await
@@ -340,5 +341,100 @@ async fn commits_do_not_wait_for_redis() {
     let events = env.wait_stream(1).await;
     assert_eq!(events[0].0, r.event_id.to_string());
     exec.shutdown().await;
+    env.cleanup().await;
+}
+
+/// Group commit on real Postgres: writes of one batch share a transaction, each in its own
+/// savepoint — a write refused for good (progress of a row no longer pending) is rolled back
+/// alone and the others stand; an intent sent again with its call's token (its acknowledgement
+/// lost) is started again, with another call's token it is the existing row.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_of_writes_keeps_each_write_atomic() {
+    use filestore_s3::actors::model::OpProgress;
+    use filestore_s3::actors::ports::{MetaOutput, MetaWrite};
+    let env = TestEnv::new(Backend::S3sFs).await;
+    env.exec.shutdown().await;
+    let meta = PgMetaStore::new(&database_url(), &env.schema, 2).unwrap();
+    let intent = |n: u32| {
+        let req = OpRequest::Delete {
+            path: format!("batch/{n}"),
+            key: env.key(&format!("batch/{n}")),
+        };
+        NewIntent {
+            mount: "m".into(),
+            idempotency_key: format!("b-{n}"),
+            fingerprint: req.fingerprint(),
+            token: uuid::Uuid::new_v4(),
+            request: req,
+        }
+    };
+    let first = intent(1);
+    let IntentOutcome::Started { journal_id } = meta.begin(&first).await.unwrap() else {
+        panic!()
+    };
+    meta.fail(journal_id, "given up").await.unwrap();
+    let second = intent(2);
+    let out = meta
+        .apply(&[
+            MetaWrite::Begin(second.clone()),
+            // Refused: the row is no longer pending.
+            MetaWrite::Progress {
+                journal_id,
+                progress: OpProgress::SourcePinned {
+                    source: filestore_s3::actors::model::PinnedSource {
+                        size: 1,
+                        sha256: filestore_s3::Sha256Digest::of(b"x"),
+                        etag: "e".into(),
+                        generation: 1,
+                    },
+                },
+            },
+            MetaWrite::Begin(intent(3)),
+            // The same call again: its own row, started again.
+            MetaWrite::Begin(second.clone()),
+        ])
+        .await
+        .unwrap();
+    assert_eq!(out.len(), 4);
+    let started: Vec<Option<i64>> = out
+        .iter()
+        .map(|r| match r {
+            Ok(MetaOutput::Begun(IntentOutcome::Started { journal_id })) => Some(*journal_id),
+            _ => None,
+        })
+        .collect();
+    assert!(started[0].is_some() && started[2].is_some(), "{out:?}");
+    assert_eq!(started[3], started[0], "the same call finds its own row");
+    let err = out[1].as_ref().unwrap_err();
+    assert!(
+        !err.retryable && err.message.contains("no longer pending"),
+        "{err}"
+    );
+    let rows: Vec<(String, String)> = env
+        .query(
+            "SELECT idempotency_key, state FROM {schema}.journal ORDER BY id",
+            &[],
+        )
+        .await
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    assert_eq!(
+        rows,
+        [
+            ("b-1".to_owned(), "failed".to_owned()),
+            ("b-2".to_owned(), "pending".to_owned()),
+            ("b-3".to_owned(), "pending".to_owned())
+        ]
+    );
+    // Another call with b-2's key: the existing row, not a second start.
+    let other = NewIntent {
+        token: uuid::Uuid::new_v4(),
+        ..second
+    };
+    assert!(matches!(
+        meta.begin(&other).await.unwrap(),
+        IntentOutcome::Existing(_)
+    ));
     env.cleanup().await;
 }

@@ -2,8 +2,10 @@
 //! in front of a real S3 server (s3s-fs), with real Postgres and Redis; every scenario ends with
 //! the shared invariant checker (I1–I6). Named after their scenarios: `f05_…` (a Postgres cluster
 //! of the test's own, restarted) to `f12_…`, `f16_…`.
+//! F13 and F14 (the same idempotency key twice at once / with other parameters) count the S3
+//! requests through the proxy on s3s-fs and moto.
 //! The crash scenarios F1, F2, F15 are in `crash.rs`, F3 and F17 in `hosts.rs`, F4 in `feed.rs`,
-//! F13–F14 in `conformance.rs`, the randomised run in `random.rs`.
+//! the randomised run in `random.rs`.
 
 mod common;
 
@@ -366,6 +368,54 @@ async fn f10_stalled_request_times_out_and_is_retried() {
     env.cleanup().await;
 }
 
+/// F10, downloads: the body of a GET stalls part-way (headers and 256 KiB sent, then nothing on
+/// an open connection). The SDK's stalled-stream protection cuts it after the grace period, the
+/// read asks for the rest from the same object version, and the whole-object SHA-256 still holds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn f10_stalled_download_is_cut_and_resumed() {
+    let (env, proxy) = behind_proxy(
+        101,
+        |_| {},
+        common::fast_settings(),
+        |c| {
+            c.s3.stall_grace = Duration::from_secs(1);
+        },
+    )
+    .await;
+    let b = body(3 * MIB + 11, 7);
+    env.exec
+        .put_bytes("m", "stalls.bin", b.clone(), key("k"))
+        .await
+        .unwrap();
+    proxy.add(Rule::once(Op::GetObject, Fault::StallBodyAfter(256 * 1024)));
+    let started = Instant::now();
+    let mut out = Vec::new();
+    let got = tokio::time::timeout(
+        Duration::from_secs(60),
+        env.exec
+            .get("m", "stalls.bin", &mut out, Default::default()),
+    )
+    .await
+    .expect("the stalled download hung")
+    .unwrap();
+    eprintln!(
+        "F10 (download): done {:?} after the GET began",
+        started.elapsed()
+    );
+    assert_eq!(out, b, "the whole object, once");
+    assert_eq!(
+        got.sha256_verified.as_deref(),
+        Some(sha256_hex(&b).as_str())
+    );
+    assert_eq!(proxy.count(Op::GetObject), 2, "one resumed GET");
+    assert_eq!(proxy.faulted(Op::GetObject), 1);
+    let mut expected = Expected::new();
+    expected.insert(("m".into(), "stalls.bin".into()), sha256_hex(&b));
+    proxy.clear();
+    invariants::check(&env, &expected).await;
+    env.cleanup().await;
+}
+
 /// F11: eventual consistency — reads of a written key answer 404 for 2 s. Verification waits
 /// inside its window (5 s) and commits; with a 0.5 s window the entry is left pending and
 /// recovery commits it once the object shows — never committed unverified.
@@ -509,4 +559,164 @@ async fn f16_store_rejecting_checksum_headers() {
     expected.insert(("plain".into(), "a.txt".into()), sha256_hex(&b));
     invariants::check(&env, &expected).await;
     env.cleanup().await;
+}
+
+/// F13: the same idempotency key sent twice at once, for a put, a multipart put from a file, a
+/// copy and a delete: one S3 side effect each (counted by the proxy), both callers get the same
+/// result, and the invariants hold.
+async fn f13_same_key_twice_at_once(backend: Backend) {
+    let (env, proxy) =
+        behind_proxy_on(backend, 13, multipart, common::fast_settings(), |_| {}).await;
+    let small = body(3000, 1);
+    let (a, b) = tokio::join!(
+        env.exec
+            .put_bytes("m", "once.txt", small.clone(), key("put-1")),
+        env.exec
+            .put_bytes("m", "once.txt", small.clone(), key("put-1"))
+    );
+    assert_eq!(a.unwrap(), b.unwrap(), "both callers get the same result");
+    assert_eq!(proxy.count(Op::PutObject), 1, "one PutObject");
+
+    let big = body(12 * MIB + 3, 2);
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("big");
+    std::fs::write(&file, &big).unwrap();
+    let (a, b) = tokio::join!(
+        env.exec.put_file("m", "big.bin", &file, key("big-1")),
+        env.exec.put_file("m", "big.bin", &file, key("big-1"))
+    );
+    assert_eq!(a.unwrap(), b.unwrap());
+    assert_eq!(proxy.count(Op::CreateMultipartUpload), 1, "one upload");
+    assert_eq!(proxy.count(Op::UploadPart), 3, "each part sent once");
+
+    let copy = || TransferOptions {
+        idempotency_key: Some("copy-1".into()),
+        ..Default::default()
+    };
+    let (a, b) = tokio::join!(
+        env.exec.copy("m", "once.txt", "m", "copied.txt", copy()),
+        env.exec.copy("m", "once.txt", "m", "copied.txt", copy())
+    );
+    assert_eq!(a.unwrap(), b.unwrap());
+    assert_eq!(proxy.count(Op::CopyObject), 1, "one CopyObject");
+
+    let del = || filestore_s3::DeleteOptions {
+        idempotency_key: Some("del-1".into()),
+    };
+    let (a, b) = tokio::join!(
+        env.exec.delete("m", "once.txt", del()),
+        env.exec.delete("m", "once.txt", del())
+    );
+    assert_eq!(a.unwrap(), b.unwrap());
+    assert_eq!(proxy.count(Op::DeleteObject), 1, "one DeleteObject");
+
+    assert_eq!(env.count("journal").await, 4, "one journal row per key");
+    let mut expected = Expected::new();
+    expected.insert(("m".into(), "big.bin".into()), sha256_hex(&big));
+    expected.insert(("m".into(), "copied.txt".into()), sha256_hex(&small));
+    invariants::check(&env, &expected).await;
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn f13_same_key_twice_at_once_s3s_fs() {
+    f13_same_key_twice_at_once(Backend::S3sFs).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn f13_same_key_twice_at_once_moto() {
+    f13_same_key_twice_at_once(Backend::Moto).await
+}
+
+/// F14: the same idempotency key with other parameters (other content, other path, other
+/// operation) is refused with `IdempotencyConflict` and makes no S3 request that changes
+/// anything; the first call's state stands.
+async fn f14_same_key_other_parameters(backend: Backend) {
+    let (env, proxy) =
+        behind_proxy_on(backend, 14, multipart, common::fast_settings(), |_| {}).await;
+    let v1 = body(2000, 3);
+    env.exec
+        .put_bytes("m", "doc.txt", v1.clone(), key("k-1"))
+        .await
+        .unwrap();
+    let writes = |p: &FaultProxy| {
+        p.seen()
+            .iter()
+            .filter(|s| {
+                matches!(
+                    s.op,
+                    Op::PutObject
+                        | Op::CopyObject
+                        | Op::DeleteObject
+                        | Op::CreateMultipartUpload
+                        | Op::UploadPart
+                )
+            })
+            .count()
+    };
+    let before = writes(&proxy);
+    let refusals = [
+        env.exec
+            .put_bytes("m", "doc.txt", body(2000, 4), key("k-1"))
+            .await,
+        env.exec
+            .put_bytes("m", "other.txt", v1.clone(), key("k-1"))
+            .await,
+        env.exec
+            .put_reader(
+                "m",
+                "doc.txt",
+                std::io::Cursor::new(body(50, 5)),
+                key("k-1"),
+            )
+            .await,
+    ];
+    for r in refusals {
+        let err = r.unwrap_err();
+        assert!(matches!(err, Error::IdempotencyConflict { .. }), "{err}");
+    }
+    let err = env
+        .exec
+        .delete(
+            "m",
+            "doc.txt",
+            filestore_s3::DeleteOptions {
+                idempotency_key: Some("k-1".into()),
+            },
+        )
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::IdempotencyConflict { .. }), "{err}");
+    let err = env
+        .exec
+        .copy(
+            "m",
+            "doc.txt",
+            "m",
+            "copy.txt",
+            TransferOptions {
+                idempotency_key: Some("k-1".into()),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::IdempotencyConflict { .. }), "{err}");
+    assert_eq!(writes(&proxy), before, "no write reached S3");
+    assert_eq!(env.count("journal").await, 1);
+    assert_eq!(env.count("snapshots").await, 1);
+    let mut expected = Expected::new();
+    expected.insert(("m".into(), "doc.txt".into()), sha256_hex(&v1));
+    invariants::check(&env, &expected).await;
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn f14_same_key_other_parameters_s3s_fs() {
+    f14_same_key_other_parameters(Backend::S3sFs).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn f14_same_key_other_parameters_moto() {
+    f14_same_key_other_parameters(Backend::Moto).await
 }

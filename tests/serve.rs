@@ -90,6 +90,7 @@ async fn healthz_and_metrics_move_with_operations() {
     assert_eq!(puts_after - puts_before, 5.0, "{after}");
     assert!(after.contains("filestore_s3_operation_seconds"), "{after}");
     assert!(after.contains("filestore_s3_commit_seconds"), "{after}");
+    assert!(after.contains("filestore_s3_commit_batch_size"), "{after}");
     // Every relayed event records its commit → publish lag.
     env.wait_outbox_drained().await;
     let (_, relayed) = get(&addr, "/metrics").await;

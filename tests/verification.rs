@@ -94,6 +94,7 @@ pub async fn recovery_tells_a_same_size_object_apart(backend: Backend) {
             mount: "m".into(),
             idempotency_key: k.into(),
             fingerprint: req.fingerprint(),
+            token: uuid::Uuid::new_v4(),
             request: req,
         }
     };

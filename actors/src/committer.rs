@@ -1,16 +1,24 @@
 //! The committer: the only writer of journal / nodes / snapshots / outbox rows for its mount.
+//!
+//! Writes queue in the order their messages arrived and go to Postgres in batches (group commit):
+//! one batch in flight at a time, each write of a batch atomic on its own
+//! ([`MetaStore::apply`]). The mailbox is never paused: while a batch runs, or waits to be retried
+//! after a retryable failure (connection lost, Postgres restarting), new writes keep queueing
+//! behind it and status questions are answered. A retried batch goes first again, so writes apply
+//! in the order they were sent, and each write is idempotent, so a batch whose acknowledgement was
+//! lost can be sent again.
 
+use std::collections::VecDeque;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 
 use crate::model::{CommitRecord, IntentOutcome, NewIntent, OpProgress, OpResult, UploadRecord};
 use crate::notifier::{NotifierActor, OutboxChanged};
-use crate::ports::{MetaError, MetaStore, UploadedPart};
+use crate::ports::{MetaError, MetaOutput, MetaStore, MetaWrite, UploadedPart};
 use crate::retry::RetryPolicy;
 use tokio::sync::oneshot;
-
-type PartReply = oneshot::Sender<Result<(), MetaError>>;
 
 /// Record an intent.
 #[derive(Debug, Message)]
@@ -47,7 +55,7 @@ pub struct RecordProgress {
 #[rtype(result = "Result<(), MetaError>")]
 pub struct RecordUpload(pub UploadRecord);
 
-/// Record one accepted part (parts arriving together share one transaction).
+/// Record one accepted part.
 #[derive(Debug, Message)]
 #[rtype(result = "Result<(), MetaError>")]
 pub struct RecordPart {
@@ -57,16 +65,82 @@ pub struct RecordPart {
     pub part: UploadedPart,
 }
 
-/// Serialises the Postgres writes of one mount. Handlers use `AtomicResponse`, so the mailbox waits
-/// while a write is in flight: writes apply in the order they were sent.
+/// What the committer is doing, answered at once (the mailbox never waits for Postgres).
+#[derive(Debug, Message)]
+#[rtype(result = "CommitterStatus")]
+pub struct QueryCommitter;
+
+/// Answer to [`QueryCommitter`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CommitterStatus {
+    /// Writes waiting, the batch in flight or waiting for its retry included.
+    pub queued: usize,
+    /// A batch is being written.
+    pub writing: bool,
+    /// Failed attempts of the batch at the head of the queue (0 when the last one succeeded).
+    pub failed_attempts: u32,
+}
+
+/// Largest number of writes sharing one transaction.
+pub const DEFAULT_MAX_BATCH: usize = 64;
+
+/// Where the answer to one write goes.
+enum Reply {
+    Intent(oneshot::Sender<Result<IntentOutcome, MetaError>>),
+    Commit(oneshot::Sender<Result<OpResult, MetaError>>, Instant),
+    Unit(oneshot::Sender<Result<(), MetaError>>),
+}
+
+impl Reply {
+    fn send(self, mount: &str, r: Result<MetaOutput, MetaError>) {
+        fn mismatch(got: &MetaOutput) -> MetaError {
+            MetaError {
+                retryable: false,
+                fenced: false,
+                message: format!("internal: the metadata store answered a write with {got:?}"),
+            }
+        }
+        match self {
+            Reply::Intent(tx) => {
+                let _ = tx.send(r.and_then(|o| match o {
+                    MetaOutput::Begun(x) => Ok(x),
+                    o => Err(mismatch(&o)),
+                }));
+            }
+            Reply::Commit(tx, queued_at) => {
+                metrics::histogram!("filestore_s3_commit_seconds", "mount" => mount.to_owned())
+                    .record(queued_at.elapsed().as_secs_f64());
+                let _ = tx.send(r.and_then(|o| match o {
+                    MetaOutput::Committed(x) => Ok(*x),
+                    o => Err(mismatch(&o)),
+                }));
+            }
+            Reply::Unit(tx) => {
+                let _ = tx.send(r.map(|_| ()));
+            }
+        }
+    }
+}
+
+struct Job {
+    write: MetaWrite,
+    reply: Reply,
+}
+
+/// Serialises the Postgres writes of one mount (see the module documentation).
 pub struct CommitterActor {
     mount: String,
     meta: Arc<dyn MetaStore>,
     notifier: Addr<NotifierActor>,
     retry: RetryPolicy,
-    /// Parts waiting for the next group commit.
-    pending_parts: Vec<(String, UploadedPart, PartReply)>,
-    flush_scheduled: bool,
+    max_batch: usize,
+    queue: VecDeque<Job>,
+    /// A batch is being written, or waits for its retry: no other starts.
+    busy: bool,
+    /// Writes of the batch being written (0: none is).
+    in_flight: usize,
+    failed_attempts: u32,
+    failing_since: Option<Instant>,
 }
 
 impl CommitterActor {
@@ -82,88 +156,153 @@ impl CommitterActor {
             meta,
             notifier,
             retry,
-            pending_parts: Vec::new(),
-            flush_scheduled: false,
+            max_batch: DEFAULT_MAX_BATCH,
+            queue: VecDeque::new(),
+            busy: false,
+            in_flight: 0,
+            failed_attempts: 0,
+            failing_since: None,
         }
     }
 
-    /// One write, retried by the policy, with the mailbox paused until it ends.
-    fn atomic_write<T, F, Fut>(
-        &mut self,
-        what: &'static str,
-        op: F,
-    ) -> ResponseActFuture<Self, Result<T, MetaError>>
-    where
-        T: 'static,
-        F: Fn(Arc<dyn MetaStore>) -> Fut + 'static,
-        Fut: std::future::Future<Output = Result<T, MetaError>>,
-    {
-        let meta = self.meta.clone();
-        let retry = self.retry;
-        let mount = self.mount.clone();
-        Box::pin(
-            async move {
-                if what == "commit" {
-                    // Lets a test stop the process with a commit about to be written.
-                    crate::failpoint::hit("before_commit_transaction").await;
-                }
-                let result = retry
-                    .run(
-                        || op(meta.clone()),
-                        |e| e.retryable,
-                        log_retry(&mount, what),
-                    )
-                    .await;
-                if let Err(e) = &result {
-                    if e.fenced {
-                        log::warn!(
-                            "mount {mount}: {what} refused by the lease fence: this executor no longer holds the mount's lease ({e})"
-                        );
-                    }
-                }
-                result
-            }
-            .into_actor(self),
-        )
+    /// At most `n` (≥ 1) writes per transaction.
+    pub fn with_max_batch(mut self, n: usize) -> Self {
+        self.max_batch = n.max(1);
+        self
     }
 
-    /// Writes every part recorded since the last flush in one go; the mailbox waits meanwhile, so
-    /// the writes stay ordered with the other handlers'.
-    fn flush_parts(&mut self, ctx: &mut Context<Self>) {
-        self.flush_scheduled = false;
-        let batch = std::mem::take(&mut self.pending_parts);
-        if batch.is_empty() {
+    fn enqueue(&mut self, write: MetaWrite, reply: Reply, ctx: &mut Context<Self>) {
+        self.queue.push_back(Job { write, reply });
+        if !self.busy {
+            // Started after the messages already in the mailbox: writes arriving together share
+            // a transaction.
+            self.busy = true;
+            ctx.run_later(Duration::ZERO, |act, ctx| act.write_next(ctx));
+        }
+    }
+
+    /// Writes the next batch; called with `busy` set.
+    fn write_next(&mut self, ctx: &mut Context<Self>) {
+        if self.queue.is_empty() {
+            self.busy = false;
             return;
         }
-        let mut by_upload: Vec<(String, Vec<UploadedPart>)> = Vec::new();
-        let mut replies = Vec::with_capacity(batch.len());
-        for (upload_id, part, reply) in batch {
-            replies.push(reply);
-            match by_upload.iter_mut().find(|(u, _)| *u == upload_id) {
-                Some((_, parts)) => parts.push(part),
-                None => by_upload.push((upload_id, vec![part])),
+        let n = self.queue.len().min(self.max_batch);
+        let (writes, replies): (Vec<MetaWrite>, Vec<Reply>) =
+            self.queue.drain(..n).map(|j| (j.write, j.reply)).unzip();
+        metrics::histogram!("filestore_s3_commit_batch_size", "mount" => self.mount.clone())
+            .record(n as f64);
+        let meta = self.meta.clone();
+        self.in_flight = n;
+        let write = async move {
+            if writes.iter().any(|w| matches!(w, MetaWrite::Commit(_))) {
+                // Lets a test stop the process with a commit about to be written.
+                crate::failpoint::hit("before_commit_transaction").await;
+            }
+            let result = meta.apply(&writes).await;
+            (writes, result)
+        };
+        ctx.spawn(
+            write
+                .into_actor(self)
+                .map(move |(writes, result), act, ctx| act.written(writes, replies, result, ctx)),
+        );
+    }
+
+    fn written(
+        &mut self,
+        writes: Vec<MetaWrite>,
+        replies: Vec<Reply>,
+        result: crate::ports::BatchResult,
+        ctx: &mut Context<Self>,
+    ) {
+        self.in_flight = 0;
+        let mut jobs = writes
+            .into_iter()
+            .zip(replies)
+            .map(|(write, reply)| Job { write, reply });
+        match result {
+            Ok(outcomes) => {
+                self.failed_attempts = 0;
+                self.failing_since = None;
+                let mut committed = false;
+                for outcome in outcomes {
+                    let Some(job) = jobs.next() else { break };
+                    if let Err(e) = &outcome {
+                        log::warn!("mount {}: {} failed: {e}", self.mount, job.write.what());
+                    }
+                    committed |= matches!(outcome, Ok(MetaOutput::Committed(_)));
+                    job.reply.send(&self.mount, outcome);
+                }
+                if committed {
+                    self.notifier.do_send(OutboxChanged);
+                }
+                // Writes the store did not try go first again, at once: the next attempt
+                // reports what stopped them.
+                self.requeue_front(jobs.collect());
+                self.write_next(ctx);
+            }
+            Err(e) if e.retryable => {
+                self.failed_attempts += 1;
+                let since = *self.failing_since.get_or_insert_with(Instant::now);
+                let delay = self
+                    .retry
+                    .delays()
+                    .nth(self.failed_attempts as usize - 1)
+                    .filter(|d| since.elapsed() + *d <= self.retry.max_elapsed);
+                match delay {
+                    Some(delay) => {
+                        log::warn!(
+                            "mount {}: writing {} queued change(s) failed ({e}), retrying in {delay:?}",
+                            self.mount,
+                            jobs.len()
+                        );
+                        self.requeue_front(jobs.collect());
+                        ctx.run_later(delay, |act, ctx| act.write_next(ctx));
+                    }
+                    None => {
+                        log::error!(
+                            "mount {}: writing {} queued change(s) failed {} times, giving up on them: {e}",
+                            self.mount,
+                            jobs.len(),
+                            self.failed_attempts
+                        );
+                        self.failed_attempts = 0;
+                        self.failing_since = None;
+                        for job in jobs {
+                            job.reply.send(&self.mount, Err(e.clone()));
+                        }
+                        self.write_next(ctx);
+                    }
+                }
+            }
+            Err(e) => {
+                let jobs: Vec<Job> = jobs.collect();
+                if e.fenced {
+                    let mut whats: Vec<&str> = jobs.iter().map(|j| j.write.what()).collect();
+                    whats.dedup();
+                    log::warn!(
+                        "mount {}: {} refused by the lease fence: this executor no longer holds the mount's lease ({e})",
+                        self.mount,
+                        whats.join(", ")
+                    );
+                } else {
+                    log::warn!("mount {}: a batch of writes failed: {e}", self.mount);
+                }
+                self.failed_attempts = 0;
+                self.failing_since = None;
+                for job in jobs {
+                    job.reply.send(&self.mount, Err(e.clone()));
+                }
+                self.write_next(ctx);
             }
         }
-        let meta = self.meta.clone();
-        let retry = self.retry;
-        let mount = self.mount.clone();
-        let write = async move {
-            for (upload_id, parts) in &by_upload {
-                retry
-                    .run(
-                        || meta.record_parts(upload_id, parts),
-                        |e| e.retryable,
-                        log_retry(&mount, "recording parts"),
-                    )
-                    .await?;
-            }
-            Ok::<(), MetaError>(())
-        };
-        ctx.wait(write.into_actor(self).map(move |res, _act, _ctx| {
-            for reply in replies {
-                let _ = reply.send(res.clone());
-            }
-        }));
+    }
+
+    fn requeue_front(&mut self, jobs: Vec<Job>) {
+        for job in jobs.into_iter().rev() {
+            self.queue.push_front(job);
+        }
     }
 }
 
@@ -171,85 +310,77 @@ impl Actor for CommitterActor {
     type Context = Context<Self>;
 }
 
-fn log_retry<'a>(
-    mount: &'a str,
-    what: &'static str,
-) -> impl FnMut(&MetaError, std::time::Duration) + 'a {
-    move |e, d| log::warn!("mount {mount}: {what} failed ({e}), retrying in {d:?}")
+async fn answer<T>(rx: oneshot::Receiver<Result<T, MetaError>>) -> Result<T, MetaError> {
+    rx.await.unwrap_or_else(|_| {
+        Err(MetaError {
+            fenced: false,
+            retryable: true,
+            message: "the committer stopped before writing the change".into(),
+        })
+    })
 }
 
 impl Handler<RecordIntent> for CommitterActor {
-    type Result = AtomicResponse<Self, Result<IntentOutcome, MetaError>>;
+    type Result = ResponseFuture<Result<IntentOutcome, MetaError>>;
 
-    fn handle(&mut self, msg: RecordIntent, _ctx: &mut Self::Context) -> Self::Result {
-        let intent = Arc::new(msg.0);
-        AtomicResponse::new(self.atomic_write("recording intent", move |meta| {
-            let intent = intent.clone();
-            async move { meta.begin(&intent).await }
-        }))
+    fn handle(&mut self, msg: RecordIntent, ctx: &mut Self::Context) -> Self::Result {
+        let (tx, rx) = oneshot::channel();
+        self.enqueue(MetaWrite::Begin(msg.0), Reply::Intent(tx), ctx);
+        Box::pin(answer(rx))
     }
 }
 
 impl Handler<CommitOperation> for CommitterActor {
-    type Result = AtomicResponse<Self, Result<OpResult, MetaError>>;
+    type Result = ResponseFuture<Result<OpResult, MetaError>>;
 
-    fn handle(&mut self, msg: CommitOperation, _ctx: &mut Self::Context) -> Self::Result {
-        let record = Arc::new(msg.0);
+    fn handle(&mut self, msg: CommitOperation, ctx: &mut Self::Context) -> Self::Result {
         // The commit is idempotent: a retry after a lost acknowledgement finds the journal row
         // committed and returns its recorded result instead of writing again.
-        let started = std::time::Instant::now();
-        let mount = self.mount.clone();
-        let write = self.atomic_write("commit", move |meta| {
-            let record = record.clone();
-            async move { meta.commit(&record).await }
-        });
-        let write = Box::pin(write.map(move |res, _act: &mut Self, _ctx| {
-            metrics::histogram!("filestore_s3_commit_seconds", "mount" => mount)
-                .record(started.elapsed().as_secs_f64());
-            res
-        }));
-        AtomicResponse::new(Box::pin(write.map(|res, act: &mut Self, _ctx| {
-            if res.is_ok() {
-                act.notifier.do_send(OutboxChanged);
-            }
-            res
-        })))
+        let (tx, rx) = oneshot::channel();
+        self.enqueue(
+            MetaWrite::Commit(msg.0),
+            Reply::Commit(tx, Instant::now()),
+            ctx,
+        );
+        Box::pin(answer(rx))
     }
 }
 
 impl Handler<FailOperation> for CommitterActor {
-    type Result = AtomicResponse<Self, Result<(), MetaError>>;
+    type Result = ResponseFuture<Result<(), MetaError>>;
 
-    fn handle(&mut self, msg: FailOperation, _ctx: &mut Self::Context) -> Self::Result {
-        let msg = Arc::new(msg);
-        AtomicResponse::new(self.atomic_write("marking failed", move |meta| {
-            let msg = msg.clone();
-            async move { meta.fail(msg.journal_id, &msg.error).await }
-        }))
+    fn handle(&mut self, msg: FailOperation, ctx: &mut Self::Context) -> Self::Result {
+        let (tx, rx) = oneshot::channel();
+        let write = MetaWrite::Fail {
+            journal_id: msg.journal_id,
+            error: msg.error,
+        };
+        self.enqueue(write, Reply::Unit(tx), ctx);
+        Box::pin(answer(rx))
     }
 }
 
 impl Handler<RecordProgress> for CommitterActor {
-    type Result = AtomicResponse<Self, Result<(), MetaError>>;
+    type Result = ResponseFuture<Result<(), MetaError>>;
 
-    fn handle(&mut self, msg: RecordProgress, _ctx: &mut Self::Context) -> Self::Result {
-        let msg = Arc::new(msg);
-        AtomicResponse::new(self.atomic_write("recording progress", move |meta| {
-            let msg = msg.clone();
-            async move { meta.record_progress(msg.journal_id, &msg.progress).await }
-        }))
+    fn handle(&mut self, msg: RecordProgress, ctx: &mut Self::Context) -> Self::Result {
+        let (tx, rx) = oneshot::channel();
+        let write = MetaWrite::Progress {
+            journal_id: msg.journal_id,
+            progress: msg.progress,
+        };
+        self.enqueue(write, Reply::Unit(tx), ctx);
+        Box::pin(answer(rx))
     }
 }
 
 impl Handler<RecordUpload> for CommitterActor {
-    type Result = AtomicResponse<Self, Result<(), MetaError>>;
+    type Result = ResponseFuture<Result<(), MetaError>>;
 
-    fn handle(&mut self, msg: RecordUpload, _ctx: &mut Self::Context) -> Self::Result {
-        let record = Arc::new(msg.0);
-        AtomicResponse::new(self.atomic_write("recording upload", move |meta| {
-            let record = record.clone();
-            async move { meta.record_upload(&record).await }
-        }))
+    fn handle(&mut self, msg: RecordUpload, ctx: &mut Self::Context) -> Self::Result {
+        let (tx, rx) = oneshot::channel();
+        self.enqueue(MetaWrite::Upload(msg.0), Reply::Unit(tx), ctx);
+        Box::pin(answer(rx))
     }
 }
 
@@ -258,21 +389,23 @@ impl Handler<RecordPart> for CommitterActor {
 
     fn handle(&mut self, msg: RecordPart, ctx: &mut Self::Context) -> Self::Result {
         let (tx, rx) = oneshot::channel();
-        self.pending_parts.push((msg.upload_id, msg.part, tx));
-        if !self.flush_scheduled {
-            // Runs after the messages already in the mailbox: parts finishing together share a
-            // transaction (group commit).
-            self.flush_scheduled = true;
-            ctx.run_later(std::time::Duration::ZERO, |act, ctx| act.flush_parts(ctx));
-        }
-        Box::pin(async move {
-            rx.await.unwrap_or_else(|_| {
-                Err(MetaError {
-                    fenced: false,
-                    retryable: true,
-                    message: "committer stopped before recording the part".into(),
-                })
-            })
+        let write = MetaWrite::Parts {
+            upload_id: msg.upload_id,
+            parts: vec![msg.part],
+        };
+        self.enqueue(write, Reply::Unit(tx), ctx);
+        Box::pin(answer(rx))
+    }
+}
+
+impl Handler<QueryCommitter> for CommitterActor {
+    type Result = MessageResult<QueryCommitter>;
+
+    fn handle(&mut self, _msg: QueryCommitter, _ctx: &mut Self::Context) -> Self::Result {
+        MessageResult(CommitterStatus {
+            queued: self.queue.len() + self.in_flight,
+            writing: self.in_flight > 0,
+            failed_attempts: self.failed_attempts,
         })
     }
 }

@@ -509,6 +509,10 @@ pub struct NewIntent {
     pub request: OpRequest,
     /// `request.fingerprint()`, computed once per request.
     pub fingerprint: String,
+    /// Identifies this call: a begin sent again after the acknowledgement of its transaction was
+    /// lost finds the row it wrote (pending, with this token) and goes ahead instead of taking it
+    /// for another call's.
+    pub token: uuid::Uuid,
 }
 
 /// A journal row.

@@ -66,15 +66,15 @@ impl NotifierActor {
                 let batch = meta
                     .unpublished(&mount, OUTBOX_BATCH)
                     .await
-                    .map_err(|e| format!("reading outbox: {e}"))?;
+                    .map_err(|e| (format!("reading outbox: {e}"), e.retryable))?;
                 if batch.is_empty() {
-                    return Ok::<usize, String>(relayed);
+                    return Ok::<usize, (String, bool)>(relayed);
                 }
                 crate::failpoint::hit("before_publish").await;
                 publisher
                     .publish(&mount, &batch)
                     .await
-                    .map_err(|e| format!("publishing to Redis: {e}"))?;
+                    .map_err(|e| (format!("publishing to Redis: {e}"), e.retryable))?;
                 // Commit → publish lag (clock of the committing host: a skew shows up here).
                 let now = chrono::Utc::now();
                 for e in &batch {
@@ -85,7 +85,7 @@ impl NotifierActor {
                 let ids: Vec<i64> = batch.iter().map(|e| e.id).collect();
                 meta.mark_published(&ids)
                     .await
-                    .map_err(|e| format!("marking outbox published: {e}"))?;
+                    .map_err(|e| (format!("marking outbox published: {e}"), e.retryable))?;
                 relayed += ids.len();
             }
         };
@@ -101,15 +101,28 @@ impl NotifierActor {
                         act.relay(ctx);
                     }
                 }
-                Err(e) => {
+                Err((e, retryable)) => {
                     act.failures += 1;
-                    let delay = Duration::from_millis(200)
-                        .saturating_mul(1 << act.failures.min(6))
-                        .min(MAX_RELAY_BACKOFF);
-                    log::warn!(
-                        "mount {}: {e}; events stay in the outbox, retrying in {delay:?}",
-                        act.mount
-                    );
+                    let delay = if retryable {
+                        Duration::from_millis(200)
+                            .saturating_mul(1 << act.failures.min(6))
+                            .min(MAX_RELAY_BACKOFF)
+                    } else {
+                        // Needs an operator (credentials, ACL, a key of another type): tried
+                        // again at the slowest pace, so it heals once the cause is fixed.
+                        MAX_RELAY_BACKOFF
+                    };
+                    if retryable {
+                        log::warn!(
+                            "mount {}: {e}; events stay in the outbox, retrying in {delay:?}",
+                            act.mount
+                        );
+                    } else {
+                        log::error!(
+                            "mount {}: {e} (not a transient failure: check the Redis configuration); events stay in the outbox, retrying in {delay:?}",
+                            act.mount
+                        );
+                    }
                     act.retry_timer = Some(ctx.run_later(delay, |act, ctx| {
                         act.retry_timer = None;
                         act.relay(ctx);

@@ -93,8 +93,15 @@ pub struct MetaError {
 
 /// A Redis failure.
 #[derive(Debug, Clone, thiserror::Error)]
-#[error("{0}")]
-pub struct PublishError(pub String);
+#[error("{message}")]
+pub struct PublishError {
+    /// Whether a retry may succeed (Redis restarting, a failover, a lost connection). Events stay
+    /// in the outbox either way; a permanent failure (authentication, permissions, the stream key
+    /// holding another type) needs an operator and is retried at the slowest pace.
+    pub retryable: bool,
+    /// Detail.
+    pub message: String,
+}
 
 /// A single-request upload.
 #[derive(Debug, Clone)]
@@ -260,6 +267,66 @@ pub trait ObjectStoreFactory: Send + Sync + 'static {
     fn for_mount(&self, spec: &MountSpec) -> Result<Arc<dyn ObjectStore>, StoreError>;
 }
 
+/// One write of a mount's committer; [`MetaStore::apply`] applies several in one go.
+#[derive(Debug, Clone)]
+pub enum MetaWrite {
+    /// [`MetaStore::begin`].
+    Begin(NewIntent),
+    /// [`MetaStore::commit`].
+    Commit(CommitRecord),
+    /// [`MetaStore::fail`].
+    Fail {
+        /// Journal row.
+        journal_id: i64,
+        /// Error text stored in the row.
+        error: String,
+    },
+    /// [`MetaStore::record_progress`].
+    Progress {
+        /// Journal row.
+        journal_id: i64,
+        /// The step reached.
+        progress: OpProgress,
+    },
+    /// [`MetaStore::record_upload`].
+    Upload(UploadRecord),
+    /// [`MetaStore::record_parts`].
+    Parts {
+        /// Upload id.
+        upload_id: String,
+        /// The parts.
+        parts: Vec<UploadedPart>,
+    },
+}
+
+impl MetaWrite {
+    /// What the write is, for logs.
+    pub fn what(&self) -> &'static str {
+        match self {
+            MetaWrite::Begin(_) => "recording intent",
+            MetaWrite::Commit(_) => "commit",
+            MetaWrite::Fail { .. } => "marking failed",
+            MetaWrite::Progress { .. } => "recording progress",
+            MetaWrite::Upload(_) => "recording upload",
+            MetaWrite::Parts { .. } => "recording parts",
+        }
+    }
+}
+
+/// What one [`MetaWrite`] returned.
+#[derive(Debug, Clone)]
+pub enum MetaOutput {
+    /// Of [`MetaWrite::Begin`].
+    Begun(IntentOutcome),
+    /// Of [`MetaWrite::Commit`].
+    Committed(Box<OpResult>),
+    /// Of the other writes.
+    Done,
+}
+
+/// Of [`MetaStore::apply`]: the outcome of each write tried, in order.
+pub type BatchResult = Result<Vec<Result<MetaOutput, MetaError>>, MetaError>;
+
 /// Postgres: mounts, journal, nodes, snapshots, outbox, mount leases.
 #[async_trait]
 pub trait MetaStore: Send + Sync + 'static {
@@ -328,6 +395,53 @@ pub trait MetaStore: Send + Sync + 'static {
         mount: &str,
         older_than: chrono::DateTime<chrono::Utc>,
     ) -> Result<Vec<UploadRecord>, MetaError>;
+    /// Applies `writes` in order (group commit). Each write is atomic on its own: one refused for
+    /// good (a broken condition, a row no longer pending) has its error in its slot and changes
+    /// nothing, and the others stand. `Ok(outcomes)` with fewer outcomes than writes: the first
+    /// ones were applied, the rest were not tried (a retryable failure stopped the batch) and may
+    /// be sent again. `Err`: none was applied (a retryable failure of the whole transaction, or
+    /// the lease fence). Every write is idempotent, so a batch may be sent again as a whole.
+    ///
+    /// This default applies the writes one at a time; a store that can share one transaction
+    /// among them overrides it.
+    async fn apply(&self, writes: &[MetaWrite]) -> BatchResult {
+        let mut out = Vec::with_capacity(writes.len());
+        for w in writes {
+            let r = match w {
+                MetaWrite::Begin(i) => self.begin(i).await.map(MetaOutput::Begun),
+                MetaWrite::Commit(c) => self
+                    .commit(c)
+                    .await
+                    .map(|r| MetaOutput::Committed(Box::new(r))),
+                MetaWrite::Fail { journal_id, error } => self
+                    .fail(*journal_id, error)
+                    .await
+                    .map(|_| MetaOutput::Done),
+                MetaWrite::Progress {
+                    journal_id,
+                    progress,
+                } => self
+                    .record_progress(*journal_id, progress)
+                    .await
+                    .map(|_| MetaOutput::Done),
+                MetaWrite::Upload(u) => self.record_upload(u).await.map(|_| MetaOutput::Done),
+                MetaWrite::Parts { upload_id, parts } => self
+                    .record_parts(upload_id, parts)
+                    .await
+                    .map(|_| MetaOutput::Done),
+            };
+            match r {
+                Err(e) if e.retryable || e.fenced => {
+                    if out.is_empty() {
+                        return Err(e);
+                    }
+                    return Ok(out);
+                }
+                r => out.push(r),
+            }
+        }
+        Ok(out)
+    }
     /// Deletes `mount`'s outbox rows published longer than `retention` ago (a change feed can no
     /// longer resume before them); returns how many.
     async fn prune_outbox(

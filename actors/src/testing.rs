@@ -341,6 +341,8 @@ struct MetaState {
     uploads: Vec<(UploadRecord, &'static str)>,
     /// mount → (owner, epoch, expires)
     leases: HashMap<String, (String, i64, std::time::Instant)>,
+    /// journal id → the token of the call that wrote (or re-armed) it
+    tokens: HashMap<i64, uuid::Uuid>,
 }
 
 /// Postgres in memory, with the same idempotency, commit and lease rules as the real adapter.
@@ -349,6 +351,8 @@ pub struct MemoryMeta {
     state: Arc<Mutex<MetaState>>,
     /// Calls to `pending` that will fail before one succeeds.
     pub fail_next_pending: Arc<AtomicU32>,
+    /// Intents and commits that will fail (retryably, as a lost connection) before one succeeds.
+    pub fail_next_writes: Arc<AtomicU32>,
     fence: Option<Fence>,
 }
 
@@ -372,6 +376,20 @@ impl MemoryMeta {
     pub fn expire_lease(&self, mount: &str) {
         if let Some(l) = self.state.lock().unwrap().leases.get_mut(mount) {
             l.2 = std::time::Instant::now();
+        }
+    }
+
+    fn injected_write_failure(&self) -> Result<(), MetaError> {
+        match self
+            .fail_next_writes
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+        {
+            Ok(_) => Err(MetaError {
+                fenced: false,
+                retryable: true,
+                message: "injected: connection lost".into(),
+            }),
+            Err(_) => Ok(()),
         }
     }
 
@@ -469,23 +487,31 @@ impl MetaStore for MemoryMeta {
     }
 
     async fn begin(&self, intent: &NewIntent) -> Result<IntentOutcome, MetaError> {
+        self.injected_write_failure()?;
         let mut s = self.state.lock().unwrap();
         self.fenced(&s)?;
         let fp = intent.fingerprint.clone();
+        let s = &mut *s;
         if let Some(e) = s
             .journal
             .iter_mut()
             .find(|e| e.mount == intent.mount && e.idempotency_key == intent.idempotency_key)
         {
+            let id = e.id;
+            if e.state == JournalState::Pending && s.tokens.get(&id) == Some(&intent.token) {
+                return Ok(IntentOutcome::Started { journal_id: id });
+            }
             if e.state == JournalState::Failed && e.fingerprint == fp {
                 e.state = JournalState::Pending;
                 e.attempts += 1;
                 e.error = None;
-                return Ok(IntentOutcome::Started { journal_id: e.id });
+                s.tokens.insert(id, intent.token);
+                return Ok(IntentOutcome::Started { journal_id: id });
             }
             return Ok(IntentOutcome::Existing(Box::new(e.clone())));
         }
         let id = s.journal.len() as i64 + 1;
+        s.tokens.insert(id, intent.token);
         s.journal.push(JournalEntry {
             id,
             mount: intent.mount.clone(),
@@ -503,6 +529,7 @@ impl MetaStore for MemoryMeta {
     }
 
     async fn commit(&self, r: &CommitRecord) -> Result<OpResult, MetaError> {
+        self.injected_write_failure()?;
         let mut s = self.state.lock().unwrap();
         self.fenced(&s)?;
         let idx = (r.journal_id - 1) as usize;

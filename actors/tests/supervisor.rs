@@ -234,6 +234,7 @@ async fn pending_entry_is_committed_by_recovery_at_start() {
             mount: "m".into(),
             idempotency_key: "k".into(),
             fingerprint: req.fingerprint(),
+            token: uuid::Uuid::new_v4(),
             request: req,
         })
         .await
@@ -269,6 +270,7 @@ async fn pending_entry_is_committed_by_recovery_at_start() {
             mount: "m".into(),
             idempotency_key: "k2".into(),
             fingerprint: lost.fingerprint(),
+            token: uuid::Uuid::new_v4(),
             request: lost,
         })
         .await

@@ -12,6 +12,9 @@ use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use super::{invalid_path, GetOptions, GetResult, S3Executor};
 
+/// How often one read may ask again for the rest of a body that broke off.
+const MAX_BODY_RESUMES: u32 = 5;
+
 impl S3Executor {
     /// Streams an object (or a range of it) into `writer`. A whole-object read is checked against
     /// the SHA-256 recorded in `nodes`; a mismatch is `Error::ChecksumMismatch` (the bytes were
@@ -101,19 +104,49 @@ impl S3Executor {
         let whole = range.is_none() || already > 0;
         let (node, mut body) = addr
             .send(OpenObject {
-                path: fs_path,
+                path: fs_path.clone(),
                 range,
                 if_match,
             })
             .await
             .map_err(|_| Error::Shutdown)??;
+        let first = range.map_or(0, |r| r.start);
         let mut written = 0u64;
+        let mut resumed = 0u32;
         while let Some(chunk) = body.stream.next().await {
-            let chunk = chunk.map_err(|source| Error::Storage {
-                op: "GET",
-                key: body.meta.key.clone(),
-                source,
-            })?;
+            let chunk = match chunk {
+                Ok(chunk) => chunk,
+                // The body broke off (connection reset, a stalled stream cut by the SDK's
+                // stalled-stream protection): the rest is asked for again, from the same object
+                // version (If-Match on its ETag), and the hash continues over it.
+                Err(source) if source.is_retryable() && resumed < MAX_BODY_RESUMES => {
+                    resumed += 1;
+                    log::warn!(
+                        "mount {mount}: GET of '{path}' broke off after {written} bytes ({source}); asking for the rest (resume {resumed} of at most {MAX_BODY_RESUMES})"
+                    );
+                    let rest = ByteRange {
+                        start: first + written,
+                        end: range.and_then(|r| r.end),
+                    };
+                    let (_, more) = addr
+                        .send(OpenObject {
+                            path: fs_path.clone(),
+                            range: Some(rest),
+                            if_match: Some(body.meta.etag.clone()),
+                        })
+                        .await
+                        .map_err(|_| Error::Shutdown)??;
+                    body.stream = more.stream;
+                    continue;
+                }
+                Err(source) => {
+                    return Err(Error::Storage {
+                        op: "GET",
+                        key: body.meta.key.clone(),
+                        source,
+                    })
+                }
+            };
             if whole {
                 hasher.update(&chunk);
             }

@@ -108,6 +108,17 @@ impl PgMetaStore {
         let mut c = self.client().await?;
         let tx = c.transaction().await.map_err(pg)?;
         self.fenced(&tx).await?;
+        let result = self.commit_in(&tx, r).await?;
+        tx.commit().await.map_err(pg)?;
+        Ok(result)
+    }
+
+    /// The commit's writes inside `tx` (fenced by the caller).
+    pub(super) async fn commit_in(
+        &self,
+        tx: &Transaction<'_>,
+        r: &CommitRecord,
+    ) -> Result<OpResult, MetaError> {
         let row = tx
             .query_one(
                 "SELECT state, result, error FROM journal WHERE id = $1 FOR UPDATE",
@@ -166,19 +177,19 @@ impl PgMetaStore {
         // this executor's too.
         if let (OpKind::Move, Some(src), Some(f)) = (r.op, &r.source, &self.fence) {
             if src.mount != f.mount {
-                super::lease::check_fence(&tx, &src.mount, &f.owner, None).await?;
+                super::lease::check_fence(tx, &src.mount, &f.owner, None).await?;
             }
         }
         if let (OpKind::Move, Some(src)) = (r.op, &r.source) {
-            remove_node(&tx, r.journal_id, &src.mount, &src.path, &src.key).await?;
+            remove_node(tx, r.journal_id, &src.mount, &src.path, &src.key).await?;
         }
         let generation = match &r.change {
             NodeChange::Upsert(m) => {
-                let generation = next_generation(&tx, &r.mount, &r.path).await?;
-                upsert_node(&tx, r, m, generation).await?;
+                let generation = next_generation(tx, &r.mount, &r.path).await?;
+                upsert_node(tx, r, m, generation).await?;
                 generation
             }
-            NodeChange::Remove => remove_node(&tx, r.journal_id, &r.mount, &r.path, &r.key).await?,
+            NodeChange::Remove => remove_node(tx, r.journal_id, &r.mount, &r.path, &r.key).await?,
         };
         let (result, events) = r.outcome(generation);
         let result_json = serde_json::to_value(&result).map_err(|e| corrupt("result", e))?;
@@ -221,7 +232,6 @@ impl PgMetaStore {
             .await
             .map_err(pg)?;
         }
-        tx.commit().await.map_err(pg)?;
         Ok(result)
     }
 }

@@ -1,5 +1,6 @@
 //! The journal: intents, failures, pending rows for recovery, progress of copies / moves.
 
+use deadpool_postgres::Transaction;
 use filestore_s3_actors::model::{
     IntentOutcome, JournalEntry, JournalState, NewIntent, OpProgress, OpRequest, OpResult,
 };
@@ -44,82 +45,18 @@ impl PgMetaStore {
         let mut client = self.client().await?;
         let c = client.transaction().await.map_err(pg)?;
         self.fenced(&c).await?;
-        let fingerprint = &intent.fingerprint;
-        let request = serde_json::to_value(&intent.request).map_err(|e| corrupt("request", e))?;
-        let source = intent.request.source();
-        let inserted = c
-            .query_opt(
-                "INSERT INTO journal (mount, op, path, idempotency_key, fingerprint, state, request,
-                                      source_mount, source_path)
-                 VALUES ($1, $2, $3, $4, $5, 'pending', $6, $7, $8)
-                 ON CONFLICT (mount, idempotency_key) DO NOTHING
-                 RETURNING id",
-                &[
-                    &intent.mount,
-                    &intent.request.kind().as_str(),
-                    &intent.request.path(),
-                    &intent.idempotency_key,
-                    fingerprint,
-                    &request,
-                    &source.map(|s| s.mount.as_str()),
-                    &source.map(|s| s.path.as_str()),
-                ],
-            )
-            .await
-            .map_err(pg)?;
-        if let Some(row) = inserted {
-            let journal_id = row.get(0);
-            c.commit().await.map_err(pg)?;
-            return Ok(IntentOutcome::Started { journal_id });
-        }
-        // A failed attempt with the same parameters may run again under the same key.
-        let rearmed = c
-            .query_opt(
-                // A copy / move that failed after it copied continues from there; one that failed
-                // while only pinned starts over (the source may have changed since).
-                "UPDATE journal SET state = 'pending', attempts = attempts + 1, error = NULL,
-                        progress = CASE WHEN progress->>'phase' = 'source_pinned' THEN NULL
-                                        ELSE progress END,
-                        updated_at = now()
-                 WHERE mount = $1 AND idempotency_key = $2 AND fingerprint = $3 AND state = 'failed'
-                 RETURNING id",
-                &[&intent.mount, &intent.idempotency_key, fingerprint],
-            )
-            .await
-            .map_err(pg)?;
-        if let Some(row) = rearmed {
-            let journal_id = row.get(0);
-            c.commit().await.map_err(pg)?;
-            return Ok(IntentOutcome::Started { journal_id });
-        }
-        let row = c
-            .query_one(
-                &format!(
-                    "SELECT {JOURNAL_COLUMNS} FROM journal WHERE mount = $1 AND idempotency_key = $2"
-                ),
-                &[&intent.mount, &intent.idempotency_key],
-            )
-            .await
-            .map_err(pg)?;
-        let entry = journal_from_row(&row)?;
+        let outcome = begin_in(&c, intent).await?;
         c.commit().await.map_err(pg)?;
-        Ok(IntentOutcome::Existing(Box::new(entry)))
+        Ok(outcome)
     }
 
     pub(super) async fn do_fail(&self, journal_id: i64, error: &str) -> Result<(), MetaError> {
         let mut client = self.client().await?;
         let c = client.transaction().await.map_err(pg)?;
         self.fenced(&c).await?;
-        c.execute(
-            "UPDATE journal SET state = 'failed', error = $2, updated_at = now()
-             WHERE id = $1 AND state = 'pending'",
-            &[&journal_id, &error],
-        )
-        .await
-        .map_err(pg)?;
+        fail_in(&c, journal_id, error).await?;
         c.commit().await.map_err(pg)
     }
-
     pub(super) async fn do_pending(&self, mount: &str) -> Result<Vec<JournalEntry>, MetaError> {
         let c = self.client().await?;
         let rows = c
@@ -171,23 +108,132 @@ impl PgMetaStore {
         let mut client = self.client().await?;
         let c = client.transaction().await.map_err(pg)?;
         self.fenced(&c).await?;
-        let v = serde_json::to_value(progress).map_err(|e| corrupt("progress", e))?;
-        let n = c
-            .execute(
-                "UPDATE journal SET progress = $2, updated_at = now() WHERE id = $1 AND state = 'pending'",
-                &[&journal_id, &v],
-            )
-            .await
-            .map_err(pg)?;
-        if n == 0 {
-            return Err(MetaError {
-                fenced: false,
-                retryable: false,
-                message: format!(
-                    "journal {journal_id} is no longer pending; its progress was not recorded"
-                ),
-            });
-        }
+        progress_in(&c, journal_id, progress).await?;
         c.commit().await.map_err(pg)
     }
+}
+
+/// Records an intent inside `c` (see `MetaStore::begin`).
+pub(super) async fn begin_in(
+    c: &Transaction<'_>,
+    intent: &NewIntent,
+) -> Result<IntentOutcome, MetaError> {
+    let fingerprint = &intent.fingerprint;
+    let request = serde_json::to_value(&intent.request).map_err(|e| corrupt("request", e))?;
+    let source = intent.request.source();
+    let inserted = c
+        .query_opt(
+            "INSERT INTO journal (mount, op, path, idempotency_key, fingerprint, state, request,
+                                  source_mount, source_path, intent_token)
+             VALUES ($1, $2, $3, $4, $5, 'pending', $6, $7, $8, $9)
+             ON CONFLICT (mount, idempotency_key) DO NOTHING
+             RETURNING id",
+            &[
+                &intent.mount,
+                &intent.request.kind().as_str(),
+                &intent.request.path(),
+                &intent.idempotency_key,
+                fingerprint,
+                &request,
+                &source.map(|s| s.mount.as_str()),
+                &source.map(|s| s.path.as_str()),
+                &intent.token,
+            ],
+        )
+        .await
+        .map_err(pg)?;
+    if let Some(row) = inserted {
+        let journal_id = row.get(0);
+        return Ok(IntentOutcome::Started { journal_id });
+    }
+    // This call's own row, written by an earlier attempt whose acknowledgement was lost.
+    let own = c
+        .query_opt(
+            "SELECT id FROM journal
+             WHERE mount = $1 AND idempotency_key = $2 AND intent_token = $3 AND state = 'pending'",
+            &[&intent.mount, &intent.idempotency_key, &intent.token],
+        )
+        .await
+        .map_err(pg)?;
+    if let Some(row) = own {
+        let journal_id = row.get(0);
+        return Ok(IntentOutcome::Started { journal_id });
+    }
+    // A failed attempt with the same parameters may run again under the same key.
+    let rearmed = c
+        .query_opt(
+            // A copy / move that failed after it copied continues from there; one that failed
+            // while only pinned starts over (the source may have changed since).
+            "UPDATE journal SET state = 'pending', attempts = attempts + 1, error = NULL,
+                    progress = CASE WHEN progress->>'phase' = 'source_pinned' THEN NULL
+                                    ELSE progress END,
+                    updated_at = now(), intent_token = $4
+             WHERE mount = $1 AND idempotency_key = $2 AND fingerprint = $3 AND state = 'failed'
+             RETURNING id",
+            &[
+                &intent.mount,
+                &intent.idempotency_key,
+                fingerprint,
+                &intent.token,
+            ],
+        )
+        .await
+        .map_err(pg)?;
+    if let Some(row) = rearmed {
+        let journal_id = row.get(0);
+        return Ok(IntentOutcome::Started { journal_id });
+    }
+    let row = c
+        .query_one(
+            &format!(
+                "SELECT {JOURNAL_COLUMNS} FROM journal WHERE mount = $1 AND idempotency_key = $2"
+            ),
+            &[&intent.mount, &intent.idempotency_key],
+        )
+        .await
+        .map_err(pg)?;
+    let entry = journal_from_row(&row)?;
+    Ok(IntentOutcome::Existing(Box::new(entry)))
+}
+
+/// Marks a pending journal row failed inside `c`.
+pub(super) async fn fail_in(
+    c: &Transaction<'_>,
+    journal_id: i64,
+    error: &str,
+) -> Result<(), MetaError> {
+    c.execute(
+        "UPDATE journal SET state = 'failed', error = $2, updated_at = now()
+         WHERE id = $1 AND state = 'pending'",
+        &[&journal_id, &error],
+    )
+    .await
+    .map_err(pg)?;
+    Ok(())
+}
+
+/// Records how far a pending copy / move got, inside `c`.
+pub(super) async fn progress_in(
+    c: &Transaction<'_>,
+    journal_id: i64,
+    progress: &OpProgress,
+) -> Result<(), MetaError> {
+    let v = serde_json::to_value(progress).map_err(|e| corrupt("progress", e))?;
+    let n = c
+        .execute(
+            "UPDATE journal SET progress = $2, updated_at = now() WHERE id = $1 AND state = 'pending'",
+            &[&journal_id, &v],
+        )
+        .await
+        .map_err(pg)?;
+    if n == 0 {
+        return Err(MetaError {
+            fenced: false,
+            retryable: false,
+            message: format!(
+                "journal {journal_id} is no longer pending; its progress was not recorded"
+            ),
+        });
+    }
+    Ok(())
 }

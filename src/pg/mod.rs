@@ -1,7 +1,8 @@
 //! Postgres adapter: the [`MetaStore`] port on tokio-postgres + deadpool-postgres, and migrations.
 //! One file per table group: `migrate`, `mounts`, `journal`, `commit`, `nodes`, `outbox`,
-//! `multipart`; this file holds the pool, the error mapping and the port's dispatch.
+//! `multipart`, `batch` (group commit); this file holds the pool, the error mapping and the port's dispatch.
 
+mod batch;
 mod commit;
 mod feed;
 mod health;
@@ -24,7 +25,7 @@ use filestore_s3_actors::model::{
     OpResult, OutboxEvent, UploadRecord,
 };
 use filestore_s3_actors::mount::MountRow;
-use filestore_s3_actors::ports::{MetaError, MetaStore, UploadedPart};
+use filestore_s3_actors::ports::{BatchResult, MetaError, MetaStore, MetaWrite, UploadedPart};
 use filestore_s3_actors::Error;
 use tokio_postgres::NoTls;
 
@@ -200,6 +201,10 @@ impl MetaStore for PgMetaStore {
         older_than: DateTime<Utc>,
     ) -> Result<Vec<UploadRecord>, MetaError> {
         self.do_orphaned_uploads(mount, older_than).await
+    }
+
+    async fn apply(&self, writes: &[MetaWrite]) -> BatchResult {
+        self.do_apply(writes).await
     }
 
     async fn prune_outbox(

@@ -1,6 +1,7 @@
 //! Records of multipart uploads and their parts (resume after a crash, orphan sweep).
 
 use chrono::{DateTime, Utc};
+use deadpool_postgres::Transaction;
 use filestore_s3_actors::model::UploadRecord;
 use filestore_s3_actors::ports::{MetaError, UploadedPart};
 use filestore_s3_actors::Sha256Digest;
@@ -13,29 +14,7 @@ impl PgMetaStore {
         let mut c = self.client().await?;
         let tx = c.transaction().await.map_err(pg)?;
         self.fenced(&tx).await?;
-        tx.execute(
-            "DELETE FROM multipart_uploads WHERE journal_id = $1",
-            &[&u.journal_id],
-        )
-        .await
-        .map_err(pg)?;
-        let part_size = to_i64(u.part_size, "part size")?;
-        let total = u.total_size.map(|t| to_i64(t, "total size")).transpose()?;
-        tx.execute(
-            "INSERT INTO multipart_uploads (upload_id, journal_id, mount, object_key, part_size,
-                                            total_size, state)
-             VALUES ($1, $2, $3, $4, $5, $6, 'open')",
-            &[
-                &u.upload_id,
-                &u.journal_id,
-                &u.mount,
-                &u.key,
-                &part_size,
-                &total,
-            ],
-        )
-        .await
-        .map_err(pg)?;
+        upload_in(&tx, u).await?;
         tx.commit().await.map_err(pg)
     }
 
@@ -47,34 +26,10 @@ impl PgMetaStore {
         if parts.is_empty() {
             return Ok(());
         }
-        let numbers: Vec<i32> = parts.iter().map(|p| p.part_number).collect();
-        let etags: Vec<String> = parts
-            .iter()
-            .map(|p| p.etag.clone().unwrap_or_default())
-            .collect();
-        let sizes: Vec<i64> = parts.iter().map(|p| p.size as i64).collect();
-        let shas: Vec<Option<String>> =
-            parts.iter().map(|p| p.sha256.map(|d| d.to_hex())).collect();
         let mut client = self.client().await?;
         let c = client.transaction().await.map_err(pg)?;
         self.fenced(&c).await?;
-        c.execute(
-            "WITH p AS (SELECT * FROM unnest($2::int[], $3::text[], $4::bigint[], $5::text[])
-                         AS t(part_number, etag, size, sha256))
-             INSERT INTO multipart_parts (upload_id, part_number, etag, size, checksum_sha256)
-             SELECT $1, part_number, etag, size, sha256 FROM p
-             ON CONFLICT (upload_id, part_number) DO UPDATE SET etag = EXCLUDED.etag,
-                size = EXCLUDED.size, checksum_sha256 = EXCLUDED.checksum_sha256",
-            &[&upload_id, &numbers, &etags, &sizes, &shas],
-        )
-        .await
-        .map_err(pg)?;
-        c.execute(
-            "UPDATE multipart_uploads SET updated_at = now() WHERE upload_id = $1",
-            &[&upload_id],
-        )
-        .await
-        .map_err(pg)?;
+        parts_in(&c, upload_id, parts).await?;
         c.commit().await.map_err(pg)
     }
 
@@ -161,4 +116,65 @@ fn upload_from_row(row: &Row) -> UploadRecord {
         total_size: row.get::<_, Option<i64>>(5).map(|t| t as u64),
         parts: Vec::new(),
     }
+}
+
+/// Records a started upload inside `tx`.
+pub(super) async fn upload_in(tx: &Transaction<'_>, u: &UploadRecord) -> Result<(), MetaError> {
+    tx.execute(
+        "DELETE FROM multipart_uploads WHERE journal_id = $1",
+        &[&u.journal_id],
+    )
+    .await
+    .map_err(pg)?;
+    let part_size = to_i64(u.part_size, "part size")?;
+    let total = u.total_size.map(|t| to_i64(t, "total size")).transpose()?;
+    tx.execute(
+        "INSERT INTO multipart_uploads (upload_id, journal_id, mount, object_key, part_size,
+                                        total_size, state)
+         VALUES ($1, $2, $3, $4, $5, $6, 'open')",
+        &[
+            &u.upload_id,
+            &u.journal_id,
+            &u.mount,
+            &u.key,
+            &part_size,
+            &total,
+        ],
+    )
+    .await
+    .map_err(pg)?;
+    Ok(())
+}
+
+/// Records accepted parts inside `c` (idempotent per part number).
+pub(super) async fn parts_in(
+    c: &Transaction<'_>,
+    upload_id: &str,
+    parts: &[UploadedPart],
+) -> Result<(), MetaError> {
+    let numbers: Vec<i32> = parts.iter().map(|p| p.part_number).collect();
+    let etags: Vec<String> = parts
+        .iter()
+        .map(|p| p.etag.clone().unwrap_or_default())
+        .collect();
+    let sizes: Vec<i64> = parts.iter().map(|p| p.size as i64).collect();
+    let shas: Vec<Option<String>> = parts.iter().map(|p| p.sha256.map(|d| d.to_hex())).collect();
+    c.execute(
+        "WITH p AS (SELECT * FROM unnest($2::int[], $3::text[], $4::bigint[], $5::text[])
+                     AS t(part_number, etag, size, sha256))
+         INSERT INTO multipart_parts (upload_id, part_number, etag, size, checksum_sha256)
+         SELECT $1, part_number, etag, size, sha256 FROM p
+         ON CONFLICT (upload_id, part_number) DO UPDATE SET etag = EXCLUDED.etag,
+            size = EXCLUDED.size, checksum_sha256 = EXCLUDED.checksum_sha256",
+        &[&upload_id, &numbers, &etags, &sizes, &shas],
+    )
+    .await
+    .map_err(pg)?;
+    c.execute(
+        "UPDATE multipart_uploads SET updated_at = now() WHERE upload_id = $1",
+        &[&upload_id],
+    )
+    .await
+    .map_err(pg)?;
+    Ok(())
 }

@@ -9,6 +9,37 @@ use filestore_s3_actors::ports::{ChangePublisher, PublishError};
 use filestore_s3_actors::Error;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 
+/// Retry classes of Redis failures, decided here once; the notifier acts on
+/// [`PublishError::retryable`]. Either way the events stay in the outbox and are sent again.
+///
+/// | failure | class | why |
+/// |---|---|---|
+/// | I/O error, connection refused / dropped, response timeout | transient | Redis restarting, network |
+/// | `LOADING` | transient | Redis is loading its dataset after a restart |
+/// | `TRYAGAIN`, `CLUSTERDOWN`, `MASTERDOWN` | transient | cluster resharding / failover |
+/// | `READONLY` | transient | the node was demoted to replica in a failover |
+/// | `BUSY` | transient | a script is running |
+/// | `OOM` | transient | memory pressure; eviction or stream trimming frees room |
+/// | `NOAUTH`, `WRONGPASS`, authentication failed, `NOPERM` | permanent | credentials / ACL: configuration |
+/// | `WRONGTYPE` | permanent | the stream key holds another type: another program uses the key |
+/// | `ERR` and other replies, invalid client configuration, unparsable reply | permanent | a bug or a misconfiguration |
+pub(crate) fn retryable(e: &redis::RedisError) -> bool {
+    if e.is_io_error() || e.is_timeout() || e.is_connection_dropped() || e.is_connection_refusal() {
+        return true;
+    }
+    matches!(
+        e.code(),
+        Some("LOADING" | "TRYAGAIN" | "CLUSTERDOWN" | "MASTERDOWN" | "READONLY" | "BUSY" | "OOM")
+    )
+}
+
+fn publish_error(e: &redis::RedisError) -> PublishError {
+    PublishError {
+        retryable: retryable(e),
+        message: e.to_string(),
+    }
+}
+
 /// Key names for one prefix.
 #[derive(Debug, Clone)]
 pub struct RedisKeys {
@@ -73,8 +104,10 @@ impl ChangePublisher for RedisPublisher {
         let channel = self.keys.channel(mount);
         let mut pipe = redis::pipe();
         for e in events {
-            let payload = serde_json::to_string(&e.event)
-                .map_err(|err| PublishError(format!("encoding event: {err}")))?;
+            let payload = serde_json::to_string(&e.event).map_err(|err| PublishError {
+                retryable: false,
+                message: format!("encoding event: {err}"),
+            })?;
             pipe.cmd("XADD")
                 .arg(&stream)
                 .arg("MAXLEN")
@@ -91,7 +124,7 @@ impl ChangePublisher for RedisPublisher {
         let mut conn = self.conn.clone();
         pipe.query_async::<()>(&mut conn)
             .await
-            .map_err(|e| PublishError(e.to_string()))
+            .map_err(|e| publish_error(&e))
     }
 
     async fn publish_progress(
@@ -99,14 +132,16 @@ impl ChangePublisher for RedisPublisher {
         mount: &str,
         progress: &UploadProgress,
     ) -> Result<(), PublishError> {
-        let payload = serde_json::to_string(progress)
-            .map_err(|e| PublishError(format!("encoding progress: {e}")))?;
+        let payload = serde_json::to_string(progress).map_err(|e| PublishError {
+            retryable: false,
+            message: format!("encoding progress: {e}"),
+        })?;
         let mut conn = self.conn.clone();
         redis::cmd("PUBLISH")
             .arg(self.keys.progress_channel(mount))
             .arg(payload)
             .query_async::<()>(&mut conn)
             .await
-            .map_err(|e| PublishError(e.to_string()))
+            .map_err(|e| publish_error(&e))
     }
 }

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use aws_sdk_s3::config::StalledStreamProtectionConfig;
 use aws_sdk_s3::config::{
     BehaviorVersion, Credentials, Region, RequestChecksumCalculation, ResponseChecksumValidation,
     SharedCredentialsProvider,
@@ -46,6 +47,9 @@ pub struct S3Settings {
     pub connect_timeout: Duration,
     /// Timeout of one attempt (request and response body).
     pub attempt_timeout: Duration,
+    /// A streamed body (a download, an upload) that moves no byte for this long is cut
+    /// (the SDK's stalled-stream protection); a download then asks for the rest again.
+    pub stall_grace: Duration,
 }
 
 impl std::fmt::Debug for S3Settings {
@@ -59,6 +63,7 @@ impl std::fmt::Debug for S3Settings {
             .field("sts_endpoint", &self.sts_endpoint)
             .field("connect_timeout", &self.connect_timeout)
             .field("attempt_timeout", &self.attempt_timeout)
+            .field("stall_grace", &self.stall_grace)
             .finish()
     }
 }
@@ -70,6 +75,7 @@ impl Default for S3Settings {
             sts_endpoint: None,
             connect_timeout: Duration::from_secs(5),
             attempt_timeout: Duration::from_secs(60),
+            stall_grace: Duration::from_secs(10),
         }
     }
 }
@@ -165,6 +171,11 @@ impl S3StoreFactory {
                 TimeoutConfig::builder()
                     .connect_timeout(self.settings.connect_timeout)
                     .operation_attempt_timeout(self.settings.attempt_timeout)
+                    .build(),
+            )
+            .stalled_stream_protection(
+                StalledStreamProtectionConfig::enabled()
+                    .grace_period(self.settings.stall_grace)
                     .build(),
             );
         if let Some(ep) = &spec.endpoint {

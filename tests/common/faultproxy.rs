@@ -3,7 +3,8 @@
 //! answers 200 with an `<Error>` body to CompleteMultipartUpload, resets the connection after N
 //! bytes of the request body, stalls, delays, flips a byte of the request body, answers 404 to
 //! reads of a key for a while after it was written (eventual consistency), refuses requests that
-//! carry checksum headers, or drops the response after the server applied the request. It counts
+//! carry checksum headers, drops the response after the server applied the request, or stalls a
+//! download's body part-way. It counts
 //! requests per S3 operation and part number, so tests can assert what was re-sent.
 
 use std::collections::HashMap;
@@ -11,6 +12,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use futures::StreamExt;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::{Request, Response};
@@ -87,6 +89,9 @@ pub enum Fault {
     RejectChecksumHeaders,
     /// For this long after a key is written, answer HEAD / GET of it with 404 NoSuchKey.
     NotFoundAfterWrite(Duration),
+    /// Forward, then send the answer's headers and this many bytes of its body, and no more
+    /// (the connection stays open): a download that stalls mid-body.
+    StallBodyAfter(usize),
 }
 
 /// A fault, the requests it applies to, how likely and how often.
@@ -247,9 +252,38 @@ impl FaultProxy {
     }
 }
 
-type Reply = Result<Response<Full<Bytes>>, std::io::Error>;
+type ProxyBody = http_body_util::combinators::BoxBody<Bytes, std::io::Error>;
+type Reply = Result<Response<ProxyBody>, std::io::Error>;
 
 async fn handle(req: Request<Incoming>, st: Arc<Mutex<State>>, upstream: String) -> Reply {
+    let (response, stall_after) = handle_whole(req, st, upstream).await?;
+    let (parts, body) = response.into_parts();
+    let Some(n) = stall_after else {
+        return Ok(Response::from_parts(
+            parts,
+            body.map_err(|never| match never {}).boxed(),
+        ));
+    };
+    let Ok(whole) = body.collect().await;
+    let whole = whole.to_bytes();
+    let head = whole.slice(..n.min(whole.len()));
+    let frames =
+        futures::stream::once(
+            async move { Ok::<_, std::io::Error>(hyper::body::Frame::data(head)) },
+        )
+        .chain(futures::stream::pending());
+    Ok(Response::from_parts(
+        parts,
+        BodyExt::boxed(http_body_util::StreamBody::new(frames)),
+    ))
+}
+
+/// The whole answer, and where to stall its body (`Fault::StallBodyAfter`).
+async fn handle_whole(
+    req: Request<Incoming>,
+    st: Arc<Mutex<State>>,
+    upstream: String,
+) -> Result<(Response<Full<Bytes>>, Option<usize>), std::io::Error> {
     let (parts, body) = req.into_parts();
     let path = parts.uri.path().to_owned();
     let query = parts.uri.query().unwrap_or("").to_owned();
@@ -303,10 +337,10 @@ async fn handle(req: Request<Incoming>, st: Arc<Mutex<State>>, upstream: String)
         chosen
     };
     match &fault {
-        Some(Fault::Status(status, code)) => return Ok(s3_error(*status, code)),
-        Some(Fault::OkWithError) => return Ok(s3_error(200, "InternalError")),
-        Some(Fault::RejectChecksumHeaders) => return Ok(s3_error(400, "InvalidRequest")),
-        Some(Fault::NotFoundAfterWrite(_)) => return Ok(not_found(op == Op::HeadObject)),
+        Some(Fault::Status(status, code)) => return Ok((s3_error(*status, code), None)),
+        Some(Fault::OkWithError) => return Ok((s3_error(200, "InternalError"), None)),
+        Some(Fault::RejectChecksumHeaders) => return Ok((s3_error(400, "InvalidRequest"), None)),
+        Some(Fault::NotFoundAfterWrite(_)) => return Ok((not_found(op == Op::HeadObject), None)),
         Some(Fault::Stall) => {
             tokio::time::sleep(Duration::from_secs(3600)).await;
             return Err(std::io::Error::other("stalled"));
@@ -347,7 +381,11 @@ async fn handle(req: Request<Incoming>, st: Arc<Mutex<State>>, upstream: String)
     if matches!(fault, Some(Fault::DropResponse)) {
         return Err(std::io::Error::other("response dropped by the test proxy"));
     }
-    Ok(response)
+    let stall_after = match fault {
+        Some(Fault::StallBodyAfter(n)) => Some(n),
+        _ => None,
+    };
+    Ok((response, stall_after))
 }
 
 /// Sends the request to the server on a connection of its own and reads the whole answer.

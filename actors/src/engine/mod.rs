@@ -138,6 +138,7 @@ async fn run_protocol(
         idempotency_key,
         request: request.clone(),
         fingerprint: fingerprint.clone(),
+        token: uuid::Uuid::new_v4(),
     };
     // Conditions and the existence of what the operation needs are checked before the intent is
     // recorded (under the paths' locks), so a refused call leaves no trace; a call repeating an

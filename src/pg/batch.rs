@@ -1,0 +1,79 @@
+//! Group commit: a committer's queued writes in one transaction, each in a savepoint of its own.
+
+use deadpool_postgres::Transaction;
+use filestore_s3_actors::ports::{BatchResult, MetaError, MetaOutput, MetaWrite};
+
+use super::{journal, multipart, pg, PgMetaStore};
+
+impl PgMetaStore {
+    /// One transaction, fenced once. A write refused for good rolls back to its savepoint and
+    /// reports its error; a retryable failure (or the fence) ends the transaction and fails the
+    /// whole batch, which the committer sends again (every write is idempotent).
+    pub(super) async fn do_apply(&self, writes: &[MetaWrite]) -> BatchResult {
+        let mut c = self.client().await?;
+        let mut tx = c.transaction().await.map_err(pg)?;
+        self.fenced(&tx).await?;
+        let mut out = Vec::with_capacity(writes.len());
+        if let [write] = writes {
+            // Alone in its transaction: no savepoint needed.
+            return match self.write_in(&tx, write).await {
+                Ok(o) => {
+                    tx.commit().await.map_err(pg)?;
+                    Ok(vec![Ok(o)])
+                }
+                Err(e) if e.retryable || e.fenced => Err(e),
+                Err(e) => Ok(vec![Err(e)]),
+            };
+        }
+        for write in writes {
+            let sp = tx.savepoint("write").await.map_err(pg)?;
+            match self.write_in(&sp, write).await {
+                Ok(o) => {
+                    sp.commit().await.map_err(pg)?;
+                    out.push(Ok(o));
+                }
+                Err(e) if e.retryable || e.fenced => return Err(e),
+                Err(e) => {
+                    sp.rollback().await.map_err(pg)?;
+                    out.push(Err(e));
+                }
+            }
+        }
+        tx.commit().await.map_err(pg)?;
+        Ok(out)
+    }
+
+    async fn write_in(
+        &self,
+        tx: &Transaction<'_>,
+        write: &MetaWrite,
+    ) -> Result<MetaOutput, MetaError> {
+        Ok(match write {
+            MetaWrite::Begin(intent) => MetaOutput::Begun(journal::begin_in(tx, intent).await?),
+            MetaWrite::Commit(record) => {
+                MetaOutput::Committed(Box::new(self.commit_in(tx, record).await?))
+            }
+            MetaWrite::Fail { journal_id, error } => {
+                journal::fail_in(tx, *journal_id, error).await?;
+                MetaOutput::Done
+            }
+            MetaWrite::Progress {
+                journal_id,
+                progress,
+            } => {
+                journal::progress_in(tx, *journal_id, progress).await?;
+                MetaOutput::Done
+            }
+            MetaWrite::Upload(u) => {
+                multipart::upload_in(tx, u).await?;
+                MetaOutput::Done
+            }
+            MetaWrite::Parts { upload_id, parts } => {
+                if !parts.is_empty() {
+                    multipart::parts_in(tx, upload_id, parts).await?;
+                }
+                MetaOutput::Done
+            }
+        })
+    }
+}
