@@ -6,6 +6,7 @@ use crate::digest::Sha256Digest;
 use crate::engine::context::node_for;
 use crate::engine::{OpContext, Outcome, Payload};
 use crate::error::Error;
+use crate::ports::StoreErrorKind;
 use crate::model::{
     JournalEntry, NodeChange, NodeMeta, ObjectMeta, OpRequest, UploadSource, UploadedPart,
     Verification,
@@ -163,7 +164,26 @@ pub(super) async fn recover(c: &OpContext, entry: &JournalEntry) -> Result<Outco
                 reader: None,
                 sink: None,
             };
-            act(c, entry.id, &entry.request, payload).await
+            match act(c, entry.id, &entry.request, payload).await {
+                // The upload id is gone while the object does not show yet: the earlier owner's
+                // CompleteMultipartUpload may still be applying (a store keeps working on a
+                // request whose client died; s3s-fs forgets the upload id before it writes the
+                // object, and answers AccessDenied for a forgotten id). Before this counts as a
+                // failure, the object is looked for again within the verification window.
+                Err(e @ Error::Storage { .. }) if upload_gone(&e) => {
+                    let deadline = std::time::Instant::now() + c.spec.verify_window;
+                    loop {
+                        if let Some(outcome) = completed_before_crash(c, entry).await? {
+                            return Ok(outcome);
+                        }
+                        if std::time::Instant::now() >= deadline {
+                            return Err(e);
+                        }
+                        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+                    }
+                }
+                r => r,
+            }
         }
         Err(e) => {
             if let Some(rec) = c.meta.upload_of(entry.id).await? {
@@ -173,6 +193,13 @@ pub(super) async fn recover(c: &OpContext, entry: &JournalEntry) -> Result<Outco
             Err(e)
         }
     }
+}
+
+/// A resumed upload failing because the store no longer knows its id (`NoSuchUpload`, or
+/// AccessDenied from stores that forget completed upload ids).
+fn upload_gone(e: &Error) -> bool {
+    matches!(e, Error::Storage { source, .. }
+        if matches!(source.kind, StoreErrorKind::NotFound | StoreErrorKind::AccessDenied))
 }
 
 /// A crash (or a lost answer) after CompleteMultipartUpload: the object exists, carries this
