@@ -26,5 +26,9 @@ if [ -x ../shared/tools/import-circles ]; then
   ../shared/tools/import-circles actors/src
   ../shared/tools/import-circles src
 fi
+echo "== supply chain: cargo audit (RustSec advisories)"
+scripts/audit.sh
 echo "== cargo test"
 cargo test --workspace --locked "${features[@]}" "$@"
+echo "== benchmark smoke run (tiny sizes; the real run is scripts/bench.sh, docs/benchmarks.md)"
+cargo run --locked -q -p filestore-s3-bench -- run --smoke --out target/bench/smoke.json

@@ -11,7 +11,7 @@ use super::{corrupt, pg, to_i64, PgMetaStore};
 async fn next_generation(tx: &Transaction<'_>, mount: &str, path: &str) -> Result<i64, MetaError> {
     Ok(tx
         .query_one(
-            "SELECT coalesce(max(generation), 0) + 1 FROM snapshots WHERE mount = $1 AND path = $2",
+            &cached!(tx, "SELECT coalesce(max(generation), 0) + 1 FROM snapshots WHERE mount = $1 AND path = $2"),
             &[&mount, &path],
         )
         .await
@@ -29,7 +29,9 @@ async fn upsert_node(
     let sha = m.sha256.to_hex();
     let verified = m.verified.as_str();
     tx.execute(
-        "INSERT INTO nodes (mount, path, object_key, size, etag, sha256, storage_class,
+        &cached!(
+            tx,
+            "INSERT INTO nodes (mount, path, object_key, size, etag, sha256, storage_class,
                             last_modified, generation, journal_id, verified, sse, not_applied)
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)
          ON CONFLICT (mount, path) DO UPDATE SET object_key = EXCLUDED.object_key,
@@ -37,7 +39,8 @@ async fn upsert_node(
             storage_class = EXCLUDED.storage_class, last_modified = EXCLUDED.last_modified,
             generation = EXCLUDED.generation, journal_id = EXCLUDED.journal_id,
             verified = EXCLUDED.verified, sse = EXCLUDED.sse, not_applied = EXCLUDED.not_applied,
-            updated_at = now()",
+            updated_at = now()"
+        ),
         &[
             &r.mount,
             &r.path,
@@ -57,9 +60,12 @@ async fn upsert_node(
     .await
     .map_err(pg)?;
     tx.execute(
-        "INSERT INTO snapshots (mount, path, generation, deleted, object_key, size, etag,
+        &cached!(
+            tx,
+            "INSERT INTO snapshots (mount, path, generation, deleted, object_key, size, etag,
                                 sha256, storage_class, last_modified, journal_id, verified)
-         VALUES ($1, $2, $3, false, $4, $5, $6, $7, $8, $9, $10, $11)",
+         VALUES ($1, $2, $3, false, $4, $5, $6, $7, $8, $9, $10, $11)"
+        ),
         &[
             &r.mount,
             &r.path,
@@ -88,14 +94,17 @@ async fn remove_node(
 ) -> Result<i64, MetaError> {
     let generation = next_generation(tx, mount, path).await?;
     tx.execute(
-        "DELETE FROM nodes WHERE mount = $1 AND path = $2",
+        &cached!(tx, "DELETE FROM nodes WHERE mount = $1 AND path = $2"),
         &[&mount, &path],
     )
     .await
     .map_err(pg)?;
     tx.execute(
-        "INSERT INTO snapshots (mount, path, generation, deleted, object_key, journal_id)
-         VALUES ($1, $2, $3, true, $4, $5)",
+        &cached!(
+            tx,
+            "INSERT INTO snapshots (mount, path, generation, deleted, object_key, journal_id)
+         VALUES ($1, $2, $3, true, $4, $5)"
+        ),
         &[&mount, &path, &generation, &key, &journal_id],
     )
     .await
@@ -121,7 +130,10 @@ impl PgMetaStore {
     ) -> Result<OpResult, MetaError> {
         let row = tx
             .query_one(
-                "SELECT state, result, error FROM journal WHERE id = $1 FOR UPDATE",
+                &cached!(
+                    tx,
+                    "SELECT state, result, error FROM journal WHERE id = $1 FOR UPDATE"
+                ),
                 &[&r.journal_id],
             )
             .await
@@ -152,7 +164,10 @@ impl PgMetaStore {
             // that changed in between (FOR UPDATE holds the row until the commit).
             let current: Option<i64> = tx
                 .query_opt(
-                    "SELECT generation FROM nodes WHERE mount = $1 AND path = $2 FOR UPDATE",
+                    &cached!(
+                        tx,
+                        "SELECT generation FROM nodes WHERE mount = $1 AND path = $2 FOR UPDATE"
+                    ),
                     &[&r.mount, &r.path],
                 )
                 .await
@@ -199,9 +214,9 @@ impl PgMetaStore {
             None => (None, None),
         };
         tx.execute(
-            "UPDATE journal SET state = 'committed', result = $2, error = NULL, updated_at = now(),
+            &cached!(tx, "UPDATE journal SET state = 'committed', result = $2, error = NULL, updated_at = now(),
                 committed_by = $3, committed_epoch = $4
-             WHERE id = $1",
+             WHERE id = $1"),
             &[&r.journal_id, &result_json, &by, &epoch],
         )
         .await
@@ -209,8 +224,11 @@ impl PgMetaStore {
         // Every open upload of this operation is done with: the one it completed, and any a
         // recovered copy no longer names.
         tx.execute(
-            "UPDATE multipart_uploads SET state = 'completed', updated_at = now()
-             WHERE journal_id = $1 AND state = 'open'",
+            &cached!(
+                tx,
+                "UPDATE multipart_uploads SET state = 'completed', updated_at = now()
+             WHERE journal_id = $1 AND state = 'open'"
+            ),
             &[&r.journal_id],
         )
         .await
@@ -218,7 +236,7 @@ impl PgMetaStore {
         for (stream_mount, event) in &events {
             let event_json = serde_json::to_value(event).map_err(|e| corrupt("event", e))?;
             tx.execute(
-                "INSERT INTO outbox (event_id, mount, journal_id, payload) VALUES ($1, $2, $3, $4)",
+                &cached!(tx, "INSERT INTO outbox (event_id, mount, journal_id, payload) VALUES ($1, $2, $3, $4)"),
                 &[&event.event_id, stream_mount, &r.journal_id, &event_json],
             )
             .await
@@ -226,7 +244,7 @@ impl PgMetaStore {
             // Delivered at commit: wakes the notifier of the mount's owner, in whatever process
             // (a move across mounts writes an event for a mount another committer serves).
             tx.execute(
-                "SELECT pg_notify(current_schema() || '.outbox', $1)",
+                &cached!(tx, "SELECT pg_notify(current_schema() || '.outbox', $1)"),
                 &[stream_mount],
             )
             .await

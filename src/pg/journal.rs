@@ -123,11 +123,11 @@ pub(super) async fn begin_in(
     let source = intent.request.source();
     let inserted = c
         .query_opt(
-            "INSERT INTO journal (mount, op, path, idempotency_key, fingerprint, state, request,
+            &cached!(c, "INSERT INTO journal (mount, op, path, idempotency_key, fingerprint, state, request,
                                   source_mount, source_path, intent_token)
              VALUES ($1, $2, $3, $4, $5, 'pending', $6, $7, $8, $9)
              ON CONFLICT (mount, idempotency_key) DO NOTHING
-             RETURNING id",
+             RETURNING id"),
             &[
                 &intent.mount,
                 &intent.request.kind().as_str(),
@@ -149,8 +149,11 @@ pub(super) async fn begin_in(
     // This call's own row, written by an earlier attempt whose acknowledgement was lost.
     let own = c
         .query_opt(
-            "SELECT id FROM journal
-             WHERE mount = $1 AND idempotency_key = $2 AND intent_token = $3 AND state = 'pending'",
+            &cached!(
+                c,
+                "SELECT id FROM journal
+             WHERE mount = $1 AND idempotency_key = $2 AND intent_token = $3 AND state = 'pending'"
+            ),
             &[&intent.mount, &intent.idempotency_key, &intent.token],
         )
         .await
@@ -203,8 +206,11 @@ pub(super) async fn fail_in(
     error: &str,
 ) -> Result<(), MetaError> {
     c.execute(
-        "UPDATE journal SET state = 'failed', error = $2, updated_at = now()
-         WHERE id = $1 AND state = 'pending'",
+        &cached!(
+            c,
+            "UPDATE journal SET state = 'failed', error = $2, updated_at = now()
+         WHERE id = $1 AND state = 'pending'"
+        ),
         &[&journal_id, &error],
     )
     .await
@@ -221,7 +227,7 @@ pub(super) async fn progress_in(
     let v = serde_json::to_value(progress).map_err(|e| corrupt("progress", e))?;
     let n = c
         .execute(
-            "UPDATE journal SET progress = $2, updated_at = now() WHERE id = $1 AND state = 'pending'",
+            &cached!(c, "UPDATE journal SET progress = $2, updated_at = now() WHERE id = $1 AND state = 'pending'"),
             &[&journal_id, &v],
         )
         .await

@@ -24,10 +24,13 @@ pub(super) async fn check_fence<C: GenericClient>(
 ) -> Result<(), MetaError> {
     let held = c
         .query_opt(
-            "SELECT 1 FROM mount_leases
+            &cached!(
+                c,
+                "SELECT 1 FROM mount_leases
              WHERE mount = $1 AND owner = $2 AND ($3::bigint IS NULL OR epoch = $3)
                AND expires_at > now()
-             FOR SHARE",
+             FOR SHARE"
+            ),
             &[&mount, &owner, &epoch],
         )
         .await
@@ -63,13 +66,16 @@ impl PgMetaStore {
         let c = self.client().await?;
         let taken = c
             .query_opt(
-                "INSERT INTO mount_leases (mount, owner, epoch, expires_at)
+                &cached!(
+                    c,
+                    "INSERT INTO mount_leases (mount, owner, epoch, expires_at)
                  VALUES ($1, $2, 1, now() + $3::bigint * interval '1 millisecond')
                  ON CONFLICT (mount) DO UPDATE SET owner = EXCLUDED.owner,
                     epoch = mount_leases.epoch + 1, expires_at = EXCLUDED.expires_at,
                     acquired_at = now(), renewed_at = now()
                  WHERE mount_leases.expires_at <= now() OR mount_leases.owner = EXCLUDED.owner
-                 RETURNING epoch",
+                 RETURNING epoch"
+                ),
                 &[&mount, &owner, &ttl_ms(ttl)],
             )
             .await
@@ -83,7 +89,10 @@ impl PgMetaStore {
         }
         let row = c
             .query_one(
-                "SELECT owner, expires_at FROM mount_leases WHERE mount = $1",
+                &cached!(
+                    c,
+                    "SELECT owner, expires_at FROM mount_leases WHERE mount = $1"
+                ),
                 &[&mount],
             )
             .await
@@ -102,9 +111,9 @@ impl PgMetaStore {
         let c = self.client().await?;
         let n = c
             .execute(
-                "UPDATE mount_leases SET expires_at = now() + $4::bigint * interval '1 millisecond',
+                &cached!(c, "UPDATE mount_leases SET expires_at = now() + $4::bigint * interval '1 millisecond',
                         renewed_at = now()
-                 WHERE mount = $1 AND owner = $2 AND epoch = $3 AND expires_at > now()",
+                 WHERE mount = $1 AND owner = $2 AND epoch = $3 AND expires_at > now()"),
                 &[&fence.mount, &fence.owner, &fence.epoch, &ttl_ms(ttl)],
             )
             .await
@@ -115,8 +124,11 @@ impl PgMetaStore {
     pub(super) async fn do_release_lease(&self, fence: &Fence) -> Result<(), MetaError> {
         let c = self.client().await?;
         c.execute(
-            "UPDATE mount_leases SET expires_at = now()
-             WHERE mount = $1 AND owner = $2 AND epoch = $3",
+            &cached!(
+                c,
+                "UPDATE mount_leases SET expires_at = now()
+             WHERE mount = $1 AND owner = $2 AND epoch = $3"
+            ),
             &[&fence.mount, &fence.owner, &fence.epoch],
         )
         .await

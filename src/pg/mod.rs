@@ -2,6 +2,14 @@
 //! One file per table group: `migrate`, `mounts`, `journal`, `commit`, `nodes`, `outbox`,
 //! `multipart`, `batch` (group commit); this file holds the pool, the error mapping and the port's dispatch.
 
+/// A statement prepared once per connection (deadpool's statement cache): a query then costs one
+/// round trip instead of two (parse + execute). Every SQL text passed here is a constant.
+macro_rules! cached {
+    ($c:expr, $sql:expr) => {
+        $c.prepare_cached($sql).await.map_err(super::pg)?
+    };
+}
+
 mod batch;
 mod commit;
 mod feed;

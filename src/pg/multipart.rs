@@ -40,8 +40,11 @@ impl PgMetaStore {
         let c = self.client().await?;
         let Some(row) = c
             .query_opt(
-                "SELECT upload_id, journal_id, mount, object_key, part_size, total_size
-                 FROM multipart_uploads WHERE journal_id = $1 AND state = 'open'",
+                &cached!(
+                    c,
+                    "SELECT upload_id, journal_id, mount, object_key, part_size, total_size
+                 FROM multipart_uploads WHERE journal_id = $1 AND state = 'open'"
+                ),
                 &[&journal_id],
             )
             .await
@@ -52,8 +55,11 @@ impl PgMetaStore {
         let mut record = upload_from_row(&row);
         let parts = c
             .query(
-                "SELECT part_number, etag, size, checksum_sha256 FROM multipart_parts
-                 WHERE upload_id = $1 ORDER BY part_number",
+                &cached!(
+                    c,
+                    "SELECT part_number, etag, size, checksum_sha256 FROM multipart_parts
+                 WHERE upload_id = $1 ORDER BY part_number"
+                ),
                 &[&record.upload_id],
             )
             .await
@@ -77,7 +83,7 @@ impl PgMetaStore {
     pub(super) async fn do_mark_upload_aborted(&self, upload_id: &str) -> Result<(), MetaError> {
         let c = self.client().await?;
         c.execute(
-            "UPDATE multipart_uploads SET state = 'aborted', updated_at = now() WHERE upload_id = $1",
+            &cached!(c, "UPDATE multipart_uploads SET state = 'aborted', updated_at = now() WHERE upload_id = $1"),
             &[&upload_id],
         )
         .await
@@ -93,11 +99,11 @@ impl PgMetaStore {
         let c = self.client().await?;
         let rows = c
             .query(
-                "SELECT u.upload_id, u.journal_id, u.mount, u.object_key, u.part_size, u.total_size
+                &cached!(c, "SELECT u.upload_id, u.journal_id, u.mount, u.object_key, u.part_size, u.total_size
                  FROM multipart_uploads u JOIN journal j ON j.id = u.journal_id
                  WHERE u.mount = $1 AND u.state = 'open' AND j.state <> 'pending'
                    AND u.updated_at < $2
-                 ORDER BY u.updated_at",
+                 ORDER BY u.updated_at"),
                 &[&mount, &older_than],
             )
             .await
@@ -121,7 +127,7 @@ fn upload_from_row(row: &Row) -> UploadRecord {
 /// Records a started upload inside `tx`.
 pub(super) async fn upload_in(tx: &Transaction<'_>, u: &UploadRecord) -> Result<(), MetaError> {
     tx.execute(
-        "DELETE FROM multipart_uploads WHERE journal_id = $1",
+        &cached!(tx, "DELETE FROM multipart_uploads WHERE journal_id = $1"),
         &[&u.journal_id],
     )
     .await
@@ -129,9 +135,12 @@ pub(super) async fn upload_in(tx: &Transaction<'_>, u: &UploadRecord) -> Result<
     let part_size = to_i64(u.part_size, "part size")?;
     let total = u.total_size.map(|t| to_i64(t, "total size")).transpose()?;
     tx.execute(
-        "INSERT INTO multipart_uploads (upload_id, journal_id, mount, object_key, part_size,
+        &cached!(
+            tx,
+            "INSERT INTO multipart_uploads (upload_id, journal_id, mount, object_key, part_size,
                                         total_size, state)
-         VALUES ($1, $2, $3, $4, $5, $6, 'open')",
+         VALUES ($1, $2, $3, $4, $5, $6, 'open')"
+        ),
         &[
             &u.upload_id,
             &u.journal_id,
@@ -160,18 +169,24 @@ pub(super) async fn parts_in(
     let sizes: Vec<i64> = parts.iter().map(|p| p.size as i64).collect();
     let shas: Vec<Option<String>> = parts.iter().map(|p| p.sha256.map(|d| d.to_hex())).collect();
     c.execute(
-        "WITH p AS (SELECT * FROM unnest($2::int[], $3::text[], $4::bigint[], $5::text[])
+        &cached!(
+            c,
+            "WITH p AS (SELECT * FROM unnest($2::int[], $3::text[], $4::bigint[], $5::text[])
                      AS t(part_number, etag, size, sha256))
          INSERT INTO multipart_parts (upload_id, part_number, etag, size, checksum_sha256)
          SELECT $1, part_number, etag, size, sha256 FROM p
          ON CONFLICT (upload_id, part_number) DO UPDATE SET etag = EXCLUDED.etag,
-            size = EXCLUDED.size, checksum_sha256 = EXCLUDED.checksum_sha256",
+            size = EXCLUDED.size, checksum_sha256 = EXCLUDED.checksum_sha256"
+        ),
         &[&upload_id, &numbers, &etags, &sizes, &shas],
     )
     .await
     .map_err(pg)?;
     c.execute(
-        "UPDATE multipart_uploads SET updated_at = now() WHERE upload_id = $1",
+        &cached!(
+            c,
+            "UPDATE multipart_uploads SET updated_at = now() WHERE upload_id = $1"
+        ),
         &[&upload_id],
     )
     .await

@@ -229,8 +229,18 @@ impl S3Store {
     /// part written without SSE-KMS, an ETag that is the MD5 of the bytes it kept. When the ETag
     /// has that form and is not the MD5 of what was sent, the body was corrupted on the way:
     /// `ChecksumMismatch`, so the write is sent again instead of being verified by its own marker.
-    fn check_md5_etag(&self, etag: &str, body: &[u8]) -> Result<(), StoreError> {
+    /// Skipped when the store answered with the SHA-256 the executor sent (`echoed_sha256`): it
+    /// verified the body itself, and hashing it again would only cost CPU.
+    fn check_md5_etag(
+        &self,
+        etag: &str,
+        body: &[u8],
+        echoed_sha256: bool,
+    ) -> Result<(), StoreError> {
         use md5::Digest as _;
+        if echoed_sha256 {
+            return Ok(());
+        }
         let plain = etag.len() == 32 && etag.chars().all(|c| c.is_ascii_hexdigit());
         if !plain || matches!(self.sse, Sse::Kms { .. }) {
             return Ok(());
@@ -351,7 +361,9 @@ impl ObjectStore for S3Store {
             .send()
             .await
             .map_err(classify)?;
-        self.check_md5_etag(&unquote(out.e_tag()), &input.body)?;
+        let echoed = self.checksum == ChecksumPolicy::Sha256
+            && sha256_of_header(out.checksum_sha256()) == Some(input.sha256);
+        self.check_md5_etag(&unquote(out.e_tag()), &input.body, echoed)?;
         Ok(ObjectMeta {
             key: input.key,
             size,
@@ -586,7 +598,9 @@ impl ObjectStore for S3Store {
             .send()
             .await
             .map_err(classify)?;
-        self.check_md5_etag(&unquote(out.e_tag()), &body)?;
+        let echoed = self.checksum == ChecksumPolicy::Sha256
+            && sha256_of_header(out.checksum_sha256()) == Some(sha256);
+        self.check_md5_etag(&unquote(out.e_tag()), &body, echoed)?;
         Ok(UploadedPart {
             part_number,
             etag: Some(unquote(out.e_tag())),

@@ -6,12 +6,12 @@ use crate::digest::Sha256Digest;
 use crate::engine::context::node_for;
 use crate::engine::{OpContext, Outcome, Payload};
 use crate::error::Error;
-use crate::ports::StoreErrorKind;
 use crate::model::{
     JournalEntry, NodeChange, NodeMeta, ObjectMeta, OpRequest, UploadSource, UploadedPart,
     Verification,
 };
 use crate::multipart::{file_identity, CompletedUpload, UploadHandle, UploadRequest};
+use crate::ports::StoreErrorKind;
 
 pub(super) async fn act(
     c: &OpContext,

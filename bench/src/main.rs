@@ -1,0 +1,568 @@
+//! The benchmark of filestore-s3 (docs/benchmarks.md): one command that starts a file-backed S3
+//! server (s3s-fs, in a process of its own), uses the Postgres and Redis of `scripts/dev-services.sh`,
+//! generates its data and runs every workload side by side — the executor, a raw aws-sdk-s3 loop
+//! with the same client settings and no Postgres / Redis, and the transfer tools found on the
+//! machine (s5cmd, rclone, aws) — each case in a process of its own, so its peak RSS is its own
+//! (`wait4`). It prints a table with ratios to the baselines of the same run and writes it as JSON.
+
+mod cases;
+mod tools;
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use clap::Parser;
+use serde::{Deserialize, Serialize};
+
+pub const ACCESS_KEY: &str = "bench-access-key";
+pub const SECRET_KEY: &str = "bench-secret-key";
+pub const BUCKET: &str = "bench";
+pub const MOUNT: &str = "b";
+const MIB: u64 = 1024 * 1024;
+
+#[derive(Parser)]
+#[command(about = "filestore-s3 benchmark (docs/benchmarks.md)")]
+enum Cli {
+    /// Runs the workloads and prints the table.
+    Run(RunArgs),
+    /// (internal) Serves s3s-fs over ROOT and prints its endpoint.
+    ServeS3 {
+        #[arg(long)]
+        root: PathBuf,
+    },
+    /// (internal) Runs one measured case and prints `RESULT <json>`.
+    Case {
+        #[arg(long)]
+        spec: String,
+    },
+}
+
+#[derive(clap::Args, Clone)]
+struct RunArgs {
+    /// Tiny sizes (seconds): the smoke run of the test command.
+    #[arg(long)]
+    smoke: bool,
+    /// Workloads to run (W1,W2,W3,W5,W7); all by default.
+    #[arg(long, value_delimiter = ',')]
+    only: Vec<String>,
+    /// Where to write the table as JSON.
+    #[arg(long, default_value = "target/bench/results.json")]
+    out: PathBuf,
+    /// W1 / W7 object size in MiB (default 2048; smoke 8). Every W1 upload writes the same key, so
+    /// the store holds one copy at a time.
+    #[arg(long)]
+    size_mib: Option<u64>,
+    /// W2 object count (default 5000; smoke 200).
+    #[arg(long)]
+    small_count: Option<usize>,
+}
+
+/// Everything a case process needs.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Spec {
+    pub case: String,
+    pub endpoint: String,
+    pub database_url: String,
+    pub redis_url: String,
+    pub schema: String,
+    pub redis_prefix: String,
+    pub file: PathBuf,
+    pub out_file: PathBuf,
+    pub small_dir: PathBuf,
+    pub count: usize,
+    pub in_flight: usize,
+    pub part_size: u64,
+    pub part_concurrency: usize,
+    pub callers: usize,
+    pub ops: usize,
+    pub batch: usize,
+}
+
+/// What a case measured.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Measured {
+    pub seconds: f64,
+    pub bytes: u64,
+    pub ops: u64,
+    pub p50_ms: Option<f64>,
+    pub p99_ms: Option<f64>,
+}
+
+/// One row of the table.
+#[derive(Debug, Clone, Serialize)]
+struct Row {
+    workload: String,
+    case: String,
+    /// Of the row this one is compared with.
+    baseline: Option<String>,
+    unit: &'static str,
+    value: Option<f64>,
+    ratio: Option<f64>,
+    p50_ms: Option<f64>,
+    p99_ms: Option<f64>,
+    peak_rss_mib: Option<f64>,
+    note: String,
+}
+
+pub fn percentile(sorted: &[f64], p: f64) -> Option<f64> {
+    if sorted.is_empty() {
+        return None;
+    }
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    Some(sorted[i])
+}
+
+pub fn latencies(mut v: Vec<f64>) -> (Option<f64>, Option<f64>) {
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    (percentile(&v, 0.50), percentile(&v, 0.99))
+}
+
+fn main() -> Result<()> {
+    match Cli::parse() {
+        Cli::Run(args) => run(args),
+        Cli::ServeS3 { root } => serve_s3(&root),
+        Cli::Case { spec } => {
+            let spec: Spec = serde_json::from_str(&spec)?;
+            let m = cases::run_case(&spec)?;
+            println!("RESULT {}", serde_json::to_string(&m)?);
+            Ok(())
+        }
+    }
+}
+
+fn serve_s3(root: &Path) -> Result<()> {
+    std::fs::create_dir_all(root)?;
+    let rt = tokio::runtime::Runtime::new()?;
+    rt.block_on(async {
+        use hyper_util::rt::{TokioExecutor, TokioIo};
+        use hyper_util::server::conn::auto::Builder as ConnBuilder;
+        let fs = s3s_fs::FileSystem::new(root).map_err(|e| anyhow::anyhow!("{e:?}"))?;
+        let mut b = s3s::service::S3ServiceBuilder::new(fs);
+        b.set_auth(s3s::auth::SimpleAuth::from_single(ACCESS_KEY, SECRET_KEY));
+        let service = b.build();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        println!("http://{}", listener.local_addr()?);
+        std::io::stdout().flush()?;
+        let http = ConnBuilder::new(TokioExecutor::new());
+        loop {
+            let Ok((socket, _)) = listener.accept().await else {
+                continue;
+            };
+            let conn = http
+                .serve_connection(TokioIo::new(socket), service.clone())
+                .into_owned();
+            tokio::spawn(async move {
+                let _ = conn.await;
+            });
+        }
+    })
+}
+
+/// A child process, its stdout, and its peak RSS from `wait4`.
+pub struct Finished {
+    pub ok: bool,
+    pub stdout: String,
+    pub seconds: f64,
+    pub peak_rss_mib: f64,
+    pub log: PathBuf,
+}
+
+pub fn run_measured(mut cmd: Command, log: &Path) -> Result<Finished> {
+    let err = std::fs::File::create(log)?;
+    let started = Instant::now();
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(err)
+        .spawn()
+        .with_context(|| format!("starting {cmd:?}"))?;
+    let mut stdout = String::new();
+    for line in BufReader::new(child.stdout.take().unwrap()).lines() {
+        let line = line?;
+        stdout.push_str(&line);
+        stdout.push('\n');
+    }
+    let pid = child.id() as libc::pid_t;
+    let mut status = 0;
+    // SAFETY: an rusage filled by the kernel; the child is ours and not yet reaped.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    let r = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
+    if r != pid {
+        bail!("wait4 of {pid} failed: {}", std::io::Error::last_os_error());
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    let ok = libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0;
+    // Linux reports ru_maxrss in KiB.
+    Ok(Finished {
+        ok,
+        stdout,
+        seconds,
+        peak_rss_mib: usage.ru_maxrss as f64 / 1024.0,
+        log: log.to_owned(),
+    })
+}
+
+fn pseudo_random_file(path: &Path, size: u64) -> Result<()> {
+    let mut f = std::io::BufWriter::with_capacity(8 << 20, std::fs::File::create(path)?);
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    let mut buf = vec![0u8; 1 << 20];
+    let mut left = size;
+    while left > 0 {
+        for chunk in buf.chunks_mut(8) {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            let b = x.to_le_bytes();
+            chunk.copy_from_slice(&b[..chunk.len()]);
+        }
+        let n = left.min(buf.len() as u64) as usize;
+        f.write_all(&buf[..n])?;
+        left -= n as u64;
+    }
+    f.flush()?;
+    Ok(())
+}
+
+struct Bench {
+    exe: PathBuf,
+    work: PathBuf,
+    base: Spec,
+    rows: Vec<Row>,
+}
+
+impl Bench {
+    fn case(&mut self, workload: &str, spec: Spec, unit: &'static str) -> Option<(Measured, f64)> {
+        let log = self.work.join(format!("{}.log", spec.case));
+        let mut cmd = Command::new(&self.exe);
+        cmd.arg("case")
+            .arg("--spec")
+            .arg(serde_json::to_string(&spec).unwrap());
+        eprintln!("  {workload} {} ...", spec.case);
+        let result = run_measured(cmd, &log).and_then(|f| {
+            let line = f
+                .stdout
+                .lines()
+                .find_map(|l| l.strip_prefix("RESULT "))
+                .map(str::to_owned);
+            match (f.ok, line) {
+                (true, Some(line)) => {
+                    Ok((serde_json::from_str::<Measured>(&line)?, f.peak_rss_mib))
+                }
+                _ => bail!(
+                    "case {} failed; its log {}:\n{}",
+                    spec.case,
+                    f.log.display(),
+                    std::fs::read_to_string(&f.log).unwrap_or_default()
+                ),
+            }
+        });
+        match result {
+            Ok((m, rss)) => {
+                self.push(workload, &spec.case, unit, &m, Some(rss), String::new());
+                Some((m, rss))
+            }
+            Err(e) => {
+                eprintln!("{e:#}");
+                let first = format!("{e}").lines().next().unwrap_or("").to_owned();
+                self.note_row(workload, &spec.case, unit, format!("FAILED: {first}"));
+                None
+            }
+        }
+    }
+
+    fn push(
+        &mut self,
+        workload: &str,
+        case: &str,
+        unit: &'static str,
+        m: &Measured,
+        rss: Option<f64>,
+        note: String,
+    ) {
+        let value = match unit {
+            "MB/s" => m.bytes as f64 / 1e6 / m.seconds,
+            _ => m.ops as f64 / m.seconds,
+        };
+        self.rows.push(Row {
+            workload: workload.into(),
+            case: case.into(),
+            baseline: None,
+            unit,
+            value: Some(value),
+            ratio: None,
+            p50_ms: m.p50_ms,
+            p99_ms: m.p99_ms,
+            peak_rss_mib: rss,
+            note,
+        });
+    }
+
+    fn skipped(&mut self, workload: &str, case: &str, unit: &'static str, why: String) {
+        self.note_row(workload, case, unit, format!("skipped: {why}"));
+    }
+
+    /// A row without figures: a case that was skipped or failed.
+    fn note_row(&mut self, workload: &str, case: &str, unit: &'static str, note: String) {
+        self.rows.push(Row {
+            workload: workload.into(),
+            case: case.into(),
+            baseline: None,
+            unit,
+            value: None,
+            ratio: None,
+            p50_ms: None,
+            p99_ms: None,
+            peak_rss_mib: None,
+            note,
+        });
+    }
+
+    fn spec(&self, case: &str) -> Spec {
+        Spec {
+            case: case.into(),
+            ..self.base.clone()
+        }
+    }
+
+    /// Sets `case`'s ratio to `baseline` (same workload): value / baseline value.
+    fn compare(&mut self, workload: &str, case: &str, baseline: &str) {
+        let base = self
+            .rows
+            .iter()
+            .find(|r| r.workload == workload && r.case == baseline)
+            .and_then(|r| r.value);
+        for r in self
+            .rows
+            .iter_mut()
+            .filter(|r| r.workload == workload && r.case == case)
+        {
+            r.baseline = Some(baseline.into());
+            r.ratio = match (r.value, base) {
+                (Some(v), Some(b)) if b > 0.0 => Some(v / b),
+                _ => None,
+            };
+        }
+    }
+}
+
+fn run(args: RunArgs) -> Result<()> {
+    let wants =
+        |w: &str| args.only.is_empty() || args.only.iter().any(|o| o.eq_ignore_ascii_case(w));
+    let size = args.size_mib.unwrap_or(if args.smoke { 8 } else { 2048 }) * MIB;
+    let small_count = args
+        .small_count
+        .unwrap_or(if args.smoke { 200 } else { 5000 });
+    let shm = Path::new("/dev/shm");
+    let parent = if shm.is_dir() && !args.smoke {
+        shm.to_owned()
+    } else {
+        std::env::temp_dir()
+    };
+    let work = parent.join(format!("filestore-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&work)?;
+    let exe = std::env::current_exe()?;
+    eprintln!(
+        "work directory: {} (data and the S3 server's store)",
+        work.display()
+    );
+
+    // The S3 server, in a process of its own.
+    let mut server = Command::new(&exe)
+        .arg("serve-s3")
+        .arg("--root")
+        .arg(work.join("store"))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()?;
+    let mut endpoint = String::new();
+    BufReader::new(server.stdout.take().unwrap()).read_line(&mut endpoint)?;
+    let endpoint = endpoint.trim().to_owned();
+    if endpoint.is_empty() {
+        bail!("the s3s-fs server did not start");
+    }
+    eprintln!("s3s-fs at {endpoint}");
+
+    let database_url = std::env::var("FILESTORE_DATABASE_URL")
+        .unwrap_or_else(|_| filestore_s3::config::DEFAULT_DATABASE_URL.into());
+    let redis_url = std::env::var("FILESTORE_REDIS_URL")
+        .unwrap_or_else(|_| filestore_s3::config::DEFAULT_REDIS_URL.into());
+    let schema = format!("bench_{}", std::process::id());
+    let base = Spec {
+        case: String::new(),
+        endpoint: endpoint.clone(),
+        database_url: database_url.clone(),
+        redis_url,
+        schema: schema.clone(),
+        redis_prefix: format!("bench-{}", std::process::id()),
+        file: work.join("data/big.bin"),
+        out_file: work.join("data/download.bin"),
+        small_dir: work.join("data/small"),
+        count: small_count,
+        in_flight: 32,
+        part_size: filestore_s3::actors::mount::DEFAULT_PART_SIZE_BYTES,
+        part_concurrency: filestore_s3::actors::mount::DEFAULT_PART_CONCURRENCY as usize,
+        callers: 1,
+        ops: 0,
+        batch: 64,
+    };
+    let rt = tokio::runtime::Runtime::new()?;
+    rt.block_on(cases::prepare(&base))?;
+
+    std::fs::create_dir_all(&base.small_dir)?;
+    if wants("W1") || wants("W7") {
+        eprintln!("generating {} MiB of data", size / MIB);
+        pseudo_random_file(&base.file, size)?;
+    }
+    if wants("W2") || wants("W5") {
+        for i in 0..small_count {
+            pseudo_random_file(&base.small_dir.join(format!("f{i:05}")), 16 * 1024)?;
+        }
+    }
+
+    let mut b = Bench {
+        exe,
+        work: work.clone(),
+        base,
+        rows: Vec::new(),
+    };
+    let tools = tools::Tools::find();
+    let env = tools::ToolEnv::new(&work, &endpoint, b.base.part_size, b.base.part_concurrency)?;
+
+    if wants("W1") {
+        let w = "W1";
+        b.case(w, b.spec("sdk-put-file"), "MB/s");
+        b.case(w, b.spec("exec-put-file"), "MB/s");
+        b.case(w, b.spec("exec-put-stream"), "MB/s");
+        b.case(w, b.spec("exec-put-file-checksum-none"), "MB/s");
+        tools::upload_one(&mut b, &tools, &env, w);
+        for c in [
+            "exec-put-file",
+            "exec-put-stream",
+            "exec-put-file-checksum-none",
+        ] {
+            b.compare(w, c, "sdk-put-file");
+        }
+        for c in tools::TOOL_CASES_ONE {
+            b.compare(w, c, "sdk-put-file");
+        }
+    }
+    if wants("W2") {
+        let w = "W2";
+        b.case(w, b.spec("sdk-small-put-head"), "objects/s");
+        b.case(w, b.spec("sdk-small-put"), "objects/s");
+        b.case(w, b.spec("exec-small-head-verified"), "objects/s");
+        tools::upload_many(&mut b, &tools, &env, w);
+        b.compare(w, "exec-small-head-verified", "sdk-small-put-head");
+        b.compare(w, "sdk-small-put", "sdk-small-put-head");
+        for c in tools::TOOL_CASES_MANY {
+            b.compare(w, c, "sdk-small-put");
+        }
+    }
+    if wants("W3") {
+        let w = "W3";
+        let ops = if args.smoke { 200 } else { 6000 };
+        for callers in [1usize, 8, 64] {
+            for (name, batch) in [("one-tx-per-op", 1usize), ("group-commit", 64)] {
+                let mut s = b.spec(&format!("committer-{name}-{callers}"));
+                s.callers = callers;
+                s.ops = ops;
+                s.batch = batch;
+                b.case(w, s, "ops/s");
+            }
+            b.compare(
+                w,
+                &format!("committer-group-commit-{callers}"),
+                &format!("committer-one-tx-per-op-{callers}"),
+            );
+        }
+        tools::pgbench(&mut b, &tools, args.smoke);
+        b.compare(w, "committer-group-commit-64", "pgbench-batched-ceiling");
+    }
+    if wants("W5") {
+        let w = "W5";
+        let n = small_count.min(if args.smoke { 100 } else { 1000 });
+        for c in ["sdk-copy", "exec-copy", "sdk-delete", "exec-delete"] {
+            let mut s = b.spec(c);
+            s.count = n;
+            b.case(w, s, "ops/s");
+        }
+        b.compare(w, "exec-copy", "sdk-copy");
+        b.compare(w, "exec-delete", "sdk-delete");
+    }
+    if wants("W7") {
+        let w = "W7";
+        b.case(w, b.spec("sdk-get-file"), "MB/s");
+        b.case(w, b.spec("exec-get-file"), "MB/s");
+        tools::download_one(&mut b, &tools, &env, w);
+        b.compare(w, "exec-get-file", "sdk-get-file");
+        for c in tools::TOOL_CASES_GET {
+            b.compare(w, c, "sdk-get-file");
+        }
+    }
+
+    let _ = server.kill();
+    let _ = server.wait();
+    rt.block_on(cases::drop_schema(&database_url, &schema));
+    let _ = std::fs::remove_dir_all(&work);
+
+    print_table(&b.rows, size, small_count);
+    if let Some(dir) = args.out.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let mut by_workload: BTreeMap<String, Vec<&Row>> = BTreeMap::new();
+    for r in &b.rows {
+        by_workload.entry(r.workload.clone()).or_default().push(r);
+    }
+    let json = serde_json::json!({
+        "size_bytes": size,
+        "small_count": small_count,
+        "smoke": args.smoke,
+        "workloads": by_workload,
+    });
+    std::fs::write(&args.out, serde_json::to_string_pretty(&json)?)?;
+    eprintln!("table written to {}", args.out.display());
+    let failed: Vec<&Row> = b
+        .rows
+        .iter()
+        .filter(|r| r.note.starts_with("FAILED"))
+        .collect();
+    if !failed.is_empty() {
+        bail!("{} case(s) failed", failed.len());
+    }
+    Ok(())
+}
+
+fn print_table(rows: &[Row], size: u64, small_count: usize) {
+    println!(
+        "\nW1/W7: {} MiB object; W2: {small_count} x 16 KiB at 32 in flight",
+        size / MIB
+    );
+    println!(
+        "{:<4} {:<34} {:>11} {:<9} {:>8} {:>9} {:>9} {:>9}  vs / note",
+        "", "case", "value", "unit", "ratio", "p50 ms", "p99 ms", "RSS MiB"
+    );
+    let f = |v: Option<f64>, d: usize| v.map_or("-".to_owned(), |v| format!("{v:.d$}"));
+    for r in rows {
+        println!(
+            "{:<4} {:<34} {:>11} {:<9} {:>8} {:>9} {:>9} {:>9}  {}{}",
+            r.workload,
+            r.case,
+            f(r.value, 1),
+            r.unit,
+            f(r.ratio, 2),
+            f(r.p50_ms, 2),
+            f(r.p99_ms, 2),
+            f(r.peak_rss_mib, 0),
+            r.baseline.as_deref().unwrap_or(""),
+            if r.note.is_empty() {
+                String::new()
+            } else {
+                format!(" {}", r.note)
+            }
+        );
+    }
+}
