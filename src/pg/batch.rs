@@ -1,4 +1,4 @@
-//! Group commit: a committer's queued writes in one transaction, each in a savepoint of its own.
+//! Group commit: a committer's queued writes in one transaction, each atomic on its own.
 
 use deadpool_postgres::Transaction;
 use filestore_s3_actors::ports::{BatchResult, MetaError, MetaOutput, MetaWrite};
@@ -6,14 +6,14 @@ use filestore_s3_actors::ports::{BatchResult, MetaError, MetaOutput, MetaWrite};
 use super::{journal, multipart, pg, PgMetaStore};
 
 impl PgMetaStore {
-    /// One transaction, fenced once. A write refused for good rolls back to its savepoint and
-    /// reports its error; a retryable failure (or the fence) ends the transaction and fails the
-    /// whole batch, which the committer sends again (every write is idempotent).
+    /// One transaction, fenced once. A write refused for good is rolled back alone (the batch is
+    /// written again with a savepoint per write) and reports its error; a retryable failure (or
+    /// the fence) ends the transaction and fails the whole batch, which the committer sends again
+    /// (every write is idempotent).
     pub(super) async fn do_apply(&self, writes: &[MetaWrite]) -> BatchResult {
         let mut c = self.client().await?;
-        let mut tx = c.transaction().await.map_err(pg)?;
+        let tx = c.transaction().await.map_err(pg)?;
         self.fenced(&tx).await?;
-        let mut out = Vec::with_capacity(writes.len());
         if let [write] = writes {
             // Alone in its transaction: no savepoint needed.
             return match self.write_in(&tx, write).await {
@@ -25,6 +25,29 @@ impl PgMetaStore {
                 Err(e) => Ok(vec![Err(e)]),
             };
         }
+        // Writes are rarely refused, so first without savepoints (two round trips less per
+        // write); if one is refused, the transaction is rolled back and the batch written again
+        // with a savepoint around each write, so the refusal stays that write's alone.
+        let mut out = Vec::with_capacity(writes.len());
+        let mut refused = false;
+        for write in writes {
+            match self.write_in(&tx, write).await {
+                Ok(o) => out.push(Ok(o)),
+                Err(e) if e.retryable || e.fenced => return Err(e),
+                Err(_) => {
+                    refused = true;
+                    break;
+                }
+            }
+        }
+        if !refused {
+            tx.commit().await.map_err(pg)?;
+            return Ok(out);
+        }
+        tx.rollback().await.map_err(pg)?;
+        let mut tx = c.transaction().await.map_err(pg)?;
+        self.fenced(&tx).await?;
+        let mut out = Vec::with_capacity(writes.len());
         for write in writes {
             let sp = tx.savepoint("write").await.map_err(pg)?;
             match self.write_in(&sp, write).await {

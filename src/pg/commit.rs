@@ -3,6 +3,10 @@
 use deadpool_postgres::Transaction;
 use filestore_s3_actors::model::{CommitRecord, NodeChange, NodeMeta, OpKind, OpResult};
 use filestore_s3_actors::ports::MetaError;
+use tokio_postgres::types::ToSql;
+
+/// The parameters of one statement.
+type Params<'a, const N: usize> = [&'a (dyn ToSql + Sync); N];
 
 use super::{corrupt, pg, to_i64, PgMetaStore};
 
@@ -28,10 +32,9 @@ async fn upsert_node(
     let size = to_i64(m.size, "size")?;
     let sha = m.sha256.to_hex();
     let verified = m.verified.as_str();
-    tx.execute(
-        &cached!(
-            tx,
-            "INSERT INTO nodes (mount, path, object_key, size, etag, sha256, storage_class,
+    let node = cached!(
+        tx,
+        "INSERT INTO nodes (mount, path, object_key, size, etag, sha256, storage_class,
                             last_modified, generation, journal_id, verified, sse, not_applied)
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)
          ON CONFLICT (mount, path) DO UPDATE SET object_key = EXCLUDED.object_key,
@@ -40,48 +43,47 @@ async fn upsert_node(
             generation = EXCLUDED.generation, journal_id = EXCLUDED.journal_id,
             verified = EXCLUDED.verified, sse = EXCLUDED.sse, not_applied = EXCLUDED.not_applied,
             updated_at = now()"
-        ),
-        &[
-            &r.mount,
-            &r.path,
-            &r.key,
-            &size,
-            &m.etag,
-            &sha,
-            &m.storage_class,
-            &m.last_modified,
-            &generation,
-            &r.journal_id,
-            &verified,
-            &m.sse,
-            &m.not_applied,
-        ],
-    )
-    .await
-    .map_err(pg)?;
-    tx.execute(
-        &cached!(
-            tx,
-            "INSERT INTO snapshots (mount, path, generation, deleted, object_key, size, etag,
+    );
+    let snapshot = cached!(
+        tx,
+        "INSERT INTO snapshots (mount, path, generation, deleted, object_key, size, etag,
                                 sha256, storage_class, last_modified, journal_id, verified)
          VALUES ($1, $2, $3, false, $4, $5, $6, $7, $8, $9, $10, $11)"
-        ),
-        &[
-            &r.mount,
-            &r.path,
-            &generation,
-            &r.key,
-            &size,
-            &m.etag,
-            &sha,
-            &m.storage_class,
-            &m.last_modified,
-            &r.journal_id,
-            &verified,
-        ],
-    )
-    .await
-    .map_err(pg)?;
+    );
+    // Independent: sent together (pipelined), one round trip.
+    let node_params: [&(dyn ToSql + Sync); 13] = [
+        &r.mount,
+        &r.path,
+        &r.key,
+        &size,
+        &m.etag,
+        &sha,
+        &m.storage_class,
+        &m.last_modified,
+        &generation,
+        &r.journal_id,
+        &verified,
+        &m.sse,
+        &m.not_applied,
+    ];
+    let snapshot_params: [&(dyn ToSql + Sync); 11] = [
+        &r.mount,
+        &r.path,
+        &generation,
+        &r.key,
+        &size,
+        &m.etag,
+        &sha,
+        &m.storage_class,
+        &m.last_modified,
+        &r.journal_id,
+        &verified,
+    ];
+    let upsert = tx.execute(&node, &node_params);
+    let record = tx.execute(&snapshot, &snapshot_params);
+    futures::future::try_join(upsert, record)
+        .await
+        .map_err(pg)?;
     Ok(())
 }
 
@@ -213,43 +215,53 @@ impl PgMetaStore {
             Some(f) => (Some(f.owner.as_str()), Some(f.epoch)),
             None => (None, None),
         };
-        tx.execute(
-            &cached!(tx, "UPDATE journal SET state = 'committed', result = $2, error = NULL, updated_at = now(),
+        // The rest are independent of each other: sent together, one round trip (tokio-postgres
+        // pipelines the requests of futures polled at once).
+        let mark = cached!(
+            tx,
+            "UPDATE journal SET state = 'committed', result = $2, error = NULL, updated_at = now(),
                 committed_by = $3, committed_epoch = $4
-             WHERE id = $1"),
-            &[&r.journal_id, &result_json, &by, &epoch],
-        )
-        .await
-        .map_err(pg)?;
+             WHERE id = $1"
+        );
         // Every open upload of this operation is done with: the one it completed, and any a
         // recovered copy no longer names.
-        tx.execute(
-            &cached!(
-                tx,
-                "UPDATE multipart_uploads SET state = 'completed', updated_at = now()
+        let uploads = cached!(
+            tx,
+            "UPDATE multipart_uploads SET state = 'completed', updated_at = now()
              WHERE journal_id = $1 AND state = 'open'"
-            ),
-            &[&r.journal_id],
-        )
-        .await
-        .map_err(pg)?;
-        for (stream_mount, event) in &events {
-            let event_json = serde_json::to_value(event).map_err(|e| corrupt("event", e))?;
-            tx.execute(
-                &cached!(tx, "INSERT INTO outbox (event_id, mount, journal_id, payload) VALUES ($1, $2, $3, $4)"),
-                &[&event.event_id, stream_mount, &r.journal_id, &event_json],
-            )
-            .await
-            .map_err(pg)?;
-            // Delivered at commit: wakes the notifier of the mount's owner, in whatever process
-            // (a move across mounts writes an event for a mount another committer serves).
-            tx.execute(
-                &cached!(tx, "SELECT pg_notify(current_schema() || '.outbox', $1)"),
-                &[stream_mount],
-            )
-            .await
-            .map_err(pg)?;
+        );
+        let outbox = cached!(
+            tx,
+            "INSERT INTO outbox (event_id, mount, journal_id, payload) VALUES ($1, $2, $3, $4)"
+        );
+        // Delivered at commit: wakes the notifier of the mount's owner, in whatever process (a
+        // move across mounts writes an event for a mount another committer serves).
+        let notify = cached!(tx, "SELECT pg_notify(current_schema() || '.outbox', $1)");
+        let payloads = events
+            .iter()
+            .map(|(_, event)| serde_json::to_value(event).map_err(|e| corrupt("event", e)))
+            .collect::<Result<Vec<_>, _>>()?;
+        let mark_params: [&(dyn ToSql + Sync); 4] = [&r.journal_id, &result_json, &by, &epoch];
+        let upload_params: [&(dyn ToSql + Sync); 1] = [&r.journal_id];
+        let event_params: Vec<(Params<'_, 4>, Params<'_, 1>)> = events
+            .iter()
+            .zip(&payloads)
+            .map(|((stream_mount, event), payload)| {
+                let outbox: [&(dyn ToSql + Sync); 4] =
+                    [&event.event_id, stream_mount, &r.journal_id, payload];
+                let notify: [&(dyn ToSql + Sync); 1] = [stream_mount];
+                (outbox, notify)
+            })
+            .collect();
+        let mut writes = vec![
+            tx.execute(&mark, &mark_params),
+            tx.execute(&uploads, &upload_params),
+        ];
+        for (o, n) in &event_params {
+            writes.push(tx.execute(&outbox, o));
+            writes.push(tx.execute(&notify, n));
         }
+        futures::future::try_join_all(writes).await.map_err(pg)?;
         Ok(result)
     }
 }
