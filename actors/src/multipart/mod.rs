@@ -643,7 +643,7 @@ async fn upload_parts(
 ) -> Result<(Vec<UploadedPart>, u64, Sha256Digest), Error> {
     let concurrency = job.concurrency.max(1);
     let what = source_name(&job.source);
-    let mut hasher = Sha256::new();
+    let mut hasher = Some(Sha256::new());
     let mut in_flight = FuturesUnordered::new();
     let mut size = 0u64;
     let mut part_number = 0i32;
@@ -653,7 +653,38 @@ async fn upload_parts(
             let part: UploadedPart = in_flight.next().await.expect("non-empty")?;
             done.insert(part.part_number, part);
         }
-        let buf = read_part(reader, part_size, &what).await?;
+        // The next part is read and hashed while the parts in flight keep uploading: they are
+        // polled meanwhile, and the hashing runs on a blocking thread, not on the actor's.
+        let (buf, h, part_sha) = {
+            let next = async {
+                let buf = read_part(reader, part_size, &what).await?;
+                let mut h = hasher
+                    .take()
+                    .expect("the hasher is put back after each part");
+                let (buf, h, part_sha) = tokio::task::spawn_blocking(move || {
+                    h.update(&buf);
+                    let part_sha = Sha256Digest::of(&buf);
+                    (buf, h, part_sha)
+                })
+                .await
+                .map_err(|e| Error::Source {
+                    what: what.clone(),
+                    message: format!("hashing a part: {e}"),
+                })?;
+                Ok::<_, Error>((buf, h, part_sha))
+            };
+            tokio::pin!(next);
+            loop {
+                tokio::select! {
+                    read = &mut next => break read?,
+                    Some(part) = in_flight.next(), if !in_flight.is_empty() => {
+                        let part: UploadedPart = part?;
+                        done.insert(part.part_number, part);
+                    }
+                }
+            }
+        };
+        hasher = Some(h);
         if buf.is_empty() && part_number > 0 {
             break;
         }
@@ -667,8 +698,6 @@ async fn upload_parts(
         }
         let last = (buf.len() as u64) < part_size;
         size += buf.len() as u64;
-        hasher.update(&buf);
-        let part_sha = Sha256Digest::of(&buf);
         if let Some(prev) = done.get(&part_number) {
             let same = prev.size == buf.len() as u64 && prev.sha256.is_none_or(|s| s == part_sha);
             if !same {
@@ -706,7 +735,7 @@ async fn upload_parts(
     Ok((
         done.into_values().collect(),
         size,
-        Sha256Digest::finish(hasher),
+        Sha256Digest::finish(hasher.expect("the hasher is put back after each part")),
     ))
 }
 
