@@ -69,9 +69,11 @@ pub fn default_owner_id() -> String {
     format!("{host}:{}:{}", std::process::id(), &instance[..8])
 }
 
-fn redact(url: &str) -> String {
-    // scheme://user:password@host → scheme://user:***@host
-    match (url.find("://"), url.rfind('@')) {
+/// A connection string without its password: `scheme://user:password@host` →
+/// `scheme://user:***@host`, and any `password=...` (a URL query parameter or a libpq
+/// `key=value` string) → `password=***`.
+pub fn redact(url: &str) -> String {
+    let mut out = match (url.find("://"), url.rfind('@')) {
         (Some(s), Some(at)) if at > s => {
             let userinfo = &url[s + 3..at];
             match userinfo.find(':') {
@@ -80,7 +82,16 @@ fn redact(url: &str) -> String {
             }
         }
         _ => url.to_owned(),
+    };
+    let lower = out.to_ascii_lowercase();
+    if let Some(i) = lower.find("password=") {
+        let start = i + "password=".len();
+        let end = out[start..]
+            .find(['&', ' ', '#'])
+            .map_or(out.len(), |e| start + e);
+        out.replace_range(start..end, "***");
     }
+    out
 }
 
 impl std::fmt::Debug for ExecutorConfig {
@@ -137,6 +148,7 @@ pub const CONFIG_VARIABLES: &[&str] = &[
     "FILESTORE_S3_ATTEMPT_TIMEOUT_MS",
     "FILESTORE_S3_STALL_GRACE_MS",
     "FILESTORE_STS_ENDPOINT",
+    "FILESTORE_S3_ALLOW_INSECURE_HTTP",
     "FILESTORE_S3_MAX_ATTEMPTS",
     "FILESTORE_S3_RETRY_BUDGET",
     "FILESTORE_LEASE_TTL_MS",
@@ -263,6 +275,9 @@ impl ExecutorConfig {
         if let Some(v) = vars.get("FILESTORE_STS_ENDPOINT") {
             c.s3.sts_endpoint = Some(v).filter(|v| !v.is_empty());
         }
+        if let Some(v) = vars.parse::<bool>("FILESTORE_S3_ALLOW_INSECURE_HTTP")? {
+            c.s3.allow_insecure_http = v;
+        }
         if let Some(n) = vars.parse::<u32>("FILESTORE_S3_MAX_ATTEMPTS")? {
             c.supervisor.retry.max_attempts = n;
         }
@@ -385,6 +400,18 @@ mod tests {
         assert!(!s.contains("secret"), "{s}");
         assert!(!s.contains("\"SK\""), "{s}");
         assert!(s.contains("u:***@h"), "{s}");
+        for (raw, hidden) in [
+            ("host=db user=fs password=hunter2 dbname=x", "hunter2"),
+            (
+                "postgres://db/x?sslmode=require&password=hunter2",
+                "hunter2",
+            ),
+            ("rediss://:hunter2@cache:6380/0", "hunter2"),
+            ("redis://default:hunter2@cache/", "hunter2"),
+        ] {
+            let r = redact(raw);
+            assert!(!r.contains(hidden) && r.contains("***"), "{raw} -> {r}");
+        }
     }
 
     #[test]

@@ -155,6 +155,9 @@ struct MountArgs {
     /// Endpoint URL of an S3-compatible store.
     #[arg(long)]
     endpoint: Option<String>,
+    /// Accept a plain-http endpoint that is not loopback (unencrypted; off by default).
+    #[arg(long)]
+    allow_insecure_http: bool,
     #[arg(long)]
     path_style: bool,
     /// none | aes256 | aws:kms
@@ -211,6 +214,7 @@ impl MountArgs {
         let mut r = MountRow::new(&self.name, &self.bucket, &self.prefix);
         r.region = self.region.clone();
         r.endpoint = self.endpoint.clone();
+        r.allow_insecure_http = self.allow_insecure_http;
         r.path_style = self.path_style;
         r.sse_mode = self.sse_mode.clone();
         r.kms_key_id = self.kms_key_id.clone();

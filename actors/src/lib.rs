@@ -23,6 +23,7 @@ pub mod retry;
 pub mod supervisor;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
+pub mod validate;
 
 pub use digest::Sha256Digest;
 pub use error::Error;

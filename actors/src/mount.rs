@@ -79,6 +79,9 @@ pub struct MountRow {
     pub role_external_id: Option<String>,
     /// Session name of the assumed role (`assume_role` only; default `filestore-s3-<mount>`).
     pub role_session_name: Option<String>,
+    /// Accept a plain `http://` endpoint that is not loopback (credentials-signed requests and
+    /// object data then cross the network unencrypted). Off by default.
+    pub allow_insecure_http: bool,
 }
 
 impl MountRow {
@@ -109,6 +112,7 @@ impl MountRow {
             role_arn: None,
             role_external_id: None,
             role_session_name: None,
+            allow_insecure_http: false,
         }
     }
 }
@@ -306,13 +310,11 @@ impl MountSpec {
                 format!("'{}' is not a region name like 'us-east-1'", row.region),
             ));
         }
+        if row.region.len() > 32 {
+            return Err(err("region", "is longer than 32 characters".into()));
+        }
         if let Some(ep) = &row.endpoint {
-            if !(ep.starts_with("http://") || ep.starts_with("https://")) || ep.len() < 10 {
-                return Err(err(
-                    "endpoint",
-                    format!("'{ep}' must be an http:// or https:// URL"),
-                ));
-            }
+            validate_endpoint(ep, row.allow_insecure_http).map_err(|r| err("endpoint", r))?;
         }
         let sse = match row.sse_mode.as_str() {
             "none" => {
@@ -325,9 +327,13 @@ impl MountSpec {
                 Sse::None
             }
             "aes256" => Sse::Aes256,
-            "aws:kms" => Sse::Kms {
-                key_id: row.kms_key_id.clone().filter(|k| !k.is_empty()),
-            },
+            "aws:kms" => {
+                let key_id = row.kms_key_id.clone().filter(|k| !k.is_empty());
+                if let Some(k) = &key_id {
+                    validate_kms_key_id(k).map_err(|r| err("kms_key_id", r))?;
+                }
+                Sse::Kms { key_id }
+            }
             other => {
                 return Err(err(
                     "sse_mode",
@@ -548,6 +554,63 @@ fn credential_source(row: &MountRow) -> Result<CredentialSource, (&'static str, 
     }
 }
 
+/// Checks an S3 endpoint URL: `http` or `https`, a host, no user name or password (credentials
+/// never go in a URL), no query or fragment. A plain `http` endpoint must be a loopback address
+/// (`localhost`, `127.0.0.0/8`, `::1`) unless `allow_insecure_http` is set.
+pub fn validate_endpoint(ep: &str, allow_insecure_http: bool) -> Result<(), String> {
+    let shown = ep.escape_debug().to_string();
+    let url = url::Url::parse(ep).map_err(|e| format!("'{shown}' is not a URL ({e})"))?;
+    if !url.username().is_empty() || url.password().is_some() {
+        // Not echoed: the URL holds what may be a secret.
+        return Err(
+            "holds a user name or password; credentials never go in the endpoint URL (use the mount's credentials_source)".into(),
+        );
+    }
+    let host = match url.host() {
+        Some(h) => h,
+        None => return Err(format!("'{shown}' has no host")),
+    };
+    if url.query().is_some() || url.fragment().is_some() {
+        return Err(format!("'{shown}' must not have a query or fragment"));
+    }
+    let loopback = match &host {
+        url::Host::Domain(d) => d.eq_ignore_ascii_case("localhost"),
+        url::Host::Ipv4(ip) => ip.is_loopback(),
+        url::Host::Ipv6(ip) => ip.is_loopback(),
+    };
+    match url.scheme() {
+        "https" => Ok(()),
+        "http" if loopback || allow_insecure_http => Ok(()),
+        "http" => Err(format!(
+            "'{shown}' is plain http to a host that is not loopback; use https, or set allow_insecure_http on the mount to accept it"
+        )),
+        other => Err(format!(
+            "'{shown}' has scheme '{other}'; only http and https are accepted"
+        )),
+    }
+}
+
+/// Checks the form of a KMS key id: a key id, a multi-Region key id (`mrk-...`), an alias
+/// (`alias/...`) or an ARN of either; at most 2048 characters of the characters those use.
+pub fn validate_kms_key_id(k: &str) -> Result<(), String> {
+    if k.len() > 2048
+        || !k
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || ":/_-".contains(c))
+    {
+        return Err(
+            "must be a KMS key id, alias/NAME or an ARN (letters, digits, ':', '/', '_', '-', at most 2048)".into(),
+        );
+    }
+    let arn = k.starts_with("arn:aws") && k.split(':').nth(2) == Some("kms");
+    if !(arn || k.starts_with("alias/") || !k.contains([':', '/'])) {
+        return Err(format!(
+            "'{k}' is neither a key id, alias/NAME nor a KMS ARN (arn:aws:kms:REGION:ACCOUNT:key/ID)"
+        ));
+    }
+    Ok(())
+}
+
 /// Checks a bucket name against S3's general-purpose bucket naming rules.
 pub fn validate_bucket(b: &str) -> Result<(), String> {
     if !(3..=63).contains(&b.len()) {
@@ -693,6 +756,36 @@ mod tests {
                 "endpoint",
                 Box::new(|r| r.endpoint = Some("localhost:9000".into())),
             ),
+            (
+                "endpoint",
+                Box::new(|r| r.endpoint = Some("file:///etc/passwd".into())),
+            ),
+            (
+                "endpoint",
+                Box::new(|r| r.endpoint = Some("https://AKIA:secret@s3.example.com".into())),
+            ),
+            (
+                "endpoint",
+                Box::new(|r| r.endpoint = Some("http://s3.internal.example:9000".into())),
+            ),
+            (
+                "endpoint",
+                Box::new(|r| r.endpoint = Some("https://s3.example.com/?x=1".into())),
+            ),
+            (
+                "kms_key_id",
+                Box::new(|r| {
+                    r.sse_mode = "aws:kms".into();
+                    r.kms_key_id = Some("arn:aws:s3:::not-a-key".into());
+                }),
+            ),
+            (
+                "kms_key_id",
+                Box::new(|r| {
+                    r.sse_mode = "aws:kms".into();
+                    r.kms_key_id = Some("key id with spaces".into());
+                }),
+            ),
             ("region", Box::new(|r| r.region = "US East".into())),
             ("name", Box::new(|r| r.name = "has space".into())),
         ];
@@ -702,6 +795,37 @@ mod tests {
             let e = MountSpec::from_row(&r).unwrap_err();
             assert_eq!(e.field, field, "{e}");
             assert!(e.to_string().contains(&r.name), "{e}");
+        }
+    }
+
+    #[test]
+    fn endpoints_loopback_http_and_the_insecure_opt_in() {
+        for ok in [
+            "http://127.0.0.1:9000",
+            "http://localhost:9000",
+            "http://[::1]:9000/",
+            "https://s3.eu-west-1.amazonaws.com",
+            "https://minio.example.com:9000/s3",
+        ] {
+            assert!(validate_endpoint(ok, false).is_ok(), "{ok}");
+        }
+        assert!(validate_endpoint("http://10.0.0.5:9000", false).is_err());
+        assert!(validate_endpoint("http://10.0.0.5:9000", true).is_ok());
+        let e = validate_endpoint("https://user:hunter2@s3.example.com", true).unwrap_err();
+        assert!(!e.contains("hunter2"), "{e}");
+        let mut r = row();
+        r.endpoint = Some("http://minio.lan:9000".into());
+        assert!(MountSpec::from_row(&r).is_err());
+        r.allow_insecure_http = true;
+        assert!(MountSpec::from_row(&r).is_ok());
+        for k in [
+            "1234abcd-12ab-34cd-56ef-1234567890ab",
+            "mrk-1234abcd12ab34cd56ef1234567890ab",
+            "alias/app-data",
+            "arn:aws:kms:eu-west-1:123456789012:key/1234abcd-12ab-34cd-56ef-1234567890ab",
+            "arn:aws:kms:eu-west-1:123456789012:alias/app-data",
+        ] {
+            assert!(validate_kms_key_id(k).is_ok(), "{k}");
         }
     }
 

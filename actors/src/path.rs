@@ -1,9 +1,24 @@
 //! Filestore path <-> object key translation.
 //!
 //! A Filestore path is a `/`-separated list of segments, relative to the mount root. A leading `/`
-//! is accepted and dropped, so `/a/b` and `a/b` name the same node. Every segment must be non-empty,
-//! must not be `.` or `..`, and must not hold NUL or other control characters. The object key is the
-//! mount prefix followed by the path; it may not exceed [`MAX_KEY_BYTES`].
+//! is accepted and dropped, so `/a/b` and `a/b` name the same node. The object key is the mount
+//! prefix followed by the path; it may not exceed [`MAX_KEY_BYTES`]. A path is refused when:
+//!
+//! - a segment is empty (`a//b`, a trailing `/`) or is `.` / `..`;
+//! - a segment *decodes* to `.` / `..`, or hides a separator or control character, once
+//!   percent-decoding is applied (up to three times: `%2e%2e`, `%252e%252e`, `a%2fb`, `%5c`,
+//!   `%00`) — the key itself would be harmless in S3, but any consumer that decodes keys (a web
+//!   front end, a sync tool) would see a traversal;
+//! - it holds a backslash (a separator on Windows and to many tools);
+//! - it holds NUL or another control character (Unicode category Cc), or an invisible format
+//!   character that changes how a name reads without being seen (bidirectional overrides and
+//!   isolates, zero-width space / joiners, the byte-order mark, soft hyphen, tag characters);
+//! - it is not in Unicode normalisation form C: `é` as one code point and as `e` + combining
+//!   accent would be two keys that look the same; the error carries the NFC form to send instead.
+//!
+//! Look-alike characters from other scripts (Cyrillic `а` for Latin `a`, a no-break space) are
+//! accepted and stored byte for byte: they are legitimate in names, and which scripts a tenant may
+//! mix is the caller's naming policy, not the storage layer's.
 
 use std::fmt;
 
@@ -40,6 +55,43 @@ pub enum PathError {
         /// Byte offset in the path.
         byte_offset: usize,
     },
+    /// A backslash, which Windows and many tools read as a separator.
+    #[error("path contains a backslash at byte {byte_offset}; use '/' to separate segments")]
+    Backslash {
+        /// Byte offset in the path.
+        byte_offset: usize,
+    },
+    /// A segment that percent-decodes to `.` / `..` or to something holding `/`, `\` or a control
+    /// character.
+    #[error("path segment {index} '{segment}' decodes to '{decoded}', a relative segment or separator once percent-decoded")]
+    EncodedTraversal {
+        /// Zero-based segment index.
+        index: usize,
+        /// The segment as given.
+        segment: String,
+        /// What it decodes to (control characters escaped).
+        decoded: String,
+    },
+    /// An invisible formatting character (bidi override, zero-width space, BOM, ...).
+    #[error("path contains the invisible format character U+{code:04X} at byte {byte_offset}")]
+    InvisibleCharacter {
+        /// Unicode scalar value of the character.
+        code: u32,
+        /// Byte offset in the path.
+        byte_offset: usize,
+    },
+    /// The path is not in Unicode normalisation form C.
+    #[error("path is not in Unicode normalisation form C; send it as '{nfc}'")]
+    NotNormalized {
+        /// The NFC form of the path.
+        nfc: String,
+    },
+    /// Bytes that are not UTF-8, at a boundary that takes bytes.
+    #[error("path is not valid UTF-8 (invalid byte at offset {valid_up_to})")]
+    InvalidUtf8 {
+        /// Length of the valid UTF-8 prefix.
+        valid_up_to: usize,
+    },
     /// The resulting object key is longer than S3 allows.
     #[error("object key would be {len} bytes, S3 allows at most {MAX_KEY_BYTES}")]
     KeyTooLong {
@@ -62,6 +114,16 @@ impl FsPath {
         }
         check_segments(trimmed)?;
         Ok(FsPath(trimmed.to_owned()))
+    }
+
+    /// Validates a path given as bytes (a command-line argument, a field of a binary protocol).
+    pub fn from_bytes(raw: &[u8]) -> Result<Self, PathError> {
+        match std::str::from_utf8(raw) {
+            Ok(s) => FsPath::parse(s),
+            Err(e) => Err(PathError::InvalidUtf8 {
+                valid_up_to: e.valid_up_to(),
+            }),
+        }
     }
 
     /// The path as a string, without a leading slash.
@@ -121,12 +183,51 @@ impl DirPath {
     }
 }
 
+/// Invisible format characters that change how a name reads (or hide characters) without being
+/// seen: soft hyphen, Arabic letter mark, Mongolian vowel separator, zero-width space / non-joiner /
+/// joiner, LRM / RLM, bidi embeddings / overrides / isolates, word joiner and invisible operators,
+/// BOM / zero-width no-break space, interlinear annotation, tag characters.
+fn is_invisible_format(c: char) -> bool {
+    matches!(c as u32,
+        0x00AD | 0x061C | 0x180E | 0x200B..=0x200F | 0x202A..=0x202E | 0x2060..=0x206F
+        | 0xFEFF | 0xFFF9..=0xFFFB | 0xE0000..=0xE007F)
+}
+
+/// `seg` percent-decoded until it stops changing (at most three rounds), if it changes at all.
+fn percent_decoded(seg: &str) -> Option<String> {
+    if !seg.contains('%') {
+        return None;
+    }
+    let mut cur = seg.to_owned();
+    for _ in 0..3 {
+        let next = percent_encoding::percent_decode_str(&cur)
+            .decode_utf8_lossy()
+            .into_owned();
+        if next == cur {
+            break;
+        }
+        cur = next;
+    }
+    (cur != seg).then_some(cur)
+}
+
 fn check_segments(s: &str) -> Result<(), PathError> {
-    if let Some((byte_offset, c)) = s.char_indices().find(|(_, c)| c.is_control()) {
-        return Err(PathError::ControlCharacter {
-            code: c as u32,
-            byte_offset,
-        });
+    for (byte_offset, c) in s.char_indices() {
+        if c.is_control() {
+            return Err(PathError::ControlCharacter {
+                code: c as u32,
+                byte_offset,
+            });
+        }
+        if c == '\\' {
+            return Err(PathError::Backslash { byte_offset });
+        }
+        if is_invisible_format(c) {
+            return Err(PathError::InvisibleCharacter {
+                code: c as u32,
+                byte_offset,
+            });
+        }
     }
     for (index, seg) in s.split('/').enumerate() {
         match seg {
@@ -139,6 +240,25 @@ fn check_segments(s: &str) -> Result<(), PathError> {
             }
             _ => {}
         }
+        if let Some(decoded) = percent_decoded(seg) {
+            if decoded == "."
+                || decoded == ".."
+                || decoded.contains(['/', '\\'])
+                || decoded.chars().any(char::is_control)
+            {
+                return Err(PathError::EncodedTraversal {
+                    index,
+                    segment: seg.to_owned(),
+                    decoded: decoded.escape_debug().to_string(),
+                });
+            }
+        }
+    }
+    if !unicode_normalization::is_nfc(s) {
+        use unicode_normalization::UnicodeNormalization;
+        return Err(PathError::NotNormalized {
+            nfc: s.nfc().collect(),
+        });
     }
     Ok(())
 }
@@ -298,6 +418,76 @@ mod tests {
     }
 
     #[test]
+    fn rejects_disguised_traversal_and_invisible_characters() {
+        assert_eq!(
+            FsPath::parse("a\\..\\b"),
+            Err(PathError::Backslash { byte_offset: 1 })
+        );
+        for (raw, index, decoded) in [
+            ("a/%2e%2e/b", 1, ".."),
+            ("%2E", 0, "."),
+            (".%2e/x", 0, ".."),
+            ("a/%252e%252e", 1, ".."),
+            ("a%2fb", 0, "a/b"),
+            ("x/a%5Cb", 1, "a\\\\b"),
+            ("a%00b", 0, "a\\0b"),
+        ] {
+            match FsPath::parse(raw) {
+                Err(PathError::EncodedTraversal {
+                    index: i,
+                    decoded: d,
+                    ..
+                }) => {
+                    assert_eq!((i, d.as_str()), (index, decoded), "{raw}")
+                }
+                other => panic!("{raw}: {other:?}"),
+            }
+        }
+        // A percent sign that decodes to something harmless is an ordinary character.
+        assert!(FsPath::parse("100%25 done/%41.txt").is_ok());
+        for c in [
+            '\u{202E}',
+            '\u{200B}',
+            '\u{FEFF}',
+            '\u{2066}',
+            '\u{00AD}',
+            '\u{E0041}',
+        ] {
+            let raw = format!("ab{c}cd");
+            assert_eq!(
+                FsPath::parse(&raw),
+                Err(PathError::InvisibleCharacter {
+                    code: c as u32,
+                    byte_offset: 2
+                }),
+                "U+{:04X}",
+                c as u32
+            );
+        }
+    }
+
+    #[test]
+    fn only_nfc_is_accepted_and_look_alikes_are_kept() {
+        let decomposed = "cafe\u{0301}.txt";
+        assert_eq!(
+            FsPath::parse(decomposed),
+            Err(PathError::NotNormalized {
+                nfc: "caf\u{e9}.txt".into()
+            })
+        );
+        assert!(FsPath::parse("caf\u{e9}.txt").is_ok());
+        // Cyrillic 'а' (U+0430) and Latin 'a' are two different, accepted names.
+        let cyr = FsPath::parse("\u{0430}pp.bin").unwrap();
+        let lat = FsPath::parse("app.bin").unwrap();
+        assert_ne!(cyr, lat);
+        assert_eq!(
+            FsPath::from_bytes(b"ok/\xffbad"),
+            Err(PathError::InvalidUtf8 { valid_up_to: 3 })
+        );
+        assert_eq!(FsPath::from_bytes(b"ok/fine").unwrap().as_str(), "ok/fine");
+    }
+
+    #[test]
     fn key_length_counts_prefix_and_bytes() {
         let m = KeyMapper::new("pre").unwrap();
         let ok = "é".repeat((MAX_KEY_BYTES - 4) / 2);
@@ -344,7 +534,7 @@ mod tests {
     }
 
     fn segment() -> impl Strategy<Value = String> {
-        "[^/\\p{Cc}]{1,12}".prop_filter("dot segments", |s| s != "." && s != "..")
+        "[^/\\p{Cc}]{1,12}".prop_filter("segments the rules refuse", |s| FsPath::parse(s).is_ok())
     }
 
     proptest! {

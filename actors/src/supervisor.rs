@@ -28,10 +28,10 @@ use crate::ports::{
     ChangePublisher, MetaError, MetaStore, MountDirectory, ObjectBody, ObjectStore, StoreErrorKind,
 };
 use crate::retry::{store_call, MountCounters, RetryPolicy};
+use crate::validate;
 use chrono::{DateTime, Utc};
 
-/// Longest accepted idempotency key, in bytes.
-pub const MAX_IDEMPOTENCY_KEY_BYTES: usize = 255;
+pub use crate::validate::MAX_IDEMPOTENCY_KEY_BYTES;
 
 /// Tunables shared by every supervisor of an executor.
 #[derive(Debug, Clone, Copy)]
@@ -457,7 +457,7 @@ impl MountSupervisor {
             return refuse(e);
         }
         let key = match idempotency_key {
-            Some(k) => match validate_idempotency_key(&k) {
+            Some(k) => match crate::validate::idempotency_key(&k) {
                 Ok(()) => k,
                 Err(e) => return refuse(e),
             },
@@ -652,23 +652,6 @@ fn refuse<T: 'static>(e: Error) -> ResponseFuture<Result<T, Error>> {
     Box::pin(async move { Err(e) })
 }
 
-fn validate_idempotency_key(k: &str) -> Result<(), Error> {
-    if k.is_empty() || k.len() > MAX_IDEMPOTENCY_KEY_BYTES {
-        return Err(Error::InvalidIdempotencyKey {
-            reason: format!(
-                "must be 1-{MAX_IDEMPOTENCY_KEY_BYTES} bytes, got {}",
-                k.len()
-            ),
-        });
-    }
-    if k.chars().any(char::is_control) {
-        return Err(Error::InvalidIdempotencyKey {
-            reason: "must not contain control characters".into(),
-        });
-    }
-    Ok(())
-}
-
 impl Actor for MountSupervisor {
     type Context = Context<Self>;
 
@@ -745,6 +728,9 @@ impl Handler<PutObject> for MountSupervisor {
     type Result = ResponseFuture<Reply>;
 
     fn handle(&mut self, msg: PutObject, ctx: &mut Self::Context) -> Self::Result {
+        if let Some(Err(e)) = msg.content_type.as_deref().map(validate::content_type) {
+            return refuse(e);
+        }
         let size = msg.body.len() as u64;
         if size > self.spec.multipart_threshold {
             return refuse(Error::TooLarge {
@@ -773,6 +759,12 @@ impl Handler<PutLargeObject> for MountSupervisor {
     type Result = ResponseFuture<Reply>;
 
     fn handle(&mut self, msg: PutLargeObject, ctx: &mut Self::Context) -> Self::Result {
+        if let Some(Err(e)) = msg.content_type.as_deref().map(validate::content_type) {
+            return refuse(e);
+        }
+        if let Some(Err(e)) = msg.size.map(validate::object_size) {
+            return refuse(e);
+        }
         let key = match self.key_of(&msg.path) {
             Ok(k) => k,
             Err(e) => return refuse(e),
@@ -800,6 +792,9 @@ impl Handler<OpenObject> for MountSupervisor {
     type Result = ResponseFuture<Result<(Option<Node>, ObjectBody), Error>>;
 
     fn handle(&mut self, msg: OpenObject, _ctx: &mut Self::Context) -> Self::Result {
+        if let Some(Err(e)) = msg.range.as_ref().map(validate::range) {
+            return refuse(e);
+        }
         let key = match self.key_of(&msg.path) {
             Ok(k) => k,
             Err(e) => return refuse(e),
@@ -877,6 +872,9 @@ impl Handler<ListObjects> for MountSupervisor {
     type Result = ResponseFuture<Result<ListPage, Error>>;
 
     fn handle(&mut self, msg: ListObjects, _ctx: &mut Self::Context) -> Self::Result {
+        if let Err(e) = validate::list_page(msg.token.as_deref(), msg.max_keys) {
+            return refuse(e);
+        }
         let spec = self.spec.clone();
         let store = self.store.clone();
         let (retry, counters) = (self.settings.retry, self.counters.clone());

@@ -58,13 +58,14 @@ struct FeedState {
 impl S3Executor {
     /// Follows mount `mount`'s events committed after `after` (0: from the first one): first
     /// every stored event, then new ones as they are committed. The stream ends only with an
-    /// error (e.g. an unknown mount); drop it to stop following.
+    /// error (e.g. an unknown mount, a negative cursor); drop it to stop following.
     pub fn follow(
         &self,
         mount: &str,
         after: i64,
         opts: FollowOptions,
     ) -> impl Stream<Item = Result<FeedEvent, Error>> + Send + 'static {
+        let refused = filestore_s3_actors::validate::feed_cursor(after).err();
         let state = FeedState {
             exec: self.clone(),
             mount: mount.to_owned(),
@@ -73,17 +74,20 @@ impl S3Executor {
             wake: None,
             opts,
         };
-        futures::stream::unfold(Some(state), |state| async move {
+        futures::stream::unfold((refused, Some(state)), |(refused, state)| async move {
+            if let Some(e) = refused {
+                return Some((Err(e), (None, None)));
+            }
             let mut st = state?;
             loop {
                 if let Some(e) = st.buffer.pop_front() {
                     st.cursor = e.cursor;
-                    return Some((Ok(e), Some(st)));
+                    return Some((Ok(e), (None, Some(st))));
                 }
                 match st.fetch().await {
                     Ok(true) => continue,
                     Ok(false) => st.wait().await,
-                    Err(e) => return Some((Err(e), None)),
+                    Err(e) => return Some((Err(e), (None, None))),
                 }
             }
         })

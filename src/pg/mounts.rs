@@ -14,9 +14,9 @@ impl PgMetaStore {
                 kms_key_id, canned_acl, storage_class, multipart_threshold, part_size, part_concurrency,
                 verify_window_ms, checksum, enabled, multipart_failure_policy, copy_threshold,
                 settings_policy, credentials_source, credentials_profile, role_arn,
-                role_external_id, role_session_name)
+                role_external_id, role_session_name, allow_insecure_http)
              VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13,$14,$15,$16,$17,$18,$19,$20,$21,$22,
-                $23,$24)
+                $23,$24,$25)
              ON CONFLICT (name) DO UPDATE SET bucket = EXCLUDED.bucket, prefix = EXCLUDED.prefix,
                 region = EXCLUDED.region, endpoint = EXCLUDED.endpoint, path_style = EXCLUDED.path_style,
                 sse_mode = EXCLUDED.sse_mode, kms_key_id = EXCLUDED.kms_key_id,
@@ -30,6 +30,7 @@ impl PgMetaStore {
                 credentials_profile = EXCLUDED.credentials_profile, role_arn = EXCLUDED.role_arn,
                 role_external_id = EXCLUDED.role_external_id,
                 role_session_name = EXCLUDED.role_session_name,
+                allow_insecure_http = EXCLUDED.allow_insecure_http,
                 updated_at = now()",
             &[
                 &r.name,
@@ -56,6 +57,7 @@ impl PgMetaStore {
                 &r.role_arn,
                 &r.role_external_id,
                 &r.role_session_name,
+                &r.allow_insecure_http,
             ],
         )
         .await
@@ -71,7 +73,7 @@ impl PgMetaStore {
                         canned_acl, storage_class, multipart_threshold, part_size, part_concurrency,
                         verify_window_ms, checksum, enabled, multipart_failure_policy,
                         copy_threshold, settings_policy, credentials_source, credentials_profile,
-                        role_arn, role_external_id, role_session_name
+                        role_arn, role_external_id, role_session_name, allow_insecure_http
                  FROM backend_mounts ORDER BY name",
                 &[],
             )
@@ -104,6 +106,7 @@ impl PgMetaStore {
                 role_arn: r.get("role_arn"),
                 role_external_id: r.get("role_external_id"),
                 role_session_name: r.get("role_session_name"),
+                allow_insecure_http: r.get("allow_insecure_http"),
             })
             .collect())
     }

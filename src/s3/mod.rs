@@ -24,7 +24,9 @@ use base64::Engine as _;
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use filestore_s3_actors::model::{ObjectMeta, RawListing, WriteMarker};
-use filestore_s3_actors::mount::{ChecksumPolicy, CredentialSource, MountSpec, Sse};
+use filestore_s3_actors::mount::{
+    validate_endpoint, ChecksumPolicy, CredentialSource, MountSpec, Sse,
+};
 use filestore_s3_actors::ports::{
     ByteRange, CopyObjectInput, ObjectBody, ObjectStore, ObjectStoreFactory, PartCopyInput,
     PutObjectInput, StoreError, StoreErrorKind, UploadedPart,
@@ -50,6 +52,10 @@ pub struct S3Settings {
     /// A streamed body (a download, an upload) that moves no byte for this long is cut
     /// (the SDK's stalled-stream protection); a download then asks for the rest again.
     pub stall_grace: Duration,
+    /// Accept a plain-http endpoint that is not loopback when it comes from the environment
+    /// (`AWS_ENDPOINT_URL_S3`, `AWS_ENDPOINT_URL`) rather than from a mount row
+    /// (`FILESTORE_S3_ALLOW_INSECURE_HTTP`); a mount row has its own `allow_insecure_http`.
+    pub allow_insecure_http: bool,
 }
 
 impl std::fmt::Debug for S3Settings {
@@ -64,6 +70,7 @@ impl std::fmt::Debug for S3Settings {
             .field("connect_timeout", &self.connect_timeout)
             .field("attempt_timeout", &self.attempt_timeout)
             .field("stall_grace", &self.stall_grace)
+            .field("allow_insecure_http", &self.allow_insecure_http)
             .finish()
     }
 }
@@ -76,6 +83,7 @@ impl Default for S3Settings {
             connect_timeout: Duration::from_secs(5),
             attempt_timeout: Duration::from_secs(60),
             stall_grace: Duration::from_secs(10),
+            allow_insecure_http: false,
         }
     }
 }
@@ -178,8 +186,24 @@ impl S3StoreFactory {
                     .grace_period(self.settings.stall_grace)
                     .build(),
             );
-        if let Some(ep) = &spec.endpoint {
-            b = b.endpoint_url(ep);
+        match &spec.endpoint {
+            Some(ep) => b = b.endpoint_url(ep),
+            None => {
+                // An endpoint from the environment is held to the same transport rule as one
+                // from a mount row.
+                let from_env = ["AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL"]
+                    .iter()
+                    .find_map(|v| std::env::var(v).ok().filter(|e| !e.is_empty()))
+                    .or_else(|| self.base.endpoint_url().map(str::to_owned));
+                if let Some(ep) = from_env {
+                    validate_endpoint(&ep, self.settings.allow_insecure_http).map_err(|r| {
+                        StoreError::new(
+                            StoreErrorKind::Config,
+                            format!("mount '{}': the endpoint from the environment {r} (FILESTORE_S3_ALLOW_INSECURE_HTTP for the executor)", spec.name),
+                        )
+                    })?;
+                }
+            }
         }
         if let Some(provider) = self.credentials_for(spec)? {
             b = b.credentials_provider(provider);

@@ -269,6 +269,8 @@ impl TestEnv {
         row.region = t.region.clone();
         row.path_style = t.path_style;
         row.verify_window_ms = 5_000;
+        row.allow_insecure_http =
+            env("FILESTORE_TEST_S3_ALLOW_INSECURE_HTTP").is_some_and(|v| v == "1" || v == "true");
         edit(&mut row);
         let direct_endpoint = row.endpoint.clone();
         if let Some(ep) = endpoint_override {
