@@ -23,6 +23,18 @@ pub struct PutOptions {
 }
 
 impl PutOptions {
+    /// Checks the options before any byte is read (the supervisor checks them again).
+    pub(crate) fn check(&self) -> Result<(), filestore_s3_actors::Error> {
+        use filestore_s3_actors::validate;
+        if let Some(ct) = &self.content_type {
+            validate::content_type(ct)?;
+        }
+        if let Some(k) = &self.idempotency_key {
+            validate::idempotency_key(k)?;
+        }
+        Ok(())
+    }
+
     pub(crate) fn condition(&self) -> WriteCondition {
         WriteCondition {
             if_none_match: self.if_none_match,

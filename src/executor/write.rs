@@ -22,6 +22,7 @@ impl S3Executor {
         body: impl Into<Bytes>,
         opts: PutOptions,
     ) -> Result<OpResult, Error> {
+        opts.check()?;
         let body = body.into();
         let sha256 = Sha256Digest::of(&body);
         self.put_prepared(mount, path, body, sha256, opts).await
@@ -37,6 +38,7 @@ impl S3Executor {
         file: impl AsRef<Path>,
         opts: PutOptions,
     ) -> Result<OpResult, Error> {
+        opts.check()?;
         let (_, spec, _) = self.mount(mount)?;
         let source_err = |e: String| Error::Source {
             what: file.as_ref().display().to_string(),
@@ -84,6 +86,7 @@ impl S3Executor {
         mut reader: R,
         opts: PutOptions,
     ) -> Result<OpResult, Error> {
+        opts.check()?;
         let (addr, spec, _) = self.mount(mount)?;
         let fs_path = FsPath::parse(path).map_err(|e| invalid_path(path, e))?;
         spec.keys
