@@ -19,6 +19,9 @@ use futures::StreamExt;
 
 const MIB: usize = 1024 * 1024;
 
+type PathCheck = fn(&PathError) -> bool;
+type EventCheck = fn(&EventError) -> bool;
+
 /// What the executor could have changed.
 #[derive(Debug, PartialEq)]
 struct World {
@@ -161,7 +164,7 @@ async fn hostile_inputs_are_refused_with_typed_errors_and_change_nothing() {
     let mut n = 0usize;
 
     // --- Paths, through put / get / stat / list / delete / copy / move ---
-    let bad_paths: Vec<(String, fn(&PathError) -> bool)> = vec![
+    let bad_paths: Vec<(String, PathCheck)> = vec![
         ("".into(), |e| matches!(e, PathError::Empty)),
         ("/".into(), |e| matches!(e, PathError::Empty)),
         ("a//b".into(), |e| {
@@ -404,7 +407,7 @@ async fn hostile_inputs_are_refused_with_typed_errors_and_change_nothing() {
         },
         Error::InvalidRequest { field: "after", .. }
     );
-    let payloads: Vec<(&str, Vec<u8>, fn(&EventError) -> bool)> = vec![
+    let payloads: Vec<(&str, Vec<u8>, EventCheck)> = vec![
         ("not JSON", b"{\"v\":1,".to_vec(), |e| {
             matches!(e, EventError::Malformed(_))
         }),
