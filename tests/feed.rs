@@ -7,6 +7,7 @@ mod common;
 
 use std::time::Duration;
 
+use common::ownredis::OwnRedis;
 use common::{Backend, TestEnv};
 use filestore_s3::{FeedEvent, FollowOptions, PutOptions};
 use futures::StreamExt;
@@ -131,87 +132,6 @@ async fn events_written_elsewhere_are_relayed_at_once() {
     assert_eq!(events[1].1["op"], "move");
     assert!(started.elapsed() < Duration::from_secs(15));
     env.cleanup().await;
-}
-
-/// A Redis server of the test's own on a free loopback port, so that it can be restarted.
-struct OwnRedis {
-    port: u16,
-    dir: tempfile::TempDir,
-    child: Option<std::process::Child>,
-    /// Keep the data across restarts (append-only file).
-    persistent: bool,
-}
-
-impl OwnRedis {
-    fn start() -> Self {
-        Self::start_with(false)
-    }
-
-    fn start_with(persistent: bool) -> Self {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let mut r = OwnRedis {
-            port,
-            dir: tempfile::tempdir().unwrap(),
-            child: None,
-            persistent,
-        };
-        r.up();
-        r
-    }
-
-    fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
-    }
-
-    fn up(&mut self) {
-        let child = std::process::Command::new("redis-server")
-            .args(["--bind", "127.0.0.1", "--port", &self.port.to_string()])
-            .args(["--save", ""])
-            .args(["--appendonly", if self.persistent { "yes" } else { "no" }])
-            .arg("--dir")
-            .arg(self.dir.path())
-            .stdout(std::process::Stdio::null())
-            .spawn()
-            .expect("redis-server is installed (scripts/dev-services.sh installs it)");
-        self.child = Some(child);
-        let deadline = std::time::Instant::now() + Duration::from_secs(10);
-        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "redis-server did not start"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    /// Stops the server the orderly way (SIGTERM: it writes its append-only file first).
-    fn stop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let pid = c.id().to_string();
-            let _ = std::process::Command::new("kill")
-                .args(["-TERM", &pid])
-                .status();
-            c.wait().unwrap();
-        }
-    }
-
-    /// Kills the server (SIGKILL: it keeps nothing, like a crashed cache).
-    fn kill(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            c.kill().unwrap();
-            c.wait().unwrap();
-        }
-    }
-}
-
-impl Drop for OwnRedis {
-    fn drop(&mut self) {
-        self.kill();
-    }
 }
 
 /// Redis crashes and restarts while a watcher follows the mount and operations commit: the

@@ -74,8 +74,9 @@ pub enum Error {
         /// The key.
         key: String,
     },
-    /// The object store failed.
-    #[error("S3 {op} of '{key}' failed: {source}")]
+    /// The object store failed. When the store denied access, the message names the IAM
+    /// permission the operation needs (see [`required_permission`]).
+    #[error("S3 {op} of '{key}' failed: {source}{}", denied_hint(op, source))]
     Storage {
         /// S3 operation.
         op: &'static str,
@@ -228,5 +229,39 @@ impl Error {
             path: path.escape_debug().to_string(),
             source,
         }
+    }
+}
+
+/// The IAM permission an S3 operation of the executor needs (the operation names are those in
+/// [`Error::Storage`]), with the KMS permissions it needs under SSE-KMS.
+pub fn required_permission(op: &str) -> &'static str {
+    match op {
+        "PUT" => "s3:PutObject (and kms:GenerateDataKey on the mount's KMS key under SSE-KMS)",
+        "CreateMultipartUpload" | "UploadPart" | "CompleteMultipartUpload" => {
+            "s3:PutObject (and kms:GenerateDataKey plus kms:Decrypt on the mount's KMS key under SSE-KMS)"
+        }
+        "GET" | "HEAD" => {
+            "s3:GetObject (and kms:Decrypt for an SSE-KMS object; without s3:ListBucket a missing key also answers AccessDenied)"
+        }
+        "LIST" => "s3:ListBucket on the bucket",
+        "DELETE" => "s3:DeleteObject",
+        "CopyObject" | "UploadPartCopy" => {
+            "s3:GetObject on the source and s3:PutObject on the destination (and kms:Decrypt on the source's key, kms:GenerateDataKey on the destination's, under SSE-KMS)"
+        }
+        "ListParts" => "s3:ListMultipartUploadParts",
+        "AbortMultipartUpload" => "s3:AbortMultipartUpload",
+        "ListMultipartUploads" => "s3:ListBucketMultipartUploads on the bucket",
+        _ => "the S3 permission of this operation",
+    }
+}
+
+fn denied_hint(op: &str, source: &StoreError) -> String {
+    if source.kind == crate::ports::StoreErrorKind::AccessDenied {
+        format!(
+            "; access denied: the mount's credentials need {}",
+            required_permission(op)
+        )
+    } else {
+        String::new()
     }
 }

@@ -8,6 +8,7 @@
 
 pub mod faultproxy;
 pub mod invariants;
+pub mod ownredis;
 pub mod pgcluster;
 
 use std::sync::atomic::{AtomicU32, Ordering};

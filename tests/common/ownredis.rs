@@ -1,0 +1,103 @@
+//! A Redis server of a test's own.
+
+use std::time::Duration;
+
+/// A Redis server of the test's own on a free loopback port, so that it can be restarted.
+pub struct OwnRedis {
+    /// Required password (`requirepass`), if any.
+    pub password: Option<String>,
+    pub port: u16,
+    dir: tempfile::TempDir,
+    child: Option<std::process::Child>,
+    /// Keep the data across restarts (append-only file).
+    persistent: bool,
+}
+
+impl OwnRedis {
+    pub fn start() -> Self {
+        Self::start_with(false)
+    }
+
+    /// A server that requires `password`.
+    pub fn with_password(password: &str) -> Self {
+        Self::spawn(false, Some(password.to_owned()))
+    }
+
+    pub fn start_with(persistent: bool) -> Self {
+        Self::spawn(persistent, None)
+    }
+
+    fn spawn(persistent: bool, password: Option<String>) -> Self {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let mut r = OwnRedis {
+            port,
+            dir: tempfile::tempdir().unwrap(),
+            child: None,
+            persistent,
+            password,
+        };
+        r.up();
+        r
+    }
+
+    pub fn url(&self) -> String {
+        match &self.password {
+            Some(p) => format!("redis://:{p}@127.0.0.1:{}", self.port),
+            None => format!("redis://127.0.0.1:{}", self.port),
+        }
+    }
+
+    pub fn up(&mut self) {
+        let mut cmd = std::process::Command::new("redis-server");
+        if let Some(p) = &self.password {
+            cmd.args(["--requirepass", p]);
+        }
+        let child = cmd
+            .args(["--bind", "127.0.0.1", "--port", &self.port.to_string()])
+            .args(["--save", ""])
+            .args(["--appendonly", if self.persistent { "yes" } else { "no" }])
+            .arg("--dir")
+            .arg(self.dir.path())
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("redis-server is installed (scripts/dev-services.sh installs it)");
+        self.child = Some(child);
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "redis-server did not start"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Stops the server the orderly way (SIGTERM: it writes its append-only file first).
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let pid = c.id().to_string();
+            let _ = std::process::Command::new("kill")
+                .args(["-TERM", &pid])
+                .status();
+            c.wait().unwrap();
+        }
+    }
+
+    /// Kills the server (SIGKILL: it keeps nothing, like a crashed cache).
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            c.kill().unwrap();
+            c.wait().unwrap();
+        }
+    }
+}
+
+impl Drop for OwnRedis {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
