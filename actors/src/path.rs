@@ -349,7 +349,9 @@ impl KeyMapper {
                 reason: format!("prefix is outside the mount prefix '{}'", self.prefix),
             })?;
         let inner = rest.strip_suffix('/').unwrap_or(rest);
-        if inner.is_empty() || inner.starts_with('/') {
+        // `inner` must not end in '/' either: `d//` is not the directory `d` (found by the
+        // property run: listing `d` would show other keys than those under `d//`).
+        if inner.is_empty() || inner.starts_with('/') || inner.ends_with('/') {
             return Err(UnmappedKey {
                 key: common_prefix.to_owned(),
                 reason: "common prefix has an empty segment".into(),
@@ -521,6 +523,10 @@ mod tests {
         assert!(m.path_for("data/a/../b").is_err());
         assert_eq!(m.dir_for("data/x/").unwrap().as_str(), "x");
         assert!(m.dir_for("data//").is_err());
+        assert!(
+            m.dir_for("data/x//").is_err(),
+            "regression: d// is not the directory d"
+        );
     }
 
     #[test]
