@@ -14,6 +14,7 @@ pub mod http;
 pub mod pg;
 pub mod redis;
 pub mod s3;
+pub mod tls;
 
 pub use config::ExecutorConfig;
 pub use executor::{

@@ -682,8 +682,7 @@ async fn demo(config: ExecutorConfig, args: DemoArgs) -> anyhow::Result<()> {
     tokio::time::sleep(Duration::from_millis(500)).await;
     exec.shutdown().await;
 
-    let (pg, conn) = tokio_postgres::connect(&config.database_url, tokio_postgres::NoTls).await?;
-    tokio::spawn(conn);
+    let pg = filestore_s3::pg::connect(&config.database_url).await?;
     println!("\n-- {}.nodes (mount 'demo')", config.schema);
     for r in pg
         .query(
@@ -711,7 +710,7 @@ async fn demo(config: ExecutorConfig, args: DemoArgs) -> anyhow::Result<()> {
         .await?
         .get(0);
 
-    let client = redis::Client::open(config.redis_url.as_str())?;
+    let client = filestore_s3::tls::redis_client(&config.redis_url)?;
     let mut conn = client.get_multiplexed_async_connection().await?;
     let stream = filestore_s3::redis::RedisKeys::new(&config.redis_prefix).stream("demo");
     let entries: redis::streams::StreamRangeReply = redis::cmd("XREVRANGE")

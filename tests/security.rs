@@ -224,6 +224,13 @@ async fn no_secret_in_logs_errors_or_debug_output() {
         ))
         .with_redis_url(redis_url.clone());
     no_pg.s3 = wrong.s3.clone();
+    let e = match filestore_s3::tls::redis_client(&format!(
+        "redis://:{REDIS_PASSWORD}@cache:notaport/0"
+    )) {
+        Err(e) => e,
+        Ok(_) => panic!("an invalid Redis URL was accepted"),
+    };
+    texts.push(("invalid Redis URL".into(), format!("{e} / {e:?}")));
     let e = S3Executor::start(no_pg)
         .await
         .err()

@@ -155,7 +155,7 @@ async fn subscribe(
     channel: String,
 ) -> Option<futures::stream::BoxStream<'static, ()>> {
     {
-        let client = redis::Client::open(url.as_str()).ok()?;
+        let client = crate::tls::redis_client(&url).ok()?;
         let connect = tokio::time::timeout(Duration::from_secs(2), client.get_async_pubsub());
         let mut pubsub = match connect.await {
             Ok(Ok(p)) => p,

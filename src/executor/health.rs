@@ -171,7 +171,7 @@ impl S3Executor {
 
     async fn ping_redis(&self) -> Result<(), String> {
         let client =
-            redis::Client::open(self.config().redis_url.as_str()).map_err(|e| e.to_string())?;
+            crate::tls::redis_client(&self.config().redis_url).map_err(|e| e.to_string())?;
         let ping = async {
             let mut conn = client.get_multiplexed_async_connection().await?;
             redis::cmd("PING").query_async::<String>(&mut conn).await

@@ -2,7 +2,7 @@
 
 use futures::StreamExt;
 use tokio::sync::mpsc;
-use tokio_postgres::{AsyncMessage, NoTls};
+use tokio_postgres::AsyncMessage;
 
 use super::meta_error;
 use super::migrate::pg_config;
@@ -25,7 +25,10 @@ pub async fn listen_mount_changes(
     schema: &str,
 ) -> Result<(tokio_postgres::Client, mpsc::Receiver<Change>), Error> {
     let cfg = pg_config(url, schema)?;
-    let (client, mut conn) = cfg.connect(NoTls).await.map_err(meta_error)?;
+    let (client, mut conn) = cfg
+        .connect(crate::tls::pg_connector()?)
+        .await
+        .map_err(meta_error)?;
     let (tx, rx) = mpsc::channel(256);
     let outbox_channel = format!("{schema}.outbox");
     tokio::spawn(async move {

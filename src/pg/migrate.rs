@@ -4,7 +4,6 @@
 use std::time::Duration;
 
 use filestore_s3_actors::Error;
-use tokio_postgres::NoTls;
 
 use super::meta_error;
 
@@ -35,12 +34,36 @@ pub fn validate_schema(schema: &str) -> Result<(), Error> {
     }
 }
 
+/// TLS only when the URL asks for it (`sslmode=require`, verified: see [`crate::tls`]); `prefer`,
+/// the default, would otherwise try TLS against servers with self-signed certificates.
+fn tls_only_when_required(cfg: &mut tokio_postgres::Config) {
+    if cfg.get_ssl_mode() != tokio_postgres::config::SslMode::Require {
+        cfg.ssl_mode(tokio_postgres::config::SslMode::Disable);
+    }
+}
+
+/// One connection to `url` as it stands (no schema set), with TLS as for the executor's own
+/// connections; the connection's task is spawned.
+pub async fn connect(url: &str) -> Result<tokio_postgres::Client, Error> {
+    let mut cfg: tokio_postgres::Config = url
+        .parse()
+        .map_err(|e| Error::Config(format!("database URL is invalid: {e}")))?;
+    tls_only_when_required(&mut cfg);
+    let (client, conn) = cfg
+        .connect(crate::tls::pg_connector()?)
+        .await
+        .map_err(meta_error)?;
+    tokio::spawn(conn);
+    Ok(client)
+}
+
 pub(super) fn pg_config(url: &str, schema: &str) -> Result<tokio_postgres::Config, Error> {
     validate_schema(schema)?;
     let mut cfg: tokio_postgres::Config = url
         .parse()
         .map_err(|e| Error::Config(format!("database URL is invalid: {e}")))?;
     cfg.options(format!("-c search_path={schema}"));
+    tls_only_when_required(&mut cfg);
     if cfg.get_connect_timeout().is_none() {
         cfg.connect_timeout(Duration::from_secs(5));
     }
@@ -52,7 +75,10 @@ pub(super) fn pg_config(url: &str, schema: &str) -> Result<tokio_postgres::Confi
 /// Returns the versions applied by this call.
 pub async fn migrate(url: &str, schema: &str) -> Result<Vec<i32>, Error> {
     let cfg = pg_config(url, schema)?;
-    let (mut client, conn) = cfg.connect(NoTls).await.map_err(meta_error)?;
+    let (mut client, conn) = cfg
+        .connect(crate::tls::pg_connector()?)
+        .await
+        .map_err(meta_error)?;
     let conn_task = tokio::spawn(conn);
     let result = async {
         client

@@ -35,11 +35,10 @@ use filestore_s3_actors::model::{
 use filestore_s3_actors::mount::MountRow;
 use filestore_s3_actors::ports::{BatchResult, MetaError, MetaStore, MetaWrite, UploadedPart};
 use filestore_s3_actors::Error;
-use tokio_postgres::NoTls;
 
 pub use listen::{listen_mount_changes, Change};
 use migrate::pg_config;
-pub use migrate::{migrate, validate_schema};
+pub use migrate::{connect, migrate, validate_schema};
 
 fn meta_error(e: tokio_postgres::Error) -> Error {
     Error::Metadata(to_meta_error(&e))
@@ -61,7 +60,18 @@ fn to_meta_error(e: &tokio_postgres::Error) -> MetaError {
     };
     let message = match e.as_db_error() {
         Some(db) => format!("{}: {}", db.code().code(), db.message()),
-        None => e.to_string(),
+        None => {
+            // tokio-postgres leaves the cause out of its message ("error performing TLS
+            // handshake", "error connecting to server"): add the chain.
+            let mut m = e.to_string();
+            let mut cause = std::error::Error::source(e);
+            while let Some(c) = cause {
+                m.push_str(": ");
+                m.push_str(&c.to_string());
+                cause = c.source();
+            }
+            m
+        }
     };
     MetaError {
         retryable,
@@ -107,7 +117,7 @@ impl PgMetaStore {
         let cfg = pg_config(url, schema)?;
         let mgr = Manager::from_config(
             cfg,
-            NoTls,
+            crate::tls::pg_connector()?,
             ManagerConfig {
                 recycling_method: RecyclingMethod::Fast,
             },

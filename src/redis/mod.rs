@@ -81,8 +81,7 @@ pub struct RedisPublisher {
 impl RedisPublisher {
     /// A publisher; must be created on the runtime (arbiter) that will use it.
     pub fn new(url: &str, keys: RedisKeys, stream_maxlen: usize) -> Result<Self, Error> {
-        let client = redis::Client::open(url)
-            .map_err(|e| Error::Config(format!("Redis URL '{url}' is invalid: {e}")))?;
+        let client = crate::tls::redis_client(url)?;
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(Duration::from_secs(2)))
             .set_response_timeout(Some(Duration::from_secs(5)))

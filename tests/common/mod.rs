@@ -290,7 +290,7 @@ impl TestEnv {
         };
         edit_config(&mut config);
         // The test reads the Redis the executor writes to (its own, when edit_config chose one).
-        let redis = redis::Client::open(config.redis_url.as_str())
+        let redis = filestore_s3::tls::redis_client(&config.redis_url)
             .unwrap()
             .get_connection_manager()
             .await

@@ -6,6 +6,9 @@ use std::time::Duration;
 pub struct OwnRedis {
     /// Required password (`requirepass`), if any.
     pub password: Option<String>,
+    /// TLS only (no plain port): the certificate and key files, and the client then uses
+    /// `rediss://localhost`.
+    pub tls: Option<(std::path::PathBuf, std::path::PathBuf)>,
     pub port: u16,
     dir: tempfile::TempDir,
     child: Option<std::process::Child>,
@@ -39,12 +42,35 @@ impl OwnRedis {
             child: None,
             persistent,
             password,
+            tls: None,
+        };
+        r.up();
+        r
+    }
+
+    /// A server that speaks TLS only, with this certificate and key.
+    pub fn with_tls(cert: std::path::PathBuf, key: std::path::PathBuf) -> Self {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let mut r = OwnRedis {
+            password: None,
+            tls: Some((cert, key)),
+            port,
+            dir: tempfile::tempdir().unwrap(),
+            child: None,
+            persistent: false,
         };
         r.up();
         r
     }
 
     pub fn url(&self) -> String {
+        if self.tls.is_some() {
+            return format!("rediss://localhost:{}", self.port);
+        }
         match &self.password {
             Some(p) => format!("redis://:{p}@127.0.0.1:{}", self.port),
             None => format!("redis://127.0.0.1:{}", self.port),
@@ -56,8 +82,28 @@ impl OwnRedis {
         if let Some(p) = &self.password {
             cmd.args(["--requirepass", p]);
         }
+        let port = self.port.to_string();
+        match &self.tls {
+            Some((cert, key)) => {
+                cmd.args([
+                    "--port",
+                    "0",
+                    "--tls-port",
+                    &port,
+                    "--tls-auth-clients",
+                    "no",
+                ]);
+                cmd.arg("--tls-cert-file")
+                    .arg(cert)
+                    .arg("--tls-key-file")
+                    .arg(key);
+            }
+            None => {
+                cmd.args(["--port", &port]);
+            }
+        }
         let child = cmd
-            .args(["--bind", "127.0.0.1", "--port", &self.port.to_string()])
+            .args(["--bind", "127.0.0.1"])
             .args(["--save", ""])
             .args(["--appendonly", if self.persistent { "yes" } else { "no" }])
             .arg("--dir")

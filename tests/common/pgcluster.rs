@@ -10,6 +10,8 @@ pub struct PgCluster {
     port: u16,
     bin: PathBuf,
     as_postgres: bool,
+    /// Server options of `pg_ctl start` / `restart`.
+    opts: String,
 }
 
 /// The directory of `initdb` and `pg_ctl`: `FILESTORE_TEST_PG_BINDIR`, `pg_config --bindir`, or the
@@ -46,6 +48,12 @@ fn bindir() -> PathBuf {
 
 impl PgCluster {
     pub fn start() -> Self {
+        Self::start_with_tls(None)
+    }
+
+    /// With `tls = Some((certificate PEM, key PEM))`: `ssl = on` with that certificate (plain
+    /// connections are still accepted).
+    pub fn start_with_tls(tls: Option<(&str, &str)>) -> Self {
         let bin = bindir();
         let as_postgres = Command::new("id")
             .arg("-u")
@@ -67,26 +75,51 @@ impl PgCluster {
             .local_addr()
             .unwrap()
             .port();
-        let c = PgCluster {
+        let mut c = PgCluster {
             dir,
             port,
             bin,
             as_postgres,
+            opts: String::new(),
         };
         let data = c.data();
         c.run(
             "initdb",
             &["-D", &data, "-A", "trust", "-U", "postgres", "--no-sync"],
         );
-        let opts = format!(
+        let mut opts = format!(
             "-p {} -c listen_addresses=127.0.0.1 -k {} -c fsync=off",
             c.port,
             c.dir.path().display()
         );
+        if let Some((cert, key)) = tls {
+            use std::os::unix::fs::PermissionsExt;
+            let d = c.dir.path();
+            std::fs::write(d.join("server.crt"), cert).unwrap();
+            std::fs::write(d.join("server.key"), key).unwrap();
+            std::fs::set_permissions(d.join("server.key"), std::fs::Permissions::from_mode(0o600))
+                .unwrap();
+            if c.as_postgres {
+                for f in ["server.crt", "server.key"] {
+                    let ok = Command::new("chown")
+                        .arg("postgres:postgres")
+                        .arg(d.join(f))
+                        .status()
+                        .unwrap()
+                        .success();
+                    assert!(ok, "chown of {f} failed");
+                }
+            }
+            opts.push_str(&format!(
+                " -c ssl=on -c ssl_cert_file={0}/server.crt -c ssl_key_file={0}/server.key",
+                d.display()
+            ));
+        }
+        c.opts = opts;
         let log = format!("{}/log", c.dir.path().display());
         c.run(
             "pg_ctl",
-            &["-D", &data, "-o", &opts, "-l", &log, "-w", "start"],
+            &["-D", &data, "-o", &c.opts, "-l", &log, "-w", "start"],
         );
         c
     }
@@ -113,6 +146,10 @@ impl PgCluster {
         );
     }
 
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
     pub fn url(&self) -> String {
         format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)
     }
@@ -121,11 +158,7 @@ impl PgCluster {
     /// back by crash recovery at start).
     pub fn restart_immediate(&self) {
         let data = self.data();
-        let opts = format!(
-            "-p {} -c listen_addresses=127.0.0.1 -k {} -c fsync=off",
-            self.port,
-            self.dir.path().display()
-        );
+        let opts = self.opts.clone();
         let log = format!("{}/log", self.dir.path().display());
         self.run(
             "pg_ctl",

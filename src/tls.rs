@@ -1,0 +1,94 @@
+//! TLS to Postgres and Redis (rustls, with the aws-lc-rs provider the S3 client uses too).
+//!
+//! - **Postgres**: a database URL with `sslmode=require` connects over TLS only, with the
+//!   server's certificate verified against the system's roots plus the PEM bundle in
+//!   `FILESTORE_PG_CA_FILE`, and its name checked against the host (what libpq calls
+//!   `verify-full`). Any other `sslmode` (or none) connects without TLS, as before.
+//! - **Redis**: a `rediss://` URL connects over TLS, verified against the system's roots, or only
+//!   against the PEM bundle in `FILESTORE_REDIS_CA_FILE` when that is set.
+//!
+//! The CA files are read from the environment (like libpq's `PGSSLROOTCERT`), each time a pool or
+//! client is built.
+
+use std::sync::Arc;
+
+use filestore_s3_actors::Error;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::CertificateDer;
+
+/// PEM bundle of CA certificates trusted for Postgres, besides the system's.
+pub const PG_CA_ENV: &str = "FILESTORE_PG_CA_FILE";
+/// PEM bundle of CA certificates trusted for Redis (instead of the system's).
+pub const REDIS_CA_ENV: &str = "FILESTORE_REDIS_CA_FILE";
+
+fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::aws_lc_rs::default_provider())
+}
+
+fn ca_file(var: &str) -> Option<String> {
+    std::env::var(var).ok().filter(|v| !v.is_empty())
+}
+
+fn read_pem_certs(var: &str, path: &str) -> Result<Vec<CertificateDer<'static>>, Error> {
+    let certs: Vec<_> = CertificateDer::pem_file_iter(path)
+        .and_then(|it| it.collect::<Result<Vec<_>, _>>())
+        .map_err(|e| Error::Config(format!("{var}: cannot read certificates from {path}: {e}")))?;
+    if certs.is_empty() {
+        return Err(Error::Config(format!(
+            "{var}: {path} holds no PEM certificate"
+        )));
+    }
+    Ok(certs)
+}
+
+/// The connector every Postgres connection of the executor uses (TLS only under
+/// `sslmode=require`; see [`crate::pg`]).
+pub fn pg_connector() -> Result<tokio_postgres_rustls::MakeRustlsConnect, Error> {
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls_native_certs::load_native_certs().certs {
+        // A system certificate rustls cannot use is skipped, as the platform verifier would.
+        let _ = roots.add(cert);
+    }
+    if let Some(path) = ca_file(PG_CA_ENV) {
+        for cert in read_pem_certs(PG_CA_ENV, &path)? {
+            roots
+                .add(cert)
+                .map_err(|e| Error::Config(format!("{PG_CA_ENV}: {path}: {e}")))?;
+        }
+    }
+    let config = rustls::ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| Error::Config(format!("TLS for Postgres: {e}")))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(tokio_postgres_rustls::MakeRustlsConnect::new(config))
+}
+
+/// A Redis client for `url` (`redis://` or `rediss://`). The error never shows the URL's
+/// password.
+pub fn redis_client(url: &str) -> Result<redis::Client, Error> {
+    let invalid = |e: redis::RedisError| {
+        Error::Config(format!(
+            "Redis URL '{}' is invalid: {e}",
+            crate::config::redact(url)
+        ))
+    };
+    // redis-rs builds its rustls configuration with the process-wide provider.
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    match ca_file(REDIS_CA_ENV) {
+        Some(path) if url.starts_with("rediss://") => {
+            let pem = std::fs::read(&path)
+                .map_err(|e| Error::Config(format!("{REDIS_CA_ENV}: {path}: {e}")))?;
+            read_pem_certs(REDIS_CA_ENV, &path)?;
+            redis::Client::build_with_tls(
+                url,
+                redis::TlsCertificates {
+                    client_tls: None,
+                    root_cert: Some(pem),
+                },
+            )
+            .map_err(invalid)
+        }
+        _ => redis::Client::open(url).map_err(invalid),
+    }
+}
