@@ -45,6 +45,9 @@ enum Cmd {
         idempotency_key: Option<String>,
         #[arg(long)]
         content_type: Option<String>,
+        /// User metadata NAME=VALUE (repeatable), stored as x-amz-meta-NAME.
+        #[arg(long = "meta", value_name = "NAME=VALUE", value_parser = parse_meta)]
+        meta: Vec<(String, String)>,
         /// Print progress as JSON lines on stdout instead of a progress bar.
         #[arg(long)]
         progress_json: bool,
@@ -316,6 +319,7 @@ async fn main() -> anyhow::Result<()> {
             file,
             idempotency_key,
             content_type,
+            meta,
             progress_json,
             condition,
         } => {
@@ -355,6 +359,7 @@ async fn main() -> anyhow::Result<()> {
                     PutOptions {
                         idempotency_key,
                         content_type,
+                        metadata: meta.into_iter().collect(),
                         progress: Some(sink),
                         if_none_match: condition.if_none_match,
                         if_generation: condition.if_generation,
@@ -735,4 +740,11 @@ async fn demo(config: ExecutorConfig, args: DemoArgs) -> anyhow::Result<()> {
     }
     println!("\nall outbox events published; demo done");
     Ok(())
+}
+
+/// `NAME=VALUE` of `put --meta`.
+fn parse_meta(s: &str) -> Result<(String, String), String> {
+    s.split_once('=')
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .ok_or_else(|| format!("'{s}' is not NAME=VALUE"))
 }

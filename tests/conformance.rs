@@ -571,6 +571,7 @@ pub async fn checksum_policy_none_still_verifies_size(backend: Backend) {
         size: body.len() as u64,
         sha256: filestore_s3::Sha256Digest::of(&body),
         content_type: None,
+        metadata: Default::default(),
         condition: Default::default(),
     };
     use filestore_s3::actors::ports::MetaStore as _;
@@ -699,6 +700,122 @@ pub async fn mount_storage_class_and_sse(backend: Backend) {
     env.cleanup().await;
 }
 
+/// User metadata given to a put is stored on the object beside the executor's marker, recorded in
+/// `nodes` and `snapshots` as the store reported it, and carried by copies (CopyObject and
+/// UploadPartCopy) and moves; a single put and a multipart put alike.
+async fn user_metadata_is_stored_recorded_and_carried(backend: Backend) {
+    const MIB: usize = 1024 * 1024;
+    let env = TestEnv::with_mount(backend, |r| {
+        r.multipart_threshold = (5 * MIB) as i64;
+        r.part_size = (5 * MIB) as i64;
+        r.copy_threshold = (5 * MIB) as i64;
+    })
+    .await;
+    let meta: filestore_s3::actors::model::UserMetadata = [
+        ("owner".to_string(), "team-storage".to_string()),
+        ("build.id".to_string(), "2026-11-24 #17".to_string()),
+    ]
+    .into_iter()
+    .collect();
+    let opts = PutOptions {
+        metadata: meta.clone(),
+        ..Default::default()
+    };
+    let small = env
+        .exec
+        .put_bytes("m", "small.txt", b"tagged".to_vec(), opts.clone())
+        .await
+        .unwrap();
+    assert_eq!(small.node.as_ref().unwrap().user_metadata, meta);
+    let file = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(file.path(), vec![3u8; 6 * MIB]).unwrap();
+    let big = env
+        .exec
+        .put_file("m", "big.bin", file.path(), opts)
+        .await
+        .unwrap();
+    assert_eq!(big.node.as_ref().unwrap().user_metadata, meta);
+    for (from, to) in [("small.txt", "small-copy.txt"), ("big.bin", "big-copy.bin")] {
+        let r = env
+            .exec
+            .copy("m", from, "m", to, Default::default())
+            .await
+            .unwrap();
+        assert_eq!(
+            r.node.as_ref().unwrap().user_metadata,
+            meta,
+            "copy of {from}"
+        );
+    }
+    env.exec
+        .move_object("m", "small-copy.txt", "m", "moved.txt", Default::default())
+        .await
+        .unwrap();
+    for path in ["small.txt", "big.bin", "big-copy.bin", "moved.txt"] {
+        // On the object, as S3 holds it (the marker beside it, under its own names).
+        let head = env
+            .s3
+            .head_object()
+            .bucket(&env.bucket)
+            .key(env.key(path))
+            .send()
+            .await
+            .unwrap();
+        let stored = head.metadata().cloned().unwrap_or_default();
+        assert_eq!(
+            stored.get("owner").map(String::as_str),
+            Some("team-storage"),
+            "{path}"
+        );
+        assert_eq!(
+            stored.get("build.id").map(String::as_str),
+            Some("2026-11-24 #17"),
+            "{path}"
+        );
+        assert!(stored.contains_key("filestore-journal-id"), "{path}");
+        // In nodes and the path's latest snapshot.
+        let stat = env.exec.stat("m", path).await.unwrap();
+        assert_eq!(stat.object.user_metadata, meta, "{path}");
+        assert_eq!(stat.node.unwrap().meta.user_metadata, meta, "{path}");
+        let rows = env
+            .query(
+                "SELECT user_metadata FROM {schema}.snapshots WHERE mount = 'm' AND path = $1
+                 ORDER BY generation DESC LIMIT 1",
+                &[&path],
+            )
+            .await;
+        assert_eq!(
+            rows[0].get::<_, serde_json::Value>(0),
+            serde_json::to_value(&meta).unwrap(),
+            "{path}"
+        );
+    }
+    // Metadata the rules refuse never reaches the store.
+    let bad = PutOptions {
+        metadata: [("filestore-journal-id".to_string(), "1".to_string())]
+            .into_iter()
+            .collect(),
+        ..Default::default()
+    };
+    let err = env
+        .exec
+        .put_bytes("m", "spoof.txt", b"x".to_vec(), bad)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            Error::InvalidRequest {
+                field: "metadata",
+                ..
+            }
+        ),
+        "{err}"
+    );
+    assert!(env.object(&env.key("spoof.txt")).await.is_none());
+    env.cleanup().await;
+}
+
 macro_rules! conformance {
     ($module:ident, $backend:expr $(, $attr:meta)?) => {
         mod $module {
@@ -718,6 +835,8 @@ macro_rules! conformance {
             async fn checksum_policy_none_still_verifies_size() { super::checksum_policy_none_still_verifies_size(B).await }
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)] $(#[$attr])?
             async fn mount_storage_class_and_sse() { super::mount_storage_class_and_sse(B).await }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)] $(#[$attr])?
+            async fn user_metadata_is_stored_recorded_and_carried() { super::user_metadata_is_stored_recorded_and_carried(B).await }
         }
     };
 }

@@ -173,6 +173,7 @@ async fn server_verifies_the_sha256_the_executor_sends() {
                 body: Bytes::from_static(b"the real body"),
                 sha256: wrong,
                 content_type: None,
+                metadata: Default::default(),
                 marker: filestore_s3::actors::model::WriteMarker {
                     journal_id: 1,
                     sha256: Some(wrong),
@@ -226,6 +227,7 @@ async fn recovery_commits_what_reached_s3_and_fails_what_did_not() {
         size: body.len() as u64,
         sha256: filestore_s3::Sha256Digest::of(body),
         content_type: None,
+        metadata: Default::default(),
         condition: Default::default(),
     };
     let lost = OpRequest::Put {
@@ -234,6 +236,7 @@ async fn recovery_commits_what_reached_s3_and_fails_what_did_not() {
         size: 4,
         sha256: filestore_s3::Sha256Digest::of(b"lost"),
         content_type: None,
+        metadata: Default::default(),
         condition: Default::default(),
     };
     let mut ids = Vec::new();
@@ -386,6 +389,7 @@ async fn a_batch_of_writes_keeps_each_write_atomic() {
                         sha256: filestore_s3::Sha256Digest::of(b"x"),
                         etag: "e".into(),
                         generation: 1,
+                        user_metadata: Default::default(),
                     },
                 },
             },

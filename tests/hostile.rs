@@ -334,6 +334,44 @@ async fn hostile_inputs_are_refused_with_typed_errors_and_change_nothing() {
         ex.put_reader("m", "s.bin", std::io::Cursor::new(vec![0u8; 2 * MIB]), ct("x\u{0}/y")),
         e if bad_ct(e));
 
+    // --- User metadata ---
+    let bad_meta = |e: &Error| {
+        matches!(
+            e,
+            Error::InvalidRequest {
+                field: "metadata",
+                ..
+            }
+        )
+    };
+    for (label, name, value) in [
+        (
+            "upper-case metadata name",
+            "Owner".to_string(),
+            "a".to_string(),
+        ),
+        ("empty metadata name", String::new(), "a".into()),
+        ("metadata name with a space", "a b".into(), "a".into()),
+        (
+            "metadata name under filestore-",
+            "filestore-journal-id".into(),
+            "1".into(),
+        ),
+        (
+            "metadata value with CR LF",
+            "x".into(),
+            "a\r\nx-amz-acl: public-read".into(),
+        ),
+        ("non-ASCII metadata value", "x".into(), "caf\u{e9}".into()),
+        ("metadata over 2 KiB", "x".into(), "v".repeat(2100)),
+    ] {
+        let opts = PutOptions {
+            metadata: [(name, value)].into_iter().collect(),
+            ..Default::default()
+        };
+        refused!(env, proxy, n, label, ex.put_bytes("m", "meta.txt", b"x".to_vec(), opts), e if bad_meta(e));
+    }
+
     // --- Sizes and ranges ---
     refused!(
         env,

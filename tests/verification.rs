@@ -88,6 +88,7 @@ pub async fn recovery_tells_a_same_size_object_apart(backend: Backend) {
             size: new.len() as u64,
             sha256: Sha256Digest::of(&new),
             content_type: None,
+            metadata: Default::default(),
             condition: Default::default(),
         };
         NewIntent {

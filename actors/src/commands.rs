@@ -24,6 +24,8 @@ pub struct PutObject {
     pub sha256: Sha256Digest,
     /// Content-Type.
     pub content_type: Option<String>,
+    /// User metadata stored with the object.
+    pub metadata: crate::model::UserMetadata,
     /// Idempotency key; a random one is used when `None`.
     pub idempotency_key: Option<String>,
     /// Conditions on the path.
@@ -44,6 +46,8 @@ pub struct PutLargeObject {
     pub size: Option<u64>,
     /// Content-Type.
     pub content_type: Option<String>,
+    /// User metadata stored with the object.
+    pub metadata: crate::model::UserMetadata,
     /// Idempotency key; a random one is used when `None`.
     pub idempotency_key: Option<String>,
     /// Receives progress updates.

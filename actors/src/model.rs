@@ -7,6 +7,10 @@ use uuid::Uuid;
 
 use crate::digest::Sha256Digest;
 
+/// User metadata of an object (`x-amz-meta-<name>: <value>`), by name; see
+/// [`crate::validate::user_metadata`] for the rules.
+pub type UserMetadata = std::collections::BTreeMap<String, String>;
+
 /// Version of the change-event payload.
 pub const EVENT_VERSION: u32 = 1;
 
@@ -73,6 +77,9 @@ pub struct ObjectMeta {
     /// KMS key id as reported.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub kms_key_id: Option<String>,
+    /// The caller's user metadata as reported (the executor's marker names left out).
+    #[serde(default, skip_serializing_if = "UserMetadata::is_empty")]
+    pub user_metadata: UserMetadata,
 }
 
 /// User metadata the executor writes on every object it creates, so that verification and
@@ -186,6 +193,9 @@ pub struct NodeMeta {
     /// Settings of the mount the store did not apply, under the lenient policy (empty otherwise).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub not_applied: Vec<String>,
+    /// The caller's user metadata, as the store reported it at verification.
+    #[serde(default, skip_serializing_if = "UserMetadata::is_empty")]
+    pub user_metadata: UserMetadata,
 }
 
 /// A `nodes` row.
@@ -461,6 +471,9 @@ pub enum OpRequest {
         /// Conditions on the path.
         #[serde(default, skip_serializing_if = "WriteCondition::is_none")]
         condition: WriteCondition,
+        /// User metadata stored with the object.
+        #[serde(default, skip_serializing_if = "UserMetadata::is_empty")]
+        metadata: UserMetadata,
     },
     /// A multipart put from a source that is read once, in order.
     PutMultipart {
@@ -477,6 +490,9 @@ pub enum OpRequest {
         /// Conditions on the path.
         #[serde(default, skip_serializing_if = "WriteCondition::is_none")]
         condition: WriteCondition,
+        /// User metadata stored with the object.
+        #[serde(default, skip_serializing_if = "UserMetadata::is_empty")]
+        metadata: UserMetadata,
     },
     /// A delete.
     Delete {
@@ -550,6 +566,9 @@ pub struct PinnedSource {
     pub etag: String,
     /// Generation of the source node.
     pub generation: i64,
+    /// User metadata of the source node, given to the copy.
+    #[serde(default, skip_serializing_if = "UserMetadata::is_empty")]
+    pub user_metadata: UserMetadata,
 }
 
 /// How far a copy / move got, recorded on its journal row (`journal.progress`) after each step so

@@ -116,6 +116,8 @@ pub struct PutObjectInput {
     pub content_type: Option<String>,
     /// User metadata identifying the write.
     pub marker: WriteMarker,
+    /// The caller's user metadata (sent beside the marker).
+    pub metadata: crate::model::UserMetadata,
     /// Create only (`If-None-Match: *`).
     pub if_none_match: bool,
 }
@@ -133,6 +135,8 @@ pub struct CopyObjectInput {
     pub key: String,
     /// User metadata identifying the write.
     pub marker: WriteMarker,
+    /// The caller's user metadata (the source's, carried to the copy).
+    pub metadata: crate::model::UserMetadata,
 }
 
 /// One part of a multipart copy (UploadPartCopy).
@@ -232,6 +236,7 @@ pub trait ObjectStore: Send + Sync + 'static {
         key: &str,
         content_type: Option<&str>,
         marker: &WriteMarker,
+        metadata: &crate::model::UserMetadata,
         part_checksums: bool,
     ) -> Result<String, StoreError>;
     /// UploadPart, with the part's SHA-256 as checksum when the mount's policy says so.

@@ -731,6 +731,9 @@ impl Handler<PutObject> for MountSupervisor {
         if let Some(Err(e)) = msg.content_type.as_deref().map(validate::content_type) {
             return refuse(e);
         }
+        if let Err(e) = validate::user_metadata(&msg.metadata) {
+            return refuse(e);
+        }
         let size = msg.body.len() as u64;
         if size > self.spec.multipart_threshold {
             return refuse(Error::TooLarge {
@@ -750,6 +753,7 @@ impl Handler<PutObject> for MountSupervisor {
             sha256: msg.sha256,
             content_type: msg.content_type,
             condition: msg.condition,
+            metadata: msg.metadata,
         };
         self.submit(msg.idempotency_key, request, Payload::Bytes(msg.body), ctx)
     }
@@ -760,6 +764,9 @@ impl Handler<PutLargeObject> for MountSupervisor {
 
     fn handle(&mut self, msg: PutLargeObject, ctx: &mut Self::Context) -> Self::Result {
         if let Some(Err(e)) = msg.content_type.as_deref().map(validate::content_type) {
+            return refuse(e);
+        }
+        if let Err(e) = validate::user_metadata(&msg.metadata) {
             return refuse(e);
         }
         if let Some(Err(e)) = msg.size.map(validate::object_size) {
@@ -779,6 +786,7 @@ impl Handler<PutLargeObject> for MountSupervisor {
             source: msg.source,
             content_type: msg.content_type,
             condition: msg.condition,
+            metadata: msg.metadata,
         };
         let payload = Payload::Upload {
             reader: msg.reader,

@@ -38,6 +38,8 @@ pub struct MemoryStore {
     /// Calls of `put_object`, failed ones included.
     pub put_attempts: AtomicU32,
     uploads: Mutex<HashMap<String, OpenUpload>>,
+    /// The user metadata each open upload was created with.
+    upload_metadata: Mutex<HashMap<String, crate::model::UserMetadata>>,
     /// Parts that will fail before one succeeds.
     pub fail_next_parts: AtomicU32,
 }
@@ -99,6 +101,7 @@ impl ObjectStore for MemoryStore {
             last_modified: Some(Utc::now()),
             sse: None,
             kms_key_id: None,
+            user_metadata: input.metadata.clone(),
         };
         self.objects
             .lock()
@@ -176,9 +179,14 @@ impl ObjectStore for MemoryStore {
         key: &str,
         _ct: Option<&str>,
         _marker: &WriteMarker,
+        metadata: &crate::model::UserMetadata,
         _part_checksums: bool,
     ) -> Result<String, StoreError> {
         let id = Uuid::new_v4().to_string();
+        self.upload_metadata
+            .lock()
+            .unwrap()
+            .insert(id.clone(), metadata.clone());
         self.uploads
             .lock()
             .unwrap()
@@ -272,6 +280,12 @@ impl ObjectStore for MemoryStore {
             last_modified: Some(Utc::now()),
             sse: None,
             kms_key_id: None,
+            user_metadata: self
+                .upload_metadata
+                .lock()
+                .unwrap()
+                .remove(upload_id)
+                .unwrap_or_default(),
         };
         self.objects
             .lock()
@@ -301,6 +315,7 @@ impl ObjectStore for MemoryStore {
             key: input.key.clone(),
             marker: Some(input.marker),
             last_modified: Some(Utc::now()),
+            user_metadata: input.metadata,
             ..meta
         };
         objects.insert(input.key, (body, meta));

@@ -13,6 +13,15 @@ pub const MAX_CONTENT_TYPE_BYTES: usize = 256;
 pub const MAX_LIST_TOKEN_BYTES: usize = 1024;
 /// Largest page S3 returns.
 pub const MAX_LIST_KEYS: i32 = 1000;
+/// S3's limit on an object's user metadata: names and values together, in bytes.
+pub const MAX_METADATA_BYTES: usize = 2048;
+/// What the executor's own marker may take of that (names, a 19-digit journal id, a SHA-256).
+pub const MARKER_METADATA_BYTES: usize = 20 + 19 + 16 + 64;
+/// Longest user-metadata name.
+pub const MAX_METADATA_NAME_BYTES: usize = 128;
+/// Names the executor keeps for itself.
+pub const RESERVED_METADATA_PREFIX: &str = "filestore-";
+
 /// Largest object S3 stores (5 TiB).
 pub const MAX_OBJECT_BYTES: u64 = 5 * 1024 * 1024 * 1024 * 1024;
 
@@ -100,6 +109,56 @@ pub fn content_type(ct: &str) -> Result<(), Error> {
                 format!("parameter '{p}' is not 'name=value'"),
             ));
         }
+    }
+    Ok(())
+}
+
+/// User metadata (`x-amz-meta-<name>: <value>`): names of 1-128 lowercase letters, digits, `-`,
+/// `_`, `.` (S3 lowercases names, so `A` and `a` would collide), starting with a letter or digit,
+/// not under the executor's `filestore-` prefix; values of printable ASCII and spaces (they travel
+/// as HTTP header values), without leading or trailing spaces (HTTP drops them); names and values
+/// together at most 2 KiB minus what the executor's marker takes (S3's limit covers both).
+pub fn user_metadata(m: &crate::model::UserMetadata) -> Result<(), Error> {
+    let field = "metadata";
+    let mut total = 0;
+    for (name, value) in m {
+        let name_ok = (1..=MAX_METADATA_NAME_BYTES).contains(&name.len())
+            && name.starts_with(|c: char| c.is_ascii_lowercase() || c.is_ascii_digit())
+            && name
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "-_.".contains(c));
+        if !name_ok {
+            return Err(invalid(
+                field,
+                format!(
+                    "name '{}' must be 1-{MAX_METADATA_NAME_BYTES} of a-z, 0-9, '-', '_', '.', starting with a letter or digit",
+                    name.escape_debug()
+                ),
+            ));
+        }
+        if name.starts_with(RESERVED_METADATA_PREFIX) {
+            return Err(invalid(
+                field,
+                format!("name '{name}' is under '{RESERVED_METADATA_PREFIX}', which the executor keeps for its write marker"),
+            ));
+        }
+        if !value.chars().all(|c| c.is_ascii_graphic() || c == ' ')
+            || value.starts_with(' ')
+            || value.ends_with(' ')
+        {
+            return Err(invalid(
+                field,
+                format!("value of '{name}' must be printable ASCII without leading or trailing spaces (encode other text, e.g. percent-encoding)"),
+            ));
+        }
+        total += name.len() + value.len();
+    }
+    let limit = MAX_METADATA_BYTES - MARKER_METADATA_BYTES;
+    if total > limit {
+        return Err(invalid(
+            field,
+            format!("names and values take {total} bytes; at most {limit} (S3's {MAX_METADATA_BYTES} less the executor's marker)"),
+        ));
     }
     Ok(())
 }
@@ -204,6 +263,39 @@ mod tests {
             );
         }
         assert!(content_type(&format!("text/{}", "a".repeat(300))).is_err());
+    }
+
+    #[test]
+    fn user_metadata_rules() {
+        let m = |pairs: &[(&str, &str)]| -> crate::model::UserMetadata {
+            pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect()
+        };
+        assert!(user_metadata(&m(&[("owner", "team-a"), ("build.id", "42 x")])).is_ok());
+        for bad in [
+            m(&[("Owner", "a")]),
+            m(&[("", "a")]),
+            m(&[("-x", "a")]),
+            m(&[("a b", "a")]),
+            m(&[("filestore-journal-id", "1")]),
+            m(&[("x", "caf\u{e9}")]),
+            m(&[("x", "a\r\nb")]),
+            m(&[("x", " padded")]),
+            m(&[("x", &"v".repeat(2000))]),
+        ] {
+            assert!(
+                matches!(
+                    user_metadata(&bad),
+                    Err(Error::InvalidRequest {
+                        field: "metadata",
+                        ..
+                    })
+                ),
+                "{bad:?}"
+            );
+        }
     }
 
     #[test]

@@ -38,6 +38,7 @@ async fn exported_counters_match_the_bytes_sent() {
         reader: Some(Box::new(std::io::Cursor::new(vec![3u8; size as usize]))),
         size: Some(size),
         content_type: None,
+        metadata: Default::default(),
         idempotency_key: None,
         progress: None,
         condition: Default::default(),

@@ -60,6 +60,7 @@ fn put(path: &str, body: &'static [u8], key: Option<&str>) -> PutObject {
         body: Bytes::from_static(body),
         sha256: sha256_of(body),
         content_type: None,
+        metadata: Default::default(),
         idempotency_key: key.map(str::to_owned),
         condition: Default::default(),
     }
@@ -226,6 +227,7 @@ async fn pending_entry_is_committed_by_recovery_at_start() {
         size: body.len() as u64,
         sha256: sha256_of(body),
         content_type: None,
+        metadata: Default::default(),
         condition: Default::default(),
     };
     let outcome = f
@@ -248,6 +250,7 @@ async fn pending_entry_is_committed_by_recovery_at_start() {
             body: Bytes::from_static(body),
             sha256: sha256_of(body),
             content_type: None,
+            metadata: Default::default(),
             marker: filestore_s3_actors::model::WriteMarker {
                 journal_id,
                 sha256: Some(sha256_of(body)),
@@ -263,6 +266,7 @@ async fn pending_entry_is_committed_by_recovery_at_start() {
         size: 1,
         sha256: sha256_of(b"y"),
         content_type: None,
+        metadata: Default::default(),
         condition: Default::default(),
     };
     f.meta
@@ -406,6 +410,7 @@ fn large_put(
         size: Some(data.len() as u64),
         reader: Some(Box::new(std::io::Cursor::new(data))),
         content_type: None,
+        metadata: Default::default(),
         idempotency_key: None,
         progress: sink,
         condition: Default::default(),

@@ -544,6 +544,7 @@ async fn committer(spec: Spec) -> Result<Measured> {
                 size: body.len() as u64,
                 sha256,
                 content_type: None,
+                metadata: Default::default(),
                 condition: Default::default(),
             };
             let intent = NewIntent {
@@ -575,6 +576,7 @@ async fn committer(spec: Spec) -> Result<Measured> {
                     verified: Verification::Sha256VerifiedByStore,
                     sse: None,
                     not_applied: Vec::new(),
+                    user_metadata: Default::default(),
                 }),
                 source: None,
                 upload_id: None,

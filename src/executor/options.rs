@@ -13,6 +13,9 @@ pub struct PutOptions {
     pub idempotency_key: Option<String>,
     /// Content-Type stored with the object.
     pub content_type: Option<String>,
+    /// User metadata stored with the object (`x-amz-meta-<name>`), recorded in `nodes` and
+    /// carried by copies and moves; rules in [`filestore_s3_actors::validate::user_metadata`].
+    pub metadata: filestore_s3_actors::model::UserMetadata,
     /// Receives progress of a multipart upload (called on the executor's thread; keep it quick).
     /// [`progress_to_recipient`] adapts an actix `Recipient`.
     pub progress: Option<ProgressSink>,
@@ -32,6 +35,7 @@ impl PutOptions {
         if let Some(k) = &self.idempotency_key {
             validate::idempotency_key(k)?;
         }
+        validate::user_metadata(&self.metadata)?;
         Ok(())
     }
 
@@ -48,6 +52,7 @@ impl std::fmt::Debug for PutOptions {
         f.debug_struct("PutOptions")
             .field("idempotency_key", &self.idempotency_key)
             .field("content_type", &self.content_type)
+            .field("metadata", &self.metadata)
             .field("progress", &self.progress.is_some())
             .field("if_none_match", &self.if_none_match)
             .field("if_generation", &self.if_generation)

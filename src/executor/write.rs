@@ -69,6 +69,7 @@ impl S3Executor {
             size: Some(size),
             condition: opts.condition(),
             content_type: opts.content_type,
+            metadata: opts.metadata,
             idempotency_key: opts.idempotency_key,
             progress: opts.progress,
         })
@@ -117,6 +118,7 @@ impl S3Executor {
             size: None,
             condition: opts.condition(),
             content_type: opts.content_type,
+            metadata: opts.metadata,
             idempotency_key: opts.idempotency_key,
             progress: opts.progress,
         })
@@ -140,6 +142,7 @@ impl S3Executor {
             sha256,
             condition: opts.condition(),
             content_type: opts.content_type,
+            metadata: opts.metadata,
             idempotency_key: opts.idempotency_key,
         })
         .await

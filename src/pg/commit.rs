@@ -32,26 +32,33 @@ async fn upsert_node(
     let size = to_i64(m.size, "size")?;
     let sha = m.sha256.to_hex();
     let verified = m.verified.as_str();
+    let user_metadata = serde_json::to_value(&m.user_metadata).map_err(|e| MetaError {
+        retryable: false,
+        fenced: false,
+        message: format!("user metadata: {e}"),
+    })?;
     let node = cached!(
         tx,
         "INSERT INTO nodes (mount, path, object_key, size, etag, sha256, storage_class,
-                            last_modified, generation, journal_id, verified, sse, not_applied)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)
+                            last_modified, generation, journal_id, verified, sse, not_applied,
+                            user_metadata)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)
          ON CONFLICT (mount, path) DO UPDATE SET object_key = EXCLUDED.object_key,
             size = EXCLUDED.size, etag = EXCLUDED.etag, sha256 = EXCLUDED.sha256,
             storage_class = EXCLUDED.storage_class, last_modified = EXCLUDED.last_modified,
             generation = EXCLUDED.generation, journal_id = EXCLUDED.journal_id,
             verified = EXCLUDED.verified, sse = EXCLUDED.sse, not_applied = EXCLUDED.not_applied,
-            updated_at = now()"
+            user_metadata = EXCLUDED.user_metadata, updated_at = now()"
     );
     let snapshot = cached!(
         tx,
         "INSERT INTO snapshots (mount, path, generation, deleted, object_key, size, etag,
-                                sha256, storage_class, last_modified, journal_id, verified)
-         VALUES ($1, $2, $3, false, $4, $5, $6, $7, $8, $9, $10, $11)"
+                                sha256, storage_class, last_modified, journal_id, verified,
+                                user_metadata)
+         VALUES ($1, $2, $3, false, $4, $5, $6, $7, $8, $9, $10, $11, $12)"
     );
     // Independent: sent together (pipelined), one round trip.
-    let node_params: [&(dyn ToSql + Sync); 13] = [
+    let node_params: [&(dyn ToSql + Sync); 14] = [
         &r.mount,
         &r.path,
         &r.key,
@@ -65,8 +72,9 @@ async fn upsert_node(
         &verified,
         &m.sse,
         &m.not_applied,
+        &user_metadata,
     ];
-    let snapshot_params: [&(dyn ToSql + Sync); 11] = [
+    let snapshot_params: [&(dyn ToSql + Sync); 12] = [
         &r.mount,
         &r.path,
         &generation,
@@ -78,6 +86,7 @@ async fn upsert_node(
         &m.last_modified,
         &r.journal_id,
         &verified,
+        &user_metadata,
     ];
     let upsert = tx.execute(&node, &node_params);
     let record = tx.execute(&snapshot, &snapshot_params);

@@ -13,7 +13,7 @@ impl PgMetaStore {
         let row = c
             .query_opt(
                 "SELECT object_key, size, etag, sha256, storage_class, last_modified, generation,
-                        verified, sse, not_applied
+                        verified, sse, not_applied, user_metadata
                  FROM nodes WHERE mount = $1 AND path = $2",
                 &[&mount, &path],
             )
@@ -38,6 +38,8 @@ impl PgMetaStore {
                         .ok_or_else(|| corrupt("node verification", &verified))?,
                     sse: r.get("sse"),
                     not_applied: r.get("not_applied"),
+                    user_metadata: serde_json::from_value(r.get("user_metadata"))
+                        .map_err(|e| corrupt("node user_metadata", e))?,
                 },
                 generation: r.get("generation"),
             }

@@ -23,7 +23,7 @@ use aws_smithy_types::timeout::TimeoutConfig;
 use base64::Engine as _;
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
-use filestore_s3_actors::model::{ObjectMeta, RawListing, WriteMarker};
+use filestore_s3_actors::model::{ObjectMeta, RawListing, UserMetadata, WriteMarker};
 use filestore_s3_actors::mount::{
     validate_endpoint, ChecksumPolicy, CredentialSource, MountSpec, Sse,
 };
@@ -308,17 +308,33 @@ const COPY_SOURCE_KEY: &AsciiSet = &NON_ALPHANUMERIC
     .remove(b'.')
     .remove(b'~');
 
-/// The write marker as S3 user metadata (`x-amz-meta-*`).
-fn marker_metadata(marker: &WriteMarker) -> HashMap<String, String> {
-    marker
-        .to_pairs()
-        .into_iter()
-        .map(|(k, v)| (k.to_owned(), v))
+/// The caller's user metadata and the write marker, as S3 user metadata (`x-amz-meta-*`). The
+/// caller's names were checked to stay clear of the marker's `filestore-` names.
+fn object_metadata(marker: &WriteMarker, user: &UserMetadata) -> HashMap<String, String> {
+    user.iter()
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .chain(
+            marker
+                .to_pairs()
+                .into_iter()
+                .map(|(k, v)| (k.to_owned(), v)),
+        )
         .collect()
 }
 
 fn marker_of(metadata: Option<&HashMap<String, String>>) -> Option<WriteMarker> {
     WriteMarker::from_pairs(metadata?.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+}
+
+/// The caller's part of an object's user metadata: every name but the marker's (names
+/// lowercased, as S3 stores them).
+fn user_metadata_of(metadata: Option<&HashMap<String, String>>) -> UserMetadata {
+    metadata
+        .into_iter()
+        .flatten()
+        .map(|(k, v)| (k.to_ascii_lowercase(), v.clone()))
+        .filter(|(k, _)| !k.starts_with(filestore_s3_actors::validate::RESERVED_METADATA_PREFIX))
+        .collect()
 }
 
 /// Deleting or aborting what is already gone reached its goal; some stores answer 404 for it.
@@ -374,7 +390,7 @@ impl ObjectStore for S3Store {
             .content_length(size as i64)
             .body(ByteStream::from(input.body.clone()))
             .set_content_type(input.content_type.clone())
-            .set_metadata(Some(marker_metadata(&input.marker)));
+            .set_metadata(Some(object_metadata(&input.marker, &input.metadata)));
         if input.if_none_match {
             req = req.if_none_match("*");
         }
@@ -399,6 +415,7 @@ impl ObjectStore for S3Store {
             last_modified: None,
             sse: sse_name(out.server_side_encryption()),
             kms_key_id: out.ssekms_key_id().map(str::to_owned),
+            user_metadata: input.metadata,
         })
     }
 
@@ -427,6 +444,7 @@ impl ObjectStore for S3Store {
                 last_modified: to_chrono(out.last_modified()),
                 sse: sse_name(out.server_side_encryption()),
                 kms_key_id: out.ssekms_key_id().map(str::to_owned),
+                user_metadata: user_metadata_of(out.metadata()),
             })),
             Err(e) => {
                 let e = classify(e);
@@ -497,6 +515,7 @@ impl ObjectStore for S3Store {
                 last_modified: to_chrono(o.last_modified()),
                 sse: None,
                 kms_key_id: None,
+                user_metadata: UserMetadata::new(),
             })
             .collect();
         let common_prefixes = out
@@ -554,6 +573,7 @@ impl ObjectStore for S3Store {
             last_modified: to_chrono(out.last_modified()),
             sse: sse_name(out.server_side_encryption()),
             kms_key_id: out.ssekms_key_id().map(str::to_owned),
+            user_metadata: user_metadata_of(out.metadata()),
         };
         let mut body = out.body;
         let stream = futures::stream::poll_fn(move |cx| {
@@ -573,6 +593,7 @@ impl ObjectStore for S3Store {
         key: &str,
         content_type: Option<&str>,
         marker: &WriteMarker,
+        metadata: &UserMetadata,
         part_checksums: bool,
     ) -> Result<String, StoreError> {
         let req = self
@@ -581,7 +602,7 @@ impl ObjectStore for S3Store {
             .bucket(&self.bucket)
             .key(key)
             .set_content_type(content_type.map(str::to_owned))
-            .set_metadata(Some(marker_metadata(marker)))
+            .set_metadata(Some(object_metadata(marker, metadata)))
             .set_checksum_algorithm(
                 (part_checksums && self.checksum == ChecksumPolicy::Sha256)
                     .then_some(ChecksumAlgorithm::Sha256),
@@ -721,7 +742,7 @@ impl ObjectStore for S3Store {
             .copy_source(Self::copy_source(&input.source_bucket, &input.source_key))
             .copy_source_if_match(format!("\"{}\"", input.source_etag))
             .metadata_directive(MetadataDirective::Replace)
-            .set_metadata(Some(marker_metadata(&input.marker)))
+            .set_metadata(Some(object_metadata(&input.marker, &input.metadata)))
             .set_checksum_algorithm(
                 (self.checksum == ChecksumPolicy::Sha256).then_some(ChecksumAlgorithm::Sha256),
             );

@@ -149,6 +149,7 @@ impl OpContext {
                 journal_id: 0,
                 sha256: Some(sha256),
             },
+            metadata: Default::default(),
             if_none_match: false,
         };
         self.with_retry("PUT", &key, || self.store.put_object(input.clone()))
@@ -334,6 +335,7 @@ pub(crate) async fn node_for(
         verified,
         sse: seen.sse.clone(),
         not_applied,
+        user_metadata: seen.user_metadata.clone(),
     })
 }
 

@@ -38,6 +38,8 @@ pub struct PartCopyRequest {
     pub concurrency: usize,
     /// A recorded copy to resume.
     pub resume: Option<UploadRecord>,
+    /// User metadata of the destination (the source's).
+    pub metadata: crate::model::UserMetadata,
 }
 
 /// Copies every part and completes the upload.
@@ -55,6 +57,7 @@ pub async fn copy_parts(req: PartCopyRequest, deps: &UploadDeps) -> Result<Compl
         key: &req.key,
         journal_id: req.journal_id,
         content_type: None,
+        metadata: &req.metadata,
         total_size: Some(req.size),
         part_size,
         marker: &marker,

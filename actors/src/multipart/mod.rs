@@ -92,6 +92,8 @@ pub struct UploadRequest {
     pub reader: Option<SourceReader>,
     /// Content-Type.
     pub content_type: Option<String>,
+    /// User metadata stored with the object.
+    pub metadata: crate::model::UserMetadata,
     /// A recorded upload to resume.
     pub resume: Option<UploadRecord>,
     /// The mount's part size (enlarged for huge objects, see [`part_size_for`]).
@@ -368,6 +370,7 @@ pub(crate) async fn run_upload(
         key: &key,
         journal_id: job.journal_id,
         content_type: job.content_type.as_deref(),
+        metadata: &job.metadata,
         total_size: job.size,
         part_size,
         marker: &marker,
@@ -454,6 +457,7 @@ pub(crate) struct UploadTarget<'a> {
     pub key: &'a str,
     pub journal_id: i64,
     pub content_type: Option<&'a str>,
+    pub metadata: &'a crate::model::UserMetadata,
     pub total_size: Option<u64>,
     pub part_size: u64,
     pub marker: &'a WriteMarker,
@@ -517,7 +521,7 @@ pub(crate) async fn open_upload(
     let id = deps
         .call(mount, "CreateMultipartUpload", key, || {
             deps.store
-                .create_multipart(key, t.content_type, t.marker, t.part_checksums)
+                .create_multipart(key, t.content_type, t.marker, t.metadata, t.part_checksums)
         })
         .await?;
     deps.recorder

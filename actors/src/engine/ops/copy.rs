@@ -112,6 +112,7 @@ pub(super) async fn copy_steps(
                 sha256: node.meta.sha256,
                 etag: node.meta.etag.clone(),
                 generation: node.generation,
+                user_metadata: node.meta.user_metadata.clone(),
             };
             c.record_progress(
                 journal_id,
@@ -178,6 +179,7 @@ async fn server_side(
                 journal_id,
                 sha256: Some(pinned.sha256),
             },
+            metadata: pinned.user_metadata.clone(),
         };
         c.with_retry("CopyObject", &t.key, || {
             c.counters
@@ -202,6 +204,7 @@ async fn server_side(
         part_size: c.spec.part_size,
         concurrency: c.spec.part_concurrency as usize,
         resume: c.meta.upload_of(journal_id).await?,
+        metadata: pinned.user_metadata.clone(),
     };
     let done = copy_parts(req, &c.upload_deps())
         .await
@@ -283,6 +286,7 @@ async fn streamed(
                 journal_id,
                 sha256: Some(read),
             },
+            metadata: pinned.user_metadata.clone(),
             if_none_match: t.condition.if_none_match,
         };
         c.with_retry("PUT", &t.key, || c.store.put_object(input.clone()))
@@ -299,6 +303,7 @@ async fn streamed(
         source: UploadSource::Stream,
         reader: Some(reader_from_stream(body.stream)),
         content_type: None,
+        metadata: pinned.user_metadata.clone(),
         resume: c.meta.upload_of(journal_id).await?,
         part_size: c.spec.part_size,
         concurrency: c.spec.part_concurrency as usize,

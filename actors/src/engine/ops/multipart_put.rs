@@ -26,6 +26,7 @@ pub(super) async fn act(
         source,
         content_type,
         condition,
+        metadata,
     } = request
     else {
         unreachable!("multipart_put::act is only called for multipart puts")
@@ -47,6 +48,7 @@ pub(super) async fn act(
         source: source.clone(),
         reader,
         content_type: content_type.clone(),
+        metadata: metadata.clone(),
         resume,
         part_size: c.spec.part_size,
         concurrency: c.spec.part_concurrency as usize,

@@ -20,6 +20,7 @@ pub(super) async fn act(
         sha256,
         content_type,
         condition,
+        metadata,
         ..
     } = request
     else {
@@ -38,6 +39,7 @@ pub(super) async fn act(
             journal_id,
             sha256: Some(*sha256),
         },
+        metadata: metadata.clone(),
         if_none_match: condition.if_none_match,
     };
     c.with_retry("PUT", key, || c.store.put_object(input.clone()))
