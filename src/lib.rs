@@ -12,6 +12,7 @@ pub mod config;
 mod executor;
 pub mod http;
 pub mod pg;
+pub mod redact;
 pub mod redis;
 pub mod s3;
 pub mod tls;

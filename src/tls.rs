@@ -70,7 +70,7 @@ pub fn redis_client(url: &str) -> Result<redis::Client, Error> {
     let invalid = |e: redis::RedisError| {
         Error::Config(format!(
             "Redis URL '{}' is invalid: {e}",
-            crate::config::redact(url)
+            crate::redact::redact(url)
         ))
     };
     // redis-rs builds its rustls configuration with the process-wide provider.
