@@ -417,6 +417,9 @@ pub(crate) async fn run_upload(
                     "mount {mount}: upload {upload_id} of '{key}' failed ({e}); retained for a resume"
                 );
             } else {
+                log::warn!(
+                    "mount {mount}: upload {upload_id} of '{key}' failed ({e}); aborting it"
+                );
                 abort_upload(&deps, &mount, &key, &upload_id).await;
             }
             return Err(e);
@@ -424,6 +427,7 @@ pub(crate) async fn run_upload(
     };
     if let Some(expected) = job.size {
         if size != expected {
+            log::warn!("mount {mount}: upload {upload_id} of '{key}' read {size} bytes, {expected} expected; aborting it");
             abort_upload(&deps, &mount, &key, &upload_id).await;
             return Err(Error::SourceChanged {
                 source_path: source_name(&job.source),
@@ -625,6 +629,7 @@ pub async fn abort_upload(deps: &UploadDeps, mount: &str, key: &str, upload_id: 
         .await
     {
         Ok(()) => {
+            log::info!("mount {mount}: upload {upload_id} of '{key}' aborted");
             if let Err(e) = deps.recorder.upload_ended(upload_id).await {
                 log::warn!("mount {mount}: upload {upload_id} aborted but not marked: {e}");
             }

@@ -189,6 +189,12 @@ pub(super) async fn recover(c: &OpContext, entry: &JournalEntry) -> Result<Outco
         }
         Err(e) => {
             if let Some(rec) = c.meta.upload_of(entry.id).await? {
+                log::warn!(
+                    "mount {}: journal {}: upload {} cannot be resumed ({e}); aborting it",
+                    c.spec.name,
+                    entry.id,
+                    rec.upload_id
+                );
                 let _ = c.store.abort_multipart(&rec.key, &rec.upload_id).await;
                 c.meta.mark_upload_aborted(&rec.upload_id).await?;
             }
