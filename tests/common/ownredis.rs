@@ -23,14 +23,18 @@ impl OwnRedis {
 
     /// A server that requires `password`.
     pub fn with_password(password: &str) -> Self {
-        Self::spawn(false, Some(password.to_owned()))
+        Self::spawn(false, Some(password.to_owned()), None)
     }
 
     pub fn start_with(persistent: bool) -> Self {
-        Self::spawn(persistent, None)
+        Self::spawn(persistent, None, None)
     }
 
-    fn spawn(persistent: bool, password: Option<String>) -> Self {
+    fn spawn(
+        persistent: bool,
+        password: Option<String>,
+        tls: Option<(std::path::PathBuf, std::path::PathBuf)>,
+    ) -> Self {
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()
@@ -42,7 +46,7 @@ impl OwnRedis {
             child: None,
             persistent,
             password,
-            tls: None,
+            tls,
         };
         r.up();
         r
@@ -50,21 +54,7 @@ impl OwnRedis {
 
     /// A server that speaks TLS only, with this certificate and key.
     pub fn with_tls(cert: std::path::PathBuf, key: std::path::PathBuf) -> Self {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let mut r = OwnRedis {
-            password: None,
-            tls: Some((cert, key)),
-            port,
-            dir: tempfile::tempdir().unwrap(),
-            child: None,
-            persistent: false,
-        };
-        r.up();
-        r
+        Self::spawn(false, None, Some((cert, key)))
     }
 
     pub fn url(&self) -> String {
