@@ -41,15 +41,21 @@ fn read_pem_certs(var: &str, path: &str) -> Result<Vec<CertificateDer<'static>>,
     Ok(certs)
 }
 
-/// The connector every Postgres connection of the executor uses (TLS only under
-/// `sslmode=require`; see [`crate::pg`]).
-pub fn pg_connector() -> Result<tokio_postgres_rustls::MakeRustlsConnect, Error> {
+/// The connector of a Postgres connection with `cfg` (TLS only under `sslmode=require`; see
+/// [`crate::pg`]). The trusted roots are read only when TLS will be used: a plaintext connection
+/// never calls the connector, so its root store stays empty.
+pub fn pg_connector(
+    cfg: &tokio_postgres::Config,
+) -> Result<tokio_postgres_rustls::MakeRustlsConnect, Error> {
     let mut roots = rustls::RootCertStore::empty();
-    for cert in rustls_native_certs::load_native_certs().certs {
-        // A system certificate rustls cannot use is skipped, as the platform verifier would.
-        let _ = roots.add(cert);
+    let tls = cfg.get_ssl_mode() == tokio_postgres::config::SslMode::Require;
+    if tls {
+        for cert in rustls_native_certs::load_native_certs().certs {
+            // A system certificate rustls cannot use is skipped, as the platform verifier would.
+            let _ = roots.add(cert);
+        }
     }
-    if let Some(path) = ca_file(PG_CA_ENV) {
+    if let Some(path) = ca_file(PG_CA_ENV).filter(|_| tls) {
         for cert in read_pem_certs(PG_CA_ENV, &path)? {
             roots
                 .add(cert)

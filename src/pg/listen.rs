@@ -26,7 +26,7 @@ pub async fn listen_mount_changes(
 ) -> Result<(tokio_postgres::Client, mpsc::Receiver<Change>), Error> {
     let cfg = pg_config(url, schema)?;
     let (client, mut conn) = cfg
-        .connect(crate::tls::pg_connector()?)
+        .connect(crate::tls::pg_connector(&cfg)?)
         .await
         .map_err(meta_error)?;
     let (tx, rx) = mpsc::channel(256);

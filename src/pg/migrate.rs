@@ -50,7 +50,7 @@ pub async fn connect(url: &str) -> Result<tokio_postgres::Client, Error> {
         .map_err(|e| Error::Config(format!("database URL is invalid: {e}")))?;
     tls_only_when_required(&mut cfg);
     let (client, conn) = cfg
-        .connect(crate::tls::pg_connector()?)
+        .connect(crate::tls::pg_connector(&cfg)?)
         .await
         .map_err(meta_error)?;
     tokio::spawn(conn);
@@ -76,7 +76,7 @@ pub(super) fn pg_config(url: &str, schema: &str) -> Result<tokio_postgres::Confi
 pub async fn migrate(url: &str, schema: &str) -> Result<Vec<i32>, Error> {
     let cfg = pg_config(url, schema)?;
     let (mut client, conn) = cfg
-        .connect(crate::tls::pg_connector()?)
+        .connect(crate::tls::pg_connector(&cfg)?)
         .await
         .map_err(meta_error)?;
     let conn_task = tokio::spawn(conn);

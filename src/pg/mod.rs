@@ -115,9 +115,10 @@ impl PgMetaStore {
     /// A store over a new pool of at most `max_size` connections. Connects lazily.
     pub fn new(url: &str, schema: &str, max_size: usize) -> Result<Self, Error> {
         let cfg = pg_config(url, schema)?;
+        let tls = crate::tls::pg_connector(&cfg)?;
         let mgr = Manager::from_config(
             cfg,
-            crate::tls::pg_connector()?,
+            tls,
             ManagerConfig {
                 recycling_method: RecyclingMethod::Fast,
             },

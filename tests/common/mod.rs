@@ -9,6 +9,15 @@
 pub mod faultproxy;
 pub mod invariants;
 pub mod ownredis;
+
+/// A loopback TCP port nobody listens on (for a server of a test's own).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
 pub mod pgcluster;
 
 use std::sync::atomic::{AtomicU32, Ordering};

@@ -35,11 +35,7 @@ impl OwnRedis {
         password: Option<String>,
         tls: Option<(std::path::PathBuf, std::path::PathBuf)>,
     ) -> Self {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        let port = super::free_port();
         let mut r = OwnRedis {
             port,
             dir: tempfile::tempdir().unwrap(),

@@ -70,11 +70,7 @@ impl PgCluster {
                 .success();
             assert!(ok, "chown of the cluster directory to postgres failed");
         }
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        let port = super::free_port();
         let mut c = PgCluster {
             dir,
             port,
