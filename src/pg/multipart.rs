@@ -126,9 +126,15 @@ fn upload_from_row(row: &Row) -> UploadRecord {
 
 /// Records a started upload inside `tx`.
 pub(super) async fn upload_in(tx: &Transaction<'_>, u: &UploadRecord) -> Result<(), MetaError> {
+    // An earlier upload of the same journal row that is still open is no longer used (the store
+    // lost it, or it could not be resumed): kept as history, marked aborted (V10).
     tx.execute(
-        &cached!(tx, "DELETE FROM multipart_uploads WHERE journal_id = $1"),
-        &[&u.journal_id],
+        &cached!(
+            tx,
+            "UPDATE multipart_uploads SET state = 'aborted', updated_at = now()
+             WHERE journal_id = $1 AND state = 'open' AND upload_id <> $2"
+        ),
+        &[&u.journal_id, &u.upload_id],
     )
     .await
     .map_err(pg)?;
@@ -139,7 +145,8 @@ pub(super) async fn upload_in(tx: &Transaction<'_>, u: &UploadRecord) -> Result<
             tx,
             "INSERT INTO multipart_uploads (upload_id, journal_id, mount, object_key, part_size,
                                         total_size, state)
-         VALUES ($1, $2, $3, $4, $5, $6, 'open')"
+         VALUES ($1, $2, $3, $4, $5, $6, 'open')
+         ON CONFLICT (upload_id) DO NOTHING"
         ),
         &[
             &u.upload_id,

@@ -179,10 +179,31 @@ pub(super) async fn recover(c: &OpContext, entry: &JournalEntry) -> Result<Outco
                             return Ok(outcome);
                         }
                         if std::time::Instant::now() >= deadline {
-                            return Err(e);
+                            break;
                         }
                         tokio::time::sleep(std::time::Duration::from_millis(200)).await;
                     }
+                    // The store lost the upload and no object appeared: a Complete cut off
+                    // half-applied when its client died (s3s-fs forgets the id, then consumes
+                    // the parts as it joins them, and drops the work with the connection). The
+                    // parts are gone; the file is unchanged, so it is uploaded again under a new
+                    // upload id, and proven like any other.
+                    if let Some(rec) = c.meta.upload_of(entry.id).await? {
+                        log::warn!(
+                            "mount {}: journal {}: upload {} is gone from the store ({e}) and no \
+                             object appeared within {:?}; uploading the unchanged file again",
+                            c.spec.name,
+                            entry.id,
+                            rec.upload_id,
+                            c.spec.verify_window
+                        );
+                        c.meta.mark_upload_aborted(&rec.upload_id).await?;
+                    }
+                    let payload = Payload::Upload {
+                        reader: None,
+                        sink: None,
+                    };
+                    act(c, entry.id, &entry.request, payload).await
                 }
                 r => r,
             }
