@@ -25,6 +25,53 @@ impl PgMetaStore {
                 Err(e) => Ok(vec![Err(e)]),
             };
         }
+        if super::bulk::eligible(writes) {
+            // Set-based: the batch's other writes one by one (in order, before the intents and
+            // commits that may follow them), then all intents, then all commits, each with a few
+            // statements over arrays. A refusal the reads find (a failed row, a broken
+            // condition) is that write's answer; a statement that fails is written again below.
+            let mut out: super::bulk::Answers = (0..writes.len()).map(|_| None).collect();
+            let mut refused = false;
+            for (i, write) in writes.iter().enumerate() {
+                if matches!(write, MetaWrite::Begin(_) | MetaWrite::Commit(_)) {
+                    continue;
+                }
+                match self.write_in(&tx, write).await {
+                    Ok(o) => out[i] = Some(Ok(o)),
+                    Err(e) if e.retryable || e.fenced => return Err(e),
+                    Err(_) => {
+                        refused = true;
+                        break;
+                    }
+                }
+            }
+            if !refused {
+                let set = async {
+                    super::bulk::begins(&tx, writes, &mut out).await?;
+                    self.bulk_commits(&tx, writes, &mut out).await
+                };
+                match set.await {
+                    Ok(()) => {
+                        tx.commit().await.map_err(pg)?;
+                        self.counted(&self.batches.set_based, "set-based");
+                        return out
+                            .into_iter()
+                            .map(|o| {
+                                o.ok_or_else(|| MetaError {
+                                    retryable: false,
+                                    fenced: false,
+                                    message: "internal: a write of the batch got no answer".into(),
+                                })
+                            })
+                            .collect::<Result<Vec<_>, _>>();
+                    }
+                    Err(e) if e.retryable || e.fenced => return Err(e),
+                    Err(e) => log::debug!("set-based batch refused ({e}); written one by one"),
+                }
+            }
+            tx.rollback().await.map_err(pg)?;
+            return self.apply_with_savepoints(&mut c, writes).await;
+        }
         // Writes are rarely refused, so first without savepoints (two round trips less per
         // write); if one is refused, the transaction is rolled back and the batch written again
         // with a savepoint around each write, so the refusal stays that write's alone.
@@ -42,9 +89,20 @@ impl PgMetaStore {
         }
         if !refused {
             tx.commit().await.map_err(pg)?;
+            self.counted(&self.batches.one_by_one, "one-by-one");
             return Ok(out);
         }
         tx.rollback().await.map_err(pg)?;
+        self.apply_with_savepoints(&mut c, writes).await
+    }
+
+    /// Writes the batch with a savepoint around each write, so a write refused is rolled back
+    /// alone.
+    async fn apply_with_savepoints(
+        &self,
+        c: &mut deadpool_postgres::Object,
+        writes: &[MetaWrite],
+    ) -> BatchResult {
         let mut tx = c.transaction().await.map_err(pg)?;
         self.fenced(&tx).await?;
         let mut out = Vec::with_capacity(writes.len());
@@ -63,7 +121,13 @@ impl PgMetaStore {
             }
         }
         tx.commit().await.map_err(pg)?;
+        self.counted(&self.batches.with_savepoints, "savepoints");
         Ok(out)
+    }
+
+    fn counted(&self, counter: &std::sync::atomic::AtomicU64, mode: &'static str) {
+        counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        metrics::counter!("filestore_s3_commit_batches_total", "mode" => mode).increment(1);
     }
 
     async fn write_in(

@@ -11,6 +11,7 @@ macro_rules! cached {
 }
 
 mod batch;
+mod bulk;
 mod commit;
 mod feed;
 mod health;
@@ -109,6 +110,19 @@ pub struct PgMetaStore {
     pool: Pool,
     /// The lease this view's writes are fenced with (`MetaStore::with_fence`).
     fence: Option<Fence>,
+    /// How batches were written, shared by every view of the pool.
+    batches: std::sync::Arc<BatchCounts>,
+}
+
+/// How many batches of several writes were written in each way (see [`PgMetaStore::batch_counts`]).
+#[derive(Debug, Default)]
+pub struct BatchCounts {
+    /// Set-based: intents and commits in a few statements over arrays.
+    pub set_based: std::sync::atomic::AtomicU64,
+    /// One write after another in one transaction.
+    pub one_by_one: std::sync::atomic::AtomicU64,
+    /// Written again with a savepoint per write, after a write was refused.
+    pub with_savepoints: std::sync::atomic::AtomicU64,
 }
 
 impl PgMetaStore {
@@ -130,7 +144,16 @@ impl PgMetaStore {
             .create_timeout(Some(Duration::from_secs(10)))
             .build()
             .map_err(|e| Error::Config(format!("connection pool: {e}")))?;
-        Ok(PgMetaStore { pool, fence: None })
+        Ok(PgMetaStore {
+            pool,
+            fence: None,
+            batches: Default::default(),
+        })
+    }
+
+    /// How the batches of several writes written through this pool were written.
+    pub fn batch_counts(&self) -> &BatchCounts {
+        &self.batches
     }
 
     async fn client(&self) -> Result<deadpool_postgres::Object, MetaError> {
@@ -148,6 +171,7 @@ impl MetaStore for PgMetaStore {
         std::sync::Arc::new(PgMetaStore {
             pool: self.pool.clone(),
             fence: Some(fence),
+            batches: self.batches.clone(),
         })
     }
     async fn acquire_lease(
