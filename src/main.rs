@@ -198,6 +198,10 @@ struct MountArgs {
     /// strict | lenient: when the store ignores SSE / KMS key / storage class.
     #[arg(long)]
     settings_policy: Option<String>,
+    /// head | put-response: how a single-request put is proven (put-response: by the PUT's
+    /// answer echoing the SHA-256 sent, for strongly consistent stores).
+    #[arg(long)]
+    verify: Option<String>,
     /// Take the mount's credentials from this profile of the shared AWS config files.
     #[arg(long, conflicts_with = "role_arn")]
     profile: Option<String>,
@@ -245,6 +249,9 @@ impl MountArgs {
         }
         if let Some(v) = &self.settings_policy {
             r.settings_policy = v.clone();
+        }
+        if let Some(v) = &self.verify {
+            r.verify = v.clone();
         }
         if let Some(p) = &self.profile {
             r.credentials_source = "profile".into();

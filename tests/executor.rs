@@ -24,7 +24,7 @@ async fn migrations_apply_once_and_create_every_table() {
     let first = filestore_s3::pg::migrate(&database_url(), &schema)
         .await
         .unwrap();
-    assert_eq!(first, vec![1, 2, 3, 4, 5, 6, 7, 8, 9]);
+    assert_eq!(first, vec![1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11]);
     let second = filestore_s3::pg::migrate(&database_url(), &schema)
         .await
         .unwrap();
@@ -441,4 +441,219 @@ async fn a_batch_of_writes_keeps_each_write_atomic() {
         IntentOutcome::Existing(_)
     ));
     env.cleanup().await;
+}
+
+/// Group commit writes a batch's intents and commits set-based (a few statements over arrays).
+/// The same writes given one at a time (each its own transaction, written statement by statement)
+/// must leave the same rows and give the same answers: new intents, an intent twice in the batch,
+/// a key already used, puts, an overwrite whose condition holds, one whose condition broke, a
+/// commit sent again, a commit of a failed row, a delete and a move.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn set_based_batches_write_what_one_write_at_a_time_writes() {
+    use filestore_s3::actors::model::{
+        CommitRecord, NodeChange, NodeMeta, OpKind, SourceRef, Verification, WriteCondition,
+    };
+    use filestore_s3::actors::ports::{MetaOutput, MetaWrite};
+
+    fn put_intent(path: &str, key: &str, token: u128) -> NewIntent {
+        let req = OpRequest::Put {
+            path: path.into(),
+            key: format!("k/{path}"),
+            size: path.len() as u64,
+            sha256: filestore_s3::Sha256Digest::of(path.as_bytes()),
+            content_type: None,
+            metadata: Default::default(),
+            condition: Default::default(),
+        };
+        NewIntent {
+            mount: "m".into(),
+            idempotency_key: key.into(),
+            fingerprint: req.fingerprint(),
+            token: uuid::Uuid::from_u128(token),
+            request: req,
+        }
+    }
+    fn commit(journal_id: i64, op: OpKind, path: &str, change: NodeChange) -> CommitRecord {
+        CommitRecord {
+            journal_id,
+            mount: "m".into(),
+            op,
+            path: path.into(),
+            key: format!("k/{path}"),
+            change,
+            source: None,
+            upload_id: None,
+            condition: WriteCondition::default(),
+        }
+    }
+    fn node(path: &str) -> NodeChange {
+        NodeChange::Upsert(NodeMeta {
+            size: path.len() as u64,
+            etag: format!("etag-{path}"),
+            sha256: filestore_s3::Sha256Digest::of(path.as_bytes()),
+            storage_class: "STANDARD".into(),
+            last_modified: None,
+            verified: Verification::Sha256VerifiedByStore,
+            sse: Some("AES256".into()),
+            not_applied: vec!["storage_class".into()],
+            user_metadata: [("owner".to_owned(), path.to_owned())]
+                .into_iter()
+                .collect(),
+        })
+    }
+    async fn started(meta: &PgMetaStore, i: NewIntent) -> i64 {
+        match meta.begin(&i).await.unwrap() {
+            IntentOutcome::Started { journal_id } => journal_id,
+            other => panic!("{other:?}"),
+        }
+    }
+    /// Prepares the same rows in `env`'s schema, then writes the batch under test all at once
+    /// (`together`) or one write at a time; returns the answers and the rows, comparable.
+    async fn run(env: &TestEnv, together: bool) -> (Vec<String>, Vec<String>, u64) {
+        let meta = PgMetaStore::new(&database_url(), &env.schema, 2).unwrap();
+        // Existing nodes: a (generation 1), c, d, src.
+        let mut ids = std::collections::HashMap::new();
+        for p in ["a", "c", "d", "src"] {
+            let j = started(&meta, put_intent(p, &format!("prep-{p}"), 0)).await;
+            meta.commit(&commit(j, OpKind::Put, p, node(p)))
+                .await
+                .unwrap();
+        }
+        for p in ["done", "failed", "b", "a2", "c2", "d", "mv"] {
+            let j = started(&meta, put_intent(p, &format!("op-{p}"), 1)).await;
+            ids.insert(p, j);
+        }
+        meta.commit(&commit(ids["done"], OpKind::Put, "done", node("done")))
+            .await
+            .unwrap();
+        meta.fail(ids["failed"], "given up").await.unwrap();
+        let mut overwrite = commit(ids["a2"], OpKind::Put, "a", node("a2"));
+        overwrite.condition.if_generation = Some(1);
+        let mut broken = commit(ids["c2"], OpKind::Put, "c", node("c2"));
+        broken.condition.if_none_match = true;
+        let mut mv = commit(ids["mv"], OpKind::Move, "dst", node("src"));
+        mv.source = Some(SourceRef {
+            mount: "m".into(),
+            path: "src".into(),
+            key: "k/src".into(),
+        });
+        let batch = vec![
+            MetaWrite::Begin(put_intent("x", "new-x", 2)),
+            MetaWrite::Commit(commit(ids["b"], OpKind::Put, "b", node("b"))),
+            MetaWrite::Commit(overwrite),
+            MetaWrite::Commit(broken),
+            MetaWrite::Commit(commit(ids["done"], OpKind::Put, "done", node("done"))),
+            MetaWrite::Commit(commit(ids["failed"], OpKind::Put, "failed", node("failed"))),
+            MetaWrite::Commit(commit(ids["d"], OpKind::Delete, "d", NodeChange::Remove)),
+            MetaWrite::Commit(mv),
+            MetaWrite::Begin(put_intent("prep-a", "prep-a", 3)),
+            MetaWrite::Begin(put_intent("y", "new-y", 4)),
+            MetaWrite::Begin(put_intent("y", "new-y", 5)),
+            MetaWrite::Begin(put_intent("x", "new-x", 2)),
+        ];
+        let before = meta
+            .batch_counts()
+            .set_based
+            .load(std::sync::atomic::Ordering::Relaxed);
+        let answers = if together {
+            meta.apply(&batch).await.unwrap()
+        } else {
+            let mut v = Vec::new();
+            for w in &batch {
+                v.extend(meta.apply(std::slice::from_ref(w)).await.unwrap());
+            }
+            v
+        };
+        let set_based = meta
+            .batch_counts()
+            .set_based
+            .load(std::sync::atomic::Ordering::Relaxed)
+            - before;
+        let answers = answers
+            .iter()
+            .map(|a| match a {
+                Ok(MetaOutput::Begun(IntentOutcome::Started { journal_id })) => {
+                    format!("started {journal_id}")
+                }
+                Ok(MetaOutput::Begun(IntentOutcome::Existing(e))) => {
+                    format!("existing {} {:?}", e.id, e.state)
+                }
+                Ok(MetaOutput::Committed(r)) => format!(
+                    "committed {} {:?} {} gen {} node {:?}",
+                    r.journal_id,
+                    r.op,
+                    r.path,
+                    r.generation,
+                    r.node
+                        .as_ref()
+                        .map(|n| (n.size, n.sha256, &n.user_metadata))
+                ),
+                Ok(other) => format!("{other:?}"),
+                Err(e) => format!("refused: {}", e.message),
+            })
+            .collect();
+        let mut rows = Vec::new();
+        for (table, sql) in [
+            ("journal", "SELECT id, idempotency_key, state, result IS NOT NULL, error, intent_token::text FROM {schema}.journal ORDER BY id"),
+            ("nodes", "SELECT path, object_key, size, etag, sha256, storage_class, generation, journal_id, verified, sse, not_applied::text, user_metadata::text FROM {schema}.nodes ORDER BY path"),
+            ("snapshots", "SELECT path, generation, deleted, object_key, size, sha256, journal_id, verified, user_metadata::text FROM {schema}.snapshots ORDER BY path, generation"),
+            ("outbox", "SELECT mount, journal_id, payload->>'op', payload->>'path', payload->>'generation' FROM {schema}.outbox ORDER BY journal_id"),
+        ] {
+            for r in env.query(sql, &[]).await {
+                let cols: Vec<String> = (0..r.len())
+                    .map(|i| {
+                        let v: Option<String> = r
+                            .try_get::<_, Option<String>>(i)
+                            .ok()
+                            .flatten()
+                            .or_else(|| r.try_get::<_, Option<i64>>(i).ok().flatten().map(|x| x.to_string()))
+                            .or_else(|| r.try_get::<_, Option<bool>>(i).ok().flatten().map(|x| x.to_string()));
+                        v.unwrap_or_else(|| "NULL".into())
+                    })
+                    .collect();
+                rows.push(format!("{table}: {}", cols.join(" | ")));
+            }
+        }
+        (answers, rows, set_based)
+    }
+
+    let together_env = TestEnv::new(Backend::S3sFs).await;
+    together_env.exec.shutdown().await;
+    let apart_env = TestEnv::new(Backend::S3sFs).await;
+    apart_env.exec.shutdown().await;
+    let (together, together_rows, set_based) = run(&together_env, true).await;
+    let (apart, apart_rows, _) = run(&apart_env, false).await;
+    assert_eq!(set_based, 1, "the batch was written set-based");
+    for (i, (t, a)) in together.iter().zip(&apart).enumerate() {
+        assert_eq!(t, a, "answer {i}");
+    }
+    assert_eq!(together.len(), apart.len());
+    assert_eq!(together_rows, apart_rows);
+    // What the batch must have done, not only the same as one at a time.
+    let expect = |i: usize, prefix: &str| {
+        assert!(
+            together[i].starts_with(prefix),
+            "answer {i}: {}",
+            together[i]
+        )
+    };
+    expect(0, "started");
+    expect(1, "committed");
+    assert!(together[2].contains("gen 2"), "{}", together[2]);
+    expect(3, "refused: condition on 'c' no longer holds");
+    expect(4, "committed");
+    expect(5, "refused: journal");
+    expect(6, "committed");
+    assert!(together[7].contains("Move dst gen 1"), "{}", together[7]);
+    expect(8, "existing");
+    expect(9, "started");
+    expect(10, "existing");
+    assert_eq!(together[11], together[0], "the same call finds its own row");
+    assert!(together_rows
+        .iter()
+        .any(|r| r.starts_with("snapshots: src | 2 | true")));
+    assert!(!together_rows.iter().any(|r| r.starts_with("nodes: src ")));
+    assert!(!together_rows.iter().any(|r| r.starts_with("nodes: d ")));
+    together_env.cleanup().await;
+    apart_env.cleanup().await;
 }

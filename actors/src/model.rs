@@ -143,6 +143,9 @@ pub enum Verification {
     /// Only the size could be checked (the store keeps neither checksums nor user metadata).
     #[default]
     SizeOnly,
+    /// The PUT's answer echoed the SHA-256 the executor sent, which the store checked the body
+    /// against before accepting it (mounts with `verify = put-response`; no HEAD was sent).
+    Sha256InPutResponse,
 }
 
 impl Verification {
@@ -154,6 +157,7 @@ impl Verification {
             Verification::Sha256VerifiedByExecutor => "sha256-verified-by-executor",
             Verification::Sha256FromMetadata => "sha256-from-metadata",
             Verification::SizeOnly => "size-only",
+            Verification::Sha256InPutResponse => "sha256-in-put-response",
         }
     }
 
@@ -165,6 +169,7 @@ impl Verification {
             Verification::Sha256VerifiedByExecutor,
             Verification::Sha256FromMetadata,
             Verification::SizeOnly,
+            Verification::Sha256InPutResponse,
         ]
         .into_iter()
         .find(|v| v.as_str() == s)

@@ -82,6 +82,8 @@ pub struct MountRow {
     /// Accept a plain `http://` endpoint that is not loopback (credentials-signed requests and
     /// object data then cross the network unencrypted). Off by default.
     pub allow_insecure_http: bool,
+    /// `head` or `put-response`: how a single-request put is proven ([`VerifyPolicy`]).
+    pub verify: String,
 }
 
 impl MountRow {
@@ -113,6 +115,7 @@ impl MountRow {
             role_external_id: None,
             role_session_name: None,
             allow_insecure_http: false,
+            verify: "head".into(),
         }
     }
 }
@@ -263,6 +266,20 @@ pub struct MountSpec {
     pub settings_policy: SettingsPolicy,
     /// Where the mount's credentials come from.
     pub credentials: CredentialSource,
+    /// How a single-request put is proven.
+    pub verify: VerifyPolicy,
+}
+
+/// How a single-request put is proven before it is committed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum VerifyPolicy {
+    /// A HEAD after the PUT must show the object with the put's checksum or write marker.
+    #[default]
+    Head,
+    /// For strongly consistent stores: the PUT's answer is the proof when it echoes the SHA-256
+    /// the executor sent (the store checked the body against it before accepting it); a PUT
+    /// answered without it, or on a mount that sends no checksum, is proven by HEAD as usual.
+    PutResponse,
 }
 
 impl MountSpec {
@@ -434,6 +451,16 @@ impl MountSpec {
                 ))
             }
         };
+        let verify = match row.verify.as_str() {
+            "head" => VerifyPolicy::Head,
+            "put-response" => VerifyPolicy::PutResponse,
+            other => {
+                return Err(err(
+                    "verify",
+                    format!("'{other}' is unknown; use 'head' or 'put-response'"),
+                ))
+            }
+        };
         let credentials = credential_source(row).map_err(|(f, r)| err(f, r))?;
         Ok(MountSpec {
             name: row.name.clone(),
@@ -455,6 +482,7 @@ impl MountSpec {
             copy_threshold,
             settings_policy,
             credentials,
+            verify,
         })
     }
 }

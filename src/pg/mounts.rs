@@ -14,9 +14,9 @@ impl PgMetaStore {
                 kms_key_id, canned_acl, storage_class, multipart_threshold, part_size, part_concurrency,
                 verify_window_ms, checksum, enabled, multipart_failure_policy, copy_threshold,
                 settings_policy, credentials_source, credentials_profile, role_arn,
-                role_external_id, role_session_name, allow_insecure_http)
+                role_external_id, role_session_name, allow_insecure_http, verify)
              VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13,$14,$15,$16,$17,$18,$19,$20,$21,$22,
-                $23,$24,$25)
+                $23,$24,$25,$26)
              ON CONFLICT (name) DO UPDATE SET bucket = EXCLUDED.bucket, prefix = EXCLUDED.prefix,
                 region = EXCLUDED.region, endpoint = EXCLUDED.endpoint, path_style = EXCLUDED.path_style,
                 sse_mode = EXCLUDED.sse_mode, kms_key_id = EXCLUDED.kms_key_id,
@@ -30,7 +30,7 @@ impl PgMetaStore {
                 credentials_profile = EXCLUDED.credentials_profile, role_arn = EXCLUDED.role_arn,
                 role_external_id = EXCLUDED.role_external_id,
                 role_session_name = EXCLUDED.role_session_name,
-                allow_insecure_http = EXCLUDED.allow_insecure_http,
+                allow_insecure_http = EXCLUDED.allow_insecure_http, verify = EXCLUDED.verify,
                 updated_at = now()",
             &[
                 &r.name,
@@ -58,6 +58,7 @@ impl PgMetaStore {
                 &r.role_external_id,
                 &r.role_session_name,
                 &r.allow_insecure_http,
+                &r.verify,
             ],
         )
         .await
@@ -73,7 +74,7 @@ impl PgMetaStore {
                         canned_acl, storage_class, multipart_threshold, part_size, part_concurrency,
                         verify_window_ms, checksum, enabled, multipart_failure_policy,
                         copy_threshold, settings_policy, credentials_source, credentials_profile,
-                        role_arn, role_external_id, role_session_name, allow_insecure_http
+                        role_arn, role_external_id, role_session_name, allow_insecure_http, verify
                  FROM backend_mounts ORDER BY name",
                 &[],
             )
@@ -107,6 +108,7 @@ impl PgMetaStore {
                 role_external_id: r.get("role_external_id"),
                 role_session_name: r.get("role_session_name"),
                 allow_insecure_http: r.get("allow_insecure_http"),
+                verify: r.get("verify"),
             })
             .collect())
     }

@@ -92,6 +92,8 @@ pub enum Fault {
     /// Forward, then send the answer's headers and this many bytes of its body, and no more
     /// (the connection stays open): a download that stalls mid-body.
     StallBodyAfter(usize),
+    /// Forward, then remove this header from the answer (a store that does not echo it).
+    StripResponseHeader(&'static str),
 }
 
 /// A fault, the requests it applies to, how likely and how often.
@@ -369,7 +371,10 @@ async fn handle_whole(
         v[mid] ^= 0x5a;
         bytes = Bytes::from(v);
     }
-    let response = forward(&upstream, &parts, bytes).await?;
+    let mut response = forward(&upstream, &parts, bytes).await?;
+    if let Some(Fault::StripResponseHeader(name)) = &fault {
+        response.headers_mut().remove(*name);
+    }
     if response.status().is_success()
         && matches!(
             op,
