@@ -27,6 +27,8 @@ use crate::{latencies, Measured, Spec, ACCESS_KEY, BUCKET, MOUNT, SECRET_KEY};
 
 /// A mount on the same bucket that sends no checksum headers.
 const MOUNT_NO_CHECKSUM: &str = "b-no-checksum";
+/// A mount on the same bucket whose puts are proven by the PUT's answer (`verify = put-response`).
+const MOUNT_PUT_RESPONSE: &str = "b-put-response";
 
 fn row(spec: &Spec) -> MountRow {
     let mut r = MountRow::new(MOUNT, BUCKET, "");
@@ -101,6 +103,13 @@ async fn executor(spec: &Spec) -> Result<S3Executor> {
     exec.register_mount(plain)
         .await
         .map_err(|e| anyhow::anyhow!("mount: {e}"))?;
+    let mut answered = row(spec);
+    answered.name = MOUNT_PUT_RESPONSE.into();
+    answered.prefix = "put-response".into();
+    answered.verify = "put-response".into();
+    exec.register_mount(answered)
+        .await
+        .map_err(|e| anyhow::anyhow!("mount: {e}"))?;
     Ok(exec)
 }
 
@@ -123,6 +132,9 @@ pub fn run_case(spec: &Spec) -> Result<Measured> {
         // The committer is an actix actor: it runs on an actix system.
         return actix_rt::System::new().block_on(committer(spec.clone()));
     }
+    if spec.case.starts_with("publish-lag-") {
+        return actix_rt::System::new().block_on(publish_lag(spec.clone()));
+    }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
@@ -133,7 +145,7 @@ pub fn run_case(spec: &Spec) -> Result<Measured> {
                 exec_put(spec).await
             }
             "sdk-small-put-head" | "sdk-small-put" => sdk_small(spec).await,
-            "exec-small-head-verified" => exec_small(spec).await,
+            "exec-small-head-verified" | "exec-small-response-verified" => exec_small(spec).await,
             "sdk-copy" | "sdk-delete" => sdk_copy_delete(spec).await,
             "exec-copy" | "exec-delete" => exec_copy_delete(spec).await,
             "sdk-get-file" => sdk_get(spec).await,
@@ -297,12 +309,16 @@ async fn sdk_small(spec: &Spec) -> Result<Measured> {
 async fn exec_small(spec: &Spec) -> Result<Measured> {
     let exec = executor(spec).await?;
     let files = Arc::new(small_files(spec)?);
+    let mount = match spec.case.as_str() {
+        "exec-small-response-verified" => MOUNT_PUT_RESPONSE,
+        _ => MOUNT,
+    };
     let m = timed_many(files.len(), spec.in_flight, |i| {
         let (exec, files) = (exec.clone(), files.clone());
         async move {
             let (name, body) = &files[i];
             exec.put_bytes(
-                MOUNT,
+                mount,
                 &format!("w2/exec/{name}"),
                 body.to_vec(),
                 PutOptions::default(),
@@ -509,13 +525,150 @@ impl ChangePublisher for NoRedis {
     }
 }
 
+/// W4: operations (intent and commit of a put, as in W3) started at a steady `rate` per second
+/// through one mount's committer, with the notifier relaying to the real Redis; a subscriber of
+/// the mount's channel takes each event's arrival time. The lag of an event is its arrival minus
+/// its `time` (set inside the commit transaction, before COMMIT), so it covers the commit's
+/// end, the notifier's wake-up, its outbox read, XADD and PUBLISH. The value is the achieved
+/// rate; p50 / p99 are the lag.
+async fn publish_lag(spec: Spec) -> Result<Measured> {
+    use actix::Actor;
+    use filestore_s3::actors::committer::CommitterActor;
+    use filestore_s3::actors::notifier::NotifierActor;
+    use filestore_s3::redis::{RedisKeys, RedisPublisher};
+    use futures::StreamExt as _;
+    let keys = RedisKeys::new(&spec.redis_prefix);
+    let client = redis::Client::open(spec.redis_url.as_str())?;
+    let mut pubsub = client.get_async_pubsub().await?;
+    pubsub.subscribe(keys.channel(MOUNT)).await?;
+    let expected = spec.ops;
+    let listener = tokio::spawn(async move {
+        let mut lags = Vec::with_capacity(expected);
+        let mut messages = pubsub.on_message();
+        while lags.len() < expected {
+            let Ok(Some(msg)) =
+                tokio::time::timeout(Duration::from_secs(30), messages.next()).await
+            else {
+                break;
+            };
+            let arrived = chrono::Utc::now();
+            let payload: String = msg.get_payload().unwrap_or_default();
+            if let Ok(event) = filestore_s3::actors::model::ChangeEvent::decode(payload.as_bytes())
+            {
+                let lag = (arrived - event.time).num_microseconds().unwrap_or(0) as f64 / 1000.0;
+                lags.push(lag);
+            }
+        }
+        lags
+    });
+    let meta: Arc<dyn MetaStore> = Arc::new(
+        PgMetaStore::new(&spec.database_url, &spec.schema, 4)
+            .map_err(|e| anyhow::anyhow!("{e}"))?,
+    );
+    let publisher =
+        RedisPublisher::new(&spec.redis_url, keys, 100_000).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let notifier = NotifierActor::new(MOUNT.into(), meta.clone(), Arc::new(publisher)).start();
+    let committer = CommitterActor::new(
+        MOUNT.into(),
+        meta,
+        notifier,
+        filestore_s3::actors::retry::RetryPolicy::default(),
+    )
+    .start();
+    let interval = Duration::from_secs_f64(1.0 / spec.rate.max(1) as f64);
+    let started = tokio::time::Instant::now();
+    let mut running = Vec::with_capacity(spec.ops);
+    for i in 0..spec.ops {
+        tokio::time::sleep_until(started + interval * i as u32).await;
+        running.push(tokio::spawn(one_put_commit(
+            committer.clone(),
+            format!("w4/{}/{i}", spec.case),
+        )));
+    }
+    for r in running {
+        r.await??;
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    let lags = listener.await?;
+    if lags.len() < spec.ops {
+        bail!("{} of {} events arrived", lags.len(), spec.ops);
+    }
+    let (p50, p99) = latencies(lags);
+    Ok(Measured {
+        seconds,
+        bytes: 0,
+        ops: spec.ops as u64,
+        p50_ms: p50,
+        p99_ms: p99,
+    })
+}
+
+/// One put's intent, then its commit (node, snapshot, journal, outbox), through `committer`.
+async fn one_put_commit(
+    committer: actix::Addr<filestore_s3::actors::committer::CommitterActor>,
+    path: String,
+) -> Result<()> {
+    use filestore_s3::actors::committer::{CommitOperation, RecordIntent};
+    use filestore_s3::actors::model::IntentOutcome;
+    let body = path.as_bytes();
+    let sha256 = filestore_s3::Sha256Digest::of(body);
+    let request = OpRequest::Put {
+        path: path.clone(),
+        key: path.clone(),
+        size: body.len() as u64,
+        sha256,
+        content_type: None,
+        metadata: Default::default(),
+        condition: Default::default(),
+    };
+    let intent = NewIntent {
+        mount: MOUNT.into(),
+        idempotency_key: path.clone(),
+        fingerprint: request.fingerprint(),
+        request,
+        token: uuid::Uuid::new_v4(),
+    };
+    let IntentOutcome::Started { journal_id } = committer
+        .send(RecordIntent(intent))
+        .await?
+        .map_err(|e| anyhow::anyhow!("{e}"))?
+    else {
+        bail!("{path}: not started");
+    };
+    let record = CommitRecord {
+        journal_id,
+        mount: MOUNT.into(),
+        op: OpKind::Put,
+        path: path.clone(),
+        key: path.clone(),
+        change: NodeChange::Upsert(NodeMeta {
+            size: body.len() as u64,
+            etag: "0123456789abcdef".into(),
+            sha256,
+            storage_class: "STANDARD".into(),
+            last_modified: None,
+            verified: Verification::Sha256VerifiedByStore,
+            sse: None,
+            not_applied: Vec::new(),
+            user_metadata: Default::default(),
+        }),
+        source: None,
+        upload_id: None,
+        condition: Default::default(),
+    };
+    committer
+        .send(CommitOperation(record))
+        .await?
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    Ok(())
+}
+
 /// W3: `ops` operations (intent, then commit of a put: node, snapshot, journal, outbox) through
 /// one mount's committer from `callers` concurrent callers; `batch` writes per transaction at
 /// most (1: one transaction per write, as before group commit).
 async fn committer(spec: Spec) -> Result<Measured> {
     use actix::Actor;
-    use filestore_s3::actors::committer::{CommitOperation, CommitterActor, RecordIntent};
-    use filestore_s3::actors::model::IntentOutcome;
+    use filestore_s3::actors::committer::CommitterActor;
     use filestore_s3::actors::notifier::NotifierActor;
     let meta: Arc<dyn MetaStore> = Arc::new(
         PgMetaStore::new(&spec.database_url, &spec.schema, 4)
@@ -531,64 +684,7 @@ async fn committer(spec: Spec) -> Result<Measured> {
     .with_max_batch(spec.batch)
     .start();
     let case = spec.case.clone();
-    let one = move |i: usize| {
-        let committer = committer.clone();
-        let case = case.clone();
-        async move {
-            let path = format!("w3/{case}/{i}");
-            let body = path.as_bytes();
-            let sha256 = filestore_s3::Sha256Digest::of(body);
-            let request = OpRequest::Put {
-                path: path.clone(),
-                key: path.clone(),
-                size: body.len() as u64,
-                sha256,
-                content_type: None,
-                metadata: Default::default(),
-                condition: Default::default(),
-            };
-            let intent = NewIntent {
-                mount: MOUNT.into(),
-                idempotency_key: path.clone(),
-                fingerprint: request.fingerprint(),
-                request,
-                token: uuid::Uuid::new_v4(),
-            };
-            let IntentOutcome::Started { journal_id } = committer
-                .send(RecordIntent(intent))
-                .await?
-                .map_err(|e| anyhow::anyhow!("{e}"))?
-            else {
-                bail!("{path}: not started");
-            };
-            let record = CommitRecord {
-                journal_id,
-                mount: MOUNT.into(),
-                op: OpKind::Put,
-                path: path.clone(),
-                key: path.clone(),
-                change: NodeChange::Upsert(NodeMeta {
-                    size: body.len() as u64,
-                    etag: "0123456789abcdef".into(),
-                    sha256,
-                    storage_class: "STANDARD".into(),
-                    last_modified: None,
-                    verified: Verification::Sha256VerifiedByStore,
-                    sse: None,
-                    not_applied: Vec::new(),
-                    user_metadata: Default::default(),
-                }),
-                source: None,
-                upload_id: None,
-                condition: Default::default(),
-            };
-            committer
-                .send(CommitOperation(record))
-                .await?
-                .map_err(|e| anyhow::anyhow!("{e}"))?;
-            Ok(())
-        }
-    };
+    let one = move |i: usize| one_put_commit(committer.clone(), format!("w3/{case}/{i}"));
     let m = timed_many(spec.ops, spec.callers, one).await?;
     // Let the notifier drain before the system stops (not timed).
     tokio::time::sleep(Duration::from_millis(50)).await;

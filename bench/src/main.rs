@@ -80,6 +80,8 @@ pub struct Spec {
     pub callers: usize,
     pub ops: usize,
     pub batch: usize,
+    /// W4: operations started per second.
+    pub rate: u64,
 }
 
 /// What a case measured.
@@ -408,6 +410,7 @@ fn run(args: RunArgs) -> Result<()> {
         callers: 1,
         ops: 0,
         batch: 64,
+        rate: 0,
     };
     let rt = tokio::runtime::Runtime::new()?;
     rt.block_on(cases::prepare(&base))?;
@@ -455,8 +458,10 @@ fn run(args: RunArgs) -> Result<()> {
         b.case(w, b.spec("sdk-small-put-head"), "objects/s");
         b.case(w, b.spec("sdk-small-put"), "objects/s");
         b.case(w, b.spec("exec-small-head-verified"), "objects/s");
+        b.case(w, b.spec("exec-small-response-verified"), "objects/s");
         tools::upload_many(&mut b, &tools, &env, w);
         b.compare(w, "exec-small-head-verified", "sdk-small-put-head");
+        b.compare(w, "exec-small-response-verified", "sdk-small-put");
         b.compare(w, "sdk-small-put", "sdk-small-put-head");
         for c in tools::TOOL_CASES_MANY {
             b.compare(w, c, "sdk-small-put");
@@ -481,6 +486,14 @@ fn run(args: RunArgs) -> Result<()> {
         }
         tools::pgbench(&mut b, &tools, args.smoke);
         b.compare(w, "committer-group-commit-64", "pgbench-batched-ceiling");
+    }
+    if wants("W4") {
+        let w = "W4";
+        // At a steady 1,000 operations/s: 5 s (0.2 s in the smoke run).
+        let mut s = b.spec("publish-lag-1000");
+        s.ops = if args.smoke { 200 } else { 5000 };
+        s.rate = 1000;
+        b.case(w, s, "ops/s");
     }
     if wants("W5") {
         let w = "W5";
