@@ -204,6 +204,64 @@ pub struct ObjectBody {
     pub stream: BodyStream,
 }
 
+/// The body of one part of a multipart upload.
+#[derive(Debug, Clone)]
+pub enum PartBody {
+    /// Bytes in memory (parts of a stream, of a copy through the executor).
+    Bytes(Bytes),
+    /// A range of a file, read while it is sent: no part-sized buffer. Hashed before it is sent
+    /// (the store checks the SHA-256); `md5` is the range's MD5, for stores that neither verify
+    /// nor echo the checksum, whose ETag of a part is its MD5.
+    File {
+        /// The file.
+        path: std::path::PathBuf,
+        /// Where the part starts.
+        offset: u64,
+        /// Bytes in the part.
+        len: u64,
+        /// MD5 of those bytes.
+        md5: [u8; 16],
+    },
+}
+
+impl PartBody {
+    /// Bytes in the part.
+    pub fn len(&self) -> u64 {
+        match self {
+            PartBody::Bytes(b) => b.len() as u64,
+            PartBody::File { len, .. } => *len,
+        }
+    }
+
+    /// Whether the part is empty.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The part's bytes, read from the file if need be (for stores kept in memory, in tests).
+    pub fn to_bytes(&self) -> std::io::Result<Bytes> {
+        match self {
+            PartBody::Bytes(b) => Ok(b.clone()),
+            PartBody::File {
+                path, offset, len, ..
+            } => {
+                use std::io::{Read, Seek, SeekFrom};
+                let mut f = std::fs::File::open(path)?;
+                f.seek(SeekFrom::Start(*offset))?;
+                let mut v = Vec::with_capacity(*len as usize);
+                f.take(*len).read_to_end(&mut v)?;
+                if v.len() as u64 != *len {
+                    return Err(std::io::Error::new(
+                        std::io::ErrorKind::UnexpectedEof,
+                        format!("{} bytes of the part read, {len} expected", v.len()),
+                    ));
+                }
+                Ok(Bytes::from(v))
+            }
+        }
+    }
+}
+
 /// Object storage for one mount (bucket, prefix, SSE, ACL and storage class are the store's).
 #[async_trait]
 pub trait ObjectStore: Send + Sync + 'static {
@@ -245,7 +303,7 @@ pub trait ObjectStore: Send + Sync + 'static {
         key: &str,
         upload_id: &str,
         part_number: i32,
-        body: Bytes,
+        body: PartBody,
         sha256: Sha256Digest,
     ) -> Result<UploadedPart, StoreError>;
     /// CopyObject from a bucket the same client can read, with the mount's write options.

@@ -19,7 +19,8 @@ use crate::model::{
 use crate::mount::MountRow;
 use crate::ports::{
     ByteRange, ChangePublisher, CopyObjectInput, MetaError, MetaStore, ObjectBody, ObjectStore,
-    PartCopyInput, PublishError, PutObjectInput, StoreError, StoreErrorKind, UploadedPart,
+    PartBody, PartCopyInput, PublishError, PutObjectInput, StoreError, StoreErrorKind,
+    UploadedPart,
 };
 use bytes::Bytes;
 
@@ -199,9 +200,12 @@ impl ObjectStore for MemoryStore {
         _key: &str,
         upload_id: &str,
         part_number: i32,
-        body: Bytes,
+        body: PartBody,
         sha256: Sha256Digest,
     ) -> Result<UploadedPart, StoreError> {
+        let body = body
+            .to_bytes()
+            .map_err(|e| StoreError::new(StoreErrorKind::Rejected, e.to_string()))?;
         if self
             .fail_next_parts
             .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
@@ -334,8 +338,14 @@ impl ObjectStore for MemoryStore {
         let end = input.range.end.map_or(body.len(), |e| e as usize + 1);
         let part = Bytes::copy_from_slice(&body[start..end.min(body.len())]);
         let sha = Sha256Digest::of(&part);
-        self.upload_part(&input.key, &input.upload_id, input.part_number, part, sha)
-            .await
+        self.upload_part(
+            &input.key,
+            &input.upload_id,
+            input.part_number,
+            PartBody::Bytes(part),
+            sha,
+        )
+        .await
     }
 }
 

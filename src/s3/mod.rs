@@ -12,7 +12,7 @@ use aws_sdk_s3::config::{
     BehaviorVersion, Credentials, Region, RequestChecksumCalculation, ResponseChecksumValidation,
     SharedCredentialsProvider,
 };
-use aws_sdk_s3::primitives::ByteStream;
+use aws_sdk_s3::primitives::{ByteStream, Length};
 use aws_sdk_s3::types::{
     ChecksumAlgorithm, ChecksumMode, CompletedMultipartUpload, CompletedPart, EncodingType,
     MetadataDirective, ObjectCannedAcl, ServerSideEncryption, StorageClass,
@@ -21,21 +21,29 @@ use aws_sdk_s3::Client;
 use aws_smithy_types::retry::RetryConfig;
 use aws_smithy_types::timeout::TimeoutConfig;
 use base64::Engine as _;
-use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use filestore_s3_actors::model::{ObjectMeta, RawListing, UserMetadata, WriteMarker};
 use filestore_s3_actors::mount::{
     validate_endpoint, ChecksumPolicy, CredentialSource, MountSpec, Sse,
 };
 use filestore_s3_actors::ports::{
-    ByteRange, CopyObjectInput, ObjectBody, ObjectStore, ObjectStoreFactory, PartCopyInput,
-    PutObjectInput, StoreError, StoreErrorKind, UploadedPart,
+    ByteRange, CopyObjectInput, ObjectBody, ObjectStore, ObjectStoreFactory, PartBody,
+    PartCopyInput, PutObjectInput, StoreError, StoreErrorKind, UploadedPart,
 };
 use filestore_s3_actors::Sha256Digest;
 use futures::FutureExt as _;
 use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
 
 pub use error::classify;
+
+/// Read buffer of a part sent from a file: large enough to keep the connection busy, small
+/// enough that parts in flight cost little memory.
+const FILE_PART_READ_BUFFER: usize = 256 * 1024;
+
+fn md5_hex(bytes: &[u8]) -> String {
+    use md5::Digest as _;
+    hex::encode(md5::Md5::digest(bytes))
+}
 
 /// Timeouts and credentials shared by every mount's client.
 #[derive(Clone)]
@@ -255,13 +263,14 @@ impl S3Store {
     /// `ChecksumMismatch`, so the write is sent again instead of being verified by its own marker.
     /// Skipped when the store answered with the SHA-256 the executor sent (`echoed_sha256`): it
     /// verified the body itself, and hashing it again would only cost CPU.
+    /// `md5` gives the hex MD5 of the `len` bytes sent; asked only when the check applies.
     fn check_md5_etag(
         &self,
         etag: &str,
-        body: &[u8],
+        len: u64,
         echoed_sha256: bool,
+        md5: impl FnOnce() -> String,
     ) -> Result<(), StoreError> {
-        use md5::Digest as _;
         if echoed_sha256 {
             return Ok(());
         }
@@ -269,15 +278,14 @@ impl S3Store {
         if !plain || matches!(self.sse, Sse::Kms { .. }) {
             return Ok(());
         }
-        let md5 = hex::encode(md5::Md5::digest(body));
+        let md5 = md5();
         if md5.eq_ignore_ascii_case(etag) {
             return Ok(());
         }
         Err(StoreError::new(
             StoreErrorKind::ChecksumMismatch,
             format!(
-                "the store's ETag {etag} is not the MD5 {md5} of the {} bytes sent: the body was corrupted on the way",
-                body.len()
+                "the store's ETag {etag} is not the MD5 {md5} of the {len} bytes sent: the body was corrupted on the way"
             ),
         ))
     }
@@ -403,7 +411,7 @@ impl ObjectStore for S3Store {
             .map_err(classify)?;
         let echoed = self.checksum == ChecksumPolicy::Sha256
             && sha256_of_header(out.checksum_sha256()) == Some(input.sha256);
-        self.check_md5_etag(&unquote(out.e_tag()), &input.body, echoed)?;
+        self.check_md5_etag(&unquote(out.e_tag()), size, echoed, || md5_hex(&input.body))?;
         Ok(ObjectMeta {
             key: input.key,
             size,
@@ -624,10 +632,32 @@ impl ObjectStore for S3Store {
         key: &str,
         upload_id: &str,
         part_number: i32,
-        body: Bytes,
+        body: PartBody,
         sha256: Sha256Digest,
     ) -> Result<UploadedPart, StoreError> {
-        let size = body.len() as u64;
+        let size = body.len();
+        let stream = match &body {
+            PartBody::Bytes(b) => ByteStream::from(b.clone()),
+            // Read while sent (and read again from the start if the SDK retries the request).
+            PartBody::File {
+                path, offset, len, ..
+            } => ByteStream::read_from()
+                .path(path)
+                .offset(*offset)
+                .length(Length::Exact(*len))
+                .buffer_size(FILE_PART_READ_BUFFER)
+                .build()
+                .await
+                .map_err(|e| {
+                    StoreError::new(
+                        StoreErrorKind::Rejected,
+                        format!(
+                            "part {part_number} cannot be read from {}: {e}",
+                            path.display()
+                        ),
+                    )
+                })?,
+        };
         let out = self
             .client
             .upload_part()
@@ -639,13 +669,16 @@ impl ObjectStore for S3Store {
             .set_checksum_sha256(
                 (self.checksum == ChecksumPolicy::Sha256).then(|| Self::b64(&sha256)),
             )
-            .body(ByteStream::from(body.clone()))
+            .body(stream)
             .send()
             .await
             .map_err(classify)?;
         let echoed = self.checksum == ChecksumPolicy::Sha256
             && sha256_of_header(out.checksum_sha256()) == Some(sha256);
-        self.check_md5_etag(&unquote(out.e_tag()), &body, echoed)?;
+        self.check_md5_etag(&unquote(out.e_tag()), size, echoed, || match &body {
+            PartBody::Bytes(b) => md5_hex(b),
+            PartBody::File { md5, .. } => hex::encode(md5),
+        })?;
         Ok(UploadedPart {
             part_number,
             etag: Some(unquote(out.e_tag())),

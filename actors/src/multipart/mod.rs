@@ -8,6 +8,7 @@
 
 mod actor;
 pub mod copy;
+mod file_part;
 
 pub use actor::{AbortUpload, GetUploadProgress, StopUpload, UploadActor, UploadHandle};
 
@@ -26,7 +27,7 @@ use crate::digest::Sha256Digest;
 use crate::error::Error;
 use crate::model::{UploadProgress, UploadRecord, UploadSource, UploadedPart, WriteMarker};
 use crate::mount::{MAX_PART_SIZE_BYTES, MIN_PART_SIZE_BYTES};
-use crate::ports::{ChangePublisher, ObjectStore, StoreErrorKind};
+use crate::ports::{ChangePublisher, ObjectStore, PartBody, StoreErrorKind};
 use crate::retry::{store_call, MountCounters, RetryPolicy};
 
 /// S3's limit on parts per upload.
@@ -652,6 +653,10 @@ async fn upload_parts(
 ) -> Result<(Vec<UploadedPart>, u64, Sha256Digest), Error> {
     let concurrency = job.concurrency.max(1);
     let what = source_name(&job.source);
+    let file = match &job.source {
+        UploadSource::File { path, .. } => Some(std::path::PathBuf::from(path)),
+        UploadSource::Stream => None,
+    };
     let mut hasher = Some(Sha256::new());
     let mut in_flight = FuturesUnordered::new();
     let mut size = 0u64;
@@ -663,24 +668,48 @@ async fn upload_parts(
             done.insert(part.part_number, part);
         }
         // The next part is read and hashed while the parts in flight keep uploading: they are
-        // polled meanwhile, and the hashing runs on a blocking thread, not on the actor's.
+        // polled meanwhile, and the hashing runs on a blocking thread, not on the actor's. A
+        // file's part is hashed from the file and later sent from it (no part-sized buffer); a
+        // stream's is read into a buffer.
+        let offset = size;
         let (buf, h, part_sha) = {
             let next = async {
-                let buf = read_part(reader, part_size, &what).await?;
                 let mut h = hasher
                     .take()
                     .expect("the hasher is put back after each part");
+                let joined = |e: tokio::task::JoinError| Error::Source {
+                    what: what.clone(),
+                    message: format!("hashing a part: {e}"),
+                };
+                if let Some(path) = &file {
+                    let p = path.clone();
+                    let (h, hashed) = tokio::task::spawn_blocking(move || {
+                        let r = file_part::hash_range(&p, offset, part_size, &mut h);
+                        (h, r)
+                    })
+                    .await
+                    .map_err(joined)?;
+                    let r = hashed.map_err(|e| Error::Source {
+                        what: what.clone(),
+                        message: e.to_string(),
+                    })?;
+                    let body = PartBody::File {
+                        path: path.clone(),
+                        offset,
+                        len: r.len,
+                        md5: r.md5,
+                    };
+                    return Ok::<_, Error>((body, h, r.sha256));
+                }
+                let buf = read_part(reader, part_size, &what).await?;
                 let (buf, h, part_sha) = tokio::task::spawn_blocking(move || {
                     h.update(&buf);
                     let part_sha = Sha256Digest::of(&buf);
                     (buf, h, part_sha)
                 })
                 .await
-                .map_err(|e| Error::Source {
-                    what: what.clone(),
-                    message: format!("hashing a part: {e}"),
-                })?;
-                Ok::<_, Error>((buf, h, part_sha))
+                .map_err(joined)?;
+                Ok::<_, Error>((PartBody::Bytes(buf), h, part_sha))
             };
             tokio::pin!(next);
             loop {
@@ -700,15 +729,15 @@ async fn upload_parts(
         part_number += 1;
         if part_number as u64 > MAX_PARTS {
             return Err(Error::TooLarge {
-                size: size + buf.len() as u64,
+                size: size + buf.len(),
                 limit: MAX_PARTS * part_size,
                 what: "an upload of unknown size at this part size",
             });
         }
-        let last = (buf.len() as u64) < part_size;
-        size += buf.len() as u64;
+        let last = buf.len() < part_size;
+        size += buf.len();
         if let Some(prev) = done.get(&part_number) {
-            let same = prev.size == buf.len() as u64 && prev.sha256.is_none_or(|s| s == part_sha);
+            let same = prev.size == buf.len() && prev.sha256.is_none_or(|s| s == part_sha);
             if !same {
                 return Err(Error::SourceChanged {
                     source_path: what.clone(),
@@ -755,11 +784,11 @@ async fn upload_one(
     key: String,
     upload_id: String,
     part_number: i32,
-    body: Bytes,
+    body: PartBody,
     sha256: Sha256Digest,
     tracker: Arc<Tracker>,
 ) -> Result<UploadedPart, Error> {
-    let n = body.len() as u64;
+    let n = body.len();
     let started = Instant::now();
     let counters = deps.counters.clone();
     let part = deps
