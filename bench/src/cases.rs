@@ -544,6 +544,7 @@ async fn publish_lag(spec: Spec) -> Result<Measured> {
     let expected = spec.ops;
     let listener = tokio::spawn(async move {
         let mut lags = Vec::with_capacity(expected);
+        let mut undecodable: Option<String> = None;
         let mut messages = pubsub.on_message();
         while lags.len() < expected {
             let Ok(Some(msg)) =
@@ -553,13 +554,18 @@ async fn publish_lag(spec: Spec) -> Result<Measured> {
             };
             let arrived = chrono::Utc::now();
             let payload: String = msg.get_payload().unwrap_or_default();
-            if let Ok(event) = filestore_s3::actors::model::ChangeEvent::decode(payload.as_bytes())
-            {
-                let lag = (arrived - event.time).num_microseconds().unwrap_or(0) as f64 / 1000.0;
-                lags.push(lag);
+            match filestore_s3::actors::model::ChangeEvent::decode(payload.as_bytes()) {
+                Ok(event) => {
+                    let lag =
+                        (arrived - event.time).num_microseconds().unwrap_or(0) as f64 / 1000.0;
+                    lags.push(lag);
+                }
+                Err(e) => {
+                    undecodable.get_or_insert(format!("{e}: {payload}"));
+                }
             }
         }
-        lags
+        (lags, undecodable)
     });
     let meta: Arc<dyn MetaStore> = Arc::new(
         PgMetaStore::new(&spec.database_url, &spec.schema, 4)
@@ -589,9 +595,13 @@ async fn publish_lag(spec: Spec) -> Result<Measured> {
         r.await??;
     }
     let seconds = started.elapsed().as_secs_f64();
-    let lags = listener.await?;
+    let (lags, undecodable) = listener.await?;
     if lags.len() < spec.ops {
-        bail!("{} of {} events arrived", lags.len(), spec.ops);
+        bail!(
+            "{} of {} events arrived (undecodable: {undecodable:?})",
+            lags.len(),
+            spec.ops
+        );
     }
     let (p50, p99) = latencies(lags);
     Ok(Measured {
