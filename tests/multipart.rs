@@ -584,6 +584,80 @@ pub async fn survives_a_transient_outage_mid_upload(backend: Backend) {
     env.cleanup().await;
 }
 
+/// `get_to_file` of an object of at least two parts fetches it as ranged GETs of the mount's part
+/// size, pinned to one ETag and written at their offsets, and checks the whole file against the
+/// SHA-256 in `nodes`; an object changed behind the executor's back fails that check. (Needs the
+/// counting proxy, so it is not part of the external suite.)
+async fn parallel_download_to_a_file(backend: Backend) {
+    use common::faultproxy::{FaultProxy, Op};
+    let proxy = FaultProxy::start(&common::endpoint_of(backend), 12).await;
+    let env = TestEnv::build(
+        backend,
+        multipart_mount,
+        common::fast_settings(),
+        Some(proxy.endpoint.clone()),
+    )
+    .await;
+    let body = data(3 * PART + 4321, 13);
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("src.bin");
+    std::fs::write(&src, &body).unwrap();
+    env.exec
+        .put_file(&env.mount, "par/object.bin", &src, PutOptions::default())
+        .await
+        .unwrap();
+    proxy.clear();
+    let dst = dir.path().join("dst.bin");
+    std::fs::write(
+        &dst,
+        b"an older, longer file that the download replaces entirely",
+    )
+    .unwrap();
+    let r = env
+        .exec
+        .get_to_file(&env.mount, "par/object.bin", &dst, false)
+        .await
+        .unwrap();
+    assert_eq!(std::fs::read(&dst).unwrap(), body);
+    assert_eq!(r.bytes_written, body.len() as u64);
+    assert_eq!(r.object_size, body.len() as u64);
+    assert_eq!(
+        r.sha256_verified.as_deref(),
+        Some(sha256_hex(&body).as_str())
+    );
+    assert_eq!(proxy.count(Op::GetObject), 4, "{:?}", proxy.seen());
+
+    // Changed behind the executor's back: same size, other bytes in the third range.
+    let mut evil = body.clone();
+    evil[2 * PART as usize + 99] ^= 0xff;
+    env.raw_put(&env.key("par/object.bin"), &evil).await;
+    let err = env
+        .exec
+        .get_to_file(&env.mount, "par/object.bin", &dst, false)
+        .await
+        .unwrap_err();
+    match &err {
+        Error::ChecksumMismatch {
+            expected, actual, ..
+        } => {
+            assert_eq!(expected, &sha256_hex(&body));
+            assert_eq!(actual, &sha256_hex(&evil));
+        }
+        other => panic!("expected ChecksumMismatch, got {other}"),
+    }
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn parallel_download_to_a_file_s3s_fs() {
+    parallel_download_to_a_file(Backend::S3sFs).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn parallel_download_to_a_file_moto() {
+    parallel_download_to_a_file(Backend::Moto).await
+}
+
 macro_rules! large_objects {
     ($module:ident, $backend:expr $(, $attr:meta)?) => {
         mod $module {
