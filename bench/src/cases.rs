@@ -27,6 +27,8 @@ use crate::{latencies, Measured, Spec, ACCESS_KEY, BUCKET, MOUNT, SECRET_KEY};
 
 /// A mount on the same bucket that sends no checksum headers.
 const MOUNT_NO_CHECKSUM: &str = "b-no-checksum";
+/// W4's mount (its own outbox and Redis channel).
+const LAG_MOUNT: &str = "b-lag";
 /// A mount on the same bucket whose puts are proven by the PUT's answer (`verify = put-response`).
 const MOUNT_PUT_RESPONSE: &str = "b-put-response";
 
@@ -537,10 +539,21 @@ async fn publish_lag(spec: Spec) -> Result<Measured> {
     use filestore_s3::actors::notifier::NotifierActor;
     use filestore_s3::redis::{RedisKeys, RedisPublisher};
     use futures::StreamExt as _;
+    // A mount of its own: W3's rows (and pgbench's, whose payloads are not events) stay on the
+    // bench mount's outbox, out of this notifier's way.
+    let meta_pg = PgMetaStore::new(&spec.database_url, &spec.schema, 4)
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let mut lag_row = row(&spec);
+    lag_row.name = LAG_MOUNT.into();
+    lag_row.prefix = "lag".into();
+    meta_pg
+        .upsert_mount(&lag_row)
+        .await
+        .map_err(|e| anyhow::anyhow!("mount row: {e}"))?;
     let keys = RedisKeys::new(&spec.redis_prefix);
     let client = redis::Client::open(spec.redis_url.as_str())?;
     let mut pubsub = client.get_async_pubsub().await?;
-    pubsub.subscribe(keys.channel(MOUNT)).await?;
+    pubsub.subscribe(keys.channel(LAG_MOUNT)).await?;
     let expected = spec.ops;
     let listener = tokio::spawn(async move {
         let mut lags = Vec::with_capacity(expected);
@@ -567,15 +580,12 @@ async fn publish_lag(spec: Spec) -> Result<Measured> {
         }
         (lags, undecodable)
     });
-    let meta: Arc<dyn MetaStore> = Arc::new(
-        PgMetaStore::new(&spec.database_url, &spec.schema, 4)
-            .map_err(|e| anyhow::anyhow!("{e}"))?,
-    );
+    let meta: Arc<dyn MetaStore> = Arc::new(meta_pg);
     let publisher =
         RedisPublisher::new(&spec.redis_url, keys, 100_000).map_err(|e| anyhow::anyhow!("{e}"))?;
-    let notifier = NotifierActor::new(MOUNT.into(), meta.clone(), Arc::new(publisher)).start();
+    let notifier = NotifierActor::new(LAG_MOUNT.into(), meta.clone(), Arc::new(publisher)).start();
     let committer = CommitterActor::new(
-        MOUNT.into(),
+        LAG_MOUNT.into(),
         meta,
         notifier,
         filestore_s3::actors::retry::RetryPolicy::default(),
@@ -588,6 +598,7 @@ async fn publish_lag(spec: Spec) -> Result<Measured> {
         tokio::time::sleep_until(started + interval * i as u32).await;
         running.push(tokio::spawn(one_put_commit(
             committer.clone(),
+            LAG_MOUNT,
             format!("w4/{}/{i}", spec.case),
         )));
     }
@@ -616,6 +627,7 @@ async fn publish_lag(spec: Spec) -> Result<Measured> {
 /// One put's intent, then its commit (node, snapshot, journal, outbox), through `committer`.
 async fn one_put_commit(
     committer: actix::Addr<filestore_s3::actors::committer::CommitterActor>,
+    mount: &'static str,
     path: String,
 ) -> Result<()> {
     use filestore_s3::actors::committer::{CommitOperation, RecordIntent};
@@ -632,7 +644,7 @@ async fn one_put_commit(
         condition: Default::default(),
     };
     let intent = NewIntent {
-        mount: MOUNT.into(),
+        mount: mount.into(),
         idempotency_key: path.clone(),
         fingerprint: request.fingerprint(),
         request,
@@ -647,7 +659,7 @@ async fn one_put_commit(
     };
     let record = CommitRecord {
         journal_id,
-        mount: MOUNT.into(),
+        mount: mount.into(),
         op: OpKind::Put,
         path: path.clone(),
         key: path.clone(),
@@ -694,7 +706,7 @@ async fn committer(spec: Spec) -> Result<Measured> {
     .with_max_batch(spec.batch)
     .start();
     let case = spec.case.clone();
-    let one = move |i: usize| one_put_commit(committer.clone(), format!("w3/{case}/{i}"));
+    let one = move |i: usize| one_put_commit(committer.clone(), MOUNT, format!("w3/{case}/{i}"));
     let m = timed_many(spec.ops, spec.callers, one).await?;
     // Let the notifier drain before the system stops (not timed).
     tokio::time::sleep(Duration::from_millis(50)).await;
