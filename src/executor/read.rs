@@ -225,19 +225,7 @@ impl S3Executor {
         fetched?;
         let (hasher, hashed_to) = hashed?.map_err(io_err)?;
         debug_assert_eq!(hashed_to, size);
-        let actual = hex::encode(hasher.finalize());
-        let mut verified = None;
-        if let Some(node) = st.node {
-            if node.meta.sha256.to_hex() != actual {
-                return Err(Error::ChecksumMismatch {
-                    mount: mount.to_owned(),
-                    path: path.to_owned(),
-                    expected: node.meta.sha256.to_hex(),
-                    actual,
-                });
-            }
-            verified = Some(actual);
-        }
+        let verified = checked_against_node(mount, path, st.node, hasher)?;
         Ok(GetResult {
             bytes_written: size,
             object_size: size,
@@ -320,18 +308,7 @@ impl S3Executor {
         })?;
         let mut verified = None;
         if whole {
-            let actual = hex::encode(hasher.finalize());
-            if let Some(node) = node {
-                if node.meta.sha256 != actual {
-                    return Err(Error::ChecksumMismatch {
-                        mount: mount.to_owned(),
-                        path: path.to_owned(),
-                        expected: node.meta.sha256.to_hex(),
-                        actual,
-                    });
-                }
-                verified = Some(actual);
-            }
+            verified = checked_against_node(mount, path, node, hasher)?;
         }
         Ok(GetResult {
             bytes_written: written,
@@ -340,4 +317,27 @@ impl S3Executor {
             sha256_verified: verified,
         })
     }
+}
+
+/// The whole object's SHA-256 checked against the one recorded in `nodes`: `Some(hex)` when it
+/// matches, `None` for an object Postgres does not track, `Error::ChecksumMismatch` otherwise.
+fn checked_against_node(
+    mount: &str,
+    path: &str,
+    node: Option<filestore_s3_actors::model::Node>,
+    hasher: Sha256,
+) -> Result<Option<String>, Error> {
+    let actual = hex::encode(hasher.finalize());
+    let Some(node) = node else {
+        return Ok(None);
+    };
+    if node.meta.sha256.to_hex() != actual {
+        return Err(Error::ChecksumMismatch {
+            mount: mount.to_owned(),
+            path: path.to_owned(),
+            expected: node.meta.sha256.to_hex(),
+            actual,
+        });
+    }
+    Ok(Some(actual))
 }
