@@ -202,6 +202,62 @@ pub async fn changed_source_ends_the_upload(backend: Backend) {
     env.cleanup().await;
 }
 
+/// The process is killed mid-upload and the store then loses the upload (here: aborted behind the
+/// executor's back, as a half-applied Complete leaves it on s3s-fs). Recovery finds the recorded
+/// upload gone — NoSuchUpload (moto, S3) or AccessDenied (s3s-fs) — and no object of its own, so
+/// it uploads the unchanged file again under a new upload id: the old row is kept, aborted; the
+/// new one completes; the object and the rows are right. (On moto the resume's ListParts answers
+/// NoSuchUpload and a new upload starts at once; on s3s-fs the AccessDenied path after the
+/// verification window runs — this instance fails without it.)
+pub async fn upload_lost_by_the_store_is_uploaded_again(backend: Backend) {
+    let env = TestEnv::with_mount(backend, |r| {
+        crash_mount(r);
+        r.verify_window_ms = 1000;
+    })
+    .await;
+    env.exec.shutdown().await;
+    let dir = tempfile::tempdir().unwrap();
+    let size = 12 * PART + 999;
+    let (file, body) = write_source(dir.path(), size);
+    let killed = put_and_kill(&env, &file, 3).await;
+    env.s3
+        .abort_multipart_upload()
+        .bucket(&env.bucket)
+        .key(env.key("crash/big.bin"))
+        .upload_id(&killed.upload_id)
+        .send()
+        .await
+        .unwrap();
+
+    let exec = S3Executor::start(env.exec.config().clone()).await.unwrap();
+    let (state, error) = wait_journal_settled(&env).await;
+    assert_eq!(state, "committed", "{error:?}");
+    let uploads: Vec<(String, String)> = env
+        .query(
+            "SELECT upload_id, state FROM {schema}.multipart_uploads ORDER BY created_at",
+            &[],
+        )
+        .await
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    assert_eq!(uploads.len(), 2, "{uploads:?}");
+    assert_eq!(uploads[0], (killed.upload_id.clone(), "aborted".to_owned()));
+    assert_ne!(uploads[1].0, killed.upload_id);
+    assert_eq!(uploads[1].1, "completed");
+    let mut w = common::HashingWriter::new();
+    exec.get("m", "crash/big.bin", &mut w, Default::default())
+        .await
+        .unwrap();
+    assert_eq!(w.len, size);
+    assert_eq!(w.hex(), sha256_hex(&body));
+    let mut expected = Expected::new();
+    expected.insert(("m".into(), "crash/big.bin".into()), sha256_hex(&body));
+    invariants::check(&env, &expected).await;
+    exec.shutdown().await;
+    env.cleanup().await;
+}
+
 /// Runs the reference binary with `args` and the failpoints `armed` (feature `failpoints`): it
 /// aborts at the first armed point it reaches, like a process killed there.
 async fn run_until_failpoint(env: &TestEnv, args: &[&str], armed: &str) {
@@ -413,6 +469,10 @@ macro_rules! crash_suite {
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)] $(#[$attr])?
             async fn changed_source_ends_the_upload() {
                 super::changed_source_ends_the_upload($backend).await
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)] $(#[$attr])?
+            async fn upload_lost_by_the_store_is_uploaded_again() {
+                super::upload_lost_by_the_store_is_uploaded_again($backend).await
             }
         }
     };
