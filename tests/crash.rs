@@ -232,15 +232,7 @@ pub async fn upload_lost_by_the_store_is_uploaded_again(backend: Backend) {
     let exec = S3Executor::start(env.exec.config().clone()).await.unwrap();
     let (state, error) = wait_journal_settled(&env).await;
     assert_eq!(state, "committed", "{error:?}");
-    let uploads: Vec<(String, String)> = env
-        .query(
-            "SELECT upload_id, state FROM {schema}.multipart_uploads ORDER BY created_at",
-            &[],
-        )
-        .await
-        .iter()
-        .map(|r| (r.get(0), r.get(1)))
-        .collect();
+    let uploads = env.uploads().await;
     assert_eq!(uploads.len(), 2, "{uploads:?}");
     assert_eq!(uploads[0], (killed.upload_id.clone(), "aborted".to_owned()));
     assert_ne!(uploads[1].0, killed.upload_id);

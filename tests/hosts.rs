@@ -327,15 +327,7 @@ async fn sigkill_of_the_owner_mid_work_is_taken_over(backend: Backend) {
     // (s3s-fs forgets the id, then joins and removes the parts, and drops the work when the
     // client's connection closes): then A's upload is marked aborted and the unchanged file
     // was uploaded again under a new id, which completed. Nothing else is acceptable.
-    let uploads: Vec<(String, String)> = env
-        .query(
-            "SELECT upload_id, state FROM {schema}.multipart_uploads ORDER BY created_at",
-            &[],
-        )
-        .await
-        .iter()
-        .map(|r| (r.get(0), r.get(1)))
-        .collect();
+    let uploads = env.uploads().await;
     match uploads.as_slice() {
         [(id, state)] => {
             assert_eq!((id, state.as_str()), (&a_upload, "completed"));

@@ -371,14 +371,21 @@ impl TestEnv {
     /// The one multipart upload recorded in this env: (upload id, state). Panics unless there is
     /// exactly one.
     pub async fn only_upload(&self) -> (String, String) {
-        let rows = self
-            .query(
-                "SELECT upload_id, state FROM {schema}.multipart_uploads",
-                &[],
-            )
-            .await;
-        assert_eq!(rows.len(), 1, "exactly one multipart upload");
-        (rows[0].get(0), rows[0].get(1))
+        let mut uploads = self.uploads().await;
+        assert_eq!(uploads.len(), 1, "exactly one multipart upload");
+        uploads.remove(0)
+    }
+
+    /// Every recorded multipart upload, oldest first: (upload id, state).
+    pub async fn uploads(&self) -> Vec<(String, String)> {
+        self.query(
+            "SELECT upload_id, state FROM {schema}.multipart_uploads ORDER BY created_at",
+            &[],
+        )
+        .await
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect()
     }
 
     /// Registers another mount `name` on a bucket of its own (or, on an external endpoint, the
