@@ -343,3 +343,137 @@ async fn f04_redis_down_for_a_while_commits_go_on() {
     common::invariants::check(&env, &expected).await;
     env.cleanup().await;
 }
+
+/// Transactions writing one mount's outbox at once (a committer writes batches at once; another
+/// mount's committer writes a move's event here) commit in the order of their outbox ids, so a
+/// feed reader that moves its cursor to the last id it read never passes an event committed
+/// later: 4 writers, each committing batches of 16 puts, while a reader follows by id.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_feed_reader_misses_nothing_written_by_transactions_at_once() {
+    use filestore_s3::actors::model::{
+        CommitRecord, IntentOutcome, NewIntent, NodeChange, NodeMeta, OpKind, OpRequest,
+        Verification,
+    };
+    use filestore_s3::actors::ports::{MetaOutput, MetaStore, MetaWrite};
+    use filestore_s3::pg::PgMetaStore;
+    use std::sync::Arc;
+
+    const WRITERS: usize = 4;
+    const ROUNDS: usize = 10;
+    const BATCH: usize = 16;
+    let env = TestEnv::new(Backend::S3sFs).await;
+    let meta = Arc::new(PgMetaStore::new(&common::database_url(), &env.schema, 8).unwrap());
+    let intent = |path: &str| {
+        let request = OpRequest::Put {
+            path: path.into(),
+            key: format!("k/{path}"),
+            size: 1,
+            sha256: filestore_s3::Sha256Digest::of(path.as_bytes()),
+            content_type: None,
+            metadata: Default::default(),
+            condition: Default::default(),
+        };
+        NewIntent {
+            mount: "m".into(),
+            idempotency_key: path.into(),
+            fingerprint: request.fingerprint(),
+            request,
+            token: uuid::Uuid::new_v4(),
+        }
+    };
+    let commit = |journal_id: i64, path: &str| CommitRecord {
+        journal_id,
+        mount: "m".into(),
+        op: OpKind::Put,
+        path: path.into(),
+        key: format!("k/{path}"),
+        change: NodeChange::Upsert(NodeMeta {
+            size: 1,
+            etag: "e".into(),
+            sha256: filestore_s3::Sha256Digest::of(path.as_bytes()),
+            storage_class: "STANDARD".into(),
+            last_modified: None,
+            verified: Verification::Sha256VerifiedByStore,
+            sse: None,
+            not_applied: Vec::new(),
+            user_metadata: Default::default(),
+        }),
+        source: None,
+        upload_id: None,
+        condition: Default::default(),
+    };
+    let writing = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let reader = {
+        let meta = meta.clone();
+        let writing = writing.clone();
+        tokio::spawn(async move {
+            let mut seen: Vec<i64> = Vec::new();
+            let mut cursor = 0;
+            loop {
+                let done = !writing.load(std::sync::atomic::Ordering::SeqCst);
+                let (events, _) = meta.events_after("m", cursor, 1000).await.unwrap();
+                if let Some(last) = events.last() {
+                    cursor = last.id;
+                }
+                seen.extend(events.iter().map(|e| e.id));
+                if done && events.is_empty() {
+                    return seen;
+                }
+            }
+        })
+    };
+    let writers: Vec<_> = (0..WRITERS)
+        .map(|w| {
+            let meta = meta.clone();
+            tokio::spawn(async move {
+                for round in 0..ROUNDS {
+                    let paths: Vec<String> =
+                        (0..BATCH).map(|i| format!("w{w}/r{round}/{i}")).collect();
+                    let begins: Vec<MetaWrite> =
+                        paths.iter().map(|p| MetaWrite::Begin(intent(p))).collect();
+                    let ids: Vec<i64> = meta
+                        .apply(&begins)
+                        .await
+                        .unwrap()
+                        .into_iter()
+                        .map(|o| match o {
+                            Ok(MetaOutput::Begun(IntentOutcome::Started { journal_id })) => {
+                                journal_id
+                            }
+                            other => panic!("{other:?}"),
+                        })
+                        .collect();
+                    let commits: Vec<MetaWrite> = ids
+                        .iter()
+                        .zip(&paths)
+                        .map(|(id, p)| MetaWrite::Commit(commit(*id, p)))
+                        .collect();
+                    for o in meta.apply(&commits).await.unwrap() {
+                        assert!(matches!(o, Ok(MetaOutput::Committed(_))), "{o:?}");
+                    }
+                }
+            })
+        })
+        .collect();
+    for w in writers {
+        w.await.unwrap();
+    }
+    writing.store(false, std::sync::atomic::Ordering::SeqCst);
+    let seen = reader.await.unwrap();
+    let rows = env
+        .query(
+            "SELECT id FROM {schema}.outbox WHERE mount = 'm' ORDER BY id",
+            &[],
+        )
+        .await;
+    let all: Vec<i64> = rows.iter().map(|r| r.get(0)).collect();
+    assert_eq!(all.len(), WRITERS * ROUNDS * BATCH);
+    let missed: Vec<&i64> = all.iter().filter(|id| !seen.contains(id)).collect();
+    assert!(
+        missed.is_empty(),
+        "the reader passed {} of {} events committed after a higher id: {missed:?}",
+        missed.len(),
+        all.len()
+    );
+    assert_eq!(seen, all, "each event once, in id order");
+}

@@ -1,14 +1,16 @@
 //! The committer: the only writer of journal / nodes / snapshots / outbox rows for its mount.
 //!
-//! Writes queue in the order their messages arrived and go to Postgres in batches (group commit):
-//! one batch in flight at a time, each write of a batch atomic on its own
-//! ([`MetaStore::apply`]). The mailbox is never paused: while a batch runs, or waits to be retried
-//! after a retryable failure (connection lost, Postgres restarting), new writes keep queueing
-//! behind it and status questions are answered. A retried batch goes first again, so writes apply
-//! in the order they were sent, and each write is idempotent, so a batch whose acknowledgement was
-//! lost can be sent again.
+//! Writes queue in the order their messages arrived and go to Postgres in batches (group commit),
+//! each write of a batch atomic on its own ([`MetaStore::apply`]). Up to `max_in_flight` batches
+//! are written at once, on their own connections, so Postgres works on one batch while the next
+//! is sent; two writes that touch the same thing (idempotency key, journal row, path, upload —
+//! see [`Claim`]) are never in two batches at once, so writes to one thing apply in the order
+//! they were sent. The mailbox is never paused: while batches run, or wait to be retried after a
+//! retryable failure (connection lost, Postgres restarting), new writes keep queueing behind them
+//! and status questions are answered. A retried batch goes back to its place in the queue, and
+//! each write is idempotent, so a batch whose acknowledgement was lost can be sent again.
 
-use std::collections::VecDeque;
+use std::collections::{HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -73,9 +75,9 @@ pub struct QueryCommitter;
 /// Answer to [`QueryCommitter`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct CommitterStatus {
-    /// Writes waiting, the batch in flight or waiting for its retry included.
+    /// Writes waiting, the batches in flight or waiting for their retry included.
     pub queued: usize,
-    /// A batch is being written.
+    /// A batch (or more) is being written.
     pub writing: bool,
     /// Failed attempts of the batch at the head of the queue (0 when the last one succeeded).
     pub failed_attempts: u32,
@@ -83,6 +85,51 @@ pub struct CommitterStatus {
 
 /// Largest number of writes sharing one transaction.
 pub const DEFAULT_MAX_BATCH: usize = 64;
+
+/// Batches written at once by default.
+pub const DEFAULT_MAX_IN_FLIGHT: usize = 2;
+
+/// Something a write changes or depends on. Writes with a claim in common are never written by
+/// two transactions at once: the later waits until the earlier's batch is answered.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Claim {
+    /// An intent's idempotency key on its mount.
+    Intent(String, String),
+    /// A journal row.
+    Journal(i64),
+    /// A path of a mount (its node, its snapshots' generations).
+    Path(String, String),
+    /// A multipart upload.
+    Upload(String),
+}
+
+impl Claim {
+    /// What `write` claims.
+    pub fn of(write: &MetaWrite) -> Vec<Claim> {
+        match write {
+            MetaWrite::Begin(i) => vec![Claim::Intent(i.mount.clone(), i.idempotency_key.clone())],
+            MetaWrite::Commit(r) => {
+                let mut c = vec![
+                    Claim::Journal(r.journal_id),
+                    Claim::Path(r.mount.clone(), r.path.clone()),
+                ];
+                if let Some(src) = &r.source {
+                    // A move removes its source; a copy reads it.
+                    c.push(Claim::Path(src.mount.clone(), src.path.clone()));
+                }
+                c
+            }
+            MetaWrite::Fail { journal_id, .. } | MetaWrite::Progress { journal_id, .. } => {
+                vec![Claim::Journal(*journal_id)]
+            }
+            MetaWrite::Upload(u) => vec![
+                Claim::Journal(u.journal_id),
+                Claim::Upload(u.upload_id.clone()),
+            ],
+            MetaWrite::Parts { upload_id, .. } => vec![Claim::Upload(upload_id.clone())],
+        }
+    }
+}
 
 /// Where the answer to one write goes.
 enum Reply {
@@ -123,8 +170,21 @@ impl Reply {
 }
 
 struct Job {
+    /// Arrival order.
+    seq: u64,
     write: MetaWrite,
     reply: Reply,
+    claims: Vec<Claim>,
+}
+
+/// A job's arrival, reply and claims while its write is in a batch.
+type Waiting = (u64, Reply, Vec<Claim>);
+
+/// A batch being written.
+struct Flight {
+    id: u64,
+    writes: usize,
+    claims: HashSet<Claim>,
 }
 
 /// Serialises the Postgres writes of one mount (see the module documentation).
@@ -134,11 +194,15 @@ pub struct CommitterActor {
     notifier: Addr<NotifierActor>,
     retry: RetryPolicy,
     max_batch: usize,
+    max_in_flight: usize,
     queue: VecDeque<Job>,
-    /// A batch is being written, or waits for its retry: no other starts.
-    busy: bool,
-    /// Writes of the batch being written (0: none is).
-    in_flight: usize,
+    next_seq: u64,
+    /// Batches being written.
+    flights: Vec<Flight>,
+    /// A batch waits for its retry: no other starts.
+    waiting_retry: bool,
+    /// A look at the queue is scheduled.
+    scheduled: bool,
     failed_attempts: u32,
     failing_since: Option<Instant>,
 }
@@ -157,9 +221,12 @@ impl CommitterActor {
             notifier,
             retry,
             max_batch: DEFAULT_MAX_BATCH,
+            max_in_flight: DEFAULT_MAX_IN_FLIGHT,
             queue: VecDeque::new(),
-            busy: false,
-            in_flight: 0,
+            next_seq: 0,
+            flights: Vec::new(),
+            waiting_retry: false,
+            scheduled: false,
             failed_attempts: 0,
             failing_since: None,
         }
@@ -171,29 +238,75 @@ impl CommitterActor {
         self
     }
 
+    /// At most `n` (≥ 1) batches written at once (1: one after another).
+    pub fn with_max_in_flight(mut self, n: usize) -> Self {
+        self.max_in_flight = n.max(1);
+        self
+    }
+
     fn enqueue(&mut self, write: MetaWrite, reply: Reply, ctx: &mut Context<Self>) {
-        self.queue.push_back(Job { write, reply });
-        if !self.busy {
+        let claims = Claim::of(&write);
+        self.queue.push_back(Job {
+            seq: self.next_seq,
+            write,
+            reply,
+            claims,
+        });
+        self.next_seq += 1;
+        if !self.scheduled && !self.waiting_retry && self.flights.len() < self.max_in_flight {
             // Started after the messages already in the mailbox: writes arriving together share
             // a transaction.
-            self.busy = true;
-            ctx.run_later(Duration::ZERO, |act, ctx| act.write_next(ctx));
+            self.scheduled = true;
+            ctx.run_later(Duration::ZERO, |act, ctx| {
+                act.scheduled = false;
+                act.write_next(ctx);
+            });
         }
     }
 
-    /// Writes the next batch; called with `busy` set.
+    /// Starts batches while there is room: each the longest run of writes at the head of the
+    /// queue (at most `max_batch`) claiming nothing a batch in flight claims.
     fn write_next(&mut self, ctx: &mut Context<Self>) {
-        if self.queue.is_empty() {
-            self.busy = false;
-            return;
+        while !self.waiting_retry && self.flights.len() < self.max_in_flight {
+            // The queue shared among the free slots: writes that arrived together are written
+            // by several transactions at once rather than one after another.
+            let free = self.max_in_flight - self.flights.len();
+            let share = self.queue.len().div_ceil(free).clamp(1, self.max_batch);
+            let mut claims: HashSet<Claim> = HashSet::new();
+            let mut n = 0;
+            for job in self.queue.iter().take(share) {
+                let held = job
+                    .claims
+                    .iter()
+                    .any(|c| self.flights.iter().any(|f| f.claims.contains(c)));
+                if held {
+                    break;
+                }
+                claims.extend(job.claims.iter().cloned());
+                n += 1;
+            }
+            if n == 0 {
+                return;
+            }
+            self.start_batch(n, claims, ctx);
         }
-        let n = self.queue.len().min(self.max_batch);
-        let (writes, replies): (Vec<MetaWrite>, Vec<Reply>) =
-            self.queue.drain(..n).map(|j| (j.write, j.reply)).unzip();
+    }
+
+    fn start_batch(&mut self, n: usize, claims: HashSet<Claim>, ctx: &mut Context<Self>) {
+        let jobs: Vec<Job> = self.queue.drain(..n).collect();
+        let id = jobs[0].seq;
+        let (writes, rest): (Vec<MetaWrite>, Vec<Waiting>) = jobs
+            .into_iter()
+            .map(|j| (j.write, (j.seq, j.reply, j.claims)))
+            .unzip();
         metrics::histogram!("filestore_s3_commit_batch_size", "mount" => self.mount.clone())
             .record(n as f64);
+        self.flights.push(Flight {
+            id,
+            writes: n,
+            claims,
+        });
         let meta = self.meta.clone();
-        self.in_flight = n;
         let write = async move {
             if writes.iter().any(|w| matches!(w, MetaWrite::Commit(_))) {
                 // Lets a test stop the process with a commit about to be written.
@@ -205,22 +318,30 @@ impl CommitterActor {
         ctx.spawn(
             write
                 .into_actor(self)
-                .map(move |(writes, result), act, ctx| act.written(writes, replies, result, ctx)),
+                .map(move |(writes, result), act, ctx| {
+                    act.flights.retain(|f| f.id != id);
+                    let jobs = writes
+                        .into_iter()
+                        .zip(rest)
+                        .map(|(write, (seq, reply, claims))| Job {
+                            seq,
+                            write,
+                            reply,
+                            claims,
+                        })
+                        .collect();
+                    act.written(jobs, result, ctx)
+                }),
         );
     }
 
     fn written(
         &mut self,
-        writes: Vec<MetaWrite>,
-        replies: Vec<Reply>,
+        jobs: Vec<Job>,
         result: crate::ports::BatchResult,
         ctx: &mut Context<Self>,
     ) {
-        self.in_flight = 0;
-        let mut jobs = writes
-            .into_iter()
-            .zip(replies)
-            .map(|(write, reply)| Job { write, reply });
+        let mut jobs = jobs.into_iter();
         match result {
             Ok(outcomes) => {
                 self.failed_attempts = 0;
@@ -258,7 +379,11 @@ impl CommitterActor {
                             jobs.len()
                         );
                         self.requeue_front(jobs.collect());
-                        ctx.run_later(delay, |act, ctx| act.write_next(ctx));
+                        self.waiting_retry = true;
+                        ctx.run_later(delay, |act, ctx| {
+                            act.waiting_retry = false;
+                            act.write_next(ctx);
+                        });
                     }
                     None => {
                         log::error!(
@@ -299,10 +424,13 @@ impl CommitterActor {
         }
     }
 
+    /// Puts writes back at their places in the queue (by arrival).
     fn requeue_front(&mut self, jobs: Vec<Job>) {
-        for job in jobs.into_iter().rev() {
-            self.queue.push_front(job);
+        if jobs.is_empty() {
+            return;
         }
+        self.queue.extend(jobs);
+        self.queue.make_contiguous().sort_by_key(|j| j.seq);
     }
 }
 
@@ -403,8 +531,8 @@ impl Handler<QueryCommitter> for CommitterActor {
 
     fn handle(&mut self, _msg: QueryCommitter, _ctx: &mut Self::Context) -> Self::Result {
         MessageResult(CommitterStatus {
-            queued: self.queue.len() + self.in_flight,
-            writing: self.in_flight > 0,
+            queued: self.queue.len() + self.flights.iter().map(|f| f.writes).sum::<usize>(),
+            writing: !self.flights.is_empty(),
             failed_attempts: self.failed_attempts,
         })
     }

@@ -26,6 +26,9 @@ pub struct NotifierActor {
     again: bool,
     failures: u32,
     retry_timer: Option<SpawnHandle>,
+    /// Every outbox row of the mount up to this id has been published (by this actor or before
+    /// it started: it starts from 0 and reads what is still unpublished).
+    published_through: i64,
 }
 
 impl NotifierActor {
@@ -44,6 +47,7 @@ impl NotifierActor {
             again: false,
             failures: 0,
             retry_timer: None,
+            published_through: 0,
         }
     }
 
@@ -60,21 +64,21 @@ impl NotifierActor {
         let meta = self.meta.clone();
         let publisher = self.publisher.clone();
         let mount = self.mount.clone();
+        let mut through = self.published_through;
         let work = async move {
             let mut relayed = 0usize;
-            loop {
-                let batch = meta
-                    .unpublished(&mount, OUTBOX_BATCH)
-                    .await
-                    .map_err(|e| (format!("reading outbox: {e}"), e.retryable))?;
+            let res = loop {
+                let batch = match meta.unpublished(&mount, through, OUTBOX_BATCH).await {
+                    Ok(b) => b,
+                    Err(e) => break Err((format!("reading outbox: {e}"), e.retryable)),
+                };
                 if batch.is_empty() {
-                    return Ok::<usize, (String, bool)>(relayed);
+                    break Ok::<usize, (String, bool)>(relayed);
                 }
                 crate::failpoint::hit("before_publish").await;
-                publisher
-                    .publish(&mount, &batch)
-                    .await
-                    .map_err(|e| (format!("publishing to Redis: {e}"), e.retryable))?;
+                if let Err(e) = publisher.publish(&mount, &batch).await {
+                    break Err((format!("publishing to Redis: {e}"), e.retryable));
+                }
                 // Commit → publish lag (clock of the committing host: a skew shows up here).
                 let now = chrono::Utc::now();
                 for e in &batch {
@@ -83,14 +87,17 @@ impl NotifierActor {
                         .record(lag.as_secs_f64());
                 }
                 let ids: Vec<i64> = batch.iter().map(|e| e.id).collect();
-                meta.mark_published(&ids)
-                    .await
-                    .map_err(|e| (format!("marking outbox published: {e}"), e.retryable))?;
+                if let Err(e) = meta.mark_published(&ids).await {
+                    break Err((format!("marking outbox published: {e}"), e.retryable));
+                }
                 relayed += ids.len();
-            }
+                through = through.max(ids.iter().copied().max().unwrap_or(through));
+            };
+            (through, res)
         };
-        ctx.spawn(work.into_actor(self).map(|res, act, ctx| {
+        ctx.spawn(work.into_actor(self).map(|(through, res), act, ctx| {
             act.relaying = false;
+            act.published_through = through;
             match res {
                 Ok(n) => {
                     if n > 0 {

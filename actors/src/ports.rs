@@ -330,6 +330,49 @@ pub trait ObjectStoreFactory: Send + Sync + 'static {
     fn for_mount(&self, spec: &MountSpec) -> Result<Arc<dyn ObjectStore>, StoreError>;
 }
 
+/// [`MetaStore::apply`]'s default: the writes one at a time, through the store's own methods.
+pub async fn apply_one_by_one<S: MetaStore + ?Sized>(
+    store: &S,
+    writes: &[MetaWrite],
+) -> BatchResult {
+    let mut out = Vec::with_capacity(writes.len());
+    for w in writes {
+        let r = match w {
+            MetaWrite::Begin(i) => store.begin(i).await.map(MetaOutput::Begun),
+            MetaWrite::Commit(c) => store
+                .commit(c)
+                .await
+                .map(|r| MetaOutput::Committed(Box::new(r))),
+            MetaWrite::Fail { journal_id, error } => store
+                .fail(*journal_id, error)
+                .await
+                .map(|_| MetaOutput::Done),
+            MetaWrite::Progress {
+                journal_id,
+                progress,
+            } => store
+                .record_progress(*journal_id, progress)
+                .await
+                .map(|_| MetaOutput::Done),
+            MetaWrite::Upload(u) => store.record_upload(u).await.map(|_| MetaOutput::Done),
+            MetaWrite::Parts { upload_id, parts } => store
+                .record_parts(upload_id, parts)
+                .await
+                .map(|_| MetaOutput::Done),
+        };
+        match r {
+            Err(e) if e.retryable || e.fenced => {
+                if out.is_empty() {
+                    return Err(e);
+                }
+                return Ok(out);
+            }
+            r => out.push(r),
+        }
+    }
+    Ok(out)
+}
+
 /// One write of a mount's committer; [`MetaStore::apply`] applies several in one go.
 #[derive(Debug, Clone)]
 pub enum MetaWrite {
@@ -438,8 +481,15 @@ pub trait MetaStore: Send + Sync + 'static {
     async fn pending(&self, mount: &str) -> Result<Vec<JournalEntry>, MetaError>;
     /// The node at a path.
     async fn node(&self, mount: &str, path: &str) -> Result<Option<Node>, MetaError>;
-    /// Unpublished outbox rows of a mount in commit order.
-    async fn unpublished(&self, mount: &str, limit: i64) -> Result<Vec<OutboxEvent>, MetaError>;
+    /// Unpublished outbox rows of a mount with an id above `after`, in commit order (a mount's
+    /// outbox ids are handed out in the order their transactions commit, so a relay that has
+    /// published every row up to an id can ask for the rows after it alone).
+    async fn unpublished(
+        &self,
+        mount: &str,
+        after: i64,
+        limit: i64,
+    ) -> Result<Vec<OutboxEvent>, MetaError>;
     /// Marks outbox rows published.
     async fn mark_published(&self, ids: &[i64]) -> Result<(), MetaError>;
     /// Records a started multipart upload (state `open`) for a journal row, replacing an older
@@ -468,42 +518,7 @@ pub trait MetaStore: Send + Sync + 'static {
     /// This default applies the writes one at a time; a store that can share one transaction
     /// among them overrides it.
     async fn apply(&self, writes: &[MetaWrite]) -> BatchResult {
-        let mut out = Vec::with_capacity(writes.len());
-        for w in writes {
-            let r = match w {
-                MetaWrite::Begin(i) => self.begin(i).await.map(MetaOutput::Begun),
-                MetaWrite::Commit(c) => self
-                    .commit(c)
-                    .await
-                    .map(|r| MetaOutput::Committed(Box::new(r))),
-                MetaWrite::Fail { journal_id, error } => self
-                    .fail(*journal_id, error)
-                    .await
-                    .map(|_| MetaOutput::Done),
-                MetaWrite::Progress {
-                    journal_id,
-                    progress,
-                } => self
-                    .record_progress(*journal_id, progress)
-                    .await
-                    .map(|_| MetaOutput::Done),
-                MetaWrite::Upload(u) => self.record_upload(u).await.map(|_| MetaOutput::Done),
-                MetaWrite::Parts { upload_id, parts } => self
-                    .record_parts(upload_id, parts)
-                    .await
-                    .map(|_| MetaOutput::Done),
-            };
-            match r {
-                Err(e) if e.retryable || e.fenced => {
-                    if out.is_empty() {
-                        return Err(e);
-                    }
-                    return Ok(out);
-                }
-                r => out.push(r),
-            }
-        }
-        Ok(out)
+        apply_one_by_one(self, writes).await
     }
     /// Deletes `mount`'s outbox rows published longer than `retention` ago (a change feed can no
     /// longer resume before them); returns how many.

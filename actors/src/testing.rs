@@ -378,7 +378,22 @@ pub struct MemoryMeta {
     pub fail_next_pending: Arc<AtomicU32>,
     /// Intents and commits that will fail (retryably, as a lost connection) before one succeeds.
     pub fail_next_writes: Arc<AtomicU32>,
+    /// How long each batch (`apply`) takes before its writes are applied.
+    pub apply_delay: Arc<Mutex<std::time::Duration>>,
+    /// Every batch applied, with when it started and ended.
+    pub batches: Arc<Mutex<Vec<AppliedBatch>>>,
     fence: Option<Fence>,
+}
+
+/// One call of [`MetaStore::apply`] on a [`MemoryMeta`].
+#[derive(Debug, Clone)]
+pub struct AppliedBatch {
+    /// When the call started.
+    pub started: std::time::Instant,
+    /// When it returned.
+    pub ended: std::time::Instant,
+    /// Its writes.
+    pub writes: Vec<crate::ports::MetaWrite>,
 }
 
 impl MemoryMeta {
@@ -445,6 +460,20 @@ fn meta_err(msg: &str) -> MetaError {
 
 #[async_trait]
 impl MetaStore for MemoryMeta {
+    async fn apply(&self, writes: &[crate::ports::MetaWrite]) -> crate::ports::BatchResult {
+        let started = std::time::Instant::now();
+        let delay = *self.apply_delay.lock().unwrap();
+        if !delay.is_zero() {
+            tokio::time::sleep(delay).await;
+        }
+        let out = crate::ports::apply_one_by_one(self, writes).await;
+        self.batches.lock().unwrap().push(AppliedBatch {
+            started,
+            ended: std::time::Instant::now(),
+            writes: writes.to_vec(),
+        });
+        out
+    }
     fn with_fence(&self, fence: Fence) -> Arc<dyn MetaStore> {
         Arc::new(MemoryMeta {
             fence: Some(fence),
@@ -680,11 +709,16 @@ impl MetaStore for MemoryMeta {
         Ok(s.nodes.get(&(mount.into(), path.into())).cloned())
     }
 
-    async fn unpublished(&self, mount: &str, limit: i64) -> Result<Vec<OutboxEvent>, MetaError> {
+    async fn unpublished(
+        &self,
+        mount: &str,
+        after: i64,
+        limit: i64,
+    ) -> Result<Vec<OutboxEvent>, MetaError> {
         let s = self.state.lock().unwrap();
         Ok(s.outbox
             .iter()
-            .filter(|(e, published)| !published && e.event.mount == mount)
+            .filter(|(e, published)| !published && e.event.mount == mount && e.id > after)
             .take(limit as usize)
             .map(|(e, _)| e.clone())
             .collect())

@@ -1,5 +1,6 @@
 //! The committer's queue on the in-memory metadata store: retries are scheduled, not slept with
-//! the mailbox paused, and writes still apply in the order they were sent.
+//! the mailbox paused; batches are written at once, and writes touching the same thing still
+//! apply in the order they were sent.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -78,12 +79,17 @@ async fn a_retry_waits_without_pausing_the_mailbox_and_keeps_the_order() {
             other => panic!("{other:?}"),
         }
     }
-    // Applied once each, in the order they were sent.
+    // Applied once each, each call answered with its own row. (Writes that touch nothing in
+    // common may be written by two transactions at once, so their order is not kept; the next
+    // test checks the order of writes that do.)
     let journal = f.meta.journal();
     assert_eq!(journal.len(), 5);
-    for (n, entry) in journal.iter().enumerate() {
+    for (n, id) in ids.iter().enumerate() {
+        let entry = journal
+            .iter()
+            .find(|e| e.id == *id)
+            .expect("the row answered");
         assert_eq!(entry.idempotency_key, format!("key-{n}"));
-        assert_eq!(ids[n], entry.id);
     }
     assert_eq!(f.meta.fail_next_writes.load(Ordering::SeqCst), 0);
     let status = committer.send(QueryCommitter).await.unwrap();
@@ -138,4 +144,86 @@ async fn an_intent_sent_again_after_a_lost_acknowledgement_goes_ahead() {
         f.meta.begin(&other).await.unwrap(),
         IntentOutcome::Existing(_)
     ));
+}
+
+/// Batches that overlap in time (on the in-memory store, each batch takes 30 ms).
+fn overlapping(f: &Fakes) -> Vec<(usize, usize)> {
+    let batches = f.meta.batches.lock().unwrap().clone();
+    let mut pairs = Vec::new();
+    for (i, a) in batches.iter().enumerate() {
+        for (j, b) in batches.iter().enumerate().skip(i + 1) {
+            if a.started < b.ended && b.started < a.ended {
+                pairs.push((i, j));
+            }
+        }
+    }
+    pairs
+}
+
+#[actix_rt::test]
+async fn batches_are_written_at_once_but_never_two_touching_the_same_thing() {
+    use filestore_s3_actors::committer::Claim;
+    use std::collections::HashSet;
+    let f = Fakes::default();
+    *f.meta.apply_delay.lock().unwrap() = Duration::from_millis(30);
+    let committer = start(&f, RetryPolicy::default());
+
+    // 40 intents with keys of their own, sent together: shared among two transactions at once.
+    let calls: Vec<_> = (0..40)
+        .map(|n| committer.send(RecordIntent(intent(n))))
+        .collect();
+    for call in futures::future::join_all(calls).await {
+        assert!(matches!(call.unwrap(), Ok(IntentOutcome::Started { .. })));
+    }
+    assert!(
+        !overlapping(&f).is_empty(),
+        "no two batches were written at once: {:?}",
+        f.meta
+            .batches
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|b| b.writes.len())
+            .collect::<Vec<_>>()
+    );
+
+    // 40 intents on 10 keys (each key sent 4 times, interleaved): a key's writes are never in
+    // two batches at once, and the first sent of each key is the one that starts it.
+    f.meta.batches.lock().unwrap().clear();
+    let keyed = |n: usize| {
+        let mut i = intent(100 + n % 10);
+        i.token = uuid::Uuid::new_v4();
+        i
+    };
+    let calls: Vec<_> = (0..40)
+        .map(|n| committer.send(RecordIntent(keyed(n))))
+        .collect();
+    let answers = futures::future::join_all(calls).await;
+    for (n, answer) in answers.into_iter().enumerate() {
+        let outcome = answer.unwrap().unwrap();
+        if n < 10 {
+            assert!(
+                matches!(outcome, IntentOutcome::Started { .. }),
+                "{n}: {outcome:?}"
+            );
+        } else {
+            assert!(
+                matches!(outcome, IntentOutcome::Existing(_)),
+                "{n}: {outcome:?}"
+            );
+        }
+    }
+    let batches = f.meta.batches.lock().unwrap().clone();
+    let claims =
+        |i: usize| -> HashSet<Claim> { batches[i].writes.iter().flat_map(Claim::of).collect() };
+    for (i, j) in overlapping(&f) {
+        let common: Vec<Claim> = claims(i).intersection(&claims(j)).cloned().collect();
+        assert!(
+            common.is_empty(),
+            "batches {i} and {j} ran at once and share {common:?}"
+        );
+    }
+    assert_eq!(f.meta.journal().len(), 50);
+    let status = committer.send(QueryCommitter).await.unwrap();
+    assert_eq!((status.queued, status.writing), (0, false));
 }

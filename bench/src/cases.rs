@@ -704,6 +704,12 @@ async fn committer(spec: Spec) -> Result<Measured> {
         filestore_s3::actors::retry::RetryPolicy::default(),
     )
     .with_max_batch(spec.batch)
+    // One transaction per write is also one at a time: the committer before group commit.
+    .with_max_in_flight(if spec.batch == 1 {
+        1
+    } else {
+        filestore_s3::actors::committer::DEFAULT_MAX_IN_FLIGHT
+    })
     .start();
     let case = spec.case.clone();
     let one = move |i: usize| one_put_commit(committer.clone(), MOUNT, format!("w3/{case}/{i}"));

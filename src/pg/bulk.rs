@@ -397,6 +397,7 @@ impl PgMetaStore {
             "INSERT INTO outbox (event_id, mount, journal_id, payload)
              SELECT * FROM unnest($1::uuid[], $2::text[], $3::bigint[], $4::jsonb[])"
         );
+        let order_q = cached!(tx, super::outbox::ORDER_OUTBOX);
         let notify_q = cached!(
             tx,
             "SELECT pg_notify(current_schema() || '.outbox', m) FROM unnest($1::text[]) AS m"
@@ -471,6 +472,7 @@ impl PgMetaStore {
         statements.push(tx.execute(&mark_q, &mark_params));
         statements.push(tx.execute(&uploads_q, &upload_params));
         if !outbox.mounts.is_empty() {
+            statements.push(tx.execute(&order_q, &notify_params));
             statements.push(tx.execute(&outbox_q, &outbox_params));
             statements.push(tx.execute(&notify_q, &notify_params));
         }

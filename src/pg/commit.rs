@@ -262,10 +262,18 @@ impl PgMetaStore {
                 (outbox, notify)
             })
             .collect();
+        let order = cached!(tx, super::outbox::ORDER_OUTBOX);
+        let mut stream_mounts: Vec<&str> = events.iter().map(|(m, _)| m.as_str()).collect();
+        stream_mounts.sort_unstable();
+        stream_mounts.dedup();
+        let order_params: [&(dyn ToSql + Sync); 1] = [&stream_mounts];
         let mut writes = vec![
             tx.execute(&mark, &mark_params),
             tx.execute(&uploads, &upload_params),
         ];
+        if !stream_mounts.is_empty() {
+            writes.push(tx.execute(&order, &order_params));
+        }
         for (o, n) in &event_params {
             writes.push(tx.execute(&outbox, o));
             writes.push(tx.execute(&notify, n));

@@ -220,8 +220,13 @@ impl MetaStore for PgMetaStore {
     async fn node(&self, mount: &str, path: &str) -> Result<Option<Node>, MetaError> {
         self.do_node(mount, path).await
     }
-    async fn unpublished(&self, mount: &str, limit: i64) -> Result<Vec<OutboxEvent>, MetaError> {
-        self.do_unpublished(mount, limit).await
+    async fn unpublished(
+        &self,
+        mount: &str,
+        after: i64,
+        limit: i64,
+    ) -> Result<Vec<OutboxEvent>, MetaError> {
+        self.do_unpublished(mount, after, limit).await
     }
     async fn mark_published(&self, ids: &[i64]) -> Result<(), MetaError> {
         self.do_mark_published(ids).await

@@ -5,6 +5,15 @@ use filestore_s3_actors::ports::MetaError;
 
 use super::{corrupt, pg, PgMetaStore};
 
+/// Taken by a transaction just before it writes outbox rows, for each mount it writes to (the
+/// mounts sorted, so two transactions never wait for each other in a circle), and held until it
+/// ends: a mount's outbox ids are handed out in the order their transactions commit, even when a
+/// committer writes batches at once or another mount's committer writes a move's event here. The
+/// change feed reads by id (`events_after`); without this a reader could pass an id whose
+/// transaction commits later and never see that event.
+pub(super) const ORDER_OUTBOX: &str = "SELECT pg_advisory_xact_lock(hashtextextended(
+        current_schema() || '.outbox ' || m, 0)) FROM unnest($1::text[]) AS m";
+
 /// `(id, payload)` rows as events.
 pub(super) fn events_of(rows: &[tokio_postgres::Row]) -> Result<Vec<OutboxEvent>, MetaError> {
     rows.iter()
@@ -22,14 +31,21 @@ impl PgMetaStore {
     pub(super) async fn do_unpublished(
         &self,
         mount: &str,
+        after: i64,
         limit: i64,
     ) -> Result<Vec<OutboxEvent>, MetaError> {
+        // From `after` on: the index entries of rows published (and not yet vacuumed) below it
+        // are not walked again on every relay.
         let c = self.client().await?;
         let rows = c
             .query(
-                "SELECT id, payload FROM outbox WHERE mount = $1 AND published_at IS NULL
-                 ORDER BY id LIMIT $2",
-                &[&mount, &limit],
+                &cached!(
+                    c,
+                    "SELECT id, payload FROM outbox
+                     WHERE mount = $1 AND published_at IS NULL AND id > $2
+                     ORDER BY id LIMIT $3"
+                ),
+                &[&mount, &after, &limit],
             )
             .await
             .map_err(pg)?;
@@ -39,7 +55,10 @@ impl PgMetaStore {
     pub(super) async fn do_mark_published(&self, ids: &[i64]) -> Result<(), MetaError> {
         let c = self.client().await?;
         c.execute(
-            "UPDATE outbox SET published_at = now() WHERE id = ANY($1) AND published_at IS NULL",
+            &cached!(
+                c,
+                "UPDATE outbox SET published_at = now() WHERE id = ANY($1) AND published_at IS NULL"
+            ),
             &[&ids],
         )
         .await
