@@ -89,6 +89,9 @@ pub const DEFAULT_MAX_BATCH: usize = 64;
 /// Batches written at once by default.
 pub const DEFAULT_MAX_IN_FLIGHT: usize = 2;
 
+/// A queue is split among free slots only into batches of at least this many writes.
+const MIN_SHARED_BATCH: usize = 16;
+
 /// Something a write changes or depends on. Writes with a claim in common are never written by
 /// two transactions at once: the later waits until the earlier's batch is answered.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -268,10 +271,17 @@ impl CommitterActor {
     /// queue (at most `max_batch`) claiming nothing a batch in flight claims.
     fn write_next(&mut self, ctx: &mut Context<Self>) {
         while !self.waiting_retry && self.flights.len() < self.max_in_flight {
-            // The queue shared among the free slots: writes that arrived together are written
-            // by several transactions at once rather than one after another.
+            // A long queue is shared among the free slots: writes that arrived together are
+            // written by several transactions at once rather than one after another. A short one
+            // stays one batch (a transaction's fixed costs — BEGIN, COMMIT's WAL flush — would
+            // outweigh the overlap).
             let free = self.max_in_flight - self.flights.len();
-            let share = self.queue.len().div_ceil(free).clamp(1, self.max_batch);
+            let share = self
+                .queue
+                .len()
+                .div_ceil(free)
+                .max(self.queue.len().min(MIN_SHARED_BATCH))
+                .clamp(1, self.max_batch);
             let mut claims: HashSet<Claim> = HashSet::new();
             let mut n = 0;
             for job in self.queue.iter().take(share) {
