@@ -19,9 +19,9 @@ pub mod tls;
 
 pub use config::ExecutorConfig;
 pub use executor::{
-    progress_to_recipient, DeleteOptions, FeedEvent, FollowOptions, GetOptions, GetResult, Health,
-    ListOptions, MountHealth, MountState, PutOptions, Reach, S3Executor, TransferOptions,
-    UploadProgressMsg, SHUTDOWN_DRAIN_DEADLINE,
+    progress_to_recipient, DeleteManyOptions, DeleteOptions, FeedEvent, FollowOptions, GetOptions,
+    GetResult, Health, ListOptions, MountHealth, MountState, PutOptions, Reach, S3Executor,
+    TransferOptions, UploadProgressMsg, SHUTDOWN_DRAIN_DEADLINE,
 };
 pub use filestore_s3_actors as actors;
 pub use filestore_s3_actors::model::UploadProgress;

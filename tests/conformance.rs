@@ -5,7 +5,7 @@ mod common;
 
 use common::{sha256_hex, Backend, TestEnv};
 use filestore_s3::actors::ports::StoreErrorKind;
-use filestore_s3::{DeleteOptions, Error, ListOptions, OpResult, PutOptions};
+use filestore_s3::{DeleteManyOptions, DeleteOptions, Error, ListOptions, OpResult, PutOptions};
 
 /// Asserts S3, nodes, snapshots, journal and stream after a committed put.
 async fn assert_put_landed(
@@ -816,6 +816,151 @@ async fn user_metadata_is_stored_recorded_and_carried(backend: Backend) {
     env.cleanup().await;
 }
 
+/// `delete_many`: bad input refuses the whole call before anything is deleted; then 30 paths and
+/// one without a node: each path its own committed journal row, snapshot tombstone and event,
+/// the missing one `NotFound`, the DELETEs sent in DeleteObjects requests; the same call again
+/// answers from the journal.
+pub async fn delete_many_commits_each_path(backend: Backend) {
+    let env = TestEnv::new(backend).await;
+    let paths: Vec<String> = (0..30).map(|i| format!("many/{i:02}.txt")).collect();
+    for p in &paths {
+        env.exec
+            .put_bytes(&env.mount, p, p.clone().into_bytes(), PutOptions::default())
+            .await
+            .unwrap();
+    }
+    env.wait_stream(30).await;
+    let opts = || DeleteManyOptions {
+        idempotency_key: Some("cleanup-7".into()),
+        in_flight: 32,
+    };
+
+    let twice = [paths[0].as_str(), paths[1].as_str(), paths[0].as_str()];
+    let e = env
+        .exec
+        .delete_many(&env.mount, &twice, opts())
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(e, Error::InvalidRequest { field: "paths", .. }),
+        "{e}"
+    );
+    let bad = [paths[0].as_str(), "a/../../etc"];
+    let e = env
+        .exec
+        .delete_many(&env.mount, &bad, opts())
+        .await
+        .unwrap_err();
+    assert!(matches!(e, Error::InvalidPath { .. }), "{e}");
+    let e = env
+        .exec
+        .delete_many(
+            &env.mount,
+            &paths,
+            DeleteManyOptions {
+                in_flight: 0,
+                ..opts()
+            },
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            e,
+            Error::InvalidRequest {
+                field: "in_flight",
+                ..
+            }
+        ),
+        "{e}"
+    );
+    let long_key = DeleteManyOptions {
+        idempotency_key: Some("k".repeat(223)),
+        ..opts()
+    };
+    let e = env
+        .exec
+        .delete_many(&env.mount, &paths, long_key)
+        .await
+        .unwrap_err();
+    assert!(matches!(e, Error::InvalidIdempotencyKey { .. }), "{e}");
+    assert_eq!(env.keys_in(&env.bucket, &env.key("many")).await.len(), 30);
+
+    let mut asked: Vec<&str> = paths.iter().map(String::as_str).collect();
+    asked.push("many/missing.txt");
+    let results = env
+        .exec
+        .delete_many(&env.mount, &asked, opts())
+        .await
+        .unwrap();
+    assert_eq!(results.len(), 31);
+    assert!(
+        matches!(&results[30], Err(Error::NotFound { path, .. }) if path == "many/missing.txt"),
+        "{:?}",
+        results[30]
+    );
+    let done: Vec<&OpResult> = results[..30].iter().map(|r| r.as_ref().unwrap()).collect();
+    assert!(env.keys_in(&env.bucket, &env.key("many")).await.is_empty());
+    let status = env.exec.status(&env.mount).await.unwrap();
+    assert!(
+        status.delete_batches >= 1 && status.deletes_batched >= 2,
+        "no DeleteObjects request carried the deletes: {status:?}"
+    );
+    let stream = env.wait_stream(60).await;
+    for (r, p) in done.iter().zip(&paths) {
+        assert!(r.node.is_none());
+        let journal = env
+            .query(
+                "SELECT state, op, path FROM {schema}.journal WHERE id = $1",
+                &[&r.journal_id],
+            )
+            .await;
+        assert_eq!(journal[0].get::<_, String>(0), "committed");
+        assert_eq!(journal[0].get::<_, String>(1), "delete");
+        assert_eq!(&journal[0].get::<_, String>(2), p);
+        let tombstone = env
+            .query(
+                "SELECT deleted FROM {schema}.snapshots WHERE mount = 'm' AND path = $1 AND generation = $2",
+                &[p, &r.generation],
+            )
+            .await;
+        assert!(tombstone[0].get::<_, bool>(0), "{p}");
+        let event = stream
+            .iter()
+            .find(|(id, _)| id == &r.event_id.to_string())
+            .unwrap_or_else(|| panic!("no event for {p}"));
+        assert_eq!(event.1["op"], "delete");
+        assert_eq!(event.1["path"], p.as_str());
+    }
+    let nodes = env
+        .query(
+            "SELECT count(*) FROM {schema}.nodes WHERE mount = 'm' AND path LIKE 'many/%'",
+            &[],
+        )
+        .await;
+    assert_eq!(nodes[0].get::<_, i64>(0), 0);
+
+    // The same call again: every path answered from its journal row, nothing new written.
+    let again = env
+        .exec
+        .delete_many(&env.mount, &asked, opts())
+        .await
+        .unwrap();
+    for (a, r) in again[..30].iter().zip(&done) {
+        let a = a.as_ref().unwrap();
+        assert_eq!((a.journal_id, a.event_id), (r.journal_id, r.event_id));
+    }
+    assert!(matches!(&again[30], Err(Error::NotFound { .. })));
+    let rows = env
+        .query(
+            "SELECT count(*) FROM {schema}.journal WHERE op = 'delete'",
+            &[],
+        )
+        .await;
+    assert_eq!(rows[0].get::<_, i64>(0), 30);
+    env.cleanup().await;
+}
+
 macro_rules! conformance {
     ($module:ident, $backend:expr $(, $attr:meta)?) => {
         mod $module {
@@ -837,6 +982,8 @@ macro_rules! conformance {
             async fn mount_storage_class_and_sse() { super::mount_storage_class_and_sse(B).await }
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)] $(#[$attr])?
             async fn user_metadata_is_stored_recorded_and_carried() { super::user_metadata_is_stored_recorded_and_carried(B).await }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)] $(#[$attr])?
+            async fn delete_many_commits_each_path() { super::delete_many_commits_each_path(B).await }
         }
     };
 }

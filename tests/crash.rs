@@ -11,8 +11,8 @@ mod common;
 
 use std::time::Duration;
 
-use common::invariants::{self, Expected};
 use aws_sdk_s3::error::ProvideErrorMetadata;
+use common::invariants::{self, Expected};
 use common::{sha256_hex, Backend, TestEnv};
 use filestore_s3::{PutOptions, S3Executor, UploadProgress};
 use tokio::io::{AsyncBufReadExt, BufReader};

@@ -86,6 +86,9 @@ pub struct DeleteObject {
     pub path: FsPath,
     /// Idempotency key; a random one is used when `None`.
     pub idempotency_key: Option<String>,
+    /// Send the DELETE in a multi-object delete (DeleteObjects) together with the mount's other
+    /// batched deletes waiting at that moment (`S3Executor::delete_many` sets it).
+    pub batched: bool,
 }
 
 /// Stat a path: what the store holds and what Postgres records.
@@ -136,6 +139,10 @@ pub struct SupervisorStatus {
     pub retries: u64,
     /// CopyObject / UploadPartCopy requests sent since the executor started (retries included).
     pub copy_requests: u64,
+    /// DeleteObjects requests sent since the executor started.
+    pub delete_batches: u64,
+    /// Keys sent in those DeleteObjects requests.
+    pub deletes_batched: u64,
     /// The mount's lease as this supervisor sees it.
     pub lease: LeaseStatus,
 }

@@ -271,6 +271,19 @@ pub trait ObjectStore: Send + Sync + 'static {
     async fn head_object(&self, key: &str) -> Result<Option<ObjectMeta>, StoreError>;
     /// DELETE an object (succeeds when it is already gone).
     async fn delete_object(&self, key: &str) -> Result<(), StoreError>;
+    /// Deletes up to 1,000 objects in one request (S3 DeleteObjects); one answer per key, in
+    /// order (a key already gone is deleted). `Err` when the request as a whole failed. The
+    /// default deletes them one by one, for stores without a multi-object delete.
+    async fn delete_objects(
+        &self,
+        keys: &[String],
+    ) -> Result<Vec<Result<(), StoreError>>, StoreError> {
+        let mut out = Vec::with_capacity(keys.len());
+        for key in keys {
+            out.push(self.delete_object(key).await);
+        }
+        Ok(out)
+    }
     /// One page of ListObjectsV2.
     async fn list_objects(
         &self,

@@ -23,6 +23,10 @@ pub struct MountCounters {
     pub retries: AtomicU64,
     /// CopyObject and UploadPartCopy requests sent (retries included).
     pub copy_requests: AtomicU64,
+    /// DeleteObjects requests sent (multi-object deletes of `delete_many`).
+    pub delete_batches: AtomicU64,
+    /// Keys sent in DeleteObjects requests.
+    pub deletes_batched: AtomicU64,
     /// Retry tokens spent and not yet earned back (see [`MountCounters::may_retry`]).
     pub retry_tokens_spent: AtomicU64,
     /// Failures returned without a retry because the retry budget was spent.

@@ -101,6 +101,8 @@ pub struct MountSupervisor {
     mounts: Option<Arc<dyn MountDirectory>>,
     /// The settings probe's finding (see `OpContext::ensure_settings_honoured`).
     probe: Arc<tokio::sync::OnceCell<Vec<String>>>,
+    /// Multi-object deletes of this mount's batched delete operations.
+    deletes: crate::engine::DeleteBatcher,
     /// This executor's id in `mount_leases`.
     owner: String,
     // Lease state, per run.
@@ -140,14 +142,16 @@ impl MountSupervisor {
         publisher: Arc<dyn ChangePublisher>,
         settings: SupervisorSettings,
     ) -> Self {
+        let counters = Arc::new(MountCounters::default());
         MountSupervisor {
+            deletes: crate::engine::DeleteBatcher::new(&spec.name, counters.clone()),
             spec,
             store,
             meta,
             publisher,
             settings,
             restarts: 0,
-            counters: Arc::new(MountCounters::default()),
+            counters,
             locks: PathLocks::default(),
             mounts: None,
             probe: Arc::new(tokio::sync::OnceCell::new()),
@@ -210,6 +214,7 @@ impl MountSupervisor {
             mounts: self.mounts.clone(),
             probe: self.probe.clone(),
             consistency_horizon: self.settings.consistency_horizon,
+            deletes: self.deletes.clone(),
         })
     }
 
@@ -844,7 +849,12 @@ impl Handler<DeleteObject> for MountSupervisor {
             path: msg.path.as_str().to_owned(),
             key,
         };
-        self.submit(msg.idempotency_key, request, Payload::None, ctx)
+        let payload = if msg.batched {
+            Payload::BatchedDelete
+        } else {
+            Payload::None
+        };
+        self.submit(msg.idempotency_key, request, payload, ctx)
     }
 }
 
@@ -938,6 +948,8 @@ impl Handler<GetStatus> for MountSupervisor {
             parts_resumed: self.counters.parts_resumed.load(Ordering::Relaxed),
             retries: self.counters.retries.load(Ordering::Relaxed),
             copy_requests: self.counters.copy_requests.load(Ordering::Relaxed),
+            delete_batches: self.counters.delete_batches.load(Ordering::Relaxed),
+            deletes_batched: self.counters.deletes_batched.load(Ordering::Relaxed),
             lease: match (&self.fence, &self.held_by) {
                 (Some(f), _) => LeaseStatus::Owned { epoch: f.epoch },
                 (None, Some((owner, until))) => LeaseStatus::HeldBy {

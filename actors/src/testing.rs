@@ -43,6 +43,12 @@ pub struct MemoryStore {
     upload_metadata: Mutex<HashMap<String, crate::model::UserMetadata>>,
     /// Parts that will fail before one succeeds.
     pub fail_next_parts: AtomicU32,
+    /// The number of keys of each multi-object delete, in the order they came.
+    pub delete_batches: Mutex<Vec<usize>>,
+    /// Single DELETEs.
+    pub single_deletes: AtomicU32,
+    /// Refuse multi-object deletes as a store without them does (`NotImplemented`).
+    pub refuse_delete_objects: std::sync::atomic::AtomicBool,
 }
 
 impl MemoryStore {
@@ -50,6 +56,16 @@ impl MemoryStore {
     pub fn fail_puts(&self, n: u32, kind: StoreErrorKind) {
         *self.fail_kind.lock().unwrap() = Some(kind);
         self.fail_next_puts.store(n, Ordering::SeqCst);
+    }
+
+    /// Number of objects.
+    pub fn len(&self) -> usize {
+        self.objects.lock().unwrap().len()
+    }
+
+    /// Whether no object is stored.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
     }
 
     /// Content of an object.
@@ -122,8 +138,33 @@ impl ObjectStore for MemoryStore {
     }
 
     async fn delete_object(&self, key: &str) -> Result<(), StoreError> {
+        self.single_deletes.fetch_add(1, Ordering::SeqCst);
         self.objects.lock().unwrap().remove(key);
         Ok(())
+    }
+
+    async fn delete_objects(
+        &self,
+        keys: &[String],
+    ) -> Result<Vec<Result<(), StoreError>>, StoreError> {
+        if self.refuse_delete_objects.load(Ordering::SeqCst) {
+            return Err(StoreError {
+                kind: StoreErrorKind::Config,
+                code: Some("NotImplemented".into()),
+                message: "multi-object delete is not implemented".into(),
+            });
+        }
+        // Taking a moment, as a request does: deletes sent meanwhile queue for the next batch.
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        self.delete_batches.lock().unwrap().push(keys.len());
+        let mut objects = self.objects.lock().unwrap();
+        Ok(keys
+            .iter()
+            .map(|k| {
+                objects.remove(k);
+                Ok(())
+            })
+            .collect())
     }
 
     async fn list_objects(

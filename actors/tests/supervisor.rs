@@ -100,6 +100,7 @@ async fn put_stat_delete_commit_and_publish_in_order() {
         .send(DeleteObject {
             path: FsPath::parse("a/b.txt").unwrap(),
             idempotency_key: None,
+            batched: false,
         })
         .await
         .unwrap()
@@ -585,4 +586,76 @@ async fn orphaned_uploads_are_aborted_after_the_grace_period() {
     // The journal row has ended (failed) and nothing will resume the retained upload: the sweep
     // aborts it.
     eventually(|| f.store.open_uploads() == 0).await;
+}
+
+/// Sends `n` batched deletes at once (after putting their objects) and returns their replies.
+async fn put_then_delete_batched(
+    f: &Fakes,
+    addr: &Addr<MountSupervisor>,
+    n: usize,
+) -> Vec<Result<filestore_s3_actors::model::OpResult, Error>> {
+    for i in 0..n {
+        addr.send(put(&format!("d/{i}"), b"x", None))
+            .await
+            .unwrap()
+            .unwrap();
+    }
+    assert_eq!(f.store.len(), n);
+    let deletes = (0..n).map(|i| {
+        addr.send(DeleteObject {
+            path: FsPath::parse(&format!("d/{i}")).unwrap(),
+            idempotency_key: None,
+            batched: true,
+        })
+    });
+    futures::future::join_all(deletes)
+        .await
+        .into_iter()
+        .map(|r| r.unwrap())
+        .collect()
+}
+
+#[actix_rt::test]
+async fn batched_deletes_go_together_and_each_commits_its_own() {
+    let f = Fakes::default();
+    let addr = start(&f);
+    let replies = put_then_delete_batched(&f, &addr, 40).await;
+    for r in &replies {
+        assert_eq!(r.as_ref().unwrap().generation, 2, "{r:?}");
+    }
+    assert_eq!(f.store.len(), 0);
+    let batches = f.store.delete_batches.lock().unwrap().clone();
+    let singles = f.store.single_deletes.load(Ordering::SeqCst) as usize;
+    // Every key went to the store once; the first delete goes alone (nothing waits with it),
+    // those arriving while it is sent go together.
+    assert_eq!(
+        batches.iter().sum::<usize>() + singles,
+        40,
+        "{batches:?} + {singles}"
+    );
+    assert!(
+        batches.iter().any(|&n| n > 1),
+        "no multi-object delete: {batches:?}"
+    );
+    let status = addr.send(GetStatus).await.unwrap();
+    assert_eq!(status.delete_batches as usize, batches.len());
+    assert_eq!(
+        status.deletes_batched as usize,
+        batches.iter().sum::<usize>()
+    );
+    for i in 0..40 {
+        assert!(f.meta.node("m", &format!("d/{i}")).await.unwrap().is_none());
+    }
+}
+
+#[actix_rt::test]
+async fn a_store_without_multi_object_delete_gets_single_deletes() {
+    let f = Fakes::default();
+    f.store.refuse_delete_objects.store(true, Ordering::SeqCst);
+    let addr = start(&f);
+    let replies = put_then_delete_batched(&f, &addr, 20).await;
+    assert!(replies.iter().all(|r| r.is_ok()), "{replies:?}");
+    assert_eq!(f.store.len(), 0);
+    assert!(f.store.delete_batches.lock().unwrap().is_empty());
+    assert_eq!(f.store.single_deletes.load(Ordering::SeqCst), 20);
 }

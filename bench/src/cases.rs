@@ -150,6 +150,8 @@ pub fn run_case(spec: &Spec) -> Result<Measured> {
             "exec-small-head-verified" | "exec-small-response-verified" => exec_small(spec).await,
             "sdk-copy" | "sdk-delete" => sdk_copy_delete(spec).await,
             "exec-copy" | "exec-delete" => exec_copy_delete(spec).await,
+            "sdk-delete-many" => sdk_delete_many(spec).await,
+            "exec-delete-many" => exec_delete_many(spec).await,
             "sdk-get-file" => sdk_get(spec).await,
             "exec-get-file" => exec_get(spec).await,
             other => bail!("unknown case {other}"),
@@ -335,28 +337,67 @@ async fn exec_small(spec: &Spec) -> Result<Measured> {
     Ok(m)
 }
 
+/// Puts `files` under `prefix/` with the raw client, untimed (a W5 case's setup).
+async fn sdk_put_all(
+    c: &aws_sdk_s3::Client,
+    files: &[(String, Bytes)],
+    prefix: &str,
+    in_flight: usize,
+) -> Result<()> {
+    stream::iter(files)
+        .map(|(name, body)| {
+            let c = c.clone();
+            async move {
+                c.put_object()
+                    .bucket(BUCKET)
+                    .key(format!("{prefix}/{name}"))
+                    .body(ByteStream::from(body.clone()))
+                    .send()
+                    .await?;
+                Ok::<(), anyhow::Error>(())
+            }
+        })
+        .buffer_unordered(in_flight)
+        .try_collect::<Vec<()>>()
+        .await?;
+    Ok(())
+}
+
+/// Puts `files` under `prefix/` through the executor, untimed (a W5 case's setup).
+async fn exec_put_all(
+    exec: &S3Executor,
+    files: &[(String, Bytes)],
+    prefix: &str,
+    in_flight: usize,
+) -> Result<()> {
+    stream::iter(files)
+        .map(|(name, body)| {
+            let exec = exec.clone();
+            async move {
+                exec.put_bytes(
+                    MOUNT,
+                    &format!("{prefix}/{name}"),
+                    body.clone(),
+                    PutOptions::default(),
+                )
+                .await
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
+                Ok::<(), anyhow::Error>(())
+            }
+        })
+        .buffer_unordered(in_flight)
+        .try_collect::<Vec<()>>()
+        .await?;
+    Ok(())
+}
+
 /// W5 baselines: CopyObject of the W2 objects (uploaded first, untimed), then DeleteObject of
 /// the copies.
 async fn sdk_copy_delete(spec: &Spec) -> Result<Measured> {
     let c = client(spec).await?;
     let files = Arc::new(small_files(spec)?);
     if spec.case == "sdk-copy" {
-        stream::iter(files.iter().cloned())
-            .map(|(name, body)| {
-                let c = c.clone();
-                async move {
-                    c.put_object()
-                        .bucket(BUCKET)
-                        .key(format!("w5/sdk-src/{name}"))
-                        .body(ByteStream::from(body))
-                        .send()
-                        .await?;
-                    Ok::<(), anyhow::Error>(())
-                }
-            })
-            .buffer_unordered(spec.in_flight)
-            .try_collect::<Vec<()>>()
-            .await?;
+        sdk_put_all(&c, &files, "w5/sdk-src", spec.in_flight).await?;
         return timed_many(files.len(), spec.in_flight, |i| {
             let (c, files) = (c.clone(), files.clone());
             async move {
@@ -391,24 +432,7 @@ async fn exec_copy_delete(spec: &Spec) -> Result<Measured> {
     let exec = executor(spec).await?;
     let files = Arc::new(small_files(spec)?);
     let m = if spec.case == "exec-copy" {
-        stream::iter(files.iter().cloned())
-            .map(|(name, body)| {
-                let exec = exec.clone();
-                async move {
-                    exec.put_bytes(
-                        MOUNT,
-                        &format!("w5/src/{name}"),
-                        body.to_vec(),
-                        PutOptions::default(),
-                    )
-                    .await
-                    .map_err(|e| anyhow::anyhow!("{e}"))?;
-                    Ok::<(), anyhow::Error>(())
-                }
-            })
-            .buffer_unordered(spec.in_flight)
-            .try_collect::<Vec<()>>()
-            .await?;
+        exec_put_all(&exec, &files, "w5/src", spec.in_flight).await?;
         timed_many(files.len(), spec.in_flight, |i| {
             let (exec, files) = (exec.clone(), files.clone());
             async move {
@@ -439,6 +463,91 @@ async fn exec_copy_delete(spec: &Spec) -> Result<Measured> {
         })
         .await?
     };
+    exec.shutdown().await;
+    Ok(m)
+}
+
+/// One timed call that does all `n` operations (no per-operation latency).
+async fn timed_once<Fut>(n: usize, call: Fut) -> Result<Measured>
+where
+    Fut: std::future::Future<Output = Result<()>>,
+{
+    let started = Instant::now();
+    call.await?;
+    Ok(Measured {
+        seconds: started.elapsed().as_secs_f64(),
+        bytes: 0,
+        ops: n as u64,
+        p50_ms: None,
+        p99_ms: None,
+    })
+}
+
+/// W5 baseline of `delete_many`: the objects put untimed, then deleted with DeleteObjects
+/// requests of 1,000 keys (no Postgres, no verification).
+async fn sdk_delete_many(spec: &Spec) -> Result<Measured> {
+    use aws_sdk_s3::types::{Delete, ObjectIdentifier};
+    let c = client(spec).await?;
+    let files = small_files(spec)?;
+    sdk_put_all(&c, &files, "w5/sdk-many", spec.in_flight).await?;
+    let keys: Vec<String> = files
+        .iter()
+        .map(|(name, _)| format!("w5/sdk-many/{name}"))
+        .collect();
+    timed_once(keys.len(), async {
+        for chunk in keys.chunks(1000) {
+            let objects = chunk
+                .iter()
+                .map(|k| ObjectIdentifier::builder().key(k).build())
+                .collect::<Result<Vec<_>, _>>()?;
+            let delete = Delete::builder()
+                .set_objects(Some(objects))
+                .quiet(true)
+                .build()?;
+            let out = c
+                .delete_objects()
+                .bucket(BUCKET)
+                .delete(delete)
+                .send()
+                .await?;
+            anyhow::ensure!(out.errors().is_empty(), "DeleteObjects: {:?}", out.errors());
+        }
+        Ok(())
+    })
+    .await
+}
+
+/// W5: `delete_many` of `count` paths (put untimed through the executor), `in_flight` at once.
+async fn exec_delete_many(spec: &Spec) -> Result<Measured> {
+    let exec = executor(spec).await?;
+    let files = small_files(spec)?;
+    exec_put_all(&exec, &files, "w5/many", spec.in_flight).await?;
+    let paths: Vec<String> = files
+        .iter()
+        .map(|(name, _)| format!("w5/many/{name}"))
+        .collect();
+    let opts = filestore_s3::DeleteManyOptions {
+        idempotency_key: None,
+        in_flight: spec.in_flight,
+    };
+    let m = timed_once(paths.len(), async {
+        let results = exec
+            .delete_many(MOUNT, &paths, opts)
+            .await
+            .map_err(|e| anyhow::anyhow!("delete_many: {e}"))?;
+        for (p, r) in paths.iter().zip(results) {
+            r.map_err(|e| anyhow::anyhow!("delete {p}: {e}"))?;
+        }
+        Ok(())
+    })
+    .await?;
+    let status = exec.status(MOUNT).await?;
+    eprintln!(
+        "exec-delete-many: {} DeleteObjects requests carried {} of {} deletes",
+        status.delete_batches,
+        status.deletes_batched,
+        paths.len()
+    );
     exec.shutdown().await;
     Ok(m)
 }

@@ -499,13 +499,22 @@ fn run(args: RunArgs) -> Result<()> {
     if wants("W5") {
         let w = "W5";
         let n = small_count.min(if args.smoke { 100 } else { 1000 });
-        for c in ["sdk-copy", "exec-copy", "sdk-delete", "exec-delete"] {
+        for c in [
+            "sdk-copy",
+            "exec-copy",
+            "sdk-delete",
+            "exec-delete",
+            "sdk-delete-many",
+            "exec-delete-many",
+        ] {
             let mut s = b.spec(c);
             s.count = n;
             b.case(w, s, "ops/s");
         }
         b.compare(w, "exec-copy", "sdk-copy");
         b.compare(w, "exec-delete", "sdk-delete");
+        b.compare(w, "sdk-delete-many", "sdk-delete");
+        b.compare(w, "exec-delete-many", "sdk-delete");
     }
     if wants("W7") {
         let w = "W7";

@@ -28,8 +28,8 @@ use filestore_s3_actors::Error;
 pub use feed::{FeedEvent, FollowOptions};
 pub use health::{Health, MountHealth, Reach};
 pub use options::{
-    progress_to_recipient, DeleteOptions, GetOptions, GetResult, ListOptions, PutOptions,
-    TransferOptions, UploadProgressMsg,
+    progress_to_recipient, DeleteManyOptions, DeleteOptions, GetOptions, GetResult, ListOptions,
+    PutOptions, TransferOptions, UploadProgressMsg,
 };
 pub use registry::MountState;
 

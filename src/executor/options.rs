@@ -97,6 +97,27 @@ pub struct DeleteOptions {
     pub idempotency_key: Option<String>,
 }
 
+/// Options of [`S3Executor::delete_many`](crate::S3Executor::delete_many).
+#[derive(Debug, Clone)]
+pub struct DeleteManyOptions {
+    /// Idempotency key of the whole call (at most 222 bytes): the delete of each path gets the
+    /// key `<key>/<first 32 hex digits of the path's SHA-256>`, so sending the same call again
+    /// answers each path with its recorded outcome. Random keys when `None`.
+    pub idempotency_key: Option<String>,
+    /// Deletes running at once (1-1,000). Their DELETEs go to the store in DeleteObjects
+    /// requests of up to 1,000 keys.
+    pub in_flight: usize,
+}
+
+impl Default for DeleteManyOptions {
+    fn default() -> Self {
+        DeleteManyOptions {
+            idempotency_key: None,
+            in_flight: 64,
+        }
+    }
+}
+
 /// Options of a listing.
 #[derive(Debug, Clone, Default)]
 pub struct ListOptions {

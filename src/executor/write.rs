@@ -11,7 +11,9 @@ use filestore_s3_actors::ports::MountAccess;
 use filestore_s3_actors::{Error, Sha256Digest};
 use tokio::io::{AsyncRead, AsyncReadExt};
 
-use super::{invalid_path, DeleteOptions, PutOptions, S3Executor, TransferOptions};
+use super::{
+    invalid_path, DeleteManyOptions, DeleteOptions, PutOptions, S3Executor, TransferOptions,
+};
 
 impl S3Executor {
     /// Puts an object from memory.
@@ -161,9 +163,76 @@ impl S3Executor {
         addr.send(DeleteObject {
             path,
             idempotency_key: opts.idempotency_key,
+            batched: false,
         })
         .await
         .map_err(|_| Error::Shutdown)?
+    }
+
+    /// Deletes many paths of one mount: one delete operation per path (its own journal row,
+    /// verification, commit and event, as with [`delete`](Self::delete)), `opts.in_flight` at a
+    /// time, their DELETEs sent together in DeleteObjects requests. Answers each path in the
+    /// order given. The call as a whole is refused, before anything is deleted, for an unknown
+    /// mount, a path that is not valid, a path given twice or bad options.
+    pub async fn delete_many<P: AsRef<str>>(
+        &self,
+        mount: &str,
+        paths: &[P],
+        opts: DeleteManyOptions,
+    ) -> Result<Vec<Result<OpResult, Error>>, Error> {
+        use futures::StreamExt as _;
+        const MAX_KEY_PREFIX: usize = 222;
+        if !(1..=1000).contains(&opts.in_flight) {
+            return Err(Error::InvalidRequest {
+                field: "in_flight",
+                reason: format!("must be 1-1000, got {}", opts.in_flight),
+            });
+        }
+        if let Some(k) = &opts.idempotency_key {
+            filestore_s3_actors::validate::idempotency_key(k)?;
+            if k.len() > MAX_KEY_PREFIX {
+                return Err(Error::InvalidIdempotencyKey {
+                    reason: format!(
+                        "a delete_many key must be 1-{MAX_KEY_PREFIX} bytes (a suffix per path is added), got {}",
+                        k.len()
+                    ),
+                });
+            }
+        }
+        let (addr, _, _) = self.mount(mount)?;
+        let mut seen = std::collections::HashSet::with_capacity(paths.len());
+        let mut parsed = Vec::with_capacity(paths.len());
+        for p in paths {
+            let p = p.as_ref();
+            let path = FsPath::parse(p).map_err(|e| invalid_path(p, e))?;
+            if !seen.insert(path.as_str().to_owned()) {
+                return Err(Error::InvalidRequest {
+                    field: "paths",
+                    reason: format!("'{}' is given more than once", p.escape_debug()),
+                });
+            }
+            parsed.push(path);
+        }
+        let calls = parsed.into_iter().map(|path| {
+            let idempotency_key = opts.idempotency_key.as_ref().map(|k| {
+                let digest = Sha256Digest::of(path.as_str().as_bytes()).to_hex();
+                format!("{k}/{}", &digest[..32])
+            });
+            let addr = addr.clone();
+            async move {
+                addr.send(DeleteObject {
+                    path,
+                    idempotency_key,
+                    batched: true,
+                })
+                .await
+                .map_err(|_| Error::Shutdown)?
+            }
+        });
+        Ok(futures::stream::iter(calls)
+            .buffered(opts.in_flight)
+            .collect()
+            .await)
     }
 
     /// Copies `source_path` of mount `source` to `path` of mount `mount` (the same mount or

@@ -17,22 +17,22 @@ impl PgMetaStore {
         limit: i64,
     ) -> Result<(Vec<OutboxEvent>, i64), MetaError> {
         let c = self.client().await?;
-        let horizon = c
-            .query_opt(
-                "SELECT pruned_through FROM outbox_horizon WHERE mount = $1",
-                &[&mount],
-            )
-            .await
-            .map_err(pg)?
-            .map(|r| r.get::<_, i64>(0))
-            .unwrap_or(0);
-        let rows = c
-            .query(
-                "SELECT id, payload FROM outbox WHERE mount = $1 AND id > $2 ORDER BY id LIMIT $3",
-                &[&mount, &after, &limit],
-            )
-            .await
-            .map_err(pg)?;
+        let horizon_q = cached!(
+            c,
+            "SELECT pruned_through FROM outbox_horizon WHERE mount = $1"
+        );
+        let events_q = cached!(
+            c,
+            "SELECT id, payload FROM outbox WHERE mount = $1 AND id > $2 ORDER BY id LIMIT $3"
+        );
+        // Sent together (one round trip).
+        let (horizon, rows) = futures::future::try_join(
+            c.query_opt(&horizon_q, &[&mount]),
+            c.query(&events_q, &[&mount, &after, &limit]),
+        )
+        .await
+        .map_err(pg)?;
+        let horizon = horizon.map(|r| r.get::<_, i64>(0)).unwrap_or(0);
         Ok((events_of(&rows)?, horizon))
     }
 }

@@ -88,16 +88,14 @@ impl PgMetaStore {
         idempotency_key: &str,
     ) -> Result<Option<JournalEntry>, MetaError> {
         let c = self.client().await?;
-        c.query_opt(
-            &format!(
-                "SELECT {JOURNAL_COLUMNS} FROM journal WHERE mount = $1 AND idempotency_key = $2"
-            ),
-            &[&mount, &idempotency_key],
-        )
-        .await
-        .map_err(pg)?
-        .map(|r| journal_from_row(&r))
-        .transpose()
+        let q = format!(
+            "SELECT {JOURNAL_COLUMNS} FROM journal WHERE mount = $1 AND idempotency_key = $2"
+        );
+        c.query_opt(&cached!(c, &q), &[&mount, &idempotency_key])
+            .await
+            .map_err(pg)?
+            .map(|r| journal_from_row(&r))
+            .transpose()
     }
 
     pub(super) async fn do_record_progress(

@@ -10,11 +10,15 @@ use super::{corrupt, pg, PgMetaStore};
 impl PgMetaStore {
     pub(super) async fn do_node(&self, mount: &str, path: &str) -> Result<Option<Node>, MetaError> {
         let c = self.client().await?;
+        // Prepared once per connection: every mutating operation reads its node.
         let row = c
             .query_opt(
-                "SELECT object_key, size, etag, sha256, storage_class, last_modified, generation,
-                        verified, sse, not_applied, user_metadata
-                 FROM nodes WHERE mount = $1 AND path = $2",
+                &cached!(
+                    c,
+                    "SELECT object_key, size, etag, sha256, storage_class, last_modified, generation,
+                            verified, sse, not_applied, user_metadata
+                     FROM nodes WHERE mount = $1 AND path = $2"
+                ),
                 &[&mount, &path],
             )
             .await

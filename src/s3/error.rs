@@ -7,7 +7,7 @@ use aws_smithy_runtime_api::http::Response;
 use filestore_s3_actors::ports::{StoreError, StoreErrorKind};
 
 /// Kind for an S3 error code, when the code alone decides.
-fn kind_for_code(code: &str) -> Option<StoreErrorKind> {
+pub(crate) fn kind_for_code(code: &str) -> Option<StoreErrorKind> {
     use StoreErrorKind::*;
     Some(match code {
         "NoSuchKey" | "NotFound" | "NoSuchUpload" => NotFound,

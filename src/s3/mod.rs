@@ -14,8 +14,8 @@ use aws_sdk_s3::config::{
 };
 use aws_sdk_s3::primitives::{ByteStream, Length};
 use aws_sdk_s3::types::{
-    ChecksumAlgorithm, ChecksumMode, CompletedMultipartUpload, CompletedPart, EncodingType,
-    MetadataDirective, ObjectCannedAcl, ServerSideEncryption, StorageClass,
+    ChecksumAlgorithm, ChecksumMode, CompletedMultipartUpload, CompletedPart, Delete, EncodingType,
+    MetadataDirective, ObjectCannedAcl, ObjectIdentifier, ServerSideEncryption, StorageClass,
 };
 use aws_sdk_s3::Client;
 use aws_smithy_types::retry::RetryConfig;
@@ -475,6 +475,59 @@ impl ObjectStore for S3Store {
             .map(|_| ())
             .map_err(classify)
             .or_else(already_gone)
+    }
+
+    async fn delete_objects(
+        &self,
+        keys: &[String],
+    ) -> Result<Vec<Result<(), StoreError>>, StoreError> {
+        let refused = |e: aws_sdk_s3::error::BuildError| {
+            StoreError::new(
+                StoreErrorKind::Rejected,
+                format!("a multi-object delete could not be built: {e}"),
+            )
+        };
+        let objects = keys
+            .iter()
+            .map(|k| ObjectIdentifier::builder().key(k).build().map_err(refused))
+            .collect::<Result<Vec<_>, _>>()?;
+        // Quiet: the answer lists only the keys that were not deleted.
+        let delete = Delete::builder()
+            .set_objects(Some(objects))
+            .quiet(true)
+            .build()
+            .map_err(refused)?;
+        let out = self
+            .client
+            .delete_objects()
+            .bucket(&self.bucket)
+            .delete(delete)
+            .send()
+            .await
+            .map_err(classify)?;
+        let mut failed: HashMap<&str, StoreError> = HashMap::new();
+        for e in out.errors() {
+            let code = e.code().unwrap_or_default();
+            let kind = error::kind_for_code(code).unwrap_or(StoreErrorKind::Rejected);
+            failed.insert(
+                e.key().unwrap_or_default(),
+                StoreError {
+                    kind,
+                    code: (!code.is_empty()).then(|| code.to_owned()),
+                    message: format!(
+                        "DeleteObjects refused this key: {code}: {}",
+                        e.message().unwrap_or("(no message)")
+                    ),
+                },
+            );
+        }
+        Ok(keys
+            .iter()
+            .map(|k| match failed.remove(k.as_str()) {
+                Some(e) => already_gone(e),
+                None => Ok(()),
+            })
+            .collect())
     }
 
     async fn list_objects(

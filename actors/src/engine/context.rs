@@ -41,6 +41,8 @@ pub(crate) struct OpContext {
     pub probe: Arc<tokio::sync::OnceCell<Vec<String>>>,
     /// How long recovery waits for a pending write's object to show before failing the row.
     pub consistency_horizon: std::time::Duration,
+    /// The mount's multi-object deletes.
+    pub deletes: super::DeleteBatcher,
 }
 
 fn mailbox_closed(_: actix::MailboxError) -> Error {

@@ -4,11 +4,13 @@
 //! operation supplies its own act / verify / recover steps in [`ops`].
 
 mod context;
+mod deletes;
 mod ops;
 
 use bytes::Bytes;
 
 pub(crate) use context::OpContext;
+pub(crate) use deletes::DeleteBatcher;
 pub(crate) use ops::validate_transfer;
 
 use crate::error::Error;
@@ -29,6 +31,8 @@ pub(crate) enum Payload {
     },
     /// The source mount of a copy / move.
     Transfer(MountAccess),
+    /// A delete whose DELETE goes in a multi-object delete.
+    BatchedDelete,
 }
 
 /// What an operation's act + verify steps produced: the node change to commit.

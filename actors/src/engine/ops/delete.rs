@@ -1,5 +1,5 @@
 //! A delete: DELETE, then HEAD until the object is gone. A path without a node is refused before
-//! anything is sent to the store.
+//! anything is sent to the store (by the pre-check, under the path's lock).
 
 use crate::engine::{OpContext, Outcome};
 use crate::error::Error;
@@ -12,15 +12,16 @@ pub(super) fn gone(seen: &Option<ObjectMeta>) -> Result<(), String> {
     }
 }
 
-pub(super) async fn act(c: &OpContext, path: &str, key: &str) -> Result<Outcome, Error> {
-    if c.meta.node(&c.spec.name, path).await?.is_none() {
-        return Err(Error::NotFound {
-            mount: c.spec.name.clone(),
-            path: path.to_owned(),
-        });
+/// `batched`: the DELETE goes in a multi-object delete with others waiting (`delete_many`).
+/// The node's existence was checked by the pre-check, under the path's lock held since.
+pub(super) async fn act(c: &OpContext, key: &str, batched: bool) -> Result<Outcome, Error> {
+    if batched {
+        c.with_retry("DELETE", key, || c.deletes.delete(&c.store, key))
+            .await?;
+    } else {
+        c.with_retry("DELETE", key, || c.store.delete_object(key))
+            .await?;
     }
-    c.with_retry("DELETE", key, || c.store.delete_object(key))
-        .await?;
     c.verify(key, gone).await?;
     Ok(Outcome {
         change: NodeChange::Remove,

@@ -29,7 +29,9 @@ pub(super) async fn act(
     match request {
         OpRequest::Put { .. } => put::act(c, journal_id, request, payload).await,
         OpRequest::PutMultipart { .. } => multipart_put::act(c, journal_id, request, payload).await,
-        OpRequest::Delete { path, key } => delete::act(c, path, key).await,
+        OpRequest::Delete { key, .. } => {
+            delete::act(c, key, matches!(payload, Payload::BatchedDelete)).await
+        }
         OpRequest::Copy(t) => {
             let source = transfer_source(c, &t.source.mount, payload)?;
             copy::act(c, journal_id, t, &source, progress).await
