@@ -66,7 +66,7 @@ impl std::fmt::Debug for PutLargeObject {
     }
 }
 
-/// Open an object for reading: the node recorded for it and a streaming body.
+/// Open an object for reading: the node recorded for it (when asked for) and a streaming body.
 #[derive(Debug, Message)]
 #[rtype(result = "Result<(Option<Node>, ObjectBody), Error>")]
 pub struct OpenObject {
@@ -76,6 +76,9 @@ pub struct OpenObject {
     pub range: Option<ByteRange>,
     /// Read only if the object still has this ETag.
     pub if_match: Option<String>,
+    /// Read the node from Postgres too (`None` in the reply otherwise): a read that checks the
+    /// whole object's hash needs it; the ranges of a download that looked it up once do not.
+    pub with_node: bool,
 }
 
 /// Delete the object at a path.

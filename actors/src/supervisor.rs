@@ -818,7 +818,11 @@ impl Handler<OpenObject> for MountSupervisor {
         let (retry, counters) = (self.settings.retry, self.counters.clone());
         Box::pin(async move {
             let path = msg.path.as_str().to_owned();
-            let node = meta.node(&spec.name, &path).await?;
+            let node = if msg.with_node {
+                meta.node(&spec.name, &path).await?
+            } else {
+                None
+            };
             let body = store_call(&spec.name, &retry, &counters, "GET", &key, || {
                 store.get_object(&key, msg.range, msg.if_match.as_deref())
             })

@@ -253,6 +253,7 @@ impl S3Executor {
                 path: fs_path.clone(),
                 range,
                 if_match,
+                with_node: whole,
             })
             .await
             .map_err(|_| Error::Shutdown)??;
@@ -279,6 +280,7 @@ impl S3Executor {
                             path: fs_path.clone(),
                             range: Some(rest),
                             if_match: Some(body.meta.etag.clone()),
+                            with_node: false,
                         })
                         .await
                         .map_err(|_| Error::Shutdown)??;
