@@ -33,6 +33,9 @@ enum Cli {
     ServeS3 {
         #[arg(long)]
         root: PathBuf,
+        /// Milliseconds every request waits before the server handles it.
+        #[arg(long, default_value_t = 0)]
+        latency_ms: u64,
     },
     /// (internal) Runs one measured case and prints `RESULT <json>`.
     Case {
@@ -59,6 +62,11 @@ struct RunArgs {
     /// W2 object count (default 5000; smoke 200).
     #[arg(long)]
     small_count: Option<usize>,
+    /// Milliseconds the S3 server waits before handling each request (0: none), as a store
+    /// across a network would: what the ratios become when the store, not this machine's two
+    /// cores, is the bottleneck. Every client (raw loops, executor, tools) sees the same delay.
+    #[arg(long, default_value_t = 0)]
+    store_latency_ms: u64,
 }
 
 /// Everything a case process needs.
@@ -126,7 +134,7 @@ pub fn latencies(mut v: Vec<f64>) -> (Option<f64>, Option<f64>) {
 fn main() -> Result<()> {
     match Cli::parse() {
         Cli::Run(args) => run(args),
-        Cli::ServeS3 { root } => serve_s3(&root),
+        Cli::ServeS3 { root, latency_ms } => serve_s3(&root, latency_ms),
         Cli::Case { spec } => {
             let spec: Spec = serde_json::from_str(&spec)?;
             let m = cases::run_case(&spec)?;
@@ -136,7 +144,7 @@ fn main() -> Result<()> {
     }
 }
 
-fn serve_s3(root: &Path) -> Result<()> {
+fn serve_s3(root: &Path, latency_ms: u64) -> Result<()> {
     std::fs::create_dir_all(root)?;
     let rt = tokio::runtime::Runtime::new()?;
     rt.block_on(async {
@@ -150,12 +158,25 @@ fn serve_s3(root: &Path) -> Result<()> {
         println!("http://{}", listener.local_addr()?);
         std::io::stdout().flush()?;
         let http = ConnBuilder::new(TokioExecutor::new());
+        let latency = std::time::Duration::from_millis(latency_ms);
         loop {
             let Ok((socket, _)) = listener.accept().await else {
                 continue;
             };
+            let service = service.clone();
+            // Each request waits `latency` (a timer: no CPU) before s3s-fs handles it.
+            let delayed =
+                hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+                    let service = service.clone();
+                    async move {
+                        if !latency.is_zero() {
+                            tokio::time::sleep(latency).await;
+                        }
+                        service.call(req.map(s3s::Body::from)).await
+                    }
+                });
             let conn = http
-                .serve_connection(TokioIo::new(socket), service.clone())
+                .serve_connection(TokioIo::new(socket), delayed)
                 .into_owned();
             tokio::spawn(async move {
                 let _ = conn.await;
@@ -377,6 +398,8 @@ fn run(args: RunArgs) -> Result<()> {
         .arg("serve-s3")
         .arg("--root")
         .arg(work.join("store"))
+        .arg("--latency-ms")
+        .arg(args.store_latency_ms.to_string())
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()?;
@@ -386,7 +409,13 @@ fn run(args: RunArgs) -> Result<()> {
     if endpoint.is_empty() {
         bail!("the s3s-fs server did not start");
     }
-    eprintln!("s3s-fs at {endpoint}");
+    eprintln!(
+        "s3s-fs at {endpoint}{}",
+        match args.store_latency_ms {
+            0 => String::new(),
+            ms => format!(" (every request delayed {ms} ms)"),
+        }
+    );
 
     let database_url = std::env::var("FILESTORE_DATABASE_URL")
         .unwrap_or_else(|_| filestore_s3::config::DEFAULT_DATABASE_URL.into());
@@ -532,7 +561,7 @@ fn run(args: RunArgs) -> Result<()> {
     rt.block_on(cases::drop_schema(&database_url, &schema));
     let _ = std::fs::remove_dir_all(&work);
 
-    print_table(&b.rows, size, small_count);
+    print_table(&b.rows, size, small_count, args.store_latency_ms);
     if let Some(dir) = args.out.parent() {
         std::fs::create_dir_all(dir)?;
     }
@@ -544,6 +573,7 @@ fn run(args: RunArgs) -> Result<()> {
         "size_bytes": size,
         "small_count": small_count,
         "smoke": args.smoke,
+        "store_latency_ms": args.store_latency_ms,
         "workloads": by_workload,
     });
     std::fs::write(&args.out, serde_json::to_string_pretty(&json)?)?;
@@ -559,9 +589,9 @@ fn run(args: RunArgs) -> Result<()> {
     Ok(())
 }
 
-fn print_table(rows: &[Row], size: u64, small_count: usize) {
+fn print_table(rows: &[Row], size: u64, small_count: usize, latency_ms: u64) {
     println!(
-        "\nW1/W7: {} MiB object; W2: {small_count} x 16 KiB at 32 in flight",
+        "\nW1/W7: {} MiB object; W2: {small_count} x 16 KiB at 32 in flight; store latency {latency_ms} ms",
         size / MIB
     );
     println!(

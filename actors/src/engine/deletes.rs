@@ -1,7 +1,9 @@
 //! Multi-object deletes. The DELETEs of a mount's batched delete operations (those of
-//! `delete_many`) that are waiting while one DeleteObjects request is on its way go together in
-//! the next one, up to 1,000 keys each: nothing waits for a timer, so a lone delete costs one
-//! request as before and many at once cost one request per 1,000. Every operation still verifies
+//! `delete_many`) go out at once while fewer than [`MAX_REQUESTS_OUT`] requests are on their way;
+//! those that arrive while that many are out wait and go together in the next request, up to
+//! 1,000 keys each. Nothing waits for a timer, so a lone delete costs one request as before and
+//! many at once cost one request per 1,000, and a store far away (each request a network round
+//! trip) still has several requests to work on rather than one. Every operation still verifies
 //! its own object gone (HEAD) and commits on its own; a key the store refused gets its own error,
 //! which the operation's retry policy handles like the error of a single DELETE.
 //!
@@ -20,6 +22,9 @@ use crate::retry::MountCounters;
 /// The most keys S3 takes in one DeleteObjects request.
 pub const MAX_KEYS_PER_REQUEST: usize = 1000;
 
+/// Delete requests of one mount on their way at once.
+pub const MAX_REQUESTS_OUT: usize = 4;
+
 struct Waiting {
     store: Arc<dyn ObjectStore>,
     key: String,
@@ -29,8 +34,8 @@ struct Waiting {
 #[derive(Default)]
 struct Queue {
     waiting: VecDeque<Waiting>,
-    /// A task is sending the queue's batches.
-    sending: bool,
+    /// Tasks sending the queue's batches, each one request at a time.
+    senders: usize,
     /// The store refused DeleteObjects: single DELETEs only.
     single_only: bool,
 }
@@ -62,7 +67,11 @@ impl DeleteBatcher {
                 key: key.to_owned(),
                 answer,
             });
-            !std::mem::replace(&mut q.sending, true)
+            let start = q.senders < MAX_REQUESTS_OUT;
+            if start {
+                q.senders += 1;
+            }
+            start
         };
         if start {
             tokio::spawn(self.clone().drain());
@@ -81,7 +90,7 @@ impl DeleteBatcher {
             let (store, batch, single_only) = {
                 let mut q = self.queue.lock().expect("delete queue lock");
                 let Some(first) = q.waiting.front() else {
-                    q.sending = false;
+                    q.senders -= 1;
                     return;
                 };
                 let store = first.store.clone();
