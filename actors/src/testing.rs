@@ -49,6 +49,10 @@ pub struct MemoryStore {
     pub single_deletes: AtomicU32,
     /// Refuse multi-object deletes as a store without them does (`NotImplemented`).
     pub refuse_delete_objects: std::sync::atomic::AtomicBool,
+    /// Delete requests (single or multi-object) being answered now.
+    deletes_out: AtomicU32,
+    /// The most delete requests that were being answered at once.
+    pub max_deletes_out: AtomicU32,
 }
 
 impl MemoryStore {
@@ -139,7 +143,11 @@ impl ObjectStore for MemoryStore {
 
     async fn delete_object(&self, key: &str) -> Result<(), StoreError> {
         self.single_deletes.fetch_add(1, Ordering::SeqCst);
+        let out = self.deletes_out.fetch_add(1, Ordering::SeqCst) + 1;
+        self.max_deletes_out.fetch_max(out, Ordering::SeqCst);
+        tokio::time::sleep(std::time::Duration::from_millis(1)).await;
         self.objects.lock().unwrap().remove(key);
+        self.deletes_out.fetch_sub(1, Ordering::SeqCst);
         Ok(())
     }
 
@@ -155,7 +163,10 @@ impl ObjectStore for MemoryStore {
             });
         }
         // Taking a moment, as a request does: deletes sent meanwhile queue for the next batch.
+        let out = self.deletes_out.fetch_add(1, Ordering::SeqCst) + 1;
+        self.max_deletes_out.fetch_max(out, Ordering::SeqCst);
         tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        self.deletes_out.fetch_sub(1, Ordering::SeqCst);
         self.delete_batches.lock().unwrap().push(keys.len());
         let mut objects = self.objects.lock().unwrap();
         Ok(keys

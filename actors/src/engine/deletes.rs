@@ -163,3 +163,40 @@ impl DeleteBatcher {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::MemoryStore;
+
+    /// Deletes arriving one after another, each while the earlier ones' requests are still out:
+    /// never more than [`MAX_REQUESTS_OUT`] requests at once, and every key sent once.
+    #[tokio::test]
+    async fn never_more_than_the_bound_out_at_once() {
+        let store = Arc::new(MemoryStore::default());
+        let dyn_store: Arc<dyn ObjectStore> = store.clone();
+        let batcher = DeleteBatcher::new("m", Arc::default());
+        let mut tasks = Vec::new();
+        for i in 0..40 {
+            let (b, s) = (batcher.clone(), dyn_store.clone());
+            tasks.push(tokio::spawn(
+                async move { b.delete(&s, &format!("k{i}")).await },
+            ));
+            // Lets the delete reach the batcher and a sender start its request.
+            tokio::task::yield_now().await;
+            tokio::task::yield_now().await;
+        }
+        for t in tasks {
+            t.await.unwrap().unwrap();
+        }
+        let batches = store.delete_batches.lock().unwrap().clone();
+        let singles = store.single_deletes.load(Ordering::SeqCst) as usize;
+        assert_eq!(batches.iter().sum::<usize>() + singles, 40);
+        let most = store.max_deletes_out.load(Ordering::SeqCst) as usize;
+        assert!(
+            (2..=MAX_REQUESTS_OUT).contains(&most),
+            "{most} requests out at once ({batches:?} + {singles} single)"
+        );
+        assert_eq!(batcher.queue.lock().unwrap().senders, 0);
+    }
+}
