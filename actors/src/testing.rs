@@ -56,6 +56,14 @@ pub struct MemoryStore {
 }
 
 impl MemoryStore {
+    /// Takes `ms` as a delete request does, counted among the requests being answered at once.
+    async fn answering_delete(&self, ms: u64) {
+        let out = self.deletes_out.fetch_add(1, Ordering::SeqCst) + 1;
+        self.max_deletes_out.fetch_max(out, Ordering::SeqCst);
+        tokio::time::sleep(std::time::Duration::from_millis(ms)).await;
+        self.deletes_out.fetch_sub(1, Ordering::SeqCst);
+    }
+
     /// Makes the next `n` puts fail with `kind`.
     pub fn fail_puts(&self, n: u32, kind: StoreErrorKind) {
         *self.fail_kind.lock().unwrap() = Some(kind);
@@ -143,11 +151,8 @@ impl ObjectStore for MemoryStore {
 
     async fn delete_object(&self, key: &str) -> Result<(), StoreError> {
         self.single_deletes.fetch_add(1, Ordering::SeqCst);
-        let out = self.deletes_out.fetch_add(1, Ordering::SeqCst) + 1;
-        self.max_deletes_out.fetch_max(out, Ordering::SeqCst);
-        tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+        self.answering_delete(1).await;
         self.objects.lock().unwrap().remove(key);
-        self.deletes_out.fetch_sub(1, Ordering::SeqCst);
         Ok(())
     }
 
@@ -163,10 +168,7 @@ impl ObjectStore for MemoryStore {
             });
         }
         // Taking a moment, as a request does: deletes sent meanwhile queue for the next batch.
-        let out = self.deletes_out.fetch_add(1, Ordering::SeqCst) + 1;
-        self.max_deletes_out.fetch_max(out, Ordering::SeqCst);
-        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
-        self.deletes_out.fetch_sub(1, Ordering::SeqCst);
+        self.answering_delete(5).await;
         self.delete_batches.lock().unwrap().push(keys.len());
         let mut objects = self.objects.lock().unwrap();
         Ok(keys
