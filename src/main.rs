@@ -198,8 +198,9 @@ struct MountArgs {
     /// strict | lenient: when the store ignores SSE / KMS key / storage class.
     #[arg(long)]
     settings_policy: Option<String>,
-    /// head | put-response: how a single-request put is proven (put-response: by the PUT's
-    /// answer echoing the SHA-256 sent, for strongly consistent stores).
+    /// head | put-response | response: how a single-request write is proven (put-response: a
+    /// put by the PUT's answer echoing the SHA-256 sent; response: that, a copy by the SHA-256 in
+    /// the CopyObject answer and a delete by the store's success; for strongly consistent stores).
     #[arg(long)]
     verify: Option<String>,
     /// Take the mount's credentials from this profile of the shared AWS config files.

@@ -144,8 +144,12 @@ pub enum Verification {
     #[default]
     SizeOnly,
     /// The PUT's answer echoed the SHA-256 the executor sent, which the store checked the body
-    /// against before accepting it (mounts with `verify = put-response`; no HEAD was sent).
+    /// against before accepting it (mounts with `verify = put-response` or `response`; no HEAD
+    /// was sent).
     Sha256InPutResponse,
+    /// The CopyObject's answer carried the SHA-256 the store computed of the copy, equal to the
+    /// pinned source's (mounts with `verify = response`; no HEAD was sent).
+    Sha256InCopyResponse,
 }
 
 impl Verification {
@@ -158,6 +162,7 @@ impl Verification {
             Verification::Sha256FromMetadata => "sha256-from-metadata",
             Verification::SizeOnly => "size-only",
             Verification::Sha256InPutResponse => "sha256-in-put-response",
+            Verification::Sha256InCopyResponse => "sha256-in-copy-response",
         }
     }
 
@@ -170,6 +175,7 @@ impl Verification {
             Verification::Sha256FromMetadata,
             Verification::SizeOnly,
             Verification::Sha256InPutResponse,
+            Verification::Sha256InCopyResponse,
         ]
         .into_iter()
         .find(|v| v.as_str() == s)

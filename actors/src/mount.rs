@@ -82,7 +82,8 @@ pub struct MountRow {
     /// Accept a plain `http://` endpoint that is not loopback (credentials-signed requests and
     /// object data then cross the network unencrypted). Off by default.
     pub allow_insecure_http: bool,
-    /// `head` or `put-response`: how a single-request put is proven ([`VerifyPolicy`]).
+    /// `head`, `put-response` or `response`: how a single-request write is proven
+    /// ([`VerifyPolicy`]).
     pub verify: String,
 }
 
@@ -266,20 +267,40 @@ pub struct MountSpec {
     pub settings_policy: SettingsPolicy,
     /// Where the mount's credentials come from.
     pub credentials: CredentialSource,
-    /// How a single-request put is proven.
+    /// How a single-request write (put, copy, delete) is proven.
     pub verify: VerifyPolicy,
 }
 
-/// How a single-request put is proven before it is committed.
+/// How a single-request write is proven before it is committed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum VerifyPolicy {
-    /// A HEAD after the PUT must show the object with the put's checksum or write marker.
+    /// A HEAD after the write must show the object with the write's checksum or write marker
+    /// (or, after a delete, no object).
     #[default]
     Head,
     /// For strongly consistent stores: the PUT's answer is the proof when it echoes the SHA-256
     /// the executor sent (the store checked the body against it before accepting it); a PUT
     /// answered without it, or on a mount that sends no checksum, is proven by HEAD as usual.
+    /// Copies and deletes are proven by HEAD.
     PutResponse,
+    /// `PutResponse`, and for copies and deletes as well: a CopyObject is proven by its answer
+    /// when the answer carries the SHA-256 the store computed of the copy and it equals the
+    /// pinned source's (otherwise HEAD); a DeleteObject (or a key's entry in a DeleteObjects
+    /// answer) is proven by the store's success: on a strongly consistent store the key is gone
+    /// once the answer says so. Recovery still looks with HEAD.
+    Response,
+}
+
+impl VerifyPolicy {
+    /// Whether a PUT's answer may prove it.
+    pub fn trusts_put_answer(self) -> bool {
+        matches!(self, VerifyPolicy::PutResponse | VerifyPolicy::Response)
+    }
+
+    /// Whether copies and deletes may be proven by the store's answer.
+    pub fn trusts_copy_and_delete_answers(self) -> bool {
+        self == VerifyPolicy::Response
+    }
 }
 
 impl MountSpec {
@@ -454,10 +475,11 @@ impl MountSpec {
         let verify = match row.verify.as_str() {
             "head" => VerifyPolicy::Head,
             "put-response" => VerifyPolicy::PutResponse,
+            "response" => VerifyPolicy::Response,
             other => {
                 return Err(err(
                     "verify",
-                    format!("'{other}' is unknown; use 'head' or 'put-response'"),
+                    format!("'{other}' is unknown; use 'head', 'put-response' or 'response'"),
                 ))
             }
         };

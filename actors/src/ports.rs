@@ -131,6 +131,8 @@ pub struct CopyObjectInput {
     pub source_key: String,
     /// Copy only if the source still has this ETag.
     pub source_etag: String,
+    /// The pinned source's size (the answer does not carry one; it is reported as the copy's).
+    pub size: u64,
     /// Destination key (in this store's bucket).
     pub key: String,
     /// User metadata identifying the write.
@@ -319,8 +321,10 @@ pub trait ObjectStore: Send + Sync + 'static {
         body: PartBody,
         sha256: Sha256Digest,
     ) -> Result<UploadedPart, StoreError>;
-    /// CopyObject from a bucket the same client can read, with the mount's write options.
-    async fn copy_object(&self, input: CopyObjectInput) -> Result<(), StoreError>;
+    /// CopyObject from a bucket the same client can read, with the mount's write options. The
+    /// answer as an [`ObjectMeta`]: ETag, Last-Modified, SSE, the SHA-256 the store computed of
+    /// the copy when it reports one; size, storage class and metadata are the ones asked for.
+    async fn copy_object(&self, input: CopyObjectInput) -> Result<ObjectMeta, StoreError>;
     /// UploadPartCopy.
     async fn upload_part_copy(&self, input: PartCopyInput) -> Result<UploadedPart, StoreError>;
     /// ListParts (all pages).

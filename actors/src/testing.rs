@@ -357,7 +357,7 @@ impl ObjectStore for MemoryStore {
         Ok(())
     }
 
-    async fn copy_object(&self, input: CopyObjectInput) -> Result<(), StoreError> {
+    async fn copy_object(&self, input: CopyObjectInput) -> Result<ObjectMeta, StoreError> {
         let mut objects = self.objects.lock().unwrap();
         let (body, meta) = objects
             .get(&input.source_key)
@@ -376,8 +376,8 @@ impl ObjectStore for MemoryStore {
             user_metadata: input.metadata,
             ..meta
         };
-        objects.insert(input.key, (body, meta));
-        Ok(())
+        objects.insert(input.key, (body, meta.clone()));
+        Ok(meta)
     }
 
     async fn upload_part_copy(&self, input: PartCopyInput) -> Result<UploadedPart, StoreError> {

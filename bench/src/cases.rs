@@ -30,7 +30,7 @@ const MOUNT_NO_CHECKSUM: &str = "b-no-checksum";
 /// W4's mount (its own outbox and Redis channel).
 const LAG_MOUNT: &str = "b-lag";
 /// A mount on the same bucket whose puts are proven by the PUT's answer (`verify = put-response`).
-const MOUNT_PUT_RESPONSE: &str = "b-put-response";
+const MOUNT_RESPONSE: &str = "b-response";
 
 fn row(spec: &Spec) -> MountRow {
     let mut r = MountRow::new(MOUNT, BUCKET, "");
@@ -106,9 +106,9 @@ async fn executor(spec: &Spec) -> Result<S3Executor> {
         .await
         .map_err(|e| anyhow::anyhow!("mount: {e}"))?;
     let mut answered = row(spec);
-    answered.name = MOUNT_PUT_RESPONSE.into();
-    answered.prefix = "put-response".into();
-    answered.verify = "put-response".into();
+    answered.name = MOUNT_RESPONSE.into();
+    answered.prefix = "response".into();
+    answered.verify = "response".into();
     exec.register_mount(answered)
         .await
         .map_err(|e| anyhow::anyhow!("mount: {e}"))?;
@@ -149,9 +149,14 @@ pub fn run_case(spec: &Spec) -> Result<Measured> {
             "sdk-small-put-head" | "sdk-small-put" => sdk_small(spec).await,
             "exec-small-head-verified" | "exec-small-response-verified" => exec_small(spec).await,
             "sdk-copy" | "sdk-delete" => sdk_copy_delete(spec).await,
-            "exec-copy" | "exec-delete" => exec_copy_delete(spec).await,
+            "exec-copy"
+            | "exec-delete"
+            | "exec-copy-response-verified"
+            | "exec-delete-response-verified" => exec_copy_delete(spec).await,
             "sdk-delete-many" => sdk_delete_many(spec).await,
-            "exec-delete-many" => exec_delete_many(spec).await,
+            "exec-delete-many" | "exec-delete-many-response-verified" => {
+                exec_delete_many(spec).await
+            }
             "sdk-get-file" => sdk_get(spec).await,
             "exec-get-file" => exec_get(spec).await,
             other => bail!("unknown case {other}"),
@@ -314,7 +319,7 @@ async fn exec_small(spec: &Spec) -> Result<Measured> {
     let exec = executor(spec).await?;
     let files = Arc::new(small_files(spec)?);
     let mount = match spec.case.as_str() {
-        "exec-small-response-verified" => MOUNT_PUT_RESPONSE,
+        "exec-small-response-verified" => MOUNT_RESPONSE,
         _ => MOUNT,
     };
     let m = timed_many(files.len(), spec.in_flight, |i| {
@@ -363,9 +368,10 @@ async fn sdk_put_all(
     Ok(())
 }
 
-/// Puts `files` under `prefix/` through the executor, untimed (a W5 case's setup).
+/// Puts `files` under `prefix/` of `mount` through the executor, untimed (a W5 case's setup).
 async fn exec_put_all(
     exec: &S3Executor,
+    mount: &str,
     files: &[(String, Bytes)],
     prefix: &str,
     in_flight: usize,
@@ -375,7 +381,7 @@ async fn exec_put_all(
             let exec = exec.clone();
             async move {
                 exec.put_bytes(
-                    MOUNT,
+                    mount,
                     &format!("{prefix}/{name}"),
                     body.clone(),
                     PutOptions::default(),
@@ -428,19 +434,28 @@ async fn sdk_copy_delete(spec: &Spec) -> Result<Measured> {
     .await
 }
 
+/// The W5 cases ending in `-response-verified` run on the mount with `verify = response`.
+fn w5_mount(spec: &Spec) -> &'static str {
+    match spec.case.ends_with("-response-verified") {
+        true => MOUNT_RESPONSE,
+        false => MOUNT,
+    }
+}
+
 async fn exec_copy_delete(spec: &Spec) -> Result<Measured> {
     let exec = executor(spec).await?;
     let files = Arc::new(small_files(spec)?);
-    let m = if spec.case == "exec-copy" {
-        exec_put_all(&exec, &files, "w5/src", spec.in_flight).await?;
+    let mount = w5_mount(spec);
+    let m = if spec.case.starts_with("exec-copy") {
+        exec_put_all(&exec, mount, &files, "w5/src", spec.in_flight).await?;
         timed_many(files.len(), spec.in_flight, |i| {
             let (exec, files) = (exec.clone(), files.clone());
             async move {
                 let name = &files[i].0;
                 exec.copy(
-                    MOUNT,
+                    mount,
                     &format!("w5/src/{name}"),
-                    MOUNT,
+                    mount,
                     &format!("w5/dst/{name}"),
                     TransferOptions::default(),
                 )
@@ -455,7 +470,7 @@ async fn exec_copy_delete(spec: &Spec) -> Result<Measured> {
             let (exec, files) = (exec.clone(), files.clone());
             async move {
                 let name = &files[i].0;
-                exec.delete(MOUNT, &format!("w5/dst/{name}"), Default::default())
+                exec.delete(mount, &format!("w5/dst/{name}"), Default::default())
                     .await
                     .map_err(|e| anyhow::anyhow!("delete {name}: {e}"))?;
                 Ok(())
@@ -521,7 +536,8 @@ async fn sdk_delete_many(spec: &Spec) -> Result<Measured> {
 async fn exec_delete_many(spec: &Spec) -> Result<Measured> {
     let exec = executor(spec).await?;
     let files = small_files(spec)?;
-    exec_put_all(&exec, &files, "w5/many", spec.in_flight).await?;
+    let mount = w5_mount(spec);
+    exec_put_all(&exec, mount, &files, "w5/many", spec.in_flight).await?;
     let paths: Vec<String> = files
         .iter()
         .map(|(name, _)| format!("w5/many/{name}"))
@@ -532,7 +548,7 @@ async fn exec_delete_many(spec: &Spec) -> Result<Measured> {
     };
     let m = timed_once(paths.len(), async {
         let results = exec
-            .delete_many(MOUNT, &paths, opts)
+            .delete_many(mount, &paths, opts)
             .await
             .map_err(|e| anyhow::anyhow!("delete_many: {e}"))?;
         for (p, r) in paths.iter().zip(results) {
@@ -541,9 +557,10 @@ async fn exec_delete_many(spec: &Spec) -> Result<Measured> {
         Ok(())
     })
     .await?;
-    let status = exec.status(MOUNT).await?;
+    let status = exec.status(mount).await?;
     eprintln!(
-        "exec-delete-many: {} DeleteObjects requests carried {} of {} deletes",
+        "{}: {} DeleteObjects requests carried {} of {} deletes",
+        spec.case,
         status.delete_batches,
         status.deletes_batched,
         paths.len()

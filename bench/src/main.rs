@@ -535,6 +535,9 @@ fn run(args: RunArgs) -> Result<()> {
             "exec-delete",
             "sdk-delete-many",
             "exec-delete-many",
+            "exec-copy-response-verified",
+            "exec-delete-response-verified",
+            "exec-delete-many-response-verified",
         ] {
             let mut s = b.spec(c);
             s.count = n;
@@ -544,6 +547,9 @@ fn run(args: RunArgs) -> Result<()> {
         b.compare(w, "exec-delete", "sdk-delete");
         b.compare(w, "sdk-delete-many", "sdk-delete");
         b.compare(w, "exec-delete-many", "sdk-delete");
+        b.compare(w, "exec-copy-response-verified", "sdk-copy");
+        b.compare(w, "exec-delete-response-verified", "sdk-delete");
+        b.compare(w, "exec-delete-many-response-verified", "sdk-delete");
     }
     if wants("W7") {
         let w = "W7";

@@ -816,7 +816,7 @@ impl ObjectStore for S3Store {
         Ok(unquote(out.e_tag()))
     }
 
-    async fn copy_object(&self, input: CopyObjectInput) -> Result<(), StoreError> {
+    async fn copy_object(&self, input: CopyObjectInput) -> Result<ObjectMeta, StoreError> {
         // Metadata is replaced (the marker names this copy's journal row); the destination mount's
         // SSE / ACL / storage class apply; with SHA-256 checksums the store computes one for the
         // copy, which verification compares with the source's.
@@ -832,11 +832,24 @@ impl ObjectStore for S3Store {
             .set_checksum_algorithm(
                 (self.checksum == ChecksumPolicy::Sha256).then_some(ChecksumAlgorithm::Sha256),
             );
-        with_write_options!(req, self)
+        let out = with_write_options!(req, self)
             .send()
             .await
-            .map(|_| ())
-            .map_err(classify)
+            .map_err(classify)?;
+        let result = out.copy_object_result();
+        Ok(ObjectMeta {
+            key: input.key,
+            size: input.size,
+            etag: unquote(result.and_then(|r| r.e_tag())),
+            sha256: sha256_of_header(result.and_then(|r| r.checksum_sha256())),
+            sha256_composite: None,
+            marker: Some(input.marker),
+            storage_class: storage_class_name(self.storage_class.as_deref()),
+            last_modified: to_chrono(result.and_then(|r| r.last_modified())),
+            sse: sse_name(out.server_side_encryption()),
+            kms_key_id: out.ssekms_key_id().map(str::to_owned),
+            user_metadata: input.metadata,
+        })
     }
 
     async fn upload_part_copy(&self, input: PartCopyInput) -> Result<UploadedPart, StoreError> {

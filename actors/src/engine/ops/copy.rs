@@ -7,20 +7,22 @@
 //!    every request is conditioned on the pinned ETag, so a source changed behind the executor's
 //!    back is never copied;
 //! 3. verify the destination by size and SHA-256 (never by ETag equality with the source: copies
-//!    of multipart objects get new ETags) → `copied`.
+//!    of multipart objects get new ETags) → `copied`. Under `verify = response` a CopyObject
+//!    whose answer carries the SHA-256 the store computed of the copy, equal to the pinned one,
+//!    needs no HEAD.
 
 use bytes::BytesMut;
 use futures::StreamExt;
 use sha2::{Digest, Sha256};
 
-use super::{check_condition, prove_content};
+use super::{check_condition, prove_content, proven_by_answer};
 use crate::digest::Sha256Digest;
 use crate::engine::context::node_for;
 use crate::engine::{OpContext, Outcome};
 use crate::error::Error;
 use crate::model::{
     NodeChange, NodeMeta, ObjectMeta, OpKind, OpProgress, PinnedSource, SourceRef, TransferRequest,
-    UploadSource, WriteCondition, WriteMarker,
+    UploadSource, Verification, WriteCondition, WriteMarker,
 };
 use crate::mount::MountSpec;
 use crate::multipart::copy::{copy_parts, PartCopyRequest};
@@ -174,6 +176,7 @@ async fn server_side(
             source_bucket: source.spec.bucket.clone(),
             source_key: t.source.key.clone(),
             source_etag: pinned.etag.clone(),
+            size: pinned.size,
             key: t.key.clone(),
             marker: WriteMarker {
                 journal_id,
@@ -181,15 +184,28 @@ async fn server_side(
             },
             metadata: pinned.user_metadata.clone(),
         };
-        c.with_retry("CopyObject", &t.key, || {
-            c.counters
-                .copy_requests
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            c.store.copy_object(input.clone())
-        })
-        .await
-        .map_err(|e| source_changed(t, e))?;
-        let node = verify_copy(c, journal_id, &t.key, pinned).await?;
+        let answered = c
+            .with_retry("CopyObject", &t.key, || {
+                c.counters
+                    .copy_requests
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                c.store.copy_object(input.clone())
+            })
+            .await
+            .map_err(|e| source_changed(t, e))?;
+        let node = if c.spec.verify.trusts_copy_and_delete_answers()
+            && proven_by_answer(c, &answered, pinned.sha256)
+        {
+            node_for(
+                c,
+                &answered,
+                pinned.sha256,
+                Verification::Sha256InCopyResponse,
+            )
+            .await?
+        } else {
+            verify_copy(c, journal_id, &t.key, pinned).await?
+        };
         return Ok((node, None));
     }
     let req = PartCopyRequest {
@@ -318,9 +334,9 @@ async fn streamed(
         return Err(mismatch(done.sha256));
     }
     let mut node = super::multipart_put::verify_upload(c, &t.key, journal_id, &done).await?;
-    if node.verified == crate::model::Verification::SizeOnly {
+    if node.verified == Verification::SizeOnly {
         // The bytes that went up are the bytes read, and they hash to the source's SHA-256.
-        node.verified = crate::model::Verification::Sha256VerifiedByExecutor;
+        node.verified = Verification::Sha256VerifiedByExecutor;
     }
     Ok((node, Some(done.upload_id)))
 }

@@ -11,6 +11,7 @@ use super::{OpContext, Outcome, Payload};
 use crate::digest::Sha256Digest;
 use crate::error::Error;
 use crate::model::{JournalEntry, ObjectMeta, OpProgress, OpRequest, Verification, WriteCondition};
+use crate::mount::{ChecksumPolicy, SettingsPolicy};
 use crate::ports::MountAccess;
 
 pub(crate) use copy::validate_transfer;
@@ -41,6 +42,22 @@ pub(super) async fn act(
             mv::act(c, journal_id, t, &source, progress).await
         }
     }
+}
+
+/// Whether a write's answer proves the object it wrote, once the mount's verify policy trusts
+/// answers of its kind: the store reports the SHA-256 it computed (or checked) of the content
+/// and it is `sha256`, and the answer carries every setting the strict policy checks (it reports
+/// SSE and the KMS key, not the storage class: a strict mount that asks for a storage class
+/// other than STANDARD is proven by HEAD).
+fn proven_by_answer(c: &OpContext, answered: &ObjectMeta, sha256: Sha256Digest) -> bool {
+    c.spec.checksum == ChecksumPolicy::Sha256
+        && answered.sha256 == Some(sha256)
+        && !answered.etag.is_empty()
+        && (c.spec.settings_policy == SettingsPolicy::Lenient
+            || c.spec
+                .storage_class
+                .as_deref()
+                .is_none_or(|s| s == "STANDARD"))
 }
 
 /// The checks made before an intent is recorded: the write's conditions, and that what a delete,

@@ -1,6 +1,7 @@
 //! A move: the copy's steps (pin → copy → verify destination), then delete the source and verify
 //! it gone (→ `source_deleted`), then ONE commit that writes the destination node and removes the
-//! source node. The source is never deleted before the destination is verified, and recovery
+//! source node (the source mount's `verify = response` takes the DELETE's success as proof
+//! instead). The source is never deleted before the destination is verified, and recovery
 //! continues from the last recorded step, so an interrupted move ends with one live node.
 
 use super::copy::copy_steps;
@@ -31,7 +32,9 @@ pub(super) async fn act(
             || source.store.delete_object(key),
         )
         .await?;
-        verify_in(c, &source.store, key, gone).await?;
+        if !source.spec.verify.trusts_copy_and_delete_answers() {
+            verify_in(c, &source.store, key, gone).await?;
+        }
         c.record_progress(
             journal_id,
             OpProgress::SourceDeleted {

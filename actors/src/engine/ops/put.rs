@@ -1,15 +1,11 @@
 //! A single-request put: PUT with the SHA-256 as checksum and the write marker in the object's
 //! metadata, then HEAD until the object proves to be this put's.
 
-use super::{check_condition, prove_content};
-use crate::digest::Sha256Digest;
+use super::{check_condition, prove_content, proven_by_answer};
 use crate::engine::context::node_for;
 use crate::engine::{OpContext, Outcome, Payload};
 use crate::error::Error;
-use crate::model::{
-    JournalEntry, NodeChange, NodeMeta, ObjectMeta, OpRequest, Verification, WriteMarker,
-};
-use crate::mount::{ChecksumPolicy, SettingsPolicy, VerifyPolicy};
+use crate::model::{JournalEntry, NodeChange, NodeMeta, OpRequest, Verification, WriteMarker};
 use crate::ports::{PutObjectInput, StoreError, StoreErrorKind};
 
 pub(super) async fn act(
@@ -59,7 +55,9 @@ pub(super) async fn act(
             }
             e => e,
         })?;
-    let node = match proven_by_answer(c, &answered, *sha256) {
+    // Under `verify = put-response` / `response` the PUT's answer is the proof when the store
+    // echoed the SHA-256 the executor sent (so it checked the body against it).
+    let node = match c.spec.verify.trusts_put_answer() && proven_by_answer(c, &answered, *sha256) {
         true => node_for(c, &answered, *sha256, Verification::Sha256InPutResponse).await?,
         false => verified_node(c, journal_id, request, false).await?,
     };
@@ -67,22 +65,6 @@ pub(super) async fn act(
         change: NodeChange::Upsert(node),
         upload_id: None,
     })
-}
-
-/// Whether the PUT's answer proves the object under the mount's `verify = put-response`: the
-/// store echoed the SHA-256 the executor sent (so it checked the body against it), and the answer
-/// carries every setting the strict policy checks (it reports SSE and the KMS key, not the
-/// storage class: a mount that asks for a storage class other than STANDARD is proven by HEAD).
-fn proven_by_answer(c: &OpContext, answered: &ObjectMeta, sha256: Sha256Digest) -> bool {
-    c.spec.verify == VerifyPolicy::PutResponse
-        && c.spec.checksum == ChecksumPolicy::Sha256
-        && answered.sha256 == Some(sha256)
-        && !answered.etag.is_empty()
-        && (c.spec.settings_policy == SettingsPolicy::Lenient
-            || c.spec
-                .storage_class
-                .as_deref()
-                .is_none_or(|s| s == "STANDARD"))
 }
 
 /// HEADs the key until it proves to hold this put's content, then applies the mount's settings
