@@ -581,6 +581,7 @@ pub async fn checksum_policy_none_still_verifies_size(backend: Backend) {
             idempotency_key: "short".into(),
             fingerprint: req.fingerprint(),
             token: uuid::Uuid::new_v4(),
+            progress: None,
             request: req,
         })
         .await

@@ -390,6 +390,83 @@ pub async fn killed_move_is_finished_by_recovery(backend: Backend, point: &str, 
     env.cleanup().await;
 }
 
+/// A single-request copy killed just before its commit (its row shows only the pin: a copy
+/// records no `copied` step), then its source overwritten in the store behind the executor's
+/// back: a copy made again from the pinned ETag would now be refused. The restarted executor's
+/// recovery finds the destination already holding the pinned content and commits it without a
+/// second CopyObject: one destination node with the pinned SHA-256, the row committed, one `copy`
+/// event.
+pub async fn killed_copy_is_committed_from_the_destination(backend: Backend) {
+    let env = TestEnv::new(backend).await;
+    let body: Vec<u8> = (0..150_000u32).map(|i| (i % 241) as u8).collect();
+    env.exec
+        .put_bytes("m", "from/a.bin", body.clone(), PutOptions::default())
+        .await
+        .unwrap();
+    env.wait_stream(1).await;
+    env.exec.shutdown().await;
+
+    run_until_failpoint(
+        &env,
+        &[
+            "cp",
+            "m",
+            "from/a.bin",
+            "to/b.bin",
+            "--idempotency-key",
+            "cp-crash",
+        ],
+        "before_commit",
+    )
+    .await;
+    let rows = env
+        .query(
+            "SELECT state, progress->>'phase' FROM {schema}.journal WHERE op = 'copy'",
+            &[],
+        )
+        .await;
+    assert_eq!(rows[0].get::<_, String>(0), "pending");
+    assert_eq!(
+        rows[0].get::<_, Option<String>>(1).as_deref(),
+        Some("source_pinned")
+    );
+    assert_eq!(env.object(&env.key("to/b.bin")).await.unwrap(), body);
+    env.raw_put(
+        &env.key("from/a.bin"),
+        b"changed behind the executor's back",
+    )
+    .await;
+
+    let exec = S3Executor::start(env.exec.config().clone()).await.unwrap();
+    env.wait_no_pending(Duration::from_secs(15)).await;
+    let rows = env
+        .query(
+            "SELECT state, error FROM {schema}.journal WHERE op = 'copy'",
+            &[],
+        )
+        .await;
+    let (state, error): (String, Option<String>) = (rows[0].get(0), rows[0].get(1));
+    assert_eq!(state, "committed", "{error:?}");
+    assert_eq!(
+        exec.status("m").await.unwrap().copy_requests,
+        0,
+        "recovery copied again"
+    );
+    let nodes = env
+        .query(
+            "SELECT sha256 FROM {schema}.nodes WHERE path = 'to/b.bin'",
+            &[],
+        )
+        .await;
+    assert_eq!(nodes[0].get::<_, String>(0), sha256_hex(&body));
+    assert_eq!(env.object(&env.key("to/b.bin")).await.unwrap(), body);
+    let events = env.wait_stream(2).await;
+    let copies: Vec<_> = events.iter().filter(|(_, e)| e["op"] == "copy").collect();
+    assert_eq!(copies.len(), 1, "{events:?}");
+    exec.shutdown().await;
+    env.cleanup().await;
+}
+
 /// Killed after CompleteMultipartUpload answered and before the commit: the restarted executor
 /// finds the object carrying this operation's journal id, hashes the file locally and commits;
 /// no byte is uploaded again.
@@ -474,6 +551,14 @@ macro_rules! crash_suite {
                     "source_deleted",
                 )
                 .await
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)] $(#[$attr])?
+            #[cfg_attr(
+                not(feature = "failpoints"),
+                ignore = "needs --features failpoints (scripts/test.sh enables it)"
+            )]
+            async fn killed_copy_is_committed_from_the_destination() {
+                super::killed_copy_is_committed_from_the_destination($backend).await
             }
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)] $(#[$attr])?
             #[cfg_attr(

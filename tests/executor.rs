@@ -24,7 +24,7 @@ async fn migrations_apply_once_and_create_every_table() {
     let first = filestore_s3::pg::migrate(&database_url(), &schema)
         .await
         .unwrap();
-    assert_eq!(first, vec![1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11]);
+    assert_eq!(first, vec![1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12]);
     let second = filestore_s3::pg::migrate(&database_url(), &schema)
         .await
         .unwrap();
@@ -247,6 +247,7 @@ async fn recovery_commits_what_reached_s3_and_fails_what_did_not() {
                 idempotency_key: k.into(),
                 fingerprint: req.fingerprint(),
                 token: uuid::Uuid::new_v4(),
+                progress: None,
                 request: req,
             })
             .await
@@ -368,6 +369,7 @@ async fn a_batch_of_writes_keeps_each_write_atomic() {
             idempotency_key: format!("b-{n}"),
             fingerprint: req.fingerprint(),
             token: uuid::Uuid::new_v4(),
+            progress: None,
             request: req,
         }
     };
@@ -470,6 +472,7 @@ async fn set_based_batches_write_what_one_write_at_a_time_writes() {
             idempotency_key: key.into(),
             fingerprint: req.fingerprint(),
             token: uuid::Uuid::from_u128(token),
+            progress: None,
             request: req,
         }
     }

@@ -379,6 +379,7 @@ async fn a_feed_reader_misses_nothing_written_by_transactions_at_once() {
             fingerprint: request.fingerprint(),
             request,
             token: uuid::Uuid::new_v4(),
+            progress: None,
         }
     };
     let commit = |journal_id: i64, path: &str| CommitRecord {

@@ -97,6 +97,7 @@ pub async fn recovery_tells_a_same_size_object_apart(backend: Backend) {
             idempotency_key: k.into(),
             fingerprint: req.fingerprint(),
             token: uuid::Uuid::new_v4(),
+            progress: None,
             request: req,
         }
     };

@@ -9,8 +9,9 @@
 //! `sleep:<ms>` parks it for that long, then it goes on. Each action prints one line
 //! `failpoint <name>: <action>` to stderr when it fires.
 //!
-//! Names: `after_<phase>` once a copy / move recorded that phase (`after_source_pinned`,
-//! `after_copied`, `after_source_deleted`); `before_commit` once an operation is verified and
+//! Names: `after_<phase>` once a copy / move recorded that phase (`after_source_pinned`: its
+//! intent, which carries the pin, is written; `after_copied`: moves and multipart copies only;
+//! `after_source_deleted`); `before_commit` once an operation is verified and
 //! about to commit; `before_commit_transaction` in the committer, just before the commit's
 //! fenced transaction; `after_complete` once CompleteMultipartUpload answered; `before_publish`
 //! in the notifier, with committed events about to go to Redis.

@@ -634,6 +634,9 @@ pub struct NewIntent {
     /// lost finds the row it wrote (pending, with this token) and goes ahead instead of taking it
     /// for another call's.
     pub token: uuid::Uuid,
+    /// Progress recorded with the intent: a copy / move's pinned source (read before the intent
+    /// is written), so that pinning costs no write of its own.
+    pub progress: Option<OpProgress>,
 }
 
 /// A journal row.

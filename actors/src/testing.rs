@@ -13,8 +13,8 @@ use uuid::Uuid;
 use crate::digest::Sha256Digest;
 use crate::model::{
     ChangeEvent, CommitRecord, Fence, IntentOutcome, JournalEntry, JournalState, LeaseState,
-    NewIntent, Node, NodeChange, ObjectMeta, OpKind, OpProgress, OpResult, OutboxEvent, RawListing,
-    UploadProgress, UploadRecord, WriteMarker,
+    NewIntent, Node, NodeChange, ObjectMeta, OpKind, OpProgress, OpRequest, OpResult, OutboxEvent,
+    RawListing, UploadProgress, UploadRecord, WriteMarker,
 };
 use crate::mount::MountRow;
 use crate::ports::{
@@ -613,6 +613,12 @@ impl MetaStore for MemoryMeta {
                 e.state = JournalState::Pending;
                 e.attempts += 1;
                 e.error = None;
+                // As the Postgres store: a move keeps a step past its pin, the rest start over.
+                let keeps = matches!(e.request, OpRequest::Move(_))
+                    && !matches!(e.progress, None | Some(OpProgress::SourcePinned { .. }));
+                if !keeps {
+                    e.progress = intent.progress.clone();
+                }
                 s.tokens.insert(id, intent.token);
                 return Ok(IntentOutcome::Started { journal_id: id });
             }
@@ -628,7 +634,7 @@ impl MetaStore for MemoryMeta {
             state: JournalState::Pending,
             attempts: 1,
             request: intent.request.clone(),
-            progress: None,
+            progress: intent.progress.clone(),
             result: None,
             error: None,
             idle: std::time::Duration::ZERO,

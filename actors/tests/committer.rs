@@ -25,6 +25,7 @@ fn intent(n: usize) -> NewIntent {
         fingerprint: request.fingerprint(),
         request,
         token: uuid::Uuid::new_v4(),
+        progress: None,
     }
 }
 

@@ -238,6 +238,7 @@ async fn pending_entry_is_committed_by_recovery_at_start() {
             idempotency_key: "k".into(),
             fingerprint: req.fingerprint(),
             token: uuid::Uuid::new_v4(),
+            progress: None,
             request: req,
         })
         .await
@@ -276,6 +277,7 @@ async fn pending_entry_is_committed_by_recovery_at_start() {
             idempotency_key: "k2".into(),
             fingerprint: lost.fingerprint(),
             token: uuid::Uuid::new_v4(),
+            progress: None,
             request: lost,
         })
         .await

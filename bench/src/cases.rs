@@ -775,6 +775,7 @@ async fn one_put_commit(
         fingerprint: request.fingerprint(),
         request,
         token: uuid::Uuid::new_v4(),
+        progress: None,
     };
     let IntentOutcome::Started { journal_id } = committer
         .send(RecordIntent(intent))

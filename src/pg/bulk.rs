@@ -69,6 +69,7 @@ pub(super) async fn begins(
     let mut source_mounts = Vec::with_capacity(intents.len());
     let mut source_paths = Vec::with_capacity(intents.len());
     let mut tokens = Vec::with_capacity(intents.len());
+    let mut progress = Vec::with_capacity(intents.len());
     for (_, intent) in &intents {
         let source = intent.request.source();
         mounts.push(intent.mount.as_str());
@@ -80,6 +81,7 @@ pub(super) async fn begins(
         source_mounts.push(source.map(|s| s.mount.as_str()));
         source_paths.push(source.map(|s| s.path.as_str()));
         tokens.push(intent.token);
+        progress.push(journal::progress_json(intent.progress.as_ref())?);
     }
     // A key already in the journal (or twice in this batch) inserts nothing here; that intent is
     // then written on its own below, which finds its own row, re-arms a failed one or reports
@@ -89,11 +91,11 @@ pub(super) async fn begins(
             &cached!(
                 tx,
                 "INSERT INTO journal (mount, op, path, idempotency_key, fingerprint, state, request,
-                                      source_mount, source_path, intent_token)
-                 SELECT m, o, p, k, f, 'pending', r, sm, sp, t
+                                      source_mount, source_path, intent_token, progress)
+                 SELECT m, o, p, k, f, 'pending', r, sm, sp, t, g
                  FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[],
-                             $6::jsonb[], $7::text[], $8::text[], $9::uuid[])
-                      AS x(m, o, p, k, f, r, sm, sp, t)
+                             $6::jsonb[], $7::text[], $8::text[], $9::uuid[], $10::jsonb[])
+                      AS x(m, o, p, k, f, r, sm, sp, t, g)
                  ON CONFLICT (mount, idempotency_key) DO NOTHING
                  RETURNING id, intent_token"
             ),
@@ -107,6 +109,7 @@ pub(super) async fn begins(
                 &source_mounts,
                 &source_paths,
                 &tokens,
+                &progress,
             ],
         )
         .await

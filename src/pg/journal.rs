@@ -118,12 +118,13 @@ pub(super) async fn begin_in(
 ) -> Result<IntentOutcome, MetaError> {
     let fingerprint = &intent.fingerprint;
     let request = serde_json::to_value(&intent.request).map_err(|e| corrupt("request", e))?;
+    let progress = progress_json(intent.progress.as_ref())?;
     let source = intent.request.source();
     let inserted = c
         .query_opt(
             &cached!(c, "INSERT INTO journal (mount, op, path, idempotency_key, fingerprint, state, request,
-                                  source_mount, source_path, intent_token)
-             VALUES ($1, $2, $3, $4, $5, 'pending', $6, $7, $8, $9)
+                                  source_mount, source_path, intent_token, progress)
+             VALUES ($1, $2, $3, $4, $5, 'pending', $6, $7, $8, $9, $10)
              ON CONFLICT (mount, idempotency_key) DO NOTHING
              RETURNING id"),
             &[
@@ -136,6 +137,7 @@ pub(super) async fn begin_in(
                 &source.map(|s| s.mount.as_str()),
                 &source.map(|s| s.path.as_str()),
                 &intent.token,
+                &progress,
             ],
         )
         .await
@@ -163,10 +165,12 @@ pub(super) async fn begin_in(
     // A failed attempt with the same parameters may run again under the same key.
     let rearmed = c
         .query_opt(
-            // A copy / move that failed after it copied continues from there; one that failed
-            // while only pinned starts over (the source may have changed since).
+            // A move that failed after it copied keeps that step; a copy, or a move that failed
+            // while only pinned, starts over from this call's pin (the source may have changed
+            // since): a copy records no step after its pin, so a kept one would be stale.
             "UPDATE journal SET state = 'pending', attempts = attempts + 1, error = NULL,
-                    progress = CASE WHEN progress->>'phase' = 'source_pinned' THEN NULL
+                    progress = CASE WHEN op = 'copy' OR progress IS NULL
+                                         OR progress->>'phase' = 'source_pinned' THEN $5
                                     ELSE progress END,
                     updated_at = now(), intent_token = $4
              WHERE mount = $1 AND idempotency_key = $2 AND fingerprint = $3 AND state = 'failed'
@@ -176,6 +180,7 @@ pub(super) async fn begin_in(
                 &intent.idempotency_key,
                 fingerprint,
                 &intent.token,
+                &progress,
             ],
         )
         .await
@@ -217,6 +222,15 @@ pub(super) async fn fail_in(
 }
 
 /// Records how far a pending copy / move got, inside `c`.
+/// A step as stored in `journal.progress`.
+pub(super) fn progress_json(
+    progress: Option<&OpProgress>,
+) -> Result<Option<serde_json::Value>, MetaError> {
+    progress
+        .map(|p| serde_json::to_value(p).map_err(|e| corrupt("progress", e)))
+        .transpose()
+}
+
 pub(super) async fn progress_in(
     c: &Transaction<'_>,
     journal_id: i64,

@@ -137,28 +137,35 @@ async fn run_protocol(
 ) -> Result<OpResult, Error> {
     let mount = c.spec.name.clone();
     let key = idempotency_key.clone();
-    let intent = NewIntent {
+    let mut intent = NewIntent {
         mount: mount.clone(),
         idempotency_key,
         request: request.clone(),
         fingerprint: fingerprint.clone(),
         token: uuid::Uuid::new_v4(),
+        progress: None,
     };
     // Conditions and the existence of what the operation needs are checked before the intent is
     // recorded (under the paths' locks), so a refused call leaves no trace; a call repeating an
     // earlier one gets that one's outcome instead.
-    if let Err(e) = ops::precheck(&c, &request).await {
-        if !matches!(e, Error::PreconditionFailed { .. } | Error::NotFound { .. }) {
-            return Err(e);
-        }
-        return match c.meta.entry(&mount, &intent.idempotency_key).await? {
-            Some(entry) if entry.state != JournalState::Failed => {
-                replay(&mount, &fingerprint, entry)
+    match ops::precheck(&c, &request).await {
+        Ok(pin) => intent.progress = pin,
+        Err(e) => {
+            if !matches!(e, Error::PreconditionFailed { .. } | Error::NotFound { .. }) {
+                return Err(e);
             }
-            Some(entry) if entry.fingerprint != fingerprint => replay(&mount, &fingerprint, entry),
-            _ => Err(e),
-        };
+            return match c.meta.entry(&mount, &intent.idempotency_key).await? {
+                Some(entry) if entry.state != JournalState::Failed => {
+                    replay(&mount, &fingerprint, entry)
+                }
+                Some(entry) if entry.fingerprint != fingerprint => {
+                    replay(&mount, &fingerprint, entry)
+                }
+                _ => Err(e),
+            };
+        }
     }
+    let pin = intent.progress.clone();
     let journal_id = match c.record_intent(intent).await? {
         IntentOutcome::Started { journal_id } => journal_id,
         IntentOutcome::Existing(entry) => {
@@ -166,7 +173,10 @@ async fn run_protocol(
             return same_stream_content(&c, &key, result, payload).await;
         }
     };
-    match ops::act(&c, journal_id, &request, payload, None).await {
+    if pin.is_some() {
+        crate::failpoint::hit("after_source_pinned").await;
+    }
+    match ops::act(&c, journal_id, &request, payload, pin).await {
         Ok(outcome) => {
             crate::failpoint::hit("before_commit").await;
             c.commit(commit_record(&c, journal_id, &request, outcome))

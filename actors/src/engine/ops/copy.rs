@@ -78,44 +78,74 @@ pub(super) async fn act(
     source: &MountAccess,
     progress: Option<OpProgress>,
 ) -> Result<Outcome, Error> {
-    let (_, dest, upload_id) = copy_steps(c, journal_id, t, source, progress).await?;
+    let (_, dest, upload_id) = copy_steps(c, journal_id, t, source, progress, false).await?;
     Ok(Outcome {
         change: NodeChange::Upsert(dest),
         upload_id,
     })
 }
 
+/// Recovery of a copy whose row shows only its pin: a single-request copy records no step after
+/// it, so the copy may have happened. A destination that proves to hold the pinned content (the
+/// store's SHA-256, or this row's write marker with it) is committed without copying again —
+/// the source may have changed since, and a copy conditioned on the pinned ETag would then fail
+/// although the copy was made. Anything else (`None`): copy as usual.
+pub(super) async fn recover_pinned(
+    c: &OpContext,
+    journal_id: i64,
+    t: &TransferRequest,
+    source: &MountAccess,
+    pinned: &PinnedSource,
+) -> Result<Option<Outcome>, Error> {
+    if !single_request(c, source, pinned.size) {
+        return Ok(None);
+    }
+    let seen = c
+        .with_retry("HEAD", &t.key, || c.store.head_object(&t.key))
+        .await?;
+    let Ok(verified) = prove_content(&seen, pinned.size, pinned.sha256, journal_id, true) else {
+        return Ok(None);
+    };
+    let seen = seen.expect("proven objects exist");
+    let node = node_for(c, &seen, pinned.sha256, verified).await?;
+    Ok(Some(Outcome {
+        change: NodeChange::Upsert(node),
+        upload_id: None,
+    }))
+}
+
+/// Whether a copy of `size` bytes from `source` is one request (CopyObject, or one PUT of the
+/// bytes read) rather than a multipart upload.
+fn single_request(c: &OpContext, source: &MountAccess, size: u64) -> bool {
+    match c.spec.can_copy_server_side_from(&source.spec) {
+        true => size <= c.spec.copy_threshold,
+        false => size <= c.spec.multipart_threshold,
+    }
+}
+
 /// Steps 1–3; shared with move. Returns the pinned source, the verified destination and the
-/// multipart upload (part copy, large streamed copy) the commit completes.
+/// multipart upload (part copy, large streamed copy) the commit completes. `copied` is recorded
+/// for a move (its next step deletes the source, after which the copy cannot be made again) and
+/// for a multipart copy (its upload is completed in the store before the commit); a
+/// single-request copy is committed straight after, and its recovery proves the destination
+/// instead ([`recover_pinned`]).
 pub(super) async fn copy_steps(
     c: &OpContext,
     journal_id: i64,
     t: &TransferRequest,
     source: &MountAccess,
     progress: Option<OpProgress>,
+    is_move: bool,
 ) -> Result<(PinnedSource, NodeMeta, Option<String>), Error> {
     let pinned = match progress {
         Some(OpProgress::Copied { source, dest } | OpProgress::SourceDeleted { source, dest }) => {
             return Ok((source, dest, None))
         }
         Some(OpProgress::SourcePinned { source }) => source,
+        // A row written before pins went with the intent.
         None => {
             check_condition(c, &t.path, &t.condition).await?;
-            let node = c
-                .meta
-                .node(&t.source.mount, &t.source.path)
-                .await?
-                .ok_or_else(|| Error::NotFound {
-                    mount: t.source.mount.clone(),
-                    path: t.source.path.clone(),
-                })?;
-            let pinned = PinnedSource {
-                size: node.meta.size,
-                sha256: node.meta.sha256,
-                etag: node.meta.etag.clone(),
-                generation: node.generation,
-                user_metadata: node.meta.user_metadata.clone(),
-            };
+            let pinned = pin_source(c, t).await?;
             c.record_progress(
                 journal_id,
                 OpProgress::SourcePinned {
@@ -131,15 +161,36 @@ pub(super) async fn copy_steps(
     } else {
         streamed(c, journal_id, t, source, &pinned).await?
     };
-    c.record_progress(
-        journal_id,
-        OpProgress::Copied {
-            source: pinned.clone(),
-            dest: dest.clone(),
-        },
-    )
-    .await?;
+    if is_move || upload_id.is_some() {
+        c.record_progress(
+            journal_id,
+            OpProgress::Copied {
+                source: pinned.clone(),
+                dest: dest.clone(),
+            },
+        )
+        .await?;
+    }
     Ok((pinned, dest, upload_id))
+}
+
+/// The source's node as the copy pins it: `NotFound` without one.
+pub(super) async fn pin_source(c: &OpContext, t: &TransferRequest) -> Result<PinnedSource, Error> {
+    let node = c
+        .meta
+        .node(&t.source.mount, &t.source.path)
+        .await?
+        .ok_or_else(|| Error::NotFound {
+            mount: t.source.mount.clone(),
+            path: t.source.path.clone(),
+        })?;
+    Ok(PinnedSource {
+        size: node.meta.size,
+        sha256: node.meta.sha256,
+        etag: node.meta.etag,
+        generation: node.generation,
+        user_metadata: node.meta.user_metadata,
+    })
 }
 
 fn source_changed(t: &TransferRequest, e: Error) -> Error {

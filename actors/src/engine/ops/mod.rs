@@ -61,15 +61,19 @@ fn proven_by_answer(c: &OpContext, answered: &ObjectMeta, sha256: Sha256Digest) 
 }
 
 /// The checks made before an intent is recorded: the write's conditions, and that what a delete,
-/// copy or move acts on has a node.
-pub(super) async fn precheck(c: &OpContext, request: &OpRequest) -> Result<(), Error> {
+/// copy or move acts on has a node. For a copy / move, the source pinned from that node, which
+/// the intent records (so pinning costs no write of its own).
+pub(super) async fn precheck(
+    c: &OpContext,
+    request: &OpRequest,
+) -> Result<Option<OpProgress>, Error> {
     match request {
         OpRequest::Put {
             path, condition, ..
         }
         | OpRequest::PutMultipart {
             path, condition, ..
-        } => check_condition(c, path, condition).await,
+        } => check_condition(c, path, condition).await.map(|()| None),
         OpRequest::Delete { path, .. } => {
             if c.meta.node(&c.spec.name, path).await?.is_none() {
                 return Err(Error::NotFound {
@@ -77,21 +81,13 @@ pub(super) async fn precheck(c: &OpContext, request: &OpRequest) -> Result<(), E
                     path: path.clone(),
                 });
             }
-            Ok(())
+            Ok(None)
         }
         OpRequest::Copy(t) | OpRequest::Move(t) => {
             check_condition(c, &t.path, &t.condition).await?;
-            if c.meta
-                .node(&t.source.mount, &t.source.path)
-                .await?
-                .is_none()
-            {
-                return Err(Error::NotFound {
-                    mount: t.source.mount.clone(),
-                    path: t.source.path.clone(),
-                });
-            }
-            Ok(())
+            Ok(Some(OpProgress::SourcePinned {
+                source: copy::pin_source(c, t).await?,
+            }))
         }
     }
 }
@@ -102,7 +98,23 @@ pub(super) async fn recover(c: &OpContext, entry: &JournalEntry) -> Result<Outco
         OpRequest::Put { .. } => put::recover(c, entry).await,
         OpRequest::PutMultipart { .. } => multipart_put::recover(c, entry).await,
         OpRequest::Delete { path, key } => delete::recover(c, path, key).await,
-        OpRequest::Copy(_) | OpRequest::Move(_) => {
+        OpRequest::Copy(t) => {
+            if let Some(OpProgress::SourcePinned { source: pinned }) = &entry.progress {
+                let source = transfer_source(c, &t.source.mount, Payload::None)?;
+                if let Some(done) = copy::recover_pinned(c, entry.id, t, &source, pinned).await? {
+                    return Ok(done);
+                }
+            }
+            act(
+                c,
+                entry.id,
+                &entry.request,
+                Payload::None,
+                entry.progress.clone(),
+            )
+            .await
+        }
+        OpRequest::Move(_) => {
             act(
                 c,
                 entry.id,

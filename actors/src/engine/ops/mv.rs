@@ -20,7 +20,7 @@ pub(super) async fn act(
     progress: Option<OpProgress>,
 ) -> Result<Outcome, Error> {
     let source_deleted = matches!(progress, Some(OpProgress::SourceDeleted { .. }));
-    let (pinned, dest, upload_id) = copy_steps(c, journal_id, t, source, progress).await?;
+    let (pinned, dest, upload_id) = copy_steps(c, journal_id, t, source, progress, true).await?;
     if !source_deleted {
         let key = &t.source.key;
         crate::retry::store_call(
