@@ -390,8 +390,9 @@ async fn put_response_verification(backend: Backend) {
 
 /// `verify = response`: a copy whose CopyObject answer carries the SHA-256 the store computed of
 /// the copy is committed without a HEAD (`sha256-in-copy-response`; moto_server answers with it,
-/// s3s-fs 0.14 does not, so there the copy is proven by HEAD); deletes, one by one and in
-/// `delete_many`, are proven by the store's success with no HEAD on either server.
+/// s3s-fs 0.14 does not, so there the copy is proven by HEAD); deletes, one by one, in
+/// `delete_many` and of a move's source, are proven by the store's success with no HEAD on either
+/// server.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn response_verification_s3s_fs() {
     response_verification(Backend::S3sFs).await
@@ -474,6 +475,28 @@ async fn response_verification(backend: Backend) {
     for p in ["other.txt", "third.txt"] {
         assert!(env.object(&env.key(p)).await.is_none(), "{p}");
     }
+    assert_eq!(env.count("nodes").await, 1);
+
+    // A move: its copy proven as above, the DELETE of its source by the store's success — no
+    // HEAD of the source key on either server.
+    let heads = proxy.count(Op::HeadObject);
+    let before = proxy.seen().len();
+    env.exec
+        .move_object("m", "src.txt", "m", "moved.txt", Default::default())
+        .await
+        .unwrap();
+    let source_key = env.key("src.txt");
+    let heads_of_source = proxy.seen()[before..]
+        .iter()
+        .filter(|s| s.op == Op::HeadObject && s.key.ends_with(&source_key))
+        .count();
+    assert_eq!(heads_of_source, 0, "{:?}", proxy.seen());
+    if matches!(backend, Backend::Moto) {
+        assert_eq!(proxy.count(Op::HeadObject), heads, "{:?}", proxy.seen());
+        assert_eq!(verified("moved.txt").await, "sha256-in-copy-response");
+    }
+    assert!(env.object(&source_key).await.is_none());
+    assert_eq!(env.object(&env.key("moved.txt")).await.unwrap(), body);
     assert_eq!(env.count("nodes").await, 1);
     env.cleanup().await;
 }
