@@ -501,6 +501,91 @@ async fn response_verification(backend: Backend) {
     env.cleanup().await;
 }
 
+/// A copy refused by the store (CopyObject answered 403, not retried) fails its journal row; the
+/// same call sent again under its idempotency key re-arms that row with a new pin (the source was
+/// replaced in between, through the executor) and copies the source as it is now: one row, two
+/// attempts, the destination holding the new content.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_copy_sent_again_under_its_key_s3s_fs() {
+    failed_copy_sent_again_under_its_key(Backend::S3sFs).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_copy_sent_again_under_its_key_moto() {
+    failed_copy_sent_again_under_its_key(Backend::Moto).await
+}
+
+async fn failed_copy_sent_again_under_its_key(backend: Backend) {
+    let proxy = FaultProxy::start(&common::endpoint_of(backend), 13).await;
+    let env = TestEnv::build(
+        backend,
+        |_| {},
+        common::fast_settings(),
+        Some(proxy.endpoint.clone()),
+    )
+    .await;
+    env.exec
+        .put_bytes("m", "a.txt", b"first".to_vec(), PutOptions::default())
+        .await
+        .unwrap();
+    let opts = || filestore_s3::TransferOptions {
+        idempotency_key: Some("copy-a".into()),
+        ..Default::default()
+    };
+    proxy.add(Rule::always(
+        Some(Op::CopyObject),
+        Fault::Status(403, "AccessDenied"),
+    ));
+    let e = env
+        .exec
+        .copy("m", "a.txt", "m", "b.txt", opts())
+        .await
+        .unwrap_err();
+    assert!(matches!(e, Error::Storage { .. }), "{e}");
+    let rows = env
+        .query(
+            "SELECT state, attempts, progress->>'phase' FROM {schema}.journal WHERE op = 'copy'",
+            &[],
+        )
+        .await;
+    assert_eq!(rows[0].get::<_, String>(0), "failed");
+    assert_eq!(
+        rows[0].get::<_, Option<String>>(2).as_deref(),
+        Some("source_pinned")
+    );
+
+    proxy.clear();
+    let second = b"second, longer content".to_vec();
+    env.exec
+        .put_bytes("m", "a.txt", second.clone(), PutOptions::default())
+        .await
+        .unwrap();
+    let r = env
+        .exec
+        .copy("m", "a.txt", "m", "b.txt", opts())
+        .await
+        .unwrap();
+    let node = r.node.expect("a copy has a node");
+    assert_eq!(node.sha256.to_hex(), sha256_hex(&second));
+    assert_eq!(env.object(&env.key("b.txt")).await.unwrap(), second);
+    let rows = env
+        .query(
+            "SELECT state, attempts, progress->'source'->>'size' FROM {schema}.journal
+             WHERE op = 'copy'",
+            &[],
+        )
+        .await;
+    assert_eq!(rows.len(), 1, "one journal row, re-armed");
+    assert_eq!(rows[0].get::<_, String>(0), "committed");
+    assert_eq!(rows[0].get::<_, i32>(1), 2);
+    assert_eq!(
+        rows[0].get::<_, Option<String>>(2),
+        Some(second.len().to_string()),
+        "the row carries the new pin"
+    );
+    env.cleanup().await;
+}
+
 macro_rules! verification_suite {
     ($module:ident, $backend:expr $(, $attr:meta)?) => {
         mod $module {
