@@ -221,7 +221,6 @@ pub(super) async fn fail_in(
     Ok(())
 }
 
-/// Records how far a pending copy / move got, inside `c`.
 /// A step as stored in `journal.progress`.
 pub(super) fn progress_json(
     progress: Option<&OpProgress>,
@@ -231,12 +230,13 @@ pub(super) fn progress_json(
         .transpose()
 }
 
+/// Records how far a pending copy / move got, inside `c`.
 pub(super) async fn progress_in(
     c: &Transaction<'_>,
     journal_id: i64,
     progress: &OpProgress,
 ) -> Result<(), MetaError> {
-    let v = serde_json::to_value(progress).map_err(|e| corrupt("progress", e))?;
+    let v = progress_json(Some(progress))?;
     let n = c
         .execute(
             &cached!(c, "UPDATE journal SET progress = $2, updated_at = now() WHERE id = $1 AND state = 'pending'"),

@@ -98,23 +98,17 @@ pub(super) async fn recover(c: &OpContext, entry: &JournalEntry) -> Result<Outco
         OpRequest::Put { .. } => put::recover(c, entry).await,
         OpRequest::PutMultipart { .. } => multipart_put::recover(c, entry).await,
         OpRequest::Delete { path, key } => delete::recover(c, path, key).await,
-        OpRequest::Copy(t) => {
-            if let Some(OpProgress::SourcePinned { source: pinned }) = &entry.progress {
+        OpRequest::Copy(_) | OpRequest::Move(_) => {
+            // A single-request copy records no step after its pin: the destination may already
+            // hold the copy.
+            if let (OpRequest::Copy(t), Some(OpProgress::SourcePinned { source: pinned })) =
+                (&entry.request, &entry.progress)
+            {
                 let source = transfer_source(c, &t.source.mount, Payload::None)?;
                 if let Some(done) = copy::recover_pinned(c, entry.id, t, &source, pinned).await? {
                     return Ok(done);
                 }
             }
-            act(
-                c,
-                entry.id,
-                &entry.request,
-                Payload::None,
-                entry.progress.clone(),
-            )
-            .await
-        }
-        OpRequest::Move(_) => {
             act(
                 c,
                 entry.id,
