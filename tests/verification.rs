@@ -7,7 +7,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::faultproxy::{Fault, FaultProxy, Op, Rule};
+use common::faultproxy::{Fault, Op, Rule};
 use common::{sha256_hex, Backend, TestEnv};
 use filestore_s3::actors::model::{IntentOutcome, NewIntent, OpRequest};
 use filestore_s3::actors::ports::MetaStore;
@@ -325,14 +325,8 @@ async fn put_response_verification_moto() {
 }
 
 async fn put_response_verification(backend: Backend) {
-    let proxy = FaultProxy::start(&common::endpoint_of(backend), 11).await;
-    let env = TestEnv::build(
-        backend,
-        |r| r.verify = "put-response".into(),
-        common::fast_settings(),
-        Some(proxy.endpoint.clone()),
-    )
-    .await;
+    let (proxy, env) =
+        TestEnv::behind_proxy(backend, 11, |r| r.verify = "put-response".into()).await;
     let verified = |path: &'static str| {
         let env = &env;
         async move {
@@ -404,14 +398,7 @@ async fn response_verification_moto() {
 }
 
 async fn response_verification(backend: Backend) {
-    let proxy = FaultProxy::start(&common::endpoint_of(backend), 12).await;
-    let env = TestEnv::build(
-        backend,
-        |r| r.verify = "response".into(),
-        common::fast_settings(),
-        Some(proxy.endpoint.clone()),
-    )
-    .await;
+    let (proxy, env) = TestEnv::behind_proxy(backend, 12, |r| r.verify = "response".into()).await;
     let verified = |path: &'static str| {
         let env = &env;
         async move {
@@ -516,14 +503,7 @@ async fn failed_copy_sent_again_under_its_key_moto() {
 }
 
 async fn failed_copy_sent_again_under_its_key(backend: Backend) {
-    let proxy = FaultProxy::start(&common::endpoint_of(backend), 13).await;
-    let env = TestEnv::build(
-        backend,
-        |_| {},
-        common::fast_settings(),
-        Some(proxy.endpoint.clone()),
-    )
-    .await;
+    let (proxy, env) = TestEnv::behind_proxy(backend, 13, |_| {}).await;
     env.exec
         .put_bytes("m", "a.txt", b"first".to_vec(), PutOptions::default())
         .await

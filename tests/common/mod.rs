@@ -218,6 +218,19 @@ impl TestEnv {
         Self::build(backend, edit, fast_settings(), None).await
     }
 
+    /// An environment whose executor reaches `backend` through a fault proxy (seeded with `seed`,
+    /// returned for adding faults and counting requests), the mount row edited by `edit`, with
+    /// the fast retry settings.
+    pub async fn behind_proxy(
+        backend: Backend,
+        seed: u64,
+        edit: impl FnOnce(&mut MountRow),
+    ) -> (faultproxy::FaultProxy, Self) {
+        let proxy = faultproxy::FaultProxy::start(&endpoint_of(backend), seed).await;
+        let env = Self::build(backend, edit, fast_settings(), Some(proxy.endpoint.clone())).await;
+        (proxy, env)
+    }
+
     /// The general form: mount edit, actor settings, and optionally an endpoint that replaces the
     /// server's (a fault-injecting proxy in front of it).
     pub async fn build(
