@@ -38,26 +38,8 @@ async fn behind_proxy(
     settings: filestore_s3::actors::SupervisorSettings,
     config: impl FnOnce(&mut filestore_s3::ExecutorConfig),
 ) -> (TestEnv, FaultProxy) {
-    behind_proxy_on(Backend::S3sFs, seed, edit, settings, config).await
-}
-
-/// As [`behind_proxy`], in front of `backend`.
-async fn behind_proxy_on(
-    backend: Backend,
-    seed: u64,
-    edit: impl FnOnce(&mut filestore_s3::MountRow),
-    settings: filestore_s3::actors::SupervisorSettings,
-    config: impl FnOnce(&mut filestore_s3::ExecutorConfig),
-) -> (TestEnv, FaultProxy) {
-    let proxy = FaultProxy::start(&common::endpoint_of(backend), seed).await;
-    let env = TestEnv::build_with_config(
-        backend,
-        edit,
-        settings,
-        Some(proxy.endpoint.clone()),
-        config,
-    )
-    .await;
+    let (proxy, env) =
+        TestEnv::behind_proxy_with(Backend::S3sFs, seed, edit, settings, config).await;
     (env, proxy)
 }
 
@@ -491,8 +473,8 @@ async fn f12_flipped_byte_is_rejected_and_resent_moto() {
 }
 
 async fn f12_flipped_byte_is_rejected_and_resent(backend: Backend) {
-    let (env, proxy) =
-        behind_proxy_on(backend, 12, multipart, common::fast_settings(), |_| {}).await;
+    let (proxy, env) =
+        TestEnv::behind_proxy_with(backend, 12, multipart, common::fast_settings(), |_| {}).await;
     proxy.add(Rule::once(Op::PutObject, Fault::FlipByte));
     proxy.add(Rule {
         part: Some(1),
@@ -565,8 +547,8 @@ async fn f16_store_rejecting_checksum_headers() {
 /// copy and a delete: one S3 side effect each (counted by the proxy), both callers get the same
 /// result, and the invariants hold.
 async fn f13_same_key_twice_at_once(backend: Backend) {
-    let (env, proxy) =
-        behind_proxy_on(backend, 13, multipart, common::fast_settings(), |_| {}).await;
+    let (proxy, env) =
+        TestEnv::behind_proxy_with(backend, 13, multipart, common::fast_settings(), |_| {}).await;
     let small = body(3000, 1);
     let (a, b) = tokio::join!(
         env.exec
@@ -632,8 +614,8 @@ async fn f13_same_key_twice_at_once_moto() {
 /// operation) is refused with `IdempotencyConflict` and makes no S3 request that changes
 /// anything; the first call's state stands.
 async fn f14_same_key_other_parameters(backend: Backend) {
-    let (env, proxy) =
-        behind_proxy_on(backend, 14, multipart, common::fast_settings(), |_| {}).await;
+    let (proxy, env) =
+        TestEnv::behind_proxy_with(backend, 14, multipart, common::fast_settings(), |_| {}).await;
     let v1 = body(2000, 3);
     env.exec
         .put_bytes("m", "doc.txt", v1.clone(), key("k-1"))

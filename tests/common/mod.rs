@@ -226,8 +226,21 @@ impl TestEnv {
         seed: u64,
         edit: impl FnOnce(&mut MountRow),
     ) -> (faultproxy::FaultProxy, Self) {
+        Self::behind_proxy_with(backend, seed, edit, fast_settings(), |_| {}).await
+    }
+
+    /// As [`TestEnv::behind_proxy`], with the actor settings and the executor's configuration
+    /// (adjusted by `config`) given.
+    pub async fn behind_proxy_with(
+        backend: Backend,
+        seed: u64,
+        edit: impl FnOnce(&mut MountRow),
+        settings: SupervisorSettings,
+        config: impl FnOnce(&mut ExecutorConfig),
+    ) -> (faultproxy::FaultProxy, Self) {
         let proxy = faultproxy::FaultProxy::start(&endpoint_of(backend), seed).await;
-        let env = Self::build(backend, edit, fast_settings(), Some(proxy.endpoint.clone())).await;
+        let endpoint = Some(proxy.endpoint.clone());
+        let env = Self::build_with_config(backend, edit, settings, endpoint, config).await;
         (proxy, env)
     }
 
