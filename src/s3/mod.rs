@@ -40,6 +40,23 @@ pub use error::classify;
 /// enough that parts in flight cost little memory.
 const FILE_PART_READ_BUFFER: usize = 256 * 1024;
 
+/// Bodies up to this size are hashed on the async worker; larger ones on a blocking thread (the
+/// MD5 of a 16 MiB part takes about 20 ms, which would hold up every actor of the arbiter).
+const INLINE_HASH_BYTES: usize = 256 * 1024;
+
+/// The hex MD5 of `body`, off the async worker when it is large.
+async fn md5_hex_of(body: &bytes::Bytes) -> String {
+    if body.len() <= INLINE_HASH_BYTES {
+        return md5_hex(body);
+    }
+    let b = body.clone();
+    match tokio::task::spawn_blocking(move || md5_hex(&b)).await {
+        Ok(hex) => hex,
+        // The blocking pool is shutting down: hash here rather than fail the check.
+        Err(_) => md5_hex(body),
+    }
+}
+
 fn md5_hex(bytes: &[u8]) -> String {
     use md5::Digest as _;
     hex::encode(md5::Md5::digest(bytes))
@@ -263,13 +280,13 @@ impl S3Store {
     /// `ChecksumMismatch`, so the write is sent again instead of being verified by its own marker.
     /// Skipped when the store answered with the SHA-256 the executor sent (`echoed_sha256`): it
     /// verified the body itself, and hashing it again would only cost CPU.
-    /// `md5` gives the hex MD5 of the `len` bytes sent; asked only when the check applies.
-    fn check_md5_etag(
+    /// `md5` gives the hex MD5 of the `len` bytes sent; awaited only when the check applies.
+    async fn check_md5_etag(
         &self,
         etag: &str,
         len: u64,
         echoed_sha256: bool,
-        md5: impl FnOnce() -> String,
+        md5: impl std::future::Future<Output = String>,
     ) -> Result<(), StoreError> {
         if echoed_sha256 {
             return Ok(());
@@ -278,7 +295,7 @@ impl S3Store {
         if !plain || matches!(self.sse, Sse::Kms { .. }) {
             return Ok(());
         }
-        let md5 = md5();
+        let md5 = md5.await;
         if md5.eq_ignore_ascii_case(etag) {
             return Ok(());
         }
@@ -411,7 +428,8 @@ impl ObjectStore for S3Store {
             .map_err(classify)?;
         let echoed = self.checksum == ChecksumPolicy::Sha256
             && sha256_of_header(out.checksum_sha256()) == Some(input.sha256);
-        self.check_md5_etag(&unquote(out.e_tag()), size, echoed, || md5_hex(&input.body))?;
+        self.check_md5_etag(&unquote(out.e_tag()), size, echoed, md5_hex_of(&input.body))
+            .await?;
         Ok(ObjectMeta {
             key: input.key,
             size,
@@ -728,10 +746,14 @@ impl ObjectStore for S3Store {
             .map_err(classify)?;
         let echoed = self.checksum == ChecksumPolicy::Sha256
             && sha256_of_header(out.checksum_sha256()) == Some(sha256);
-        self.check_md5_etag(&unquote(out.e_tag()), size, echoed, || match &body {
-            PartBody::Bytes(b) => md5_hex(b),
-            PartBody::File { md5, .. } => hex::encode(md5),
-        })?;
+        let md5 = async {
+            match &body {
+                PartBody::Bytes(b) => md5_hex_of(b).await,
+                PartBody::File { md5, .. } => hex::encode(md5),
+            }
+        };
+        self.check_md5_etag(&unquote(out.e_tag()), size, echoed, md5)
+            .await?;
         Ok(UploadedPart {
             part_number,
             etag: Some(unquote(out.e_tag())),

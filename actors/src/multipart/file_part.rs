@@ -5,14 +5,22 @@
 
 use std::io::{Read, Seek, SeekFrom};
 use std::path::Path;
+use std::sync::mpsc;
 
 use md5::Digest as _;
 use sha2::{Digest as _, Sha256};
 
 use crate::digest::Sha256Digest;
 
-/// Size of the one buffer a hashing pass reads through.
-const HASH_BUFFER: usize = 1 << 20;
+/// Size of each buffer a hashing pass reads through.
+const HASH_BUFFER: usize = 512 << 10;
+
+/// Buffers circulating between the reading thread and the MD5 thread.
+const HASH_BUFFERS: usize = 3;
+
+/// The buffers of an upload's hashing passes, kept from one part to the next (allocating them
+/// per part left freed megabytes in each blocking thread's malloc arena).
+pub(super) type HashBuffers = Vec<Vec<u8>>;
 
 /// What hashing one part of a file found.
 pub(super) struct HashedRange {
@@ -27,34 +35,84 @@ pub(super) struct HashedRange {
 
 /// Reads up to `max` bytes of `path` from `offset`, feeding them to `whole` (the whole object's
 /// SHA-256, in order) and hashing the part. Blocking: run it on a blocking thread.
+///
+/// The file is read once. The calling thread reads and computes both SHA-256s; the MD5 — the
+/// slowest of the three — runs on a second thread over the same buffers, so the pass is bound by
+/// the slower of the two halves instead of by their sum (all three on one thread were what
+/// limited a file upload's rate on loopback: docs/benchmarks.md).
 pub(super) fn hash_range(
     path: &Path,
     offset: u64,
     max: u64,
     whole: &mut Sha256,
+    pool: &mut HashBuffers,
 ) -> std::io::Result<HashedRange> {
     let mut f = std::fs::File::open(path)?;
     f.seek(SeekFrom::Start(offset))?;
     let mut f = f.take(max);
     let mut part = Sha256::new();
-    let mut md5 = md5::Md5::new();
-    let mut buf = vec![0u8; HASH_BUFFER.min(max.max(1) as usize)];
     let mut len = 0u64;
-    loop {
-        let n = f.read(&mut buf)?;
-        if n == 0 {
-            break;
-        }
-        whole.update(&buf[..n]);
-        part.update(&buf[..n]);
-        md5.update(&buf[..n]);
-        len += n as u64;
-    }
-    Ok(HashedRange {
-        len,
-        sha256: Sha256Digest::finish(part),
-        md5: md5.finalize().into(),
+    let (filled_tx, filled_rx) = mpsc::sync_channel::<(Vec<u8>, usize)>(HASH_BUFFERS);
+    let (free_tx, free_rx) = mpsc::sync_channel::<Vec<u8>>(HASH_BUFFERS);
+    std::thread::scope(|s| {
+        let md5 = s.spawn(move || {
+            let mut md5 = md5::Md5::new();
+            for (buf, n) in filled_rx {
+                md5.update(&buf[..n]);
+                // The reader may have stopped (an error): nothing waits for the buffer then.
+                let _ = free_tx.send(buf);
+            }
+            <[u8; 16]>::from(md5.finalize())
+        });
+        let mut unused = HASH_BUFFERS;
+        let read = loop {
+            let mut buf = if unused > 0 {
+                unused -= 1;
+                pool.pop().unwrap_or_else(|| vec![0u8; HASH_BUFFER])
+            } else {
+                match free_rx.recv() {
+                    Ok(buf) => buf,
+                    // The MD5 thread is gone: its join below reports why.
+                    Err(_) => break Ok(()),
+                }
+            };
+            let n = match read_some(&mut f, &mut buf) {
+                Ok(0) => {
+                    pool.push(buf);
+                    break Ok(());
+                }
+                Ok(n) => n,
+                Err(e) => break Err(e),
+            };
+            whole.update(&buf[..n]);
+            part.update(&buf[..n]);
+            len += n as u64;
+            if filled_tx.send((buf, n)).is_err() {
+                break Ok(());
+            }
+        };
+        drop(filled_tx);
+        let md5 = md5
+            .join()
+            .map_err(|_| std::io::Error::other("the MD5 thread panicked"))?;
+        pool.extend(free_rx.try_iter());
+        read?;
+        Ok(HashedRange {
+            len,
+            sha256: Sha256Digest::finish(part),
+            md5,
+        })
     })
+}
+
+/// One `read`, retried when a signal interrupted it.
+fn read_some(f: &mut impl Read, buf: &mut [u8]) -> std::io::Result<usize> {
+    loop {
+        match f.read(buf) {
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            r => return r,
+        }
+    }
 }
 
 #[cfg(test)]
@@ -67,10 +125,11 @@ mod tests {
         let data: Vec<u8> = (0..3_000_000u32).map(|i| (i % 251) as u8).collect();
         std::fs::write(&path, &data).unwrap();
         let mut whole = Sha256::new();
+        let mut pool = HashBuffers::new();
         let mut at = 0u64;
         let mut lens = Vec::new();
         loop {
-            let r = hash_range(&path, at, 1_200_000, &mut whole).unwrap();
+            let r = hash_range(&path, at, 1_200_000, &mut whole, &mut pool).unwrap();
             if r.len == 0 {
                 break;
             }
@@ -81,7 +140,24 @@ mod tests {
             at += r.len;
         }
         assert_eq!(lens, [1_200_000, 1_200_000, 600_000]);
+        assert_eq!(
+            pool.len(),
+            HASH_BUFFERS,
+            "every buffer is kept for the next part"
+        );
         assert_eq!(Sha256Digest::finish(whole), Sha256Digest::of(&data));
         std::fs::remove_file(&path).unwrap();
+    }
+
+    #[test]
+    fn a_read_error_is_returned_not_waited_on() {
+        // A directory opens and seeks but every read fails (EISDIR): the pass ends with that
+        // error, the MD5 thread stopped, instead of waiting for a buffer that never comes back.
+        let dir = std::env::temp_dir();
+        let mut pool = HashBuffers::new();
+        let err = hash_range(&dir, 0, 1 << 20, &mut Sha256::new(), &mut pool)
+            .err()
+            .expect("reading a directory fails");
+        assert_eq!(err.raw_os_error(), Some(21), "{err}");
     }
 }

@@ -658,6 +658,7 @@ async fn upload_parts(
         UploadSource::Stream => None,
     };
     let mut hasher = Some(Sha256::new());
+    let mut buffers = file_part::HashBuffers::new();
     let mut in_flight = FuturesUnordered::new();
     let mut size = 0u64;
     let mut part_number = 0i32;
@@ -683,12 +684,14 @@ async fn upload_parts(
                 };
                 if let Some(path) = &file {
                     let p = path.clone();
-                    let (h, hashed) = tokio::task::spawn_blocking(move || {
-                        let r = file_part::hash_range(&p, offset, part_size, &mut h);
-                        (h, r)
+                    let mut pool = std::mem::take(&mut buffers);
+                    let (h, pool, hashed) = tokio::task::spawn_blocking(move || {
+                        let r = file_part::hash_range(&p, offset, part_size, &mut h, &mut pool);
+                        (h, pool, r)
                     })
                     .await
                     .map_err(joined)?;
+                    buffers = pool;
                     let r = hashed.map_err(|e| Error::Source {
                         what: what.clone(),
                         message: e.to_string(),
@@ -702,13 +705,21 @@ async fn upload_parts(
                     return Ok::<_, Error>((body, h, r.sha256));
                 }
                 let buf = read_part(reader, part_size, &what).await?;
+                // The whole object's SHA-256 and the part's over the same buffer, on two threads.
                 let (buf, h, part_sha) = tokio::task::spawn_blocking(move || {
-                    h.update(&buf);
-                    let part_sha = Sha256Digest::of(&buf);
+                    let part_sha = std::thread::scope(|s| {
+                        let part = s.spawn(|| Sha256Digest::of(&buf));
+                        h.update(&buf);
+                        part.join()
+                    });
                     (buf, h, part_sha)
                 })
                 .await
                 .map_err(joined)?;
+                let part_sha = part_sha.map_err(|_| Error::Source {
+                    what: what.clone(),
+                    message: "hashing a part: the hashing thread panicked".into(),
+                })?;
                 Ok::<_, Error>((PartBody::Bytes(buf), h, part_sha))
             };
             tokio::pin!(next);
