@@ -478,3 +478,71 @@ async fn a_feed_reader_misses_nothing_written_by_transactions_at_once() {
     );
     assert_eq!(seen, all, "each event once, in id order");
 }
+
+/// An outbox row this version cannot read as an event — here one with an operation kind it does
+/// not know, as a newer version might write during a rolling upgrade — does not stop the relay:
+/// it reaches Redis as stored, under its row's `event_id`, and the events committed after it
+/// follow. The typed change feed cannot hand it out: it names the row, and a reader resuming
+/// after that row's cursor goes on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreadable_outbox_row_is_relayed_as_stored_and_the_rest_follow() {
+    let env = TestEnv::new(Backend::S3sFs).await;
+    let rows = env
+        .query(
+            "INSERT INTO {schema}.journal
+                 (mount, op, path, idempotency_key, fingerprint, state, request, result)
+             VALUES ($1, 'put', '/future.txt', 'from-a-newer-version', repeat('a', 64),
+                     'committed', '{}', '{}')
+             RETURNING id",
+            &[&env.mount],
+        )
+        .await;
+    let journal_id: i64 = rows[0].get(0);
+    let event_id = uuid::Uuid::new_v4();
+    let payload = serde_json::json!({
+        "event_id": event_id.to_string(),
+        "op": "rename",
+        "mount": env.mount,
+        "path": "/future.txt",
+        "journal_id": journal_id,
+    });
+    let rows = env
+        .query(
+            "INSERT INTO {schema}.outbox (event_id, mount, journal_id, payload)
+             VALUES ($1, $2, $3, $4) RETURNING id",
+            &[&event_id, &env.mount, &journal_id, &payload],
+        )
+        .await;
+    let unreadable_id: i64 = rows[0].get(0);
+    let put = env
+        .exec
+        .put_bytes("m", "after.txt", b"a".to_vec(), PutOptions::default())
+        .await
+        .unwrap();
+
+    let stream = env.wait_stream(2).await;
+    assert_eq!(stream.len(), 2, "{stream:?}");
+    assert_eq!(stream[0].0, event_id.to_string());
+    assert_eq!(stream[0].1, payload, "published as stored");
+    assert_eq!(stream[1].1["op"], "put");
+    assert_eq!(stream[1].1["journal_id"], put.journal_id);
+    env.wait_outbox_drained().await;
+
+    let mut feed = Box::pin(env.exec.follow("m", 0, FollowOptions::default()));
+    let err = tokio::time::timeout(Duration::from_secs(10), feed.next())
+        .await
+        .expect("an answer within 10 s")
+        .expect("the feed answers")
+        .expect_err("the typed feed cannot hand out the row");
+    assert!(
+        err.to_string().contains(&format!("row {unreadable_id}")),
+        "the error names the row: {err}"
+    );
+    let mut feed = Box::pin(
+        env.exec
+            .follow("m", unreadable_id, FollowOptions::default()),
+    );
+    let e = next(&mut feed).await;
+    assert_eq!(e.event.journal_id, put.journal_id);
+    env.cleanup().await;
+}

@@ -383,6 +383,36 @@ pub struct OutboxEvent {
     pub event: ChangeEvent,
 }
 
+/// One outbox row as the relay reads it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OutboxRow {
+    /// An event this version of the executor reads.
+    Event(OutboxEvent),
+    /// A row whose payload this version cannot read as an event — written by a newer version
+    /// (an operation kind it does not know) or edited by hand. The relay publishes it as stored
+    /// instead of stopping at it: every event after it still reaches Redis.
+    Unreadable {
+        /// Outbox id.
+        id: i64,
+        /// The row's `event_id` column.
+        event_id: uuid::Uuid,
+        /// The payload as stored (JSON).
+        payload: String,
+        /// Why it could not be read.
+        reason: String,
+    },
+}
+
+impl OutboxRow {
+    /// The row's outbox id.
+    pub fn id(&self) -> i64 {
+        match self {
+            OutboxRow::Event(e) => e.id,
+            OutboxRow::Unreadable { id, .. } => *id,
+        }
+    }
+}
+
 /// State of a journal row.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]

@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use actix::prelude::*;
 
+use crate::model::OutboxRow;
 use crate::ports::{ChangePublisher, MetaStore};
 
 /// Something was committed: relay the outbox. A signal, so `do_send` is fine.
@@ -81,12 +82,23 @@ impl NotifierActor {
                 }
                 // Commit → publish lag (clock of the committing host: a skew shows up here).
                 let now = chrono::Utc::now();
-                for e in &batch {
-                    let lag = (now - e.event.time).to_std().unwrap_or_default();
-                    metrics::histogram!("filestore_s3_publish_lag_seconds", "mount" => mount.clone())
-                        .record(lag.as_secs_f64());
+                for row in &batch {
+                    match row {
+                        OutboxRow::Event(e) => {
+                            let lag = (now - e.event.time).to_std().unwrap_or_default();
+                            metrics::histogram!("filestore_s3_publish_lag_seconds", "mount" => mount.clone())
+                                .record(lag.as_secs_f64());
+                        }
+                        OutboxRow::Unreadable { id, reason, .. } => {
+                            metrics::counter!("filestore_s3_outbox_unreadable_total", "mount" => mount.clone())
+                                .increment(1);
+                            log::error!(
+                                "mount {mount}: outbox row {id} is not an event this version reads ({reason}); published as stored"
+                            );
+                        }
+                    }
                 }
-                let ids: Vec<i64> = batch.iter().map(|e| e.id).collect();
+                let ids: Vec<i64> = batch.iter().map(OutboxRow::id).collect();
                 if let Err(e) = meta.mark_published(&ids).await {
                     break Err((format!("marking outbox published: {e}"), e.retryable));
                 }

@@ -13,7 +13,7 @@ use crate::digest::Sha256Digest;
 pub use crate::model::UploadedPart;
 use crate::model::{
     CommitRecord, IntentOutcome, JournalEntry, NewIntent, Node, ObjectMeta, OpProgress, OpResult,
-    OutboxEvent, RawListing, WriteMarker,
+    OutboxRow, RawListing, WriteMarker,
 };
 use crate::model::{Fence, LeaseState, UploadProgress, UploadRecord};
 use crate::mount::{MountRow, MountSpec};
@@ -500,13 +500,14 @@ pub trait MetaStore: Send + Sync + 'static {
     async fn node(&self, mount: &str, path: &str) -> Result<Option<Node>, MetaError>;
     /// Unpublished outbox rows of a mount with an id above `after`, in commit order (a mount's
     /// outbox ids are handed out in the order their transactions commit, so a relay that has
-    /// published every row up to an id can ask for the rows after it alone).
+    /// published every row up to an id can ask for the rows after it alone). A row this version
+    /// cannot read is returned as [`OutboxRow::Unreadable`], not as an error.
     async fn unpublished(
         &self,
         mount: &str,
         after: i64,
         limit: i64,
-    ) -> Result<Vec<OutboxEvent>, MetaError>;
+    ) -> Result<Vec<OutboxRow>, MetaError>;
     /// Marks outbox rows published.
     async fn mark_published(&self, ids: &[i64]) -> Result<(), MetaError>;
     /// Records a started multipart upload (state `open`) for a journal row, replacing an older
@@ -549,8 +550,8 @@ pub trait MetaStore: Send + Sync + 'static {
 /// Redis: change notifications.
 #[async_trait]
 pub trait ChangePublisher: Send + Sync + 'static {
-    /// Publishes events of one mount, in order.
-    async fn publish(&self, mount: &str, events: &[OutboxEvent]) -> Result<(), PublishError>;
+    /// Publishes outbox rows of one mount, in order; an unreadable row's payload as stored.
+    async fn publish(&self, mount: &str, rows: &[OutboxRow]) -> Result<(), PublishError>;
     /// Publishes an upload's progress (best effort, throttled by the caller).
     async fn publish_progress(
         &self,

@@ -14,7 +14,7 @@ use crate::digest::Sha256Digest;
 use crate::model::{
     ChangeEvent, CommitRecord, Fence, IntentOutcome, JournalEntry, JournalState, LeaseState,
     NewIntent, Node, NodeChange, ObjectMeta, OpKind, OpProgress, OpRequest, OpResult, OutboxEvent,
-    RawListing, UploadProgress, UploadRecord, WriteMarker,
+    OutboxRow, RawListing, UploadProgress, UploadRecord, WriteMarker,
 };
 use crate::mount::MountRow;
 use crate::ports::{
@@ -774,13 +774,13 @@ impl MetaStore for MemoryMeta {
         mount: &str,
         after: i64,
         limit: i64,
-    ) -> Result<Vec<OutboxEvent>, MetaError> {
+    ) -> Result<Vec<OutboxRow>, MetaError> {
         let s = self.state.lock().unwrap();
         Ok(s.outbox
             .iter()
             .filter(|(e, published)| !published && e.event.mount == mount && e.id > after)
             .take(limit as usize)
-            .map(|(e, _)| e.clone())
+            .map(|(e, _)| OutboxRow::Event(e.clone()))
             .collect())
     }
 
@@ -867,19 +867,25 @@ impl MetaStore for MemoryMeta {
 /// Records published events.
 #[derive(Default)]
 pub struct RecordingPublisher {
-    /// Everything published, in order.
+    /// Every event published, in order.
     pub events: Mutex<Vec<ChangeEvent>>,
+    /// The payloads of unreadable outbox rows published, in order.
+    pub unreadable: Mutex<Vec<String>>,
     /// Progress messages published.
     pub progress: Mutex<Vec<UploadProgress>>,
 }
 
 #[async_trait]
 impl ChangePublisher for RecordingPublisher {
-    async fn publish(&self, _mount: &str, events: &[OutboxEvent]) -> Result<(), PublishError> {
-        self.events
-            .lock()
-            .unwrap()
-            .extend(events.iter().map(|e| e.event.clone()));
+    async fn publish(&self, _mount: &str, rows: &[OutboxRow]) -> Result<(), PublishError> {
+        for row in rows {
+            match row {
+                OutboxRow::Event(e) => self.events.lock().unwrap().push(e.event.clone()),
+                OutboxRow::Unreadable { payload, .. } => {
+                    self.unreadable.lock().unwrap().push(payload.clone())
+                }
+            }
+        }
         Ok(())
     }
 

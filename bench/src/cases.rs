@@ -11,7 +11,7 @@ use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart};
 use aws_sdk_s3::Client;
 use bytes::Bytes;
 use filestore_s3::actors::model::{
-    CommitRecord, NewIntent, NodeChange, NodeMeta, OpKind, OpRequest, OutboxEvent, UploadProgress,
+    CommitRecord, NewIntent, NodeChange, NodeMeta, OpKind, OpRequest, OutboxRow, UploadProgress,
     Verification,
 };
 use filestore_s3::actors::mount::MountSpec;
@@ -641,7 +641,7 @@ struct NoRedis;
 
 #[async_trait::async_trait]
 impl ChangePublisher for NoRedis {
-    async fn publish(&self, _mount: &str, _events: &[OutboxEvent]) -> Result<(), PublishError> {
+    async fn publish(&self, _mount: &str, _rows: &[OutboxRow]) -> Result<(), PublishError> {
         Ok(())
     }
     async fn publish_progress(

@@ -23,7 +23,7 @@ impl PgMetaStore {
         );
         let events_q = cached!(
             c,
-            "SELECT id, payload FROM outbox WHERE mount = $1 AND id > $2 ORDER BY id LIMIT $3"
+            "SELECT id, payload, event_id FROM outbox WHERE mount = $1 AND id > $2 ORDER BY id LIMIT $3"
         );
         // Sent together (one round trip).
         let (horizon, rows) = futures::future::try_join(

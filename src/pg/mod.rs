@@ -31,7 +31,7 @@ use chrono::{DateTime, Utc};
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
 use filestore_s3_actors::model::{
     CommitRecord, Fence, IntentOutcome, JournalEntry, LeaseState, NewIntent, Node, OpProgress,
-    OpResult, OutboxEvent, UploadRecord,
+    OpResult, OutboxRow, UploadRecord,
 };
 use filestore_s3_actors::mount::MountRow;
 use filestore_s3_actors::ports::{BatchResult, MetaError, MetaStore, MetaWrite, UploadedPart};
@@ -225,7 +225,7 @@ impl MetaStore for PgMetaStore {
         mount: &str,
         after: i64,
         limit: i64,
-    ) -> Result<Vec<OutboxEvent>, MetaError> {
+    ) -> Result<Vec<OutboxRow>, MetaError> {
         self.do_unpublished(mount, after, limit).await
     }
     async fn mark_published(&self, ids: &[i64]) -> Result<(), MetaError> {

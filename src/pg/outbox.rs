@@ -1,6 +1,6 @@
 //! The outbox the notifier relays to Redis.
 
-use filestore_s3_actors::model::OutboxEvent;
+use filestore_s3_actors::model::{OutboxEvent, OutboxRow};
 use filestore_s3_actors::ports::MetaError;
 
 use super::{corrupt, pg, PgMetaStore};
@@ -14,15 +14,36 @@ use super::{corrupt, pg, PgMetaStore};
 pub(super) const ORDER_OUTBOX: &str = "SELECT pg_advisory_xact_lock(hashtextextended(
         current_schema() || '.outbox ' || m, 0)) FROM unnest($1::text[]) AS m";
 
-/// `(id, payload)` rows as events.
+/// `(id, payload, event_id)` rows as events; a row this version cannot read fails the whole read (the
+/// change feed's typed events).
 pub(super) fn events_of(rows: &[tokio_postgres::Row]) -> Result<Vec<OutboxEvent>, MetaError> {
+    rows_of(rows)
+        .into_iter()
+        .map(|row| match row {
+            OutboxRow::Event(e) => Ok(e),
+            OutboxRow::Unreadable { id, reason, .. } => {
+                Err(corrupt("outbox payload", format!("row {id}: {reason}")))
+            }
+        })
+        .collect()
+}
+
+/// `(id, payload, event_id)` rows as the relay reads them: a payload this version cannot read as an event
+/// is kept as it is stored, so the relay passes it on instead of stopping at it.
+pub(super) fn rows_of(rows: &[tokio_postgres::Row]) -> Vec<OutboxRow> {
     rows.iter()
         .map(|r| {
+            let id: i64 = r.get(0);
             let payload: serde_json::Value = r.get(1);
-            Ok(OutboxEvent {
-                id: r.get(0),
-                event: serde_json::from_value(payload).map_err(|e| corrupt("outbox payload", e))?,
-            })
+            match serde_json::from_value(payload.clone()) {
+                Ok(event) => OutboxRow::Event(OutboxEvent { id, event }),
+                Err(e) => OutboxRow::Unreadable {
+                    id,
+                    event_id: r.get(2),
+                    payload: payload.to_string(),
+                    reason: e.to_string(),
+                },
+            }
         })
         .collect()
 }
@@ -33,7 +54,7 @@ impl PgMetaStore {
         mount: &str,
         after: i64,
         limit: i64,
-    ) -> Result<Vec<OutboxEvent>, MetaError> {
+    ) -> Result<Vec<OutboxRow>, MetaError> {
         // From `after` on: the index entries of rows published (and not yet vacuumed) below it
         // are not walked again on every relay.
         let c = self.client().await?;
@@ -41,7 +62,7 @@ impl PgMetaStore {
             .query(
                 &cached!(
                     c,
-                    "SELECT id, payload FROM outbox
+                    "SELECT id, payload, event_id FROM outbox
                      WHERE mount = $1 AND published_at IS NULL AND id > $2
                      ORDER BY id LIMIT $3"
                 ),
@@ -49,7 +70,7 @@ impl PgMetaStore {
             )
             .await
             .map_err(pg)?;
-        events_of(&rows)
+        Ok(rows_of(&rows))
     }
 
     pub(super) async fn do_mark_published(&self, ids: &[i64]) -> Result<(), MetaError> {

@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use async_trait::async_trait;
-use filestore_s3_actors::model::{OutboxEvent, UploadProgress};
+use filestore_s3_actors::model::{OutboxRow, UploadProgress};
 use filestore_s3_actors::ports::{ChangePublisher, PublishError};
 use filestore_s3_actors::Error;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
@@ -98,15 +98,23 @@ impl RedisPublisher {
 
 #[async_trait]
 impl ChangePublisher for RedisPublisher {
-    async fn publish(&self, mount: &str, events: &[OutboxEvent]) -> Result<(), PublishError> {
+    async fn publish(&self, mount: &str, rows: &[OutboxRow]) -> Result<(), PublishError> {
         let stream = self.keys.stream(mount);
         let channel = self.keys.channel(mount);
         let mut pipe = redis::pipe();
-        for e in events {
-            let payload = serde_json::to_string(&e.event).map_err(|err| PublishError {
-                retryable: false,
-                message: format!("encoding event: {err}"),
-            })?;
+        for row in rows {
+            let (event_id, payload) = match row {
+                OutboxRow::Event(e) => (
+                    e.event.event_id.to_string(),
+                    serde_json::to_string(&e.event).map_err(|err| PublishError {
+                        retryable: false,
+                        message: format!("encoding event: {err}"),
+                    })?,
+                ),
+                OutboxRow::Unreadable {
+                    event_id, payload, ..
+                } => (event_id.to_string(), payload.clone()),
+            };
             pipe.cmd("XADD")
                 .arg(&stream)
                 .arg("MAXLEN")
@@ -114,7 +122,7 @@ impl ChangePublisher for RedisPublisher {
                 .arg(self.stream_maxlen)
                 .arg("*")
                 .arg("event_id")
-                .arg(e.event.event_id.to_string())
+                .arg(event_id)
                 .arg("payload")
                 .arg(&payload)
                 .ignore();

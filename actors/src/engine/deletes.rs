@@ -8,11 +8,13 @@
 //! which the operation's retry policy handles like the error of a single DELETE.
 //!
 //! A store that refuses DeleteObjects as such (not implemented, or a request it rejects) is sent
-//! single DELETEs from then on.
+//! single DELETEs from then on — for [`SINGLES_FOR`], or until the mount's store is replaced (its
+//! row changed), whichever comes first; then a multi-object delete is tried again.
 
 use std::collections::VecDeque;
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::{Duration, Instant};
 
 use tokio::sync::oneshot;
 
@@ -25,6 +27,10 @@ pub const MAX_KEYS_PER_REQUEST: usize = 1000;
 /// Delete requests of one mount on their way at once.
 pub const MAX_REQUESTS_OUT: usize = 4;
 
+/// How long a store that refused DeleteObjects is sent single DELETEs before a multi-object
+/// delete is tried again (a proxy or a bucket policy changed, the store was upgraded).
+pub const SINGLES_FOR: Duration = Duration::from_secs(600);
+
 struct Waiting {
     store: Arc<dyn ObjectStore>,
     key: String,
@@ -36,8 +42,18 @@ struct Queue {
     waiting: VecDeque<Waiting>,
     /// Tasks sending the queue's batches, each one request at a time.
     senders: usize,
-    /// The store refused DeleteObjects: single DELETEs only.
-    single_only: bool,
+    /// The store that refused DeleteObjects, and when: it is sent single DELETEs for a while.
+    refused: Option<(Weak<dyn ObjectStore>, Instant)>,
+}
+
+impl Queue {
+    /// Whether `store` gets single DELETEs only: it refused DeleteObjects less than `window` ago.
+    fn singles_only(&self, store: &Arc<dyn ObjectStore>, window: Duration) -> bool {
+        self.refused.as_ref().is_some_and(|(by, at)| {
+            // The weak reference keeps the allocation, so its address is not reused by a new store.
+            std::ptr::addr_eq(by.as_ptr(), Arc::as_ptr(store)) && at.elapsed() < window
+        })
+    }
 }
 
 /// One per mount supervisor; cheap to clone.
@@ -46,6 +62,7 @@ pub(crate) struct DeleteBatcher {
     queue: Arc<Mutex<Queue>>,
     counters: Arc<MountCounters>,
     mount: String,
+    singles_for: Duration,
 }
 
 impl DeleteBatcher {
@@ -54,6 +71,7 @@ impl DeleteBatcher {
             queue: Arc::default(),
             counters,
             mount: mount.to_owned(),
+            singles_for: SINGLES_FOR,
         }
     }
 
@@ -106,7 +124,8 @@ impl DeleteBatcher {
                     }
                 }
                 q.waiting = rest;
-                (store, batch, q.single_only)
+                let single_only = q.singles_only(&store, self.singles_for);
+                (store, batch, single_only)
             };
             if batch.len() == 1 || single_only {
                 self.one_by_one(&store, batch).await;
@@ -140,10 +159,12 @@ impl DeleteBatcher {
                 }
                 Err(e) if matches!(e.kind, StoreErrorKind::Config | StoreErrorKind::Rejected) => {
                     log::warn!(
-                        "mount {}: the store refused a multi-object delete ({e}); deleting one key per request from now on",
-                        self.mount
+                        "mount {}: the store refused a multi-object delete ({e}); deleting one key per request for the next {:?}",
+                        self.mount,
+                        self.singles_for
                     );
-                    self.queue.lock().expect("delete queue lock").single_only = true;
+                    self.queue.lock().expect("delete queue lock").refused =
+                        Some((Arc::downgrade(&store), Instant::now()));
                     self.one_by_one(&store, batch).await;
                 }
                 Err(e) => {
@@ -198,5 +219,57 @@ mod tests {
             "{most} requests out at once ({batches:?} + {singles} single)"
         );
         assert_eq!(batcher.queue.lock().unwrap().senders, 0);
+    }
+
+    /// Two deletes sent together, so that they can share a request.
+    async fn two_at_once(batcher: &DeleteBatcher, store: &Arc<dyn ObjectStore>, tag: &str) {
+        let (a, b) = (format!("{tag}-a"), format!("{tag}-b"));
+        let (ra, rb) = tokio::join!(batcher.delete(store, &a), batcher.delete(store, &b));
+        ra.unwrap();
+        rb.unwrap();
+    }
+
+    /// A store that refuses DeleteObjects gets single DELETEs — but not forever: a store that
+    /// replaces it (the mount's row changed) and the same store once the window has passed are
+    /// offered a multi-object delete again.
+    #[tokio::test]
+    async fn a_refusal_sends_singles_for_a_while_and_for_that_store_only() {
+        let refusing = Arc::new(MemoryStore::default());
+        refusing.refuse_delete_objects.store(true, Ordering::SeqCst);
+        let refusing_dyn: Arc<dyn ObjectStore> = refusing.clone();
+        let mut batcher = DeleteBatcher::new("m", Arc::default());
+
+        two_at_once(&batcher, &refusing_dyn, "first").await;
+        // The refused request's keys went one by one.
+        assert_eq!(refusing.single_deletes.load(Ordering::SeqCst), 2);
+        refusing
+            .refuse_delete_objects
+            .store(false, Ordering::SeqCst);
+        two_at_once(&batcher, &refusing_dyn, "second").await;
+        assert_eq!(
+            refusing.single_deletes.load(Ordering::SeqCst),
+            4,
+            "singles while refused"
+        );
+        assert!(refusing.delete_batches.lock().unwrap().is_empty());
+
+        let other = Arc::new(MemoryStore::default());
+        let other_dyn: Arc<dyn ObjectStore> = other.clone();
+        two_at_once(&batcher, &other_dyn, "third").await;
+        assert_eq!(
+            *other.delete_batches.lock().unwrap(),
+            vec![2],
+            "a new store is asked"
+        );
+        assert_eq!(other.single_deletes.load(Ordering::SeqCst), 0);
+
+        batcher.singles_for = Duration::ZERO;
+        two_at_once(&batcher, &refusing_dyn, "fourth").await;
+        assert_eq!(
+            *refusing.delete_batches.lock().unwrap(),
+            vec![2],
+            "asked again once the window has passed"
+        );
+        assert_eq!(refusing.single_deletes.load(Ordering::SeqCst), 4);
     }
 }
