@@ -31,4 +31,4 @@ scripts/audit.sh
 echo "== cargo test"
 cargo test --workspace --locked "${features[@]}" "$@"
 echo "== benchmark smoke run (tiny sizes; the real run is scripts/bench.sh, docs/benchmarks.md)"
-cargo run --locked -q -p filestore-s3-bench -- run --smoke --out target/bench/smoke.json
+cargo run --locked -q -p filestore-s3-bench -- run --smoke --repeat 2 --out target/bench/smoke.json

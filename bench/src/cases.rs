@@ -725,7 +725,7 @@ async fn publish_lag(spec: Spec) -> Result<Measured> {
         running.push(tokio::spawn(one_put_commit(
             committer.clone(),
             LAG_MOUNT,
-            format!("w4/{}/{i}", spec.case),
+            format!("w4/{}/r{}/{i}", spec.case, spec.round),
         )));
     }
     for r in running {
@@ -838,8 +838,9 @@ async fn committer(spec: Spec) -> Result<Measured> {
         filestore_s3::actors::committer::DEFAULT_MAX_IN_FLIGHT
     })
     .start();
-    let case = spec.case.clone();
-    let one = move |i: usize| one_put_commit(committer.clone(), MOUNT, format!("w3/{case}/{i}"));
+    let (case, round) = (spec.case.clone(), spec.round);
+    let one =
+        move |i: usize| one_put_commit(committer.clone(), MOUNT, format!("w3/{case}/r{round}/{i}"));
     let m = timed_many(spec.ops, spec.callers, one).await?;
     // Let the notifier drain before the system stops (not timed).
     tokio::time::sleep(Duration::from_millis(50)).await;

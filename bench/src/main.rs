@@ -67,6 +67,11 @@ struct RunArgs {
     /// cores, is the bottleneck. Every client (raw loops, executor, tools) sees the same delay.
     #[arg(long, default_value_t = 0)]
     store_latency_ms: u64,
+    /// Rounds of the chosen workloads, one after the other; each row then shows the median of
+    /// the rounds' values and the median of the ratios each round measured against its own
+    /// baseline, with their range (this machine moves 10–25 % between runs).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=20))]
+    repeat: u64,
 }
 
 /// Everything a case process needs.
@@ -90,6 +95,8 @@ pub struct Spec {
     pub batch: usize,
     /// W4: operations started per second.
     pub rate: u64,
+    /// The round (`--repeat`), so that cases writing journal rows use new keys in each.
+    pub round: u64,
 }
 
 /// What a case measured.
@@ -103,7 +110,7 @@ pub struct Measured {
 }
 
 /// One row of the table.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Default, Serialize)]
 struct Row {
     workload: String,
     case: String,
@@ -116,6 +123,72 @@ struct Row {
     p99_ms: Option<f64>,
     peak_rss_mib: Option<f64>,
     note: String,
+    /// Each round's value, with `--repeat` (the row's value is their median).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    rounds: Vec<f64>,
+}
+
+/// The median of `v` (the mean of the middle two for an even count).
+fn median(mut v: Vec<f64>) -> Option<f64> {
+    if v.is_empty() {
+        return None;
+    }
+    v.sort_by(|a, b| a.total_cmp(b));
+    let n = v.len();
+    Some(if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    })
+}
+
+/// One row per case from the rows of several rounds: median value, p50 and p99, the median of
+/// the per-round ratios (each against the baseline measured in the same round), the highest peak
+/// RSS. A case that failed in any round keeps that round's note.
+fn aggregate(rounds: Vec<Vec<Row>>) -> Vec<Row> {
+    let n = rounds.len();
+    if n <= 1 {
+        return rounds.into_iter().next().unwrap_or_default();
+    }
+    rounds[0]
+        .iter()
+        .map(|first| {
+            let same: Vec<&Row> = rounds
+                .iter()
+                .filter_map(|round| {
+                    round
+                        .iter()
+                        .find(|r| r.workload == first.workload && r.case == first.case)
+                })
+                .collect();
+            let all = |f: fn(&Row) -> Option<f64>| same.iter().filter_map(|r| f(r)).collect();
+            let ratios: Vec<f64> = all(|r| r.ratio);
+            let mut note = same
+                .iter()
+                .find(|r| r.note.starts_with("FAILED"))
+                .map_or_else(|| first.note.clone(), |r| r.note.clone());
+            if ratios.len() > 1 {
+                let lo = ratios.iter().copied().fold(f64::INFINITY, f64::min);
+                let hi = ratios.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+                note = format!(
+                    "(ratio {lo:.2}–{hi:.2} over {} rounds) {note}",
+                    ratios.len()
+                )
+                .trim_end()
+                .to_owned();
+            }
+            Row {
+                value: median(all(|r| r.value)),
+                ratio: median(ratios),
+                p50_ms: median(all(|r| r.p50_ms)),
+                p99_ms: median(all(|r| r.p99_ms)),
+                peak_rss_mib: all(|r| r.peak_rss_mib).into_iter().reduce(f64::max),
+                rounds: all(|r| r.value),
+                note,
+                ..first.clone()
+            }
+        })
+        .collect()
 }
 
 pub fn percentile(sorted: &[f64], p: f64) -> Option<f64> {
@@ -321,6 +394,7 @@ impl Bench {
             p99_ms: m.p99_ms,
             peak_rss_mib: rss,
             note,
+            rounds: Vec::new(),
         });
     }
 
@@ -341,6 +415,7 @@ impl Bench {
             p99_ms: None,
             peak_rss_mib: None,
             note,
+            rounds: Vec::new(),
         });
     }
 
@@ -440,6 +515,7 @@ fn run(args: RunArgs) -> Result<()> {
         ops: 0,
         batch: 64,
         rate: 0,
+        round: 1,
     };
     let rt = tokio::runtime::Runtime::new()?;
     rt.block_on(cases::prepare(&base))?;
@@ -464,110 +540,126 @@ fn run(args: RunArgs) -> Result<()> {
     let tools = tools::Tools::find();
     let env = tools::ToolEnv::new(&work, &endpoint, b.base.part_size, b.base.part_concurrency)?;
 
-    if wants("W1") {
-        let w = "W1";
-        b.case(w, b.spec("sdk-put-file"), "MB/s");
-        b.case(w, b.spec("exec-put-file"), "MB/s");
-        b.case(w, b.spec("exec-put-stream"), "MB/s");
-        b.case(w, b.spec("exec-put-file-checksum-none"), "MB/s");
-        tools::upload_one(&mut b, &tools, &env, w);
-        for c in [
-            "exec-put-file",
-            "exec-put-stream",
-            "exec-put-file-checksum-none",
-        ] {
-            b.compare(w, c, "sdk-put-file");
+    let mut rounds = Vec::new();
+    for round in 1..=args.repeat {
+        if args.repeat > 1 {
+            eprintln!("round {round} of {}", args.repeat);
         }
-        for c in tools::TOOL_CASES_ONE {
-            b.compare(w, c, "sdk-put-file");
-        }
-    }
-    if wants("W2") {
-        let w = "W2";
-        b.case(w, b.spec("sdk-small-put-head"), "objects/s");
-        b.case(w, b.spec("sdk-small-put"), "objects/s");
-        b.case(w, b.spec("exec-small-head-verified"), "objects/s");
-        b.case(w, b.spec("exec-small-response-verified"), "objects/s");
-        tools::upload_many(&mut b, &tools, &env, w);
-        b.compare(w, "exec-small-head-verified", "sdk-small-put-head");
-        b.compare(w, "exec-small-response-verified", "sdk-small-put");
-        b.compare(w, "sdk-small-put", "sdk-small-put-head");
-        for c in tools::TOOL_CASES_MANY {
-            b.compare(w, c, "sdk-small-put");
-        }
-    }
-    if wants("W3") {
-        let w = "W3";
-        let ops = if args.smoke { 200 } else { 6000 };
-        for callers in [1usize, 8, 64] {
-            for (name, batch) in [("one-tx-per-op", 1usize), ("group-commit", 64)] {
-                let mut s = b.spec(&format!("committer-{name}-{callers}"));
-                s.callers = callers;
-                // Group commit runs 4 × the operations, so its figure covers seconds too.
-                s.ops = if batch > 1 { ops * 4 } else { ops };
-                s.batch = batch;
-                b.case(w, s, "ops/s");
+        b.base.round = round;
+        if wants("W1") {
+            let w = "W1";
+            b.case(w, b.spec("sdk-put-file"), "MB/s");
+            b.case(w, b.spec("exec-put-file"), "MB/s");
+            b.case(w, b.spec("exec-put-stream"), "MB/s");
+            b.case(w, b.spec("exec-put-file-checksum-none"), "MB/s");
+            tools::upload_one(&mut b, &tools, &env, w);
+            for c in [
+                "exec-put-file",
+                "exec-put-stream",
+                "exec-put-file-checksum-none",
+            ] {
+                b.compare(w, c, "sdk-put-file");
             }
-            b.compare(
-                w,
-                &format!("committer-group-commit-{callers}"),
-                &format!("committer-one-tx-per-op-{callers}"),
-            );
+            for c in tools::TOOL_CASES_ONE {
+                b.compare(w, c, "sdk-put-file");
+            }
         }
-        tools::pgbench(&mut b, &tools, args.smoke);
-        b.compare(w, "committer-group-commit-64", "pgbench-batched-ceiling");
-    }
-    if wants("W4") {
-        let w = "W4";
-        // At a steady 1,000 operations/s: 5 s (0.2 s in the smoke run).
-        let mut s = b.spec("publish-lag-1000");
-        s.ops = if args.smoke { 200 } else { 5000 };
-        s.rate = 1000;
-        b.case(w, s, "ops/s");
-    }
-    if wants("W5") {
-        let w = "W5";
-        let n = small_count.min(if args.smoke { 100 } else { 1000 });
-        for c in [
-            "sdk-copy",
-            "exec-copy",
-            "sdk-delete",
-            "exec-delete",
-            "sdk-delete-many",
-            "exec-delete-many",
-            "exec-copy-response-verified",
-            "exec-delete-response-verified",
-            "exec-delete-many-response-verified",
-        ] {
-            let mut s = b.spec(c);
-            s.count = n;
+        if wants("W2") {
+            let w = "W2";
+            b.case(w, b.spec("sdk-small-put-head"), "objects/s");
+            b.case(w, b.spec("sdk-small-put"), "objects/s");
+            b.case(w, b.spec("exec-small-head-verified"), "objects/s");
+            b.case(w, b.spec("exec-small-response-verified"), "objects/s");
+            tools::upload_many(&mut b, &tools, &env, w);
+            b.compare(w, "exec-small-head-verified", "sdk-small-put-head");
+            b.compare(w, "exec-small-response-verified", "sdk-small-put");
+            b.compare(w, "sdk-small-put", "sdk-small-put-head");
+            for c in tools::TOOL_CASES_MANY {
+                b.compare(w, c, "sdk-small-put");
+            }
+        }
+        if wants("W3") {
+            let w = "W3";
+            let ops = if args.smoke { 200 } else { 6000 };
+            for callers in [1usize, 8, 64] {
+                for (name, batch) in [("one-tx-per-op", 1usize), ("group-commit", 64)] {
+                    let mut s = b.spec(&format!("committer-{name}-{callers}"));
+                    s.callers = callers;
+                    // Group commit runs 4 × the operations, so its figure covers seconds too.
+                    s.ops = if batch > 1 { ops * 4 } else { ops };
+                    s.batch = batch;
+                    b.case(w, s, "ops/s");
+                }
+                b.compare(
+                    w,
+                    &format!("committer-group-commit-{callers}"),
+                    &format!("committer-one-tx-per-op-{callers}"),
+                );
+            }
+            tools::pgbench(&mut b, &tools, args.smoke);
+            b.compare(w, "committer-group-commit-64", "pgbench-batched-ceiling");
+        }
+        if wants("W4") {
+            let w = "W4";
+            // At a steady 1,000 operations/s: 5 s (0.2 s in the smoke run).
+            let mut s = b.spec("publish-lag-1000");
+            s.ops = if args.smoke { 200 } else { 5000 };
+            s.rate = 1000;
             b.case(w, s, "ops/s");
         }
-        b.compare(w, "exec-copy", "sdk-copy");
-        b.compare(w, "exec-delete", "sdk-delete");
-        b.compare(w, "sdk-delete-many", "sdk-delete");
-        b.compare(w, "exec-delete-many", "sdk-delete");
-        b.compare(w, "exec-copy-response-verified", "sdk-copy");
-        b.compare(w, "exec-delete-response-verified", "sdk-delete");
-        b.compare(w, "exec-delete-many-response-verified", "sdk-delete");
-    }
-    if wants("W7") {
-        let w = "W7";
-        b.case(w, b.spec("sdk-get-file"), "MB/s");
-        b.case(w, b.spec("exec-get-file"), "MB/s");
-        tools::download_one(&mut b, &tools, &env, w);
-        b.compare(w, "exec-get-file", "sdk-get-file");
-        for c in tools::TOOL_CASES_GET {
-            b.compare(w, c, "sdk-get-file");
+        if wants("W5") {
+            let w = "W5";
+            let n = small_count.min(if args.smoke { 100 } else { 1000 });
+            for c in [
+                "sdk-copy",
+                "exec-copy",
+                "sdk-delete",
+                "exec-delete",
+                "sdk-delete-many",
+                "exec-delete-many",
+                "exec-copy-response-verified",
+                "exec-delete-response-verified",
+                "exec-delete-many-response-verified",
+            ] {
+                let mut s = b.spec(c);
+                s.count = n;
+                b.case(w, s, "ops/s");
+            }
+            b.compare(w, "exec-copy", "sdk-copy");
+            b.compare(w, "exec-delete", "sdk-delete");
+            b.compare(w, "sdk-delete-many", "sdk-delete");
+            b.compare(w, "exec-delete-many", "sdk-delete");
+            b.compare(w, "exec-copy-response-verified", "sdk-copy");
+            b.compare(w, "exec-delete-response-verified", "sdk-delete");
+            b.compare(w, "exec-delete-many-response-verified", "sdk-delete");
         }
+        if wants("W7") {
+            let w = "W7";
+            b.case(w, b.spec("sdk-get-file"), "MB/s");
+            b.case(w, b.spec("exec-get-file"), "MB/s");
+            tools::download_one(&mut b, &tools, &env, w);
+            b.compare(w, "exec-get-file", "sdk-get-file");
+            for c in tools::TOOL_CASES_GET {
+                b.compare(w, c, "sdk-get-file");
+            }
+        }
+
+        rounds.push(std::mem::take(&mut b.rows));
     }
+    b.rows = aggregate(rounds);
 
     let _ = server.kill();
     let _ = server.wait();
     rt.block_on(cases::drop_schema(&database_url, &schema));
     let _ = std::fs::remove_dir_all(&work);
 
-    print_table(&b.rows, size, small_count, args.store_latency_ms);
+    print_table(
+        &b.rows,
+        size,
+        small_count,
+        args.store_latency_ms,
+        args.repeat,
+    );
     if let Some(dir) = args.out.parent() {
         std::fs::create_dir_all(dir)?;
     }
@@ -576,6 +668,7 @@ fn run(args: RunArgs) -> Result<()> {
         by_workload.entry(r.workload.clone()).or_default().push(r);
     }
     let json = serde_json::json!({
+        "repeat": args.repeat,
         "size_bytes": size,
         "small_count": small_count,
         "smoke": args.smoke,
@@ -595,10 +688,14 @@ fn run(args: RunArgs) -> Result<()> {
     Ok(())
 }
 
-fn print_table(rows: &[Row], size: u64, small_count: usize, latency_ms: u64) {
+fn print_table(rows: &[Row], size: u64, small_count: usize, latency_ms: u64, repeat: u64) {
     println!(
-        "\nW1/W7: {} MiB object; W2: {small_count} x 16 KiB at 32 in flight; store latency {latency_ms} ms",
-        size / MIB
+        "\nW1/W7: {} MiB object; W2: {small_count} x 16 KiB at 32 in flight; store latency {latency_ms} ms{}",
+        size / MIB,
+        match repeat {
+            1 => String::new(),
+            n => format!("; medians of {n} rounds"),
+        }
     );
     println!(
         "{:<4} {:<34} {:>11} {:<9} {:>8} {:>9} {:>9} {:>9}  vs / note",
@@ -623,5 +720,64 @@ fn print_table(rows: &[Row], size: u64, small_count: usize, latency_ms: u64) {
                 format!(" {}", r.note)
             }
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(case: &str, value: Option<f64>, ratio: Option<f64>, rss: f64, note: &str) -> Row {
+        Row {
+            workload: "W1".into(),
+            case: case.into(),
+            value,
+            ratio,
+            peak_rss_mib: Some(rss),
+            note: note.into(),
+            ..Row::default()
+        }
+    }
+
+    #[test]
+    fn medians_of_odd_and_even_counts() {
+        assert_eq!(median(vec![]), None);
+        assert_eq!(median(vec![3.0, 1.0, 2.0]), Some(2.0));
+        assert_eq!(median(vec![4.0, 1.0, 3.0, 2.0]), Some(2.5));
+    }
+
+    #[test]
+    fn rounds_give_medians_the_ratio_range_and_the_worst_rss() {
+        let rounds = vec![
+            vec![row("exec", Some(100.0), Some(0.5), 30.0, "")],
+            vec![row("exec", Some(300.0), Some(0.9), 28.0, "")],
+            vec![row("exec", Some(200.0), Some(0.7), 35.0, "")],
+        ];
+        let rows = aggregate(rounds);
+        assert_eq!(rows.len(), 1);
+        let r = &rows[0];
+        assert_eq!(r.value, Some(200.0));
+        assert_eq!(r.ratio, Some(0.7));
+        assert_eq!(r.peak_rss_mib, Some(35.0));
+        assert_eq!(r.rounds, vec![100.0, 300.0, 200.0]);
+        assert_eq!(r.note, "(ratio 0.50–0.90 over 3 rounds)");
+    }
+
+    #[test]
+    fn a_case_failed_in_one_round_says_so() {
+        let rounds = vec![
+            vec![row("exec", Some(100.0), None, 30.0, "")],
+            vec![row("exec", None, None, 0.0, "FAILED: it broke")],
+        ];
+        let rows = aggregate(rounds);
+        assert_eq!(rows[0].note, "FAILED: it broke");
+        assert_eq!(rows[0].value, Some(100.0));
+    }
+
+    #[test]
+    fn one_round_is_left_as_it_is() {
+        let rows = aggregate(vec![vec![row("exec", Some(1.0), Some(0.5), 9.0, "x")]]);
+        assert_eq!(rows[0].note, "x");
+        assert!(rows[0].rounds.is_empty());
     }
 }
