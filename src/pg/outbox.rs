@@ -1,7 +1,8 @@
 //! The outbox the notifier relays to Redis.
 
-use filestore_s3_actors::model::{OutboxEvent, OutboxRow};
+use filestore_s3_actors::model::{ChangeEvent, OutboxEvent, OutboxRow};
 use filestore_s3_actors::ports::MetaError;
+use serde::Deserialize as _;
 
 use super::{corrupt, pg, PgMetaStore};
 
@@ -35,7 +36,8 @@ pub(super) fn rows_of(rows: &[tokio_postgres::Row]) -> Vec<OutboxRow> {
         .map(|r| {
             let id: i64 = r.get(0);
             let payload: serde_json::Value = r.get(1);
-            match serde_json::from_value(payload.clone()) {
+            // Read from the borrowed value: the payload is copied only for a row that fails.
+            match ChangeEvent::deserialize(&payload) {
                 Ok(event) => OutboxRow::Event(OutboxEvent { id, event }),
                 Err(e) => OutboxRow::Unreadable {
                     id,
