@@ -191,6 +191,83 @@ fn aggregate(rounds: Vec<Vec<Row>>) -> Vec<Row> {
         .collect()
 }
 
+/// The executor's cases the acceptance figures set against s5cmd and rclone, and those tools.
+const AGAINST_TOOLS: [(&str, &str); 4] = [
+    ("W1", "exec-put-file"),
+    ("W1", "exec-put-stream"),
+    ("W2", "exec-small-response-verified"),
+    ("W7", "exec-get-file"),
+];
+const TOOLS_COMPARED: [&str; 4] = [
+    "s5cmd-matched",
+    "s5cmd-defaults",
+    "rclone-matched",
+    "rclone-defaults",
+];
+
+/// An executor case divided by a tool's figure: the median over the rounds of the ratio within
+/// each round, and its range.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+struct ToolRatio {
+    workload: &'static str,
+    case: &'static str,
+    tool: &'static str,
+    ratio: f64,
+    lowest: f64,
+    highest: f64,
+}
+
+fn against_tools(rounds: &[Vec<Row>]) -> Vec<ToolRatio> {
+    let value = |round: &[Row], w: &str, c: &str| {
+        round
+            .iter()
+            .find(|r| r.workload == w && r.case == c)
+            .and_then(|r| r.value)
+    };
+    let mut out = Vec::new();
+    for (workload, case) in AGAINST_TOOLS {
+        for tool in TOOLS_COMPARED {
+            let ratios: Vec<f64> = rounds
+                .iter()
+                .filter_map(|round| {
+                    match (value(round, workload, case), value(round, workload, tool)) {
+                        (Some(e), Some(t)) if t > 0.0 => Some(e / t),
+                        _ => None,
+                    }
+                })
+                .collect();
+            let Some(ratio) = median(ratios.clone()) else {
+                continue;
+            };
+            out.push(ToolRatio {
+                workload,
+                case,
+                tool,
+                ratio,
+                lowest: ratios.iter().copied().fold(f64::INFINITY, f64::min),
+                highest: ratios.iter().copied().fold(f64::NEG_INFINITY, f64::max),
+            });
+        }
+    }
+    out
+}
+
+fn print_against(against: &[ToolRatio]) {
+    if against.is_empty() {
+        return;
+    }
+    println!("\nthe executor against the tools (median of the ratios within each round, and their range)");
+    for a in against {
+        let case = format!("{} ÷ {}", a.case, a.tool);
+        let range = if a.lowest < a.highest {
+            format!("  ({:.2}–{:.2})", a.lowest, a.highest)
+        } else {
+            String::new()
+        };
+        println!("{:<4} {:<50} {:>6.2}{range}", a.workload, case, a.ratio);
+    }
+}
+
 pub fn percentile(sorted: &[f64], p: f64) -> Option<f64> {
     if sorted.is_empty() {
         return None;
@@ -646,6 +723,7 @@ fn run(args: RunArgs) -> Result<()> {
 
         rounds.push(std::mem::take(&mut b.rows));
     }
+    let against = against_tools(&rounds);
     b.rows = aggregate(rounds);
 
     let _ = server.kill();
@@ -660,6 +738,7 @@ fn run(args: RunArgs) -> Result<()> {
         args.store_latency_ms,
         args.repeat,
     );
+    print_against(&against);
     if let Some(dir) = args.out.parent() {
         std::fs::create_dir_all(dir)?;
     }
@@ -674,6 +753,7 @@ fn run(args: RunArgs) -> Result<()> {
         "smoke": args.smoke,
         "store_latency_ms": args.store_latency_ms,
         "workloads": by_workload,
+        "against_tools": against,
     });
     std::fs::write(&args.out, serde_json::to_string_pretty(&json)?)?;
     eprintln!("table written to {}", args.out.display());
@@ -779,5 +859,28 @@ mod tests {
         let rows = aggregate(vec![vec![row("exec", Some(1.0), Some(0.5), 9.0, "x")]]);
         assert_eq!(rows[0].note, "x");
         assert!(rows[0].rounds.is_empty());
+    }
+
+    #[test]
+    fn the_executor_against_a_tool_is_taken_within_each_round() {
+        let round = |exec: f64, tool: Option<f64>| {
+            vec![
+                row("exec-put-file", Some(exec), None, 1.0, ""),
+                row("s5cmd-matched", tool, None, 1.0, ""),
+            ]
+        };
+        // The machine got faster in round 2: both moved, the ratio did not.
+        let rounds = vec![
+            round(100.0, Some(125.0)),
+            round(200.0, Some(250.0)),
+            round(90.0, Some(100.0)),
+        ];
+        let a = against_tools(&rounds);
+        assert_eq!(a.len(), 1, "only the tools with figures: {a:?}");
+        assert_eq!((a[0].case, a[0].tool), ("exec-put-file", "s5cmd-matched"));
+        assert!((a[0].ratio - 0.8).abs() < 1e-9);
+        assert!((a[0].lowest - 0.8).abs() < 1e-9 && (a[0].highest - 0.9).abs() < 1e-9);
+        // A skipped tool (no figure) gives no line.
+        assert!(against_tools(&[round(100.0, None)]).is_empty());
     }
 }
