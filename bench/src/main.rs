@@ -142,6 +142,14 @@ fn median(mut v: Vec<f64>) -> Option<f64> {
     })
 }
 
+/// The lowest and the highest of `v` (infinities for an empty `v`).
+fn spread(v: &[f64]) -> (f64, f64) {
+    v.iter()
+        .fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), &x| {
+            (lo.min(x), hi.max(x))
+        })
+}
+
 /// One row per case from the rows of several rounds: median value, p50 and p99, the median of
 /// the per-round ratios (each against the baseline measured in the same round), the highest peak
 /// RSS. A case that failed in any round keeps that round's note.
@@ -168,8 +176,7 @@ fn aggregate(rounds: Vec<Vec<Row>>) -> Vec<Row> {
                 .find(|r| r.note.starts_with("FAILED"))
                 .map_or_else(|| first.note.clone(), |r| r.note.clone());
             if ratios.len() > 1 {
-                let lo = ratios.iter().copied().fold(f64::INFINITY, f64::min);
-                let hi = ratios.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+                let (lo, hi) = spread(&ratios);
                 note = format!(
                     "(ratio {lo:.2}–{hi:.2} over {} rounds) {note}",
                     ratios.len()
@@ -236,7 +243,8 @@ fn against_tools(rounds: &[Vec<Row>]) -> Vec<ToolRatio> {
                     }
                 })
                 .collect();
-            let Some(ratio) = median(ratios.clone()) else {
+            let (lowest, highest) = spread(&ratios);
+            let Some(ratio) = median(ratios) else {
                 continue;
             };
             out.push(ToolRatio {
@@ -244,8 +252,8 @@ fn against_tools(rounds: &[Vec<Row>]) -> Vec<ToolRatio> {
                 case,
                 tool,
                 ratio,
-                lowest: ratios.iter().copied().fold(f64::INFINITY, f64::min),
-                highest: ratios.iter().copied().fold(f64::NEG_INFINITY, f64::max),
+                lowest,
+                highest,
             });
         }
     }
