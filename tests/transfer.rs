@@ -539,6 +539,178 @@ pub async fn concurrent_duplicates_execute_once(backend: Backend) {
     env.cleanup().await;
 }
 
+/// The state of a move's journal row: (state, phase, error).
+async fn move_row(env: &TestEnv, key: &str) -> (String, Option<String>, Option<String>) {
+    let row = env
+        .query(
+            "SELECT state, progress->>'phase', error FROM {schema}.journal WHERE idempotency_key = $1",
+            &[&key],
+        )
+        .await;
+    (row[0].get(0), row[0].get(1), row[0].get(2))
+}
+
+/// A move whose commit is refused after it deleted its source (a trigger on `nodes` stands in
+/// for any refusal) stays pending at `source_deleted`, and recovery finishes it — after proving
+/// its destination again:
+/// - destination intact: committed, with no second copy;
+/// - destination overwritten behind the executor's back: not committed; the row fails with a
+///   typed error naming both paths, and so does the call sent again under its key. With the
+///   copy put back, the call sent again finishes the move;
+/// - the source path written again before the failed move is sent again: it starts over and
+///   moves the new content.
+pub async fn a_move_past_its_source_delete_is_proven_again_before_its_commit(backend: Backend) {
+    let settings = filestore_s3::actors::SupervisorSettings {
+        recovery_interval: std::time::Duration::from_millis(500),
+        ..common::fast_settings()
+    };
+    let env = TestEnv::build(backend, |_| {}, settings, None).await;
+    let body = data(70_000, 3);
+    for p in ["src/a.bin", "src/c.bin", "src/e.bin"] {
+        put(&env, "m", p, &body).await;
+    }
+    env.batch(
+        "CREATE FUNCTION {schema}.refuse_moved() RETURNS trigger LANGUAGE plpgsql AS $$
+         BEGIN
+             IF NEW.path LIKE 'moved/%' THEN RAISE EXCEPTION 'refused by the test'; END IF;
+             RETURN NEW;
+         END $$;
+         CREATE TRIGGER refuse_moved BEFORE INSERT OR UPDATE ON {schema}.nodes
+             FOR EACH ROW EXECUTE FUNCTION {schema}.refuse_moved();",
+    )
+    .await;
+    for (from, to, key) in [
+        ("src/a.bin", "moved/b.bin", "mv-1"),
+        ("src/c.bin", "moved/d.bin", "mv-2"),
+        ("src/e.bin", "moved/f.bin", "mv-3"),
+    ] {
+        let e = env
+            .exec
+            .move_object("m", from, "m", to, key_opts(key))
+            .await
+            .unwrap_err();
+        assert!(e.to_string().contains("refused by the test"), "{e}");
+        let (state, phase, _) = move_row(&env, key).await;
+        assert_eq!(
+            (state.as_str(), phase.as_deref()),
+            ("pending", Some("source_deleted"))
+        );
+        assert_eq!(env.object(&env.key(from)).await, None, "{from} deleted");
+        assert_eq!(env.object(&env.key(to)).await.unwrap(), body);
+        assert!(
+            node(&env, "m", from).await.is_some(),
+            "{from} still recorded"
+        );
+    }
+    let copies = env.exec.status("m").await.unwrap().copy_requests;
+
+    // Two destinations overwritten while their commits are refused: recovery does not commit
+    // them, it fails them.
+    for to in ["moved/d.bin", "moved/f.bin"] {
+        env.raw_put(&env.key(to), b"written behind the executor's back")
+            .await;
+    }
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    for key in ["mv-2", "mv-3"] {
+        loop {
+            let (state, phase, error) = move_row(&env, key).await;
+            if state == "failed" {
+                assert_eq!(phase.as_deref(), Some("source_deleted"));
+                assert!(
+                    error
+                        .as_deref()
+                        .unwrap_or_default()
+                        .contains("no longer holds the copy"),
+                    "{error:?}"
+                );
+                break;
+            }
+            assert!(std::time::Instant::now() < deadline, "{key} still {state}");
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+    }
+
+    // The refusal lifted: recovery commits the intact one.
+    env.batch("DROP TRIGGER refuse_moved ON {schema}.nodes")
+        .await;
+    env.wait_no_pending(std::time::Duration::from_secs(30))
+        .await;
+    let n = node(&env, "m", "moved/b.bin").await.unwrap();
+    assert_eq!(
+        (n.1, n.2.as_str()),
+        (body.len() as i64, sha256_hex(&body).as_str())
+    );
+    assert!(node(&env, "m", "src/a.bin").await.is_none());
+    assert_eq!(
+        snapshots(&env, "m", "src/a.bin").await,
+        vec![(1, false), (2, true)]
+    );
+    let m1 = env
+        .exec
+        .move_object("m", "src/a.bin", "m", "moved/b.bin", key_opts("mv-1"))
+        .await
+        .unwrap();
+    assert_journal(&env, &m1, "move", "m", "src/a.bin").await;
+
+    // The failed one sent again: still not committable, a typed error.
+    let e = env
+        .exec
+        .move_object("m", "src/c.bin", "m", "moved/d.bin", key_opts("mv-2"))
+        .await
+        .unwrap_err();
+    match &e {
+        Error::MoveCannotFinish {
+            path, source_path, ..
+        } => assert_eq!(
+            (path.as_str(), source_path.as_str()),
+            ("moved/d.bin", "src/c.bin")
+        ),
+        other => panic!("expected MoveCannotFinish, got {other:?}"),
+    }
+    assert!(node(&env, "m", "moved/d.bin").await.is_none());
+    assert!(node(&env, "m", "src/c.bin").await.is_some());
+    // The copy put back (as the executor wrote it): sent again, the move is finished.
+    let mv2 = env
+        .query(
+            "SELECT id FROM {schema}.journal WHERE idempotency_key = 'mv-2'",
+            &[],
+        )
+        .await[0]
+        .get::<_, i64>(0);
+    env.raw_put_marked(&env.key("moved/d.bin"), &body, mv2)
+        .await;
+    let m2 = env
+        .exec
+        .move_object("m", "src/c.bin", "m", "moved/d.bin", key_opts("mv-2"))
+        .await
+        .unwrap();
+    assert_eq!(m2.journal_id, mv2);
+    assert_eq!(
+        node(&env, "m", "moved/d.bin").await.unwrap().2,
+        sha256_hex(&body)
+    );
+    assert!(node(&env, "m", "src/c.bin").await.is_none());
+    assert_eq!(env.exec.status("m").await.unwrap().copy_requests, copies);
+
+    // The source path written again since: the move starts over and moves the new content.
+    let newer = data(9_000, 7);
+    put(&env, "m", "src/e.bin", &newer).await;
+    let m3 = env
+        .exec
+        .move_object("m", "src/e.bin", "m", "moved/f.bin", key_opts("mv-3"))
+        .await
+        .unwrap();
+    assert_eq!(env.object(&env.key("moved/f.bin")).await.unwrap(), newer);
+    assert_eq!(env.object(&env.key("src/e.bin")).await, None);
+    assert_eq!(
+        node(&env, "m", "moved/f.bin").await.unwrap().2,
+        sha256_hex(&newer)
+    );
+    assert!(node(&env, "m", "src/e.bin").await.is_none());
+    assert_journal(&env, &m3, "move", "m", "src/e.bin").await;
+    env.cleanup().await;
+}
+
 macro_rules! transfer_suite {
     ($module:ident, $backend:expr $(, $attr:meta)?) => {
         mod $module {
@@ -556,6 +728,8 @@ macro_rules! transfer_suite {
             async fn conditions_and_refusals_change_nothing() { super::conditions_and_refusals_change_nothing(B).await }
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)] $(#[$attr])?
             async fn concurrent_duplicates_execute_once() { super::concurrent_duplicates_execute_once(B).await }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)] $(#[$attr])?
+            async fn a_move_past_its_source_delete_is_proven_again_before_its_commit() { super::a_move_past_its_source_delete_is_proven_again_before_its_commit(B).await }
         }
     };
 }

@@ -171,6 +171,23 @@ pub enum Error {
         /// What was expected and what was found.
         reason: String,
     },
+    /// A move had deleted its source after copying it, but the destination no longer holds
+    /// that copy (it was overwritten or deleted behind the executor's back since): the move
+    /// cannot be finished, and nothing was committed. The object must be restored from wherever
+    /// else it is kept; `nodes` still names the source.
+    #[error("mount '{mount}': the move of '{source_mount}':'{source_path}' to '{path}' deleted its source, but the destination no longer holds the copy ({reason}); nothing was committed")]
+    MoveCannotFinish {
+        /// Destination mount.
+        mount: String,
+        /// Destination path.
+        path: String,
+        /// Source mount.
+        source_mount: String,
+        /// Source path.
+        source_path: String,
+        /// What the destination holds instead.
+        reason: String,
+    },
     /// The request is malformed in a way no path or key check covers (a copy onto itself, ...).
     #[error("invalid request: {field} {reason}")]
     InvalidRequest {

@@ -704,6 +704,15 @@ pub enum IntentOutcome {
         /// Journal row id.
         journal_id: i64,
     },
+    /// A failed move re-armed with the step it kept: it had deleted its source, so it cannot be
+    /// made again, only finished (the destination proven again, then committed). The engine
+    /// compares the kept pin with this call's before it goes on.
+    Resumed {
+        /// Journal row id.
+        journal_id: i64,
+        /// The step the row kept (`source_deleted`).
+        progress: Box<OpProgress>,
+    },
     /// An entry with this key already exists and was not re-armed.
     Existing(Box<JournalEntry>),
 }

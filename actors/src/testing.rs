@@ -613,13 +613,18 @@ impl MetaStore for MemoryMeta {
                 e.state = JournalState::Pending;
                 e.attempts += 1;
                 e.error = None;
-                // As the Postgres store: a move keeps a step past its pin, the rest start over.
-                let keeps = matches!(e.request, OpRequest::Move(_))
-                    && !matches!(e.progress, None | Some(OpProgress::SourcePinned { .. }));
-                if !keeps {
-                    e.progress = intent.progress.clone();
-                }
+                // As the Postgres store: a move that deleted its source keeps that step, the
+                // rest start over.
                 s.tokens.insert(id, intent.token);
+                if let (OpRequest::Move(_), Some(kept @ OpProgress::SourceDeleted { .. })) =
+                    (&e.request, &e.progress)
+                {
+                    return Ok(IntentOutcome::Resumed {
+                        journal_id: id,
+                        progress: Box::new(kept.clone()),
+                    });
+                }
+                e.progress = intent.progress.clone();
                 return Ok(IntentOutcome::Started { journal_id: id });
             }
             return Ok(IntentOutcome::Existing(Box::new(e.clone())));

@@ -151,7 +151,7 @@ pub(super) async fn begin_in(
         .query_opt(
             &cached!(
                 c,
-                "SELECT id FROM journal
+                "SELECT id, op, progress FROM journal
              WHERE mount = $1 AND idempotency_key = $2 AND intent_token = $3 AND state = 'pending'"
             ),
             &[&intent.mount, &intent.idempotency_key, &intent.token],
@@ -159,22 +159,20 @@ pub(super) async fn begin_in(
         .await
         .map_err(pg)?;
     if let Some(row) = own {
-        let journal_id = row.get(0);
-        return Ok(IntentOutcome::Started { journal_id });
+        return started(&row);
     }
     // A failed attempt with the same parameters may run again under the same key.
     let rearmed = c
         .query_opt(
-            // A move that failed after it copied keeps that step; a copy, or a move that failed
-            // while only pinned, starts over from this call's pin (the source may have changed
-            // since): a copy records no step after its pin, so a kept one would be stale.
+            // A move that failed after it deleted its source keeps that step: the source is gone,
+            // so the move can only be finished. Everything else starts over from this call's pin
+            // (the source may have changed since; a step before the delete would be stale).
             "UPDATE journal SET state = 'pending', attempts = attempts + 1, error = NULL,
-                    progress = CASE WHEN op = 'copy' OR progress IS NULL
-                                         OR progress->>'phase' = 'source_pinned' THEN $5
-                                    ELSE progress END,
+                    progress = CASE WHEN op = 'move' AND progress->>'phase' = 'source_deleted'
+                                    THEN progress ELSE $5 END,
                     updated_at = now(), intent_token = $4
              WHERE mount = $1 AND idempotency_key = $2 AND fingerprint = $3 AND state = 'failed'
-             RETURNING id",
+             RETURNING id, op, progress",
             &[
                 &intent.mount,
                 &intent.idempotency_key,
@@ -186,8 +184,7 @@ pub(super) async fn begin_in(
         .await
         .map_err(pg)?;
     if let Some(row) = rearmed {
-        let journal_id = row.get(0);
-        return Ok(IntentOutcome::Started { journal_id });
+        return started(&row);
     }
     let row = c
         .query_one(
@@ -200,6 +197,23 @@ pub(super) async fn begin_in(
         .map_err(pg)?;
     let entry = journal_from_row(&row)?;
     Ok(IntentOutcome::Existing(Box::new(entry)))
+}
+
+/// What an intent that (re)starts the row `(id, op, progress)` reports: `Resumed` for a move
+/// past its source's delete, `Started` for the rest.
+fn started(row: &tokio_postgres::Row) -> Result<IntentOutcome, MetaError> {
+    let journal_id = row.get(0);
+    let op: &str = row.get(1);
+    let progress: Option<serde_json::Value> = row.get(2);
+    match progress.filter(|p| op == "move" && p["phase"] == "source_deleted") {
+        Some(kept) => Ok(IntentOutcome::Resumed {
+            journal_id,
+            progress: Box::new(
+                serde_json::from_value(kept).map_err(|e| corrupt("journal progress", e))?,
+            ),
+        }),
+        None => Ok(IntentOutcome::Started { journal_id }),
+    }
 }
 
 /// Marks a pending journal row failed inside `c`.

@@ -15,8 +15,8 @@ pub(crate) use ops::validate_transfer;
 
 use crate::error::Error;
 use crate::model::{
-    CommitRecord, IntentOutcome, JournalEntry, JournalState, NewIntent, NodeChange, OpRequest,
-    OpResult, WriteCondition,
+    CommitRecord, IntentOutcome, JournalEntry, JournalState, NewIntent, NodeChange, OpProgress,
+    OpRequest, OpResult, WriteCondition,
 };
 use crate::multipart::{ProgressSink, SourceReader};
 use crate::ports::MountAccess;
@@ -166,8 +166,12 @@ async fn run_protocol(
         }
     }
     let pin = intent.progress.clone();
-    let journal_id = match c.record_intent(intent).await? {
-        IntentOutcome::Started { journal_id } => journal_id,
+    let (journal_id, kept) = match c.record_intent(intent).await? {
+        IntentOutcome::Started { journal_id } => (journal_id, None),
+        IntentOutcome::Resumed {
+            journal_id,
+            progress,
+        } => (journal_id, Some(*progress)),
         IntentOutcome::Existing(entry) => {
             let result = replay(&mount, &fingerprint, *entry)?;
             return same_stream_content(&c, &key, result, payload).await;
@@ -176,7 +180,14 @@ async fn run_protocol(
     if pin.is_some() {
         crate::failpoint::hit("after_source_pinned").await;
     }
-    match ops::act(&c, journal_id, &request, payload, pin).await {
+    let acted = async {
+        let progress = match kept {
+            Some(kept) => resume_from(&c, journal_id, kept, pin).await?,
+            None => pin,
+        };
+        ops::act(&c, journal_id, &request, payload, progress).await
+    };
+    match acted.await {
         Ok(outcome) => {
             crate::failpoint::hit("before_commit").await;
             c.commit(commit_record(&c, journal_id, &request, outcome))
@@ -197,6 +208,45 @@ async fn run_protocol(
             Err(e)
         }
     }
+}
+
+/// Where a re-armed move that had deleted its source goes on from. If its source's node is still
+/// the one it pinned (same generation), the move's copy is the content that node names: finish it
+/// (the destination is proven again before the commit). If the source path was written since,
+/// the kept step is about an object that is no longer the source: start over from this call's
+/// pin, recorded first so that recovery does not finish the old move.
+async fn resume_from(
+    c: &OpContext,
+    journal_id: i64,
+    kept: OpProgress,
+    pin: Option<OpProgress>,
+) -> Result<Option<OpProgress>, Error> {
+    let (OpProgress::SourceDeleted { source: old, .. }, Some(OpProgress::SourcePinned { source })) =
+        (&kept, &pin)
+    else {
+        return Ok(pin);
+    };
+    if old.generation == source.generation && old.sha256 == source.sha256 {
+        log::info!(
+            "mount {}: journal {journal_id} had deleted its source; finishing it",
+            c.spec.name
+        );
+        return Ok(Some(kept));
+    }
+    log::info!(
+        "mount {}: journal {journal_id} had deleted its source at generation {}, which is now {}; starting over",
+        c.spec.name,
+        old.generation,
+        source.generation
+    );
+    c.record_progress(
+        journal_id,
+        OpProgress::SourcePinned {
+            source: source.clone(),
+        },
+    )
+    .await?;
+    Ok(pin)
 }
 
 /// The fingerprint of a put from a stream cannot include the content's hash (it is known only

@@ -6,10 +6,11 @@
 
 use super::copy::copy_steps;
 use super::delete::gone;
+use super::prove_content;
 use crate::engine::context::verify_in;
 use crate::engine::{OpContext, Outcome};
 use crate::error::Error;
-use crate::model::{NodeChange, OpProgress, TransferRequest};
+use crate::model::{NodeChange, NodeMeta, OpProgress, TransferRequest};
 use crate::ports::MountAccess;
 
 pub(super) async fn act(
@@ -19,9 +20,11 @@ pub(super) async fn act(
     source: &MountAccess,
     progress: Option<OpProgress>,
 ) -> Result<Outcome, Error> {
-    let source_deleted = matches!(progress, Some(OpProgress::SourceDeleted { .. }));
+    if let Some(OpProgress::SourceDeleted { dest, .. }) = progress {
+        return finish(c, journal_id, t, dest).await;
+    }
     let (pinned, dest, upload_id) = copy_steps(c, journal_id, t, source, progress, true).await?;
-    if !source_deleted {
+    {
         let key = &t.source.key;
         crate::retry::store_call(
             &source.spec.name,
@@ -47,5 +50,45 @@ pub(super) async fn act(
     Ok(Outcome {
         change: NodeChange::Upsert(dest),
         upload_id,
+    })
+}
+
+/// The rest of a move whose source is already deleted (recovery, or a failed move sent again
+/// under its key): only the commit is left, but time has passed since the destination was
+/// verified, so it is proven again first — the same size, and the ETag it had then, or this
+/// operation's SHA-256 (the store's checksum, or this row's write marker). A destination that no
+/// longer holds the copy cannot be committed: the source object is gone too, which needs a person
+/// ([`Error::MoveCannotFinish`]).
+async fn finish(
+    c: &OpContext,
+    journal_id: i64,
+    t: &TransferRequest,
+    dest: NodeMeta,
+) -> Result<Outcome, Error> {
+    let seen = c
+        .with_retry("HEAD", &t.key, || c.store.head_object(&t.key))
+        .await?;
+    let proof = match &seen {
+        Some(m) if m.size == dest.size && m.etag == dest.etag => Ok(dest.verified),
+        _ => prove_content(&seen, dest.size, dest.sha256, journal_id, true),
+    };
+    let (Some(seen), Ok(verified)) = (seen, &proof) else {
+        return Err(Error::MoveCannotFinish {
+            mount: c.spec.name.clone(),
+            path: t.path.clone(),
+            source_mount: t.source.mount.clone(),
+            source_path: t.source.path.clone(),
+            reason: proof.err().unwrap_or_else(|| "the object is gone".into()),
+        });
+    };
+    let verified = *verified;
+    Ok(Outcome {
+        change: NodeChange::Upsert(NodeMeta {
+            etag: seen.etag,
+            last_modified: seen.last_modified,
+            verified,
+            ..dest
+        }),
+        upload_id: None,
     })
 }
