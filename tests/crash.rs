@@ -390,6 +390,61 @@ pub async fn killed_move_is_finished_by_recovery(backend: Backend, point: &str, 
     env.cleanup().await;
 }
 
+/// A move killed after its copy, then its destination overwritten behind the executor's back
+/// while nobody ran: the restarted executor's recovery does not delete the source on the strength
+/// of the old verification — it sees the destination no longer holds the copy, copies again from
+/// the pin (one CopyObject), then deletes the source and commits: the moved content at the
+/// destination, the source gone, the invariants hold.
+pub async fn killed_move_whose_copy_was_overwritten_copies_again(backend: Backend) {
+    let env = TestEnv::new(backend).await;
+    let body: Vec<u8> = (0..150_000u32).map(|i| (i % 239) as u8).collect();
+    env.exec
+        .put_bytes("m", "from/a.bin", body.clone(), PutOptions::default())
+        .await
+        .unwrap();
+    env.wait_stream(1).await;
+    env.exec.shutdown().await;
+    run_until_failpoint(
+        &env,
+        &[
+            "mv",
+            "m",
+            "from/a.bin",
+            "to/b.bin",
+            "--idempotency-key",
+            "mv-crash",
+        ],
+        "after_copied",
+    )
+    .await;
+    assert_eq!(env.object(&env.key("to/b.bin")).await.unwrap(), body);
+    env.raw_put(&env.key("to/b.bin"), &body[..1000]).await;
+
+    let exec = S3Executor::start(env.exec.config().clone()).await.unwrap();
+    env.wait_no_pending(Duration::from_secs(15)).await;
+    let rows = env
+        .query(
+            "SELECT state, error FROM {schema}.journal WHERE op = 'move'",
+            &[],
+        )
+        .await;
+    let (state, error): (String, Option<String>) = (rows[0].get(0), rows[0].get(1));
+    assert_eq!(state, "committed", "{error:?}");
+    assert_eq!(
+        exec.status("m").await.unwrap().copy_requests,
+        1,
+        "recovery should copy again"
+    );
+    assert!(env.object(&env.key("from/a.bin")).await.is_none());
+    assert_eq!(env.object(&env.key("to/b.bin")).await.unwrap(), body);
+    let mut expected = Expected::new();
+    expected.insert(("m".into(), "to/b.bin".into()), sha256_hex(&body));
+    env.wait_stream(2).await;
+    invariants::check(&env, &expected).await;
+    exec.shutdown().await;
+    env.cleanup().await;
+}
+
 /// A single-request copy killed just before its commit (its row shows only the pin: a copy
 /// records no `copied` step), then its source overwritten in the store behind the executor's
 /// back: a copy made again from the pinned ETag would now be refused. The restarted executor's
@@ -525,6 +580,14 @@ macro_rules! crash_suite {
             )]
             async fn f15_killed_between_copy_and_delete_of_a_move() {
                 super::killed_move_is_finished_by_recovery($backend, "after_copied", "copied").await
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)] $(#[$attr])?
+            #[cfg_attr(
+                not(feature = "failpoints"),
+                ignore = "needs --features failpoints (scripts/test.sh enables it)"
+            )]
+            async fn killed_move_whose_copy_was_overwritten_copies_again() {
+                super::killed_move_whose_copy_was_overwritten_copies_again($backend).await
             }
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)] $(#[$attr])?
             #[cfg_attr(

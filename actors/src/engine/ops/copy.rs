@@ -15,7 +15,7 @@ use bytes::BytesMut;
 use futures::StreamExt;
 use sha2::{Digest, Sha256};
 
-use super::{check_condition, prove_content, proven_by_answer};
+use super::{check_condition, prove_content, proven_by_answer, still_holds};
 use crate::digest::Sha256Digest;
 use crate::engine::context::node_for;
 use crate::engine::{OpContext, Outcome};
@@ -138,9 +138,24 @@ pub(super) async fn copy_steps(
     is_move: bool,
 ) -> Result<(PinnedSource, NodeMeta, Option<String>), Error> {
     let pinned = match progress {
-        Some(OpProgress::Copied { source, dest } | OpProgress::SourceDeleted { source, dest }) => {
-            return Ok((source, dest, None))
+        // The copy was verified before the step was recorded, but the destination may have been
+        // written since (the executor down for a while, a writer outside it): a move must not
+        // delete its source on the strength of an old look. Not the copy any more: copy again
+        // from the same pin (the source is still there).
+        Some(OpProgress::Copied { source, dest }) => {
+            match still_holds(c, journal_id, &t.key, dest).await? {
+                Ok(node) => return Ok((source, node, None)),
+                Err(reason) => {
+                    log::warn!(
+                        "mount {}: journal {journal_id}: '{}' no longer holds the copy ({reason}); copying again",
+                        c.spec.name,
+                        t.path
+                    );
+                    source
+                }
+            }
         }
+        Some(OpProgress::SourceDeleted { source, dest }) => return Ok((source, dest, None)),
         Some(OpProgress::SourcePinned { source }) => source,
         // A row written before pins went with the intent.
         None => {

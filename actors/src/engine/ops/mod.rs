@@ -10,7 +10,9 @@ mod put;
 use super::{OpContext, Outcome, Payload};
 use crate::digest::Sha256Digest;
 use crate::error::Error;
-use crate::model::{JournalEntry, ObjectMeta, OpProgress, OpRequest, Verification, WriteCondition};
+use crate::model::{
+    JournalEntry, NodeMeta, ObjectMeta, OpProgress, OpRequest, Verification, WriteCondition,
+};
 use crate::mount::{ChecksumPolicy, SettingsPolicy};
 use crate::ports::MountAccess;
 
@@ -210,4 +212,35 @@ fn prove_content(
         ),
         _ => Ok(Verification::SizeOnly),
     }
+}
+
+/// Whether `key` still holds `dest`, the destination this copy / move (journal `journal_id`)
+/// verified before a step it recorded — looked at again when the operation continues from that
+/// step (recovery, a failed move sent again), since anything may have written the key in between:
+/// the same size and ETag as then, or this row's SHA-256 proven by the store's checksum or the
+/// write marker. `Ok(node)`: the node to commit (ETag and Last-Modified as the store reports them
+/// now); `Err`: what the key holds instead.
+async fn still_holds(
+    c: &OpContext,
+    journal_id: i64,
+    key: &str,
+    dest: NodeMeta,
+) -> Result<Result<NodeMeta, String>, Error> {
+    let seen = c
+        .with_retry("HEAD", key, || c.store.head_object(key))
+        .await?;
+    let proof = match &seen {
+        Some(m) if m.size == dest.size && m.etag == dest.etag => Ok(dest.verified),
+        _ => prove_content(&seen, dest.size, dest.sha256, journal_id, true),
+    };
+    Ok(match (seen, proof) {
+        (Some(seen), Ok(verified)) => Ok(NodeMeta {
+            etag: seen.etag,
+            last_modified: seen.last_modified,
+            verified,
+            ..dest
+        }),
+        (None, _) => Err("the object is gone".into()),
+        (_, Err(reason)) => Err(reason),
+    })
 }

@@ -6,7 +6,7 @@
 
 use super::copy::copy_steps;
 use super::delete::gone;
-use super::prove_content;
+use super::still_holds;
 use crate::engine::context::verify_in;
 use crate::engine::{OpContext, Outcome};
 use crate::error::Error;
@@ -55,9 +55,8 @@ pub(super) async fn act(
 
 /// The rest of a move whose source is already deleted (recovery, or a failed move sent again
 /// under its key): only the commit is left, but time has passed since the destination was
-/// verified, so it is proven again first — the same size, and the ETag it had then, or this
-/// operation's SHA-256 (the store's checksum, or this row's write marker). A destination that no
-/// longer holds the copy cannot be committed: the source object is gone too, which needs a person
+/// verified, so it is proven again first ([`still_holds`]). A destination that no longer holds
+/// the copy cannot be committed: the source object is gone too, which needs a person
 /// ([`Error::MoveCannotFinish`]).
 async fn finish(
     c: &OpContext,
@@ -65,30 +64,17 @@ async fn finish(
     t: &TransferRequest,
     dest: NodeMeta,
 ) -> Result<Outcome, Error> {
-    let seen = c
-        .with_retry("HEAD", &t.key, || c.store.head_object(&t.key))
-        .await?;
-    let proof = match &seen {
-        Some(m) if m.size == dest.size && m.etag == dest.etag => Ok(dest.verified),
-        _ => prove_content(&seen, dest.size, dest.sha256, journal_id, true),
-    };
-    let (Some(seen), Ok(verified)) = (seen, &proof) else {
-        return Err(Error::MoveCannotFinish {
+    match still_holds(c, journal_id, &t.key, dest).await? {
+        Ok(node) => Ok(Outcome {
+            change: NodeChange::Upsert(node),
+            upload_id: None,
+        }),
+        Err(reason) => Err(Error::MoveCannotFinish {
             mount: c.spec.name.clone(),
             path: t.path.clone(),
             source_mount: t.source.mount.clone(),
             source_path: t.source.path.clone(),
-            reason: proof.err().unwrap_or_else(|| "the object is gone".into()),
-        });
-    };
-    let verified = *verified;
-    Ok(Outcome {
-        change: NodeChange::Upsert(NodeMeta {
-            etag: seen.etag,
-            last_modified: seen.last_modified,
-            verified,
-            ..dest
+            reason,
         }),
-        upload_id: None,
-    })
+    }
 }
