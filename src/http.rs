@@ -51,6 +51,10 @@ async fn handle(
             for (mount, m) in &h.mounts {
                 metrics::gauge!("filestore_s3_outbox_backlog", "mount" => mount.clone())
                     .set(m.outbox_backlog as f64);
+                metrics::gauge!("filestore_s3_journal_pending", "mount" => mount.clone())
+                    .set(m.journal_pending as f64);
+                metrics::gauge!("filestore_s3_journal_oldest_pending_seconds", "mount" => mount.clone())
+                    .set(m.oldest_pending_seconds);
                 metrics::gauge!("filestore_s3_operations_running", "mount" => mount.clone())
                     .set(m.operations as f64);
                 let owned = m.lease.as_deref() == Some("owned");

@@ -43,7 +43,12 @@ async fn healthz_and_metrics_move_with_operations() {
     let prometheus = metrics_exporter_prometheus::PrometheusBuilder::new()
         .install_recorder()
         .unwrap();
-    let env = TestEnv::new(Backend::S3sFs).await;
+    // Recovery every half second: the stuck put below is settled soon after its cause is gone.
+    let settings = filestore_s3::actors::SupervisorSettings {
+        recovery_interval: Duration::from_millis(500),
+        ..common::fast_settings()
+    };
+    let env = TestEnv::build(Backend::S3sFs, |_| {}, settings, None).await;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap().to_string();
     let (stop, stopped) = tokio::sync::watch::channel(false);
@@ -107,8 +112,54 @@ async fn healthz_and_metrics_move_with_operations() {
         1.0
     );
     assert_eq!(sample(&after, "filestore_s3_postgres_up", &[]), 1.0);
+    assert_eq!(
+        sample(&after, "filestore_s3_journal_pending", &["mount=\"m\""]),
+        0.0
+    );
     let (status, _) = get(&addr, "/nope").await;
     assert_eq!(status, 404);
+
+    // A put whose commit Postgres refuses (a trigger stands in for any refusal) stays pending for
+    // recovery: the pending figures show it, with its age, until recovery commits it.
+    env.batch(
+        "CREATE FUNCTION {schema}.refuse_stuck() RETURNS trigger LANGUAGE plpgsql AS $$
+         BEGIN
+             IF NEW.path = 'stuck' THEN RAISE EXCEPTION 'refused by the test'; END IF;
+             RETURN NEW;
+         END $$;
+         CREATE TRIGGER refuse_stuck BEFORE INSERT OR UPDATE ON {schema}.nodes
+             FOR EACH ROW EXECUTE FUNCTION {schema}.refuse_stuck();",
+    )
+    .await;
+    env.exec
+        .put_bytes("m", "stuck", vec![b'y'; 100], PutOptions::default())
+        .await
+        .unwrap_err();
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let (_, stuck) = get(&addr, "/metrics").await;
+    assert_eq!(
+        sample(&stuck, "filestore_s3_journal_pending", &["mount=\"m\""]),
+        1.0,
+        "{stuck}"
+    );
+    let age = sample(
+        &stuck,
+        "filestore_s3_journal_oldest_pending_seconds",
+        &["mount=\"m\""],
+    );
+    assert!((1.0..60.0).contains(&age), "{age}");
+    let (_, body) = get(&addr, "/healthz").await;
+    let h: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(h["mounts"]["m"]["journal_pending"], 1, "{body}");
+    env.batch("DROP TRIGGER refuse_stuck ON {schema}.nodes")
+        .await;
+    env.wait_no_pending(Duration::from_secs(20)).await;
+    let (_, settled) = get(&addr, "/metrics").await;
+    assert_eq!(
+        sample(&settled, "filestore_s3_journal_pending", &["mount=\"m\""]),
+        0.0,
+        "{settled}"
+    );
 
     stop.send(true).unwrap();
     http.await.unwrap();

@@ -64,6 +64,13 @@ pub struct MountHealth {
     pub credentials_error: Option<String>,
     /// Outbox rows not yet relayed to Redis.
     pub outbox_backlog: i64,
+    /// Journal rows pending: operations running, or left for recovery to settle.
+    pub journal_pending: i64,
+    /// Seconds since the least recently changed pending row last changed (0 without one). A
+    /// row that stays pending longer than the mount's longest operation plus a recovery interval
+    /// is stuck: its log lines say why (a commit Postgres keeps refusing, a store that does not
+    /// answer).
+    pub oldest_pending_seconds: f64,
     /// Operations running or queued.
     pub operations: usize,
 }
@@ -101,14 +108,14 @@ impl S3Executor {
     /// bucket (`s3` is then absent), for frequent callers such as a metrics scrape.
     pub async fn health_with(&self, probe_stores: bool) -> Health {
         let inner = self.inner.clone();
-        let backlog = tokio::time::timeout(
+        let figures = tokio::time::timeout(
             PROBE_TIMEOUT,
             on_arbiter(&inner.arbiter.clone(), async move {
-                inner.services.meta.outbox_backlog().await
+                inner.services.meta.mount_figures().await
             }),
         )
         .await;
-        let (postgres, backlog) = match backlog {
+        let (postgres, figures) = match figures {
             Ok(Ok(Ok(b))) => (Reach::from(Ok::<(), String>(())), b),
             Ok(Ok(Err(e))) => (Reach::from(Err(e)), Default::default()),
             Ok(Err(e)) => (Reach::from(Err(e)), Default::default()),
@@ -129,7 +136,11 @@ impl S3Executor {
                 credentials: None,
                 s3: None,
                 credentials_error: None,
-                outbox_backlog: backlog.get(&name).copied().unwrap_or(0),
+                outbox_backlog: figures.get(&name).map_or(0, |f| f.outbox_backlog),
+                journal_pending: figures.get(&name).map_or(0, |f| f.journal_pending),
+                oldest_pending_seconds: figures
+                    .get(&name)
+                    .map_or(0.0, |f| f.oldest_pending_seconds),
                 operations: 0,
             };
             if matches!(state, MountState::Ready) {
