@@ -2,7 +2,8 @@
 //! it gone (→ `source_deleted`), then ONE commit that writes the destination node and removes the
 //! source node (the source mount's `verify = response` takes the DELETE's success as proof
 //! instead). The source is never deleted before the destination is verified, and recovery
-//! continues from the last recorded step, so an interrupted move ends with one live node.
+//! continues from the last recorded step — looking at the destination again first — so an
+//! interrupted move ends with one live node.
 
 use super::copy::copy_steps;
 use super::delete::gone;
@@ -24,29 +25,27 @@ pub(super) async fn act(
         return finish(c, journal_id, t, dest).await;
     }
     let (pinned, dest, upload_id) = copy_steps(c, journal_id, t, source, progress, true).await?;
-    {
-        let key = &t.source.key;
-        crate::retry::store_call(
-            &source.spec.name,
-            &c.retry,
-            &c.counters,
-            "DELETE",
-            key,
-            || source.store.delete_object(key),
-        )
-        .await?;
-        if !source.spec.verify.trusts_copy_and_delete_answers() {
-            verify_in(c, &source.store, key, gone).await?;
-        }
-        c.record_progress(
-            journal_id,
-            OpProgress::SourceDeleted {
-                source: pinned,
-                dest: dest.clone(),
-            },
-        )
-        .await?;
+    let key = &t.source.key;
+    crate::retry::store_call(
+        &source.spec.name,
+        &c.retry,
+        &c.counters,
+        "DELETE",
+        key,
+        || source.store.delete_object(key),
+    )
+    .await?;
+    if !source.spec.verify.trusts_copy_and_delete_answers() {
+        verify_in(c, &source.store, key, gone).await?;
     }
+    c.record_progress(
+        journal_id,
+        OpProgress::SourceDeleted {
+            source: pinned,
+            dest: dest.clone(),
+        },
+    )
+    .await?;
     Ok(Outcome {
         change: NodeChange::Upsert(dest),
         upload_id,
