@@ -186,6 +186,12 @@ struct MountArgs {
     /// Parts in flight per upload.
     #[arg(long)]
     part_concurrency: Option<i32>,
+    /// Largest range (bytes) of a download to a file; ranges are fetched in parallel.
+    #[arg(long)]
+    download_range_size: Option<i64>,
+    /// Ranges in flight per download to a file.
+    #[arg(long)]
+    download_concurrency: Option<i32>,
     /// How long verification may wait for the store to show a write.
     #[arg(long)]
     verify_window_ms: Option<i64>,
@@ -238,6 +244,12 @@ impl MountArgs {
         }
         if let Some(v) = self.part_concurrency {
             r.part_concurrency = v;
+        }
+        if let Some(v) = self.download_range_size {
+            r.download_range_size = v;
+        }
+        if let Some(v) = self.download_concurrency {
+            r.download_concurrency = v;
         }
         if let Some(v) = self.verify_window_ms {
             r.verify_window_ms = v;

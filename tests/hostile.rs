@@ -544,6 +544,8 @@ async fn hostile_inputs_are_refused_with_typed_errors_and_change_nothing() {
         ("part_concurrency", |r| r.part_concurrency = 1000),
         ("verify_window_ms", |r| r.verify_window_ms = -1),
         ("copy_threshold", |r| r.copy_threshold = 1),
+        ("download_range_size", |r| r.download_range_size = 0),
+        ("download_concurrency", |r| r.download_concurrency = -3),
         ("checksum", |r| r.checksum = "md5".into()),
         ("credentials_profile", |r| {
             r.credentials_profile = Some("prod".into())

@@ -584,8 +584,8 @@ pub async fn survives_a_transient_outage_mid_upload(backend: Backend) {
     env.cleanup().await;
 }
 
-/// `get_to_file` of an object of at least two parts fetches it as ranged GETs of the mount's part
-/// size, pinned to one ETag and written at their offsets, and checks the whole file against the
+/// `get_to_file` of an object of at least two ranges fetches it as ranged GETs of the mount's
+/// `download_range_size`, pinned to one ETag and written at their offsets, and checks the whole file against the
 /// SHA-256 in `nodes`; an object changed behind the executor's back fails that check. (Needs the
 /// counting proxy, so it is not part of the external suite.)
 async fn parallel_download_to_a_file(backend: Backend) {
@@ -593,7 +593,10 @@ async fn parallel_download_to_a_file(backend: Backend) {
     let proxy = FaultProxy::start(&common::endpoint_of(backend), 12).await;
     let env = TestEnv::build(
         backend,
-        multipart_mount,
+        |r| {
+            multipart_mount(r);
+            r.download_range_size = PART as i64;
+        },
         common::fast_settings(),
         Some(proxy.endpoint.clone()),
     )

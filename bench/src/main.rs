@@ -623,7 +623,14 @@ fn run(args: RunArgs) -> Result<()> {
         rows: Vec::new(),
     };
     let tools = tools::Tools::find();
-    let env = tools::ToolEnv::new(&work, &endpoint, b.base.part_size, b.base.part_concurrency)?;
+    let env = tools::ToolEnv::new(
+        &work,
+        &endpoint,
+        b.base.part_size,
+        b.base.part_concurrency,
+        filestore_s3::actors::mount::DEFAULT_DOWNLOAD_RANGE_BYTES,
+        filestore_s3::actors::mount::DEFAULT_DOWNLOAD_CONCURRENCY as usize,
+    )?;
 
     let mut rounds = Vec::new();
     for round in 1..=args.repeat {

@@ -54,8 +54,11 @@ pub struct ToolEnv {
     aws_matched: PathBuf,
     aws_defaults: PathBuf,
     aws_many: PathBuf,
+    aws_matched_download: PathBuf,
     part_mib: u64,
     parts_in_flight: usize,
+    range_mib: u64,
+    ranges_in_flight: usize,
     work: PathBuf,
 }
 
@@ -65,8 +68,11 @@ impl ToolEnv {
         endpoint: &str,
         part_size: u64,
         parts_in_flight: usize,
+        range_size: u64,
+        ranges_in_flight: usize,
     ) -> Result<Self> {
         let part_mib = part_size / (1024 * 1024);
+        let range_mib = range_size / (1024 * 1024);
         let write = |name: &str, s3: &str| -> Result<PathBuf> {
             let p = work.join(name);
             std::fs::write(
@@ -85,8 +91,16 @@ impl ToolEnv {
             )?,
             aws_defaults: write("aws-defaults.cfg", "")?,
             aws_many: write("aws-many.cfg", "  max_concurrent_requests = 32\n")?,
+            aws_matched_download: write(
+                "aws-matched-download.cfg",
+                &format!(
+                    "  max_concurrent_requests = {ranges_in_flight}\n  multipart_chunksize = {range_mib}MB\n  multipart_threshold = {range_mib}MB\n"
+                ),
+            )?,
             part_mib,
             parts_in_flight,
+            range_mib,
+            ranges_in_flight,
             work: work.into(),
         })
     }
@@ -134,6 +148,7 @@ fn tool_case(
     if case.starts_with("aws-") {
         let cfg = match (case, workload) {
             ("aws-matched", "W2") => &env.aws_many,
+            ("aws-matched", "W7") => &env.aws_matched_download,
             ("aws-matched", _) => &env.aws_matched,
             _ => &env.aws_defaults,
         };
@@ -196,11 +211,13 @@ fn tool_cases(
     local: &str,
     key: &str,
 ) -> Vec<(&'static str, Option<PathBuf>, Vec<String>)> {
-    let (ep, mib, n) = (
-        env.endpoint.clone(),
-        env.part_mib.to_string(),
-        env.parts_in_flight.to_string(),
-    );
+    // "Matched": a download at the executor's range size and ranges in flight, an upload at its
+    // part size and parts in flight.
+    let (mib, n) = match transfer {
+        Transfer::Download => (env.range_mib, env.ranges_in_flight),
+        _ => (env.part_mib, env.parts_in_flight),
+    };
+    let (ep, mib, n) = (env.endpoint.clone(), mib.to_string(), n.to_string());
     let s3 = format!("s3://{BUCKET}/{key}");
     let rc = format!("bench:{BUCKET}/{key}");
     let many = transfer == Transfer::UploadMany;

@@ -72,22 +72,18 @@ impl S3Executor {
         }
         // A large object is fetched as parallel ranged GETs, each written at its offset.
         let (_, spec, _) = self.mount(mount)?;
-        let part = spec.part_size.max(1);
         let st = match (&if_match, have) {
             (None, 0) => Some(self.stat(mount, path).await?),
             _ => None,
         };
-        if let Some(st) = st.filter(|st| st.object.size >= 2 * part) {
-            return self
-                .get_ranges(
-                    mount,
-                    path,
-                    file,
-                    st,
-                    part,
-                    spec.part_concurrency.max(1) as usize,
-                )
-                .await;
+        if let Some(st) = st {
+            let in_flight = spec.download_concurrency.max(1);
+            let range = range_size(st.object.size, spec.download_range_size, in_flight);
+            if st.object.size >= 2 * range {
+                return self
+                    .get_ranges(mount, path, file, st, range, in_flight as usize)
+                    .await;
+            }
         }
         let mut out = tokio::fs::OpenOptions::new()
             .create(true)
@@ -323,6 +319,20 @@ impl S3Executor {
 
 /// The whole object's SHA-256 checked against the one recorded in `nodes`: `Some(hex)` when it
 /// matches, `None` for an object Postgres does not track, `Error::ChecksumMismatch` otherwise.
+/// The smallest range a download is split into: below it a request costs more than the
+/// parallelism gains (AWS suggests 8–16 MiB ranges).
+const MIN_DOWNLOAD_RANGE_BYTES: u64 = 8 * 1024 * 1024;
+
+/// The range size of a download of `size` bytes: the object split over the `in_flight` ranges,
+/// but no smaller than [`MIN_DOWNLOAD_RANGE_BYTES`] (or the mount's `max`, if that is smaller)
+/// and no larger than `max`. An object under two ranges is one GET.
+fn range_size(size: u64, max: u64, in_flight: u32) -> u64 {
+    let max = max.max(1);
+    size.div_ceil(u64::from(in_flight.max(1)))
+        .max(MIN_DOWNLOAD_RANGE_BYTES.min(max))
+        .min(max)
+}
+
 fn checked_against_node(
     mount: &str,
     path: &str,
@@ -342,4 +352,25 @@ fn checked_against_node(
         });
     }
     Ok(Some(actual))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::range_size;
+
+    const MIB: u64 = 1024 * 1024;
+
+    #[test]
+    fn a_download_is_split_over_its_ranges_within_the_bounds() {
+        // Large: the mount's largest range.
+        assert_eq!(range_size(2048 * MIB, 64 * MIB, 5), 64 * MIB);
+        // Mid-size: split over the ranges in flight.
+        assert_eq!(range_size(100 * MIB, 64 * MIB, 5), 20 * MIB);
+        // Small: never below 8 MiB, so 12 MiB is one GET (under two ranges).
+        assert_eq!(range_size(12 * MIB, 64 * MIB, 5), 8 * MIB);
+        // A mount whose largest range is below 8 MiB keeps it.
+        assert_eq!(range_size(15 * MIB + 4321, 5 * MIB, 5), 5 * MIB);
+        // Degenerate settings do not divide by zero.
+        assert_eq!(range_size(10, 0, 0), 1);
+    }
 }

@@ -14,9 +14,10 @@ impl PgMetaStore {
                 kms_key_id, canned_acl, storage_class, multipart_threshold, part_size, part_concurrency,
                 verify_window_ms, checksum, enabled, multipart_failure_policy, copy_threshold,
                 settings_policy, credentials_source, credentials_profile, role_arn,
-                role_external_id, role_session_name, allow_insecure_http, verify)
+                role_external_id, role_session_name, allow_insecure_http, verify,
+                download_range_size, download_concurrency)
              VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13,$14,$15,$16,$17,$18,$19,$20,$21,$22,
-                $23,$24,$25,$26)
+                $23,$24,$25,$26,$27,$28)
              ON CONFLICT (name) DO UPDATE SET bucket = EXCLUDED.bucket, prefix = EXCLUDED.prefix,
                 region = EXCLUDED.region, endpoint = EXCLUDED.endpoint, path_style = EXCLUDED.path_style,
                 sse_mode = EXCLUDED.sse_mode, kms_key_id = EXCLUDED.kms_key_id,
@@ -31,6 +32,8 @@ impl PgMetaStore {
                 role_external_id = EXCLUDED.role_external_id,
                 role_session_name = EXCLUDED.role_session_name,
                 allow_insecure_http = EXCLUDED.allow_insecure_http, verify = EXCLUDED.verify,
+                download_range_size = EXCLUDED.download_range_size,
+                download_concurrency = EXCLUDED.download_concurrency,
                 updated_at = now()",
             &[
                 &r.name,
@@ -59,6 +62,8 @@ impl PgMetaStore {
                 &r.role_session_name,
                 &r.allow_insecure_http,
                 &r.verify,
+                &r.download_range_size,
+                &r.download_concurrency,
             ],
         )
         .await
@@ -74,7 +79,8 @@ impl PgMetaStore {
                         canned_acl, storage_class, multipart_threshold, part_size, part_concurrency,
                         verify_window_ms, checksum, enabled, multipart_failure_policy,
                         copy_threshold, settings_policy, credentials_source, credentials_profile,
-                        role_arn, role_external_id, role_session_name, allow_insecure_http, verify
+                        role_arn, role_external_id, role_session_name, allow_insecure_http, verify,
+                        download_range_size, download_concurrency
                  FROM backend_mounts ORDER BY name",
                 &[],
             )
@@ -96,6 +102,8 @@ impl PgMetaStore {
                 multipart_threshold: r.get("multipart_threshold"),
                 part_size: r.get("part_size"),
                 part_concurrency: r.get("part_concurrency"),
+                download_range_size: r.get("download_range_size"),
+                download_concurrency: r.get("download_concurrency"),
                 verify_window_ms: r.get("verify_window_ms"),
                 checksum: r.get("checksum"),
                 enabled: r.get("enabled"),
