@@ -296,32 +296,44 @@ async fn run_until_failpoint(env: &TestEnv, args: &[&str], armed: &str) {
     );
 }
 
+/// Puts `body` at `from/a.bin`, stops the env's executor (the child is then the only one on the
+/// schema until it dies) and runs the reference binary's `op` (`mv` or `cp`) of it to `to/b.bin`
+/// under the idempotency key `key`, until it aborts at the failpoint `point`.
+async fn transfer_killed_at(env: &TestEnv, body: &[u8], op: &str, key: &str, point: &str) {
+    env.exec
+        .put_bytes("m", "from/a.bin", body.to_vec(), PutOptions::default())
+        .await
+        .unwrap();
+    env.wait_stream(1).await;
+    env.exec.shutdown().await;
+    run_until_failpoint(
+        env,
+        &[op, "m", "from/a.bin", "to/b.bin", "--idempotency-key", key],
+        point,
+    )
+    .await;
+}
+
+/// Waits until recovery left no pending row, and asserts that the `op` row was committed.
+async fn assert_recovered(env: &TestEnv, op: &str) {
+    env.wait_no_pending(Duration::from_secs(15)).await;
+    let rows = env
+        .query(
+            "SELECT state, error FROM {schema}.journal WHERE op = $1",
+            &[&op],
+        )
+        .await;
+    let (state, error): (String, Option<String>) = (rows[0].get(0), rows[0].get(1));
+    assert_eq!(state, "committed", "{error:?}");
+}
+
 /// A move killed at `point` (after its copy, after the delete of its source, before its
 /// commit), then a restarted executor: exactly one destination node, the source gone, one `move`
 /// event, no pending row, and nothing copied again.
 pub async fn killed_move_is_finished_by_recovery(backend: Backend, point: &str, phase: &str) {
     let env = TestEnv::new(backend).await;
     let body: Vec<u8> = (0..150_000u32).map(|i| (i % 251) as u8).collect();
-    env.exec
-        .put_bytes("m", "from/a.bin", body.clone(), PutOptions::default())
-        .await
-        .unwrap();
-    env.wait_stream(1).await;
-    env.exec.shutdown().await; // the child is the only executor on this schema until it dies
-
-    run_until_failpoint(
-        &env,
-        &[
-            "mv",
-            "m",
-            "from/a.bin",
-            "to/b.bin",
-            "--idempotency-key",
-            "mv-crash",
-        ],
-        point,
-    )
-    .await;
+    transfer_killed_at(&env, &body, "mv", "mv-crash", point).await;
     let rows = env
         .query(
             "SELECT state, progress->>'phase' FROM {schema}.journal WHERE op = 'move'",
@@ -353,15 +365,7 @@ pub async fn killed_move_is_finished_by_recovery(backend: Backend, point: &str, 
         "{backend:?}: took the mount over from the dead child after {:?}",
         started.elapsed()
     );
-    env.wait_no_pending(Duration::from_secs(15)).await;
-    let rows = env
-        .query(
-            "SELECT state, error FROM {schema}.journal WHERE op = 'move'",
-            &[],
-        )
-        .await;
-    let (state, error): (String, Option<String>) = (rows[0].get(0), rows[0].get(1));
-    assert_eq!(state, "committed", "{error:?}");
+    assert_recovered(&env, "move").await;
     assert_eq!(
         exec.status("m").await.unwrap().copy_requests,
         0,
@@ -398,38 +402,12 @@ pub async fn killed_move_is_finished_by_recovery(backend: Backend, point: &str, 
 pub async fn killed_move_whose_copy_was_overwritten_copies_again(backend: Backend) {
     let env = TestEnv::new(backend).await;
     let body: Vec<u8> = (0..150_000u32).map(|i| (i % 239) as u8).collect();
-    env.exec
-        .put_bytes("m", "from/a.bin", body.clone(), PutOptions::default())
-        .await
-        .unwrap();
-    env.wait_stream(1).await;
-    env.exec.shutdown().await;
-    run_until_failpoint(
-        &env,
-        &[
-            "mv",
-            "m",
-            "from/a.bin",
-            "to/b.bin",
-            "--idempotency-key",
-            "mv-crash",
-        ],
-        "after_copied",
-    )
-    .await;
+    transfer_killed_at(&env, &body, "mv", "mv-crash", "after_copied").await;
     assert_eq!(env.object(&env.key("to/b.bin")).await.unwrap(), body);
     env.raw_put(&env.key("to/b.bin"), &body[..1000]).await;
 
     let exec = S3Executor::start(env.exec.config().clone()).await.unwrap();
-    env.wait_no_pending(Duration::from_secs(15)).await;
-    let rows = env
-        .query(
-            "SELECT state, error FROM {schema}.journal WHERE op = 'move'",
-            &[],
-        )
-        .await;
-    let (state, error): (String, Option<String>) = (rows[0].get(0), rows[0].get(1));
-    assert_eq!(state, "committed", "{error:?}");
+    assert_recovered(&env, "move").await;
     assert_eq!(
         exec.status("m").await.unwrap().copy_requests,
         1,
@@ -454,26 +432,7 @@ pub async fn killed_move_whose_copy_was_overwritten_copies_again(backend: Backen
 pub async fn killed_copy_is_committed_from_the_destination(backend: Backend) {
     let env = TestEnv::new(backend).await;
     let body: Vec<u8> = (0..150_000u32).map(|i| (i % 241) as u8).collect();
-    env.exec
-        .put_bytes("m", "from/a.bin", body.clone(), PutOptions::default())
-        .await
-        .unwrap();
-    env.wait_stream(1).await;
-    env.exec.shutdown().await;
-
-    run_until_failpoint(
-        &env,
-        &[
-            "cp",
-            "m",
-            "from/a.bin",
-            "to/b.bin",
-            "--idempotency-key",
-            "cp-crash",
-        ],
-        "before_commit",
-    )
-    .await;
+    transfer_killed_at(&env, &body, "cp", "cp-crash", "before_commit").await;
     let rows = env
         .query(
             "SELECT state, progress->>'phase' FROM {schema}.journal WHERE op = 'copy'",
@@ -493,15 +452,7 @@ pub async fn killed_copy_is_committed_from_the_destination(backend: Backend) {
     .await;
 
     let exec = S3Executor::start(env.exec.config().clone()).await.unwrap();
-    env.wait_no_pending(Duration::from_secs(15)).await;
-    let rows = env
-        .query(
-            "SELECT state, error FROM {schema}.journal WHERE op = 'copy'",
-            &[],
-        )
-        .await;
-    let (state, error): (String, Option<String>) = (rows[0].get(0), rows[0].get(1));
-    assert_eq!(state, "committed", "{error:?}");
+    assert_recovered(&env, "copy").await;
     assert_eq!(
         exec.status("m").await.unwrap().copy_requests,
         0,
