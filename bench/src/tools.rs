@@ -81,21 +81,20 @@ impl ToolEnv {
             )?;
             Ok(p)
         };
+        // The aws CLI's settings for a transfer at `n` in flight in pieces of `mib` MiB.
+        let matched = |n: usize, mib: u64| {
+            format!(
+                "  max_concurrent_requests = {n}\n  multipart_chunksize = {mib}MB\n  multipart_threshold = {mib}MB\n"
+            )
+        };
         Ok(ToolEnv {
             endpoint: endpoint.into(),
-            aws_matched: write(
-                "aws-matched.cfg",
-                &format!(
-                    "  max_concurrent_requests = {parts_in_flight}\n  multipart_chunksize = {part_mib}MB\n  multipart_threshold = {part_mib}MB\n"
-                ),
-            )?,
+            aws_matched: write("aws-matched.cfg", &matched(parts_in_flight, part_mib))?,
             aws_defaults: write("aws-defaults.cfg", "")?,
             aws_many: write("aws-many.cfg", "  max_concurrent_requests = 32\n")?,
             aws_matched_download: write(
                 "aws-matched-download.cfg",
-                &format!(
-                    "  max_concurrent_requests = {ranges_in_flight}\n  multipart_chunksize = {range_mib}MB\n  multipart_threshold = {range_mib}MB\n"
-                ),
+                &matched(ranges_in_flight, range_mib),
             )?,
             part_mib,
             parts_in_flight,
