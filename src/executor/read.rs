@@ -317,8 +317,6 @@ impl S3Executor {
     }
 }
 
-/// The whole object's SHA-256 checked against the one recorded in `nodes`: `Some(hex)` when it
-/// matches, `None` for an object Postgres does not track, `Error::ChecksumMismatch` otherwise.
 /// The smallest range a download is split into: below it a request costs more than the
 /// parallelism gains (AWS suggests 8–16 MiB ranges).
 const MIN_DOWNLOAD_RANGE_BYTES: u64 = 8 * 1024 * 1024;
@@ -333,6 +331,8 @@ fn range_size(size: u64, max: u64, in_flight: u32) -> u64 {
         .min(max)
 }
 
+/// The whole object's SHA-256 checked against the one recorded in `nodes`: `Some(hex)` when it
+/// matches, `None` for an object Postgres does not track, `Error::ChecksumMismatch` otherwise.
 fn checked_against_node(
     mount: &str,
     path: &str,
