@@ -240,7 +240,7 @@ fn row_strategy() -> impl Strategy<Value = MountRow> {
         3 => 0i64..=64 * 1024 * 1024,
         1 => any::<i64>(),
     ];
-    let edit = (0usize..20, text, number, any::<bool>());
+    let edit = (0usize..22, text, number, any::<bool>());
     prop::collection::vec(edit, 0..4).prop_map(|edits| {
         let mut r = MountRow::new("m-1", "bucket-1", "data");
         r.endpoint = Some("http://127.0.0.1:9000".into());
@@ -276,6 +276,8 @@ fn row_strategy() -> impl Strategy<Value = MountRow> {
                     });
                 }
                 18 => r.role_external_id = some,
+                19 => r.download_range_size = n,
+                20 => r.download_concurrency = n as i32,
                 _ => r.multipart_failure_policy = t,
             }
         }
@@ -295,6 +297,8 @@ fn row_property(r: &MountRow) -> bool {
             }
             assert!(spec.part_size >= 5 * 1024 * 1024 && spec.multipart_threshold >= 1);
             assert!((1..=64).contains(&spec.part_concurrency));
+            assert!(spec.download_range_size >= 1024 * 1024);
+            assert!((1..=64).contains(&spec.download_concurrency));
             let p = spec.keys.prefix();
             assert!(p.is_empty() || (p.ends_with('/') && FsPath::parse(&p[..p.len() - 1]).is_ok()));
             true
