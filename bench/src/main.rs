@@ -690,6 +690,7 @@ fn run(args: RunArgs) -> Result<()> {
             }
             tools::pgbench(&mut b, &tools, args.smoke);
             b.compare(w, "committer-group-commit-64", "pgbench-batched-ceiling");
+            b.compare(w, "pgbench-protocol-ceiling", "pgbench-batched-ceiling");
         }
         if wants("W4") {
             let w = "W4";
