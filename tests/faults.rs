@@ -500,6 +500,51 @@ async fn f12_flipped_byte_is_rejected_and_resent(backend: Backend) {
     env.cleanup().await;
 }
 
+/// A file's parts leave out their MD5 once the store has echoed a part's SHA-256 (so it verifies
+/// them); a later part whose answer does not echo it is still checked against the ETag the store
+/// answers, with the MD5 read again from the file — once, and right. On s3s-fs, which echoes no
+/// part checksum and answers a part's MD5 as its ETag: the proxy echoes part 1's checksum, as AWS
+/// S3 does, and part 2's answer comes as s3s-fs sends it. One part at a time, so that part 2 is
+/// hashed after part 1's answer came.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_part_answered_without_its_checksum_is_checked_by_its_md5_read_again() {
+    let (env, proxy) = behind_proxy(
+        17,
+        |r| {
+            multipart(r);
+            r.part_concurrency = 1;
+        },
+        common::fast_settings(),
+        |_| {},
+    )
+    .await;
+    proxy.add(Rule {
+        part: Some(1),
+        ..Rule::always(
+            Some(Op::UploadPart),
+            Fault::EchoRequestHeader("x-amz-checksum-sha256"),
+        )
+    });
+    let big = body(13 * MIB + 11, 4);
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("big");
+    std::fs::write(&file, &big).unwrap();
+    env.exec
+        .put_file("m", "big.bin", &file, key("big"))
+        .await
+        .unwrap();
+    assert_eq!(
+        (1..=3).map(|n| proxy.part_requests(n)).collect::<Vec<_>>(),
+        [1, 1, 1],
+        "no part sent again: part 2's MD5 matched its ETag"
+    );
+    assert_eq!(env.exec.status("m").await.unwrap().retries, 0);
+    let mut expected = Expected::new();
+    expected.insert(("m".into(), "big.bin".into()), sha256_hex(&big));
+    invariants::check(&env, &expected).await;
+    env.cleanup().await;
+}
+
 /// F16: the store rejects checksum headers. With the mount's default (`checksum = sha256`) a put
 /// fails with a clear, non-retryable error and nothing is written; with `checksum = none` the same
 /// store works.

@@ -221,8 +221,10 @@ pub enum PartBody {
         offset: u64,
         /// Bytes in the part.
         len: u64,
-        /// MD5 of those bytes.
-        md5: [u8; 16],
+        /// MD5 of those bytes, when it was computed with the part's SHA-256 (the store asked for
+        /// it: [`ObjectStore::wants_part_md5`]); `None` otherwise, and the store reads the range
+        /// again to compute it if it does need it after all.
+        md5: Option<[u8; 16]>,
     },
 }
 
@@ -312,6 +314,13 @@ pub trait ObjectStore: Send + Sync + 'static {
         metadata: &crate::model::UserMetadata,
         part_checksums: bool,
     ) -> Result<String, StoreError>;
+    /// Whether the next parts' MD5 will be needed to check the ETags the store answers
+    /// [`ObjectStore::upload_part`] with, so a file's part should compute it in the same pass as
+    /// its SHA-256. A store that verifies and echoes the parts' checksums says no once it has
+    /// shown that it does (the MD5 was the costliest of the part's hashes). The default: yes.
+    fn wants_part_md5(&self) -> bool {
+        true
+    }
     /// UploadPart, with the part's SHA-256 as checksum when the mount's policy says so.
     async fn upload_part(
         &self,

@@ -53,6 +53,12 @@ pub struct MemoryStore {
     deletes_out: AtomicU32,
     /// The most delete requests that were being answered at once.
     pub max_deletes_out: AtomicU32,
+    /// Answer [`ObjectStore::wants_part_md5`] with no, as a store that echoes checksums does.
+    pub part_md5_unwanted: std::sync::atomic::AtomicBool,
+    /// Parts sent from a file with their MD5.
+    pub file_parts_with_md5: AtomicU32,
+    /// Parts sent from a file without their MD5.
+    pub file_parts_without_md5: AtomicU32,
 }
 
 impl MemoryStore {
@@ -249,6 +255,10 @@ impl ObjectStore for MemoryStore {
         Ok(id)
     }
 
+    fn wants_part_md5(&self) -> bool {
+        !self.part_md5_unwanted.load(Ordering::SeqCst)
+    }
+
     async fn upload_part(
         &self,
         _key: &str,
@@ -257,6 +267,13 @@ impl ObjectStore for MemoryStore {
         body: PartBody,
         sha256: Sha256Digest,
     ) -> Result<UploadedPart, StoreError> {
+        if let PartBody::File { md5, .. } = &body {
+            match md5 {
+                Some(_) => &self.file_parts_with_md5,
+                None => &self.file_parts_without_md5,
+            }
+            .fetch_add(1, Ordering::SeqCst);
+        }
         let body = body
             .to_bytes()
             .map_err(|e| StoreError::new(StoreErrorKind::Rejected, e.to_string()))?;

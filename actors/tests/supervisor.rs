@@ -471,6 +471,47 @@ async fn multipart_upload_reports_ordered_progress_and_hashes_the_whole_object()
     assert_eq!(f.store.open_uploads(), 0);
 }
 
+/// A file's parts carry their MD5 (hashed with their SHA-256) while the store wants it, and not
+/// once it says it does not (a store that verifies and echoes the parts' checksums); the object
+/// is the file either way.
+#[actix_rt::test]
+async fn file_parts_leave_out_their_md5_when_the_store_does_not_want_it() {
+    let data: Vec<u8> = (0..(12 * 1024 * 1024 + 7))
+        .map(|i| (i % 241) as u8)
+        .collect();
+    let file = std::env::temp_dir().join(format!("fs3-md5-parts-{}", std::process::id()));
+    std::fs::write(&file, &data).unwrap();
+    let path = file.to_str().unwrap().to_owned();
+    let (size, mtime_ns) = filestore_s3_actors::multipart::file_identity(&path)
+        .await
+        .unwrap();
+    for unwanted in [false, true] {
+        let f = Fakes::default();
+        f.store.part_md5_unwanted.store(unwanted, Ordering::SeqCst);
+        let addr = start_with(&f, |_| {});
+        let r = addr
+            .send(filestore_s3_actors::commands::PutLargeObject {
+                source: filestore_s3_actors::model::UploadSource::File {
+                    path: path.clone(),
+                    size,
+                    mtime_ns,
+                },
+                size: Some(size),
+                reader: None,
+                ..large_put("from/file", Vec::new(), None)
+            })
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(r.node.unwrap().sha256, sha256_of(&data));
+        assert_eq!(f.store.get("pre/from/file").unwrap(), data);
+        let with = f.store.file_parts_with_md5.load(Ordering::SeqCst);
+        let without = f.store.file_parts_without_md5.load(Ordering::SeqCst);
+        assert_eq!((with, without), if unwanted { (0, 3) } else { (3, 0) });
+    }
+    std::fs::remove_file(&file).unwrap();
+}
+
 #[actix_rt::test]
 async fn failed_part_aborts_the_upload_by_default() {
     let f = Fakes::default();

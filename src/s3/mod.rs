@@ -3,6 +3,7 @@
 mod error;
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -246,6 +247,7 @@ impl ObjectStoreFactory for S3StoreFactory {
             acl: spec.canned_acl.clone(),
             storage_class: spec.storage_class.clone(),
             checksum: spec.checksum,
+            parts_echoed: AtomicBool::new(false),
         }))
     }
 }
@@ -258,6 +260,9 @@ pub struct S3Store {
     acl: Option<String>,
     storage_class: Option<String>,
     checksum: ChecksumPolicy,
+    /// Whether the last UploadPart answer echoed the SHA-256 sent with the part: the store
+    /// verifies the parts' checksums, so their MD5 is not needed ([`ObjectStore::wants_part_md5`]).
+    parts_echoed: AtomicBool,
 }
 
 /// Applies the mount's write options (SSE, KMS key, canned ACL, storage class) to a PutObject,
@@ -698,6 +703,12 @@ impl ObjectStore for S3Store {
         })
     }
 
+    /// Not under SSE-KMS (a part's ETag is then no MD5), nor while the store echoes the parts'
+    /// checksums (it verified them).
+    fn wants_part_md5(&self) -> bool {
+        !matches!(self.sse, Sse::Kms { .. }) && !self.parts_echoed.load(Ordering::Relaxed)
+    }
+
     async fn upload_part(
         &self,
         key: &str,
@@ -746,10 +757,21 @@ impl ObjectStore for S3Store {
             .map_err(classify)?;
         let echoed = self.checksum == ChecksumPolicy::Sha256
             && sha256_of_header(out.checksum_sha256()) == Some(sha256);
+        self.parts_echoed.store(echoed, Ordering::Relaxed);
         let md5 = async {
             match &body {
                 PartBody::Bytes(b) => md5_hex_of(b).await,
-                PartBody::File { md5, .. } => hex::encode(md5),
+                PartBody::File { md5: Some(md5), .. } => hex::encode(md5),
+                // Left out because the store had echoed the parts before, and this answer did
+                // not: the range is read again.
+                PartBody::File { md5: None, .. } => {
+                    let body = body.clone();
+                    match tokio::task::spawn_blocking(move || body.to_bytes()).await {
+                        Ok(Ok(bytes)) => md5_hex_of(&bytes).await,
+                        Ok(Err(e)) => format!("unknown (the part could not be read again: {e})"),
+                        Err(e) => format!("unknown ({e})"),
+                    }
+                }
             }
         };
         self.check_md5_etag(&unquote(out.e_tag()), size, echoed, md5)

@@ -94,6 +94,8 @@ pub enum Fault {
     StallBodyAfter(usize),
     /// Forward, then remove this header from the answer (a store that does not echo it).
     StripResponseHeader(&'static str),
+    /// Forward, then copy this header of the request into the answer (a store that echoes it).
+    EchoRequestHeader(&'static str),
 }
 
 /// A fault, the requests it applies to, how likely and how often.
@@ -372,8 +374,16 @@ async fn handle_whole(
         bytes = Bytes::from(v);
     }
     let mut response = forward(&upstream, &parts, bytes).await?;
-    if let Some(Fault::StripResponseHeader(name)) = &fault {
-        response.headers_mut().remove(*name);
+    match &fault {
+        Some(Fault::StripResponseHeader(name)) => {
+            response.headers_mut().remove(*name);
+        }
+        Some(Fault::EchoRequestHeader(name)) => {
+            if let Some(v) = parts.headers.get(*name) {
+                response.headers_mut().insert(*name, v.clone());
+            }
+        }
+        _ => {}
     }
     if response.status().is_success()
         && matches!(

@@ -15,7 +15,7 @@ use crate::digest::Sha256Digest;
 /// Size of each buffer a hashing pass reads through.
 const HASH_BUFFER: usize = 512 << 10;
 
-/// Buffers circulating between the reading thread and the MD5 thread.
+/// Buffers circulating between the reading thread and the second hashing thread.
 const HASH_BUFFERS: usize = 3;
 
 /// The buffers of an upload's hashing passes, kept from one part to the next (allocating them
@@ -28,41 +28,54 @@ pub(super) struct HashedRange {
     pub len: u64,
     /// SHA-256 of the part.
     pub sha256: Sha256Digest,
-    /// MD5 of the part, for stores that neither verify nor echo the part's checksum: their ETag
-    /// of a part is its MD5.
-    pub md5: [u8; 16],
+    /// MD5 of the part, when asked for: for stores that neither verify nor echo the part's
+    /// checksum, whose ETag of a part is its MD5.
+    pub md5: Option<[u8; 16]>,
 }
 
 /// Reads up to `max` bytes of `path` from `offset`, feeding them to `whole` (the whole object's
-/// SHA-256, in order) and hashing the part. Blocking: run it on a blocking thread.
+/// SHA-256, in order) and hashing the part (its SHA-256, and its MD5 if `want_md5`). Blocking:
+/// run it on a blocking thread.
 ///
-/// The file is read once. The calling thread reads and computes both SHA-256s; the MD5 — the
-/// slowest of the three — runs on a second thread over the same buffers, so the pass is bound by
-/// the slower of the two halves instead of by their sum (all three on one thread were what
-/// limited a file upload's rate on loopback: docs/benchmarks.md).
+/// The file is read once, by the calling thread, which also computes the whole object's SHA-256.
+/// A second thread hashes the same buffers: the MD5 when it is wanted — the slowest of the three,
+/// so the part's SHA-256 then stays on the reading thread — and otherwise the part's SHA-256. The
+/// pass is bound by the slower of the two threads instead of by the sum of the hashes (all three
+/// on one thread were what limited a file upload's rate on loopback: docs/benchmarks.md).
 pub(super) fn hash_range(
     path: &Path,
     offset: u64,
     max: u64,
     whole: &mut Sha256,
     pool: &mut HashBuffers,
+    want_md5: bool,
 ) -> std::io::Result<HashedRange> {
     let mut f = std::fs::File::open(path)?;
     f.seek(SeekFrom::Start(offset))?;
     let mut f = f.take(max);
-    let mut part = Sha256::new();
+    // The part's SHA-256 on the reading thread only while the second thread computes the MD5.
+    let mut part_here = want_md5.then(Sha256::new);
     let mut len = 0u64;
     let (filled_tx, filled_rx) = mpsc::sync_channel::<(Vec<u8>, usize)>(HASH_BUFFERS);
     let (free_tx, free_rx) = mpsc::sync_channel::<Vec<u8>>(HASH_BUFFERS);
     std::thread::scope(|s| {
-        let md5 = s.spawn(move || {
-            let mut md5 = md5::Md5::new();
+        let second = s.spawn(move || {
+            let mut md5 = want_md5.then(md5::Md5::new);
+            let mut part = (!want_md5).then(Sha256::new);
             for (buf, n) in filled_rx {
-                md5.update(&buf[..n]);
+                if let Some(m) = md5.as_mut() {
+                    m.update(&buf[..n]);
+                }
+                if let Some(p) = part.as_mut() {
+                    p.update(&buf[..n]);
+                }
                 // The reader may have stopped (an error): nothing waits for the buffer then.
                 let _ = free_tx.send(buf);
             }
-            <[u8; 16]>::from(md5.finalize())
+            (
+                md5.map(|m| <[u8; 16]>::from(m.finalize())),
+                part.map(Sha256Digest::finish),
+            )
         });
         let mut unused = HASH_BUFFERS;
         let read = loop {
@@ -72,7 +85,7 @@ pub(super) fn hash_range(
             } else {
                 match free_rx.recv() {
                     Ok(buf) => buf,
-                    // The MD5 thread is gone: its join below reports why.
+                    // The second thread is gone: its join below reports why.
                     Err(_) => break Ok(()),
                 }
             };
@@ -85,23 +98,25 @@ pub(super) fn hash_range(
                 Err(e) => break Err(e),
             };
             whole.update(&buf[..n]);
-            part.update(&buf[..n]);
+            if let Some(p) = part_here.as_mut() {
+                p.update(&buf[..n]);
+            }
             len += n as u64;
             if filled_tx.send((buf, n)).is_err() {
                 break Ok(());
             }
         };
         drop(filled_tx);
-        let md5 = md5
+        let (md5, part_there) = second
             .join()
-            .map_err(|_| std::io::Error::other("the MD5 thread panicked"))?;
+            .map_err(|_| std::io::Error::other("the second hashing thread panicked"))?;
         pool.extend(free_rx.try_iter());
         read?;
-        Ok(HashedRange {
-            len,
-            sha256: Sha256Digest::finish(part),
-            md5,
-        })
+        let sha256 = part_here
+            .map(Sha256Digest::finish)
+            .or(part_there)
+            .expect("one of the two threads hashes the part");
+        Ok(HashedRange { len, sha256, md5 })
     })
 }
 
@@ -124,40 +139,49 @@ mod tests {
         let path = std::env::temp_dir().join(format!("fs3-hash-range-{}", std::process::id()));
         let data: Vec<u8> = (0..3_000_000u32).map(|i| (i % 251) as u8).collect();
         std::fs::write(&path, &data).unwrap();
-        let mut whole = Sha256::new();
-        let mut pool = HashBuffers::new();
-        let mut at = 0u64;
-        let mut lens = Vec::new();
-        loop {
-            let r = hash_range(&path, at, 1_200_000, &mut whole, &mut pool).unwrap();
-            if r.len == 0 {
-                break;
+        // With the MD5 (the part's SHA-256 on the reading thread) and without it (the part's
+        // SHA-256 on the second thread): the same parts and digests, and the MD5 only if asked.
+        for want_md5 in [true, false] {
+            let mut whole = Sha256::new();
+            let mut pool = HashBuffers::new();
+            let mut at = 0u64;
+            let mut lens = Vec::new();
+            loop {
+                let r = hash_range(&path, at, 1_200_000, &mut whole, &mut pool, want_md5).unwrap();
+                if r.len == 0 {
+                    break;
+                }
+                let bytes = &data[at as usize..(at + r.len) as usize];
+                assert_eq!(r.sha256, Sha256Digest::of(bytes));
+                assert_eq!(
+                    r.md5,
+                    want_md5.then(|| <[u8; 16]>::from(md5::Md5::digest(bytes)))
+                );
+                lens.push(r.len);
+                at += r.len;
             }
-            let bytes = &data[at as usize..(at + r.len) as usize];
-            assert_eq!(r.sha256, Sha256Digest::of(bytes));
-            assert_eq!(r.md5, <[u8; 16]>::from(md5::Md5::digest(bytes)));
-            lens.push(r.len);
-            at += r.len;
+            assert_eq!(lens, [1_200_000, 1_200_000, 600_000]);
+            assert_eq!(
+                pool.len(),
+                HASH_BUFFERS,
+                "every buffer is kept for the next part"
+            );
+            assert_eq!(Sha256Digest::finish(whole), Sha256Digest::of(&data));
         }
-        assert_eq!(lens, [1_200_000, 1_200_000, 600_000]);
-        assert_eq!(
-            pool.len(),
-            HASH_BUFFERS,
-            "every buffer is kept for the next part"
-        );
-        assert_eq!(Sha256Digest::finish(whole), Sha256Digest::of(&data));
         std::fs::remove_file(&path).unwrap();
     }
 
     #[test]
     fn a_read_error_is_returned_not_waited_on() {
         // A directory opens and seeks but every read fails (EISDIR): the pass ends with that
-        // error, the MD5 thread stopped, instead of waiting for a buffer that never comes back.
+        // error, the second thread stopped, instead of waiting for a buffer that never comes back.
         let dir = std::env::temp_dir();
         let mut pool = HashBuffers::new();
-        let err = hash_range(&dir, 0, 1 << 20, &mut Sha256::new(), &mut pool)
-            .err()
-            .expect("reading a directory fails");
-        assert_eq!(err.raw_os_error(), Some(21), "{err}");
+        for want_md5 in [true, false] {
+            let err = hash_range(&dir, 0, 1 << 20, &mut Sha256::new(), &mut pool, want_md5)
+                .err()
+                .expect("reading a directory fails");
+            assert_eq!(err.raw_os_error(), Some(21), "{err}");
+        }
     }
 }

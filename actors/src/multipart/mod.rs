@@ -685,8 +685,13 @@ async fn upload_parts(
                 if let Some(path) = &file {
                     let p = path.clone();
                     let mut pool = std::mem::take(&mut buffers);
+                    // Asked before each part: once a part's answer showed that the store
+                    // verifies and echoes the checksums, the MD5 is left out.
+                    let want_md5 = deps.store.wants_part_md5();
                     let (h, pool, hashed) = tokio::task::spawn_blocking(move || {
-                        let r = file_part::hash_range(&p, offset, part_size, &mut h, &mut pool);
+                        let r = file_part::hash_range(
+                            &p, offset, part_size, &mut h, &mut pool, want_md5,
+                        );
                         (h, pool, r)
                     })
                     .await
