@@ -82,6 +82,23 @@ command -v redis-server >/dev/null || apt_install redis-server
 # 5.2.5 fixes that (its ListParts root is still off, see docs/filestore.md).
 moto_version=5.2.5
 moto=${FILESTORE_TEST_MOTO_ENDPOINT:-http://127.0.0.1:5055}
+# An open port is not enough: a moto_server started from a checkout that was removed since (its
+# venv with it) still listens but answers 500 to everything. Ours is stopped and started again.
+moto_answers() {
+  python3 -c 'import sys, urllib.request; urllib.request.urlopen(sys.argv[1] + "/", timeout=10)' \
+    "$moto" >/dev/null 2>&1
+}
+if [ -z "${FILESTORE_TEST_MOTO_ENDPOINT:-}" ] && port_open 127.0.0.1 5055 && ! moto_answers; then
+  stale=$(pgrep -f 'moto_server -H 127.0.0.1 -p 5055' || true)
+  if [ -n "$stale" ]; then
+    log "moto_server on 127.0.0.1:5055 answers with errors: stopping it (pid $stale) to start it again"
+    kill $stale 2>/dev/null || true
+    for _ in $(seq 1 20); do port_open 127.0.0.1 5055 || break; sleep 0.5; done
+  else
+    log "something on 127.0.0.1:5055 answers with errors and is not a moto_server started here"
+    exit 1
+  fi
+fi
 if [ -z "${FILESTORE_TEST_MOTO_ENDPOINT:-}" ] && ! port_open 127.0.0.1 5055; then
   venv="$root/.dev/moto-venv"
   if ! "$venv/bin/moto_server" --help >/dev/null 2>&1 \
