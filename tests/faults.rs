@@ -43,6 +43,20 @@ async fn behind_proxy(
     (env, proxy)
 }
 
+/// Puts `len` bytes of `body(len, seed)` from a file at `m/big.bin` (idempotency key `big`) and
+/// returns them.
+async fn put_big_file(env: &TestEnv, len: usize, seed: u8) -> Vec<u8> {
+    let big = body(len, seed);
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("big");
+    std::fs::write(&file, &big).unwrap();
+    env.exec
+        .put_file("m", "big.bin", &file, key("big"))
+        .await
+        .unwrap();
+    big
+}
+
 fn key(k: &str) -> PutOptions {
     PutOptions {
         idempotency_key: Some(k.into()),
@@ -149,14 +163,7 @@ async fn f06_ten_percent_slowdown_every_operation_succeeds() {
             .unwrap();
         expected.insert(("m".into(), format!("s/{i}")), sha256_hex(&b));
     }
-    let big = body(16 * MIB + 5, 9);
-    let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join("big");
-    std::fs::write(&file, &big).unwrap();
-    env.exec
-        .put_file("m", "big.bin", &file, key("big"))
-        .await
-        .unwrap();
+    let big = put_big_file(&env, 16 * MIB + 5, 9).await;
     env.exec
         .copy("m", "s/1", "m", "copy/1", TransferOptions::default())
         .await
@@ -525,14 +532,7 @@ async fn a_part_answered_without_its_checksum_is_checked_by_its_md5_read_again()
             Fault::EchoRequestHeader("x-amz-checksum-sha256"),
         )
     });
-    let big = body(13 * MIB + 11, 4);
-    let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join("big");
-    std::fs::write(&file, &big).unwrap();
-    env.exec
-        .put_file("m", "big.bin", &file, key("big"))
-        .await
-        .unwrap();
+    let big = put_big_file(&env, 13 * MIB + 11, 4).await;
     assert_eq!(
         (1..=3).map(|n| proxy.part_requests(n)).collect::<Vec<_>>(),
         [1, 1, 1],
