@@ -766,8 +766,10 @@ impl ObjectStore for S3Store {
                 // not: the range is read again.
                 PartBody::File { md5: None, .. } => {
                     let body = body.clone();
-                    match tokio::task::spawn_blocking(move || body.to_bytes()).await {
-                        Ok(Ok(bytes)) => md5_hex_of(&bytes).await,
+                    match tokio::task::spawn_blocking(move || body.to_bytes().map(|b| md5_hex(&b)))
+                        .await
+                    {
+                        Ok(Ok(hex)) => hex,
                         Ok(Err(e)) => format!("unknown (the part could not be read again: {e})"),
                         Err(e) => format!("unknown ({e})"),
                     }
