@@ -50,6 +50,10 @@ pub struct ExecutorConfig {
     /// Take no mount's lease: serve reads, the change feed and health only (a watcher's
     /// executor); mutating calls are refused.
     pub passive: bool,
+    /// Take the leases of these mounts only (`None`, the default: every enabled mount); the
+    /// others are served as by a passive executor (reads only). A one-shot command that changes one
+    /// mount takes that mount's lease and leaves the rest to their owners.
+    pub leased_mounts: Option<std::collections::BTreeSet<String>>,
     /// Period of the fallback reload of `backend_mounts`.
     pub mount_reload_interval: Duration,
     /// How long `shutdown` lets running operations finish before it gives up on them (they stay
@@ -86,6 +90,7 @@ impl std::fmt::Debug for ExecutorConfig {
             .field("owner_id", &self.owner_id)
             .field("watch_mounts", &self.watch_mounts)
             .field("passive", &self.passive)
+            .field("leased_mounts", &self.leased_mounts)
             .field("mount_reload_interval", &self.mount_reload_interval)
             .field("shutdown_deadline", &self.shutdown_deadline)
             .finish()
@@ -107,6 +112,7 @@ impl Default for ExecutorConfig {
             owner_id: default_owner_id(),
             watch_mounts: true,
             passive: false,
+            leased_mounts: None,
             mount_reload_interval: Duration::from_secs(30),
             shutdown_deadline: SHUTDOWN_DRAIN_DEADLINE,
         }

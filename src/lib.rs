@@ -11,6 +11,7 @@
 pub mod config;
 mod executor;
 pub mod http;
+pub mod liveness;
 pub mod pg;
 pub mod redact;
 pub mod redis;

@@ -29,12 +29,31 @@ struct Killed {
 
 /// Runs `filestore-s3 put` on `file` and SIGKILLs it once `kill_after` parts are done.
 async fn put_and_kill(env: &TestEnv, file: &std::path::Path, kill_after: u32) -> Killed {
+    put_and_kill_with(
+        env,
+        file,
+        kill_after,
+        &["--idempotency-key", "crash-1"],
+        &[("FILESTORE_LEASE_TTL_MS", "2000")],
+    )
+    .await
+}
+
+/// [`put_and_kill`] with other arguments and environment.
+async fn put_and_kill_with(
+    env: &TestEnv,
+    file: &std::path::Path,
+    kill_after: u32,
+    args: &[&str],
+    vars: &[(&str, &str)],
+) -> Killed {
     let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_filestore-s3"))
         .args(["put", "m", "crash/big.bin"])
         .arg(file)
-        .args(["--idempotency-key", "crash-1", "--progress-json"])
+        .args(args)
+        .arg("--progress-json")
         .envs(env.child_vars())
-        .env("FILESTORE_LEASE_TTL_MS", "2000")
+        .envs(vars.iter().copied())
         .stdout(std::process::Stdio::piped())
         .kill_on_drop(true)
         .spawn()
@@ -343,24 +362,18 @@ pub async fn killed_move_is_finished_by_recovery(backend: Backend, point: &str, 
     assert_eq!(rows[0].get::<_, String>(0), "pending");
     assert_eq!(rows[0].get::<_, Option<String>>(1).as_deref(), Some(phase));
 
-    // The dead child still holds the mount's lease (2 s); the new executor takes the mount over
-    // once it expires, within the lease plus one look (a third of its own lease), and only then
-    // recovers the move.
+    // The dead child's lease (2 s) has not run out, but its process is provably gone (this
+    // machine, this boot, no such process): the new executor breaks the lease at its first look,
+    // at start, and only then recovers the move.
     let exec = S3Executor::start(env.exec.config().clone()).await.unwrap();
     let started = std::time::Instant::now();
-    match exec.status("m").await.unwrap().lease {
-        filestore_s3::actors::commands::LeaseStatus::HeldBy { owner, .. } => {
-            assert_eq!(owner, "crashed-child")
-        }
-        other => panic!("the dead child's lease should still hold: {other:?}"),
-    }
-    while !matches!(
-        exec.status("m").await.unwrap().lease,
-        filestore_s3::actors::commands::LeaseStatus::Owned { .. }
-    ) {
-        assert!(started.elapsed() < Duration::from_secs(10), "no takeover");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    assert!(
+        matches!(
+            exec.status("m").await.unwrap().lease,
+            filestore_s3::actors::commands::LeaseStatus::Owned { .. }
+        ),
+        "the dead child's lease is taken over at start"
+    );
     eprintln!(
         "{backend:?}: took the mount over from the dead child after {:?}",
         started.elapsed()
@@ -516,6 +529,327 @@ pub async fn killed_after_complete_is_committed_without_upload(backend: Backend)
     env.cleanup().await;
 }
 
+/// Runs the reference binary with `args` and the extra `vars` to its end.
+async fn cli(env: &TestEnv, args: &[&str], vars: &[(&str, &str)]) -> std::process::Output {
+    tokio::process::Command::new(env!("CARGO_BIN_EXE_filestore-s3"))
+        .args(args)
+        .envs(env.child_vars())
+        .envs(vars.iter().copied())
+        .kill_on_drop(true)
+        .output()
+        .await
+        .expect("reference binary runs")
+}
+
+/// Starts the reference binary; its stderr lines are collected as they come.
+fn spawn_cli(
+    env: &TestEnv,
+    args: &[&str],
+    vars: &[(&str, &str)],
+) -> (
+    tokio::process::Child,
+    std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+) {
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_filestore-s3"))
+        .args(args)
+        .envs(env.child_vars())
+        .envs(vars.iter().copied())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("reference binary starts");
+    let log = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let sink = log.clone();
+    tokio::spawn(async move {
+        while let Ok(Some(line)) = lines.next_line().await {
+            sink.lock().unwrap().push(line);
+        }
+    });
+    (child, log)
+}
+
+async fn wait_for_line(log: &std::sync::Mutex<Vec<String>>, needle: &str) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while !log.lock().unwrap().iter().any(|l| l.contains(needle)) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no '{needle}' in {:?}",
+            log.lock().unwrap()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn stderr_of(out: &std::process::Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// Whether the mount's lease has been given back (expired now), and its holder.
+async fn lease_released(env: &TestEnv) -> (bool, String) {
+    let rows = env
+        .query(
+            "SELECT expires_at <= now(), owner FROM {schema}.mount_leases WHERE mount = 'm'",
+            &[],
+        )
+        .await;
+    (rows[0].get(0), rows[0].get(1))
+}
+
+/// Every refused command of the reference binary gives the mount's lease back before it exits,
+/// so the next command, run at once and refusing to wait, finds the mount free.
+pub async fn refused_commands_give_the_mount_back(backend: Backend) {
+    let env = TestEnv::new(backend).await;
+    env.exec.shutdown().await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("ok.txt");
+    std::fs::write(&file, b"fine\n").unwrap();
+    let missing = dir.path().join("missing.txt");
+    let (f, missing) = (file.to_str().unwrap(), missing.to_str().unwrap());
+    let refused: [&[&str]; 6] = [
+        &["put", "m", "../escape", f],
+        &["put", "m", "ok.txt", missing],
+        &["put", "m", "ok.txt", f, "--idempotency-key", "bad\u{7}key"],
+        &["rm", "m", "../b"],
+        &["cp", "m", "nothing.txt", "copy.txt"],
+        &["mv", "m", "nothing.txt", "moved.txt"],
+    ];
+    for (i, args) in refused.iter().enumerate() {
+        let out = cli(&env, args, &[]).await;
+        assert!(!out.status.success(), "{args:?} should be refused");
+        let (released, owner) = lease_released(&env).await;
+        assert!(
+            released,
+            "{args:?} exited with the lease still held by '{owner}': {}",
+            stderr_of(&out)
+        );
+        let path = format!("ok-{i}.txt");
+        let out = cli(&env, &["--no-wait", "put", "m", &path, f], &[]).await;
+        assert!(out.status.success(), "after {args:?}: {}", stderr_of(&out));
+        assert!(lease_released(&env).await.0, "a put that succeeded");
+    }
+    let rows = env
+        .query(
+            "SELECT count(*), count(*) FILTER (WHERE state = 'committed') FROM {schema}.journal",
+            &[],
+        )
+        .await;
+    let (all, committed): (i64, i64) = (rows[0].get(0), rows[0].get(1));
+    assert_eq!(
+        (all, committed),
+        (6, 6),
+        "refused calls leave no journal row"
+    );
+    for i in 0..refused.len() {
+        let key = env.key(&format!("ok-{i}.txt"));
+        assert_eq!(env.object(&key).await.as_deref(), Some(&b"fine\n"[..]));
+    }
+    for gone in ["copy.txt", "moved.txt", "ok.txt"] {
+        assert!(env.object(&env.key(gone)).await.is_none(), "{gone}");
+    }
+    env.cleanup().await;
+}
+
+/// A put SIGKILLed mid-upload and sent again at once, as the same command (no idempotency key
+/// given: the command remembered its own): the new process breaks the dead process's lease
+/// without waiting for it to expire, joins the upload recovery resumes (same upload id), and
+/// reports progress from the parts already recorded on.
+pub async fn killed_put_sent_again_resumes_at_once(backend: Backend) {
+    let env = TestEnv::with_mount(backend, crash_mount).await;
+    env.exec.shutdown().await;
+    let dir = tempfile::tempdir().unwrap();
+    let size = 12 * PART + 4321;
+    let (file, body) = write_source(dir.path(), size);
+    let killed = put_and_kill_with(&env, &file, 3, &[], &[]).await;
+    let rows = env
+        .query(
+            "SELECT epoch, expires_at FROM {schema}.mount_leases WHERE mount = 'm'",
+            &[],
+        )
+        .await;
+    let (dead_epoch, dead_until): (i64, chrono::DateTime<chrono::Utc>) =
+        (rows[0].get(0), rows[0].get(1));
+
+    // The same command again at once (--progress-json, as the first run had it), refusing to
+    // wait for the lease.
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_filestore-s3"))
+        .args(["--no-wait", "put", "m", "crash/big.bin"])
+        .arg(&file)
+        .arg("--progress-json")
+        .envs(env.child_vars())
+        .kill_on_drop(true)
+        .output()
+        .await
+        .unwrap();
+    let stderr = stderr_of(&out);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("continuing the same put"), "{stderr}");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let progress: Vec<UploadProgress> = stdout
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect();
+    let first = progress.first().expect("the resumed put reports progress");
+    assert_eq!(first.upload_id, killed.upload_id, "the same upload");
+    assert!(
+        first.bytes_done >= killed.bytes_done,
+        "progress starts from the recorded parts: {first:?}, killed at {} bytes",
+        killed.bytes_done
+    );
+    assert!(
+        progress.iter().all(|p| p.parts_done >= killed.parts_done),
+        "progress never goes below the recorded parts"
+    );
+    let last = progress.last().unwrap();
+    assert!(last.finished);
+    assert_eq!((last.bytes_done, last.parts_done), (size, 13));
+    assert!(
+        last.bytes_sent <= size - killed.bytes_done + CONCURRENCY * PART,
+        "sent {} bytes again",
+        last.bytes_sent
+    );
+    let result: serde_json::Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
+    assert!(result["result"]["journal_id"].is_i64(), "{result}");
+
+    // The dead owner's lease was broken before it expired, not waited out.
+    let rows = env
+        .query(
+            "SELECT epoch, acquired_at FROM {schema}.mount_leases WHERE mount = 'm'",
+            &[],
+        )
+        .await;
+    let (epoch, acquired): (i64, chrono::DateTime<chrono::Utc>) = (rows[0].get(0), rows[0].get(1));
+    assert_eq!(epoch, dead_epoch + 1);
+    assert!(
+        acquired < dead_until,
+        "taken at {acquired}, the dead owner's lease ran until {dead_until}"
+    );
+    let rows = env
+        .query(
+            "SELECT state, committed_epoch, error FROM {schema}.journal",
+            &[],
+        )
+        .await;
+    assert_eq!(
+        rows.len(),
+        1,
+        "one operation, not a second one behind the first"
+    );
+    assert_eq!(
+        rows[0].get::<_, String>(0),
+        "committed",
+        "{:?}",
+        rows[0].get::<_, Option<String>>(2)
+    );
+    assert_eq!(rows[0].get::<_, Option<i64>>(1), Some(epoch));
+    assert_eq!(
+        env.uploads().await,
+        vec![(killed.upload_id.clone(), "completed".to_string())]
+    );
+    let stored = env.object(&env.key("crash/big.bin")).await.unwrap();
+    assert_eq!(sha256_hex(&stored), sha256_hex(&body));
+    env.cleanup().await;
+}
+
+/// An owner that may be alive is waited for, never broken: a command gives up after its wait
+/// (saying whose lease and why) or refuses at once with --no-wait, and proceeds when the owner
+/// gives the lease back; a stopped (SIGSTOP) owner is alive too; once it is killed, the next
+/// command takes the mount at once and recovers its pending put.
+pub async fn a_live_owner_is_waited_for(backend: Backend) {
+    let env = TestEnv::new(backend).await;
+    env.exec.shutdown().await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("small.txt");
+    std::fs::write(&file, b"small\n").unwrap();
+    let f = file.to_str().unwrap();
+    let fp = filestore_s3::actors::failpoint::FAILPOINTS_ENV;
+
+    // A holds the mount, alive: its put sleeps 8 s before its commit.
+    let (mut a, a_log) = spawn_cli(
+        &env,
+        &["put", "m", "a.txt", f],
+        &[(fp, "before_commit=sleep:8000")],
+    );
+    wait_for_line(&a_log, "failpoint before_commit").await;
+    let out = cli(&env, &["--lease-wait", "1", "put", "m", "b.txt", f], &[]).await;
+    let stderr = stderr_of(&out);
+    assert!(!out.status.success(), "{stderr}");
+    for said in ["waiting up to 1 s", "gave up", "is alive on this machine"] {
+        assert!(stderr.contains(said), "no '{said}' in: {stderr}");
+    }
+    let out = cli(&env, &["--no-wait", "put", "m", "b.txt", f], &[]).await;
+    assert!(!out.status.success());
+    assert!(
+        stderr_of(&out).contains("not waiting"),
+        "{}",
+        stderr_of(&out)
+    );
+    // C waits and proceeds once A has committed and given the lease back.
+    let out = cli(&env, &["put", "m", "c.txt", f], &[]).await;
+    let stderr = stderr_of(&out);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("waiting up to 20 s"), "{stderr}");
+    assert!(stderr.contains("lease taken after"), "{stderr}");
+    assert!(
+        a.wait().await.unwrap().success(),
+        "{:?}",
+        a_log.lock().unwrap()
+    );
+
+    // D holds the mount and is stopped: alive, so it is waited for, not broken.
+    let (mut d, d_log) = spawn_cli(
+        &env,
+        &["put", "m", "d.txt", f],
+        &[(fp, "before_commit=pause")],
+    );
+    wait_for_line(&d_log, "failpoint before_commit").await;
+    let pid = d.id().unwrap().to_string();
+    assert!(std::process::Command::new("kill")
+        .args(["-STOP", &pid])
+        .status()
+        .unwrap()
+        .success());
+    let out = cli(&env, &["--lease-wait", "1", "put", "m", "e.txt", f], &[]).await;
+    let stderr = stderr_of(&out);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(stderr.contains("stopped"), "{stderr}");
+    // D killed: provably dead. The next command takes the mount at once, and its recovery
+    // commits D's put (its object was written and verified before D stopped).
+    d.start_kill().unwrap();
+    d.wait().await.unwrap();
+    let out = cli(&env, &["--no-wait", "put", "m", "e.txt", f], &[]).await;
+    assert!(out.status.success(), "{}", stderr_of(&out));
+
+    let rows = env
+        .query(
+            "SELECT path, state FROM {schema}.journal ORDER BY path",
+            &[],
+        )
+        .await;
+    let seen: Vec<(String, String)> = rows.iter().map(|r| (r.get(0), r.get(1))).collect();
+    let committed = |p: &str| (p.to_string(), "committed".to_string());
+    assert_eq!(
+        seen,
+        vec![
+            committed("a.txt"),
+            committed("c.txt"),
+            committed("d.txt"),
+            committed("e.txt")
+        ],
+        "b.txt was refused before any intent; every other put committed"
+    );
+    for p in ["a.txt", "c.txt", "d.txt", "e.txt"] {
+        assert_eq!(
+            env.object(&env.key(p)).await.as_deref(),
+            Some(&b"small\n"[..]),
+            "{p}"
+        );
+    }
+    assert!(env.object(&env.key("b.txt")).await.is_none());
+    env.cleanup().await;
+}
+
 macro_rules! crash_suite {
     ($module:ident, $backend:expr $(, $attr:meta)?) => {
         mod $module {
@@ -601,3 +935,25 @@ crash_suite!(
     Backend::External,
     ignore = "needs FILESTORE_TEST_S3_* (see docs/testing.md)"
 );
+
+/// The reference binary after an error or a crash (the lease and the CLI do not depend on the
+/// store; one server is enough).
+mod cli_after_errors {
+    use super::*;
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn refused_commands_give_the_mount_back() {
+        super::refused_commands_give_the_mount_back(Backend::S3sFs).await
+    }
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn killed_put_sent_again_resumes_at_once() {
+        super::killed_put_sent_again_resumes_at_once(Backend::S3sFs).await
+    }
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    #[cfg_attr(
+        not(feature = "failpoints"),
+        ignore = "needs --features failpoints (scripts/test.sh enables it)"
+    )]
+    async fn a_live_owner_is_waited_for() {
+        super::a_live_owner_is_waited_for(Backend::S3sFs).await
+    }
+}

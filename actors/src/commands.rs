@@ -193,6 +193,12 @@ pub struct TransferObject {
     pub idempotency_key: Option<String>,
 }
 
+/// Look at the mount's lease now rather than at the next periodic look (a caller waiting to run
+/// a mutating call on a mount another executor holds). A signal: `do_send`.
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub struct LookAtLease;
+
 /// Relay the mount's outbox now (a commit elsewhere wrote events for it). A signal: `do_send`.
 #[derive(Debug, Message)]
 #[rtype(result = "()")]

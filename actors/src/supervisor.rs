@@ -10,8 +10,8 @@ use tokio::sync::oneshot;
 use uuid::Uuid;
 
 use crate::commands::{
-    DeleteObject, GetStatus, LeaseStatus, ListObjects, OpenObject, PutLargeObject, PutObject,
-    RelayOutbox, RetireMount, StatObject, SupervisorStatus, TransferObject,
+    DeleteObject, GetStatus, LeaseStatus, ListObjects, LookAtLease, OpenObject, PutLargeObject,
+    PutObject, RelayOutbox, RetireMount, StatObject, SupervisorStatus, TransferObject,
 };
 use crate::committer::CommitterActor;
 use crate::digest::Sha256Digest;
@@ -22,6 +22,7 @@ use crate::model::{
     Fence, JournalEntry, LeaseState, ListEntry, ListPage, Node, OpKind, OpRequest, OpResult, Stat,
 };
 use crate::mount::MountSpec;
+use crate::multipart::ProgressHub;
 use crate::notifier::{NotifierActor, OutboxChanged};
 use crate::path::FsPath;
 use crate::ports::{
@@ -78,6 +79,8 @@ type Reply = Result<OpResult, Error>;
 struct Running {
     fingerprint: String,
     waiters: Vec<oneshot::Sender<Reply>>,
+    /// The operation's upload progress, for every caller that joins it (recovery included).
+    progress: ProgressHub,
 }
 
 /// Owns one mount: orders operations per path, runs them concurrently across paths, owns the
@@ -113,6 +116,8 @@ pub struct MountSupervisor {
     /// Why the lease could not be looked at (Postgres unreachable), while that lasts.
     lease_error: Option<MetaError>,
     lease_timer: Option<SpawnHandle>,
+    /// A look at the lease is under way (one at a time: two could each take it).
+    acquiring: bool,
     /// Callers of `RetireMount` waiting for the running operations to end and the lease to go.
     drain_waiters: Vec<oneshot::Sender<()>>,
     /// A lease release is being written; the drain waiters are answered once it is.
@@ -160,6 +165,7 @@ impl MountSupervisor {
             held_by: None,
             lease_error: None,
             lease_timer: None,
+            acquiring: false,
             drain_waiters: Vec::new(),
             releasing: false,
             passive: false,
@@ -226,7 +232,7 @@ impl MountSupervisor {
         }
         if self.passive {
             return Err(Error::Config(format!(
-                "mount '{}': this executor is passive (ExecutorConfig::passive) and serves no writes",
+                "mount '{}': this executor takes no lease of it (ExecutorConfig::passive or leased_mounts) and serves no writes",
                 self.spec.name
             )));
         }
@@ -246,6 +252,10 @@ impl MountSupervisor {
     /// Tries to take the mount's lease; `at_start` makes the mailbox wait for the answer, so no
     /// call is refused just because the supervisor is starting.
     fn acquire_lease(&mut self, ctx: &mut Context<Self>, at_start: bool) {
+        if self.acquiring {
+            return;
+        }
+        self.acquiring = true;
         let meta = self.meta.clone();
         let (mount, owner, ttl) = (
             self.spec.name.clone(),
@@ -255,6 +265,7 @@ impl MountSupervisor {
         let fut = async move { meta.acquire_lease(&mount, &owner, ttl).await }
             .into_actor(self)
             .map(|res, act, ctx| {
+                act.acquiring = false;
                 if act.retired {
                     // Retired while asking: a lease taken meanwhile is given back at once, so the
                     // mount's next owner does not wait for it to expire.
@@ -470,6 +481,12 @@ impl MountSupervisor {
         };
         // Computed once per request: for joining a running call here, and for the journal.
         let fingerprint = request.fingerprint();
+        let mut payload = payload;
+        // The caller's progress sink follows the operation, whichever run carries it.
+        let caller_sink = match &mut payload {
+            Payload::Upload { sink, .. } => sink.take(),
+            _ => None,
+        };
         let (tx, rx) = oneshot::channel();
         if let Some(run) = self.running.get_mut(&key) {
             // Same key while the first call runs: join it, or refuse if the parameters differ.
@@ -480,12 +497,23 @@ impl MountSupervisor {
                 });
             }
             run.waiters.push(tx);
+            if let Some(sink) = caller_sink {
+                run.progress.subscribe(sink);
+            }
         } else {
+            let progress = ProgressHub::default();
+            if let Some(sink) = caller_sink {
+                progress.subscribe(sink);
+            }
+            if let Payload::Upload { sink, .. } = &mut payload {
+                *sink = Some(progress.sink());
+            }
             self.running.insert(
                 key.clone(),
                 Running {
                     fingerprint: fingerprint.clone(),
                     waiters: vec![tx],
+                    progress,
                 },
             );
             // The place in the paths' queues is taken now, in arrival order.
@@ -569,11 +597,14 @@ impl MountSupervisor {
         }
         // Registered like a call, so a caller repeating it with the same key joins the recovery.
         let key = entry.idempotency_key.clone();
+        let progress = ProgressHub::default();
+        let sink = progress.sink();
         self.running.insert(
             key.clone(),
             Running {
                 fingerprint: entry.fingerprint.clone(),
                 waiters: Vec::new(),
+                progress,
             },
         );
         let locked = self.locks.acquire_all(self.lock_keys(&entry.request));
@@ -585,7 +616,7 @@ impl MountSupervisor {
         };
         let fut = async move {
             let _guards = locked.await;
-            recover_entry(c, entry).await
+            recover_entry(c, entry, Some(sink)).await
         };
         ctx.spawn(fut.into_actor(self).map(move |res, act, ctx| {
             if let Err(e) = &res {
@@ -683,6 +714,7 @@ impl Supervised for MountSupervisor {
         self.held_by = None;
         self.lease_error = None;
         self.lease_timer = None;
+        self.acquiring = false;
         self.running.clear();
         self.recovering.clear();
         self.recovery_timer = None;
@@ -978,6 +1010,20 @@ impl Handler<RelayOutbox> for MountSupervisor {
         if let Some(n) = &self.notifier {
             n.do_send(OutboxChanged);
         }
+    }
+}
+
+impl Handler<LookAtLease> for MountSupervisor {
+    type Result = ();
+
+    fn handle(&mut self, _msg: LookAtLease, ctx: &mut Self::Context) {
+        if self.fence.is_some() || self.passive || self.retired || self.acquiring {
+            return;
+        }
+        if let Some(h) = self.lease_timer.take() {
+            ctx.cancel_future(h);
+        }
+        self.acquire_lease(ctx, false);
     }
 }
 

@@ -15,10 +15,11 @@ mod write;
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::Duration;
 
 use actix::ArbiterHandle;
 use filestore_s3_actors::commands::{
-    GetStatus, ListObjects, RetireMount, StatObject, SupervisorStatus,
+    GetStatus, LeaseStatus, ListObjects, LookAtLease, RetireMount, StatObject, SupervisorStatus,
 };
 use filestore_s3_actors::model::{ListPage, Stat};
 use filestore_s3_actors::mount::{MountRow, MountSpec};
@@ -34,6 +35,7 @@ pub use options::{
 pub use registry::MountState;
 
 use crate::config::ExecutorConfig;
+use crate::pg::LeaseHolder;
 use registry::Registry;
 use runtime::{arbiter_for_executor, on_arbiter, Services};
 
@@ -158,6 +160,56 @@ impl S3Executor {
         addr.send(GetStatus).await.map_err(|_| Error::Shutdown)
     }
 
+    /// Who holds a mount's lease as recorded in Postgres (whoever it is: this executor, another,
+    /// or an owner that is gone), and whether its process is provably dead.
+    pub async fn lease_holder(&self, mount: &str) -> Result<Option<LeaseHolder>, Error> {
+        let services = self.inner.services.clone();
+        let mount = mount.to_owned();
+        on_arbiter(&self.inner.arbiter, async move {
+            services.meta.lease_holder(&mount).await
+        })
+        .await?
+        .map_err(Error::Metadata)
+    }
+
+    /// Waits up to `wait` until this executor holds `mount`'s lease, asking its supervisor to look
+    /// at the lease every `poll` meanwhile (a released lease is taken at once, an expired one as
+    /// soon as it expires, a provably dead local owner's at the first look). Fails with the
+    /// retryable [`Error::NotOwner`] naming the holder when the wait runs out (at once when `wait`
+    /// is zero), and with the mount's own error when it is not served here.
+    pub async fn wait_for_lease(&self, mount: &str, wait: Duration) -> Result<(), Error> {
+        const POLL: Duration = Duration::from_millis(200);
+        let c = &self.inner.config;
+        if c.passive
+            || c.leased_mounts
+                .as_ref()
+                .is_some_and(|only| !only.contains(mount))
+        {
+            return Err(Error::Config(format!(
+                "mount '{mount}': this executor takes no lease of it (ExecutorConfig::passive or leased_mounts)"
+            )));
+        }
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            let (addr, _, _) = self.mount(mount)?;
+            let status = addr.send(GetStatus).await.map_err(|_| Error::Shutdown)?;
+            let refusal = match status.lease {
+                LeaseStatus::Owned { .. } => return Ok(()),
+                LeaseStatus::HeldBy { owner, until } => Error::NotOwner {
+                    mount: mount.to_owned(),
+                    owner,
+                    until,
+                },
+                LeaseStatus::Unknown => Error::Shutdown,
+            };
+            if tokio::time::Instant::now() >= deadline {
+                return Err(refusal);
+            }
+            addr.do_send(LookAtLease);
+            tokio::time::sleep(POLL.min(deadline - tokio::time::Instant::now())).await;
+        }
+    }
+
     /// What the store holds at a path, and what Postgres records for it.
     pub async fn stat(&self, mount: &str, path: &str) -> Result<Stat, Error> {
         let (addr, _, _) = self.mount(mount)?;
@@ -188,6 +240,13 @@ impl S3Executor {
     /// its own actix System, stops it. Operations cut off by the deadline stay pending and are
     /// resumed by the mount's next owner.
     pub async fn shutdown(&self) {
+        self.shutdown_within(self.inner.config.shutdown_deadline)
+            .await
+    }
+
+    /// [`shutdown`](Self::shutdown) with another deadline for running operations (a command
+    /// interrupted by its user stops sooner than a host).
+    pub async fn shutdown_within(&self, deadline: Duration) {
         let _ = self.inner.stop_watch.send(true);
         let retiring: Vec<_> = self
             .inner
@@ -197,7 +256,6 @@ impl S3Executor {
             .into_iter()
             .map(|addr| async move { addr.send(RetireMount).await })
             .collect();
-        let deadline = self.inner.config.shutdown_deadline;
         if tokio::time::timeout(deadline, futures::future::join_all(retiring))
             .await
             .is_err()

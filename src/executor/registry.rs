@@ -231,7 +231,11 @@ impl Registry {
         let (s, st) = (spec.clone(), store.clone());
         let locks = self.locks.clone();
         let owner = config.owner_id.clone();
-        let passive = config.passive;
+        let passive = config.passive
+            || config
+                .leased_mounts
+                .as_ref()
+                .is_some_and(|only| !only.contains(&spec.name));
         let directory: Arc<dyn MountDirectory> = Arc::new(Directory(self.this.clone()));
         let addr = actix::Supervisor::start(move |_| {
             MountSupervisor::new(s, st, meta, publisher, settings)

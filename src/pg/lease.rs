@@ -8,6 +8,42 @@ use filestore_s3_actors::model::{Fence, LeaseState};
 use filestore_s3_actors::ports::MetaError;
 
 use super::{pg, PgMetaStore};
+use crate::liveness::{Liveness, ProcessIdentity};
+
+/// The holder of a mount's lease as recorded, and what this machine can tell of its process.
+#[derive(Debug, Clone)]
+pub struct LeaseHolder {
+    /// The holder's executor id.
+    pub owner: String,
+    /// Its lease's epoch.
+    pub epoch: i64,
+    /// Until when it holds the lease unless renewed (the database's clock).
+    pub expires_at: DateTime<Utc>,
+    /// The process that took the lease, when it recorded one.
+    pub process: Option<ProcessIdentity>,
+    /// Whether that process is provably gone.
+    pub liveness: Liveness,
+}
+
+impl LeaseHolder {
+    fn from_row(row: &tokio_postgres::Row) -> Self {
+        let process = row
+            .get::<_, Option<String>>(3)
+            .as_deref()
+            .and_then(ProcessIdentity::parse);
+        let liveness = match &process {
+            Some(p) => p.liveness(),
+            None => Liveness::MaybeAlive("the holder recorded no process identity".into()),
+        };
+        LeaseHolder {
+            owner: row.get(0),
+            expires_at: row.get(1),
+            epoch: row.get(2),
+            process,
+            liveness,
+        }
+    }
+}
 
 fn ttl_ms(ttl: Duration) -> i64 {
     i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX)
@@ -64,19 +100,21 @@ impl PgMetaStore {
         ttl: Duration,
     ) -> Result<LeaseState, MetaError> {
         let c = self.client().await?;
+        let me = ProcessIdentity::current().map(|p| p.to_string());
         let taken = c
             .query_opt(
                 &cached!(
                     c,
-                    "INSERT INTO mount_leases (mount, owner, epoch, expires_at)
-                 VALUES ($1, $2, 1, now() + $3::bigint * interval '1 millisecond')
+                    "INSERT INTO mount_leases (mount, owner, epoch, expires_at, owner_process)
+                 VALUES ($1, $2, 1, now() + $3::bigint * interval '1 millisecond', $4)
                  ON CONFLICT (mount) DO UPDATE SET owner = EXCLUDED.owner,
                     epoch = mount_leases.epoch + 1, expires_at = EXCLUDED.expires_at,
-                    acquired_at = now(), renewed_at = now()
+                    acquired_at = now(), renewed_at = now(),
+                    owner_process = EXCLUDED.owner_process
                  WHERE mount_leases.expires_at <= now() OR mount_leases.owner = EXCLUDED.owner
                  RETURNING epoch"
                 ),
-                &[&mount, &owner, &ttl_ms(ttl)],
+                &[&mount, &owner, &ttl_ms(ttl), &me],
             )
             .await
             .map_err(pg)?;
@@ -91,16 +129,75 @@ impl PgMetaStore {
             .query_one(
                 &cached!(
                     c,
-                    "SELECT owner, expires_at FROM mount_leases WHERE mount = $1"
+                    "SELECT owner, expires_at, epoch, owner_process FROM mount_leases WHERE mount = $1"
                 ),
                 &[&mount],
             )
             .await
             .map_err(pg)?;
+        let holder = LeaseHolder::from_row(&row);
+        if let Liveness::Dead(why) = &holder.liveness {
+            // Compare-and-swap on what was judged: the same holder at the same epoch, so a lease
+            // renewed or taken by anyone else meanwhile is left alone.
+            let broken = c
+                .query_opt(
+                    &cached!(
+                        c,
+                        "UPDATE mount_leases SET owner = $2, epoch = epoch + 1,
+                        expires_at = now() + $3::bigint * interval '1 millisecond',
+                        acquired_at = now(), renewed_at = now(), owner_process = $4
+                     WHERE mount = $1 AND owner = $5 AND epoch = $6
+                       AND owner_process IS NOT DISTINCT FROM $7
+                     RETURNING epoch"
+                    ),
+                    &[
+                        &mount,
+                        &owner,
+                        &ttl_ms(ttl),
+                        &me,
+                        &holder.owner,
+                        &holder.epoch,
+                        &holder.process.as_ref().map(|p| p.to_string()),
+                    ],
+                )
+                .await
+                .map_err(pg)?;
+            if let Some(row) = broken {
+                let epoch: i64 = row.get(0);
+                log::warn!(
+                    "mount {mount}: broke the lease of executor '{}' (epoch {}, until {}): {why}; \
+                     taken by '{owner}' at epoch {epoch}",
+                    holder.owner,
+                    holder.epoch,
+                    holder.expires_at
+                );
+                return Ok(LeaseState::Owned(Fence {
+                    mount: mount.to_owned(),
+                    owner: owner.to_owned(),
+                    epoch,
+                }));
+            }
+        }
         Ok(LeaseState::HeldBy {
-            owner: row.get(0),
-            expires_at: row.get::<_, DateTime<Utc>>(1),
+            owner: holder.owner,
+            expires_at: holder.expires_at,
         })
+    }
+
+    /// Who holds `mount`'s lease now, if anyone ever did.
+    pub async fn lease_holder(&self, mount: &str) -> Result<Option<LeaseHolder>, MetaError> {
+        let c = self.client().await?;
+        let row = c
+            .query_opt(
+                &cached!(
+                    c,
+                    "SELECT owner, expires_at, epoch, owner_process FROM mount_leases WHERE mount = $1"
+                ),
+                &[&mount],
+            )
+            .await
+            .map_err(pg)?;
+        Ok(row.as_ref().map(LeaseHolder::from_row))
     }
 
     pub(super) async fn do_renew_lease(

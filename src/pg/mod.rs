@@ -37,6 +37,7 @@ use filestore_s3_actors::mount::MountRow;
 use filestore_s3_actors::ports::{BatchResult, MetaError, MetaStore, MetaWrite, UploadedPart};
 use filestore_s3_actors::Error;
 
+pub use lease::LeaseHolder;
 pub use listen::{listen_mount_changes, Change};
 use migrate::pg_config;
 pub use migrate::{connect, migrate, validate_schema};

@@ -391,6 +391,14 @@ impl TestEnv {
             ("AWS_ACCESS_KEY_ID", ACCESS_KEY.into()),
             ("AWS_SECRET_ACCESS_KEY", SECRET_KEY.into()),
             ("AWS_REGION", "us-east-1".into()),
+            // The reference binary's remembered idempotency keys, per test schema.
+            (
+                "FILESTORE_STATE_DIR",
+                std::env::temp_dir()
+                    .join(format!("filestore-s3-state-{}", self.schema))
+                    .display()
+                    .to_string(),
+            ),
         ]
     }
 

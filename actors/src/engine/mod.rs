@@ -295,9 +295,13 @@ async fn same_stream_content(
 /// Settles a pending journal row left by an earlier run, by looking at S3: commit what verifiably
 /// happened, continue what can be continued (a multipart upload from an unchanged file, a copy or
 /// move from the step it reached), fail the rest. The caller holds the paths' locks.
-pub(crate) async fn recover_entry(c: OpContext, entry: JournalEntry) -> Result<OpResult, Error> {
+pub(crate) async fn recover_entry(
+    c: OpContext,
+    entry: JournalEntry,
+    progress: Option<ProgressSink>,
+) -> Result<OpResult, Error> {
     let mount = c.spec.name.clone();
-    match ops::recover(&c, &entry).await {
+    match ops::recover(&c, &entry, progress).await {
         Ok(outcome) => {
             crate::failpoint::hit("before_commit").await;
             let r = c

@@ -40,6 +40,41 @@ pub const PROGRESS_PUBLISH_INTERVAL: Duration = Duration::from_millis(500);
 /// Receives progress updates; called on the executor's thread, so it must be quick.
 pub type ProgressSink = Arc<dyn Fn(&UploadProgress) + Send + Sync>;
 
+/// One operation's progress, fanned out to every caller following it: the caller that started
+/// it, and callers that joined later with the same idempotency key (a put sent again joins the
+/// upload recovery resumed). A late subscriber is told the latest progress at once.
+#[derive(Clone, Default)]
+pub struct ProgressHub(Arc<Mutex<HubState>>);
+
+#[derive(Default)]
+struct HubState {
+    latest: Option<UploadProgress>,
+    sinks: Vec<ProgressSink>,
+}
+
+impl ProgressHub {
+    /// Adds a follower; it gets the latest progress now, if there was any.
+    pub fn subscribe(&self, sink: ProgressSink) {
+        let mut s = self.0.lock().expect("progress hub lock");
+        if let Some(p) = &s.latest {
+            sink(p);
+        }
+        s.sinks.push(sink);
+    }
+
+    /// The sink the operation reports to.
+    pub fn sink(&self) -> ProgressSink {
+        let hub = self.clone();
+        Arc::new(move |p: &UploadProgress| {
+            let mut s = hub.0.lock().expect("progress hub lock");
+            s.latest = Some(p.clone());
+            for sink in &s.sinks {
+                sink(p);
+            }
+        })
+    }
+}
+
 /// A readable source for an upload.
 pub type SourceReader = Box<dyn AsyncRead + Send + Unpin>;
 
@@ -390,6 +425,15 @@ pub(crate) async fn run_upload(
         last_publish: Mutex::new(None),
         sink: job.sink.clone(),
         publisher: deps.publisher.clone(),
+    });
+    // Where the upload stands: parts an earlier run recorded count as done from the start (each
+    // is still checked against the source as the upload reaches it).
+    let (resumed_bytes, resumed_parts) = done
+        .values()
+        .fold((0, 0), |(bytes, n), p| (bytes + p.size, n + 1));
+    tracker.update(|p| {
+        p.bytes_done = resumed_bytes;
+        p.parts_done = resumed_parts;
     });
 
     let result = upload_parts(
@@ -760,12 +804,8 @@ async fn upload_parts(
                     reason: format!("part {part_number} differs from the part uploaded before"),
                 });
             }
+            // Counted as done when the upload started.
             deps.counters.parts_resumed.fetch_add(1, Ordering::Relaxed);
-            let n = prev.size;
-            tracker.update(|p| {
-                p.bytes_done += n;
-                p.parts_done += 1;
-            });
         } else {
             in_flight.push(upload_one(
                 deps.clone(),

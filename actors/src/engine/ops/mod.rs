@@ -14,6 +14,7 @@ use crate::model::{
     JournalEntry, NodeMeta, ObjectMeta, OpProgress, OpRequest, Verification, WriteCondition,
 };
 use crate::mount::{ChecksumPolicy, SettingsPolicy};
+use crate::multipart::ProgressSink;
 use crate::ports::MountAccess;
 
 pub(crate) use copy::validate_transfer;
@@ -95,10 +96,14 @@ pub(super) async fn precheck(
 }
 
 /// Recovery of a pending row.
-pub(super) async fn recover(c: &OpContext, entry: &JournalEntry) -> Result<Outcome, Error> {
+pub(super) async fn recover(
+    c: &OpContext,
+    entry: &JournalEntry,
+    progress: Option<ProgressSink>,
+) -> Result<Outcome, Error> {
     match &entry.request {
         OpRequest::Put { .. } => put::recover(c, entry).await,
-        OpRequest::PutMultipart { .. } => multipart_put::recover(c, entry).await,
+        OpRequest::PutMultipart { .. } => multipart_put::recover(c, entry, progress).await,
         OpRequest::Delete { path, key } => delete::recover(c, path, key).await,
         OpRequest::Copy(_) | OpRequest::Move(_) => {
             // A single-request copy records no step after its pin: the destination may already

@@ -10,7 +10,7 @@ use crate::model::{
     JournalEntry, NodeChange, NodeMeta, ObjectMeta, OpRequest, UploadSource, UploadedPart,
     Verification,
 };
-use crate::multipart::{file_identity, CompletedUpload, UploadHandle, UploadRequest};
+use crate::multipart::{file_identity, CompletedUpload, ProgressSink, UploadHandle, UploadRequest};
 use crate::ports::StoreErrorKind;
 
 pub(super) async fn act(
@@ -132,7 +132,11 @@ fn base64_decode(s: &str) -> Option<Vec<u8>> {
 }
 
 /// Resumes the upload of an unchanged file; a stream cannot be re-read, so its upload is ended.
-pub(super) async fn recover(c: &OpContext, entry: &JournalEntry) -> Result<Outcome, Error> {
+pub(super) async fn recover(
+    c: &OpContext,
+    entry: &JournalEntry,
+    progress: Option<ProgressSink>,
+) -> Result<Outcome, Error> {
     let OpRequest::PutMultipart { source, .. } = &entry.request else {
         unreachable!()
     };
@@ -164,7 +168,7 @@ pub(super) async fn recover(c: &OpContext, entry: &JournalEntry) -> Result<Outco
             }
             let payload = Payload::Upload {
                 reader: None,
-                sink: None,
+                sink: progress.clone(),
             };
             match act(c, entry.id, &entry.request, payload).await {
                 // The upload id is gone while the object does not show yet: the earlier owner's
@@ -201,7 +205,7 @@ pub(super) async fn recover(c: &OpContext, entry: &JournalEntry) -> Result<Outco
                     }
                     let payload = Payload::Upload {
                         reader: None,
-                        sink: None,
+                        sink: progress,
                     };
                     act(c, entry.id, &entry.request, payload).await
                 }

@@ -10,10 +10,14 @@ use indicatif::{ProgressBar, ProgressStyle};
 use anyhow::{bail, Context as _};
 use clap::{Args, Parser, Subcommand};
 use filestore_s3::actors::mount::MountSpec;
+use filestore_s3::liveness::Liveness;
 use filestore_s3::s3::S3StoreFactory;
 use filestore_s3::{
-    DeleteOptions, ExecutorConfig, ListOptions, MountRow, PutOptions, S3Executor, TransferOptions,
+    DeleteOptions, Error, ExecutorConfig, ListOptions, MountRow, PutOptions, S3Executor,
+    TransferOptions,
 };
+
+mod calls;
 
 #[derive(Parser)]
 #[command(
@@ -25,6 +29,26 @@ struct Cli {
     /// Configuration file of `NAME=value` lines (the FILESTORE_* variables; the environment wins).
     #[arg(long, global = true, env = "FILESTORE_CONFIG_FILE")]
     config: Option<std::path::PathBuf>,
+    /// Refuse at once when another executor that may be alive holds the mount's lease, instead
+    /// of waiting for it.
+    #[arg(long, global = true)]
+    no_wait: bool,
+    /// How long a command that changes a mount waits for the mount's lease while another
+    /// executor that may be alive holds it (a provably dead one on this machine is taken over at
+    /// once).
+    #[arg(
+        long,
+        global = true,
+        value_name = "SECS",
+        env = "FILESTORE_LEASE_WAIT_SECS",
+        default_value_t = 20
+    )]
+    lease_wait: u64,
+    /// Where commands remember the idempotency key of a call until its outcome is known, so that
+    /// a killed command sent again continues the same operation (default:
+    /// $XDG_STATE_HOME/filestore-s3 or ~/.local/state/filestore-s3).
+    #[arg(long, global = true, env = "FILESTORE_STATE_DIR")]
+    state_dir: Option<std::path::PathBuf>,
     #[command(subcommand)]
     cmd: Cmd,
 }
@@ -303,35 +327,185 @@ fn one_shot_reader(mut config: ExecutorConfig) -> ExecutorConfig {
     config
 }
 
+/// What a one-shot command needs of the mounts: nothing but reads, or the leases of these.
+enum Needs {
+    Reads,
+    Leases(Vec<String>),
+}
+
+impl Cmd {
+    fn needs(&self) -> Option<Needs> {
+        Some(match self {
+            Cmd::Migrate | Cmd::Demo(_) | Cmd::Serve { .. } => return None,
+            Cmd::Mount(_) | Cmd::Get { .. } | Cmd::Stat { .. } | Cmd::Ls { .. } => Needs::Reads,
+            Cmd::Put { mount, .. } | Cmd::Rm { mount, .. } => Needs::Leases(vec![mount.clone()]),
+            Cmd::Cp(t) | Cmd::Mv(t) => {
+                let (sm, _, dm, _) = t.ends();
+                let mut m = vec![sm.to_owned()];
+                if dm != sm {
+                    m.push(dm.to_owned());
+                }
+                Needs::Leases(m)
+            }
+        })
+    }
+}
+
 #[actix_rt::main]
 async fn main() -> anyhow::Result<()> {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
     let cli = Cli::parse();
     let config = ExecutorConfig::from_env_and_file(cli.config.as_deref())?;
-    match cli.cmd {
-        Cmd::Migrate => {
-            let applied = filestore_s3::pg::migrate(&config.database_url, &config.schema).await?;
-            println!(
-                "schema '{}': {} migration(s) applied {:?}",
-                config.schema,
-                applied.len(),
-                applied
-            );
+    let Some(needs) = cli.cmd.needs() else {
+        return match cli.cmd {
+            Cmd::Migrate => {
+                let applied =
+                    filestore_s3::pg::migrate(&config.database_url, &config.schema).await?;
+                println!(
+                    "schema '{}': {} migration(s) applied {:?}",
+                    config.schema,
+                    applied.len(),
+                    applied
+                );
+                Ok(())
+            }
+            Cmd::Demo(args) => demo(config, args).await,
+            Cmd::Serve { listen } => serve(config, listen).await,
+            _ => unreachable!("every other command is one-shot"),
+        };
+    };
+    let (config, leases) = match needs {
+        Needs::Reads => (one_shot_reader(config), Vec::new()),
+        Needs::Leases(mounts) => {
+            let mut config = config;
+            // Only the mounts this command changes are leased; the others stay with their
+            // owners. A one-shot command does not follow backend_mounts.
+            config.leased_mounts = Some(mounts.iter().cloned().collect());
+            config.watch_mounts = false;
+            (config, mounts)
         }
+    };
+    let exec = S3Executor::start(config).await?;
+    // Every way out gives the mounts back: the command's end, its error, or a signal.
+    let work = async {
+        for mount in &leases {
+            take_lease(&exec, mount, &cli).await?;
+        }
+        run_one_shot(&exec, &cli).await
+    };
+    let outcome = tokio::select! {
+        r = work => Some(r),
+        () = interrupted() => None,
+    };
+    match outcome {
+        Some(r) => {
+            exec.shutdown().await;
+            r
+        }
+        None => {
+            eprintln!(
+                "interrupted: stopping; running operations get up to {} s to finish (a cut-off \
+                 upload stays resumable: send the same command again); interrupt again to quit at once",
+                INTERRUPT_DEADLINE.as_secs()
+            );
+            tokio::select! {
+                () = exec.shutdown_within(INTERRUPT_DEADLINE) => {}
+                () = interrupted() => {}
+            }
+            std::process::exit(130);
+        }
+    }
+}
+
+/// How long an interrupted command lets its running operations finish before it exits.
+const INTERRUPT_DEADLINE: Duration = Duration::from_secs(5);
+
+/// Ctrl-C, SIGTERM or SIGHUP.
+async fn interrupted() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut term), Ok(mut hup)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::hangup()),
+    ) else {
+        let _ = tokio::signal::ctrl_c().await;
+        return;
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+        _ = hup.recv() => {}
+    }
+}
+
+/// Makes sure this process holds `mount`'s lease: at once when it is free, expired, or its
+/// holder is provably dead on this machine; else after waiting for it up to `--lease-wait`
+/// (unless `--no-wait`), saying who holds it and why it is waited for.
+async fn take_lease(exec: &S3Executor, mount: &str, cli: &Cli) -> anyhow::Result<()> {
+    let why = |holder: Option<filestore_s3::pg::LeaseHolder>| match holder.map(|h| h.liveness) {
+        Some(Liveness::MaybeAlive(why)) | Some(Liveness::Dead(why)) => why,
+        None => "no lease recorded".into(),
+    };
+    let (owner, until) = match exec.wait_for_lease(mount, Duration::ZERO).await {
+        Ok(()) => return Ok(()),
+        Err(Error::NotOwner { owner, until, .. }) => (owner, until),
+        Err(e) => return Err(e.into()),
+    };
+    let reason = why(exec.lease_holder(mount).await.ok().flatten());
+    if cli.no_wait {
+        bail!(
+            "mount '{mount}' is leased by executor '{owner}' until {until} ({reason}); not waiting \
+             (--no-wait): retry later, or send the call to that executor's host"
+        );
+    }
+    let wait = Duration::from_secs(cli.lease_wait);
+    eprintln!(
+        "waiting up to {} s for the mount's lease held by executor '{owner}' until {until} ({reason})",
+        wait.as_secs()
+    );
+    let started = std::time::Instant::now();
+    match exec.wait_for_lease(mount, wait).await {
+        Ok(()) => {
+            eprintln!(
+                "mount '{mount}': lease taken after {:.1} s",
+                started.elapsed().as_secs_f64()
+            );
+            Ok(())
+        }
+        Err(Error::NotOwner { owner, until, .. }) => {
+            let reason = why(exec.lease_holder(mount).await.ok().flatten());
+            bail!(
+                "gave up after waiting {} s: mount '{mount}' is still leased by executor '{owner}' \
+                 until {until} ({reason}); retry later, wait longer (--lease-wait), or send the \
+                 call to that executor's host",
+                wait.as_secs()
+            )
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Runs a one-shot command on a started executor.
+async fn run_one_shot(exec: &S3Executor, cli: &Cli) -> anyhow::Result<()> {
+    let config = exec.config();
+    let state_dir = cli.state_dir.clone().or_else(calls::default_state_dir);
+    // What makes two calls the same call: the database and schema, then the command.
+    let db = filestore_s3::redact::redact(&config.database_url);
+    let call_key = |given: &Option<String>, call: &[&str]| {
+        let mut all = vec![db.as_str(), config.schema.as_str()];
+        all.extend_from_slice(call);
+        calls::CallKey::for_call(state_dir.as_deref(), given.clone(), &all)
+    };
+    match &cli.cmd {
         Cmd::Mount(MountCmd::Add(args)) => {
-            let exec = S3Executor::start(one_shot_reader(config)).await?;
             let state = exec.register_mount(args.row()).await?;
             println!("mount '{}': {state:?}", args.name);
-            exec.shutdown().await;
         }
         Cmd::Mount(MountCmd::List) => {
-            let exec = S3Executor::start(one_shot_reader(config)).await?;
             let mut states: Vec<_> = exec.mount_states().into_iter().collect();
             states.sort_by(|a, b| a.0.cmp(&b.0));
             for (name, state) in states {
                 println!("{name}\t{state:?}");
             }
-            exec.shutdown().await;
         }
         Cmd::Put {
             mount,
@@ -343,10 +517,31 @@ async fn main() -> anyhow::Result<()> {
             progress_json,
             condition,
         } => {
-            let exec = S3Executor::start(config).await?;
-            let size = std::fs::metadata(&file)
-                .with_context(|| format!("reading {}", file.display()))?
-                .len();
+            let progress_json = *progress_json;
+            let abs =
+                std::path::absolute(file).with_context(|| format!("reading {}", file.display()))?;
+            let (size, mtime_ns) =
+                filestore_s3::actors::multipart::file_identity(&abs.to_string_lossy())
+                    .await
+                    .map_err(|e| anyhow::anyhow!("reading {}: {e}", file.display()))?;
+            let (size_s, mtime_s) = (size.to_string(), mtime_ns.to_string());
+            let meta_s: Vec<String> = meta.iter().map(|(k, v)| format!("{k}={v}")).collect();
+            let condition_s = format!(
+                "{:?}/{:?}",
+                condition.if_none_match, condition.if_generation
+            );
+            let mut call = vec![
+                "put",
+                mount.as_str(),
+                path.as_str(),
+                abs.to_str().unwrap_or(""),
+                &size_s,
+                &mtime_s,
+                content_type.as_deref().unwrap_or(""),
+                &condition_s,
+            ];
+            call.extend(meta_s.iter().map(String::as_str));
+            let key = call_key(idempotency_key, &call);
             let bar = (!progress_json).then(|| {
                 let bar = ProgressBar::new(size);
                 bar.set_style(
@@ -373,19 +568,20 @@ async fn main() -> anyhow::Result<()> {
             });
             let r = exec
                 .put_file(
-                    &mount,
-                    &path,
-                    &file,
+                    mount,
+                    path,
+                    file,
                     PutOptions {
-                        idempotency_key,
-                        content_type,
-                        metadata: meta.into_iter().collect(),
+                        idempotency_key: Some(key.key.clone()),
+                        content_type: content_type.clone(),
+                        metadata: meta.iter().cloned().collect(),
                         progress: Some(sink),
                         if_none_match: condition.if_none_match,
                         if_generation: condition.if_generation,
                     },
                 )
                 .await;
+            key.settle(&r);
             if let Some(bar) = bar {
                 bar.finish_and_clear();
             }
@@ -398,7 +594,6 @@ async fn main() -> anyhow::Result<()> {
             } else {
                 println!("{}", serde_json::to_string_pretty(&r)?);
             }
-            exec.shutdown().await;
         }
         Cmd::Get {
             mount,
@@ -406,8 +601,7 @@ async fn main() -> anyhow::Result<()> {
             file,
             resume,
         } => {
-            let exec = S3Executor::start(one_shot_reader(config)).await?;
-            let r = exec.get_to_file(&mount, &path, &file, resume).await?;
+            let r = exec.get_to_file(mount, path, file, *resume).await?;
             println!(
                 "{} bytes written to {} (object {} bytes, sha256 {})",
                 r.bytes_written,
@@ -415,28 +609,24 @@ async fn main() -> anyhow::Result<()> {
                 r.object_size,
                 r.sha256_verified.as_deref().unwrap_or("not recorded")
             );
-            exec.shutdown().await;
         }
         Cmd::Stat { mount, path } => {
-            let exec = S3Executor::start(one_shot_reader(config)).await?;
             println!(
                 "{}",
-                serde_json::to_string_pretty(&exec.stat(&mount, &path).await?)?
+                serde_json::to_string_pretty(&exec.stat(mount, path).await?)?
             );
-            exec.shutdown().await;
         }
         Cmd::Ls {
             mount,
             dir,
             recursive,
         } => {
-            let exec = S3Executor::start(one_shot_reader(config)).await?;
             let mut token = None;
             loop {
                 let page = exec
                     .list(
-                        &mount,
-                        &dir,
+                        mount,
+                        dir,
                         ListOptions {
                             delimited: !recursive,
                             token,
@@ -458,36 +648,47 @@ async fn main() -> anyhow::Result<()> {
                     break;
                 }
             }
-            exec.shutdown().await;
         }
         Cmd::Rm {
             mount,
             path,
             idempotency_key,
         } => {
-            let exec = S3Executor::start(config).await?;
+            let key = call_key(idempotency_key, &["rm", mount, path]);
             let r = exec
-                .delete(&mount, &path, DeleteOptions { idempotency_key })
-                .await?;
-            println!("{}", serde_json::to_string_pretty(&r)?);
-            exec.shutdown().await;
-        }
-        Cmd::Cp(args) => {
-            let exec = S3Executor::start(config).await?;
-            let (sm, sp, dm, dp) = args.ends();
-            let r = exec.copy(sm, sp, dm, dp, args.options()).await;
-            exec.shutdown().await;
+                .delete(
+                    mount,
+                    path,
+                    DeleteOptions {
+                        idempotency_key: Some(key.key.clone()),
+                    },
+                )
+                .await;
+            key.settle(&r);
             println!("{}", serde_json::to_string_pretty(&r?)?);
         }
-        Cmd::Mv(args) => {
-            let exec = S3Executor::start(config).await?;
+        Cmd::Cp(args) | Cmd::Mv(args) => {
+            let is_move = matches!(&cli.cmd, Cmd::Mv(_));
             let (sm, sp, dm, dp) = args.ends();
-            let r = exec.move_object(sm, sp, dm, dp, args.options()).await;
-            exec.shutdown().await;
+            let condition_s = format!(
+                "{:?}/{:?}",
+                args.condition.if_none_match, args.condition.if_generation
+            );
+            let verb = if is_move { "mv" } else { "cp" };
+            let key = call_key(&args.idempotency_key, &[verb, sm, sp, dm, dp, &condition_s]);
+            let mut opts = args.options();
+            opts.idempotency_key = Some(key.key.clone());
+            let r = if is_move {
+                exec.move_object(sm, sp, dm, dp, opts).await
+            } else {
+                exec.copy(sm, sp, dm, dp, opts).await
+            };
+            key.settle(&r);
             println!("{}", serde_json::to_string_pretty(&r?)?);
         }
-        Cmd::Demo(args) => demo(config, args).await?,
-        Cmd::Serve { listen } => serve(config, listen).await?,
+        Cmd::Migrate | Cmd::Demo(_) | Cmd::Serve { .. } => {
+            unreachable!("not a one-shot command")
+        }
     }
     Ok(())
 }
