@@ -752,6 +752,78 @@ pub async fn killed_put_sent_again_resumes_at_once(backend: Backend) {
     env.cleanup().await;
 }
 
+/// Ctrl-C / SIGTERM of a put mid-upload: the command stops within its short deadline and exits
+/// 130, having given its lease back or left its cut-off upload to the next owner; the same put sent
+/// again at once, refusing to wait, finishes the one operation.
+pub async fn interrupted_put_gives_the_mount_back(backend: Backend) {
+    let env = TestEnv::with_mount(backend, crash_mount).await;
+    env.exec.shutdown().await;
+    let dir = tempfile::tempdir().unwrap();
+    let size = 24 * PART + 17;
+    let (file, body) = write_source(dir.path(), size);
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_filestore-s3"))
+        .args(["put", "m", "crash/big.bin"])
+        .arg(&file)
+        .arg("--progress-json")
+        .envs(env.child_vars())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    while let Ok(Some(line)) = lines.next_line().await {
+        if serde_json::from_str::<UploadProgress>(&line).is_ok_and(|p| p.parts_done >= 2) {
+            break;
+        }
+    }
+    let pid = child.id().unwrap().to_string();
+    assert!(std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap()
+        .success());
+    let out = tokio::time::timeout(Duration::from_secs(30), child.wait_with_output())
+        .await
+        .expect("the interrupted command exits within its deadline")
+        .unwrap();
+    let stderr = stderr_of(&out);
+    assert_eq!(out.status.code(), Some(130), "{stderr}");
+    assert!(stderr.contains("interrupted"), "{stderr}");
+    let (released, owner) = lease_released(&env).await;
+    let pending: i64 = env
+        .query(
+            "SELECT count(*) FROM {schema}.journal WHERE state = 'pending'",
+            &[],
+        )
+        .await[0]
+        .get(0);
+    // Either the upload ended within the deadline and the lease was given back, or it was cut
+    // off: its row stays pending and the lease stays with the (now dead) process.
+    assert!(
+        released || pending == 1,
+        "lease held by {owner} with {pending} pending rows"
+    );
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_filestore-s3"))
+        .args(["--no-wait", "put", "m", "crash/big.bin"])
+        .arg(&file)
+        .envs(env.child_vars())
+        .kill_on_drop(true)
+        .output()
+        .await
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr_of(&out));
+    let rows = env.query("SELECT state FROM {schema}.journal", &[]).await;
+    assert_eq!(rows.len(), 1, "the same operation, continued");
+    assert_eq!(rows[0].get::<_, String>(0), "committed");
+    let uploads = env.uploads().await;
+    assert_eq!(uploads.len(), 1, "{uploads:?}");
+    let stored = env.object(&env.key("crash/big.bin")).await.unwrap();
+    assert_eq!(sha256_hex(&stored), sha256_hex(&body));
+    assert!(lease_released(&env).await.0);
+    env.cleanup().await;
+}
+
 /// An owner that may be alive is waited for, never broken: a command gives up after its wait
 /// (saying whose lease and why) or refuses at once with --no-wait, and proceeds when the owner
 /// gives the lease back; a stopped (SIGSTOP) owner is alive too; once it is killed, the next
@@ -947,6 +1019,10 @@ mod cli_after_errors {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn killed_put_sent_again_resumes_at_once() {
         super::killed_put_sent_again_resumes_at_once(Backend::S3sFs).await
+    }
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn interrupted_put_gives_the_mount_back() {
+        super::interrupted_put_gives_the_mount_back(Backend::S3sFs).await
     }
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     #[cfg_attr(
