@@ -4,7 +4,11 @@
 # Brings the services up first (scripts/dev-services.sh). Extra arguments go to `cargo test`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+started=$SECONDS
+# Each step's heading says how long the run has taken so far, so a slow step shows in CI's log.
+step() { echo "== [$((SECONDS - started)) s] $*"; }
 
+step "toolchain and services"
 scripts/check-toolchain.sh
 scripts/dev-services.sh
 # shellcheck disable=SC1091
@@ -14,21 +18,25 @@ for c in rustfmt clippy; do
   rustup component list --installed 2>/dev/null | grep -q "^$c" || rustup component add "$c"
 done
 
-echo "== cargo fmt --check"
+step "cargo fmt --check"
 cargo fmt --all -- --check
 # The crash tests stop the reference binary at failpoints, which exist only with this feature.
 features=(--features filestore-s3/failpoints)
-echo "== cargo clippy -D warnings"
+step "cargo clippy -D warnings"
 cargo clippy --workspace --all-targets --locked -- -D warnings
+step "cargo clippy -D warnings, with the failpoints feature"
 cargo clippy --workspace --all-targets --locked "${features[@]}" -- -D warnings
-echo "== import circles among the modules (actors and root crate)"
+step "import circles among the modules (actors and root crate)"
 if [ -x ../shared/tools/import-circles ]; then
   ../shared/tools/import-circles actors/src
   ../shared/tools/import-circles src
 fi
-echo "== supply chain: cargo audit (RustSec advisories)"
+step "supply chain: cargo audit (RustSec advisories)"
 scripts/audit.sh
-echo "== cargo test"
+step "cargo test: build"
+cargo test --workspace --locked "${features[@]}" --no-run
+step "cargo test: run"
 cargo test --workspace --locked "${features[@]}" "$@"
-echo "== benchmark smoke run (tiny sizes; the real run is scripts/bench.sh, docs/benchmarks.md)"
+step "benchmark smoke run (tiny sizes; the real run is scripts/bench.sh, docs/benchmarks.md)"
 cargo run --locked -q -p filestore-s3-bench -- run --smoke --repeat 2 --out target/bench/smoke.json
+step "done"
