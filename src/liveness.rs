@@ -1,31 +1,34 @@
 //! Which process holds a lease, and whether it is provably gone.
 //!
-//! A lease row records the identity of the process that took it: the kernel's boot id, the pid
-//! namespace, the pid and the process's start time (clock ticks since boot, field 22 of
-//! `/proc/PID/stat`). Another executor on the same machine can then tell a crashed owner from a
-//! live one without waiting for the lease to run out: the owner is *provably dead* when it ran
-//! under this very kernel boot and pid namespace and no process with that pid and start time
-//! exists any more (or only its zombie does, which never runs again). A reused pid has another
-//! start time, so it does not pass for the owner.
+//! An executor process holds an exclusive `flock` on a small file of its own for as long as any of
+//! its executors may use a lease (the file lives in `$TMPDIR/filestore-s3-owners-<uid>/`, named
+//! with the pid and a random id). The kernel drops the lock when the process ends, however it ends
+//! — exit, crash, SIGKILL, OOM kill — and never before: a running, sleeping or stopped (SIGSTOP)
+//! process keeps it. The lease row records the kernel's boot id, the pid and the file's path.
 //!
-//! Everything else is *maybe alive*: another machine, another boot, another pid namespace (a
-//! container), a `/proc` that cannot be read or does not show this process's own namespace, and
-//! every existing process — running, sleeping or stopped (SIGSTOP): a paused process can wake up,
-//! so its lease is never broken; it is waited for.
+//! Another executor judges that process **provably dead** only when it runs under the same kernel
+//! boot (so the file and its lock are the same kernel's, not a shared network file system's) and
+//! it can open that very file and take its lock without waiting. Anything else is **maybe alive**:
+//! another machine or boot, a file that is not there (another container, a private `/tmp`), a lock
+//! held (the owner runs, or is stopped and may be resumed), or any error. The lock says nothing
+//! about pids, so reused pids, pid and time namespaces and hidden `/proc` entries cannot mislead
+//! it.
 
 use std::fmt;
+use std::fs::{File, OpenOptions};
+use std::io::ErrorKind;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, Weak};
 
 /// The identity of one process, as recorded with the leases it takes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ProcessIdentity {
-    /// `/proc/sys/kernel/random/boot_id`: one per kernel boot, shared by the containers on it.
+    /// `/proc/sys/kernel/random/boot_id`: one per kernel boot.
     pub boot_id: String,
-    /// The pid namespace's inode (`/proc/self/ns/pid`).
-    pub pid_ns: u64,
-    /// The process id within that namespace.
+    /// The process id (for messages; the lock file decides).
     pub pid: u32,
-    /// Start time in clock ticks since boot.
-    pub start_ticks: u64,
+    /// The file the process holds locked while it lives.
+    pub lock_file: PathBuf,
 }
 
 /// What this machine can tell about a lease holder.
@@ -41,228 +44,264 @@ impl fmt::Display for ProcessIdentity {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "linux/{}/{}/{}/{}",
-            self.boot_id, self.pid_ns, self.pid, self.start_ticks
+            "flock:{}:{}:{}",
+            self.boot_id,
+            self.pid,
+            self.lock_file.display()
         )
     }
 }
 
 impl ProcessIdentity {
-    /// Parses the form written by `Display` (`linux/BOOT/PIDNS/PID/START`).
+    /// Parses the form written by `Display` (`flock:BOOT_ID:PID:PATH`).
     pub fn parse(s: &str) -> Option<Self> {
-        let mut it = s.split('/');
-        if it.next()? != "linux" {
+        let mut it = s.splitn(4, ':');
+        if it.next()? != "flock" {
             return None;
         }
         let boot_id = it.next()?.to_owned();
-        let pid_ns = it.next()?.parse().ok()?;
         let pid = it.next()?.parse().ok()?;
-        let start_ticks = it.next()?.parse().ok()?;
-        if it.next().is_some() || boot_id.is_empty() {
+        let lock_file = PathBuf::from(it.next()?);
+        if boot_id.is_empty() || !lock_file.is_absolute() {
             return None;
         }
         Some(ProcessIdentity {
             boot_id,
-            pid_ns,
             pid,
-            start_ticks,
+            lock_file,
         })
     }
 
-    /// This process's identity; `None` where `/proc` does not tell it (not Linux, `/proc` not
-    /// mounted, or mounted from another pid namespace), in which case nobody can break its
-    /// leases early and it breaks nobody's.
-    pub fn current() -> Option<Self> {
-        static CURRENT: std::sync::OnceLock<Option<ProcessIdentity>> = std::sync::OnceLock::new();
-        CURRENT
-            .get_or_init(|| {
-                let pid = std::process::id();
-                let (seen_pid, _, start_ticks) = read_stat("self")?;
-                // /proc must show this process under its own pid, or it belongs to another
-                // namespace and says nothing reliable about the pids we would look up.
-                if seen_pid != pid {
-                    return None;
-                }
-                Some(ProcessIdentity {
-                    boot_id: boot_id()?,
-                    pid_ns: pid_namespace()?,
-                    pid,
-                    start_ticks,
-                })
-            })
-            .clone()
-    }
-
-    /// Whether the process this identity names is provably gone, judged from this process.
+    /// Whether the process this identity names is provably gone, judged from this process. When
+    /// it is, its lock file is removed (it served its purpose).
     pub fn liveness(&self) -> Liveness {
-        let Some(me) = Self::current() else {
-            return Liveness::MaybeAlive(
-                "this process cannot read its own identity from /proc".into(),
-            );
+        let Some(boot) = boot_id() else {
+            return Liveness::MaybeAlive("this machine's boot id cannot be read".into());
         };
-        self.liveness_from(&me, |pid| read_stat(&pid.to_string()))
+        let pid = self.pid;
+        if self.boot_id != boot {
+            return Liveness::MaybeAlive(format!(
+                "process {pid} ran on another machine or before a reboot (boot id {})",
+                self.boot_id
+            ));
+        }
+        let file = match OpenOptions::new().read(true).open(&self.lock_file) {
+            Ok(f) => f,
+            Err(e) if e.kind() == ErrorKind::NotFound => {
+                return Liveness::MaybeAlive(format!(
+                    "process {pid}'s lock file is not visible here (another container or a private /tmp)"
+                ))
+            }
+            Err(e) => {
+                return Liveness::MaybeAlive(format!(
+                    "process {pid}'s lock file cannot be opened ({e})"
+                ))
+            }
+        };
+        match file.try_lock() {
+            Ok(()) => {
+                // Removed while locked, so no other looker takes it for a live process's file.
+                let _ = std::fs::remove_file(&self.lock_file);
+                Liveness::Dead(format!(
+                    "process {pid} on this machine has exited (its lock on {} is gone)",
+                    self.lock_file.display()
+                ))
+            }
+            Err(std::fs::TryLockError::WouldBlock) => Liveness::MaybeAlive(format!(
+                "process {pid} is alive on this machine (running or stopped: it holds its lock)"
+            )),
+            Err(std::fs::TryLockError::Error(e)) => {
+                Liveness::MaybeAlive(format!("process {pid}'s lock file cannot be locked ({e})"))
+            }
+        }
+    }
+}
+
+static CURRENT: Mutex<Weak<OwnerLock>> = Mutex::new(Weak::new());
+
+/// This process's lock: held while any executor (any `PgMetaStore`) of the process lives; the
+/// file is removed when the last one is dropped.
+pub struct OwnerLock {
+    identity: ProcessIdentity,
+    _file: File,
+}
+
+impl OwnerLock {
+    /// The identity recorded with this process's leases.
+    pub fn identity(&self) -> &ProcessIdentity {
+        &self.identity
     }
 
-    /// [`liveness`](Self::liveness) with the observer and the process table given (tests).
-    fn liveness_from(
-        &self,
-        me: &ProcessIdentity,
-        stat_of: impl Fn(u32) -> Option<(u32, char, u64)>,
-    ) -> Liveness {
-        if self.boot_id != me.boot_id {
-            return Liveness::MaybeAlive(format!(
-                "process {} ran under another kernel boot or machine ({})",
-                self.pid, self.boot_id
-            ));
+    /// The lock of this process, shared by its executors; taken (file created and locked) when
+    /// none is held. `None` where that is impossible (no writable temporary directory, no boot
+    /// id): this process's leases then run out as usual when it dies, and it still judges others.
+    pub fn current() -> Option<Arc<OwnerLock>> {
+        let mut current = CURRENT.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(lock) = current.upgrade() {
+            return Some(lock);
         }
-        if self.pid_ns != me.pid_ns {
-            return Liveness::MaybeAlive(format!(
-                "process {} runs in another pid namespace (a container?)",
-                self.pid
-            ));
+        let lock = match Self::take(&std::env::temp_dir()) {
+            Ok(lock) => Arc::new(lock),
+            Err(e) => {
+                log::warn!(
+                    "no owner lock file ({e}): a crash of this process leaves its leases to run out"
+                );
+                return None;
+            }
+        };
+        *current = Arc::downgrade(&lock);
+        Some(lock)
+    }
+
+    /// Removes this process's lock file now, while the lock is still held: from then on no
+    /// other executor can prove this process dead, so its leases run out as usual. For a process
+    /// about to exit that gave every lease back (the file would otherwise stay behind).
+    pub fn retire_current() {
+        let current = OwnerLock::held();
+        if let Some(lock) = current {
+            let _ = std::fs::remove_file(&lock.identity.lock_file);
         }
-        match stat_of(self.pid) {
-            None => Liveness::Dead(format!("no process {} exists on this machine", self.pid)),
-            Some((_, _, start)) if start != self.start_ticks => Liveness::Dead(format!(
-                "process {} exited (its pid now belongs to a process started later)",
-                self.pid
-            )),
-            Some((_, state @ ('Z' | 'X'), _)) => Liveness::Dead(format!(
-                "process {} has exited (state {state}, not yet reaped)",
-                self.pid
-            )),
-            Some((_, state, _)) => Liveness::MaybeAlive(format!(
-                "process {} is alive on this machine (state {state}{})",
-                self.pid,
-                if matches!(state, 'T' | 't') {
-                    ", stopped: it may be resumed"
-                } else {
-                    ""
+    }
+
+    fn held() -> Option<Arc<OwnerLock>> {
+        CURRENT.lock().unwrap_or_else(|e| e.into_inner()).upgrade()
+    }
+
+    /// Removes from `dir` the files of processes that ended over a day ago (their lock is free)
+    /// and that nobody judged since (which removes them): a lease of such a process has long run
+    /// out. Removing a file only ever makes a judgement more cautious (a missing file is "maybe
+    /// alive"), never wrong.
+    fn sweep(dir: &Path) {
+        const LEFT_OVER: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            return;
+        };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            let old = entry
+                .metadata()
+                .and_then(|m| m.modified())
+                .ok()
+                .and_then(|t| t.elapsed().ok())
+                .is_some_and(|age| age > LEFT_OVER);
+            if old && path.extension().is_some_and(|e| e == "lock") {
+                if let Ok(f) = OpenOptions::new().read(true).open(&path) {
+                    if f.try_lock().is_ok() {
+                        let _ = std::fs::remove_file(&path);
+                    }
                 }
-            )),
+            }
         }
+    }
+
+    fn take(tmp: &Path) -> Result<OwnerLock, String> {
+        use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
+        let boot_id = boot_id().ok_or("the boot id cannot be read")?;
+        let uid = std::fs::metadata("/proc/self")
+            .map(|m| m.uid())
+            .map_err(|e| e.to_string())?;
+        let dir = tmp.join(format!("filestore-s3-owners-{uid}"));
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&dir)
+            .map_err(|e| format!("{}: {e}", dir.display()))?;
+        // Files of processes killed long ago whose leases nobody looked at since go now.
+        Self::sweep(&dir);
+        let pid = std::process::id();
+        let path = dir.join(format!(
+            "owner-{pid}-{}.lock",
+            uuid::Uuid::new_v4().simple()
+        ));
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&path)
+            .map_err(|e| format!("{}: {e}", path.display()))?;
+        file.try_lock()
+            .map_err(|e| format!("{}: {e}", path.display()))?;
+        Ok(OwnerLock {
+            identity: ProcessIdentity {
+                boot_id,
+                pid,
+                lock_file: path,
+            },
+            _file: file,
+        })
+    }
+}
+
+impl Drop for OwnerLock {
+    fn drop(&mut self) {
+        // Removed before the file is closed (which drops the lock), so no looker finds it unlocked.
+        let _ = std::fs::remove_file(&self.identity.lock_file);
     }
 }
 
 fn boot_id() -> Option<String> {
     let id = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").ok()?;
     let id = id.trim();
-    (!id.is_empty() && !id.contains('/')).then(|| id.to_owned())
-}
-
-fn pid_namespace() -> Option<u64> {
-    // `pid:[4026531836]`
-    let link = std::fs::read_link("/proc/self/ns/pid").ok()?;
-    let s = link.to_str()?;
-    s.strip_prefix("pid:[")?.strip_suffix(']')?.parse().ok()
-}
-
-/// `(pid, state, start time)` of `/proc/<which>/stat`.
-fn read_stat(which: &str) -> Option<(u32, char, u64)> {
-    let stat = std::fs::read_to_string(format!("/proc/{which}/stat")).ok()?;
-    parse_stat(&stat)
-}
-
-/// The command name (field 2) is in parentheses and may hold spaces and parentheses itself, so
-/// the fields after it are counted from the last `)`.
-fn parse_stat(stat: &str) -> Option<(u32, char, u64)> {
-    let pid = stat.split_once(' ')?.0.parse().ok()?;
-    let rest = &stat[stat.rfind(')')? + 1..];
-    let mut fields = rest.split_whitespace();
-    // Field 3 is the state; field 22 the start time, the 20th after the command name.
-    let state = fields.next()?.chars().next()?;
-    let start = fields.nth(18)?.parse().ok()?;
-    Some((pid, state, start))
+    (!id.is_empty() && !id.contains(':')).then(|| id.to_owned())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn me() -> ProcessIdentity {
-        ProcessIdentity {
-            boot_id: "b0".into(),
-            pid_ns: 7,
-            pid: 100,
-            start_ticks: 5,
-        }
-    }
-
     #[test]
     fn identity_round_trips_and_rejects_garbage() {
-        let id = me();
+        let id = ProcessIdentity {
+            boot_id: "b0".into(),
+            pid: 7,
+            lock_file: "/tmp/x:y/owner.lock".into(),
+        };
         assert_eq!(ProcessIdentity::parse(&id.to_string()), Some(id));
         for bad in [
             "",
-            "linux",
-            "linux/b/1/2",
-            "linux/b/x/2/3",
-            "bsd/b/1/2/3",
-            "linux//1/2/3",
+            "flock",
+            "flock:b:1",
+            "flock:b:x:/a",
+            "flock::1:/a",
+            "flock:b:1:rel",
+            "linux:b:1:/a",
         ] {
             assert_eq!(ProcessIdentity::parse(bad), None, "{bad:?}");
         }
     }
 
     #[test]
-    fn stat_fields_are_counted_after_the_command_name() {
-        let line = "4242 (a (weird) name) S 1 4242 4242 0 -1 4194560 100 0 0 0 1 2 0 0 20 0 1 0 987654 1000 10";
-        assert_eq!(parse_stat(line), Some((4242, 'S', 987654)));
-        assert_eq!(parse_stat("12 (x) R 1"), None);
+    fn a_held_lock_is_alive_a_released_one_dead_a_missing_one_unknown() {
+        let dir = tempfile::tempdir().unwrap();
+        let lock = OwnerLock::take(dir.path()).expect("a lock in a fresh directory");
+        let id = lock.identity().clone();
+        assert!(matches!(id.liveness(), Liveness::MaybeAlive(why) if why.contains("alive")));
+        // Dropping closes the file (as the kernel does for a killed process) but also removes
+        // it; a file left behind unlocked is what a killed process leaves.
+        let leftover = id.lock_file.with_extension("left");
+        std::fs::write(&leftover, b"").unwrap();
+        let dead = ProcessIdentity {
+            lock_file: leftover.clone(),
+            ..id.clone()
+        };
+        assert!(matches!(dead.liveness(), Liveness::Dead(_)));
+        assert!(!leftover.exists(), "a dead process's file is removed");
+        drop(lock);
+        assert!(!id.lock_file.exists());
+        assert!(matches!(id.liveness(), Liveness::MaybeAlive(why) if why.contains("not visible")));
+        let elsewhere = ProcessIdentity {
+            boot_id: "another-boot".into(),
+            ..dead
+        };
+        assert!(matches!(elsewhere.liveness(), Liveness::MaybeAlive(_)));
     }
 
     #[test]
-    fn only_a_gone_process_of_this_boot_and_namespace_is_dead() {
-        let owner = ProcessIdentity {
-            pid: 200,
-            start_ticks: 50,
-            ..me()
-        };
-        let judge = |table: Option<(u32, char, u64)>| owner.liveness_from(&me(), |_| table);
-        assert!(matches!(judge(None), Liveness::Dead(_)));
-        assert!(
-            matches!(judge(Some((200, 'S', 51))), Liveness::Dead(_)),
-            "pid reused"
-        );
-        assert!(
-            matches!(judge(Some((200, 'Z', 50))), Liveness::Dead(_)),
-            "zombie"
-        );
-        assert!(matches!(
-            judge(Some((200, 'S', 50))),
-            Liveness::MaybeAlive(_)
-        ));
-        match judge(Some((200, 'T', 50))) {
-            Liveness::MaybeAlive(why) => assert!(why.contains("stopped"), "{why}"),
-            other => panic!("a stopped process is alive: {other:?}"),
-        }
-        let other_boot = ProcessIdentity {
-            boot_id: "b1".into(),
-            ..owner.clone()
-        };
-        assert!(matches!(
-            other_boot.liveness_from(&me(), |_| None),
-            Liveness::MaybeAlive(_)
-        ));
-        let other_ns = ProcessIdentity {
-            pid_ns: 8,
-            ..owner.clone()
-        };
-        assert!(matches!(
-            other_ns.liveness_from(&me(), |_| None),
-            Liveness::MaybeAlive(_)
-        ));
-    }
-
-    #[test]
-    fn this_process_is_alive_to_itself() {
-        if let Some(me) = ProcessIdentity::current() {
-            assert!(matches!(me.liveness(), Liveness::MaybeAlive(_)));
-            let gone = ProcessIdentity {
-                start_ticks: me.start_ticks + 1,
-                ..me
-            };
-            assert!(matches!(gone.liveness(), Liveness::Dead(_)));
-        }
+    fn the_process_lock_is_shared_and_alive_to_itself() {
+        let a = OwnerLock::current().expect("a lock");
+        let b = OwnerLock::current().expect("the same lock");
+        assert!(Arc::ptr_eq(&a, &b));
+        assert!(matches!(a.identity().liveness(), Liveness::MaybeAlive(_)));
     }
 }

@@ -8,6 +8,9 @@
 //! operation recovery is finishing (a multipart upload resumes under its upload id) or gets the
 //! recorded outcome, instead of starting a second operation behind the first.
 //!
+//! A remembered key is reused for [`KEY_LIFETIME`] at most: a command sent again much later is a
+//! new call (the path may have been written since), not the continuation of the old one.
+//!
 //! The files live in `--state-dir` (`FILESTORE_STATE_DIR`), by default
 //! `$XDG_STATE_HOME/filestore-s3` or `~/.local/state/filestore-s3`, under `calls/`.
 
@@ -15,6 +18,9 @@ use std::path::{Path, PathBuf};
 
 use filestore_s3::Error;
 use sha2::{Digest, Sha256};
+
+/// How long a remembered key is reused after the call that made it up.
+pub const KEY_LIFETIME: std::time::Duration = std::time::Duration::from_secs(3600);
 
 /// The key a command sends, and the file that remembers it while its outcome is unknown.
 pub struct CallKey {
@@ -53,8 +59,14 @@ impl CallKey {
             h.update([0]);
         }
         let file = dir.join("calls").join(hex::encode(h.finalize()));
-        if let Some(key) = std::fs::read_to_string(&file)
+        let recent = std::fs::metadata(&file)
+            .and_then(|m| m.modified())
             .ok()
+            .and_then(|t| t.elapsed().ok())
+            .is_some_and(|age| age < KEY_LIFETIME);
+        if let Some(key) = recent
+            .then(|| std::fs::read_to_string(&file).ok())
+            .flatten()
             .and_then(|s| s.lines().next().map(str::to_owned))
             .filter(|k| filestore_s3::actors::validate::idempotency_key(k).is_ok())
         {

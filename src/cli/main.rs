@@ -416,7 +416,21 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     };
     match outcome {
         Some(r) => {
-            exec.shutdown().await;
+            // Recovery this command started on the mount may still be running: it gets the
+            // shutdown deadline, and an interrupt meanwhile quits at once.
+            tokio::select! {
+                drained = exec.shutdown_within(exec.config().shutdown_deadline) => {
+                    if drained {
+                        // Every lease is given back: the lock file that would let the next
+                        // command prove this process dead is no longer needed.
+                        filestore_s3::liveness::OwnerLock::retire_current();
+                    }
+                }
+                () = interrupted() => {
+                    eprintln!("interrupted while stopping: quitting at once");
+                    std::process::exit(130);
+                }
+            }
             r
         }
         None => {
@@ -426,7 +440,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 INTERRUPT_DEADLINE.as_secs()
             );
             tokio::select! {
-                () = exec.shutdown_within(INTERRUPT_DEADLINE) => {}
+                drained = exec.shutdown_within(INTERRUPT_DEADLINE) => {
+                    if drained {
+                        filestore_s3::liveness::OwnerLock::retire_current();
+                    }
+                }
                 () = interrupted() => {}
             }
             std::process::exit(130);
@@ -462,21 +480,25 @@ async fn take_lease(exec: &S3Executor, mount: &str, cli: &Cli) -> anyhow::Result
         Some(Liveness::MaybeAlive(why)) | Some(Liveness::Dead(why)) => why,
         None => "no lease recorded".into(),
     };
-    let (owner, until) = match exec.wait_for_lease(mount, Duration::ZERO).await {
+    let held = match exec.wait_for_lease(mount, Duration::ZERO).await {
         Ok(()) => return Ok(()),
-        Err(Error::NotOwner { owner, until, .. }) => (owner, until),
+        Err(Error::NotOwner { owner, until, .. }) => {
+            let reason = why(exec.lease_holder(mount).await.ok().flatten());
+            format!("held by executor '{owner}' until {until} ({reason})")
+        }
+        // The lease could not be looked at yet (Postgres unreachable for a moment).
+        Err(Error::Shutdown) => "not known yet: the lease could not be looked at".to_owned(),
         Err(e) => return Err(e.into()),
     };
-    let reason = why(exec.lease_holder(mount).await.ok().flatten());
     if cli.no_wait {
         bail!(
-            "mount '{mount}' is leased by executor '{owner}' until {until} ({reason}); not waiting \
-             (--no-wait): retry later, or send the call to that executor's host"
+            "mount '{mount}': lease {held}; not waiting (--no-wait): retry later, or send the call \
+             to that executor's host"
         );
     }
     let wait = Duration::from_secs(cli.lease_wait);
     eprintln!(
-        "waiting up to {} s for the mount's lease held by executor '{owner}' until {until} ({reason})",
+        "waiting up to {} s for the mount's lease, {held}",
         wait.as_secs()
     );
     let started = std::time::Instant::now();
@@ -497,6 +519,11 @@ async fn take_lease(exec: &S3Executor, mount: &str, cli: &Cli) -> anyhow::Result
                 wait.as_secs()
             )
         }
+        Err(Error::Shutdown) => bail!(
+            "gave up after waiting {} s: the lease of mount '{mount}' could not be looked at \
+             (is Postgres reachable?)",
+            wait.as_secs()
+        ),
         Err(e) => Err(e.into()),
     }
 }
@@ -580,7 +607,10 @@ async fn run_one_shot(exec: &S3Executor, cli: &Cli) -> anyhow::Result<()> {
                     ));
                 }
                 None => {
-                    println!("{}", serde_json::to_string(p).expect("progress serialises"));
+                    // Not println!: a closed stdout (`| head`) must not panic the executor's thread.
+                    use std::io::Write as _;
+                    let line = serde_json::to_string(p).expect("progress serialises");
+                    let _ = writeln!(std::io::stdout(), "{line}");
                 }
             });
             let r = exec
@@ -747,7 +777,9 @@ async fn serve(config: ExecutorConfig, listen: std::net::SocketAddr) -> anyhow::
         "stopping: running operations get up to {:?} to finish",
         exec.config().shutdown_deadline
     );
-    exec.shutdown().await;
+    if exec.shutdown_within(exec.config().shutdown_deadline).await {
+        filestore_s3::liveness::OwnerLock::retire_current();
+    }
     let _ = stop.send(true);
     let _ = http.await;
     println!("stopped");

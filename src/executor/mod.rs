@@ -241,12 +241,13 @@ impl S3Executor {
     /// resumed by the mount's next owner.
     pub async fn shutdown(&self) {
         self.shutdown_within(self.inner.config.shutdown_deadline)
-            .await
+            .await;
     }
 
     /// [`shutdown`](Self::shutdown) with another deadline for running operations (a command
-    /// interrupted by its user stops sooner than a host).
-    pub async fn shutdown_within(&self, deadline: Duration) {
+    /// interrupted by its user stops sooner than a host). `true` when every mount drained in time
+    /// and gave its lease back.
+    pub async fn shutdown_within(&self, deadline: Duration) -> bool {
         let _ = self.inner.stop_watch.send(true);
         let retiring: Vec<_> = self
             .inner
@@ -256,10 +257,10 @@ impl S3Executor {
             .into_iter()
             .map(|addr| async move { addr.send(RetireMount).await })
             .collect();
-        if tokio::time::timeout(deadline, futures::future::join_all(retiring))
+        let drained = tokio::time::timeout(deadline, futures::future::join_all(retiring))
             .await
-            .is_err()
-        {
+            .is_ok();
+        if !drained {
             log::warn!(
                 "shutdown: operations still running after {deadline:?} are left to the mounts' next owner (they stay pending; multipart uploads stay resumable)"
             );
@@ -267,6 +268,7 @@ impl S3Executor {
         if let Some(sys) = &self.inner.own_system {
             sys.stop();
         }
+        drained
     }
 }
 

@@ -8,7 +8,7 @@ use filestore_s3_actors::model::{Fence, LeaseState};
 use filestore_s3_actors::ports::MetaError;
 
 use super::{pg, PgMetaStore};
-use crate::liveness::{Liveness, ProcessIdentity};
+use crate::liveness::{Liveness, OwnerLock, ProcessIdentity};
 
 /// The holder of a mount's lease as recorded, and what this machine can tell of its process.
 #[derive(Debug, Clone)]
@@ -100,7 +100,11 @@ impl PgMetaStore {
         ttl: Duration,
     ) -> Result<LeaseState, MetaError> {
         let c = self.client().await?;
-        let me = ProcessIdentity::current().map(|p| p.to_string());
+        let me = self
+            .owner_lock
+            .get_or_init(OwnerLock::current)
+            .as_ref()
+            .map(|l| l.identity().to_string());
         let taken = c
             .query_opt(
                 &cached!(
@@ -137,8 +141,8 @@ impl PgMetaStore {
             .map_err(pg)?;
         let holder = LeaseHolder::from_row(&row);
         if let Liveness::Dead(why) = &holder.liveness {
-            // Compare-and-swap on what was judged: the same holder at the same epoch, so a lease
-            // renewed or taken by anyone else meanwhile is left alone.
+            // Compare-and-swap on what was judged: the same holder, epoch and process, so a lease
+            // taken by anyone else meanwhile is left alone (a dead process renews nothing).
             let broken = c
                 .query_opt(
                     &cached!(

@@ -37,6 +37,7 @@ use filestore_s3_actors::mount::MountRow;
 use filestore_s3_actors::ports::{BatchResult, MetaError, MetaStore, MetaWrite, UploadedPart};
 use filestore_s3_actors::Error;
 
+use crate::liveness::OwnerLock;
 pub use lease::LeaseHolder;
 pub use listen::{listen_mount_changes, Change};
 use migrate::pg_config;
@@ -113,6 +114,10 @@ pub struct PgMetaStore {
     fence: Option<Fence>,
     /// How batches were written, shared by every view of the pool.
     batches: std::sync::Arc<BatchCounts>,
+    /// This process's owner lock, taken at the first lease acquisition and held as long as any
+    /// view of the pool lives (the supervisors hold theirs), so the leases this process records
+    /// can be told from a dead process's ([`crate::liveness`]).
+    owner_lock: std::sync::Arc<std::sync::OnceLock<Option<std::sync::Arc<OwnerLock>>>>,
 }
 
 /// How many batches of several writes were written in each way (see [`PgMetaStore::batch_counts`]).
@@ -149,6 +154,7 @@ impl PgMetaStore {
             pool,
             fence: None,
             batches: Default::default(),
+            owner_lock: Default::default(),
         })
     }
 
@@ -173,6 +179,7 @@ impl MetaStore for PgMetaStore {
             pool: self.pool.clone(),
             fence: Some(fence),
             batches: self.batches.clone(),
+            owner_lock: self.owner_lock.clone(),
         })
     }
     async fn acquire_lease(

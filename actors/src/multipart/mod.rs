@@ -55,7 +55,8 @@ struct HubState {
 impl ProgressHub {
     /// Adds a follower; it gets the latest progress now, if there was any.
     pub fn subscribe(&self, sink: ProgressSink) {
-        let mut s = self.0.lock().expect("progress hub lock");
+        // A sink that panicked must not take the supervisor down with it.
+        let mut s = self.0.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(p) = &s.latest {
             sink(p);
         }
@@ -66,8 +67,13 @@ impl ProgressHub {
     pub fn sink(&self) -> ProgressSink {
         let hub = self.clone();
         Arc::new(move |p: &UploadProgress| {
-            let mut s = hub.0.lock().expect("progress hub lock");
-            s.latest = Some(p.clone());
+            let mut s = hub.0.lock().unwrap_or_else(|e| e.into_inner());
+            // Parts finish out of order; a late subscriber starts from the furthest point seen.
+            if s.latest.as_ref().is_none_or(|l| {
+                (l.bytes_done, l.bytes_sent, l.finished) <= (p.bytes_done, p.bytes_sent, p.finished)
+            }) {
+                s.latest = Some(p.clone());
+            }
             for sink in &s.sinks {
                 sink(p);
             }
