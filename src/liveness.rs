@@ -72,8 +72,13 @@ impl ProcessIdentity {
         })
     }
 
-    /// Whether the process this identity names is provably gone, judged from this process. When
-    /// it is, its lock file is removed (it served its purpose).
+    /// Removes the lock file of a process judged dead whose lease was taken over (it served its
+    /// purpose). Never call it for a process not judged dead.
+    pub fn forget(&self) {
+        let _ = std::fs::remove_file(&self.lock_file);
+    }
+
+    /// Whether the process this identity names is provably gone, judged from this process.
     pub fn liveness(&self) -> Liveness {
         let Some(boot) = boot_id() else {
             return Liveness::MaybeAlive("this machine's boot id cannot be read".into());
@@ -99,14 +104,10 @@ impl ProcessIdentity {
             }
         };
         match file.try_lock() {
-            Ok(()) => {
-                // Removed while locked, so no other looker takes it for a live process's file.
-                let _ = std::fs::remove_file(&self.lock_file);
-                Liveness::Dead(format!(
-                    "process {pid} on this machine has exited (its lock on {} is gone)",
-                    self.lock_file.display()
-                ))
-            }
+            Ok(()) => Liveness::Dead(format!(
+                "process {pid} on this machine has exited (its lock on {} is gone)",
+                self.lock_file.display()
+            )),
             Err(std::fs::TryLockError::WouldBlock) => Liveness::MaybeAlive(format!(
                 "process {pid} is alive on this machine (running or stopped: it holds its lock)"
             )),
@@ -286,7 +287,12 @@ mod tests {
             ..id.clone()
         };
         assert!(matches!(dead.liveness(), Liveness::Dead(_)));
-        assert!(!leftover.exists(), "a dead process's file is removed");
+        assert!(
+            matches!(dead.liveness(), Liveness::Dead(_)),
+            "judging changes nothing"
+        );
+        dead.forget();
+        assert!(!leftover.exists());
         drop(lock);
         assert!(!id.lock_file.exists());
         assert!(matches!(id.liveness(), Liveness::MaybeAlive(why) if why.contains("not visible")));

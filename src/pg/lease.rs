@@ -168,6 +168,9 @@ impl PgMetaStore {
                 .map_err(pg)?;
             if let Some(row) = broken {
                 let epoch: i64 = row.get(0);
+                if let Some(p) = &holder.process {
+                    p.forget();
+                }
                 log::warn!(
                     "mount {mount}: broke the lease of executor '{}' (epoch {}, until {}): {why}; \
                      taken by '{owner}' at epoch {epoch}",
