@@ -27,6 +27,9 @@ pub struct ProcessIdentity {
     pub boot_id: String,
     /// The process id (for messages; the lock file decides).
     pub pid: u32,
+    /// The lock file's device and inode: a file put at the same path later (a copy, a restored
+    /// backup) is not the one the process locked.
+    pub file_id: (u64, u64),
     /// The file the process holds locked while it lives.
     pub lock_file: PathBuf,
 }
@@ -44,23 +47,26 @@ impl fmt::Display for ProcessIdentity {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "flock:{}:{}:{}",
+            "flock:{}:{}:{}:{}:{}",
             self.boot_id,
             self.pid,
+            self.file_id.0,
+            self.file_id.1,
             self.lock_file.display()
         )
     }
 }
 
 impl ProcessIdentity {
-    /// Parses the form written by `Display` (`flock:BOOT_ID:PID:PATH`).
+    /// Parses the form written by `Display` (`flock:BOOT_ID:PID:DEV:INO:PATH`).
     pub fn parse(s: &str) -> Option<Self> {
-        let mut it = s.splitn(4, ':');
+        let mut it = s.splitn(6, ':');
         if it.next()? != "flock" {
             return None;
         }
         let boot_id = it.next()?.to_owned();
         let pid = it.next()?.parse().ok()?;
+        let file_id = (it.next()?.parse().ok()?, it.next()?.parse().ok()?);
         let lock_file = PathBuf::from(it.next()?);
         if boot_id.is_empty() || !lock_file.is_absolute() {
             return None;
@@ -68,6 +74,7 @@ impl ProcessIdentity {
         Some(ProcessIdentity {
             boot_id,
             pid,
+            file_id,
             lock_file,
         })
     }
@@ -90,7 +97,12 @@ impl ProcessIdentity {
                 self.boot_id
             ));
         }
-        let file = match OpenOptions::new().read(true).open(&self.lock_file) {
+        // Read-write: a network file system's lock emulation needs it for an exclusive lock.
+        let file = match OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&self.lock_file)
+        {
             Ok(f) => f,
             Err(e) if e.kind() == ErrorKind::NotFound => {
                 return Liveness::MaybeAlive(format!(
@@ -103,6 +115,22 @@ impl ProcessIdentity {
                 ))
             }
         };
+        {
+            use std::os::unix::fs::MetadataExt;
+            match file.metadata() {
+                Ok(m) if (m.dev(), m.ino()) == self.file_id => {}
+                Ok(_) => {
+                    return Liveness::MaybeAlive(format!(
+                        "process {pid}'s lock file was replaced since it was taken"
+                    ))
+                }
+                Err(e) => {
+                    return Liveness::MaybeAlive(format!(
+                        "process {pid}'s lock file cannot be examined ({e})"
+                    ))
+                }
+            }
+        }
         match file.try_lock() {
             Ok(()) => Liveness::Dead(format!(
                 "process {pid} on this machine has exited (its lock on {} is gone)",
@@ -186,7 +214,7 @@ impl OwnerLock {
                 .and_then(|t| t.elapsed().ok())
                 .is_some_and(|age| age > LEFT_OVER);
             if old && path.extension().is_some_and(|e| e == "lock") {
-                if let Ok(f) = OpenOptions::new().read(true).open(&path) {
+                if let Ok(f) = OpenOptions::new().read(true).write(true).open(&path) {
                     if f.try_lock().is_ok() {
                         let _ = std::fs::remove_file(&path);
                     }
@@ -201,12 +229,33 @@ impl OwnerLock {
         let uid = std::fs::metadata("/proc/self")
             .map(|m| m.uid())
             .map_err(|e| e.to_string())?;
+        let tmp = std::path::absolute(tmp).map_err(|e| format!("{}: {e}", tmp.display()))?;
+        if tmp.to_str().is_none_or(|t| t.contains('\n')) {
+            return Err(format!("{}: not a plain UTF-8 path", tmp.display()));
+        }
         let dir = tmp.join(format!("filestore-s3-owners-{uid}"));
         std::fs::DirBuilder::new()
             .recursive(true)
             .mode(0o700)
             .create(&dir)
             .map_err(|e| format!("{}: {e}", dir.display()))?;
+        // The directory must be this user's own, not a link or one another user prepared (who
+        // could swap a live process's file for an unlocked one).
+        let m = std::fs::symlink_metadata(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        if !m.is_dir() || m.uid() != uid || m.mode() & 0o077 != 0 {
+            return Err(format!(
+                "{}: not a directory of this user's with mode 0700",
+                dir.display()
+            ));
+        }
+        // A lock on a network file system can be lost while its process lives.
+        let fs = file_system_of(&dir).unwrap_or_default();
+        if !LOCAL_FILE_SYSTEMS.contains(&fs.as_str()) {
+            return Err(format!(
+                "{}: on file system '{fs}', not a local one whose locks only the kernel drops",
+                dir.display()
+            ));
+        }
         // Files of processes killed long ago whose leases nobody looked at since go now.
         Self::sweep(&dir);
         let pid = std::process::id();
@@ -223,10 +272,14 @@ impl OwnerLock {
             .map_err(|e| format!("{}: {e}", path.display()))?;
         file.try_lock()
             .map_err(|e| format!("{}: {e}", path.display()))?;
+        let m = file
+            .metadata()
+            .map_err(|e| format!("{}: {e}", path.display()))?;
         Ok(OwnerLock {
             identity: ProcessIdentity {
                 boot_id,
                 pid,
+                file_id: (m.dev(), m.ino()),
                 lock_file: path,
             },
             _file: file,
@@ -234,11 +287,32 @@ impl OwnerLock {
     }
 }
 
-impl Drop for OwnerLock {
-    fn drop(&mut self) {
-        // Removed before the file is closed (which drops the lock), so no looker finds it unlocked.
-        let _ = std::fs::remove_file(&self.identity.lock_file);
-    }
+// No Drop: the last `OwnerLock` goes only once no view of this process can write, so its file,
+// closed and unlocked, rightly shows the process's leases as breakable (a lease cut off by a
+// shutdown deadline included). A process that gave every lease back removes its file
+// (`retire_current`); the others are swept after a day.
+
+/// File systems whose `flock` only the local kernel drops, when the holder's process ends.
+const LOCAL_FILE_SYSTEMS: &[&str] = &[
+    "tmpfs", "ramfs", "ext2", "ext3", "ext4", "xfs", "btrfs", "f2fs", "zfs", "overlay", "bcachefs",
+];
+
+/// The type of the file system `path` is on, from the longest mount point above it.
+fn file_system_of(path: &Path) -> Option<String> {
+    let mounts = std::fs::read_to_string("/proc/self/mounts").ok()?;
+    let real = std::fs::canonicalize(path).ok()?;
+    mounts
+        .lines()
+        .filter_map(|l| {
+            let mut f = l.split(' ');
+            let (_, point, fs) = (f.next()?, f.next()?, f.next()?);
+            // Mount points escape a space as octal (`\040`).
+            let point = point.replace("\\040", " ");
+            real.starts_with(&point)
+                .then(|| (point.len(), fs.to_owned()))
+        })
+        .max_by_key(|(len, _)| *len)
+        .map(|(_, fs)| fs)
 }
 
 fn boot_id() -> Option<String> {
@@ -256,51 +330,68 @@ mod tests {
         let id = ProcessIdentity {
             boot_id: "b0".into(),
             pid: 7,
+            file_id: (64, 1234),
             lock_file: "/tmp/x:y/owner.lock".into(),
         };
         assert_eq!(ProcessIdentity::parse(&id.to_string()), Some(id));
         for bad in [
             "",
             "flock",
-            "flock:b:1",
-            "flock:b:x:/a",
-            "flock::1:/a",
-            "flock:b:1:rel",
-            "linux:b:1:/a",
+            "flock:b:1:2:3",
+            "flock:b:x:2:3:/a",
+            "flock::1:2:3:/a",
+            "flock:b:1:2:3:rel",
+            "linux:b:1:2:3:/a",
         ] {
             assert_eq!(ProcessIdentity::parse(bad), None, "{bad:?}");
         }
     }
 
     #[test]
-    fn a_held_lock_is_alive_a_released_one_dead_a_missing_one_unknown() {
+    fn a_held_lock_is_alive_a_released_one_dead_a_replaced_or_missing_one_unknown() {
         let dir = tempfile::tempdir().unwrap();
         let lock = OwnerLock::take(dir.path()).expect("a lock in a fresh directory");
         let id = lock.identity().clone();
         assert!(matches!(id.liveness(), Liveness::MaybeAlive(why) if why.contains("alive")));
-        // Dropping closes the file (as the kernel does for a killed process) but also removes
-        // it; a file left behind unlocked is what a killed process leaves.
-        let leftover = id.lock_file.with_extension("left");
-        std::fs::write(&leftover, b"").unwrap();
-        let dead = ProcessIdentity {
-            lock_file: leftover.clone(),
+        // A file put in its place later is not the one the process locked.
+        let copy = id.lock_file.with_extension("copy");
+        std::fs::write(&copy, b"").unwrap();
+        let replaced = ProcessIdentity {
+            lock_file: copy,
             ..id.clone()
         };
-        assert!(matches!(dead.liveness(), Liveness::Dead(_)));
         assert!(
-            matches!(dead.liveness(), Liveness::Dead(_)),
+            matches!(replaced.liveness(), Liveness::MaybeAlive(why) if why.contains("replaced"))
+        );
+        // Dropping the last lock closes the file, as the kernel does for a killed process.
+        drop(lock);
+        assert!(matches!(id.liveness(), Liveness::Dead(_)));
+        assert!(
+            matches!(id.liveness(), Liveness::Dead(_)),
             "judging changes nothing"
         );
-        dead.forget();
-        assert!(!leftover.exists());
-        drop(lock);
-        assert!(!id.lock_file.exists());
-        assert!(matches!(id.liveness(), Liveness::MaybeAlive(why) if why.contains("not visible")));
         let elsewhere = ProcessIdentity {
             boot_id: "another-boot".into(),
-            ..dead
+            ..id.clone()
         };
         assert!(matches!(elsewhere.liveness(), Liveness::MaybeAlive(_)));
+        id.forget();
+        assert!(!id.lock_file.exists());
+        assert!(matches!(id.liveness(), Liveness::MaybeAlive(why) if why.contains("not visible")));
+    }
+
+    #[test]
+    fn a_directory_another_user_could_have_prepared_is_refused() {
+        use std::os::unix::fs::PermissionsExt;
+        let tmp = tempfile::tempdir().unwrap();
+        let uid = {
+            use std::os::unix::fs::MetadataExt;
+            std::fs::metadata("/proc/self").unwrap().uid()
+        };
+        let dir = tmp.path().join(format!("filestore-s3-owners-{uid}"));
+        std::fs::create_dir(&dir).unwrap();
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o777)).unwrap();
+        assert!(OwnerLock::take(tmp.path()).is_err());
     }
 
     #[test]
