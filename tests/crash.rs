@@ -673,15 +673,20 @@ pub async fn killed_put_sent_again_resumes_at_once(backend: Backend) {
 
     // The same command again at once (--progress-json, as the first run had it), refusing to
     // wait for the lease.
-    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_filestore-s3"))
-        .args(["--no-wait", "put", "m", "crash/big.bin"])
-        .arg(&file)
-        .arg("--progress-json")
-        .envs(env.child_vars())
-        .kill_on_drop(true)
-        .output()
-        .await
-        .unwrap();
+    let f = file.to_str().unwrap();
+    let out = cli(
+        &env,
+        &[
+            "--no-wait",
+            "put",
+            "m",
+            "crash/big.bin",
+            f,
+            "--progress-json",
+        ],
+        &[],
+    )
+    .await;
     let stderr = stderr_of(&out);
     assert!(out.status.success(), "{stderr}");
     assert!(stderr.contains("continuing the same put"), "{stderr}");
@@ -804,14 +809,8 @@ pub async fn interrupted_put_gives_the_mount_back(backend: Backend) {
         released || pending == 1,
         "lease held by {owner} with {pending} pending rows"
     );
-    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_filestore-s3"))
-        .args(["--no-wait", "put", "m", "crash/big.bin"])
-        .arg(&file)
-        .envs(env.child_vars())
-        .kill_on_drop(true)
-        .output()
-        .await
-        .unwrap();
+    let f = file.to_str().unwrap();
+    let out = cli(&env, &["--no-wait", "put", "m", "crash/big.bin", f], &[]).await;
     assert!(out.status.success(), "{}", stderr_of(&out));
     let rows = env.query("SELECT state FROM {schema}.journal", &[]).await;
     assert_eq!(rows.len(), 1, "the same operation, continued");
