@@ -9,7 +9,7 @@
 //!     scripts/bench.sh            # 4 GiB
 //!     scripts/bench.sh 1          # 1 GiB
 
-#[path = "../tests/common/mod.rs"]
+#[path = "../tests/suite/common/mod.rs"]
 mod common;
 
 use std::time::Instant;
@@ -38,12 +38,14 @@ async fn main() {
     let size = gib * 1024 * MIB;
     let part = 16 * MIB;
     let concurrency = 4u64;
-    let env = TestEnv::with_mount(Backend::S3sFs, |r| {
-        r.multipart_threshold = part as i64;
-        r.part_size = part as i64;
-        r.part_concurrency = concurrency as i32;
-    })
-    .await;
+    let env = TestEnv::builder(Backend::S3sFs)
+        .mount(|r| {
+            r.multipart_threshold = part as i64;
+            r.part_size = part as i64;
+            r.part_concurrency = concurrency as i32;
+        })
+        .build()
+        .await;
 
     // Baseline: the same stream generated and hashed, nothing uploaded.
     let t = Instant::now();

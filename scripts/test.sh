@@ -40,6 +40,8 @@ step "build every target"
 cargo build --workspace --all-targets --locked "${features[@]}"
 step "cargo test"
 cargo test --workspace --locked "${features[@]}" "$@"
+step "the external-endpoint suite against moto and a standalone s3s-fs (scripts/test-external-local.sh)"
+scripts/test-external-local.sh
 step "benchmark smoke run (tiny sizes; the real run is scripts/bench.sh, docs/benchmarks.md)"
 "${CARGO_TARGET_DIR:-target}/debug/filestore-s3-bench" run --smoke --repeat 2 \
   --out "${CARGO_TARGET_DIR:-target}/bench/smoke.json"

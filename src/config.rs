@@ -2,7 +2,6 @@
 
 use std::time::Duration;
 
-use filestore_s3_actors::retry::RetryPolicy;
 use filestore_s3_actors::{Error, SupervisorSettings};
 
 use crate::s3::S3Settings;
@@ -350,24 +349,6 @@ impl ExecutorConfig {
         self.redis_prefix = prefix.into();
         self
     }
-
-    /// Uses static S3 credentials instead of the AWS default chain.
-    pub fn with_s3_credentials(mut self, access_key: &str, secret_key: &str) -> Self {
-        self.s3.credentials = Some((access_key.into(), secret_key.into()));
-        self
-    }
-
-    /// Sets the retry policy.
-    pub fn with_retry(mut self, retry: RetryPolicy) -> Self {
-        self.supervisor.retry = retry;
-        self
-    }
-
-    /// Sets the actor settings.
-    pub fn with_supervisor_settings(mut self, s: SupervisorSettings) -> Self {
-        self.supervisor = s;
-        self
-    }
 }
 
 #[cfg(test)]
@@ -376,9 +357,8 @@ mod tests {
 
     #[test]
     fn debug_hides_passwords() {
-        let c = ExecutorConfig::default()
-            .with_database_url("postgres://u:secret@h/db")
-            .with_s3_credentials("AK", "SK");
+        let mut c = ExecutorConfig::default().with_database_url("postgres://u:secret@h/db");
+        c.s3.credentials = Some(("AK".into(), "SK".into()));
         let s = format!("{c:?}");
         assert!(!s.contains("secret"), "{s}");
         assert!(!s.contains("\"SK\""), "{s}");

@@ -19,10 +19,12 @@ pub mod s3;
 pub mod tls;
 
 pub use config::ExecutorConfig;
+/// The executor's actix face: messages for every operation and change-event subscriptions.
+pub use executor::messages;
 pub use executor::{
     progress_to_recipient, DeleteManyOptions, DeleteOptions, FeedEvent, FollowOptions, GetOptions,
-    GetResult, Health, ListOptions, MountHealth, MountState, PutOptions, Reach, S3Executor,
-    TransferOptions, UploadProgressMsg, SHUTDOWN_DRAIN_DEADLINE,
+    GetResult, Health, ListOptions, MountHealth, MountState, PutMode, PutOptions, Reach,
+    S3Executor, TransferOptions, UploadProgressMsg,
 };
 pub use filestore_s3_actors as actors;
 pub use filestore_s3_actors::model::UploadProgress;

@@ -10,7 +10,8 @@ use crate::error::Error;
 use crate::model::{ListPage, Node, OpKind, OpResult, Stat, UploadSource, WriteCondition};
 use crate::multipart::{ProgressSink, SourceReader};
 use crate::path::{DirPath, FsPath};
-use crate::ports::{ByteRange, MountAccess, ObjectBody};
+use crate::ports::{ByteRange, ObjectBody};
+use crate::store::MountStore;
 
 /// Put an object whose body is already in memory (at most the mount's multipart threshold).
 #[derive(Debug, Message)]
@@ -182,7 +183,7 @@ pub struct TransferObject {
     /// [`OpKind::Copy`] or [`OpKind::Move`].
     pub op: OpKind,
     /// The source's mount (this one, or another the executor serves).
-    pub source_mount: MountAccess,
+    pub source_mount: MountStore,
     /// Source path.
     pub source_path: FsPath,
     /// Destination path (on this mount).

@@ -67,12 +67,15 @@ pub struct RecordPart {
     pub part: UploadedPart,
 }
 
-/// What the committer is doing, answered at once (the mailbox never waits for Postgres).
+/// What the committer is doing, answered at once (the mailbox never waits for Postgres). For
+/// actor tests (feature `testing`).
+#[cfg(any(test, feature = "testing"))]
 #[derive(Debug, Message)]
 #[rtype(result = "CommitterStatus")]
 pub struct QueryCommitter;
 
 /// Answer to [`QueryCommitter`].
+#[cfg(any(test, feature = "testing"))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct CommitterStatus {
     /// Writes waiting, the batches in flight or waiting for their retry included.
@@ -145,6 +148,7 @@ impl Reply {
     fn send(self, mount: &str, r: Result<MetaOutput, MetaError>) {
         fn mismatch(got: &MetaOutput) -> MetaError {
             MetaError {
+                cause: None,
                 retryable: false,
                 fenced: false,
                 message: format!("internal: the metadata store answered a write with {got:?}"),
@@ -186,6 +190,7 @@ type Waiting = (u64, Reply, Vec<Claim>);
 /// A batch being written.
 struct Flight {
     id: u64,
+    #[cfg_attr(not(any(test, feature = "testing")), allow(dead_code))]
     writes: usize,
     claims: HashSet<Claim>,
 }
@@ -451,6 +456,7 @@ impl Actor for CommitterActor {
 async fn answer<T>(rx: oneshot::Receiver<Result<T, MetaError>>) -> Result<T, MetaError> {
     rx.await.unwrap_or_else(|_| {
         Err(MetaError {
+            cause: None,
             fenced: false,
             retryable: true,
             message: "the committer stopped before writing the change".into(),
@@ -536,6 +542,7 @@ impl Handler<RecordPart> for CommitterActor {
     }
 }
 
+#[cfg(any(test, feature = "testing"))]
 impl Handler<QueryCommitter> for CommitterActor {
     type Result = MessageResult<QueryCommitter>;
 

@@ -21,11 +21,6 @@ impl Sha256Digest {
         Sha256Digest(Sha256::digest(data).into())
     }
 
-    /// Wraps raw digest bytes.
-    pub fn from_bytes(raw: [u8; 32]) -> Self {
-        Sha256Digest(raw)
-    }
-
     /// Raw digest bytes (32), for example from a decoded checksum header.
     pub fn from_slice(raw: &[u8]) -> Option<Self> {
         <[u8; 32]>::try_from(raw).ok().map(Sha256Digest)

@@ -2,7 +2,8 @@
 
 use crate::mount::MountConfigError;
 use crate::path::PathError;
-use crate::ports::{MetaError, StoreError};
+use crate::ports::MetaError;
+use crate::store_error::{Outcome, S3Op, StoreError};
 
 /// Every error an executor call can return. Each variant says what was wrong; [`Error::is_retryable`]
 /// says whether the same call may succeed later.
@@ -75,15 +76,17 @@ pub enum Error {
         key: String,
     },
     /// The object store failed. When the store denied access, the message names the IAM
-    /// permission the operation needs (see [`required_permission`]).
-    #[error("S3 {op} of '{key}' failed: {source}{}", denied_hint(op, source))]
+    /// permission the request needs ([`S3Op::permission`]).
+    #[error("S3 {op} of '{key}' failed: {source}{}", denied_hint(*op, source))]
     Storage {
-        /// S3 operation.
-        op: &'static str,
+        /// The request.
+        op: S3Op,
         /// Object key.
         key: String,
-        /// The store's error.
+        /// The store's error (of the last attempt).
         source: StoreError,
+        /// What the request may have done to the bucket, over all its attempts.
+        outcome: Outcome,
     },
     /// The store did not show the expected state within the verification window; the journal
     /// entry stays pending and recovery finishes it.
@@ -96,7 +99,7 @@ pub enum Error {
     },
     /// Postgres failed.
     #[error("metadata store: {0}")]
-    Metadata(MetaError),
+    Metadata(#[source] MetaError),
     /// Another executor owns the mount (holds its lease); send the call there, or retry once it
     /// is taken over.
     #[error("mount '{mount}' is owned by executor '{owner}' (lease until {until}); send the call to that host, or retry after a takeover")]
@@ -111,7 +114,7 @@ pub enum Error {
     /// This executor lost the mount's lease while the call ran; its write was refused (fencing)
     /// and the owner's recovery settles the operation.
     #[error("this executor lost the lease of the mount while the call ran; the write was refused ({0}); retry the call")]
-    LeaseLost(MetaError),
+    LeaseLost(#[source] MetaError),
     /// A change feed was asked to resume below the mount's feed horizon: the events up to
     /// `pruned_through` were deleted by the outbox retention. Resynchronise (list the mount),
     /// then follow from `pruned_through`.
@@ -129,8 +132,11 @@ pub enum Error {
     Source {
         /// What was being read.
         what: String,
-        /// The I/O error.
+        /// What went wrong.
         message: String,
+        /// The I/O error, when there was one (its `source` chain intact).
+        #[source]
+        io: Option<std::sync::Arc<std::io::Error>>,
     },
     /// The source of a multipart put changed (or cannot be re-read) since the upload started.
     #[error("source {source_path} changed or cannot be re-read: {reason}; the upload was ended, send the put again")]
@@ -241,6 +247,15 @@ impl Error {
         }
     }
 
+    /// Reading (or writing) the caller's `what` failed with `e`.
+    pub fn io(what: impl Into<String>, e: std::io::Error) -> Self {
+        Error::Source {
+            what: what.into(),
+            message: e.to_string(),
+            io: Some(std::sync::Arc::new(e)),
+        }
+    }
+
     pub(crate) fn invalid_path(path: &str, source: PathError) -> Self {
         Error::InvalidPath {
             path: path.escape_debug().to_string(),
@@ -249,34 +264,11 @@ impl Error {
     }
 }
 
-/// The IAM permission an S3 operation of the executor needs (the operation names are those in
-/// [`Error::Storage`]), with the KMS permissions it needs under SSE-KMS.
-pub fn required_permission(op: &str) -> &'static str {
-    match op {
-        "PUT" => "s3:PutObject (and kms:GenerateDataKey on the mount's KMS key under SSE-KMS)",
-        "CreateMultipartUpload" | "UploadPart" | "CompleteMultipartUpload" => {
-            "s3:PutObject (and kms:GenerateDataKey plus kms:Decrypt on the mount's KMS key under SSE-KMS)"
-        }
-        "GET" | "HEAD" => {
-            "s3:GetObject (and kms:Decrypt for an SSE-KMS object; without s3:ListBucket a missing key also answers AccessDenied)"
-        }
-        "LIST" => "s3:ListBucket on the bucket",
-        "DELETE" => "s3:DeleteObject",
-        "CopyObject" | "UploadPartCopy" => {
-            "s3:GetObject on the source and s3:PutObject on the destination (and kms:Decrypt on the source's key, kms:GenerateDataKey on the destination's, under SSE-KMS)"
-        }
-        "ListParts" => "s3:ListMultipartUploadParts",
-        "AbortMultipartUpload" => "s3:AbortMultipartUpload",
-        "ListMultipartUploads" => "s3:ListBucketMultipartUploads on the bucket",
-        _ => "the S3 permission of this operation",
-    }
-}
-
-fn denied_hint(op: &str, source: &StoreError) -> String {
+fn denied_hint(op: S3Op, source: &StoreError) -> String {
     if source.kind == crate::ports::StoreErrorKind::AccessDenied {
         format!(
             "; access denied: the mount's credentials need {}",
-            required_permission(op)
+            op.permission()
         )
     } else {
         String::new()

@@ -20,6 +20,8 @@ pub mod notifier;
 pub mod path;
 pub mod ports;
 pub mod retry;
+pub mod store;
+pub mod store_error;
 pub mod supervisor;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;

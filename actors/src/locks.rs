@@ -128,6 +128,7 @@ impl PathLocks {
         }
     }
 
+    #[cfg(test)]
     /// Whether anything holds or waits for the path.
     pub fn is_busy(&self, mount: &str, path: &str) -> bool {
         self.held

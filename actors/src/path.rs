@@ -130,11 +130,6 @@ impl FsPath {
     pub fn as_str(&self) -> &str {
         &self.0
     }
-
-    /// The last segment.
-    pub fn file_name(&self) -> &str {
-        self.0.rsplit('/').next().unwrap_or(&self.0)
-    }
 }
 
 impl fmt::Display for FsPath {

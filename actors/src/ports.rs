@@ -18,66 +18,7 @@ use crate::model::{
 use crate::model::{Fence, LeaseState, UploadProgress, UploadRecord};
 use crate::mount::{MountRow, MountSpec};
 
-/// Classes of object-store failure. Retryability is decided here, once, from the kind.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum StoreErrorKind {
-    /// 404 / NoSuchKey.
-    NotFound,
-    /// 412: a conditional request did not hold.
-    PreconditionFailed,
-    /// 503 SlowDown and friends: back off and retry.
-    Throttled,
-    /// 5xx, connection reset, truncated response: retry.
-    Transient,
-    /// No response within the attempt timeout: retry.
-    Timeout,
-    /// The server computed another checksum than we sent (corruption on the wire): retry.
-    ChecksumMismatch,
-    /// Credentials or permissions: fix the configuration.
-    AccessDenied,
-    /// The mount's credentials could not be obtained (profile missing, role not assumable, STS
-    /// unreachable): nothing was sent to the bucket; fix the mount's credential source.
-    Credentials,
-    /// Bucket missing, endpoint unreachable by name, or a request the store rejects
-    /// (unknown storage class, checksum header not supported): fix the mount.
-    Config,
-    /// Any other 4xx.
-    Rejected,
-}
-
-/// An object-store failure.
-#[derive(Debug, Clone, thiserror::Error)]
-#[error("{kind:?}{}: {message}", code.as_ref().map(|c| format!(" ({c})")).unwrap_or_default())]
-pub struct StoreError {
-    /// Class.
-    pub kind: StoreErrorKind,
-    /// The store's error code, when it sent one.
-    pub code: Option<String>,
-    /// Human-readable detail.
-    pub message: String,
-}
-
-impl StoreError {
-    /// Builds an error.
-    pub fn new(kind: StoreErrorKind, message: impl Into<String>) -> Self {
-        StoreError {
-            kind,
-            code: None,
-            message: message.into(),
-        }
-    }
-
-    /// Whether a retry may succeed.
-    pub fn is_retryable(&self) -> bool {
-        matches!(
-            self.kind,
-            StoreErrorKind::Throttled
-                | StoreErrorKind::Transient
-                | StoreErrorKind::Timeout
-                | StoreErrorKind::ChecksumMismatch
-        )
-    }
-}
+pub use crate::store_error::{StoreError, StoreErrorKind};
 
 /// A Postgres failure.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -89,6 +30,9 @@ pub struct MetaError {
     pub fenced: bool,
     /// Detail.
     pub message: String,
+    /// The driver's error it came from, when there is one (its `source` chain intact).
+    #[source]
+    pub cause: Option<std::sync::Arc<dyn std::error::Error + Send + Sync>>,
 }
 
 /// A Redis failure.
@@ -158,30 +102,6 @@ pub struct PartCopyInput {
     pub upload_id: String,
     /// 1-based part number.
     pub part_number: i32,
-}
-
-/// Another mount's bucket, for copies and moves between mounts.
-#[derive(Clone)]
-pub struct MountAccess {
-    /// The mount.
-    pub spec: Arc<MountSpec>,
-    /// Its store.
-    pub store: Arc<dyn ObjectStore>,
-}
-
-impl std::fmt::Debug for MountAccess {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("MountAccess")
-            .field("mount", &self.spec.name)
-            .finish_non_exhaustive()
-    }
-}
-
-/// Finds the running mounts of an executor (for recovery of a copy / move whose source is on
-/// another mount).
-pub trait MountDirectory: Send + Sync + 'static {
-    /// The mount, if this executor serves it.
-    fn mount(&self, name: &str) -> Option<MountAccess>;
 }
 
 /// A byte range of an object: `start..=end`, or `start..` when `end` is `None`.
@@ -356,73 +276,36 @@ pub trait ObjectStoreFactory: Send + Sync + 'static {
     fn for_mount(&self, spec: &MountSpec) -> Result<Arc<dyn ObjectStore>, StoreError>;
 }
 
-/// [`MetaStore::apply`]'s default: the writes one at a time, through the store's own methods.
-pub async fn apply_one_by_one<S: MetaStore + ?Sized>(
-    store: &S,
-    writes: &[MetaWrite],
-) -> BatchResult {
-    let mut out = Vec::with_capacity(writes.len());
-    for w in writes {
-        let r = match w {
-            MetaWrite::Begin(i) => store.begin(i).await.map(MetaOutput::Begun),
-            MetaWrite::Commit(c) => store
-                .commit(c)
-                .await
-                .map(|r| MetaOutput::Committed(Box::new(r))),
-            MetaWrite::Fail { journal_id, error } => store
-                .fail(*journal_id, error)
-                .await
-                .map(|_| MetaOutput::Done),
-            MetaWrite::Progress {
-                journal_id,
-                progress,
-            } => store
-                .record_progress(*journal_id, progress)
-                .await
-                .map(|_| MetaOutput::Done),
-            MetaWrite::Upload(u) => store.record_upload(u).await.map(|_| MetaOutput::Done),
-            MetaWrite::Parts { upload_id, parts } => store
-                .record_parts(upload_id, parts)
-                .await
-                .map(|_| MetaOutput::Done),
-        };
-        match r {
-            Err(e) if e.retryable || e.fenced => {
-                if out.is_empty() {
-                    return Err(e);
-                }
-                return Ok(out);
-            }
-            r => out.push(r),
-        }
-    }
-    Ok(out)
-}
-
 /// One write of a mount's committer; [`MetaStore::apply`] applies several in one go.
 #[derive(Debug, Clone)]
 pub enum MetaWrite {
-    /// [`MetaStore::begin`].
+    /// Records an intent (journal row `pending`), or reports the existing row for the key. A
+    /// failed row with the same fingerprint is re-armed to `pending` (attempts + 1) and reported
+    /// as started; a row this call wrote before (same token, answer lost) is reported as started.
     Begin(NewIntent),
-    /// [`MetaStore::commit`].
+    /// In one transaction: node upsert / delete with the next generation, a snapshot row, the
+    /// journal row marked committed with its result, and the outbox event(s). A move also
+    /// removes its source's node (with a snapshot). A commit whose `condition` no longer holds is
+    /// refused and writes nothing; one of a row already committed answers its recorded result.
     Commit(CommitRecord),
-    /// [`MetaStore::fail`].
+    /// Marks a pending journal row failed.
     Fail {
         /// Journal row.
         journal_id: i64,
         /// Error text stored in the row.
         error: String,
     },
-    /// [`MetaStore::record_progress`].
+    /// Records how far a pending copy / move got.
     Progress {
         /// Journal row.
         journal_id: i64,
         /// The step reached.
         progress: OpProgress,
     },
-    /// [`MetaStore::record_upload`].
+    /// Records a started multipart upload (state `open`) for a journal row, replacing an older
+    /// record of the same row.
     Upload(UploadRecord),
-    /// [`MetaStore::record_parts`].
+    /// Records completed parts (idempotent per part number).
     Parts {
         /// Upload id.
         upload_id: String,
@@ -481,28 +364,12 @@ pub trait MetaStore: Send + Sync + 'static {
     async fn release_lease(&self, fence: &Fence) -> Result<(), MetaError>;
     /// All `backend_mounts` rows.
     async fn load_mounts(&self) -> Result<Vec<MountRow>, MetaError>;
-    /// Records an intent (journal row `pending`), or reports the existing row for the key. A failed
-    /// row with the same fingerprint is re-armed to `pending` (attempts + 1) and reported as started.
-    async fn begin(&self, intent: &NewIntent) -> Result<IntentOutcome, MetaError>;
-    /// In one transaction: node upsert/delete with the next generation, a snapshot row, the journal
-    /// row marked committed with its result, and the outbox event(s). A move also removes its
-    /// source's node (with a snapshot). A commit whose `condition` no longer holds fails with a
-    /// non-retryable error and writes nothing.
-    async fn commit(&self, record: &CommitRecord) -> Result<OpResult, MetaError>;
     /// The journal row of an idempotency key, if any.
     async fn entry(
         &self,
         mount: &str,
         idempotency_key: &str,
     ) -> Result<Option<JournalEntry>, MetaError>;
-    /// Marks a pending journal row failed.
-    async fn fail(&self, journal_id: i64, error: &str) -> Result<(), MetaError>;
-    /// Records how far a pending copy / move got.
-    async fn record_progress(
-        &self,
-        journal_id: i64,
-        progress: &OpProgress,
-    ) -> Result<(), MetaError>;
     /// Pending journal rows of a mount, oldest first.
     async fn pending(&self, mount: &str) -> Result<Vec<JournalEntry>, MetaError>;
     /// The node at a path.
@@ -519,11 +386,6 @@ pub trait MetaStore: Send + Sync + 'static {
     ) -> Result<Vec<OutboxRow>, MetaError>;
     /// Marks outbox rows published.
     async fn mark_published(&self, ids: &[i64]) -> Result<(), MetaError>;
-    /// Records a started multipart upload (state `open`) for a journal row, replacing an older
-    /// record of the same row.
-    async fn record_upload(&self, record: &UploadRecord) -> Result<(), MetaError>;
-    /// Records completed parts (idempotent per part number).
-    async fn record_parts(&self, upload_id: &str, parts: &[UploadedPart]) -> Result<(), MetaError>;
     /// The open upload of a journal row, with its recorded parts.
     async fn upload_of(&self, journal_id: i64) -> Result<Option<UploadRecord>, MetaError>;
     /// Marks an upload `aborted` (it no longer exists in the bucket).
@@ -542,11 +404,9 @@ pub trait MetaStore: Send + Sync + 'static {
     /// be sent again. `Err`: none was applied (a retryable failure of the whole transaction, or
     /// the lease fence). Every write is idempotent, so a batch may be sent again as a whole.
     ///
-    /// This default applies the writes one at a time; a store that can share one transaction
-    /// among them overrides it.
-    async fn apply(&self, writes: &[MetaWrite]) -> BatchResult {
-        apply_one_by_one(self, writes).await
-    }
+    /// This is the only way the executor writes the journal, nodes, snapshots, outbox and
+    /// multipart records (`mark_upload_aborted` aside).
+    async fn apply(&self, writes: &[MetaWrite]) -> BatchResult;
     /// Deletes `mount`'s outbox rows published longer than `retention` ago (a change feed can no
     /// longer resume before them); returns how many.
     async fn prune_outbox(

@@ -1,5 +1,5 @@
-//! Retry with exponential backoff and jitter, bounded by attempts *and* elapsed time; and
-//! [`store_call`], the one way the actors call the object store.
+//! Retry with exponential backoff and jitter, bounded by attempts *and* elapsed time, and the
+//! per-mount counters and retry budget. S3 requests use it through [`crate::store::MountStore`].
 
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -7,7 +7,6 @@ use std::time::{Duration, Instant};
 
 use backon::{BackoffBuilder, ExponentialBuilder};
 
-use crate::error::Error;
 use crate::ports::StoreError;
 
 /// Counters of one mount (kept across supervisor restarts).
@@ -72,62 +71,6 @@ impl MountCounters {
     }
 }
 
-/// One S3 call under the retry policy: retries are logged and counted (per mount and in the
-/// `filestore_s3_retries_total` metric), and the final error names the operation and key.
-pub async fn store_call<T, F, Fut>(
-    mount: &str,
-    retry: &RetryPolicy,
-    counters: &MountCounters,
-    what: &'static str,
-    key: &str,
-    op: F,
-) -> Result<T, Error>
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Result<T, StoreError>>,
-{
-    let mut op = op;
-    let attempt = || {
-        let call = op();
-        async move {
-            let r = call.await;
-            if r.is_ok() {
-                counters.call_succeeded();
-            }
-            r
-        }
-    };
-    retry
-        .run_scaled(attempt, |e| e.is_retryable() && budget_allows(mount, retry, counters, e), backoff_scale, |e, d| {
-            counters.retries.fetch_add(1, Ordering::Relaxed);
-            metrics::counter!("filestore_s3_retries_total", "mount" => mount.to_owned(), "op" => what)
-                .increment(1);
-            log::warn!("mount {mount}: S3 {what} of '{key}' failed ({e}); retry in {d:?}")
-        })
-        .await
-        .map_err(|source| Error::Storage {
-            op: what,
-            key: key.to_owned(),
-            source,
-        })
-}
-
-/// Whether the mount's retry budget pays for retrying `e`; logs and counts a refusal.
-pub fn budget_allows(
-    mount: &str,
-    retry: &RetryPolicy,
-    counters: &MountCounters,
-    e: &StoreError,
-) -> bool {
-    if counters.may_retry(retry, e) {
-        return true;
-    }
-    metrics::counter!("filestore_s3_retries_refused_total", "mount" => mount.to_owned())
-        .increment(1);
-    log::warn!("mount {mount}: retry budget spent; failing fast ({e})");
-    false
-}
-
 /// How often and how long to retry a retryable failure.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RetryPolicy {
@@ -167,6 +110,7 @@ impl RetryPolicy {
             .build()
     }
 
+    #[cfg(test)]
     /// Runs `op` until it succeeds, fails with a non-retryable error, or the budget is spent.
     /// `on_retry` sees every error that is retried (for metrics and logs).
     pub async fn run<T, E, F, Fut>(
@@ -214,16 +158,6 @@ impl RetryPolicy {
                 }
             }
         }
-    }
-}
-
-/// Delay factor of a failed S3 call: a store that says it is overloaded (`SlowDown`, 429, 503)
-/// gets four times the usual backoff.
-pub fn backoff_scale(e: &StoreError) -> u32 {
-    if e.kind == crate::ports::StoreErrorKind::Throttled {
-        4
-    } else {
-        1
     }
 }
 

@@ -15,10 +15,10 @@ use filestore_s3_actors::retry::RetryPolicy;
 use filestore_s3_actors::testing::Fakes;
 
 fn intent(n: usize) -> NewIntent {
-    let request = OpRequest::Delete {
+    let request = OpRequest::Delete(filestore_s3_actors::model::DeleteRequest {
         path: format!("p/{n}"),
         key: format!("k/{n}"),
-    };
+    });
     NewIntent {
         mount: "m".into(),
         idempotency_key: format!("key-{n}"),

@@ -7,6 +7,7 @@ use filestore_s3_actors::commands::{GetStatus, PutLargeObject};
 use filestore_s3_actors::model::UploadSource;
 use filestore_s3_actors::mount::{MountRow, MountSpec};
 use filestore_s3_actors::path::FsPath;
+use filestore_s3_actors::store::MountStore;
 use filestore_s3_actors::testing::Fakes;
 use filestore_s3_actors::{MountSupervisor, SupervisorSettings};
 use metrics_util::debugging::{DebugValue, DebuggingRecorder};
@@ -27,7 +28,12 @@ async fn exported_counters_match_the_bytes_sent() {
     let mut settings = SupervisorSettings::default();
     settings.retry.min_delay = std::time::Duration::from_millis(1);
     let addr = actix::Supervisor::start(move |_| {
-        MountSupervisor::new(spec, store, meta, publisher, settings)
+        MountSupervisor::new(
+            MountStore::new(spec, store, settings.retry),
+            meta,
+            publisher,
+            settings,
+        )
     });
     // One retried part, so retries and bytes sent differ from the object size.
     f.store.fail_next_parts.store(1, Ordering::SeqCst);

@@ -12,8 +12,9 @@ use filestore_s3_actors::mount::{MountRow, MountSpec};
 use filestore_s3_actors::path::FsPath;
 use filestore_s3_actors::ports::{MetaStore, ObjectStore, PutObjectInput, StoreErrorKind};
 use filestore_s3_actors::retry::RetryPolicy;
-use filestore_s3_actors::supervisor::sha256_of;
+use filestore_s3_actors::store::MountStore;
 use filestore_s3_actors::testing::Fakes;
+use filestore_s3_actors::Sha256Digest;
 use filestore_s3_actors::{Error, MountSupervisor, SupervisorSettings};
 
 fn settings() -> SupervisorSettings {
@@ -50,7 +51,12 @@ fn start(f: &Fakes) -> Addr<MountSupervisor> {
         f.publisher.clone(),
     );
     actix::Supervisor::start(move |_| {
-        MountSupervisor::new(spec, store, meta, publisher, settings())
+        MountSupervisor::new(
+            MountStore::new(spec, store, settings().retry),
+            meta,
+            publisher,
+            settings(),
+        )
     })
 }
 
@@ -58,7 +64,7 @@ fn put(path: &str, body: &'static [u8], key: Option<&str>) -> PutObject {
     PutObject {
         path: FsPath::parse(path).unwrap(),
         body: Bytes::from_static(body),
-        sha256: sha256_of(body),
+        sha256: Sha256Digest::of(body),
         content_type: None,
         metadata: Default::default(),
         idempotency_key: key.map(str::to_owned),
@@ -95,7 +101,7 @@ async fn put_stat_delete_commit_and_publish_in_order() {
         .await
         .unwrap()
         .unwrap();
-    assert_eq!(stat.node.unwrap().meta.sha256, sha256_of(b"hello"));
+    assert_eq!(stat.node.unwrap().meta.sha256, Sha256Digest::of(b"hello"));
     let d = addr
         .send(DeleteObject {
             path: FsPath::parse("a/b.txt").unwrap(),
@@ -222,15 +228,15 @@ async fn pending_entry_is_committed_by_recovery_at_start() {
     let f = Fakes::default();
     // A previous run recorded the intent and wrote to S3, then died before committing.
     let body = b"survivor";
-    let req = OpRequest::Put {
+    let req = OpRequest::Put(filestore_s3_actors::model::PutRequest {
         path: "crash/x".into(),
         key: "pre/crash/x".into(),
         size: body.len() as u64,
-        sha256: sha256_of(body),
+        sha256: Sha256Digest::of(body),
         content_type: None,
         metadata: Default::default(),
         condition: Default::default(),
-    };
+    });
     let outcome = f
         .meta
         .begin(&NewIntent {
@@ -250,27 +256,27 @@ async fn pending_entry_is_committed_by_recovery_at_start() {
         .put_object(PutObjectInput {
             key: "pre/crash/x".into(),
             body: Bytes::from_static(body),
-            sha256: sha256_of(body),
+            sha256: Sha256Digest::of(body),
             content_type: None,
             metadata: Default::default(),
             marker: filestore_s3_actors::model::WriteMarker {
                 journal_id,
-                sha256: Some(sha256_of(body)),
+                sha256: Some(Sha256Digest::of(body)),
             },
             if_none_match: false,
         })
         .await
         .unwrap();
     // And one whose write never reached S3.
-    let lost = OpRequest::Put {
+    let lost = OpRequest::Put(filestore_s3_actors::model::PutRequest {
         path: "crash/y".into(),
         key: "pre/crash/y".into(),
         size: 1,
-        sha256: sha256_of(b"y"),
+        sha256: Sha256Digest::of(b"y"),
         content_type: None,
         metadata: Default::default(),
         condition: Default::default(),
-    };
+    });
     f.meta
         .begin(&NewIntent {
             mount: "m".into(),
@@ -313,7 +319,12 @@ async fn oversized_put_and_bad_key_are_refused_before_any_effect() {
     let spec = Arc::new(MountSpec::from_row(&row).unwrap());
     let (store, meta, publisher) = (f.store.clone(), f.meta.clone(), f.publisher.clone());
     let addr = actix::Supervisor::start(move |_| {
-        MountSupervisor::new(spec, store, meta, publisher, settings())
+        MountSupervisor::new(
+            MountStore::new(spec, store, settings().retry),
+            meta,
+            publisher,
+            settings(),
+        )
     });
     let err = addr
         .send(put("big", b"12345", None))
@@ -430,7 +441,12 @@ fn start_with(f: &Fakes, edit: impl FnOnce(&mut MountRow)) -> Addr<MountSupervis
     let spec = Arc::new(MountSpec::from_row(&row).unwrap());
     let (store, meta, publisher) = (f.store.clone(), f.meta.clone(), f.publisher.clone());
     actix::Supervisor::start(move |_| {
-        MountSupervisor::new(spec, store, meta, publisher, settings())
+        MountSupervisor::new(
+            MountStore::new(spec, store, settings().retry),
+            meta,
+            publisher,
+            settings(),
+        )
     })
 }
 
@@ -451,7 +467,7 @@ async fn multipart_upload_reports_ordered_progress_and_hashes_the_whole_object()
         .unwrap()
         .unwrap();
     let node = r.node.unwrap();
-    assert_eq!(node.sha256, sha256_of(&data));
+    assert_eq!(node.sha256, Sha256Digest::of(&data));
     assert_eq!(node.size, data.len() as u64);
     assert_eq!(f.store.get("pre/big/blob").unwrap(), data);
     let seen = seen.lock().unwrap().clone();
@@ -503,7 +519,7 @@ async fn file_parts_leave_out_their_md5_when_the_store_does_not_want_it() {
             .await
             .unwrap()
             .unwrap();
-        assert_eq!(r.node.unwrap().sha256, sha256_of(&data));
+        assert_eq!(r.node.unwrap().sha256, Sha256Digest::of(&data));
         assert_eq!(f.store.get("pre/from/file").unwrap(), data);
         let with = f.store.file_parts_with_md5.load(Ordering::SeqCst);
         let without = f.store.file_parts_without_md5.load(Ordering::SeqCst);
@@ -527,7 +543,7 @@ async fn failed_part_aborts_the_upload_by_default() {
         matches!(
             err,
             Error::Storage {
-                op: "UploadPart",
+                op: filestore_s3_actors::store::S3Op::UploadPart,
                 ..
             }
         ),
@@ -600,7 +616,7 @@ async fn repeating_a_put_resumes_its_retained_upload() {
     // The caller repeats with the same key once the store is back: the upload resumes.
     f.store.fail_next_parts.store(0, Ordering::SeqCst);
     let r = addr.send(put(data.clone())).await.unwrap().unwrap();
-    assert_eq!(r.node.unwrap().sha256, sha256_of(&data));
+    assert_eq!(r.node.unwrap().sha256, Sha256Digest::of(&data));
     assert_eq!(f.store.get("pre/resumed").unwrap(), data);
     let status = addr.send(GetStatus).await.unwrap();
     assert!(status.parts_resumed >= 2, "{status:?}");
@@ -619,8 +635,9 @@ async fn orphaned_uploads_are_aborted_after_the_grace_period() {
     s.recovery_interval = Duration::from_millis(50);
     s.orphan_upload_grace = Duration::ZERO;
     let (store, meta, publisher) = (f.store.clone(), f.meta.clone(), f.publisher.clone());
-    let addr =
-        actix::Supervisor::start(move |_| MountSupervisor::new(spec, store, meta, publisher, s));
+    let addr = actix::Supervisor::start(move |_| {
+        MountSupervisor::new(MountStore::new(spec, store, s.retry), meta, publisher, s)
+    });
     f.store.fail_next_parts.store(1000, Ordering::SeqCst);
     addr.send(large_put("orphan", vec![1u8; 6 * 1024 * 1024], None))
         .await

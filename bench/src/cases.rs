@@ -760,7 +760,7 @@ async fn one_put_commit(
     use filestore_s3::actors::model::IntentOutcome;
     let body = path.as_bytes();
     let sha256 = filestore_s3::Sha256Digest::of(body);
-    let request = OpRequest::Put {
+    let request = OpRequest::Put(filestore_s3::actors::model::PutRequest {
         path: path.clone(),
         key: path.clone(),
         size: body.len() as u64,
@@ -768,7 +768,7 @@ async fn one_put_commit(
         content_type: None,
         metadata: Default::default(),
         condition: Default::default(),
-    };
+    });
     let intent = NewIntent {
         mount: mount.into(),
         idempotency_key: path.clone(),

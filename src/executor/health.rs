@@ -200,7 +200,11 @@ impl S3Executor {
             .map_err(|e| ProbeError::Other(e.to_string()))?;
         let prefix = spec.keys.prefix().to_owned();
         let list = on_arbiter(&self.inner.arbiter, async move {
-            store.list_objects(&prefix, Some("/"), None, Some(1)).await
+            // One attempt, no retry: the probe reports the store as it is now.
+            store
+                .raw()
+                .list_objects(&prefix, Some("/"), None, Some(1))
+                .await
         });
         match tokio::time::timeout(PROBE_TIMEOUT, list).await {
             Ok(Ok(Ok(_))) => Ok(()),

@@ -6,6 +6,7 @@
 
 mod feed;
 mod health;
+pub mod messages;
 mod options;
 mod read;
 mod registry;
@@ -30,7 +31,7 @@ pub use feed::{FeedEvent, FollowOptions};
 pub use health::{Health, MountHealth, Reach};
 pub use options::{
     progress_to_recipient, DeleteManyOptions, DeleteOptions, GetOptions, GetResult, ListOptions,
-    PutOptions, TransferOptions, UploadProgressMsg,
+    PutMode, PutOptions, TransferOptions, UploadProgressMsg,
 };
 pub use registry::MountState;
 
@@ -38,8 +39,6 @@ use crate::config::ExecutorConfig;
 use crate::pg::LeaseHolder;
 use registry::Registry;
 use runtime::{arbiter_for_executor, on_arbiter, Services};
-
-pub use crate::config::SHUTDOWN_DRAIN_DEADLINE;
 
 struct Inner {
     config: ExecutorConfig,
@@ -235,7 +234,7 @@ impl S3Executor {
     }
 
     /// Retires every mount — new calls are refused, running operations may finish for up to
-    /// `config.shutdown_deadline` ([`SHUTDOWN_DRAIN_DEADLINE`] by default), then the leases are
+    /// `config.shutdown_deadline` ([`crate::config::SHUTDOWN_DRAIN_DEADLINE`] by default), then the leases are
     /// released — and, if the executor started
     /// its own actix System, stops it. Operations cut off by the deadline stay pending and are
     /// resumed by the mount's next owner.

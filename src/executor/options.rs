@@ -19,10 +19,38 @@ pub struct PutOptions {
     /// Receives progress of a multipart upload (called on the executor's thread; keep it quick).
     /// [`progress_to_recipient`] adapts an actix `Recipient`.
     pub progress: Option<ProgressSink>,
-    /// Create only: fail with `Error::PreconditionFailed` if the path exists.
-    pub if_none_match: bool,
-    /// Replace only if the path's node is at this generation.
-    pub if_generation: Option<i64>,
+    /// What the put may replace at its path.
+    pub mode: PutMode,
+}
+
+/// What a write may replace at its path: a put's, or a copy's or move's destination.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum PutMode {
+    /// Whatever the path holds, or nothing (the default).
+    #[default]
+    Overwrite,
+    /// Create only: `Error::PreconditionFailed` if the path exists (also sent to the store as
+    /// `If-None-Match: *`).
+    Create,
+    /// Replace only the node at this generation: `Error::PreconditionFailed` otherwise (a path
+    /// without a node included).
+    IfGeneration(i64),
+}
+
+impl PutMode {
+    pub(crate) fn condition(self) -> WriteCondition {
+        match self {
+            PutMode::Overwrite => WriteCondition::default(),
+            PutMode::Create => WriteCondition {
+                if_none_match: true,
+                if_generation: None,
+            },
+            PutMode::IfGeneration(g) => WriteCondition {
+                if_none_match: false,
+                if_generation: Some(g),
+            },
+        }
+    }
 }
 
 impl PutOptions {
@@ -40,10 +68,7 @@ impl PutOptions {
     }
 
     pub(crate) fn condition(&self) -> WriteCondition {
-        WriteCondition {
-            if_none_match: self.if_none_match,
-            if_generation: self.if_generation,
-        }
+        self.mode.condition()
     }
 }
 
@@ -54,8 +79,7 @@ impl std::fmt::Debug for PutOptions {
             .field("content_type", &self.content_type)
             .field("metadata", &self.metadata)
             .field("progress", &self.progress.is_some())
-            .field("if_none_match", &self.if_none_match)
-            .field("if_generation", &self.if_generation)
+            .field("mode", &self.mode)
             .finish()
     }
 }
@@ -134,17 +158,12 @@ pub struct ListOptions {
 pub struct TransferOptions {
     /// Idempotency key (on the destination mount).
     pub idempotency_key: Option<String>,
-    /// Create only: fail with `Error::PreconditionFailed` if the destination exists.
-    pub if_none_match: bool,
-    /// Replace only if the destination's node is at this generation.
-    pub if_generation: Option<i64>,
+    /// What the copy or move may replace at its destination.
+    pub mode: PutMode,
 }
 
 impl TransferOptions {
     pub(crate) fn condition(&self) -> WriteCondition {
-        WriteCondition {
-            if_none_match: self.if_none_match,
-            if_generation: self.if_generation,
-        }
+        self.mode.condition()
     }
 }

@@ -6,6 +6,7 @@ use filestore_s3_actors::commands::OpenObject;
 use filestore_s3_actors::model::Stat;
 use filestore_s3_actors::path::FsPath;
 use filestore_s3_actors::ports::ByteRange;
+use filestore_s3_actors::store::{Outcome, S3Op};
 use filestore_s3_actors::Error;
 use futures::{StreamExt, TryStreamExt};
 use sha2::{Digest, Sha256};
@@ -42,10 +43,7 @@ impl S3Executor {
         resume: bool,
     ) -> Result<GetResult, Error> {
         let file = file.as_ref();
-        let io_err = |e: std::io::Error| Error::Source {
-            what: file.display().to_string(),
-            message: e.to_string(),
-        };
+        let io_err = |e: std::io::Error| Error::io(file.display().to_string(), e);
         let mut hasher = Sha256::new();
         let mut have = 0u64;
         let mut if_match = None;
@@ -119,10 +117,7 @@ impl S3Executor {
         in_flight: usize,
     ) -> Result<GetResult, Error> {
         use std::io::{Read, Seek, SeekFrom};
-        let io_err = |e: std::io::Error| Error::Source {
-            what: file.display().to_string(),
-            message: e.to_string(),
-        };
+        let io_err = |e: std::io::Error| Error::io(file.display().to_string(), e);
         let size = st.object.size;
         let etag = st.object.etag.clone();
         let out = tokio::fs::OpenOptions::new()
@@ -197,6 +192,7 @@ impl S3Executor {
                         .await?;
                     if r.bytes_written != end - start {
                         return Err(Error::Source {
+                            io: None,
                             what: format!("'{path}'"),
                             message: format!(
                                 "range {start}-{} gave {} bytes, {} expected",
@@ -215,6 +211,7 @@ impl S3Executor {
             .await;
         drop(done_tx);
         let hashed = follower.await.map_err(|e| Error::Source {
+            io: None,
             what: file.display().to_string(),
             message: format!("hashing the download: {e}"),
         });
@@ -285,25 +282,26 @@ impl S3Executor {
                 }
                 Err(source) => {
                     return Err(Error::Storage {
-                        op: "GET",
+                        op: S3Op::GetObject,
                         key: body.meta.key.clone(),
                         source,
+                        outcome: Outcome::NotApplied,
                     })
                 }
             };
             if whole {
                 hasher.update(&chunk);
             }
-            writer.write_all(&chunk).await.map_err(|e| Error::Source {
-                what: format!("the destination of '{path}'"),
-                message: e.to_string(),
-            })?;
+            writer
+                .write_all(&chunk)
+                .await
+                .map_err(|e| Error::io(format!("the destination of '{path}'"), e))?;
             written += chunk.len() as u64;
         }
-        writer.flush().await.map_err(|e| Error::Source {
-            what: format!("the destination of '{path}'"),
-            message: e.to_string(),
-        })?;
+        writer
+            .flush()
+            .await
+            .map_err(|e| Error::io(format!("the destination of '{path}'"), e))?;
         let mut verified = None;
         if whole {
             verified = checked_against_node(mount, path, node, hasher)?;

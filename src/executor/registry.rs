@@ -9,9 +9,8 @@ use actix::Addr;
 use filestore_s3_actors::commands::RetireMount;
 use filestore_s3_actors::locks::PathLocks;
 use filestore_s3_actors::mount::{MountConfigError, MountSpec};
-use filestore_s3_actors::ports::{
-    MetaStore, MountAccess, MountDirectory, ObjectStore, ObjectStoreFactory,
-};
+use filestore_s3_actors::ports::{MetaStore, ObjectStoreFactory};
+use filestore_s3_actors::store::{MountDirectory, MountStore};
 use filestore_s3_actors::{Error, MountSupervisor};
 
 use super::runtime::Services;
@@ -33,14 +32,14 @@ pub(super) enum Slot {
     Ready {
         addr: Addr<MountSupervisor>,
         spec: Arc<MountSpec>,
-        store: Arc<dyn ObjectStore>,
+        store: MountStore,
     },
     Disabled,
     Invalid(MountConfigError),
 }
 
 /// A served mount: its supervisor, spec and store.
-pub(super) type ServedMount = (Addr<MountSupervisor>, Arc<MountSpec>, Arc<dyn ObjectStore>);
+pub(super) type ServedMount = (Addr<MountSupervisor>, Arc<MountSpec>, MountStore);
 
 /// The running mounts of one executor.
 pub(super) struct Registry {
@@ -59,14 +58,11 @@ pub(super) struct Registry {
 struct Directory(Weak<Registry>);
 
 impl MountDirectory for Directory {
-    fn mount(&self, name: &str) -> Option<MountAccess> {
+    fn mount(&self, name: &str) -> Option<MountStore> {
         let registry = self.0.upgrade()?;
         let mounts = registry.mounts.read().expect("mount table lock");
         match mounts.get(name)? {
-            Slot::Ready { spec, store, .. } => Some(MountAccess {
-                spec: spec.clone(),
-                store: store.clone(),
-            }),
+            Slot::Ready { store, .. } => Some(store.clone()),
             _ => None,
         }
     }
@@ -225,10 +221,11 @@ impl Registry {
             .factory
             .for_mount(&spec)
             .map_err(|e| Error::Config(format!("mount '{}': {e}", spec.name)))?;
+        let store = MountStore::new(spec.clone(), store, config.supervisor.retry);
         let meta: Arc<dyn MetaStore> = services.meta.clone();
         let publisher = services.publisher.clone();
         let settings = config.supervisor;
-        let (s, st) = (spec.clone(), store.clone());
+        let st = store.clone();
         let locks = self.locks.clone();
         let owner = config.owner_id.clone();
         let passive = config.passive
@@ -238,7 +235,7 @@ impl Registry {
                 .is_some_and(|only| !only.contains(&spec.name));
         let directory: Arc<dyn MountDirectory> = Arc::new(Directory(self.this.clone()));
         let addr = actix::Supervisor::start(move |_| {
-            MountSupervisor::new(s, st, meta, publisher, settings)
+            MountSupervisor::new(st, meta, publisher, settings)
                 .with_owner(owner)
                 .with_passive(passive)
                 .with_path_locks(locks)

@@ -7,7 +7,6 @@ use filestore_s3_actors::commands::{DeleteObject, PutLargeObject, PutObject, Tra
 use filestore_s3_actors::model::{OpKind, OpResult, UploadSource};
 use filestore_s3_actors::multipart::{file_identity, SourceReader};
 use filestore_s3_actors::path::FsPath;
-use filestore_s3_actors::ports::MountAccess;
 use filestore_s3_actors::{Error, Sha256Digest};
 use tokio::io::{AsyncRead, AsyncReadExt};
 
@@ -25,9 +24,9 @@ impl S3Executor {
         opts: PutOptions,
     ) -> Result<OpResult, Error> {
         opts.check()?;
-        let body = body.into();
-        let sha256 = Sha256Digest::of(&body);
-        self.put_prepared(mount, path, body, sha256, opts).await
+        let (addr, _, _) = self.mount(mount)?;
+        let path = FsPath::parse(path).map_err(|e| invalid_path(path, e))?;
+        send_put(&addr, path, body.into(), opts).await
     }
 
     /// Puts an object from a file: in one request up to the mount's multipart threshold, as a
@@ -41,8 +40,10 @@ impl S3Executor {
         opts: PutOptions,
     ) -> Result<OpResult, Error> {
         opts.check()?;
-        let (_, spec, _) = self.mount(mount)?;
+        let (addr, spec, _) = self.mount(mount)?;
+        let fs_path = FsPath::parse(path).map_err(|e| invalid_path(path, e))?;
         let source_err = |e: String| Error::Source {
+            io: None,
             what: file.as_ref().display().to_string(),
             message: e,
         };
@@ -56,10 +57,8 @@ impl S3Executor {
             let f = tokio::fs::File::open(&abs)
                 .await
                 .map_err(|e| source_err(e.to_string()))?;
-            return self.put_reader(mount, path, f, opts).await;
+            return put_read(&addr, &spec, fs_path, f, opts).await;
         }
-        let (addr, _, _) = self.mount(mount)?;
-        let fs_path = FsPath::parse(path).map_err(|e| invalid_path(path, e))?;
         addr.send(PutLargeObject {
             path: fs_path,
             source: UploadSource::File {
@@ -86,69 +85,17 @@ impl S3Executor {
         &self,
         mount: &str,
         path: &str,
-        mut reader: R,
+        reader: R,
         opts: PutOptions,
     ) -> Result<OpResult, Error> {
         opts.check()?;
         let (addr, spec, _) = self.mount(mount)?;
         let fs_path = FsPath::parse(path).map_err(|e| invalid_path(path, e))?;
+        // A path that maps to no key is refused before the stream is read.
         spec.keys
             .key_for(&fs_path)
             .map_err(|e| invalid_path(path, e))?;
-        let limit = spec.multipart_threshold;
-        let mut buf = Vec::new();
-        // Read one byte past the threshold to learn which way to go.
-        (&mut reader)
-            .take(limit + 1)
-            .read_to_end(&mut buf)
-            .await
-            .map_err(|e| Error::Source {
-                what: format!("the body of '{path}'"),
-                message: e.to_string(),
-            })?;
-        if buf.len() as u64 <= limit {
-            let body = Bytes::from(buf);
-            let sha256 = Sha256Digest::of(&body);
-            return self.put_prepared(mount, path, body, sha256, opts).await;
-        }
-        let head = std::io::Cursor::new(buf);
-        let reader: SourceReader = Box::new(head.chain(reader));
-        addr.send(PutLargeObject {
-            path: fs_path,
-            source: UploadSource::Stream,
-            reader: Some(reader),
-            size: None,
-            condition: opts.condition(),
-            content_type: opts.content_type,
-            metadata: opts.metadata,
-            idempotency_key: opts.idempotency_key,
-            progress: opts.progress,
-        })
-        .await
-        .map_err(|_| Error::Shutdown)?
-    }
-
-    async fn put_prepared(
-        &self,
-        mount: &str,
-        path: &str,
-        body: Bytes,
-        sha256: Sha256Digest,
-        opts: PutOptions,
-    ) -> Result<OpResult, Error> {
-        let (addr, _, _) = self.mount(mount)?;
-        let path = FsPath::parse(path).map_err(|e| invalid_path(path, e))?;
-        addr.send(PutObject {
-            path,
-            body,
-            sha256,
-            condition: opts.condition(),
-            content_type: opts.content_type,
-            metadata: opts.metadata,
-            idempotency_key: opts.idempotency_key,
-        })
-        .await
-        .map_err(|_| Error::Shutdown)?
+        put_read(&addr, &spec, fs_path, reader, opts).await
     }
 
     /// Deletes the object at a path.
@@ -278,15 +225,12 @@ impl S3Executor {
         opts: TransferOptions,
     ) -> Result<OpResult, Error> {
         let (addr, _, _) = self.mount(mount)?;
-        let (_, source_spec, source_store) = self.mount(source)?;
+        let (_, _, source_store) = self.mount(source)?;
         let source_path = FsPath::parse(source_path).map_err(|e| invalid_path(source_path, e))?;
         let path = FsPath::parse(path).map_err(|e| invalid_path(path, e))?;
         addr.send(TransferObject {
             op,
-            source_mount: MountAccess {
-                spec: source_spec,
-                store: source_store,
-            },
+            source_mount: source_store,
             source_path,
             path,
             condition: opts.condition(),
@@ -295,4 +239,62 @@ impl S3Executor {
         .await
         .map_err(|_| Error::Shutdown)?
     }
+}
+
+/// A single-request put: the body hashed here, off the supervisor's thread, then the command.
+async fn send_put(
+    addr: &actix::Addr<filestore_s3_actors::MountSupervisor>,
+    path: FsPath,
+    body: Bytes,
+    opts: PutOptions,
+) -> Result<OpResult, Error> {
+    let sha256 = Sha256Digest::of(&body);
+    addr.send(PutObject {
+        path,
+        body,
+        sha256,
+        condition: opts.condition(),
+        content_type: opts.content_type,
+        metadata: opts.metadata,
+        idempotency_key: opts.idempotency_key,
+    })
+    .await
+    .map_err(|_| Error::Shutdown)?
+}
+
+/// A put from a reader: up to the mount's multipart threshold the body is buffered and sent in
+/// one request; a longer stream becomes a multipart upload.
+async fn put_read<R: AsyncRead + Unpin + Send + 'static>(
+    addr: &actix::Addr<filestore_s3_actors::MountSupervisor>,
+    spec: &filestore_s3_actors::mount::MountSpec,
+    path: FsPath,
+    mut reader: R,
+    opts: PutOptions,
+) -> Result<OpResult, Error> {
+    let limit = spec.multipart_threshold;
+    let mut buf = Vec::new();
+    // Read one byte past the threshold to learn which way to go.
+    (&mut reader)
+        .take(limit + 1)
+        .read_to_end(&mut buf)
+        .await
+        .map_err(|e| Error::io(format!("the body of '{}'", path.as_str()), e))?;
+    if buf.len() as u64 <= limit {
+        return send_put(addr, path, Bytes::from(buf), opts).await;
+    }
+    let head = std::io::Cursor::new(buf);
+    let reader: SourceReader = Box::new(head.chain(reader));
+    addr.send(PutLargeObject {
+        path,
+        source: UploadSource::Stream,
+        reader: Some(reader),
+        size: None,
+        condition: opts.condition(),
+        content_type: opts.content_type,
+        metadata: opts.metadata,
+        idempotency_key: opts.idempotency_key,
+        progress: opts.progress,
+    })
+    .await
+    .map_err(|_| Error::Shutdown)?
 }

@@ -1,10 +1,11 @@
-//! Set-based group commit: the intents and commits of one batch written with a few statements
-//! over arrays (`unnest`), so a batch costs about the same number of round trips whatever its
-//! size. Used when no path appears twice among the batch's commits; each write keeps the meaning
-//! it has when written alone (`journal::begin_in`, `commit::commit_in`): a commit of a row that
-//! is already committed answers the recorded result, one of a failed row or with a broken
-//! condition is refused alone, and a statement that fails sends the caller back to writing the
-//! batch one write at a time.
+//! The intents and the commit transaction's writes, set-based: the intents and commits of a run
+//! of a batch (no path changed twice in it) written with a few statements over arrays
+//! (`unnest`), so a batch costs about the same number of round trips whatever its size, and a
+//! single write takes the same path. A commit writes its node(s) with the next generation,
+//! snapshot rows, the journal row `committed` with its result and the outbox event(s); one of a
+//! row already committed answers the recorded result, one of a failed row or with a broken
+//! condition is refused alone (its answer, nothing written); a statement that fails sends the
+//! caller back to writing the batch one write at a time (`batch.rs`).
 
 use std::collections::{HashMap, HashSet};
 
@@ -13,35 +14,8 @@ use filestore_s3_actors::model::{CommitRecord, NewIntent, NodeChange, OpKind, Op
 use filestore_s3_actors::ports::{MetaError, MetaOutput, MetaWrite};
 use tokio_postgres::types::ToSql;
 
+use super::batch::Answers;
 use super::{corrupt, journal, pg, to_i64, PgMetaStore};
-
-/// The answer to each write of a batch, by position; `None` until written.
-pub(super) type Answers = Vec<Option<Result<MetaOutput, MetaError>>>;
-
-/// Whether `writes` can be written set-based: at least two intents / commits, and no path
-/// changed twice by its commits (a move changes its source path too).
-pub(super) fn eligible(writes: &[MetaWrite]) -> bool {
-    let mut paths = HashSet::new();
-    let mut n = 0;
-    for w in writes {
-        match w {
-            MetaWrite::Begin(_) => n += 1,
-            MetaWrite::Commit(r) => {
-                n += 1;
-                if !paths.insert((r.mount.as_str(), r.path.as_str())) {
-                    return false;
-                }
-                if let (OpKind::Move, Some(src)) = (r.op, &r.source) {
-                    if !paths.insert((src.mount.as_str(), src.path.as_str())) {
-                        return false;
-                    }
-                }
-            }
-            _ => {}
-        }
-    }
-    n >= 2
-}
 
 /// Writes the intents of `writes` into `out`.
 pub(super) async fn begins(
@@ -121,7 +95,7 @@ pub(super) async fn begins(
     for (i, intent) in intents {
         out[i] = Some(Ok(MetaOutput::Begun(match started.get(&intent.token) {
             Some(&journal_id) => filestore_s3_actors::model::IntentOutcome::Started { journal_id },
-            None => journal::begin_in(tx, intent).await?,
+            None => journal::begin_existing(tx, intent).await?,
         })));
     }
     Ok(())
@@ -138,6 +112,7 @@ struct Removal<'a> {
 
 fn refused(message: String) -> MetaError {
     MetaError {
+        cause: None,
         fenced: false,
         retryable: false,
         message,

@@ -41,22 +41,6 @@ fn journal_from_row(row: &Row) -> Result<JournalEntry, MetaError> {
 }
 
 impl PgMetaStore {
-    pub(super) async fn do_begin(&self, intent: &NewIntent) -> Result<IntentOutcome, MetaError> {
-        let mut client = self.client().await?;
-        let c = client.transaction().await.map_err(pg)?;
-        self.fenced(&c).await?;
-        let outcome = begin_in(&c, intent).await?;
-        c.commit().await.map_err(pg)?;
-        Ok(outcome)
-    }
-
-    pub(super) async fn do_fail(&self, journal_id: i64, error: &str) -> Result<(), MetaError> {
-        let mut client = self.client().await?;
-        let c = client.transaction().await.map_err(pg)?;
-        self.fenced(&c).await?;
-        fail_in(&c, journal_id, error).await?;
-        c.commit().await.map_err(pg)
-    }
     pub(super) async fn do_pending(&self, mount: &str) -> Result<Vec<JournalEntry>, MetaError> {
         let c = self.client().await?;
         let rows = c
@@ -97,55 +81,17 @@ impl PgMetaStore {
             .map(|r| journal_from_row(&r))
             .transpose()
     }
-
-    pub(super) async fn do_record_progress(
-        &self,
-        journal_id: i64,
-        progress: &OpProgress,
-    ) -> Result<(), MetaError> {
-        let mut client = self.client().await?;
-        let c = client.transaction().await.map_err(pg)?;
-        self.fenced(&c).await?;
-        progress_in(&c, journal_id, progress).await?;
-        c.commit().await.map_err(pg)
-    }
 }
 
-/// Records an intent inside `c` (see `MetaStore::begin`).
-pub(super) async fn begin_in(
+/// An intent whose key is already in the journal (its INSERT, in `bulk::begins`, inserted
+/// nothing): this call's own row (an earlier attempt's answer lost), a failed row with the same
+/// fingerprint re-armed, or the existing row reported.
+pub(super) async fn begin_existing(
     c: &Transaction<'_>,
     intent: &NewIntent,
 ) -> Result<IntentOutcome, MetaError> {
     let fingerprint = &intent.fingerprint;
-    let request = serde_json::to_value(&intent.request).map_err(|e| corrupt("request", e))?;
     let progress = progress_json(intent.progress.as_ref())?;
-    let source = intent.request.source();
-    let inserted = c
-        .query_opt(
-            &cached!(c, "INSERT INTO journal (mount, op, path, idempotency_key, fingerprint, state, request,
-                                  source_mount, source_path, intent_token, progress)
-             VALUES ($1, $2, $3, $4, $5, 'pending', $6, $7, $8, $9, $10)
-             ON CONFLICT (mount, idempotency_key) DO NOTHING
-             RETURNING id"),
-            &[
-                &intent.mount,
-                &intent.request.kind().as_str(),
-                &intent.request.path(),
-                &intent.idempotency_key,
-                fingerprint,
-                &request,
-                &source.map(|s| s.mount.as_str()),
-                &source.map(|s| s.path.as_str()),
-                &intent.token,
-                &progress,
-            ],
-        )
-        .await
-        .map_err(pg)?;
-    if let Some(row) = inserted {
-        let journal_id = row.get(0);
-        return Ok(IntentOutcome::Started { journal_id });
-    }
     // This call's own row, written by an earlier attempt whose acknowledgement was lost.
     let own = c
         .query_opt(
@@ -260,6 +206,7 @@ pub(super) async fn progress_in(
         .map_err(pg)?;
     if n == 0 {
         return Err(MetaError {
+            cause: None,
             fenced: false,
             retryable: false,
             message: format!(

@@ -73,6 +73,7 @@ pub(super) async fn check_fence<C: GenericClient>(
         .map_err(pg)?;
     if held.is_none() {
         return Err(MetaError {
+            cause: None,
             retryable: false,
             fenced: true,
             message: format!(

@@ -1,6 +1,7 @@
 //! Postgres adapter: the [`MetaStore`] port on tokio-postgres + deadpool-postgres, and migrations.
-//! One file per table group: `migrate`, `mounts`, `journal`, `commit`, `nodes`, `outbox`,
-//! `multipart`, `batch` (group commit); this file holds the pool, the error mapping and the port's dispatch.
+//! One file per table group: `migrate`, `mounts`, `journal`, `nodes`, `outbox`, `multipart`,
+//! `lease`; `batch` is the one write path (`MetaStore::apply`) and `bulk` its intents and commit
+//! transaction; this file holds the pool, the error mapping and the port's dispatch.
 
 /// A statement prepared once per connection (deadpool's statement cache): a query then costs one
 /// round trip instead of two (parse + execute). Every SQL text passed here is a constant.
@@ -12,7 +13,6 @@ macro_rules! cached {
 
 mod batch;
 mod bulk;
-mod commit;
 mod feed;
 mod health;
 mod journal;
@@ -29,12 +29,9 @@ use std::time::Duration;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
-use filestore_s3_actors::model::{
-    CommitRecord, Fence, IntentOutcome, JournalEntry, LeaseState, NewIntent, Node, OpProgress,
-    OpResult, OutboxRow, UploadRecord,
-};
+use filestore_s3_actors::model::{Fence, JournalEntry, LeaseState, Node, OutboxRow, UploadRecord};
 use filestore_s3_actors::mount::MountRow;
-use filestore_s3_actors::ports::{BatchResult, MetaError, MetaStore, MetaWrite, UploadedPart};
+use filestore_s3_actors::ports::{BatchResult, MetaError, MetaStore, MetaWrite};
 use filestore_s3_actors::Error;
 
 use crate::liveness::OwnerLock;
@@ -44,10 +41,10 @@ use migrate::pg_config;
 pub use migrate::{connect, migrate, validate_schema};
 
 fn meta_error(e: tokio_postgres::Error) -> Error {
-    Error::Metadata(to_meta_error(&e))
+    Error::Metadata(to_meta_error(e))
 }
 
-fn to_meta_error(e: &tokio_postgres::Error) -> MetaError {
+fn to_meta_error(e: tokio_postgres::Error) -> MetaError {
     use tokio_postgres::error::SqlState;
     let retryable = match e.code() {
         // No SQLSTATE: I/O, closed connection, timeout.
@@ -67,7 +64,7 @@ fn to_meta_error(e: &tokio_postgres::Error) -> MetaError {
             // tokio-postgres leaves the cause out of its message ("error performing TLS
             // handshake", "error connecting to server"): add the chain.
             let mut m = e.to_string();
-            let mut cause = std::error::Error::source(e);
+            let mut cause = std::error::Error::source(&e);
             while let Some(c) = cause {
                 m.push_str(": ");
                 m.push_str(&c.to_string());
@@ -77,6 +74,7 @@ fn to_meta_error(e: &tokio_postgres::Error) -> MetaError {
         }
     };
     MetaError {
+        cause: Some(std::sync::Arc::new(e)),
         retryable,
         fenced: false,
         message,
@@ -85,8 +83,9 @@ fn to_meta_error(e: &tokio_postgres::Error) -> MetaError {
 
 fn pool_error(e: deadpool_postgres::PoolError) -> MetaError {
     match e {
-        deadpool_postgres::PoolError::Backend(e) => to_meta_error(&e),
+        deadpool_postgres::PoolError::Backend(e) => to_meta_error(e),
         other => MetaError {
+            cause: None,
             fenced: false,
             retryable: true,
             message: format!("connection pool: {other}"),
@@ -95,11 +94,12 @@ fn pool_error(e: deadpool_postgres::PoolError) -> MetaError {
 }
 
 fn pg(e: tokio_postgres::Error) -> MetaError {
-    to_meta_error(&e)
+    to_meta_error(e)
 }
 
 fn corrupt(what: &str, detail: impl std::fmt::Display) -> MetaError {
     MetaError {
+        cause: None,
         fenced: false,
         retryable: false,
         message: format!("unreadable {what} in Postgres: {detail}"),
@@ -120,13 +120,11 @@ pub struct PgMetaStore {
     owner_lock: std::sync::Arc<std::sync::OnceLock<Option<std::sync::Arc<OwnerLock>>>>,
 }
 
-/// How many batches of several writes were written in each way (see [`PgMetaStore::batch_counts`]).
+/// How many batches were written in each way (see [`PgMetaStore::batch_counts`]).
 #[derive(Debug, Default)]
 pub struct BatchCounts {
-    /// Set-based: intents and commits in a few statements over arrays.
+    /// In one go: intents and commits in a few statements over arrays.
     pub set_based: std::sync::atomic::AtomicU64,
-    /// One write after another in one transaction.
-    pub one_by_one: std::sync::atomic::AtomicU64,
     /// Written again with a savepoint per write, after a write was refused.
     pub with_savepoints: std::sync::atomic::AtomicU64,
 }
@@ -199,28 +197,12 @@ impl MetaStore for PgMetaStore {
     async fn load_mounts(&self) -> Result<Vec<MountRow>, MetaError> {
         self.do_load_mounts().await
     }
-    async fn begin(&self, intent: &NewIntent) -> Result<IntentOutcome, MetaError> {
-        self.do_begin(intent).await
-    }
-    async fn commit(&self, record: &CommitRecord) -> Result<OpResult, MetaError> {
-        self.do_commit(record).await
-    }
     async fn entry(
         &self,
         mount: &str,
         idempotency_key: &str,
     ) -> Result<Option<JournalEntry>, MetaError> {
         self.do_entry(mount, idempotency_key).await
-    }
-    async fn fail(&self, journal_id: i64, error: &str) -> Result<(), MetaError> {
-        self.do_fail(journal_id, error).await
-    }
-    async fn record_progress(
-        &self,
-        journal_id: i64,
-        progress: &OpProgress,
-    ) -> Result<(), MetaError> {
-        self.do_record_progress(journal_id, progress).await
     }
     async fn pending(&self, mount: &str) -> Result<Vec<JournalEntry>, MetaError> {
         self.do_pending(mount).await
@@ -238,12 +220,6 @@ impl MetaStore for PgMetaStore {
     }
     async fn mark_published(&self, ids: &[i64]) -> Result<(), MetaError> {
         self.do_mark_published(ids).await
-    }
-    async fn record_upload(&self, record: &UploadRecord) -> Result<(), MetaError> {
-        self.do_record_upload(record).await
-    }
-    async fn record_parts(&self, upload_id: &str, parts: &[UploadedPart]) -> Result<(), MetaError> {
-        self.do_record_parts(upload_id, parts).await
     }
     async fn upload_of(&self, journal_id: i64) -> Result<Option<UploadRecord>, MetaError> {
         self.do_upload_of(journal_id).await

@@ -10,29 +10,6 @@ use tokio_postgres::Row;
 use super::{pg, to_i64, PgMetaStore};
 
 impl PgMetaStore {
-    pub(super) async fn do_record_upload(&self, u: &UploadRecord) -> Result<(), MetaError> {
-        let mut c = self.client().await?;
-        let tx = c.transaction().await.map_err(pg)?;
-        self.fenced(&tx).await?;
-        upload_in(&tx, u).await?;
-        tx.commit().await.map_err(pg)
-    }
-
-    pub(super) async fn do_record_parts(
-        &self,
-        upload_id: &str,
-        parts: &[UploadedPart],
-    ) -> Result<(), MetaError> {
-        if parts.is_empty() {
-            return Ok(());
-        }
-        let mut client = self.client().await?;
-        let c = client.transaction().await.map_err(pg)?;
-        self.fenced(&c).await?;
-        parts_in(&c, upload_id, parts).await?;
-        c.commit().await.map_err(pg)
-    }
-
     pub(super) async fn do_upload_of(
         &self,
         journal_id: i64,

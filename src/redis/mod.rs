@@ -106,7 +106,7 @@ impl ChangePublisher for RedisPublisher {
             let (event_id, payload) = match row {
                 OutboxRow::Event(e) => (
                     e.event.event_id.to_string(),
-                    serde_json::to_string(&e.event).map_err(|err| PublishError {
+                    String::from_utf8(e.event.encode()).map_err(|err| PublishError {
                         retryable: false,
                         message: format!("encoding event: {err}"),
                     })?,

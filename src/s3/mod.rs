@@ -1,5 +1,8 @@
 //! S3 adapter: the [`ObjectStore`] port on aws-sdk-s3.
 
+mod factory;
+pub use factory::{S3Settings, S3StoreFactory};
+
 mod error;
 
 use std::collections::HashMap;
@@ -63,195 +66,6 @@ fn md5_hex(bytes: &[u8]) -> String {
     hex::encode(md5::Md5::digest(bytes))
 }
 
-/// Timeouts and credentials shared by every mount's client.
-#[derive(Clone)]
-pub struct S3Settings {
-    /// Static credentials; `None` uses the AWS default chain (environment, profile, IMDS, ...).
-    pub credentials: Option<(String, String)>,
-    /// STS endpoint for mounts that assume a role (`None`: the SDK's, which honours
-    /// `AWS_ENDPOINT_URL_STS`); set for STS-compatible services such as moto.
-    pub sts_endpoint: Option<String>,
-    /// Connect timeout.
-    pub connect_timeout: Duration,
-    /// Timeout of one attempt (request and response body).
-    pub attempt_timeout: Duration,
-    /// A streamed body (a download, an upload) that moves no byte for this long is cut
-    /// (the SDK's stalled-stream protection); a download then asks for the rest again.
-    pub stall_grace: Duration,
-    /// Accept a plain-http endpoint that is not loopback when it comes from the environment
-    /// (`AWS_ENDPOINT_URL_S3`, `AWS_ENDPOINT_URL`) rather than from a mount row
-    /// (`FILESTORE_S3_ALLOW_INSECURE_HTTP`); a mount row has its own `allow_insecure_http`.
-    pub allow_insecure_http: bool,
-}
-
-impl std::fmt::Debug for S3Settings {
-    // Never print the secret.
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("S3Settings")
-            .field(
-                "credentials",
-                &self.credentials.as_ref().map(|(ak, _)| (ak, "<redacted>")),
-            )
-            .field("sts_endpoint", &self.sts_endpoint)
-            .field("connect_timeout", &self.connect_timeout)
-            .field("attempt_timeout", &self.attempt_timeout)
-            .field("stall_grace", &self.stall_grace)
-            .field("allow_insecure_http", &self.allow_insecure_http)
-            .finish()
-    }
-}
-
-impl Default for S3Settings {
-    fn default() -> Self {
-        S3Settings {
-            credentials: None,
-            sts_endpoint: None,
-            connect_timeout: Duration::from_secs(5),
-            attempt_timeout: Duration::from_secs(60),
-            stall_grace: Duration::from_secs(10),
-            allow_insecure_http: false,
-        }
-    }
-}
-
-/// Builds one aws-sdk-s3 client per mount from a shared base configuration.
-pub struct S3StoreFactory {
-    base: aws_config::SdkConfig,
-    settings: S3Settings,
-}
-
-impl S3StoreFactory {
-    /// Loads the base AWS configuration (credentials chain unless static ones are given).
-    pub async fn new(settings: S3Settings) -> Self {
-        let mut loader = aws_config::defaults(BehaviorVersion::latest());
-        if let Some((ak, sk)) = &settings.credentials {
-            loader = loader.credentials_provider(SharedCredentialsProvider::new(Credentials::new(
-                ak.clone(),
-                sk.clone(),
-                None,
-                None,
-                "filestore-s3",
-            )));
-        }
-        let base = loader.load().await;
-        S3StoreFactory { base, settings }
-    }
-
-    /// The credentials provider of a mount whose credentials do not come from the default
-    /// chain. Providers resolve lazily: a profile that is missing or a role that cannot be
-    /// assumed shows as a `Credentials` error of the mount's first request (and in its health),
-    /// never at start-up, so one mount's credentials cannot keep the others from starting.
-    fn credentials_for(
-        &self,
-        spec: &MountSpec,
-    ) -> Result<Option<SharedCredentialsProvider>, StoreError> {
-        Ok(match &spec.credentials {
-            CredentialSource::Default => None,
-            CredentialSource::Profile { name } => Some(SharedCredentialsProvider::new(
-                aws_config::profile::ProfileFileCredentialsProvider::builder()
-                    .profile_name(name)
-                    .build(),
-            )),
-            CredentialSource::AssumeRole {
-                role_arn,
-                external_id,
-                session_name,
-            } => {
-                // STS is called with the executor's own credentials (the base chain), in the
-                // mount's region.
-                let mut sts = self
-                    .base
-                    .clone()
-                    .into_builder()
-                    .region(Region::new(spec.region.clone()));
-                if let Some(ep) = &self.settings.sts_endpoint {
-                    sts = sts.endpoint_url(ep);
-                }
-                let mut builder = aws_config::sts::AssumeRoleProvider::builder(role_arn)
-                    .session_name(session_name)
-                    .configure(&sts.build());
-                if let Some(id) = external_id {
-                    builder = builder.external_id(id);
-                }
-                // With a configuration given, `build` only assembles the STS client: it never
-                // waits, so it is finished on the first poll.
-                let provider = builder.build().now_or_never().ok_or_else(|| {
-                    StoreError::new(
-                        StoreErrorKind::Credentials,
-                        format!(
-                            "mount '{}': the AssumeRole provider could not be built",
-                            spec.name
-                        ),
-                    )
-                })?;
-                Some(SharedCredentialsProvider::new(provider))
-            }
-        })
-    }
-
-    /// The client a mount uses: its region, endpoint, addressing and credentials; SDK retries off
-    /// (the executor retries with its own policy and counts it); the SDK's default CRC32 checksum
-    /// off (the executor sends SHA-256 itself, or nothing, per the mount's checksum policy).
-    /// Temporary credentials (an assumed role) are cached by the client's identity cache and
-    /// fetched again before they expire.
-    pub fn client_for(&self, spec: &MountSpec) -> Result<Client, StoreError> {
-        let mut b = aws_sdk_s3::config::Builder::from(&self.base)
-            .region(Region::new(spec.region.clone()))
-            .force_path_style(spec.path_style)
-            .request_checksum_calculation(RequestChecksumCalculation::WhenRequired)
-            .response_checksum_validation(ResponseChecksumValidation::WhenRequired)
-            .retry_config(RetryConfig::disabled())
-            .timeout_config(
-                TimeoutConfig::builder()
-                    .connect_timeout(self.settings.connect_timeout)
-                    .operation_attempt_timeout(self.settings.attempt_timeout)
-                    .build(),
-            )
-            .stalled_stream_protection(
-                StalledStreamProtectionConfig::enabled()
-                    .grace_period(self.settings.stall_grace)
-                    .build(),
-            );
-        match &spec.endpoint {
-            Some(ep) => b = b.endpoint_url(ep),
-            None => {
-                // An endpoint from the environment is held to the same transport rule as one
-                // from a mount row.
-                let from_env = ["AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL"]
-                    .iter()
-                    .find_map(|v| std::env::var(v).ok().filter(|e| !e.is_empty()))
-                    .or_else(|| self.base.endpoint_url().map(str::to_owned));
-                if let Some(ep) = from_env {
-                    validate_endpoint(&ep, self.settings.allow_insecure_http).map_err(|r| {
-                        StoreError::new(
-                            StoreErrorKind::Config,
-                            format!("mount '{}': the endpoint from the environment {r} (FILESTORE_S3_ALLOW_INSECURE_HTTP for the executor)", spec.name),
-                        )
-                    })?;
-                }
-            }
-        }
-        if let Some(provider) = self.credentials_for(spec)? {
-            b = b.credentials_provider(provider);
-        }
-        Ok(Client::from_conf(b.build()))
-    }
-}
-
-impl ObjectStoreFactory for S3StoreFactory {
-    fn for_mount(&self, spec: &MountSpec) -> Result<Arc<dyn ObjectStore>, StoreError> {
-        Ok(Arc::new(S3Store {
-            client: self.client_for(spec)?,
-            bucket: spec.bucket.clone(),
-            sse: spec.sse.clone(),
-            acl: spec.canned_acl.clone(),
-            storage_class: spec.storage_class.clone(),
-            checksum: spec.checksum,
-            parts_echoed: AtomicBool::new(false),
-        }))
-    }
-}
-
 /// One mount's bucket.
 pub struct S3Store {
     client: Client,
@@ -278,6 +92,8 @@ macro_rules! with_write_options {
     }};
 }
 
+// After the macro: the multipart requests use it.
+mod multipart;
 impl S3Store {
     /// A store that does not verify `x-amz-checksum-sha256` (moto) still answers, for an object or
     /// part written without SSE-KMS, an ETag that is the MD5 of the bytes it kept. When the ETag
@@ -680,27 +496,8 @@ impl ObjectStore for S3Store {
         metadata: &UserMetadata,
         part_checksums: bool,
     ) -> Result<String, StoreError> {
-        let req = self
-            .client
-            .create_multipart_upload()
-            .bucket(&self.bucket)
-            .key(key)
-            .set_content_type(content_type.map(str::to_owned))
-            .set_metadata(Some(object_metadata(marker, metadata)))
-            .set_checksum_algorithm(
-                (part_checksums && self.checksum == ChecksumPolicy::Sha256)
-                    .then_some(ChecksumAlgorithm::Sha256),
-            );
-        let out = with_write_options!(req, self)
-            .send()
+        self.create_multipart_upload(key, content_type, marker, metadata, part_checksums)
             .await
-            .map_err(classify)?;
-        out.upload_id().map(str::to_owned).ok_or_else(|| {
-            StoreError::new(
-                StoreErrorKind::Transient,
-                "CreateMultipartUpload returned no upload id",
-            )
-        })
     }
 
     /// Not under SSE-KMS (a part's ETag is then no MD5), nor while the store echoes the parts'
@@ -717,73 +514,8 @@ impl ObjectStore for S3Store {
         body: PartBody,
         sha256: Sha256Digest,
     ) -> Result<UploadedPart, StoreError> {
-        let size = body.len();
-        let stream = match &body {
-            PartBody::Bytes(b) => ByteStream::from(b.clone()),
-            // Read while sent (and read again from the start if the SDK retries the request).
-            PartBody::File {
-                path, offset, len, ..
-            } => ByteStream::read_from()
-                .path(path)
-                .offset(*offset)
-                .length(Length::Exact(*len))
-                .buffer_size(FILE_PART_READ_BUFFER)
-                .build()
-                .await
-                .map_err(|e| {
-                    StoreError::new(
-                        StoreErrorKind::Rejected,
-                        format!(
-                            "part {part_number} cannot be read from {}: {e}",
-                            path.display()
-                        ),
-                    )
-                })?,
-        };
-        let out = self
-            .client
-            .upload_part()
-            .bucket(&self.bucket)
-            .key(key)
-            .upload_id(upload_id)
-            .part_number(part_number)
-            .content_length(size as i64)
-            .set_checksum_sha256(
-                (self.checksum == ChecksumPolicy::Sha256).then(|| Self::b64(&sha256)),
-            )
-            .body(stream)
-            .send()
+        self.upload_one_part(key, upload_id, part_number, body, sha256)
             .await
-            .map_err(classify)?;
-        let echoed = self.checksum == ChecksumPolicy::Sha256
-            && sha256_of_header(out.checksum_sha256()) == Some(sha256);
-        self.parts_echoed.store(echoed, Ordering::Relaxed);
-        let md5 = async {
-            match &body {
-                PartBody::Bytes(b) => md5_hex_of(b).await,
-                PartBody::File { md5: Some(md5), .. } => hex::encode(md5),
-                // Left out because the store had echoed the parts before, and this answer did
-                // not: the range is read again.
-                PartBody::File { md5: None, .. } => {
-                    let body = body.clone();
-                    match tokio::task::spawn_blocking(move || body.to_bytes().map(|b| md5_hex(&b)))
-                        .await
-                    {
-                        Ok(Ok(hex)) => hex,
-                        Ok(Err(e)) => format!("unknown (the part could not be read again: {e})"),
-                        Err(e) => format!("unknown ({e})"),
-                    }
-                }
-            }
-        };
-        self.check_md5_etag(&unquote(out.e_tag()), size, echoed, md5)
-            .await?;
-        Ok(UploadedPart {
-            part_number,
-            etag: Some(unquote(out.e_tag())),
-            size,
-            sha256: Some(sha256),
-        })
     }
 
     async fn list_parts(
@@ -791,36 +523,7 @@ impl ObjectStore for S3Store {
         key: &str,
         upload_id: &str,
     ) -> Result<Vec<UploadedPart>, StoreError> {
-        let mut parts = Vec::new();
-        let mut marker: Option<String> = None;
-        loop {
-            let out = self
-                .client
-                .list_parts()
-                .bucket(&self.bucket)
-                .key(key)
-                .upload_id(upload_id)
-                .set_part_number_marker(marker.clone())
-                .send()
-                .await
-                .map_err(classify)?;
-            for p in out.parts() {
-                parts.push(UploadedPart {
-                    part_number: p.part_number().unwrap_or(0),
-                    etag: p
-                        .e_tag()
-                        .map(|e| unquote(Some(e)))
-                        .filter(|e| !e.is_empty()),
-                    size: p.size().unwrap_or(0).max(0) as u64,
-                    sha256: sha256_of_header(p.checksum_sha256()),
-                });
-            }
-            marker = out.next_part_number_marker().map(str::to_owned);
-            if out.is_truncated() != Some(true) || marker.is_none() {
-                break;
-            }
-        }
-        Ok(parts)
+        self.list_all_parts(key, upload_id).await
     }
 
     async fn complete_multipart(
@@ -829,37 +532,7 @@ impl ObjectStore for S3Store {
         upload_id: &str,
         parts: &[UploadedPart],
     ) -> Result<String, StoreError> {
-        let mut sorted: Vec<&UploadedPart> = parts.iter().collect();
-        sorted.sort_by_key(|p| p.part_number);
-        let with_checksums = self.checksum == ChecksumPolicy::Sha256;
-        let completed = sorted
-            .iter()
-            .map(|p| {
-                let sha = p.sha256.filter(|_| with_checksums).map(|d| Self::b64(&d));
-                CompletedPart::builder()
-                    .part_number(p.part_number)
-                    .set_e_tag(p.etag.as_ref().map(|e| format!("\"{e}\"")))
-                    .set_checksum_sha256(sha)
-                    .build()
-            })
-            .collect();
-        // The SDK turns a 200 answer whose body is an <Error> into an error, so a success here is
-        // a real success.
-        let out = self
-            .client
-            .complete_multipart_upload()
-            .bucket(&self.bucket)
-            .key(key)
-            .upload_id(upload_id)
-            .multipart_upload(
-                CompletedMultipartUpload::builder()
-                    .set_parts(Some(completed))
-                    .build(),
-            )
-            .send()
-            .await
-            .map_err(classify)?;
-        Ok(unquote(out.e_tag()))
+        self.complete_upload(key, upload_id, parts).await
     }
 
     async fn copy_object(&self, input: CopyObjectInput) -> Result<ObjectMeta, StoreError> {
@@ -899,35 +572,7 @@ impl ObjectStore for S3Store {
     }
 
     async fn upload_part_copy(&self, input: PartCopyInput) -> Result<UploadedPart, StoreError> {
-        let range = format!(
-            "bytes={}-{}",
-            input.range.start,
-            input.range.end.unwrap_or(u64::MAX)
-        );
-        let out = self
-            .client
-            .upload_part_copy()
-            .bucket(&self.bucket)
-            .key(&input.key)
-            .upload_id(&input.upload_id)
-            .part_number(input.part_number)
-            .copy_source(Self::copy_source(&input.source_bucket, &input.source_key))
-            .copy_source_if_match(format!("\"{}\"", input.source_etag))
-            .copy_source_range(range)
-            .send()
-            .await
-            .map_err(classify)?;
-        let result = out.copy_part_result();
-        let size = input.range.end.map_or(0, |e| e + 1 - input.range.start);
-        Ok(UploadedPart {
-            part_number: input.part_number,
-            etag: result
-                .and_then(|r| r.e_tag())
-                .map(|e| unquote(Some(e)))
-                .filter(|e| !e.is_empty()),
-            size,
-            sha256: sha256_of_header(result.and_then(|r| r.checksum_sha256())),
-        })
+        self.copy_one_part(input).await
     }
 
     async fn abort_multipart(&self, key: &str, upload_id: &str) -> Result<(), StoreError> {

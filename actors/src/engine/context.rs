@@ -3,7 +3,6 @@
 //! mount's settings against what the store applied).
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
 
 use actix::Addr;
 use async_trait::async_trait;
@@ -21,21 +20,19 @@ use crate::model::{
 };
 use crate::mount::{MountSpec, SettingsPolicy, Sse};
 use crate::multipart::{PartRecorder, UploadDeps};
-use crate::ports::{
-    ChangePublisher, MetaStore, MountDirectory, ObjectStore, PutObjectInput, StoreError,
-};
-use crate::retry::{store_call, MountCounters, RetryPolicy};
+use crate::ports::{ChangePublisher, MetaStore, PutObjectInput, StoreError};
+use crate::store::{MountDirectory, MountStore, S3Op};
+use crate::store_error::Outcome;
 
 /// What an operation future needs; cheap to clone.
 #[derive(Clone)]
 pub(crate) struct OpContext {
     pub spec: Arc<MountSpec>,
-    pub store: Arc<dyn ObjectStore>,
+    /// The mount's store layer: every S3 request of the operation on this mount.
+    pub store: MountStore,
     pub meta: Arc<dyn MetaStore>,
     pub publisher: Arc<dyn ChangePublisher>,
     pub committer: Addr<CommitterActor>,
-    pub retry: RetryPolicy,
-    pub counters: Arc<MountCounters>,
     pub mounts: Option<Arc<dyn MountDirectory>>,
     /// What the settings probe found (the mount's settings the store ignored), once it ran.
     pub probe: Arc<tokio::sync::OnceCell<Vec<String>>>,
@@ -91,26 +88,13 @@ impl OpContext {
         Ok(())
     }
 
-    pub async fn with_retry<T, F, Fut>(
-        &self,
-        what: &'static str,
-        key: &str,
-        op: F,
-    ) -> Result<T, Error>
-    where
-        F: FnMut() -> Fut,
-        Fut: std::future::Future<Output = Result<T, StoreError>>,
-    {
-        store_call(&self.spec.name, &self.retry, &self.counters, what, key, op).await
-    }
-
     /// HEADs `key` until `accept` holds or the mount's verification window ends.
     pub async fn verify<T>(
         &self,
         key: &str,
         accept: impl Fn(&Option<ObjectMeta>) -> Result<T, String>,
     ) -> Result<T, Error> {
-        verify_in(self, &self.store, key, accept).await
+        self.store.verify(key, accept).await
     }
 
     /// Before the first write of a mount with SSE or a storage class: writes a small probe
@@ -154,18 +138,14 @@ impl OpContext {
             metadata: Default::default(),
             if_none_match: false,
         };
-        self.with_retry("PUT", &key, || self.store.put_object(input.clone()))
-            .await?;
+        self.store.put(&input).await?;
         let seen = self
             .verify(&key, |seen| {
                 seen.clone()
                     .ok_or_else(|| "probe object not visible yet".to_string())
             })
             .await;
-        if let Err(e) = self
-            .with_retry("DELETE", &key, || self.store.delete_object(&key))
-            .await
-        {
+        if let Err(e) = self.store.delete(&key).await {
             log::warn!(
                 "mount {}: settings probe '{key}' not removed: {e}",
                 self.spec.name
@@ -175,8 +155,9 @@ impl OpContext {
         // the operation (which would leave its journal row pending for recovery).
         let seen = seen.map_err(|e| match e {
             Error::Unverified { key, reason } => Error::Storage {
-                op: "HEAD",
+                op: S3Op::HeadObject,
                 key,
+                outcome: Outcome::NotApplied,
                 source: StoreError::new(
                     crate::ports::StoreErrorKind::Transient,
                     format!("settings probe not visible: {reason}"),
@@ -204,8 +185,6 @@ impl OpContext {
                 committer: self.committer.clone(),
                 meta: self.meta.clone(),
             }),
-            retry: self.retry,
-            counters: self.counters.clone(),
             publisher: self.publisher.clone(),
         }
     }
@@ -213,41 +192,6 @@ impl OpContext {
 
 /// Name (after the mount prefix) of the settings probe's objects.
 pub(crate) const PROBE_KEY_PREFIX: &str = ".filestore-settings-probe-";
-
-/// HEADs `key` in `store` until `accept` holds or the window of `c`'s mount ends.
-pub(crate) async fn verify_in<T>(
-    c: &OpContext,
-    store: &Arc<dyn ObjectStore>,
-    key: &str,
-    accept: impl Fn(&Option<ObjectMeta>) -> Result<T, String>,
-) -> Result<T, Error> {
-    let deadline = Instant::now() + c.spec.verify_window;
-    let mut delay = Duration::from_millis(50);
-    loop {
-        let seen = c.with_retry("HEAD", key, || store.head_object(key)).await;
-        let reason = match seen {
-            Ok(meta) => match accept(&meta) {
-                Ok(v) => return Ok(v),
-                Err(reason) => reason,
-            },
-            Err(e) if e.is_retryable() => e.to_string(),
-            Err(e) => {
-                return Err(Error::Unverified {
-                    key: key.to_owned(),
-                    reason: e.to_string(),
-                })
-            }
-        };
-        if Instant::now() + delay > deadline {
-            return Err(Error::Unverified {
-                key: key.to_owned(),
-                reason,
-            });
-        }
-        tokio::time::sleep(delay).await;
-        delay = (delay * 2).min(Duration::from_secs(1));
-    }
-}
 
 /// The mount's settings the store did not apply to `seen` (as `name: wanted, store reported`).
 pub(crate) fn settings_not_applied(spec: &MountSpec, seen: &ObjectMeta) -> Vec<String> {
@@ -322,9 +266,7 @@ pub(crate) async fn node_for(
         Ok(n) => n,
         Err(e) => {
             let key = &seen.key;
-            let _ = c
-                .with_retry("DELETE", key, || c.store.delete_object(key))
-                .await;
+            let _ = c.store.delete(key).await;
             return Err(e);
         }
     };

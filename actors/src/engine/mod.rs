@@ -1,4 +1,4 @@
-//! The operation engine: runs the protocol of DESIGN.md once for every mutating operation —
+//! The operation engine: runs the protocol (docs/architecture.md) once for every mutating operation —
 //! validate (in the supervisor's handler) → intent → act → verify → commit → notify (the committer
 //! pokes the notifier) — and settles a pending row left by an earlier run (recovery). Each
 //! operation supplies its own act / verify / recover steps in [`ops`].
@@ -15,24 +15,104 @@ pub(crate) use ops::validate_transfer;
 
 use crate::error::Error;
 use crate::model::{
-    CommitRecord, IntentOutcome, JournalEntry, JournalState, NewIntent, NodeChange, OpProgress,
-    OpRequest, OpResult, WriteCondition,
+    CommitRecord, DeleteRequest, IntentOutcome, JournalEntry, JournalState, MultipartRequest,
+    NewIntent, NodeChange, OpProgress, OpRequest, OpResult, PutRequest, TransferRequest,
 };
 use crate::multipart::{ProgressSink, SourceReader};
-use crate::ports::MountAccess;
+use crate::store::MountStore;
 
-/// What a mutating operation carries besides its request.
-pub(crate) enum Payload {
-    None,
-    Bytes(Bytes),
-    Upload {
+/// A mutating operation as the engine runs it: the request its journal row records, with what
+/// the operation carries at run time. Each operation's steps (precheck, act and verify, recover)
+/// live in its module of `ops`; the engine runs the protocol over them once.
+pub(crate) enum Operation {
+    /// A single-request put of bytes in memory.
+    Put { request: PutRequest, body: Bytes },
+    /// A multipart put from a file (read by the upload) or a stream.
+    Multipart {
+        request: MultipartRequest,
         reader: Option<SourceReader>,
         sink: Option<ProgressSink>,
     },
-    /// The source mount of a copy / move.
-    Transfer(MountAccess),
-    /// A delete whose DELETE goes in a multi-object delete.
-    BatchedDelete,
+    /// A delete; `batched`: its DELETE goes in a multi-object delete (`delete_many`).
+    Delete {
+        request: DeleteRequest,
+        batched: bool,
+    },
+    /// A copy, with its source mount's store layer.
+    Copy {
+        request: TransferRequest,
+        source: MountStore,
+    },
+    /// A move, with its source mount's store layer.
+    Move {
+        request: TransferRequest,
+        source: MountStore,
+    },
+}
+
+impl Operation {
+    /// The request the journal records (and the fingerprint is computed from).
+    pub fn request(&self) -> OpRequest {
+        match self {
+            Operation::Put { request, .. } => OpRequest::Put(request.clone()),
+            Operation::Multipart { request, .. } => OpRequest::PutMultipart(request.clone()),
+            Operation::Delete { request, .. } => OpRequest::Delete(request.clone()),
+            Operation::Copy { request, .. } => OpRequest::Copy(request.clone()),
+            Operation::Move { request, .. } => OpRequest::Move(request.clone()),
+        }
+    }
+
+    /// The checks made before an intent is recorded: the write's conditions, and that what a
+    /// delete, copy or move acts on has a node. For a copy / move, the source pinned from that
+    /// node, which the intent records (so pinning costs no write of its own).
+    async fn precheck(&self, c: &OpContext) -> Result<Option<OpProgress>, Error> {
+        match self {
+            Operation::Put { request, .. } => ops::put::precheck(c, request).await,
+            Operation::Multipart { request, .. } => ops::multipart_put::precheck(c, request).await,
+            Operation::Delete { request, .. } => ops::delete::precheck(c, request).await,
+            Operation::Copy { request, .. } | Operation::Move { request, .. } => {
+                ops::copy::precheck(c, request).await
+            }
+        }
+    }
+
+    /// Act and verify. `progress` is where an earlier run of this journal row got to (a
+    /// re-armed row).
+    async fn act(
+        self,
+        c: &OpContext,
+        journal_id: i64,
+        progress: Option<OpProgress>,
+    ) -> Result<Outcome, Error> {
+        if !matches!(self, Operation::Delete { .. }) {
+            c.ensure_settings_honoured().await?;
+        }
+        match self {
+            Operation::Put { request, body } => ops::put::act(c, journal_id, &request, body).await,
+            Operation::Multipart {
+                request,
+                reader,
+                sink,
+            } => ops::multipart_put::act(c, journal_id, &request, reader, sink).await,
+            Operation::Delete { request, batched } => {
+                ops::delete::act(c, &request.key, batched).await
+            }
+            Operation::Copy { request, source } => {
+                ops::copy::act(c, journal_id, &request, &source, progress).await
+            }
+            Operation::Move { request, source } => {
+                ops::mv::act(c, journal_id, &request, &source, progress).await
+            }
+        }
+    }
+
+    /// Where the operation reports its progress, for an operation that has any.
+    pub fn progress_sink(&mut self) -> Option<&mut Option<ProgressSink>> {
+        match self {
+            Operation::Multipart { sink, .. } => Some(sink),
+            _ => None,
+        }
+    }
 }
 
 /// What an operation's act + verify steps produced: the node change to commit.
@@ -63,14 +143,6 @@ fn replay(mount: &str, fingerprint: &str, entry: JournalEntry) -> Result<OpResul
     }
 }
 
-fn condition_of(request: &OpRequest) -> WriteCondition {
-    match request {
-        OpRequest::Put { condition, .. } | OpRequest::PutMultipart { condition, .. } => *condition,
-        OpRequest::Copy(t) | OpRequest::Move(t) => t.condition,
-        OpRequest::Delete { .. } => WriteCondition::default(),
-    }
-}
-
 fn commit_record(c: &OpContext, journal_id: i64, request: &OpRequest, o: Outcome) -> CommitRecord {
     CommitRecord {
         journal_id,
@@ -81,7 +153,7 @@ fn commit_record(c: &OpContext, journal_id: i64, request: &OpRequest, o: Outcome
         change: o.change,
         source: request.source().cloned(),
         upload_id: o.upload_id,
-        condition: condition_of(request),
+        condition: request.condition(),
     }
 }
 
@@ -89,12 +161,13 @@ fn commit_record(c: &OpContext, journal_id: i64, request: &OpRequest, o: Outcome
 /// and accounts for it: one log line (mount, op, path, journal id, duration, outcome), the
 /// `filestore_s3_operations_total{mount,op,outcome}` counter and the
 /// `filestore_s3_operation_seconds{mount,op}` histogram.
+/// `request` is `operation.request()`, built once by the caller (it also keys the paths' locks).
 pub(crate) async fn run_operation(
     c: OpContext,
     idempotency_key: String,
+    operation: Operation,
     request: OpRequest,
     fingerprint: String,
-    payload: Payload,
 ) -> Result<OpResult, Error> {
     let started = std::time::Instant::now();
     let (mount, op, path) = (
@@ -102,7 +175,7 @@ pub(crate) async fn run_operation(
         request.kind().as_str(),
         request.path().to_owned(),
     );
-    let res = run_protocol(c, idempotency_key, request, fingerprint, payload).await;
+    let res = run_protocol(c, idempotency_key, request, operation, fingerprint).await;
     let secs = started.elapsed().as_secs_f64();
     let outcome = match &res {
         Ok(_) => "committed",
@@ -132,8 +205,8 @@ async fn run_protocol(
     c: OpContext,
     idempotency_key: String,
     request: OpRequest,
+    operation: Operation,
     fingerprint: String,
-    payload: Payload,
 ) -> Result<OpResult, Error> {
     let mount = c.spec.name.clone();
     let key = idempotency_key.clone();
@@ -148,7 +221,7 @@ async fn run_protocol(
     // Conditions and the existence of what the operation needs are checked before the intent is
     // recorded (under the paths' locks), so a refused call leaves no trace; a call repeating an
     // earlier one gets that one's outcome instead.
-    match ops::precheck(&c, &request).await {
+    match operation.precheck(&c).await {
         Ok(pin) => intent.progress = pin,
         Err(e) => {
             if !matches!(e, Error::PreconditionFailed { .. } | Error::NotFound { .. }) {
@@ -174,7 +247,7 @@ async fn run_protocol(
         } => (journal_id, Some(*progress)),
         IntentOutcome::Existing(entry) => {
             let result = replay(&mount, &fingerprint, *entry)?;
-            return same_stream_content(&c, &key, result, payload).await;
+            return same_stream_content(&c, &key, result, operation).await;
         }
     };
     if pin.is_some() {
@@ -185,7 +258,7 @@ async fn run_protocol(
             Some(kept) => resume_from(&c, journal_id, kept, pin).await?,
             None => pin,
         };
-        ops::act(&c, journal_id, &request, payload, progress).await
+        operation.act(&c, journal_id, progress).await
     };
     match acted.await {
         Ok(outcome) => {
@@ -257,12 +330,12 @@ async fn same_stream_content(
     c: &OpContext,
     idempotency_key: &str,
     result: OpResult,
-    payload: Payload,
+    operation: Operation,
 ) -> Result<OpResult, Error> {
-    let Payload::Upload {
+    let Operation::Multipart {
         reader: Some(mut reader),
         ..
-    } = payload
+    } = operation
     else {
         return Ok(result);
     };
@@ -274,10 +347,10 @@ async fn same_stream_content(
     let mut h = Sha256::new();
     let mut buf = vec![0u8; 1 << 20];
     loop {
-        let n = reader.read(&mut buf).await.map_err(|e| Error::Source {
-            what: "<stream>".into(),
-            message: e.to_string(),
-        })?;
+        let n = reader
+            .read(&mut buf)
+            .await
+            .map_err(|e| Error::io("<stream>", e))?;
         if n == 0 {
             break;
         }
@@ -301,7 +374,14 @@ pub(crate) async fn recover_entry(
     progress: Option<ProgressSink>,
 ) -> Result<OpResult, Error> {
     let mount = c.spec.name.clone();
-    match ops::recover(&c, &entry, progress).await {
+    let recovered = match &entry.request {
+        OpRequest::Put(r) => ops::put::recover(&c, &entry, r).await,
+        OpRequest::PutMultipart(r) => ops::multipart_put::recover(&c, &entry, r, progress).await,
+        OpRequest::Delete(r) => ops::delete::recover(&c, r).await,
+        OpRequest::Copy(t) => ops::copy::recover(&c, &entry, t).await,
+        OpRequest::Move(t) => ops::mv::recover(&c, &entry, t).await,
+    };
+    match recovered {
         Ok(outcome) => {
             crate::failpoint::hit("before_commit").await;
             let r = c

@@ -5,42 +5,31 @@ use std::sync::{Arc, Mutex};
 use actix::prelude::*;
 use tokio::sync::oneshot;
 
-use super::{abort_upload, run_upload, CompletedUpload, UploadDeps, UploadRequest};
+use super::{run_upload, CompletedUpload, UploadDeps, UploadRequest};
 use crate::error::Error;
 use crate::model::UploadProgress;
-
-/// Ask an upload actor for its progress.
-#[derive(Debug, Message)]
-#[rtype(result = "UploadProgress")]
-pub struct GetUploadProgress;
-
-/// Stop an upload: its running future is dropped and the upload is aborted in the store. The
-/// handle's `join` then answers [`Error::Shutdown`].
-#[derive(Debug, Message)]
-#[rtype(result = "()")]
-pub struct AbortUpload;
 
 /// Stop an upload without aborting it: its running future is dropped, the upload stays open and
 /// recorded, so the journal row's owner can resume it. Sent when the handle is dropped before the
 /// upload ended (the operation that owned it was dropped, e.g. by a supervisor restart).
 #[derive(Debug, Message)]
 #[rtype(result = "()")]
-pub struct StopUpload;
+pub(crate) struct StopUpload;
 
 type Done = oneshot::Sender<Result<CompletedUpload, Error>>;
 
-/// The actor for one multipart upload. It stops when the upload ends or is aborted.
+/// The actor for one multipart upload (its parts, their retries and records). It stops when the
+/// upload ends, or when its handle is dropped first. Its progress reaches the callers through the
+/// operation's `ProgressHub`.
 pub struct UploadActor {
     job: Option<(UploadRequest, UploadDeps)>,
     done: Option<Done>,
     progress: Arc<Mutex<UploadProgress>>,
     running: Option<SpawnHandle>,
-    // What an abort needs to end the upload in the store.
-    abort_with: Option<(UploadDeps, String, String)>,
 }
 
-/// Drives one upload: wait for it, ask its progress, or abort it. Dropping the handle before the
-/// upload ended stops the upload (resumable, not aborted): no upload outlives its owner.
+/// Drives one upload: wait for it. Dropping the handle before the upload ended stops the upload
+/// (resumable, not aborted): no upload outlives its owner.
 pub struct UploadHandle {
     addr: Addr<UploadActor>,
     done: Option<oneshot::Receiver<Result<CompletedUpload, Error>>>,
@@ -71,37 +60,17 @@ impl UploadHandle {
             eta_seconds: None,
             finished: false,
         };
-        let abort_with = Some((deps.clone(), job.mount.clone(), job.key.clone()));
         let addr = UploadActor {
             job: Some((job, deps)),
             done: Some(tx),
             progress: Arc::new(Mutex::new(progress)),
             running: None,
-            abort_with,
         }
         .start();
         UploadHandle {
             addr,
             done: Some(rx),
         }
-    }
-
-    /// The actor's address.
-    pub fn addr(&self) -> &Addr<UploadActor> {
-        &self.addr
-    }
-
-    /// Progress so far.
-    pub async fn progress(&self) -> Result<UploadProgress, Error> {
-        self.addr
-            .send(GetUploadProgress)
-            .await
-            .map_err(|_| Error::Shutdown)
-    }
-
-    /// Stops the upload and aborts it in the store.
-    pub async fn abort(&self) {
-        let _ = self.addr.send(AbortUpload).await;
     }
 
     /// Waits for the upload to end.
@@ -141,14 +110,6 @@ impl Actor for UploadActor {
     }
 }
 
-impl Handler<GetUploadProgress> for UploadActor {
-    type Result = MessageResult<GetUploadProgress>;
-
-    fn handle(&mut self, _msg: GetUploadProgress, _ctx: &mut Self::Context) -> Self::Result {
-        MessageResult(self.progress.lock().expect("progress lock").clone())
-    }
-}
-
 impl Handler<StopUpload> for UploadActor {
     type Result = ();
 
@@ -163,40 +124,5 @@ impl Handler<StopUpload> for UploadActor {
             );
         }
         ctx.stop();
-    }
-}
-
-impl Handler<AbortUpload> for UploadActor {
-    type Result = ResponseActFuture<Self, ()>;
-
-    fn handle(&mut self, _msg: AbortUpload, ctx: &mut Self::Context) -> Self::Result {
-        if let Some(h) = self.running.take() {
-            ctx.cancel_future(h);
-            metrics::gauge!("filestore_s3_uploads_in_flight", "mount" => self.progress.lock().expect("progress lock").mount.clone())
-                .decrement(1.0);
-        }
-        let upload_id = self
-            .progress
-            .lock()
-            .expect("progress lock")
-            .upload_id
-            .clone();
-        let abort_with = self.abort_with.take();
-        Box::pin(
-            async move {
-                if let Some((deps, mount, key)) = abort_with {
-                    if !upload_id.is_empty() {
-                        abort_upload(&deps, &mount, &key, &upload_id).await;
-                    }
-                }
-            }
-            .into_actor(self)
-            .map(|_, act, ctx| {
-                if let Some(done) = act.done.take() {
-                    let _ = done.send(Err(Error::Shutdown));
-                }
-                ctx.stop();
-            }),
-        )
     }
 }

@@ -12,6 +12,7 @@ use crate::digest::Sha256Digest;
 use crate::error::Error;
 use crate::model::{UploadRecord, UploadedPart, WriteMarker};
 use crate::ports::{ByteRange, PartCopyInput};
+use crate::store::S3Op;
 
 /// A multipart copy of a whole source object.
 #[derive(Debug, Clone)]
@@ -106,7 +107,10 @@ async fn copy_missing(
         let end = (start + part_size).min(req.size).saturating_sub(1);
         if let Some(p) = done.get(&n) {
             if p.size == end + 1 - start {
-                deps.counters.parts_resumed.fetch_add(1, Ordering::Relaxed);
+                deps.store
+                    .counters()
+                    .parts_resumed
+                    .fetch_add(1, Ordering::Relaxed);
                 continue;
             }
         }
@@ -128,9 +132,13 @@ async fn copy_missing(
         };
         in_flight.push(async move {
             let part = deps
-                .call(&req.mount, "UploadPartCopy", &req.key, || {
-                    deps.counters.copy_requests.fetch_add(1, Ordering::Relaxed);
-                    deps.store.upload_part_copy(input.clone())
+                .store
+                .call(S3Op::UploadPartCopy, &req.key, || {
+                    deps.store
+                        .counters()
+                        .copy_requests
+                        .fetch_add(1, Ordering::Relaxed);
+                    deps.store.raw().upload_part_copy(input.clone())
                 })
                 .await?;
             // The upload was created without checksums: the part is completed by ETag, and its

@@ -6,11 +6,22 @@
 //! It runs in an [`UploadActor`] driven through an [`UploadHandle`] (`join` / `abort` /
 //! `progress`). [`copy`] does the same for UploadPartCopy.
 
+mod parts;
+use parts::upload_parts;
+
+mod source;
+pub use source::{file_identity, reader_from_stream, SourceReader};
+use source::{open_source, read_part};
+
+mod progress;
+use progress::Tracker;
+pub use progress::{ProgressHub, ProgressSink};
+
 mod actor;
 pub mod copy;
 mod file_part;
 
-pub use actor::{AbortUpload, GetUploadProgress, StopUpload, UploadActor, UploadHandle};
+pub use actor::UploadHandle;
 
 use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
@@ -27,8 +38,8 @@ use crate::digest::Sha256Digest;
 use crate::error::Error;
 use crate::model::{UploadProgress, UploadRecord, UploadSource, UploadedPart, WriteMarker};
 use crate::mount::{MAX_PART_SIZE_BYTES, MIN_PART_SIZE_BYTES};
-use crate::ports::{ChangePublisher, ObjectStore, PartBody, StoreErrorKind};
-use crate::retry::{store_call, MountCounters, RetryPolicy};
+use crate::ports::{ChangePublisher, PartBody, StoreErrorKind};
+use crate::store::{MountStore, S3Op};
 
 /// S3's limit on parts per upload.
 pub const MAX_PARTS: u64 = 10_000;
@@ -36,53 +47,6 @@ pub const MAX_PARTS: u64 = 10_000;
 pub const MAX_OBJECT_BYTES: u64 = 5 * 1024 * 1024 * 1024 * 1024;
 /// Shortest interval between two progress messages on Redis for one upload.
 pub const PROGRESS_PUBLISH_INTERVAL: Duration = Duration::from_millis(500);
-
-/// Receives progress updates; called on the executor's thread, so it must be quick.
-pub type ProgressSink = Arc<dyn Fn(&UploadProgress) + Send + Sync>;
-
-/// One operation's progress, fanned out to every caller following it: the caller that started
-/// it, and callers that joined later with the same idempotency key (a put sent again joins the
-/// upload recovery resumed). A late subscriber is told the latest progress at once.
-#[derive(Clone, Default)]
-pub struct ProgressHub(Arc<Mutex<HubState>>);
-
-#[derive(Default)]
-struct HubState {
-    latest: Option<UploadProgress>,
-    sinks: Vec<ProgressSink>,
-}
-
-impl ProgressHub {
-    /// Adds a follower; it gets the latest progress now, if there was any.
-    pub fn subscribe(&self, sink: ProgressSink) {
-        // A sink that panicked must not take the supervisor down with it.
-        let mut s = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(p) = &s.latest {
-            sink(p);
-        }
-        s.sinks.push(sink);
-    }
-
-    /// The sink the operation reports to.
-    pub fn sink(&self) -> ProgressSink {
-        let hub = self.clone();
-        Arc::new(move |p: &UploadProgress| {
-            let mut s = hub.0.lock().unwrap_or_else(|e| e.into_inner());
-            // Parts finish out of order; a late subscriber starts from the furthest point seen.
-            if s.latest.as_ref().is_none_or(|l| {
-                (l.bytes_done, l.bytes_sent, l.finished) <= (p.bytes_done, p.bytes_sent, p.finished)
-            }) {
-                s.latest = Some(p.clone());
-            }
-            for sink in &s.sinks {
-                sink(p);
-            }
-        })
-    }
-}
-
-/// A readable source for an upload.
-pub type SourceReader = Box<dyn AsyncRead + Send + Unpin>;
 
 /// The part size for an object: the mount's, enlarged (to a whole MiB) so the object needs at most
 /// [`MAX_PARTS`] parts.
@@ -151,14 +115,10 @@ pub struct UploadRequest {
 /// What an upload needs from its surroundings.
 #[derive(Clone)]
 pub struct UploadDeps {
-    /// The store.
-    pub store: Arc<dyn ObjectStore>,
+    /// The mount's store layer: every S3 request of the upload.
+    pub store: MountStore,
     /// Where parts are recorded.
     pub recorder: Arc<dyn PartRecorder>,
-    /// Retry policy of every S3 call.
-    pub retry: RetryPolicy,
-    /// The mount's counters.
-    pub counters: Arc<MountCounters>,
     /// Progress also goes to Redis.
     pub publisher: Arc<dyn ChangePublisher>,
 }
@@ -191,162 +151,6 @@ impl CompletedUpload {
     }
 }
 
-/// Progress bookkeeping shared by the part futures of one upload.
-pub(crate) struct Tracker {
-    state: Arc<Mutex<UploadProgress>>,
-    started: Instant,
-    last_publish: Mutex<Option<Instant>>,
-    sink: Option<ProgressSink>,
-    publisher: Arc<dyn ChangePublisher>,
-}
-
-impl Tracker {
-    fn update(&self, f: impl FnOnce(&mut UploadProgress)) {
-        let snapshot = {
-            let mut p = self.state.lock().expect("progress lock");
-            f(&mut p);
-            let secs = self.started.elapsed().as_secs_f64().max(1e-3);
-            p.bytes_per_second = p.bytes_sent as f64 / secs;
-            p.eta_seconds = p.bytes_total.and_then(|t| {
-                (p.bytes_per_second > 0.0)
-                    .then(|| t.saturating_sub(p.bytes_done) as f64 / p.bytes_per_second)
-            });
-            p.clone()
-        };
-        if let Some(sink) = &self.sink {
-            sink(&snapshot);
-        }
-        let due = {
-            let mut last = self.last_publish.lock().expect("publish lock");
-            let due =
-                snapshot.finished || last.is_none_or(|t| t.elapsed() >= PROGRESS_PUBLISH_INTERVAL);
-            if due {
-                *last = Some(Instant::now());
-            }
-            due
-        };
-        if due {
-            let publisher = self.publisher.clone();
-            actix::spawn(async move {
-                if let Err(e) = publisher.publish_progress(&snapshot.mount, &snapshot).await {
-                    log::debug!("progress not published: {e}");
-                }
-            });
-        }
-    }
-}
-
-/// Reads up to `n` bytes (fewer only at the end of the source).
-async fn read_part(reader: &mut SourceReader, n: u64, what: &str) -> Result<Bytes, Error> {
-    let mut buf = BytesMut::with_capacity(n as usize);
-    while (buf.len() as u64) < n {
-        let want = (n - buf.len() as u64) as usize;
-        let before = buf.len();
-        let got = (&mut *reader)
-            .take(want as u64)
-            .read_buf(&mut buf)
-            .await
-            .map_err(|e| Error::Source {
-                what: what.to_owned(),
-                message: e.to_string(),
-            })?;
-        if got == 0 || buf.len() == before {
-            break;
-        }
-    }
-    Ok(buf.freeze())
-}
-
-async fn open_source(job: &mut UploadRequest) -> Result<SourceReader, Error> {
-    match &job.source {
-        UploadSource::File {
-            path,
-            size,
-            mtime_ns,
-        } => {
-            let (now_size, now_mtime) =
-                file_identity(path).await.map_err(|message| Error::Source {
-                    what: path.clone(),
-                    message,
-                })?;
-            if now_size != *size || now_mtime != *mtime_ns {
-                return Err(Error::SourceChanged {
-                    source_path: path.clone(),
-                    reason: format!(
-                        "size {now_size} / mtime {now_mtime} ns now, {size} / {mtime_ns} ns when the put started"
-                    ),
-                });
-            }
-            let f = tokio::fs::File::open(path)
-                .await
-                .map_err(|e| Error::Source {
-                    what: path.clone(),
-                    message: e.to_string(),
-                })?;
-            Ok(Box::new(f))
-        }
-        UploadSource::Stream => job.reader.take().ok_or_else(|| Error::SourceChanged {
-            source_path: "<stream>".into(),
-            reason: "a stream can be read only once; the upload cannot be resumed from it".into(),
-        }),
-    }
-}
-
-/// An object body (a stream of chunks) as a [`SourceReader`], for uploads whose bytes come from
-/// another object (a streamed copy).
-pub fn reader_from_stream(stream: crate::ports::BodyStream) -> SourceReader {
-    Box::new(StreamReader {
-        stream,
-        chunk: Bytes::new(),
-    })
-}
-
-struct StreamReader {
-    stream: crate::ports::BodyStream,
-    chunk: Bytes,
-}
-
-impl AsyncRead for StreamReader {
-    fn poll_read(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-        buf: &mut tokio::io::ReadBuf<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        use std::task::Poll;
-        loop {
-            if !self.chunk.is_empty() {
-                let n = self.chunk.len().min(buf.remaining());
-                let part = self.chunk.split_to(n);
-                buf.put_slice(&part);
-                return Poll::Ready(Ok(()));
-            }
-            match self.stream.as_mut().poll_next(cx) {
-                Poll::Pending => return Poll::Pending,
-                Poll::Ready(None) => return Poll::Ready(Ok(())),
-                Poll::Ready(Some(Ok(b))) => self.chunk = b,
-                Poll::Ready(Some(Err(e))) => {
-                    return Poll::Ready(Err(std::io::Error::other(e.to_string())))
-                }
-            }
-        }
-    }
-}
-
-/// Size and modification time (ns since the epoch) of a file.
-pub async fn file_identity(path: &str) -> Result<(u64, i64), String> {
-    let md = tokio::fs::metadata(path).await.map_err(|e| e.to_string())?;
-    if !md.is_file() {
-        return Err("not a regular file".into());
-    }
-    let mtime = md
-        .modified()
-        .map_err(|e| e.to_string())?
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos() as i64)
-        .unwrap_or(0);
-    Ok((md.len(), mtime))
-}
-
 /// Parts a previous run left: those recorded in Postgres that the store still lists, plus listed
 /// parts Postgres missed (a crash between UploadPart and the record) when the listing carries the
 /// ETag and checksum needed to trust and complete them.
@@ -370,22 +174,6 @@ fn reconcile(recorded: &[UploadedPart], listed: &[UploadedPart]) -> BTreeMap<i32
         }
     }
     done
-}
-
-impl UploadDeps {
-    async fn call<T, F, Fut>(
-        &self,
-        mount: &str,
-        what: &'static str,
-        key: &str,
-        op: F,
-    ) -> Result<T, Error>
-    where
-        F: FnMut() -> Fut,
-        Fut: std::future::Future<Output = Result<T, crate::ports::StoreError>>,
-    {
-        store_call(mount, &self.retry, &self.counters, what, key, op).await
-    }
 }
 
 /// Runs one upload to completion (CompleteMultipartUpload answered, or the object was found
@@ -529,8 +317,9 @@ pub(crate) async fn open_upload(
     let (mount, key) = (t.mount, t.key);
     if let Some(rec) = resume {
         match deps
-            .call(mount, "ListParts", key, || {
-                deps.store.list_parts(key, &rec.upload_id)
+            .store
+            .call(S3Op::ListParts, key, || {
+                deps.store.raw().list_parts(key, &rec.upload_id)
             })
             .await
         {
@@ -574,9 +363,15 @@ pub(crate) async fn open_upload(
         }
     }
     let id = deps
-        .call(mount, "CreateMultipartUpload", key, || {
-            deps.store
-                .create_multipart(key, t.content_type, t.marker, t.metadata, t.part_checksums)
+        .store
+        .call(S3Op::CreateMultipartUpload, key, || {
+            deps.store.raw().create_multipart(
+                key,
+                t.content_type,
+                t.marker,
+                t.metadata,
+                t.part_checksums,
+            )
         })
         .await?;
     deps.recorder
@@ -608,15 +403,19 @@ pub(crate) async fn complete(
     size: u64,
 ) -> Result<String, Error> {
     let res = deps
-        .call(mount, "CompleteMultipartUpload", key, || {
-            deps.store.complete_multipart(key, upload_id, parts)
+        .store
+        .call(S3Op::CompleteMultipartUpload, key, || {
+            deps.store.raw().complete_multipart(key, upload_id, parts)
         })
         .await;
     match res {
         Ok(etag) => Ok(etag),
-        Err(Error::Storage { source, .. }) if !source.is_retryable() => {
+        Err(Error::Storage {
+            source, outcome, ..
+        }) if !source.is_retryable() => {
             let seen = deps
-                .call(mount, "HEAD", key, || deps.store.head_object(key))
+                .store
+                .call(S3Op::HeadObject, key, || deps.store.raw().head_object(key))
                 .await?;
             match seen {
                 Some(m)
@@ -636,14 +435,16 @@ pub(crate) async fn complete(
                         other.map_or("no object".into(), |m| format!("{} bytes", m.size))
                     );
                     Err(Error::Storage {
-                        op: "CompleteMultipartUpload",
+                        op: S3Op::CompleteMultipartUpload,
                         key: key.to_owned(),
                         source,
+                        outcome,
                     })
                 }
                 other => Err(Error::Storage {
-                    op: "CompleteMultipartUpload",
+                    op: S3Op::CompleteMultipartUpload,
                     key: key.to_owned(),
+                    outcome,
                     source: crate::ports::StoreError::new(
                         StoreErrorKind::NotFound,
                         format!(
@@ -676,7 +477,8 @@ fn source_name(s: &UploadSource) -> String {
 /// sweep retries it).
 pub async fn abort_upload(deps: &UploadDeps, mount: &str, key: &str, upload_id: &str) {
     match deps
-        .call(mount, "AbortMultipartUpload", key, || deps.store.abort_multipart(key, upload_id))
+        .store
+        .abort_upload(key, upload_id)
         .await
     {
         Ok(()) => {
@@ -689,214 +491,6 @@ pub async fn abort_upload(deps: &UploadDeps, mount: &str, key: &str, upload_id: 
             "mount {mount}: could not abort upload {upload_id} of '{key}': {e}; the orphan sweep retries"
         ),
     }
-}
-
-/// Reads and uploads every part; returns the parts, the size and the SHA-256 of the whole object.
-async fn upload_parts(
-    deps: &UploadDeps,
-    job: &UploadRequest,
-    reader: &mut SourceReader,
-    upload_id: &str,
-    part_size: u64,
-    mut done: BTreeMap<i32, UploadedPart>,
-    tracker: &Arc<Tracker>,
-) -> Result<(Vec<UploadedPart>, u64, Sha256Digest), Error> {
-    let concurrency = job.concurrency.max(1);
-    let what = source_name(&job.source);
-    let file = match &job.source {
-        UploadSource::File { path, .. } => Some(std::path::PathBuf::from(path)),
-        UploadSource::Stream => None,
-    };
-    let mut hasher = Some(Sha256::new());
-    let mut buffers = file_part::HashBuffers::new();
-    let mut in_flight = FuturesUnordered::new();
-    let mut size = 0u64;
-    let mut part_number = 0i32;
-    loop {
-        // Wait for a free slot before reading: memory stays at part size × parts in flight.
-        while in_flight.len() >= concurrency {
-            let part: UploadedPart = in_flight.next().await.expect("non-empty")?;
-            done.insert(part.part_number, part);
-        }
-        // The next part is read and hashed while the parts in flight keep uploading: they are
-        // polled meanwhile, and the hashing runs on a blocking thread, not on the actor's. A
-        // file's part is hashed from the file and later sent from it (no part-sized buffer); a
-        // stream's is read into a buffer.
-        let offset = size;
-        let (buf, h, part_sha) = {
-            let next = async {
-                let mut h = hasher
-                    .take()
-                    .expect("the hasher is put back after each part");
-                let joined = |e: tokio::task::JoinError| Error::Source {
-                    what: what.clone(),
-                    message: format!("hashing a part: {e}"),
-                };
-                if let Some(path) = &file {
-                    let p = path.clone();
-                    let mut pool = std::mem::take(&mut buffers);
-                    // Asked before each part: once a part's answer showed that the store
-                    // verifies and echoes the checksums, the MD5 is left out.
-                    let want_md5 = deps.store.wants_part_md5();
-                    let (h, pool, hashed) = tokio::task::spawn_blocking(move || {
-                        let r = file_part::hash_range(
-                            &p, offset, part_size, &mut h, &mut pool, want_md5,
-                        );
-                        (h, pool, r)
-                    })
-                    .await
-                    .map_err(joined)?;
-                    buffers = pool;
-                    let r = hashed.map_err(|e| Error::Source {
-                        what: what.clone(),
-                        message: e.to_string(),
-                    })?;
-                    let body = PartBody::File {
-                        path: path.clone(),
-                        offset,
-                        len: r.len,
-                        md5: r.md5,
-                    };
-                    return Ok::<_, Error>((body, h, r.sha256));
-                }
-                let buf = read_part(reader, part_size, &what).await?;
-                // The whole object's SHA-256 and the part's over the same buffer, on two threads.
-                let (buf, h, part_sha) = tokio::task::spawn_blocking(move || {
-                    let part_sha = std::thread::scope(|s| {
-                        let part = s.spawn(|| Sha256Digest::of(&buf));
-                        h.update(&buf);
-                        part.join()
-                    });
-                    (buf, h, part_sha)
-                })
-                .await
-                .map_err(joined)?;
-                let part_sha = part_sha.map_err(|_| Error::Source {
-                    what: what.clone(),
-                    message: "hashing a part: the hashing thread panicked".into(),
-                })?;
-                Ok::<_, Error>((PartBody::Bytes(buf), h, part_sha))
-            };
-            tokio::pin!(next);
-            loop {
-                tokio::select! {
-                    read = &mut next => break read?,
-                    Some(part) = in_flight.next(), if !in_flight.is_empty() => {
-                        let part: UploadedPart = part?;
-                        done.insert(part.part_number, part);
-                    }
-                }
-            }
-        };
-        hasher = Some(h);
-        if buf.is_empty() && part_number > 0 {
-            break;
-        }
-        part_number += 1;
-        if part_number as u64 > MAX_PARTS {
-            return Err(Error::TooLarge {
-                size: size + buf.len(),
-                limit: MAX_PARTS * part_size,
-                what: "an upload of unknown size at this part size",
-            });
-        }
-        let last = buf.len() < part_size;
-        size += buf.len();
-        if let Some(prev) = done.get(&part_number) {
-            let same = prev.size == buf.len() && prev.sha256.is_none_or(|s| s == part_sha);
-            if !same {
-                return Err(Error::SourceChanged {
-                    source_path: what.clone(),
-                    reason: format!("part {part_number} differs from the part uploaded before"),
-                });
-            }
-            // Counted as done when the upload started.
-            deps.counters.parts_resumed.fetch_add(1, Ordering::Relaxed);
-        } else {
-            in_flight.push(upload_one(
-                deps.clone(),
-                job.mount.clone(),
-                job.key.clone(),
-                upload_id.to_owned(),
-                part_number,
-                buf,
-                part_sha,
-                tracker.clone(),
-            ));
-        }
-        if last {
-            break;
-        }
-    }
-    while let Some(part) = in_flight.next().await {
-        let part = part?;
-        done.insert(part.part_number, part);
-    }
-    Ok((
-        done.into_values().collect(),
-        size,
-        Sha256Digest::finish(hasher.expect("the hasher is put back after each part")),
-    ))
-}
-
-#[allow(clippy::too_many_arguments)]
-async fn upload_one(
-    deps: UploadDeps,
-    mount: String,
-    key: String,
-    upload_id: String,
-    part_number: i32,
-    body: PartBody,
-    sha256: Sha256Digest,
-    tracker: Arc<Tracker>,
-) -> Result<UploadedPart, Error> {
-    let n = body.len();
-    let started = Instant::now();
-    let counters = deps.counters.clone();
-    let part = deps
-        .retry
-        .run_scaled(
-            || {
-                counters.bytes_sent.fetch_add(n, Ordering::Relaxed);
-                tracker.update(|p| p.bytes_sent += n);
-                let call =
-                    deps.store
-                        .upload_part(&key, &upload_id, part_number, body.clone(), sha256);
-                let counters = counters.clone();
-                async move {
-                    let r = call.await;
-                    if r.is_ok() {
-                        counters.call_succeeded();
-                    }
-                    r
-                }
-            },
-            |e| e.is_retryable() && crate::retry::budget_allows(&mount, &deps.retry, &counters, e),
-            crate::retry::backoff_scale,
-            |e, d| {
-                counters.retries.fetch_add(1, Ordering::Relaxed);
-                metrics::counter!("filestore_s3_retries_total", "mount" => mount.clone(), "op" => "UploadPart").increment(1);
-                log::warn!("mount {mount}: part {part_number} of '{key}' failed ({e}); retry in {d:?}");
-            },
-        )
-        .await
-        .map_err(|source| Error::Storage {
-            op: "UploadPart",
-            key: key.clone(),
-            source,
-        })?;
-    metrics::histogram!("filestore_s3_part_upload_seconds", "mount" => mount.clone())
-        .record(started.elapsed().as_secs_f64());
-    // The slot is freed only once the part is recorded: a crash loses at most the parts in flight.
-    deps.recorder.part_done(&upload_id, part.clone()).await?;
-    counters.parts_uploaded.fetch_add(1, Ordering::Relaxed);
-    metrics::counter!("filestore_s3_upload_bytes_total", "mount" => mount.clone()).increment(n);
-    metrics::counter!("filestore_s3_upload_parts_total", "mount" => mount).increment(1);
-    tracker.update(|p| {
-        p.bytes_done += n;
-        p.parts_done += 1;
-    });
-    Ok(part)
 }
 
 #[cfg(test)]

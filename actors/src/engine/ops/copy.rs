@@ -21,14 +21,16 @@ use crate::engine::context::node_for;
 use crate::engine::{OpContext, Outcome};
 use crate::error::Error;
 use crate::model::{
-    NodeChange, NodeMeta, ObjectMeta, OpKind, OpProgress, PinnedSource, SourceRef, TransferRequest,
-    UploadSource, Verification, WriteCondition, WriteMarker,
+    JournalEntry, NodeChange, NodeMeta, ObjectMeta, OpKind, OpProgress, PinnedSource, SourceRef,
+    TransferRequest, UploadSource, Verification, WriteCondition, WriteMarker,
 };
 use crate::mount::MountSpec;
 use crate::multipart::copy::{copy_parts, PartCopyRequest};
 use crate::multipart::{reader_from_stream, UploadHandle, UploadRequest};
 use crate::path::FsPath;
-use crate::ports::{CopyObjectInput, MountAccess, PutObjectInput, StoreErrorKind};
+use crate::ports::{CopyObjectInput, PutObjectInput, StoreErrorKind};
+use crate::store::{MountStore, S3Op};
+use crate::store_error::Outcome as RequestOutcome;
 
 /// Builds the request of a copy / move into `dest` (validation: both keys valid, not onto
 /// itself).
@@ -71,11 +73,40 @@ pub(crate) fn validate_transfer(
     })
 }
 
-pub(super) async fn act(
+/// Before the intent: the destination's conditions, and the source pinned from its node (the
+/// intent records the pin). A move's precheck is the same.
+pub(in crate::engine) async fn precheck(
+    c: &OpContext,
+    t: &TransferRequest,
+) -> Result<Option<OpProgress>, Error> {
+    check_condition(c, &t.path, &t.condition).await?;
+    Ok(Some(OpProgress::SourcePinned {
+        source: pin_source(c, t).await?,
+    }))
+}
+
+/// Recovery of a pending copy: a copy whose row shows only its pin may have been made by one
+/// request ([`recover_pinned`]); otherwise it goes on from the step its row records.
+pub(in crate::engine) async fn recover(
+    c: &OpContext,
+    entry: &JournalEntry,
+    t: &TransferRequest,
+) -> Result<Outcome, Error> {
+    let source = super::source_store(c, &t.source.mount)?;
+    if let Some(OpProgress::SourcePinned { source: pinned }) = &entry.progress {
+        if let Some(done) = recover_pinned(c, entry.id, t, &source, pinned).await? {
+            return Ok(done);
+        }
+    }
+    c.ensure_settings_honoured().await?;
+    act(c, entry.id, t, &source, entry.progress.clone()).await
+}
+
+pub(in crate::engine) async fn act(
     c: &OpContext,
     journal_id: i64,
     t: &TransferRequest,
-    source: &MountAccess,
+    source: &MountStore,
     progress: Option<OpProgress>,
 ) -> Result<Outcome, Error> {
     let (_, dest, upload_id) = copy_steps(c, journal_id, t, source, progress, false).await?;
@@ -90,19 +121,17 @@ pub(super) async fn act(
 /// store's SHA-256, or this row's write marker with it) is committed without copying again —
 /// the source may have changed since, and a copy conditioned on the pinned ETag would then fail
 /// although the copy was made. Anything else (`None`): copy as usual.
-pub(super) async fn recover_pinned(
+async fn recover_pinned(
     c: &OpContext,
     journal_id: i64,
     t: &TransferRequest,
-    source: &MountAccess,
+    source: &MountStore,
     pinned: &PinnedSource,
 ) -> Result<Option<Outcome>, Error> {
     if !single_request(c, source, pinned.size) {
         return Ok(None);
     }
-    let seen = c
-        .with_retry("HEAD", &t.key, || c.store.head_object(&t.key))
-        .await?;
+    let seen = c.store.head(&t.key).await?;
     let Ok(verified) = prove_content(&seen, pinned.size, pinned.sha256, journal_id, true) else {
         return Ok(None);
     };
@@ -116,8 +145,8 @@ pub(super) async fn recover_pinned(
 
 /// Whether a copy of `size` bytes from `source` is one request (CopyObject, or one PUT of the
 /// bytes read) rather than a multipart upload.
-fn single_request(c: &OpContext, source: &MountAccess, size: u64) -> bool {
-    match c.spec.can_copy_server_side_from(&source.spec) {
+fn single_request(c: &OpContext, source: &MountStore, size: u64) -> bool {
+    match c.spec.can_copy_server_side_from(source.spec()) {
         true => size <= c.spec.copy_threshold,
         false => size <= c.spec.multipart_threshold,
     }
@@ -133,7 +162,7 @@ pub(super) async fn copy_steps(
     c: &OpContext,
     journal_id: i64,
     t: &TransferRequest,
-    source: &MountAccess,
+    source: &MountStore,
     progress: Option<OpProgress>,
     is_move: bool,
 ) -> Result<(PinnedSource, NodeMeta, Option<String>), Error> {
@@ -171,7 +200,7 @@ pub(super) async fn copy_steps(
             pinned
         }
     };
-    let (dest, upload_id) = if c.spec.can_copy_server_side_from(&source.spec) {
+    let (dest, upload_id) = if c.spec.can_copy_server_side_from(source.spec()) {
         server_side(c, journal_id, t, source, &pinned).await?
     } else {
         streamed(c, journal_id, t, source, &pinned).await?
@@ -234,12 +263,12 @@ async fn server_side(
     c: &OpContext,
     journal_id: i64,
     t: &TransferRequest,
-    source: &MountAccess,
+    source: &MountStore,
     pinned: &PinnedSource,
 ) -> Result<(NodeMeta, Option<String>), Error> {
     if pinned.size <= c.spec.copy_threshold {
         let input = CopyObjectInput {
-            source_bucket: source.spec.bucket.clone(),
+            source_bucket: source.spec().bucket.clone(),
             source_key: t.source.key.clone(),
             source_etag: pinned.etag.clone(),
             size: pinned.size,
@@ -251,12 +280,8 @@ async fn server_side(
             metadata: pinned.user_metadata.clone(),
         };
         let answered = c
-            .with_retry("CopyObject", &t.key, || {
-                c.counters
-                    .copy_requests
-                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                c.store.copy_object(input.clone())
-            })
+            .store
+            .copy(&input)
             .await
             .map_err(|e| source_changed(t, e))?;
         let node = if c.spec.verify.trusts_copy_and_delete_answers()
@@ -278,7 +303,7 @@ async fn server_side(
         mount: c.spec.name.clone(),
         key: t.key.clone(),
         journal_id,
-        source_bucket: source.spec.bucket.clone(),
+        source_bucket: source.spec().bucket.clone(),
         source_key: t.source.key.clone(),
         source_etag: pinned.etag.clone(),
         size: pinned.size,
@@ -318,24 +343,13 @@ async fn streamed(
     c: &OpContext,
     journal_id: i64,
     t: &TransferRequest,
-    source: &MountAccess,
+    source: &MountStore,
     pinned: &PinnedSource,
 ) -> Result<(NodeMeta, Option<String>), Error> {
-    let counters = c.counters.clone();
-    let body = crate::retry::store_call(
-        &source.spec.name,
-        &c.retry,
-        &counters,
-        "GET",
-        &t.source.key,
-        || {
-            source
-                .store
-                .get_object(&t.source.key, None, Some(&pinned.etag))
-        },
-    )
-    .await
-    .map_err(|e| source_changed(t, e))?;
+    let body = source
+        .get(&t.source.key, None, Some(&pinned.etag))
+        .await
+        .map_err(|e| source_changed(t, e))?;
     let mismatch = |actual: Sha256Digest| Error::ChecksumMismatch {
         mount: t.source.mount.clone(),
         path: t.source.path.clone(),
@@ -348,9 +362,10 @@ async fn streamed(
         let mut stream = body.stream;
         while let Some(chunk) = stream.next().await {
             let chunk = chunk.map_err(|source| Error::Storage {
-                op: "GET",
+                op: S3Op::GetObject,
                 key: t.source.key.clone(),
                 source,
+                outcome: RequestOutcome::NotApplied,
             })?;
             hasher.update(&chunk);
             buf.extend_from_slice(&chunk);
@@ -371,8 +386,7 @@ async fn streamed(
             metadata: pinned.user_metadata.clone(),
             if_none_match: t.condition.if_none_match,
         };
-        c.with_retry("PUT", &t.key, || c.store.put_object(input.clone()))
-            .await?;
+        c.store.put(&input).await?;
         let node = verify_copy(c, journal_id, &t.key, pinned).await?;
         return Ok((node, None));
     }
@@ -394,9 +408,7 @@ async fn streamed(
     };
     let done = UploadHandle::start(job, c.upload_deps()).join().await?;
     if done.sha256 != pinned.sha256 {
-        let _ = c
-            .with_retry("DELETE", &t.key, || c.store.delete_object(&t.key))
-            .await;
+        let _ = c.store.delete(&t.key).await;
         return Err(mismatch(done.sha256));
     }
     let mut node = super::multipart_put::verify_upload(c, &t.key, journal_id, &done).await?;

@@ -1,51 +1,21 @@
-//! One module per operation, each with its act / verify / recover steps; this module dispatches
-//! on the request and holds the checks several operations share.
+//! One module per operation, each owning its steps: `precheck` (before the intent), `act` (act
+//! and verify) and `recover` (a pending row of an earlier run); the engine dispatches to them.
+//! This module holds the checks several operations share.
 
-mod copy;
-mod delete;
-mod multipart_put;
-mod mv;
-mod put;
+pub(super) mod copy;
+pub(super) mod delete;
+pub(super) mod multipart_put;
+pub(super) mod mv;
+pub(super) mod put;
 
-use super::{OpContext, Outcome, Payload};
+use super::OpContext;
 use crate::digest::Sha256Digest;
 use crate::error::Error;
-use crate::model::{
-    JournalEntry, NodeMeta, ObjectMeta, OpProgress, OpRequest, Verification, WriteCondition,
-};
+use crate::model::{NodeMeta, ObjectMeta, Verification, WriteCondition};
 use crate::mount::{ChecksumPolicy, SettingsPolicy};
-use crate::multipart::ProgressSink;
-use crate::ports::MountAccess;
+use crate::store::MountStore;
 
 pub(crate) use copy::validate_transfer;
-
-/// Act and verify. `progress` is where an earlier run of this journal row got to (recovery).
-pub(super) async fn act(
-    c: &OpContext,
-    journal_id: i64,
-    request: &OpRequest,
-    payload: Payload,
-    progress: Option<OpProgress>,
-) -> Result<Outcome, Error> {
-    if !matches!(request, OpRequest::Delete { .. }) {
-        c.ensure_settings_honoured().await?;
-    }
-    match request {
-        OpRequest::Put { .. } => put::act(c, journal_id, request, payload).await,
-        OpRequest::PutMultipart { .. } => multipart_put::act(c, journal_id, request, payload).await,
-        OpRequest::Delete { key, .. } => {
-            delete::act(c, key, matches!(payload, Payload::BatchedDelete)).await
-        }
-        OpRequest::Copy(t) => {
-            let source = transfer_source(c, &t.source.mount, payload)?;
-            copy::act(c, journal_id, t, &source, progress).await
-        }
-        OpRequest::Move(t) => {
-            let source = transfer_source(c, &t.source.mount, payload)?;
-            mv::act(c, journal_id, t, &source, progress).await
-        }
-    }
-}
 
 /// Whether a write's answer proves the object it wrote, once the mount's verify policy trusts
 /// answers of its kind: the store reports the SHA-256 it computed (or checked) of the content
@@ -63,81 +33,10 @@ fn proven_by_answer(c: &OpContext, answered: &ObjectMeta, sha256: Sha256Digest) 
                 .is_none_or(|s| s == "STANDARD"))
 }
 
-/// The checks made before an intent is recorded: the write's conditions, and that what a delete,
-/// copy or move acts on has a node. For a copy / move, the source pinned from that node, which
-/// the intent records (so pinning costs no write of its own).
-pub(super) async fn precheck(
-    c: &OpContext,
-    request: &OpRequest,
-) -> Result<Option<OpProgress>, Error> {
-    match request {
-        OpRequest::Put {
-            path, condition, ..
-        }
-        | OpRequest::PutMultipart {
-            path, condition, ..
-        } => check_condition(c, path, condition).await.map(|()| None),
-        OpRequest::Delete { path, .. } => {
-            if c.meta.node(&c.spec.name, path).await?.is_none() {
-                return Err(Error::NotFound {
-                    mount: c.spec.name.clone(),
-                    path: path.clone(),
-                });
-            }
-            Ok(None)
-        }
-        OpRequest::Copy(t) | OpRequest::Move(t) => {
-            check_condition(c, &t.path, &t.condition).await?;
-            Ok(Some(OpProgress::SourcePinned {
-                source: copy::pin_source(c, t).await?,
-            }))
-        }
-    }
-}
-
-/// Recovery of a pending row.
-pub(super) async fn recover(
-    c: &OpContext,
-    entry: &JournalEntry,
-    progress: Option<ProgressSink>,
-) -> Result<Outcome, Error> {
-    match &entry.request {
-        OpRequest::Put { .. } => put::recover(c, entry).await,
-        OpRequest::PutMultipart { .. } => multipart_put::recover(c, entry, progress).await,
-        OpRequest::Delete { path, key } => delete::recover(c, path, key).await,
-        OpRequest::Copy(_) | OpRequest::Move(_) => {
-            // A single-request copy records no step after its pin: the destination may already
-            // hold the copy.
-            if let (OpRequest::Copy(t), Some(OpProgress::SourcePinned { source: pinned })) =
-                (&entry.request, &entry.progress)
-            {
-                let source = transfer_source(c, &t.source.mount, Payload::None)?;
-                if let Some(done) = copy::recover_pinned(c, entry.id, t, &source, pinned).await? {
-                    return Ok(done);
-                }
-            }
-            act(
-                c,
-                entry.id,
-                &entry.request,
-                Payload::None,
-                entry.progress.clone(),
-            )
-            .await
-        }
-    }
-}
-
-/// The source mount of a copy / move: given by the caller, or looked up (recovery).
-fn transfer_source(c: &OpContext, mount: &str, payload: Payload) -> Result<MountAccess, Error> {
-    if let Payload::Transfer(m) = payload {
-        return Ok(m);
-    }
+/// The source mount of a copy / move being recovered: this one, or another this executor serves.
+fn source_store(c: &OpContext, mount: &str) -> Result<MountStore, Error> {
     if mount == c.spec.name {
-        return Ok(MountAccess {
-            spec: c.spec.clone(),
-            store: c.store.clone(),
-        });
+        return Ok(c.store.clone());
     }
     c.mounts
         .as_ref()
@@ -231,9 +130,7 @@ async fn still_holds(
     key: &str,
     dest: NodeMeta,
 ) -> Result<Result<NodeMeta, String>, Error> {
-    let seen = c
-        .with_retry("HEAD", key, || c.store.head_object(key))
-        .await?;
+    let seen = c.store.head(key).await?;
     let proof = match &seen {
         Some(m) if m.size == dest.size && m.etag == dest.etag => Ok(dest.verified),
         _ => prove_content(&seen, dest.size, dest.sha256, journal_id, true),

@@ -4,38 +4,46 @@
 
 use crate::digest::Sha256Digest;
 use crate::engine::context::node_for;
-use crate::engine::{OpContext, Outcome, Payload};
+use crate::engine::{OpContext, Outcome};
 use crate::error::Error;
 use crate::model::{
-    JournalEntry, NodeChange, NodeMeta, ObjectMeta, OpRequest, UploadSource, UploadedPart,
-    Verification,
+    JournalEntry, MultipartRequest, NodeChange, NodeMeta, ObjectMeta, OpProgress, UploadSource,
+    UploadedPart, Verification,
 };
-use crate::multipart::{file_identity, CompletedUpload, ProgressSink, UploadHandle, UploadRequest};
+use crate::multipart::{
+    file_identity, CompletedUpload, ProgressSink, SourceReader, UploadHandle, UploadRequest,
+};
 use crate::ports::StoreErrorKind;
 
-pub(super) async fn act(
+/// Before the intent: the put's conditions on the path.
+pub(in crate::engine) async fn precheck(
+    c: &OpContext,
+    r: &MultipartRequest,
+) -> Result<Option<OpProgress>, Error> {
+    super::check_condition(c, &r.path, &r.condition).await?;
+    Ok(None)
+}
+
+/// Uploads (or resumes the recorded upload of this row), completes and verifies. `reader`: the
+/// stream being put, or `None` to read the request's file.
+pub(in crate::engine) async fn act(
     c: &OpContext,
     journal_id: i64,
-    request: &OpRequest,
-    payload: Payload,
+    request: &MultipartRequest,
+    reader: Option<SourceReader>,
+    sink: Option<ProgressSink>,
 ) -> Result<Outcome, Error> {
-    let OpRequest::PutMultipart {
+    let MultipartRequest {
         path,
         key,
         size,
         source,
         content_type,
-        condition,
+        condition: _,
         metadata,
-    } = request
-    else {
-        unreachable!("multipart_put::act is only called for multipart puts")
-    };
-    let (reader, sink) = match payload {
-        Payload::Upload { reader, sink } => (reader, sink),
-        _ => (None, None),
-    };
-    super::check_condition(c, path, condition).await?;
+    } = request;
+    // The conditions were checked by `precheck` (a new call) or `recover`, under the path's lock
+    // held since (and the commit checks them again in its transaction).
     // A recorded upload of this journal row (a retained one, or one a crash interrupted) is
     // resumed rather than started again.
     let resume = c.meta.upload_of(journal_id).await?;
@@ -132,14 +140,13 @@ fn base64_decode(s: &str) -> Option<Vec<u8>> {
 }
 
 /// Resumes the upload of an unchanged file; a stream cannot be re-read, so its upload is ended.
-pub(super) async fn recover(
+pub(in crate::engine) async fn recover(
     c: &OpContext,
     entry: &JournalEntry,
+    request: &MultipartRequest,
     progress: Option<ProgressSink>,
 ) -> Result<Outcome, Error> {
-    let OpRequest::PutMultipart { source, .. } = &entry.request else {
-        unreachable!()
-    };
+    let source = &request.source;
     let resumable = match source {
         UploadSource::File {
             path,
@@ -163,14 +170,11 @@ pub(super) async fn recover(
     };
     match resumable {
         Ok(()) => {
-            if let Some(outcome) = completed_before_crash(c, entry).await? {
+            if let Some(outcome) = completed_before_crash(c, entry, request).await? {
                 return Ok(outcome);
             }
-            let payload = Payload::Upload {
-                reader: None,
-                sink: progress.clone(),
-            };
-            match act(c, entry.id, &entry.request, payload).await {
+            super::check_condition(c, &request.path, &request.condition).await?;
+            match act(c, entry.id, request, None, progress.clone()).await {
                 // The upload id is gone while the object does not show yet: the earlier owner's
                 // CompleteMultipartUpload may still be applying (a store keeps working on a
                 // request whose client died; s3s-fs forgets the upload id before it writes the
@@ -179,7 +183,7 @@ pub(super) async fn recover(
                 Err(e @ Error::Storage { .. }) if upload_gone(&e) => {
                     let deadline = std::time::Instant::now() + c.spec.verify_window;
                     loop {
-                        if let Some(outcome) = completed_before_crash(c, entry).await? {
+                        if let Some(outcome) = completed_before_crash(c, entry, request).await? {
                             return Ok(outcome);
                         }
                         if std::time::Instant::now() >= deadline {
@@ -203,11 +207,7 @@ pub(super) async fn recover(
                         );
                         c.meta.mark_upload_aborted(&rec.upload_id).await?;
                     }
-                    let payload = Payload::Upload {
-                        reader: None,
-                        sink: progress,
-                    };
-                    act(c, entry.id, &entry.request, payload).await
+                    act(c, entry.id, request, None, progress).await
                 }
                 r => r,
             }
@@ -220,7 +220,7 @@ pub(super) async fn recover(
                     entry.id,
                     rec.upload_id
                 );
-                let _ = c.store.abort_multipart(&rec.key, &rec.upload_id).await;
+                let _ = c.store.abort_upload(&rec.key, &rec.upload_id).await;
                 c.meta.mark_upload_aborted(&rec.upload_id).await?;
             }
             Err(e)
@@ -241,18 +241,17 @@ fn upload_gone(e: &Error) -> bool {
 async fn completed_before_crash(
     c: &OpContext,
     entry: &JournalEntry,
+    request: &MultipartRequest,
 ) -> Result<Option<Outcome>, Error> {
-    let OpRequest::PutMultipart {
+    let MultipartRequest {
         key,
         source: UploadSource::File { path, size, .. },
         ..
-    } = &entry.request
+    } = request
     else {
         return Ok(None);
     };
-    let seen = c
-        .with_retry("HEAD", key, || c.store.head_object(key))
-        .await?;
+    let seen = c.store.head(key).await?;
     let ours = seen.as_ref().is_some_and(|m| {
         m.size == *size && m.marker.as_ref().is_some_and(|w| w.journal_id == entry.id)
     });
@@ -266,6 +265,7 @@ async fn completed_before_crash(
     let (sha256, part_digests) = hash_file(path, record.as_ref().map(|r| r.part_size))
         .await
         .map_err(|message| Error::Source {
+            io: None,
             what: path.clone(),
             message,
         })?;

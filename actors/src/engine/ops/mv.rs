@@ -8,17 +8,16 @@
 use super::copy::copy_steps;
 use super::delete::gone;
 use super::still_holds;
-use crate::engine::context::verify_in;
 use crate::engine::{OpContext, Outcome};
 use crate::error::Error;
-use crate::model::{NodeChange, NodeMeta, OpProgress, TransferRequest};
-use crate::ports::MountAccess;
+use crate::model::{JournalEntry, NodeChange, NodeMeta, OpProgress, TransferRequest};
+use crate::store::MountStore;
 
-pub(super) async fn act(
+pub(in crate::engine) async fn act(
     c: &OpContext,
     journal_id: i64,
     t: &TransferRequest,
-    source: &MountAccess,
+    source: &MountStore,
     progress: Option<OpProgress>,
 ) -> Result<Outcome, Error> {
     if let Some(OpProgress::SourceDeleted { dest, .. }) = progress {
@@ -26,17 +25,10 @@ pub(super) async fn act(
     }
     let (pinned, dest, upload_id) = copy_steps(c, journal_id, t, source, progress, true).await?;
     let key = &t.source.key;
-    crate::retry::store_call(
-        &source.spec.name,
-        &c.retry,
-        &c.counters,
-        "DELETE",
-        key,
-        || source.store.delete_object(key),
-    )
-    .await?;
-    if !source.spec.verify.trusts_copy_and_delete_answers() {
-        verify_in(c, &source.store, key, gone).await?;
+    // The source mount's store layer: its retry budget, its verification window.
+    source.delete(key).await?;
+    if !source.spec().verify.trusts_copy_and_delete_answers() {
+        source.verify(key, gone).await?;
     }
     c.record_progress(
         journal_id,
@@ -50,6 +42,20 @@ pub(super) async fn act(
         change: NodeChange::Upsert(dest),
         upload_id,
     })
+}
+
+/// Recovery of a pending move: it goes on from the step its row records — copy (or finish the
+/// copy), delete the source, commit — looking at the destination again first
+/// ([`copy_steps`]); a move whose source is already deleted only commits, once the destination
+/// is proven again ([`finish`]).
+pub(in crate::engine) async fn recover(
+    c: &OpContext,
+    entry: &JournalEntry,
+    t: &TransferRequest,
+) -> Result<Outcome, Error> {
+    let source = super::source_store(c, &t.source.mount)?;
+    c.ensure_settings_honoured().await?;
+    act(c, entry.id, t, &source, entry.progress.clone()).await
 }
 
 /// The rest of a move whose source is already deleted (recovery, or a failed move sent again

@@ -3,18 +3,30 @@
 
 use super::{check_condition, prove_content, proven_by_answer};
 use crate::engine::context::node_for;
-use crate::engine::{OpContext, Outcome, Payload};
+use crate::engine::{OpContext, Outcome};
 use crate::error::Error;
-use crate::model::{JournalEntry, NodeChange, NodeMeta, OpRequest, Verification, WriteMarker};
+use crate::model::{
+    JournalEntry, NodeChange, NodeMeta, OpProgress, PutRequest, Verification, WriteMarker,
+};
 use crate::ports::{PutObjectInput, StoreError, StoreErrorKind};
+use crate::store::S3Op;
 
-pub(super) async fn act(
+/// Before the intent: the put's conditions on the path.
+pub(in crate::engine) async fn precheck(
+    c: &OpContext,
+    r: &PutRequest,
+) -> Result<Option<OpProgress>, Error> {
+    check_condition(c, &r.path, &r.condition).await?;
+    Ok(None)
+}
+
+pub(in crate::engine) async fn act(
     c: &OpContext,
     journal_id: i64,
-    request: &OpRequest,
-    payload: Payload,
+    request: &PutRequest,
+    body: bytes::Bytes,
 ) -> Result<Outcome, Error> {
-    let OpRequest::Put {
+    let PutRequest {
         path,
         key,
         sha256,
@@ -22,14 +34,9 @@ pub(super) async fn act(
         condition,
         metadata,
         ..
-    } = request
-    else {
-        unreachable!("put::act is only called for puts")
-    };
-    let Payload::Bytes(body) = payload else {
-        return Err(Error::Config("put without a body".into()));
-    };
-    check_condition(c, path, condition).await?;
+    } = request;
+    // The conditions were checked by `precheck`, under the path's lock held since (and the
+    // commit checks them again in its transaction).
     let input = PutObjectInput {
         key: key.clone(),
         body,
@@ -42,19 +49,16 @@ pub(super) async fn act(
         metadata: metadata.clone(),
         if_none_match: condition.if_none_match,
     };
-    let answered = c
-        .with_retry("PUT", key, || c.store.put_object(input.clone()))
-        .await
-        .map_err(|e| match e {
-            Error::Storage { source, .. } if source.kind == StoreErrorKind::PreconditionFailed => {
-                Error::PreconditionFailed {
-                    mount: c.spec.name.clone(),
-                    path: path.clone(),
-                    reason: "create-only, but the store already holds an object at the key".into(),
-                }
+    let answered = c.store.put(&input).await.map_err(|e| match e {
+        Error::Storage { source, .. } if source.kind == StoreErrorKind::PreconditionFailed => {
+            Error::PreconditionFailed {
+                mount: c.spec.name.clone(),
+                path: path.clone(),
+                reason: "create-only, but the store already holds an object at the key".into(),
             }
-            e => e,
-        })?;
+        }
+        e => e,
+    })?;
     // Under `verify = put-response` / `response` the PUT's answer is the proof when the store
     // echoed the SHA-256 the executor sent (so it checked the body against it).
     let node = match c.spec.verify.trusts_put_answer() && proven_by_answer(c, &answered, *sha256) {
@@ -72,15 +76,12 @@ pub(super) async fn act(
 async fn verified_node(
     c: &OpContext,
     journal_id: i64,
-    request: &OpRequest,
+    request: &PutRequest,
     require_proof: bool,
 ) -> Result<NodeMeta, Error> {
-    let OpRequest::Put {
+    let PutRequest {
         key, size, sha256, ..
-    } = request
-    else {
-        unreachable!()
-    };
+    } = request;
     let (seen, verified) = c
         .verify(key, |seen| {
             prove_content(seen, *size, *sha256, journal_id, require_proof)
@@ -96,21 +97,23 @@ async fn verified_node(
 /// An object that does not show at all may not be visible yet (eventual consistency): while the row
 /// is younger than the consistency horizon, recovery leaves it pending and looks again at its next
 /// pass, so a write the store accepted is not failed (and left behind untracked) too early.
-pub(super) async fn recover(c: &OpContext, entry: &JournalEntry) -> Result<Outcome, Error> {
-    match verified_node(c, entry.id, &entry.request, true).await {
+pub(in crate::engine) async fn recover(
+    c: &OpContext,
+    entry: &JournalEntry,
+    request: &PutRequest,
+) -> Result<Outcome, Error> {
+    match verified_node(c, entry.id, request, true).await {
         Ok(node) => Ok(Outcome {
             change: NodeChange::Upsert(node),
             upload_id: None,
         }),
         Err(Error::Unverified { key, reason }) if entry.idle < c.consistency_horizon => {
-            let absent = c
-                .with_retry("HEAD", &key, || c.store.head_object(&key))
-                .await?
-                .is_none();
+            let absent = c.store.head(&key).await?.is_none();
             if absent {
                 Err(Error::Storage {
-                    op: "HEAD",
+                    op: S3Op::HeadObject,
                     key,
+                    outcome: crate::store_error::Outcome::NotApplied,
                     source: StoreError::new(
                         StoreErrorKind::Transient,
                         format!(

@@ -1,7 +1,8 @@
 //! End-to-end tests of the executor itself: migrations, hosting modes, wire checksums, recovery.
 //! Real Postgres, Redis and S3 servers.
 
-mod common;
+use crate::common;
+use crate::common::MetaWrites as _;
 
 use std::time::Duration;
 
@@ -221,7 +222,7 @@ async fn recovery_commits_what_reached_s3_and_fails_what_did_not() {
     env.exec.shutdown().await;
     let meta = PgMetaStore::new(&database_url(), &env.schema, 2).unwrap();
     let body = b"written before the crash";
-    let landed = OpRequest::Put {
+    let landed = OpRequest::Put(filestore_s3::actors::model::PutRequest {
         path: "crash/landed.txt".into(),
         key: env.key("crash/landed.txt"),
         size: body.len() as u64,
@@ -229,8 +230,8 @@ async fn recovery_commits_what_reached_s3_and_fails_what_did_not() {
         content_type: None,
         metadata: Default::default(),
         condition: Default::default(),
-    };
-    let lost = OpRequest::Put {
+    });
+    let lost = OpRequest::Put(filestore_s3::actors::model::PutRequest {
         path: "crash/lost.txt".into(),
         key: env.key("crash/lost.txt"),
         size: 4,
@@ -238,7 +239,7 @@ async fn recovery_commits_what_reached_s3_and_fails_what_did_not() {
         content_type: None,
         metadata: Default::default(),
         condition: Default::default(),
-    };
+    });
     let mut ids = Vec::new();
     for (k, req) in [("k-landed", landed), ("k-lost", lost)] {
         let started = meta
@@ -360,10 +361,10 @@ async fn a_batch_of_writes_keeps_each_write_atomic() {
     env.exec.shutdown().await;
     let meta = PgMetaStore::new(&database_url(), &env.schema, 2).unwrap();
     let intent = |n: u32| {
-        let req = OpRequest::Delete {
+        let req = OpRequest::Delete(filestore_s3::actors::model::DeleteRequest {
             path: format!("batch/{n}"),
             key: env.key(&format!("batch/{n}")),
-        };
+        });
         NewIntent {
             mount: "m".into(),
             idempotency_key: format!("b-{n}"),
@@ -445,20 +446,21 @@ async fn a_batch_of_writes_keeps_each_write_atomic() {
     env.cleanup().await;
 }
 
-/// Group commit writes a batch's intents and commits set-based (a few statements over arrays).
-/// The same writes given one at a time (each its own transaction, written statement by statement)
-/// must leave the same rows and give the same answers: new intents, an intent twice in the batch,
-/// a key already used, puts, an overwrite whose condition holds, one whose condition broke, a
-/// commit sent again, a commit of a failed row, a delete and a move.
+/// The one write path, three ways: a batch written at once (runs of set-based statements), the
+/// same writes given one at a time (each its own transaction), and the same batch applied by the
+/// in-memory fake the actor tests use. All must give the same answers and leave the same nodes
+/// and journal: new intents, an intent twice in the batch, a key already used, puts, an
+/// overwrite whose condition holds, one whose condition broke, a commit sent again, a commit of a
+/// failed row, a delete and a move.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn set_based_batches_write_what_one_write_at_a_time_writes() {
+async fn one_write_path_batched_alone_and_in_memory_alike() {
     use filestore_s3::actors::model::{
         CommitRecord, NodeChange, NodeMeta, OpKind, SourceRef, Verification, WriteCondition,
     };
     use filestore_s3::actors::ports::{MetaOutput, MetaWrite};
 
     fn put_intent(path: &str, key: &str, token: u128) -> NewIntent {
-        let req = OpRequest::Put {
+        let req = OpRequest::Put(filestore_s3::actors::model::PutRequest {
             path: path.into(),
             key: format!("k/{path}"),
             size: path.len() as u64,
@@ -466,7 +468,7 @@ async fn set_based_batches_write_what_one_write_at_a_time_writes() {
             content_type: None,
             metadata: Default::default(),
             condition: Default::default(),
-        };
+        });
         NewIntent {
             mount: "m".into(),
             idempotency_key: key.into(),
@@ -504,26 +506,24 @@ async fn set_based_batches_write_what_one_write_at_a_time_writes() {
                 .collect(),
         })
     }
-    async fn started(meta: &PgMetaStore, i: NewIntent) -> i64 {
+    async fn started(meta: &dyn MetaStore, i: NewIntent) -> i64 {
         match meta.begin(&i).await.unwrap() {
             IntentOutcome::Started { journal_id } => journal_id,
             other => panic!("{other:?}"),
         }
     }
-    /// Prepares the same rows in `env`'s schema, then writes the batch under test all at once
-    /// (`together`) or one write at a time; returns the answers and the rows, comparable.
-    async fn run(env: &TestEnv, together: bool) -> (Vec<String>, Vec<String>, u64) {
-        let meta = PgMetaStore::new(&database_url(), &env.schema, 2).unwrap();
+    /// Prepares the same rows in `meta`, then returns the batch under test.
+    async fn prepare(meta: &dyn MetaStore) -> Vec<MetaWrite> {
         // Existing nodes: a (generation 1), c, d, src.
         let mut ids = std::collections::HashMap::new();
         for p in ["a", "c", "d", "src"] {
-            let j = started(&meta, put_intent(p, &format!("prep-{p}"), 0)).await;
+            let j = started(meta, put_intent(p, &format!("prep-{p}"), 0)).await;
             meta.commit(&commit(j, OpKind::Put, p, node(p)))
                 .await
                 .unwrap();
         }
         for p in ["done", "failed", "b", "a2", "c2", "d", "mv"] {
-            let j = started(&meta, put_intent(p, &format!("op-{p}"), 1)).await;
+            let j = started(meta, put_intent(p, &format!("op-{p}"), 1)).await;
             ids.insert(p, j);
         }
         meta.commit(&commit(ids["done"], OpKind::Put, "done", node("done")))
@@ -554,6 +554,94 @@ async fn set_based_batches_write_what_one_write_at_a_time_writes() {
             MetaWrite::Begin(put_intent("y", "new-y", 5)),
             MetaWrite::Begin(put_intent("x", "new-x", 2)),
         ];
+        batch
+    }
+    /// The answers and what the store then holds, through the port's reads (journal ids left
+    /// out: a Postgres sequence skips the values of conflicting inserts, the fake does not).
+    async fn through_port(meta: &dyn MetaStore, together: bool) -> (Vec<String>, Vec<String>) {
+        let batch = prepare(meta).await;
+        let answers = if together {
+            meta.apply(&batch).await.unwrap()
+        } else {
+            let mut v = Vec::new();
+            for w in &batch {
+                v.extend(meta.apply(std::slice::from_ref(w)).await.unwrap());
+            }
+            v
+        };
+        let answers = answers.iter().map(|a| describe(a, false)).collect();
+        let mut state = Vec::new();
+        for p in ["a", "b", "c", "d", "src", "dst", "done", "failed", "x", "y"] {
+            let n = meta.node("m", p).await.unwrap();
+            state.push(format!(
+                "node {p}: {:?}",
+                n.map(|n| (
+                    n.generation,
+                    n.meta.size,
+                    n.meta.sha256,
+                    n.meta.etag,
+                    n.meta.user_metadata
+                ))
+            ));
+        }
+        for k in [
+            "prep-a",
+            "op-done",
+            "op-failed",
+            "op-b",
+            "op-a2",
+            "op-c2",
+            "op-d",
+            "op-mv",
+            "new-x",
+            "new-y",
+        ] {
+            let e = meta.entry("m", k).await.unwrap();
+            state.push(format!("journal {k}: {:?}", e.map(|e| (e.state, e.error))));
+        }
+        (answers, state)
+    }
+    fn describe(
+        a: &Result<MetaOutput, filestore_s3::actors::ports::MetaError>,
+        ids: bool,
+    ) -> String {
+        let id = |j: i64| if ids { j.to_string() } else { "#".into() };
+        match a {
+            Ok(MetaOutput::Begun(IntentOutcome::Started { journal_id })) => {
+                format!("started {}", id(*journal_id))
+            }
+            Ok(MetaOutput::Begun(IntentOutcome::Existing(e))) => {
+                format!("existing {} {:?}", id(e.id), e.state)
+            }
+            Ok(MetaOutput::Committed(r)) => format!(
+                "committed {} {:?} {} gen {} node {:?}",
+                id(r.journal_id),
+                r.op,
+                r.path,
+                r.generation,
+                r.node
+                    .as_ref()
+                    .map(|n| (n.size, n.sha256, &n.user_metadata))
+            ),
+            Ok(other) => format!("{other:?}"),
+            Err(e) if ids => format!("refused: {}", e.message),
+            Err(e) => {
+                // "journal 12 was …" → "journal # was …"
+                let mut words: Vec<String> = e.message.split(' ').map(str::to_owned).collect();
+                for i in 1..words.len() {
+                    if words[i - 1] == "journal" && words[i].parse::<i64>().is_ok() {
+                        words[i] = "#".into();
+                    }
+                }
+                format!("refused: {}", words.join(" "))
+            }
+        }
+    }
+    /// Prepares the same rows in `env`'s schema, then writes the batch under test all at once
+    /// (`together`) or one write at a time; returns the answers and the rows, comparable.
+    async fn run(env: &TestEnv, together: bool) -> (Vec<String>, Vec<String>, u64) {
+        let meta = PgMetaStore::new(&database_url(), &env.schema, 2).unwrap();
+        let batch = prepare(&meta).await;
         let before = meta
             .batch_counts()
             .set_based
@@ -572,29 +660,7 @@ async fn set_based_batches_write_what_one_write_at_a_time_writes() {
             .set_based
             .load(std::sync::atomic::Ordering::Relaxed)
             - before;
-        let answers = answers
-            .iter()
-            .map(|a| match a {
-                Ok(MetaOutput::Begun(IntentOutcome::Started { journal_id })) => {
-                    format!("started {journal_id}")
-                }
-                Ok(MetaOutput::Begun(IntentOutcome::Existing(e))) => {
-                    format!("existing {} {:?}", e.id, e.state)
-                }
-                Ok(MetaOutput::Committed(r)) => format!(
-                    "committed {} {:?} {} gen {} node {:?}",
-                    r.journal_id,
-                    r.op,
-                    r.path,
-                    r.generation,
-                    r.node
-                        .as_ref()
-                        .map(|n| (n.size, n.sha256, &n.user_metadata))
-                ),
-                Ok(other) => format!("{other:?}"),
-                Err(e) => format!("refused: {}", e.message),
-            })
-            .collect();
+        let answers = answers.iter().map(|a| describe(a, true)).collect();
         let mut rows = Vec::new();
         for (table, sql) in [
             ("journal", "SELECT id, idempotency_key, state, result IS NOT NULL, error, intent_token::text FROM {schema}.journal ORDER BY id"),
@@ -626,7 +692,7 @@ async fn set_based_batches_write_what_one_write_at_a_time_writes() {
     apart_env.exec.shutdown().await;
     let (together, together_rows, set_based) = run(&together_env, true).await;
     let (apart, apart_rows, _) = run(&apart_env, false).await;
-    assert_eq!(set_based, 1, "the batch was written set-based");
+    assert_eq!(set_based, 1, "the batch was written at once");
     for (i, (t, a)) in together.iter().zip(&apart).enumerate() {
         assert_eq!(t, a, "answer {i}");
     }
@@ -657,6 +723,47 @@ async fn set_based_batches_write_what_one_write_at_a_time_writes() {
         .any(|r| r.starts_with("snapshots: src | 2 | true")));
     assert!(!together_rows.iter().any(|r| r.starts_with("nodes: src ")));
     assert!(!together_rows.iter().any(|r| r.starts_with("nodes: d ")));
+
+    // The same through the port's reads, and the in-memory fake alike.
+    let port_env = TestEnv::new(Backend::S3sFs).await;
+    port_env.exec.shutdown().await;
+    let pg = PgMetaStore::new(&database_url(), &port_env.schema, 2).unwrap();
+    let (pg_answers, pg_state) = through_port(&pg, true).await;
+    let memory = filestore_s3::actors::testing::MemoryMeta::default();
+    let (memory_answers, memory_state) = through_port(&memory, true).await;
+    for (i, (p, m)) in pg_answers.iter().zip(&memory_answers).enumerate() {
+        assert_eq!(p, m, "answer {i}: Postgres, then the in-memory fake");
+    }
+    assert_eq!(pg_answers.len(), memory_answers.len());
+    for (p, m) in pg_state.iter().zip(&memory_state) {
+        assert_eq!(p, m, "Postgres, then the in-memory fake");
+    }
+    assert!(
+        pg_state.iter().any(|s| s.starts_with("node dst: Some((1,")),
+        "{pg_state:?}"
+    );
+    assert!(
+        pg_state.iter().any(|s| s == "node src: None"),
+        "{pg_state:?}"
+    );
     together_env.cleanup().await;
     apart_env.cleanup().await;
+    port_env.cleanup().await;
+}
+
+/// A Postgres failure keeps the driver's error as its `source`, under the executor's error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_postgres_failure_keeps_its_source_chain() {
+    let port = common::free_port();
+    let url = format!("postgres://postgres@127.0.0.1:{port}/postgres");
+    let meta = PgMetaStore::new(&url, "public", 1).unwrap();
+    let e = meta.node("m", "p").await.unwrap_err();
+    assert!(e.retryable, "{e}");
+    let err: filestore_s3::Error = e.into();
+    let meta_err = std::error::Error::source(&err).expect("the metadata error");
+    let driver = meta_err.source().expect("the driver's error");
+    assert!(
+        driver.to_string().to_lowercase().contains("connect"),
+        "{driver}"
+    );
 }

@@ -1,7 +1,7 @@
 //! Large objects end to end: multipart uploads (resumable, with progress) and downloads, against
 //! both S3 servers. Real Postgres, Redis and S3 servers.
 
-mod common;
+use crate::common;
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -54,7 +54,10 @@ async fn read_back(env: &TestEnv, path: &str) -> (String, u64) {
 }
 
 pub async fn sizes_around_the_threshold(backend: Backend) {
-    let env = TestEnv::with_mount(backend, multipart_mount).await;
+    let env = TestEnv::builder(backend)
+        .mount(multipart_mount)
+        .build()
+        .await;
     let dir = tempfile::tempdir().unwrap();
     let cases = [
         ("below.bin", THRESHOLD - 1, false),
@@ -143,7 +146,10 @@ pub async fn sizes_around_the_threshold(backend: Backend) {
 }
 
 pub async fn parts_in_postgres_match_list_parts_while_uploading(backend: Backend) {
-    let env = TestEnv::with_mount(backend, multipart_mount).await;
+    let env = TestEnv::builder(backend)
+        .mount(multipart_mount)
+        .build()
+        .await;
     let size = 8 * PART;
     let (pause_tx, pause_rx) = std::sync::mpsc::channel::<usize>();
     let (resume_tx, resume_rx) = std::sync::mpsc::channel::<()>();
@@ -271,12 +277,14 @@ async fn list_parts(env: &TestEnv, key: &str, upload_id: &str) -> Vec<(i32, i64,
 }
 
 pub async fn one_gibibyte_generated_on_the_fly(backend: Backend) {
-    let env = TestEnv::with_mount(backend, |r| {
-        r.multipart_threshold = (16 * MIB) as i64;
-        r.part_size = (16 * MIB) as i64;
-        r.part_concurrency = 4;
-    })
-    .await;
+    let env = TestEnv::builder(backend)
+        .mount(|r| {
+            r.multipart_threshold = (16 * MIB) as i64;
+            r.part_size = (16 * MIB) as i64;
+            r.part_concurrency = 4;
+        })
+        .build()
+        .await;
     let size = 1024 * MIB;
     let (sink, seen) = collecting_sink();
     let r = env
@@ -305,7 +313,10 @@ pub async fn one_gibibyte_generated_on_the_fly(backend: Backend) {
 }
 
 pub async fn progress_is_ordered_and_counters_match(backend: Backend) {
-    let env = TestEnv::with_mount(backend, multipart_mount).await;
+    let env = TestEnv::builder(backend)
+        .mount(multipart_mount)
+        .build()
+        .await;
     let client = redis::Client::open(common::redis_url()).unwrap();
     let mut pubsub = client.get_async_pubsub().await.unwrap();
     pubsub
@@ -366,7 +377,10 @@ pub async fn progress_is_ordered_and_counters_match(backend: Backend) {
 }
 
 pub async fn downloads_full_ranged_resumed_and_corrupt(backend: Backend) {
-    let env = TestEnv::with_mount(backend, multipart_mount).await;
+    let env = TestEnv::builder(backend)
+        .mount(multipart_mount)
+        .build()
+        .await;
     let body = data(2 * PART + 777, 9);
     let dir = tempfile::tempdir().unwrap();
     let src = dir.path().join("src.bin");
@@ -496,13 +510,12 @@ pub async fn survives_a_transient_outage_mid_upload(backend: Backend) {
     settings.retry.max_attempts = 30;
     settings.retry.max_delay = Duration::from_millis(500);
     settings.retry.max_elapsed = Duration::from_secs(60);
-    let env = TestEnv::build(
-        backend,
-        multipart_mount,
-        settings,
-        Some(proxy.endpoint.clone()),
-    )
-    .await;
+    let env = TestEnv::builder(backend)
+        .mount(multipart_mount)
+        .settings(settings)
+        .endpoint(proxy.endpoint.clone())
+        .build()
+        .await;
     let size = 12 * PART;
     let outage_started = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let flag = outage_started.clone();
@@ -591,16 +604,14 @@ pub async fn survives_a_transient_outage_mid_upload(backend: Backend) {
 async fn parallel_download_to_a_file(backend: Backend) {
     use common::faultproxy::{FaultProxy, Op};
     let proxy = FaultProxy::start(&common::endpoint_of(backend), 12).await;
-    let env = TestEnv::build(
-        backend,
-        |r| {
+    let env = TestEnv::builder(backend)
+        .mount(|r| {
             multipart_mount(r);
             r.download_range_size = PART as i64;
-        },
-        common::fast_settings(),
-        Some(proxy.endpoint.clone()),
-    )
-    .await;
+        })
+        .endpoint(proxy.endpoint.clone())
+        .build()
+        .await;
     let body = data(3 * PART + 4321, 13);
     let dir = tempfile::tempdir().unwrap();
     let src = dir.path().join("src.bin");
@@ -661,43 +672,11 @@ async fn parallel_download_to_a_file_moto() {
     parallel_download_to_a_file(Backend::Moto).await
 }
 
-macro_rules! large_objects {
-    ($module:ident, $backend:expr $(, $attr:meta)?) => {
-        mod $module {
-            use super::*;
-            const B: Backend = $backend;
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)] $(#[$attr])?
-            async fn sizes_around_the_threshold() {
-                super::sizes_around_the_threshold(B).await
-            }
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)] $(#[$attr])?
-            async fn parts_in_postgres_match_list_parts_while_uploading() {
-                super::parts_in_postgres_match_list_parts_while_uploading(B).await
-            }
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)] $(#[$attr])?
-            async fn one_gibibyte_generated_on_the_fly() {
-                super::one_gibibyte_generated_on_the_fly(B).await
-            }
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)] $(#[$attr])?
-            async fn progress_is_ordered_and_counters_match() {
-                super::progress_is_ordered_and_counters_match(B).await
-            }
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)] $(#[$attr])?
-            async fn downloads_full_ranged_resumed_and_corrupt() {
-                super::downloads_full_ranged_resumed_and_corrupt(B).await
-            }
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)] $(#[$attr])?
-            async fn survives_a_transient_outage_mid_upload() {
-                super::survives_a_transient_outage_mid_upload(B).await
-            }
-        }
-    };
+per_backend! {
+    sizes_around_the_threshold => super::sizes_around_the_threshold(B);
+    parts_in_postgres_match_list_parts_while_uploading => super::parts_in_postgres_match_list_parts_while_uploading(B);
+    one_gibibyte_generated_on_the_fly => super::one_gibibyte_generated_on_the_fly(B);
+    progress_is_ordered_and_counters_match => super::progress_is_ordered_and_counters_match(B);
+    downloads_full_ranged_resumed_and_corrupt => super::downloads_full_ranged_resumed_and_corrupt(B);
+    survives_a_transient_outage_mid_upload => super::survives_a_transient_outage_mid_upload(B);
 }
-
-large_objects!(s3s_fs, Backend::S3sFs);
-large_objects!(moto, Backend::Moto);
-large_objects!(
-    external,
-    Backend::External,
-    ignore = "needs FILESTORE_TEST_S3_* (see docs/testing.md)"
-);

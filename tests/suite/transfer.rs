@@ -3,10 +3,10 @@
 //! refusals; one execution for concurrent duplicates. Real Postgres, Redis and S3 servers; the same
 //! suite for every server.
 
-mod common;
+use crate::common;
 
 use common::{sha256_hex, Backend, FlakyProxy, TestEnv};
-use filestore_s3::{Error, OpResult, PutOptions, TransferOptions};
+use filestore_s3::{Error, OpResult, PutMode, PutOptions, TransferOptions};
 
 const MIB: usize = 1024 * 1024;
 
@@ -239,11 +239,13 @@ pub async fn copy_and_move_across_mounts(backend: Backend) {
 
 /// Above the destination's copy threshold the copy goes part by part (UploadPartCopy).
 pub async fn large_copy_uses_upload_part_copy(backend: Backend) {
-    let env = TestEnv::with_mount(backend, |r| {
-        r.copy_threshold = (5 * MIB) as i64;
-        r.part_size = (5 * MIB) as i64;
-    })
-    .await;
+    let env = TestEnv::builder(backend)
+        .mount(|r| {
+            r.copy_threshold = (5 * MIB) as i64;
+            r.part_size = (5 * MIB) as i64;
+        })
+        .build()
+        .await;
     let body = data(12 * MIB + 17, 3);
     put(&env, "m", "big/src.bin", &body).await;
     let before = env.exec.status("m").await.unwrap().copy_requests;
@@ -363,14 +365,14 @@ pub async fn conditions_and_refusals_change_nothing(backend: Backend) {
                 "a.txt",
                 b"other".to_vec(),
                 PutOptions {
-                    if_none_match: true,
+                    mode: PutMode::Create,
                     ..Default::default()
                 },
             )
             .await,
     );
     let create_only = TransferOptions {
-        if_none_match: true,
+        mode: PutMode::Create,
         ..Default::default()
     };
     precondition(
@@ -392,7 +394,7 @@ pub async fn conditions_and_refusals_change_nothing(backend: Backend) {
                 "a.txt",
                 b"other".to_vec(),
                 PutOptions {
-                    if_generation: Some(stale),
+                    mode: PutMode::IfGeneration(stale),
                     ..Default::default()
                 },
             )
@@ -406,7 +408,7 @@ pub async fn conditions_and_refusals_change_nothing(backend: Backend) {
                 "m",
                 "a.txt",
                 TransferOptions {
-                    if_generation: Some(stale),
+                    mode: PutMode::IfGeneration(stale),
                     ..Default::default()
                 },
             )
@@ -477,7 +479,7 @@ pub async fn conditions_and_refusals_change_nothing(backend: Backend) {
             "m",
             "a.txt",
             TransferOptions {
-                if_generation: Some(a.generation),
+                mode: PutMode::IfGeneration(a.generation),
                 ..Default::default()
             },
         )
@@ -491,7 +493,7 @@ pub async fn conditions_and_refusals_change_nothing(backend: Backend) {
             "new.txt",
             b"n".to_vec(),
             PutOptions {
-                if_none_match: true,
+                mode: PutMode::Create,
                 ..Default::default()
             },
         )
@@ -505,13 +507,10 @@ pub async fn conditions_and_refusals_change_nothing(backend: Backend) {
 /// in front of the server), the same result for both.
 pub async fn concurrent_duplicates_execute_once(backend: Backend) {
     let proxy = FlakyProxy::start(&common::endpoint_of(backend)).await;
-    let env = TestEnv::build(
-        backend,
-        |_| {},
-        common::fast_settings(),
-        Some(proxy.endpoint.clone()),
-    )
-    .await;
+    let env = TestEnv::builder(backend)
+        .endpoint(proxy.endpoint.clone())
+        .build()
+        .await;
     put(&env, "m", "a.bin", &data(50_000, 6)).await;
     put(&env, "m", "b.bin", &data(50_000, 7)).await;
     let (c1, c2) = tokio::join!(
@@ -564,7 +563,7 @@ pub async fn a_move_past_its_source_delete_is_proven_again_before_its_commit(bac
         recovery_interval: std::time::Duration::from_millis(500),
         ..common::fast_settings()
     };
-    let env = TestEnv::build(backend, |_| {}, settings, None).await;
+    let env = TestEnv::builder(backend).settings(settings).build().await;
     let body = data(70_000, 3);
     for p in ["src/a.bin", "src/c.bin", "src/e.bin"] {
         put(&env, "m", p, &body).await;
@@ -711,33 +710,12 @@ pub async fn a_move_past_its_source_delete_is_proven_again_before_its_commit(bac
     env.cleanup().await;
 }
 
-macro_rules! transfer_suite {
-    ($module:ident, $backend:expr $(, $attr:meta)?) => {
-        mod $module {
-            use super::*;
-            const B: Backend = $backend;
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)] $(#[$attr])?
-            async fn copy_and_move_within_a_mount() { super::copy_and_move_within_a_mount(B).await }
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)] $(#[$attr])?
-            async fn copy_and_move_across_mounts() { super::copy_and_move_across_mounts(B).await }
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)] $(#[$attr])?
-            async fn large_copy_uses_upload_part_copy() { super::large_copy_uses_upload_part_copy(B).await }
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)] $(#[$attr])?
-            async fn streamed_copy_between_endpoints() { super::streamed_copy_between_endpoints(B).await }
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)] $(#[$attr])?
-            async fn conditions_and_refusals_change_nothing() { super::conditions_and_refusals_change_nothing(B).await }
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)] $(#[$attr])?
-            async fn concurrent_duplicates_execute_once() { super::concurrent_duplicates_execute_once(B).await }
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)] $(#[$attr])?
-            async fn a_move_past_its_source_delete_is_proven_again_before_its_commit() { super::a_move_past_its_source_delete_is_proven_again_before_its_commit(B).await }
-        }
-    };
+per_backend! {
+    copy_and_move_within_a_mount => super::copy_and_move_within_a_mount(B);
+    copy_and_move_across_mounts => super::copy_and_move_across_mounts(B);
+    large_copy_uses_upload_part_copy => super::large_copy_uses_upload_part_copy(B);
+    streamed_copy_between_endpoints => super::streamed_copy_between_endpoints(B);
+    conditions_and_refusals_change_nothing => super::conditions_and_refusals_change_nothing(B);
+    concurrent_duplicates_execute_once => super::concurrent_duplicates_execute_once(B);
+    a_move_past_its_source_delete_is_proven_again_before_its_commit => super::a_move_past_its_source_delete_is_proven_again_before_its_commit(B);
 }
-
-transfer_suite!(s3s_fs, Backend::S3sFs);
-transfer_suite!(moto, Backend::Moto);
-transfer_suite!(
-    external,
-    Backend::External,
-    ignore = "needs FILESTORE_TEST_S3_* (see docs/testing.md)"
-);

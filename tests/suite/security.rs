@@ -7,7 +7,7 @@
 //!   and the error paths (a wrong secret key, a wrong Redis password, Postgres unreachable).
 //! - An AccessDenied answer is reported with the S3 operation and the IAM permission it needed.
 
-mod common;
+use crate::common;
 
 use std::io::Write;
 use std::sync::{Arc, Mutex, OnceLock};
@@ -100,6 +100,10 @@ fn with_password(url: &str, user: &str, password: &str) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_secret_in_logs_errors_or_debug_output() {
+    // It changes what is global to the process (the logger): a process of its own.
+    if !common::in_own_process("security::no_secret_in_logs_errors_or_debug_output") {
+        return;
+    }
     let buf = captured().clone();
     let redis = OwnRedis::with_password(REDIS_PASSWORD);
     let pg_user = std::env::var("USER").unwrap_or_else(|_| "root".into());
@@ -107,20 +111,17 @@ async fn no_secret_in_logs_errors_or_debug_output() {
     let redis_url = redis.url();
     let mut texts: Vec<(String, String)> = Vec::new();
 
-    let env = TestEnv::build_with_config(
-        Backend::S3sFs,
-        |r| {
+    let env = TestEnv::builder(Backend::S3sFs)
+        .mount(|r| {
             r.multipart_threshold = 5 * 1024 * 1024;
             r.part_size = 5 * 1024 * 1024;
-        },
-        common::fast_settings(),
-        None,
-        |c| {
+        })
+        .config(|c| {
             c.database_url = db_url.clone();
             c.redis_url = redis_url.clone();
-        },
-    )
-    .await;
+        })
+        .build()
+        .await;
     let ex = &env.exec;
     texts.push(("config Debug".into(), format!("{:?}", ex.config())));
     assert!(texts[0].1.contains("***"), "{}", texts[0].1);
@@ -319,14 +320,10 @@ async fn no_secret_in_logs_errors_or_debug_output() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn access_denied_names_the_permission_needed() {
     let proxy = FaultProxy::start(&common::endpoint_of(Backend::S3sFs), 11).await;
-    let env = TestEnv::build_with_config(
-        Backend::S3sFs,
-        |_| {},
-        common::fast_settings(),
-        Some(proxy.endpoint.clone()),
-        |_| {},
-    )
-    .await;
+    let env = TestEnv::builder(Backend::S3sFs)
+        .endpoint(proxy.endpoint.clone())
+        .build()
+        .await;
     let ex = &env.exec;
     ex.put_bytes("m", "kept.txt", b"kept".to_vec(), PutOptions::default())
         .await

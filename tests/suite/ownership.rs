@@ -2,7 +2,7 @@
 //! fencing of a former owner's writes. Real Postgres, Redis and S3 (s3s-fs: ownership is decided
 //! in Postgres, whatever the store).
 
-mod common;
+use crate::common;
 
 use std::time::{Duration, Instant};
 
@@ -101,7 +101,10 @@ async fn a_former_owner_cannot_write() {
     let mut settings = common::fast_settings();
     // The stalled owner would renew only every 20 s: it does not notice the takeover in time.
     settings.lease_ttl = Duration::from_secs(60);
-    let env = TestEnv::build(Backend::S3sFs, |_| {}, settings, None).await;
+    let env = TestEnv::builder(Backend::S3sFs)
+        .settings(settings)
+        .build()
+        .await;
     let a = &env.exec;
     a.put_bytes("m", "before.txt", b"1".to_vec(), PutOptions::default())
         .await
@@ -165,17 +168,16 @@ async fn a_restarted_supervisor_leaves_one_upload_running() {
     let proxy = common::FlakyProxy::start(&common::endpoint_of(Backend::S3sFs)).await;
     let mut settings = common::fast_settings();
     settings.max_restart_delay = Duration::from_millis(50);
-    let env = TestEnv::build(
-        Backend::S3sFs,
-        |r| {
+    let env = TestEnv::builder(Backend::S3sFs)
+        .mount(|r| {
             r.multipart_threshold = (6 * MIB) as i64;
             r.part_size = PART as i64;
             r.part_concurrency = 2;
-        },
-        settings,
-        Some(proxy.endpoint.clone()),
-    )
-    .await;
+        })
+        .settings(settings)
+        .endpoint(proxy.endpoint.clone())
+        .build()
+        .await;
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("big.bin");
     let body: Vec<u8> = (0..PARTS * PART).map(|i| (i % 241) as u8).collect();
@@ -274,12 +276,14 @@ async fn a_restarted_supervisor_leaves_one_upload_running() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_changed_mount_is_handed_over_after_its_running_work() {
     const MIB: u64 = 1024 * 1024;
-    let env = TestEnv::with_mount(Backend::S3sFs, |r| {
-        r.multipart_threshold = (6 * MIB) as i64;
-        r.part_size = (5 * MIB) as i64;
-        r.part_concurrency = 1;
-    })
-    .await;
+    let env = TestEnv::builder(Backend::S3sFs)
+        .mount(|r| {
+            r.multipart_threshold = (6 * MIB) as i64;
+            r.part_size = (5 * MIB) as i64;
+            r.part_concurrency = 1;
+        })
+        .build()
+        .await;
     let before = epoch(&env.exec.status("m").await.unwrap().lease);
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("big.bin");

@@ -7,7 +7,7 @@
 //! The crash scenarios F1, F2, F15 are in `crash.rs`, F3 and F17 in `hosts.rs`, F4 in `feed.rs`,
 //! the randomised run in `random.rs`.
 
-mod common;
+use crate::common;
 
 use std::time::{Duration, Instant};
 
@@ -38,8 +38,12 @@ async fn behind_proxy(
     settings: filestore_s3::actors::SupervisorSettings,
     config: impl FnOnce(&mut filestore_s3::ExecutorConfig),
 ) -> (TestEnv, FaultProxy) {
-    let (proxy, env) =
-        TestEnv::behind_proxy_with(Backend::S3sFs, seed, edit, settings, config).await;
+    let (proxy, env) = TestEnv::builder(Backend::S3sFs)
+        .mount(edit)
+        .settings(settings)
+        .config(config)
+        .behind_proxy(seed)
+        .await;
     (env, proxy)
 }
 
@@ -77,15 +81,12 @@ async fn f05_postgres_restarted_mid_commit() {
     settings.retry.max_delay = Duration::from_millis(500);
     settings.retry.max_elapsed = Duration::from_secs(30);
     settings.lease_ttl = Duration::from_secs(15);
-    let env = TestEnv::build_on(
-        cluster.url(),
-        Backend::S3sFs,
-        |_| {},
-        settings,
-        Some(proxy.endpoint.clone()),
-        |_| {},
-    )
-    .await;
+    let env = TestEnv::builder(Backend::S3sFs)
+        .database(cluster.url())
+        .settings(settings)
+        .endpoint(proxy.endpoint.clone())
+        .build()
+        .await;
     let n = 40;
     let exec = env.exec.clone();
     let work = tokio::spawn(async move {
@@ -480,8 +481,10 @@ async fn f12_flipped_byte_is_rejected_and_resent_moto() {
 }
 
 async fn f12_flipped_byte_is_rejected_and_resent(backend: Backend) {
-    let (proxy, env) =
-        TestEnv::behind_proxy_with(backend, 12, multipart, common::fast_settings(), |_| {}).await;
+    let (proxy, env) = TestEnv::builder(backend)
+        .mount(multipart)
+        .behind_proxy(12)
+        .await;
     proxy.add(Rule::once(Op::PutObject, Fault::FlipByte));
     proxy.add(Rule {
         part: Some(1),
@@ -592,8 +595,10 @@ async fn f16_store_rejecting_checksum_headers() {
 /// copy and a delete: one S3 side effect each (counted by the proxy), both callers get the same
 /// result, and the invariants hold.
 async fn f13_same_key_twice_at_once(backend: Backend) {
-    let (proxy, env) =
-        TestEnv::behind_proxy_with(backend, 13, multipart, common::fast_settings(), |_| {}).await;
+    let (proxy, env) = TestEnv::builder(backend)
+        .mount(multipart)
+        .behind_proxy(13)
+        .await;
     let small = body(3000, 1);
     let (a, b) = tokio::join!(
         env.exec
@@ -659,8 +664,10 @@ async fn f13_same_key_twice_at_once_moto() {
 /// operation) is refused with `IdempotencyConflict` and makes no S3 request that changes
 /// anything; the first call's state stands.
 async fn f14_same_key_other_parameters(backend: Backend) {
-    let (proxy, env) =
-        TestEnv::behind_proxy_with(backend, 14, multipart, common::fast_settings(), |_| {}).await;
+    let (proxy, env) = TestEnv::builder(backend)
+        .mount(multipart)
+        .behind_proxy(14)
+        .await;
     let v1 = body(2000, 3);
     env.exec
         .put_bytes("m", "doc.txt", v1.clone(), key("k-1"))
@@ -746,4 +753,92 @@ async fn f14_same_key_other_parameters_s3s_fs() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn f14_same_key_other_parameters_moto() {
     f14_same_key_other_parameters(Backend::Moto).await
+}
+
+/// The store layer says what a failed request may have done to the bucket: a PUT the store
+/// refused (403) applied nothing; a DELETE whose every answer was lost after the store applied
+/// it may have been applied (and was); a DELETE whose first answer was lost and whose retries
+/// were refused (400) may still have been applied by that first attempt (and was).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_request_says_what_it_may_have_done() {
+    use filestore_s3::actors::store::{Outcome, S3Op};
+    let mut settings = common::fast_settings();
+    settings.retry.max_attempts = 3;
+    let (env, proxy) = behind_proxy(24, |_| {}, settings, |_| {}).await;
+    for p in ["a.txt", "b.txt"] {
+        env.exec
+            .put_bytes("m", p, b"x".to_vec(), PutOptions::default())
+            .await
+            .unwrap();
+    }
+
+    proxy.add(Rule::always(
+        Some(Op::PutObject),
+        Fault::Status(403, "AccessDenied"),
+    ));
+    let e = env
+        .exec
+        .put_bytes("m", "c.txt", b"c".to_vec(), PutOptions::default())
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            e,
+            Error::Storage {
+                op: S3Op::PutObject,
+                outcome: Outcome::NotApplied,
+                ..
+            }
+        ),
+        "{e:?}"
+    );
+    assert_eq!(env.object(&env.key("c.txt")).await, None);
+
+    proxy.clear();
+    proxy.add(Rule::always(Some(Op::DeleteObject), Fault::DropResponse));
+    let e = env
+        .exec
+        .delete("m", "a.txt", Default::default())
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            e,
+            Error::Storage {
+                op: S3Op::DeleteObject,
+                outcome: Outcome::MaybeApplied,
+                ..
+            }
+        ),
+        "{e:?}"
+    );
+    assert_eq!(env.object(&env.key("a.txt")).await, None, "applied");
+
+    proxy.clear();
+    proxy.add(Rule::once(Op::DeleteObject, Fault::DropResponse));
+    proxy.add(Rule::always(
+        Some(Op::DeleteObject),
+        Fault::Status(400, "InvalidArgument"),
+    ));
+    let e = env
+        .exec
+        .delete("m", "b.txt", Default::default())
+        .await
+        .unwrap_err();
+    match &e {
+        Error::Storage {
+            op: S3Op::DeleteObject,
+            source,
+            outcome,
+            ..
+        } => {
+            // The last attempt was refused; the first may have been applied.
+            assert_eq!(source.kind, StoreErrorKind::Rejected, "{e}");
+            assert_eq!(*outcome, Outcome::MaybeApplied, "{e}");
+        }
+        e => panic!("{e:?}"),
+    }
+    assert_eq!(env.object(&env.key("b.txt")).await, None, "applied");
+    proxy.clear();
+    env.cleanup().await;
 }

@@ -6,7 +6,7 @@
 //! profile of a shared credentials file signs its mount's requests (reference binary).
 //! Real Postgres, Redis, moto; a logging TCP proxy in front of moto shows what was signed with what.
 
-mod common;
+use crate::common;
 
 use common::{sha256_hex, Backend, FlakyProxy, TestEnv};
 use filestore_s3::actors::ports::StoreErrorKind;
@@ -45,14 +45,11 @@ async fn default_chain_and_assumed_role_side_by_side() {
     let s3_proxy = FlakyProxy::start(&moto).await;
     let sts_proxy = FlakyProxy::start(&moto).await;
     let sts_endpoint = sts_proxy.endpoint.clone();
-    let mut env = TestEnv::build_with_config(
-        Backend::Moto,
-        |_| {},
-        common::fast_settings(),
-        Some(s3_proxy.endpoint.clone()),
-        |c| c.s3.sts_endpoint = Some(sts_endpoint),
-    )
-    .await;
+    let mut env = TestEnv::builder(Backend::Moto)
+        .endpoint(s3_proxy.endpoint.clone())
+        .config(|c| c.s3.sts_endpoint = Some(sts_endpoint))
+        .build()
+        .await;
     let proxy_ep = s3_proxy.endpoint.clone();
     let role_row = env
         .add_mount("role", |r| {

@@ -6,6 +6,50 @@
 
 #![allow(dead_code)]
 
+/// Instantiates a suite's scenarios once per S3 server: modules `s3s_fs`, `moto` and `external`
+/// (ignored unless asked for: it needs `FILESTORE_TEST_S3_*`, docs/testing.md). Each entry is
+/// `[attributes] test_name => call;`, the call an async expression that may use `B`, the
+/// module's backend.
+#[allow(unused_macros)] // the memory example includes this harness without suites
+macro_rules! per_backend {
+    ($($(#[$attr:meta])* $name:ident => $call:expr;)*) => {
+        mod s3s_fs {
+            use super::*;
+            const B: Backend = Backend::S3sFs;
+            per_backend!(@tests $($(#[$attr])* $name => $call;)*);
+        }
+        mod moto {
+            use super::*;
+            const B: Backend = Backend::Moto;
+            per_backend!(@tests $($(#[$attr])* $name => $call;)*);
+        }
+        mod external {
+            use super::*;
+            const B: Backend = Backend::External;
+            per_backend!(@external $($(#[$attr])* $name => $call;)*);
+        }
+    };
+    (@tests $($(#[$attr:meta])* $name:ident => $call:expr;)*) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            $(#[$attr])*
+            async fn $name() {
+                $call.await
+            }
+        )*
+    };
+    (@external $($(#[$attr:meta])* $name:ident => $call:expr;)*) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            #[ignore = "needs FILESTORE_TEST_S3_* (docs/testing.md); run with --ignored"]
+            $(#[$attr])*
+            async fn $name() {
+                $call.await
+            }
+        )*
+    };
+}
+
 pub mod faultproxy;
 pub mod invariants;
 pub mod ownredis;
@@ -163,6 +207,35 @@ fn unique_id() -> String {
     )
 }
 
+/// The variable that tells this test binary, started again by [`in_own_process`], which test it
+/// runs alone.
+const OWN_PROCESS_ENV: &str = "FILESTORE_TEST_OWN_PROCESS";
+
+/// For a test that changes what is global to its process (the logger, the environment): run as
+/// part of the suite, it starts this test binary again with only itself (`--exact test`), asserts
+/// that exactly that test ran there and passed, and returns `false` (the caller returns at once);
+/// in that child it returns `true` and the caller runs its body. `test` is the test's full name
+/// without the crate, e.g. `"tls::postgres_and_redis_over_verified_tls"`.
+pub fn in_own_process(test: &str) -> bool {
+    if std::env::var(OWN_PROCESS_ENV).as_deref() == Ok(test) {
+        return true;
+    }
+    let out = std::process::Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", test, "--nocapture", "--test-threads=1"])
+        .env(OWN_PROCESS_ENV, test)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    println!("{test}, in a process of its own:\n{stdout}");
+    assert!(
+        out.status.success() && stdout.contains("test result: ok. 1 passed"),
+        "{test} in a process of its own: {}\n{stdout}\n{stderr}",
+        out.status
+    );
+    false
+}
+
 pub fn fast_settings() -> SupervisorSettings {
     SupervisorSettings {
         retry: RetryPolicy {
@@ -208,74 +281,101 @@ pub fn sha256_hex(data: &[u8]) -> String {
     hex::encode(Sha256::digest(data))
 }
 
-impl TestEnv {
-    pub async fn new(backend: Backend) -> Self {
-        Self::with_mount(backend, |_| {}).await
+type RowEdit<'a> = Box<dyn FnOnce(&mut MountRow) + 'a>;
+type ConfigEdit<'a> = Box<dyn FnOnce(&mut ExecutorConfig) + 'a>;
+
+/// How a [`TestEnv`] is built: the backend, then what differs from the defaults (the mount row
+/// `m`, the actor settings — [`fast_settings`] unless given —, an endpoint that replaces the
+/// server's, the executor's configuration, the Postgres).
+pub struct EnvBuilder<'a> {
+    backend: Backend,
+    mount: Vec<RowEdit<'a>>,
+    settings: SupervisorSettings,
+    endpoint: Option<String>,
+    config: Vec<ConfigEdit<'a>>,
+    database_url: Option<String>,
+}
+
+impl<'a> EnvBuilder<'a> {
+    /// Adjusts the mount row `m` before it is registered.
+    pub fn mount(mut self, edit: impl FnOnce(&mut MountRow) + 'a) -> Self {
+        self.mount.push(Box::new(edit));
+        self
     }
 
-    /// An environment whose mount `m` is adjusted by `edit` before it is registered.
-    pub async fn with_mount(backend: Backend, edit: impl FnOnce(&mut MountRow)) -> Self {
-        Self::build(backend, edit, fast_settings(), None).await
+    /// The actor settings.
+    pub fn settings(mut self, settings: SupervisorSettings) -> Self {
+        self.settings = settings;
+        self
     }
 
-    /// An environment whose executor reaches `backend` through a fault proxy (seeded with `seed`,
-    /// returned for adding faults and counting requests), the mount row edited by `edit`, with
-    /// the fast retry settings.
-    pub async fn behind_proxy(
-        backend: Backend,
-        seed: u64,
-        edit: impl FnOnce(&mut MountRow),
-    ) -> (faultproxy::FaultProxy, Self) {
-        Self::behind_proxy_with(backend, seed, edit, fast_settings(), |_| {}).await
+    /// An endpoint that replaces the server's in the mount row (a proxy in front of it).
+    pub fn endpoint(mut self, endpoint: impl Into<String>) -> Self {
+        self.endpoint = Some(endpoint.into());
+        self
     }
 
-    /// As [`TestEnv::behind_proxy`], with the actor settings and the executor's configuration
-    /// (adjusted by `config`) given.
-    pub async fn behind_proxy_with(
-        backend: Backend,
-        seed: u64,
-        edit: impl FnOnce(&mut MountRow),
-        settings: SupervisorSettings,
-        config: impl FnOnce(&mut ExecutorConfig),
-    ) -> (faultproxy::FaultProxy, Self) {
-        let proxy = faultproxy::FaultProxy::start(&endpoint_of(backend), seed).await;
-        let endpoint = Some(proxy.endpoint.clone());
-        let env = Self::build_with_config(backend, edit, settings, endpoint, config).await;
-        (proxy, env)
+    /// Adjusts the executor's configuration, last.
+    pub fn config(mut self, edit: impl FnOnce(&mut ExecutorConfig) + 'a) -> Self {
+        self.config.push(Box::new(edit));
+        self
     }
 
-    /// The general form: mount edit, actor settings, and optionally an endpoint that replaces the
-    /// server's (a fault-injecting proxy in front of it).
-    pub async fn build(
-        backend: Backend,
-        edit: impl FnOnce(&mut MountRow),
-        settings: SupervisorSettings,
-        endpoint_override: Option<String>,
-    ) -> Self {
-        Self::build_with_config(backend, edit, settings, endpoint_override, |_| {}).await
+    /// The Postgres to use (a cluster of the test's own).
+    pub fn database(mut self, url: impl Into<String>) -> Self {
+        self.database_url = Some(url.into());
+        self
     }
 
-    /// As [`TestEnv::build`], with the executor's configuration adjusted by `edit_config` last.
-    pub async fn build_with_config(
-        backend: Backend,
-        edit: impl FnOnce(&mut MountRow),
-        settings: SupervisorSettings,
-        endpoint_override: Option<String>,
-        edit_config: impl FnOnce(&mut ExecutorConfig),
-    ) -> Self {
-        Self::build_on(
-            database_url(),
+    /// Builds the environment.
+    pub async fn build(self) -> TestEnv {
+        let EnvBuilder {
             backend,
-            edit,
+            mount,
             settings,
-            endpoint_override,
-            edit_config,
+            endpoint,
+            config,
+            database_url: db,
+        } = self;
+        TestEnv::build_on(
+            db.unwrap_or_else(database_url),
+            backend,
+            |r| mount.into_iter().for_each(|f| f(r)),
+            settings,
+            endpoint,
+            |c| config.into_iter().for_each(|f| f(c)),
         )
         .await
     }
 
-    /// As [`TestEnv::build_with_config`], on the Postgres at `db_url`.
-    pub async fn build_on(
+    /// Builds the environment with its executor reaching the server through a fault proxy
+    /// (seeded with `seed`), returned for adding faults and counting requests.
+    pub async fn behind_proxy(self, seed: u64) -> (faultproxy::FaultProxy, TestEnv) {
+        let proxy = faultproxy::FaultProxy::start(&endpoint_of(self.backend), seed).await;
+        let env = self.endpoint(proxy.endpoint.clone()).build().await;
+        (proxy, env)
+    }
+}
+
+impl TestEnv {
+    /// The default environment on `backend`: mount `m`, [`fast_settings`].
+    pub async fn new(backend: Backend) -> Self {
+        Self::builder(backend).build().await
+    }
+
+    /// A builder of an environment on `backend`.
+    pub fn builder<'a>(backend: Backend) -> EnvBuilder<'a> {
+        EnvBuilder {
+            backend,
+            mount: Vec::new(),
+            settings: fast_settings(),
+            endpoint: None,
+            config: Vec::new(),
+            database_url: None,
+        }
+    }
+
+    async fn build_on(
         db_url: String,
         backend: Backend,
         edit: impl FnOnce(&mut MountRow),
@@ -317,8 +417,8 @@ impl TestEnv {
             .with_database_url(db_url.clone())
             .with_schema(&schema)
             .with_redis_url(redis_url())
-            .with_redis_prefix(&redis_prefix)
-            .with_supervisor_settings(settings);
+            .with_redis_prefix(&redis_prefix);
+        config.supervisor = settings;
         config.s3 = S3Settings {
             credentials: t.credentials.clone(),
             ..S3Settings::default()
@@ -383,14 +483,15 @@ impl TestEnv {
     /// The environment a child process (the reference binary, or this test binary run again)
     /// needs to reach this env's Postgres schema, Redis prefix and S3 server.
     pub fn child_vars(&self) -> Vec<(&'static str, String)> {
-        vec![
+        let t = target(self.backend);
+        let mut vars = vec![
             ("FILESTORE_DATABASE_URL", self.database_url.clone()),
             ("FILESTORE_DB_SCHEMA", self.schema.clone()),
             ("FILESTORE_REDIS_URL", self.exec.config().redis_url.clone()),
             ("FILESTORE_REDIS_PREFIX", self.redis_prefix.clone()),
-            ("AWS_ACCESS_KEY_ID", ACCESS_KEY.into()),
-            ("AWS_SECRET_ACCESS_KEY", SECRET_KEY.into()),
-            ("AWS_REGION", "us-east-1".into()),
+            // The backend's region and credentials (an external endpoint's, when given; without
+            // them the child uses the AWS default chain it inherits, as this process does).
+            ("AWS_REGION", t.region),
             // The reference binary's remembered idempotency keys, per test schema.
             (
                 "FILESTORE_STATE_DIR",
@@ -399,7 +500,12 @@ impl TestEnv {
                     .display()
                     .to_string(),
             ),
-        ]
+        ];
+        if let Some((key, secret)) = t.credentials {
+            vars.push(("AWS_ACCESS_KEY_ID", key));
+            vars.push(("AWS_SECRET_ACCESS_KEY", secret));
+        }
+        vars
     }
 
     /// The one multipart upload recorded in this env: (upload id, state). Panics unless there is
@@ -1030,4 +1136,68 @@ impl tokio::io::AsyncWrite for HashingWriter {
     ) -> std::task::Poll<std::io::Result<()>> {
         std::task::Poll::Ready(Ok(()))
     }
+}
+
+/// Single writes for tests that prepare journal rows by hand: each is a batch of one through
+/// `MetaStore::apply`, the executor's only write path.
+#[async_trait::async_trait]
+pub trait MetaWrites {
+    async fn begin(
+        &self,
+        intent: &filestore_s3::actors::model::NewIntent,
+    ) -> Result<filestore_s3::actors::model::IntentOutcome, filestore_s3::actors::ports::MetaError>;
+    async fn commit(
+        &self,
+        record: &filestore_s3::actors::model::CommitRecord,
+    ) -> Result<filestore_s3::OpResult, filestore_s3::actors::ports::MetaError>;
+    async fn fail(
+        &self,
+        journal_id: i64,
+        error: &str,
+    ) -> Result<(), filestore_s3::actors::ports::MetaError>;
+}
+
+#[async_trait::async_trait]
+impl<T: filestore_s3::actors::ports::MetaStore + ?Sized> MetaWrites for T {
+    async fn begin(
+        &self,
+        intent: &filestore_s3::actors::model::NewIntent,
+    ) -> Result<filestore_s3::actors::model::IntentOutcome, filestore_s3::actors::ports::MetaError>
+    {
+        match one_write(self, MetaWrite::Begin(intent.clone())).await? {
+            MetaOutput::Begun(o) => Ok(o),
+            other => panic!("an intent answered {other:?}"),
+        }
+    }
+    async fn commit(
+        &self,
+        record: &filestore_s3::actors::model::CommitRecord,
+    ) -> Result<filestore_s3::OpResult, filestore_s3::actors::ports::MetaError> {
+        match one_write(self, MetaWrite::Commit(record.clone())).await? {
+            MetaOutput::Committed(r) => Ok(*r),
+            other => panic!("a commit answered {other:?}"),
+        }
+    }
+    async fn fail(
+        &self,
+        journal_id: i64,
+        error: &str,
+    ) -> Result<(), filestore_s3::actors::ports::MetaError> {
+        let error = error.to_owned();
+        one_write(self, MetaWrite::Fail { journal_id, error })
+            .await
+            .map(|_| ())
+    }
+}
+
+use filestore_s3::actors::ports::{MetaOutput, MetaWrite};
+
+async fn one_write<T: filestore_s3::actors::ports::MetaStore + ?Sized>(
+    meta: &T,
+    write: MetaWrite,
+) -> Result<MetaOutput, filestore_s3::actors::ports::MetaError> {
+    meta.apply(std::slice::from_ref(&write))
+        .await?
+        .pop()
+        .expect("one answer")
 }

@@ -7,7 +7,7 @@
 // ignored anyway, and the second `ignore` is then unused.
 #![allow(unused_attributes)]
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 
@@ -108,7 +108,7 @@ fn crash_mount(r: &mut filestore_s3::MountRow) {
 }
 
 pub async fn killed_upload_resumes_the_same_upload(backend: Backend) {
-    let env = TestEnv::with_mount(backend, crash_mount).await;
+    let env = TestEnv::builder(backend).mount(crash_mount).build().await;
     env.exec.shutdown().await; // the child is the only executor on this schema until it dies
     let dir = tempfile::tempdir().unwrap();
     let size = 30 * PART + 4321;
@@ -192,7 +192,7 @@ pub async fn killed_upload_resumes_the_same_upload(backend: Backend) {
 }
 
 pub async fn changed_source_ends_the_upload(backend: Backend) {
-    let env = TestEnv::with_mount(backend, crash_mount).await;
+    let env = TestEnv::builder(backend).mount(crash_mount).build().await;
     env.exec.shutdown().await;
     let dir = tempfile::tempdir().unwrap();
     let (file, _) = write_source(dir.path(), 20 * PART);
@@ -230,11 +230,13 @@ pub async fn changed_source_ends_the_upload(backend: Backend) {
 /// NoSuchUpload and a new upload starts at once; on s3s-fs the AccessDenied path after the
 /// verification window runs — this instance fails without it.)
 pub async fn upload_lost_by_the_store_is_uploaded_again(backend: Backend) {
-    let env = TestEnv::with_mount(backend, |r| {
-        crash_mount(r);
-        r.verify_window_ms = 1000;
-    })
-    .await;
+    let env = TestEnv::builder(backend)
+        .mount(|r| {
+            crash_mount(r);
+            r.verify_window_ms = 1000;
+        })
+        .build()
+        .await;
     env.exec.shutdown().await;
     let dir = tempfile::tempdir().unwrap();
     let size = 12 * PART + 999;
@@ -490,7 +492,7 @@ pub async fn killed_copy_is_committed_from_the_destination(backend: Backend) {
 /// finds the object carrying this operation's journal id, hashes the file locally and commits;
 /// no byte is uploaded again.
 pub async fn killed_after_complete_is_committed_without_upload(backend: Backend) {
-    let env = TestEnv::with_mount(backend, crash_mount).await;
+    let env = TestEnv::builder(backend).mount(crash_mount).build().await;
     env.exec.shutdown().await;
     let dir = tempfile::tempdir().unwrap();
     let size = 3 * PART + 99;
@@ -599,6 +601,30 @@ async fn lease_released(env: &TestEnv) -> (bool, String) {
 
 /// Every refused command of the reference binary gives the mount's lease back before it exits,
 /// so the next command, run at once and refusing to wait, finds the mount free.
+/// `get MOUNT PATH -` streams the object to standard output (checked against its SHA-256, the
+/// summary on standard error); `--resume` with `-` is refused.
+pub async fn get_to_standard_output(backend: Backend) {
+    let env = TestEnv::new(backend).await;
+    env.exec.shutdown().await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("data.bin");
+    let body: Vec<u8> = (0..300_000u32).map(|i| (i % 253) as u8).collect();
+    std::fs::write(&file, &body).unwrap();
+    let out = cli(&env, &["put", "m", "data.bin", file.to_str().unwrap()], &[]).await;
+    assert!(out.status.success(), "{}", stderr_of(&out));
+    let out = cli(&env, &["get", "m", "data.bin", "-"], &[]).await;
+    assert!(out.status.success(), "{}", stderr_of(&out));
+    assert!(out.stdout == body, "{} bytes on stdout", out.stdout.len());
+    assert!(
+        stderr_of(&out).contains(&format!("sha256 {}", sha256_hex(&body))),
+        "{}",
+        stderr_of(&out)
+    );
+    let out = cli(&env, &["get", "m", "data.bin", "-", "--resume"], &[]).await;
+    assert!(!out.status.success());
+    env.cleanup().await;
+}
+
 pub async fn refused_commands_give_the_mount_back(backend: Backend) {
     let env = TestEnv::new(backend).await;
     env.exec.shutdown().await;
@@ -656,7 +682,7 @@ pub async fn refused_commands_give_the_mount_back(backend: Backend) {
 /// without waiting for it to expire, joins the upload recovery resumes (same upload id), and
 /// reports progress from the parts already recorded on.
 pub async fn killed_put_sent_again_resumes_at_once(backend: Backend) {
-    let env = TestEnv::with_mount(backend, crash_mount).await;
+    let env = TestEnv::builder(backend).mount(crash_mount).build().await;
     env.exec.shutdown().await;
     let dir = tempfile::tempdir().unwrap();
     let size = 12 * PART + 4321;
@@ -761,7 +787,7 @@ pub async fn killed_put_sent_again_resumes_at_once(backend: Backend) {
 /// 130, having given its lease back or left its cut-off upload to the next owner; the same put sent
 /// again at once, refusing to wait, finishes the one operation.
 pub async fn interrupted_put_gives_the_mount_back(backend: Backend) {
-    let env = TestEnv::with_mount(backend, crash_mount).await;
+    let env = TestEnv::builder(backend).mount(crash_mount).build().await;
     env.exec.shutdown().await;
     let dir = tempfile::tempdir().unwrap();
     let size = 24 * PART + 17;
@@ -923,91 +949,23 @@ pub async fn a_live_owner_is_waited_for(backend: Backend) {
     env.cleanup().await;
 }
 
-macro_rules! crash_suite {
-    ($module:ident, $backend:expr $(, $attr:meta)?) => {
-        mod $module {
-            use super::*;
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)] $(#[$attr])?
-            async fn f01_killed_mid_multipart_resumes_the_same_upload() {
-                super::killed_upload_resumes_the_same_upload($backend).await
-            }
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)] $(#[$attr])?
-            #[cfg_attr(
-                not(feature = "failpoints"),
-                ignore = "needs --features failpoints (scripts/test.sh enables it)"
-            )]
-            async fn f15_killed_between_copy_and_delete_of_a_move() {
-                super::killed_move_is_finished_by_recovery($backend, "after_copied", "copied").await
-            }
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)] $(#[$attr])?
-            #[cfg_attr(
-                not(feature = "failpoints"),
-                ignore = "needs --features failpoints (scripts/test.sh enables it)"
-            )]
-            async fn killed_move_whose_copy_was_overwritten_copies_again() {
-                super::killed_move_whose_copy_was_overwritten_copies_again($backend).await
-            }
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)] $(#[$attr])?
-            #[cfg_attr(
-                not(feature = "failpoints"),
-                ignore = "needs --features failpoints (scripts/test.sh enables it)"
-            )]
-            async fn killed_move_after_source_delete() {
-                super::killed_move_is_finished_by_recovery(
-                    $backend,
-                    "after_source_deleted",
-                    "source_deleted",
-                )
-                .await
-            }
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)] $(#[$attr])?
-            #[cfg_attr(
-                not(feature = "failpoints"),
-                ignore = "needs --features failpoints (scripts/test.sh enables it)"
-            )]
-            async fn killed_move_before_commit() {
-                super::killed_move_is_finished_by_recovery(
-                    $backend,
-                    "before_commit",
-                    "source_deleted",
-                )
-                .await
-            }
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)] $(#[$attr])?
-            #[cfg_attr(
-                not(feature = "failpoints"),
-                ignore = "needs --features failpoints (scripts/test.sh enables it)"
-            )]
-            async fn killed_copy_is_committed_from_the_destination() {
-                super::killed_copy_is_committed_from_the_destination($backend).await
-            }
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)] $(#[$attr])?
-            #[cfg_attr(
-                not(feature = "failpoints"),
-                ignore = "needs --features failpoints (scripts/test.sh enables it)"
-            )]
-            async fn f02_killed_after_the_s3_write_before_the_commit() {
-                super::killed_after_complete_is_committed_without_upload($backend).await
-            }
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)] $(#[$attr])?
-            async fn changed_source_ends_the_upload() {
-                super::changed_source_ends_the_upload($backend).await
-            }
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)] $(#[$attr])?
-            async fn upload_lost_by_the_store_is_uploaded_again() {
-                super::upload_lost_by_the_store_is_uploaded_again($backend).await
-            }
-        }
-    };
+per_backend! {
+    f01_killed_mid_multipart_resumes_the_same_upload => super::killed_upload_resumes_the_same_upload(B);
+    #[cfg_attr(not(feature = "failpoints"), ignore = "needs --features failpoints (scripts/test.sh enables it)")]
+    f15_killed_between_copy_and_delete_of_a_move => super::killed_move_is_finished_by_recovery(B, "after_copied", "copied");
+    #[cfg_attr(not(feature = "failpoints"), ignore = "needs --features failpoints (scripts/test.sh enables it)")]
+    killed_move_whose_copy_was_overwritten_copies_again => super::killed_move_whose_copy_was_overwritten_copies_again(B);
+    #[cfg_attr(not(feature = "failpoints"), ignore = "needs --features failpoints (scripts/test.sh enables it)")]
+    killed_move_after_source_delete => super::killed_move_is_finished_by_recovery(B, "after_source_deleted", "source_deleted");
+    #[cfg_attr(not(feature = "failpoints"), ignore = "needs --features failpoints (scripts/test.sh enables it)")]
+    killed_move_before_commit => super::killed_move_is_finished_by_recovery(B, "before_commit", "source_deleted");
+    #[cfg_attr(not(feature = "failpoints"), ignore = "needs --features failpoints (scripts/test.sh enables it)")]
+    killed_copy_is_committed_from_the_destination => super::killed_copy_is_committed_from_the_destination(B);
+    #[cfg_attr(not(feature = "failpoints"), ignore = "needs --features failpoints (scripts/test.sh enables it)")]
+    f02_killed_after_the_s3_write_before_the_commit => super::killed_after_complete_is_committed_without_upload(B);
+    changed_source_ends_the_upload => super::changed_source_ends_the_upload(B);
+    upload_lost_by_the_store_is_uploaded_again => super::upload_lost_by_the_store_is_uploaded_again(B);
 }
-
-crash_suite!(s3s_fs, Backend::S3sFs);
-crash_suite!(moto, Backend::Moto);
-crash_suite!(
-    external,
-    Backend::External,
-    ignore = "needs FILESTORE_TEST_S3_* (see docs/testing.md)"
-);
 
 /// The reference binary after an error or a crash (the lease and the CLI do not depend on the
 /// store; one server is enough).
@@ -1032,5 +990,9 @@ mod cli_after_errors {
     )]
     async fn a_live_owner_is_waited_for() {
         super::a_live_owner_is_waited_for(Backend::S3sFs).await
+    }
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn get_to_standard_output() {
+        super::get_to_standard_output(Backend::S3sFs).await
     }
 }

@@ -2,7 +2,7 @@
 //! run; `filestore-s3 serve` answers them, exits cleanly on SIGTERM and gives its leases up.
 //! Real Postgres, Redis, S3 (s3s-fs).
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 
@@ -48,7 +48,10 @@ async fn healthz_and_metrics_move_with_operations() {
         recovery_interval: Duration::from_millis(500),
         ..common::fast_settings()
     };
-    let env = TestEnv::build(Backend::S3sFs, |_| {}, settings, None).await;
+    let env = TestEnv::builder(Backend::S3sFs)
+        .settings(settings)
+        .build()
+        .await;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap().to_string();
     let (stop, stopped) = tokio::sync::watch::channel(false);
@@ -331,12 +334,14 @@ async fn parts(env: &TestEnv) -> i64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_mid_upload_leaves_it_resumable() {
     const MIB: u64 = 1024 * 1024;
-    let env = TestEnv::with_mount(Backend::S3sFs, |r| {
-        r.multipart_threshold = (6 * MIB) as i64;
-        r.part_size = (5 * MIB) as i64;
-        r.part_concurrency = 1;
-    })
-    .await;
+    let env = TestEnv::builder(Backend::S3sFs)
+        .mount(|r| {
+            r.multipart_threshold = (6 * MIB) as i64;
+            r.part_size = (5 * MIB) as i64;
+            r.part_concurrency = 1;
+        })
+        .build()
+        .await;
     env.exec.shutdown().await;
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("big.bin");

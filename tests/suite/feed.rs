@@ -3,7 +3,7 @@
 //! the outbox); a watcher resuming from a cursor continues without a gap. Real Postgres, Redis,
 //! S3 (s3s-fs).
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 
@@ -113,7 +113,10 @@ async fn catch_up_then_live_in_commit_order() {
 async fn events_written_elsewhere_are_relayed_at_once() {
     let mut settings = common::fast_settings();
     settings.outbox_poll_interval = Duration::from_secs(60);
-    let mut env = TestEnv::build(Backend::S3sFs, |_| {}, settings, None).await;
+    let mut env = TestEnv::builder(Backend::S3sFs)
+        .settings(settings)
+        .build()
+        .await;
     env.add_mount("m2", |_| {}).await;
     env.exec
         .put_bytes("m", "a.txt", b"a".to_vec(), PutOptions::default())
@@ -141,14 +144,10 @@ async fn events_written_elsewhere_are_relayed_at_once() {
 async fn redis_restart_mid_stream_loses_nothing() {
     let mut redis = OwnRedis::start();
     let url = redis.url();
-    let env = TestEnv::build_with_config(
-        Backend::S3sFs,
-        |_| {},
-        common::fast_settings(),
-        None,
-        |c| c.redis_url = url,
-    )
-    .await;
+    let env = TestEnv::builder(Backend::S3sFs)
+        .config(|c| c.redis_url = url)
+        .build()
+        .await;
     let opts = FollowOptions {
         poll_interval: Duration::from_millis(200),
     };
@@ -248,7 +247,10 @@ async fn outbox_retention_prunes_and_the_feed_says_so() {
     settings.recovery_interval = Duration::from_millis(200);
     // Long enough for the feed below to read the next event before it is pruned in turn.
     settings.outbox_retention = Duration::from_secs(1);
-    let env = TestEnv::build(Backend::S3sFs, |_| {}, settings, None).await;
+    let env = TestEnv::builder(Backend::S3sFs)
+        .settings(settings)
+        .build()
+        .await;
     let mut last = None;
     for i in 0..5 {
         last = Some(
@@ -314,14 +316,10 @@ async fn outbox_retention_prunes_and_the_feed_says_so() {
 async fn f04_redis_down_for_a_while_commits_go_on() {
     let mut redis = OwnRedis::start_with(true);
     let url = redis.url();
-    let env = TestEnv::build_with_config(
-        Backend::S3sFs,
-        |_| {},
-        common::fast_settings(),
-        None,
-        |c| c.redis_url = url,
-    )
-    .await;
+    let env = TestEnv::builder(Backend::S3sFs)
+        .config(|c| c.redis_url = url)
+        .build()
+        .await;
     let mut expected = common::invariants::Expected::new();
     let mut committed = Vec::new();
     for i in 0..30 {
@@ -374,7 +372,7 @@ async fn a_feed_reader_misses_nothing_written_by_transactions_at_once() {
     let env = TestEnv::new(Backend::S3sFs).await;
     let meta = Arc::new(PgMetaStore::new(&common::database_url(), &env.schema, 8).unwrap());
     let intent = |path: &str| {
-        let request = OpRequest::Put {
+        let request = OpRequest::Put(filestore_s3::actors::model::PutRequest {
             path: path.into(),
             key: format!("k/{path}"),
             size: 1,
@@ -382,7 +380,7 @@ async fn a_feed_reader_misses_nothing_written_by_transactions_at_once() {
             content_type: None,
             metadata: Default::default(),
             condition: Default::default(),
-        };
+        });
         NewIntent {
             mount: "m".into(),
             idempotency_key: path.into(),

@@ -5,7 +5,7 @@
 //! (lease TTL + a third of it), settles every pending row and the invariants I1–I6 hold; an owner
 //! paused (SIGSTOP) past its lease cannot write once it runs again. Real Postgres, Redis, s3s-fs.
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -95,8 +95,13 @@ fn spawn_owner(
     std::sync::Arc<std::sync::Mutex<Vec<String>>>,
 ) {
     let mut cmd = tokio::process::Command::new(std::env::current_exe().unwrap());
-    cmd.args(["--exact", "owner_process", "--ignored", "--nocapture"])
-        .env(CHILD_ENV, mode);
+    cmd.args([
+        "--exact",
+        "hosts::owner_process",
+        "--ignored",
+        "--nocapture",
+    ])
+    .env(CHILD_ENV, mode);
     child_env(&mut cmd, env, "host-a", failpoints);
     let mut child = cmd.spawn().unwrap();
     let log = collect_lines(child.stderr.take().unwrap());
@@ -214,7 +219,10 @@ async fn f17_sigkill_of_the_owner_mid_work_is_taken_over_moto() {
 }
 
 async fn sigkill_of_the_owner_mid_work_is_taken_over(backend: Backend) {
-    let env = TestEnv::with_mount(backend, mount_settings).await;
+    let env = TestEnv::builder(backend)
+        .mount(mount_settings)
+        .build()
+        .await;
     env.exec
         .put_bytes("m", "from/a.bin", move_body(), PutOptions::default())
         .await

@@ -4,7 +4,7 @@
 //! and must leave everything as it was: no request reaches S3 (counted by a proxy in front of
 //! s3s-fs), no row of the executor's tables changes, nothing is added to Redis.
 
-mod common;
+use crate::common;
 
 use common::faultproxy::{FaultProxy, Op};
 use common::{Backend, TestEnv};
@@ -147,14 +147,11 @@ macro_rules! refused {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hostile_inputs_are_refused_with_typed_errors_and_change_nothing() {
     let proxy = FaultProxy::start(&common::endpoint_of(Backend::S3sFs), 10).await;
-    let env = TestEnv::build_with_config(
-        Backend::S3sFs,
-        |r| r.multipart_threshold = MIB as i64,
-        common::fast_settings(),
-        Some(proxy.endpoint.clone()),
-        |_| {},
-    )
-    .await;
+    let env = TestEnv::builder(Backend::S3sFs)
+        .mount(|r| r.multipart_threshold = MIB as i64)
+        .endpoint(proxy.endpoint.clone())
+        .build()
+        .await;
     let ex = &env.exec;
     ex.put_bytes("m", "existing.txt", b"kept".to_vec(), PutOptions::default())
         .await

@@ -4,7 +4,7 @@
 //! `FILESTORE_REDIS_CA_FILE`: every one of its Postgres connections is encrypted (`pg_stat_ssl`)
 //! and its events arrive through the TLS-only Redis. Without the CA the certificate is refused.
 
-mod common;
+use crate::common;
 
 use common::ownredis::OwnRedis;
 use common::pgcluster::PgCluster;
@@ -33,6 +33,10 @@ fn certificates() -> (String, String, String) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_and_redis_over_verified_tls() {
+    // It changes what is global to the process (the environment): a process of its own.
+    if !common::in_own_process("tls::postgres_and_redis_over_verified_tls") {
+        return;
+    }
     let (ca, cert, key) = certificates();
     let dir = tempfile::tempdir().unwrap();
     let ca_file = dir.path().join("ca.pem");
@@ -46,22 +50,17 @@ async fn postgres_and_redis_over_verified_tls() {
         "postgres://postgres@localhost:{}/postgres?sslmode=require",
         pg.port()
     );
-    // The only test of this binary: the process environment is its own.
     std::env::set_var(filestore_s3::tls::PG_CA_ENV, &ca_file);
     std::env::set_var(filestore_s3::tls::REDIS_CA_ENV, &ca_file);
 
-    let env = TestEnv::build_on(
-        pg.url(),
-        Backend::S3sFs,
-        |_| {},
-        common::fast_settings(),
-        None,
-        |c| {
+    let env = TestEnv::builder(Backend::S3sFs)
+        .database(pg.url())
+        .config(|c| {
             c.database_url = tls_db.clone();
             c.redis_url = redis.url();
-        },
-    )
-    .await;
+        })
+        .build()
+        .await;
     let ex = &env.exec;
     ex.put_bytes(
         "m",

@@ -1,0 +1,254 @@
+//! The store layer: every S3 request of a mount goes through its [`MountStore`], which retries
+//! what may succeed later (backoff, the mount's retry budget, throttling), names the request by
+//! [`S3Op`] and reports, with a request that failed, what it may have done to the bucket
+//! ([`Outcome`], decided in [`crate::store_error`]).
+//!
+//! A call to another mount's store (the source of a copy or move) goes through that mount's
+//! `MountStore`, so it charges that mount's retry budget and counters and waits out that mount's
+//! verification window.
+
+use std::future::Future;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::error::Error;
+use crate::model::{ObjectMeta, RawListing};
+use crate::mount::MountSpec;
+use crate::ports::{ByteRange, CopyObjectInput, ObjectBody, ObjectStore, PutObjectInput};
+use crate::retry::{MountCounters, RetryPolicy};
+pub use crate::store_error::{Outcome, S3Op};
+use crate::store_error::{StoreError, StoreErrorKind};
+
+/// Finds the running mounts of an executor (for a copy / move whose source is on another mount,
+/// and its recovery).
+pub trait MountDirectory: Send + Sync + 'static {
+    /// The mount's store layer, if this executor serves the mount.
+    fn mount(&self, name: &str) -> Option<MountStore>;
+}
+
+/// One mount's store layer: its spec, its object store, its retry policy and counters. Cheap to
+/// clone; every clone charges the same budget.
+#[derive(Clone)]
+pub struct MountStore {
+    spec: Arc<MountSpec>,
+    store: Arc<dyn ObjectStore>,
+    retry: RetryPolicy,
+    counters: Arc<MountCounters>,
+}
+
+impl std::fmt::Debug for MountStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MountStore")
+            .field("mount", &self.spec.name)
+            .finish_non_exhaustive()
+    }
+}
+
+impl MountStore {
+    /// The store layer of `spec`'s mount over `store`, with counters of its own.
+    pub fn new(spec: Arc<MountSpec>, store: Arc<dyn ObjectStore>, retry: RetryPolicy) -> Self {
+        MountStore {
+            spec,
+            store,
+            retry,
+            counters: Arc::default(),
+        }
+    }
+
+    /// The mount.
+    pub fn spec(&self) -> &Arc<MountSpec> {
+        &self.spec
+    }
+
+    /// The mount's name.
+    pub fn mount(&self) -> &str {
+        &self.spec.name
+    }
+
+    /// The object store itself, for a request that must not be retried (a health probe) or that
+    /// a batcher sends on the layer's behalf.
+    pub fn raw(&self) -> &Arc<dyn ObjectStore> {
+        &self.store
+    }
+
+    /// The mount's counters.
+    pub fn counters(&self) -> &Arc<MountCounters> {
+        &self.counters
+    }
+
+    /// One request under the retry policy: `attempt` is called once per attempt. Retries are
+    /// logged and counted (per mount and in `filestore_s3_retries_total`); the final error
+    /// names the request, the key and what the request may have done ([`Outcome`]).
+    pub async fn call<T, F, Fut>(&self, op: S3Op, key: &str, mut attempt: F) -> Result<T, Error>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<T, StoreError>>,
+    {
+        let mount = self.mount();
+        let counters = &self.counters;
+        // Maybe applied if any attempt may have been (sticky over the attempts).
+        let maybe_applied = std::sync::atomic::AtomicBool::new(false);
+        let once = || {
+            let call = attempt();
+            let maybe_applied = &maybe_applied;
+            async move {
+                let r = call.await;
+                match &r {
+                    Ok(_) => counters.call_succeeded(),
+                    Err(e) => {
+                        if Outcome::of(op, e) == Outcome::MaybeApplied {
+                            maybe_applied.store(true, Ordering::Relaxed);
+                        }
+                    }
+                }
+                r
+            }
+        };
+        self.retry
+            .run_scaled(
+                once,
+                // Attempts and time are checked first: the budget is spent only on a retry that
+                // will happen.
+                |e: &StoreError| e.is_retryable() && self.budget_allows(e),
+                backoff_scale,
+                |e, delay| {
+                    counters.retries.fetch_add(1, Ordering::Relaxed);
+                    metrics::counter!("filestore_s3_retries_total", "mount" => mount.to_owned(), "op" => op.as_str())
+                        .increment(1);
+                    log::warn!("mount {mount}: S3 {op} of '{key}' failed ({e}); retry in {delay:?}");
+                },
+            )
+            .await
+            .map_err(|source| Error::Storage {
+                op,
+                key: key.to_owned(),
+                source,
+                outcome: if maybe_applied.load(Ordering::Relaxed) {
+                    Outcome::MaybeApplied
+                } else {
+                    Outcome::NotApplied
+                },
+            })
+    }
+
+    /// Whether the mount's retry budget pays for retrying `e`; logs and counts a refusal.
+    fn budget_allows(&self, e: &StoreError) -> bool {
+        if self.counters.may_retry(&self.retry, e) {
+            return true;
+        }
+        let mount = self.mount();
+        metrics::counter!("filestore_s3_retries_refused_total", "mount" => mount.to_owned())
+            .increment(1);
+        log::warn!("mount {mount}: retry budget spent; failing fast ({e})");
+        false
+    }
+
+    /// PutObject.
+    pub async fn put(&self, input: &PutObjectInput) -> Result<ObjectMeta, Error> {
+        self.call(S3Op::PutObject, &input.key, || {
+            self.store.put_object(input.clone())
+        })
+        .await
+    }
+
+    /// HeadObject; `None` when there is no object.
+    pub async fn head(&self, key: &str) -> Result<Option<ObjectMeta>, Error> {
+        self.call(S3Op::HeadObject, key, || self.store.head_object(key))
+            .await
+    }
+
+    /// DeleteObject (an object already gone is deleted).
+    pub async fn delete(&self, key: &str) -> Result<(), Error> {
+        self.call(S3Op::DeleteObject, key, || self.store.delete_object(key))
+            .await
+    }
+
+    /// AbortMultipartUpload (an upload already gone is aborted).
+    pub async fn abort_upload(&self, key: &str, upload_id: &str) -> Result<(), Error> {
+        self.call(S3Op::AbortMultipartUpload, key, || {
+            self.store.abort_multipart(key, upload_id)
+        })
+        .await
+    }
+
+    /// CopyObject.
+    pub async fn copy(&self, input: &CopyObjectInput) -> Result<ObjectMeta, Error> {
+        self.call(S3Op::CopyObject, &input.key, || {
+            self.counters.copy_requests.fetch_add(1, Ordering::Relaxed);
+            self.store.copy_object(input.clone())
+        })
+        .await
+    }
+
+    /// GetObject (a range of it, only if its ETag is `if_match`).
+    pub async fn get(
+        &self,
+        key: &str,
+        range: Option<ByteRange>,
+        if_match: Option<&str>,
+    ) -> Result<ObjectBody, Error> {
+        self.call(S3Op::GetObject, key, || {
+            self.store.get_object(key, range, if_match)
+        })
+        .await
+    }
+
+    /// One page of ListObjectsV2.
+    pub async fn list(
+        &self,
+        prefix: &str,
+        delimiter: Option<&str>,
+        token: Option<&str>,
+        max_keys: Option<i32>,
+    ) -> Result<RawListing, Error> {
+        self.call(S3Op::ListObjects, prefix, || {
+            self.store.list_objects(prefix, delimiter, token, max_keys)
+        })
+        .await
+    }
+
+    /// HEADs `key` until `accept` holds or this mount's verification window ends; the last
+    /// reason it did not hold is [`Error::Unverified`]'s.
+    pub async fn verify<T>(
+        &self,
+        key: &str,
+        accept: impl Fn(&Option<ObjectMeta>) -> Result<T, String>,
+    ) -> Result<T, Error> {
+        let deadline = Instant::now() + self.spec.verify_window;
+        let mut delay = Duration::from_millis(50);
+        loop {
+            let reason = match self.head(key).await {
+                Ok(meta) => match accept(&meta) {
+                    Ok(v) => return Ok(v),
+                    Err(reason) => reason,
+                },
+                Err(e) if e.is_retryable() => e.to_string(),
+                Err(e) => {
+                    return Err(Error::Unverified {
+                        key: key.to_owned(),
+                        reason: e.to_string(),
+                    })
+                }
+            };
+            if Instant::now() + delay > deadline {
+                return Err(Error::Unverified {
+                    key: key.to_owned(),
+                    reason,
+                });
+            }
+            tokio::time::sleep(delay).await;
+            delay = (delay * 2).min(Duration::from_secs(1));
+        }
+    }
+}
+
+/// Delay factor of a failed S3 call: a store that says it is overloaded (`SlowDown`, 429, 503)
+/// gets four times the usual backoff.
+pub fn backoff_scale(e: &StoreError) -> u32 {
+    if e.kind == StoreErrorKind::Throttled {
+        4
+    } else {
+        1
+    }
+}
