@@ -14,12 +14,12 @@
 
 use actix::prelude::*;
 use bytes::Bytes;
-use filestore_s3::actors::mount::MountSpec;
 use filestore_s3::messages::{
     ChangeEventMsg, Copy, Delete, ExecutorActor, List, Location, Move, Put, PutFile, StatPath,
     Subscribe, SubscriptionEnded,
 };
 use filestore_s3::s3::S3StoreFactory;
+use filestore_s3::MountSpec;
 use filestore_s3::{
     progress_to_recipient, ExecutorConfig, ListOptions, MountRow, PutOptions, S3Executor,
     UploadProgressMsg,

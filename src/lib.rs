@@ -23,12 +23,19 @@ pub use config::ExecutorConfig;
 pub use executor::messages;
 pub use executor::{
     progress_to_recipient, DeleteManyOptions, DeleteOptions, FeedEvent, FollowOptions, GetOptions,
-    GetResult, Health, ListOptions, MountHealth, MountState, PutMode, PutOptions, Reach,
+    GetResult, Health, ListOptions, Location, MountHealth, MountState, PutMode, PutOptions, Reach,
     S3Executor, TransferOptions, UploadProgressMsg,
 };
-pub use filestore_s3_actors as actors;
-pub use filestore_s3_actors::model::UploadProgress;
-pub use filestore_s3_actors::model::{ChangeEvent, ListPage, Node, NodeMeta, OpResult, Stat};
-pub use filestore_s3_actors::mount::{MountConfigError, MountRow};
-pub use filestore_s3_actors::ports::ByteRange;
-pub use filestore_s3_actors::{Error, Sha256Digest};
+// What a host needs of the actors crate, and no more: the domain types its results carry, the
+// errors it matches on, and the settings its configuration holds. The executor's own parts
+// (supervisor, committer, engine) stay behind the handle and the messages.
+pub use filestore_s3_actors::commands::{LeaseStatus, SupervisorStatus};
+pub use filestore_s3_actors::model::{
+    ChangeEvent, ListPage, Node, NodeMeta, OpKind, OpResult, Stat, UploadProgress, UserMetadata,
+};
+pub use filestore_s3_actors::mount::{MountConfigError, MountRow, MountSpec};
+pub use filestore_s3_actors::multipart::ProgressSink;
+pub use filestore_s3_actors::path::PathError;
+pub use filestore_s3_actors::ports::{ByteRange, MetaError, StoreError, StoreErrorKind};
+pub use filestore_s3_actors::store::{Outcome, S3Op};
+pub use filestore_s3_actors::{Error, Sha256Digest, SupervisorSettings};

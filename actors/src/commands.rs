@@ -7,10 +7,9 @@ use bytes::Bytes;
 
 use crate::digest::Sha256Digest;
 use crate::error::Error;
-use crate::model::{ListPage, Node, OpKind, OpResult, Stat, UploadSource, WriteCondition};
+use crate::model::{OpKind, OpResult, UploadSource, WriteCondition};
 use crate::multipart::{ProgressSink, SourceReader};
-use crate::path::{DirPath, FsPath};
-use crate::ports::{ByteRange, ObjectBody};
+use crate::path::FsPath;
 use crate::store::MountStore;
 
 /// Put an object whose body is already in memory (at most the mount's multipart threshold).
@@ -67,21 +66,6 @@ impl std::fmt::Debug for PutLargeObject {
     }
 }
 
-/// Open an object for reading: the node recorded for it (when asked for) and a streaming body.
-#[derive(Debug, Message)]
-#[rtype(result = "Result<(Option<Node>, ObjectBody), Error>")]
-pub struct OpenObject {
-    /// Path.
-    pub path: FsPath,
-    /// Byte range.
-    pub range: Option<ByteRange>,
-    /// Read only if the object still has this ETag.
-    pub if_match: Option<String>,
-    /// Read the node from Postgres too (`None` in the reply otherwise): a read that checks the
-    /// whole object's hash needs it; the ranges of a download that looked it up once do not.
-    pub with_node: bool,
-}
-
 /// Delete the object at a path.
 #[derive(Debug, Message)]
 #[rtype(result = "Result<OpResult, Error>")]
@@ -93,28 +77,6 @@ pub struct DeleteObject {
     /// Send the DELETE in a multi-object delete (DeleteObjects) together with the mount's other
     /// batched deletes waiting at that moment (`S3Executor::delete_many` sets it).
     pub batched: bool,
-}
-
-/// Stat a path: what the store holds and what Postgres records.
-#[derive(Debug, Message)]
-#[rtype(result = "Result<Stat, Error>")]
-pub struct StatObject {
-    /// Target path.
-    pub path: FsPath,
-}
-
-/// List a directory, one page at a time.
-#[derive(Debug, Message)]
-#[rtype(result = "Result<ListPage, Error>")]
-pub struct ListObjects {
-    /// Directory to list (root when empty).
-    pub dir: DirPath,
-    /// `true`: one level, with sub-directories; `false`: everything below.
-    pub delimited: bool,
-    /// Token from the previous page.
-    pub token: Option<String>,
-    /// Page size (store default when `None`, S3 caps at 1000).
-    pub max_keys: Option<i32>,
 }
 
 /// Ask a supervisor how it is doing.

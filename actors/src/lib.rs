@@ -19,6 +19,7 @@ pub mod multipart;
 pub mod notifier;
 pub mod path;
 pub mod ports;
+pub mod reads;
 pub mod retry;
 pub mod store;
 pub mod store_error;

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use actix::prelude::*;
 use bytes::Bytes;
-use filestore_s3_actors::commands::{DeleteObject, GetStatus, PutObject, StatObject};
+use filestore_s3_actors::commands::{DeleteObject, GetStatus, PutObject};
 use filestore_s3_actors::model::{IntentOutcome, JournalState, NewIntent, OpRequest};
 use filestore_s3_actors::mount::{MountRow, MountSpec};
 use filestore_s3_actors::path::FsPath;
@@ -94,13 +94,14 @@ async fn put_stat_delete_commit_and_publish_in_order() {
     assert_eq!(r.generation, 1);
     assert_eq!(r.key, "pre/a/b.txt");
     assert_eq!(f.store.get("pre/a/b.txt").unwrap(), b"hello");
-    let stat = addr
-        .send(StatObject {
-            path: FsPath::parse("a/b.txt").unwrap(),
-        })
-        .await
-        .unwrap()
-        .unwrap();
+    // reads go to the store layer and Postgres directly, beside the supervisor
+    let stat = filestore_s3_actors::reads::stat(
+        MountStore::new(spec(), f.store.clone(), settings().retry),
+        f.meta.clone(),
+        FsPath::parse("a/b.txt").unwrap(),
+    )
+    .await
+    .unwrap();
     assert_eq!(stat.node.unwrap().meta.sha256, Sha256Digest::of(b"hello"));
     let d = addr
         .send(DeleteObject {

@@ -2,6 +2,7 @@
 //! the executor through its public API, and the raw aws-sdk-s3 loops built with the executor's
 //! own client settings (`S3StoreFactory::client_for`), without Postgres or Redis.
 
+use filestore_s3::Location;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -10,15 +11,15 @@ use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart};
 use aws_sdk_s3::Client;
 use bytes::Bytes;
-use filestore_s3::actors::model::{
-    CommitRecord, NewIntent, NodeChange, NodeMeta, OpKind, OpRequest, OutboxRow, UploadProgress,
-    Verification,
-};
-use filestore_s3::actors::mount::MountSpec;
-use filestore_s3::actors::ports::{ChangePublisher, MetaStore, PublishError};
 use filestore_s3::pg::PgMetaStore;
 use filestore_s3::s3::{S3Settings, S3StoreFactory};
 use filestore_s3::{ExecutorConfig, MountRow, PutOptions, S3Executor, TransferOptions};
+use filestore_s3_actors::model::{
+    CommitRecord, NewIntent, NodeChange, NodeMeta, OpKind, OpRequest, OutboxRow, UploadProgress,
+    Verification,
+};
+use filestore_s3_actors::mount::MountSpec;
+use filestore_s3_actors::ports::{ChangePublisher, MetaStore, PublishError};
 use futures::{stream, StreamExt, TryStreamExt};
 use sha2::{Digest, Sha256};
 use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
@@ -453,10 +454,8 @@ async fn exec_copy_delete(spec: &Spec) -> Result<Measured> {
             async move {
                 let name = &files[i].0;
                 exec.copy(
-                    mount,
-                    &format!("w5/src/{name}"),
-                    mount,
-                    &format!("w5/dst/{name}"),
+                    &Location::new(mount, &format!("w5/src/{name}")),
+                    &Location::new(mount, &format!("w5/dst/{name}")),
                     TransferOptions::default(),
                 )
                 .await
@@ -661,9 +660,9 @@ impl ChangePublisher for NoRedis {
 /// rate; p50 / p99 are the lag.
 async fn publish_lag(spec: Spec) -> Result<Measured> {
     use actix::Actor;
-    use filestore_s3::actors::committer::CommitterActor;
-    use filestore_s3::actors::notifier::NotifierActor;
     use filestore_s3::redis::{RedisKeys, RedisPublisher};
+    use filestore_s3_actors::committer::CommitterActor;
+    use filestore_s3_actors::notifier::NotifierActor;
     use futures::StreamExt as _;
     // A mount of its own: W3's rows (and pgbench's, whose payloads are not events) stay on the
     // bench mount's outbox, out of this notifier's way.
@@ -693,7 +692,7 @@ async fn publish_lag(spec: Spec) -> Result<Measured> {
             };
             let arrived = chrono::Utc::now();
             let payload: String = msg.get_payload().unwrap_or_default();
-            match filestore_s3::actors::model::ChangeEvent::decode(payload.as_bytes()) {
+            match filestore_s3_actors::model::ChangeEvent::decode(payload.as_bytes()) {
                 Ok(event) => {
                     let lag =
                         (arrived - event.time).num_microseconds().unwrap_or(0) as f64 / 1000.0;
@@ -714,7 +713,7 @@ async fn publish_lag(spec: Spec) -> Result<Measured> {
         LAG_MOUNT.into(),
         meta,
         notifier,
-        filestore_s3::actors::retry::RetryPolicy::default(),
+        filestore_s3_actors::retry::RetryPolicy::default(),
     )
     .start();
     let interval = Duration::from_secs_f64(1.0 / spec.rate.max(1) as f64);
@@ -752,15 +751,15 @@ async fn publish_lag(spec: Spec) -> Result<Measured> {
 
 /// One put's intent, then its commit (node, snapshot, journal, outbox), through `committer`.
 async fn one_put_commit(
-    committer: actix::Addr<filestore_s3::actors::committer::CommitterActor>,
+    committer: actix::Addr<filestore_s3_actors::committer::CommitterActor>,
     mount: &'static str,
     path: String,
 ) -> Result<()> {
-    use filestore_s3::actors::committer::{CommitOperation, RecordIntent};
-    use filestore_s3::actors::model::IntentOutcome;
+    use filestore_s3_actors::committer::{CommitOperation, RecordIntent};
+    use filestore_s3_actors::model::IntentOutcome;
     let body = path.as_bytes();
     let sha256 = filestore_s3::Sha256Digest::of(body);
-    let request = OpRequest::Put(filestore_s3::actors::model::PutRequest {
+    let request = OpRequest::Put(filestore_s3_actors::model::PutRequest {
         path: path.clone(),
         key: path.clone(),
         size: body.len() as u64,
@@ -817,8 +816,8 @@ async fn one_put_commit(
 /// most (1: one transaction per write, as before group commit).
 async fn committer(spec: Spec) -> Result<Measured> {
     use actix::Actor;
-    use filestore_s3::actors::committer::CommitterActor;
-    use filestore_s3::actors::notifier::NotifierActor;
+    use filestore_s3_actors::committer::CommitterActor;
+    use filestore_s3_actors::notifier::NotifierActor;
     let meta: Arc<dyn MetaStore> = Arc::new(
         PgMetaStore::new(&spec.database_url, &spec.schema, 4)
             .map_err(|e| anyhow::anyhow!("{e}"))?,
@@ -828,14 +827,14 @@ async fn committer(spec: Spec) -> Result<Measured> {
         MOUNT.into(),
         meta,
         notifier,
-        filestore_s3::actors::retry::RetryPolicy::default(),
+        filestore_s3_actors::retry::RetryPolicy::default(),
     )
     .with_max_batch(spec.batch)
     // One transaction per write is also one at a time: the committer before group commit.
     .with_max_in_flight(if spec.batch == 1 {
         1
     } else {
-        filestore_s3::actors::committer::DEFAULT_MAX_IN_FLIGHT
+        filestore_s3_actors::committer::DEFAULT_MAX_IN_FLIGHT
     })
     .start();
     let (case, round) = (spec.case.clone(), spec.round);

@@ -594,8 +594,8 @@ fn run(args: RunArgs) -> Result<()> {
         small_dir: work.join("data/small"),
         count: small_count,
         in_flight: 32,
-        part_size: filestore_s3::actors::mount::DEFAULT_PART_SIZE_BYTES,
-        part_concurrency: filestore_s3::actors::mount::DEFAULT_PART_CONCURRENCY as usize,
+        part_size: filestore_s3_actors::mount::DEFAULT_PART_SIZE_BYTES,
+        part_concurrency: filestore_s3_actors::mount::DEFAULT_PART_CONCURRENCY as usize,
         callers: 1,
         ops: 0,
         batch: 64,
@@ -628,8 +628,8 @@ fn run(args: RunArgs) -> Result<()> {
         &endpoint,
         b.base.part_size,
         b.base.part_concurrency,
-        filestore_s3::actors::mount::DEFAULT_DOWNLOAD_RANGE_BYTES,
-        filestore_s3::actors::mount::DEFAULT_DOWNLOAD_CONCURRENCY as usize,
+        filestore_s3_actors::mount::DEFAULT_DOWNLOAD_RANGE_BYTES,
+        filestore_s3_actors::mount::DEFAULT_DOWNLOAD_CONCURRENCY as usize,
     )?;
 
     let mut rounds = Vec::new();

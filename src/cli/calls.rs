@@ -68,7 +68,7 @@ impl CallKey {
             .then(|| std::fs::read_to_string(&file).ok())
             .flatten()
             .and_then(|s| s.lines().next().map(str::to_owned))
-            .filter(|k| filestore_s3::actors::validate::idempotency_key(k).is_ok())
+            .filter(|k| filestore_s3_actors::validate::idempotency_key(k).is_ok())
         {
             eprintln!(
                 "continuing the same {} left unfinished earlier (idempotency key {key})",

@@ -1,6 +1,7 @@
 //! `filestore-s3 demo`: a walk through every operation against a mount, for a new user.
 
 use super::*;
+use filestore_s3::Location;
 
 pub(crate) async fn demo(config: ExecutorConfig, args: DemoArgs) -> anyhow::Result<()> {
     println!(
@@ -115,10 +116,8 @@ pub(crate) async fn demo(config: ExecutorConfig, args: DemoArgs) -> anyhow::Resu
 
     let c = exec
         .copy(
-            "demo",
-            files[0].0,
-            "demo",
-            "archive/2026/summary.txt",
+            &Location::new("demo", files[0].0),
+            &Location::new("demo", "archive/2026/summary.txt"),
             TransferOptions {
                 idempotency_key: Some(format!("demo-{run}-cp")),
                 ..Default::default()
@@ -135,10 +134,8 @@ pub(crate) async fn demo(config: ExecutorConfig, args: DemoArgs) -> anyhow::Resu
     );
     let m = exec
         .move_object(
-            "demo",
-            files[2].0,
-            "demo",
-            "photos/menus/café menu ✓.txt",
+            &Location::new("demo", files[2].0),
+            &Location::new("demo", "photos/menus/café menu ✓.txt"),
             TransferOptions {
                 idempotency_key: Some(format!("demo-{run}-mv")),
                 ..Default::default()
@@ -151,10 +148,8 @@ pub(crate) async fn demo(config: ExecutorConfig, args: DemoArgs) -> anyhow::Resu
     );
     let refused = exec
         .copy(
-            "demo",
-            files[0].0,
-            "demo",
-            "archive/2026/summary.txt",
+            &Location::new("demo", files[0].0),
+            &Location::new("demo", "archive/2026/summary.txt"),
             TransferOptions {
                 mode: filestore_s3::PutMode::Create,
                 ..Default::default()

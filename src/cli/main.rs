@@ -3,6 +3,7 @@
 
 mod demo;
 use demo::demo;
+use filestore_s3::Location;
 
 mod args;
 use args::{Cli, Cmd, DemoArgs, MountCmd};
@@ -10,14 +11,14 @@ use args::{Cli, Cmd, DemoArgs, MountCmd};
 use std::sync::Arc;
 use std::time::Duration;
 
-use filestore_s3::actors::multipart::ProgressSink;
+use filestore_s3::ProgressSink;
 use indicatif::{ProgressBar, ProgressStyle};
 
 use anyhow::{bail, Context as _};
 use clap::{Args, Parser, Subcommand};
-use filestore_s3::actors::mount::MountSpec;
 use filestore_s3::liveness::Liveness;
 use filestore_s3::s3::S3StoreFactory;
+use filestore_s3::MountSpec;
 use filestore_s3::{
     DeleteOptions, Error, ExecutorConfig, ListOptions, MountRow, PutOptions, S3Executor,
     TransferOptions,
@@ -272,7 +273,7 @@ async fn run_one_shot(exec: &S3Executor, cli: &Cli) -> anyhow::Result<()> {
             let abs =
                 std::path::absolute(file).with_context(|| format!("reading {}", file.display()))?;
             let (size, mtime_ns) =
-                filestore_s3::actors::multipart::file_identity(&abs.to_string_lossy())
+                filestore_s3_actors::multipart::file_identity(&abs.to_string_lossy())
                     .await
                     .map_err(|e| anyhow::anyhow!("reading {}: {e}", file.display()))?;
             let (size_s, mtime_s) = (size.to_string(), mtime_ns.to_string());
@@ -449,9 +450,11 @@ async fn run_one_shot(exec: &S3Executor, cli: &Cli) -> anyhow::Result<()> {
             let mut opts = args.options();
             opts.idempotency_key = Some(key.key.clone());
             let r = if is_move {
-                exec.move_object(sm, sp, dm, dp, opts).await
+                exec.move_object(&Location::new(sm, sp), &Location::new(dm, dp), opts)
+                    .await
             } else {
-                exec.copy(sm, sp, dm, dp, opts).await
+                exec.copy(&Location::new(sm, sp), &Location::new(dm, dp), opts)
+                    .await
             };
             key.settle(&r);
             println!("{}", serde_json::to_string_pretty(&r?)?);

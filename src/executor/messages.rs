@@ -12,28 +12,10 @@ use futures::StreamExt;
 use filestore_s3_actors::model::{ListPage, OpResult, Stat};
 use filestore_s3_actors::Error;
 
+pub use super::Location;
 use super::{
     DeleteOptions, FeedEvent, FollowOptions, ListOptions, PutOptions, S3Executor, TransferOptions,
 };
-
-/// A path on a mount: where a copy or a move reads ([`Copy::from`]) or writes ([`Copy::to`]).
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct Location {
-    /// Mount name.
-    pub mount: String,
-    /// Filestore path on the mount.
-    pub path: String,
-}
-
-impl Location {
-    /// `path` on `mount`.
-    pub fn new(mount: impl Into<String>, path: impl Into<String>) -> Self {
-        Location {
-            mount: mount.into(),
-            path: path.into(),
-        }
-    }
-}
 
 /// Puts an object from memory ([`S3Executor::put_bytes`]).
 #[derive(Message)]
@@ -212,8 +194,7 @@ impl Handler<Copy> for ExecutorActor {
         let exec = self.exec.clone();
         Box::pin(async move {
             let (from, to) = (msg.from, msg.to);
-            exec.copy(&from.mount, &from.path, &to.mount, &to.path, msg.opts)
-                .await
+            exec.copy(&from, &to, msg.opts).await
         })
     }
 }
@@ -225,8 +206,7 @@ impl Handler<Move> for ExecutorActor {
         let exec = self.exec.clone();
         Box::pin(async move {
             let (from, to) = (msg.from, msg.to);
-            exec.move_object(&from.mount, &from.path, &to.mount, &to.path, msg.opts)
-                .await
+            exec.move_object(&from, &to, msg.opts).await
         })
     }
 }

@@ -20,18 +20,19 @@ use std::time::Duration;
 
 use actix::ArbiterHandle;
 use filestore_s3_actors::commands::{
-    GetStatus, LeaseStatus, ListObjects, LookAtLease, RetireMount, StatObject, SupervisorStatus,
+    GetStatus, LeaseStatus, LookAtLease, RetireMount, SupervisorStatus,
 };
 use filestore_s3_actors::model::{ListPage, Stat};
 use filestore_s3_actors::mount::{MountRow, MountSpec};
 use filestore_s3_actors::path::{DirPath, FsPath};
+use filestore_s3_actors::reads;
 use filestore_s3_actors::Error;
 
 pub use feed::{FeedEvent, FollowOptions};
 pub use health::{Health, MountHealth, Reach};
 pub use options::{
     progress_to_recipient, DeleteManyOptions, DeleteOptions, GetOptions, GetResult, ListOptions,
-    PutMode, PutOptions, TransferOptions, UploadProgressMsg,
+    Location, PutMode, PutOptions, TransferOptions, UploadProgressMsg,
 };
 pub use registry::MountState;
 
@@ -211,26 +212,29 @@ impl S3Executor {
 
     /// What the store holds at a path, and what Postgres records for it.
     pub async fn stat(&self, mount: &str, path: &str) -> Result<Stat, Error> {
-        let (addr, _, _) = self.mount(mount)?;
+        let (_, _, store) = self.mount(mount)?;
         let path = FsPath::parse(path).map_err(|e| invalid_path(path, e))?;
-        addr.send(StatObject { path })
-            .await
-            .map_err(|_| Error::Shutdown)?
+        let meta = self.reads_meta();
+        on_arbiter(&self.inner.arbiter, reads::stat(store, meta, path)).await?
     }
 
     /// One page of a directory listing. Keys that do not map to a Filestore path are reported in
     /// `unmapped` rather than failing the listing.
     pub async fn list(&self, mount: &str, dir: &str, opts: ListOptions) -> Result<ListPage, Error> {
-        let (addr, _, _) = self.mount(mount)?;
+        let (_, _, store) = self.mount(mount)?;
         let dir = DirPath::parse(dir).map_err(|e| invalid_path(dir, e))?;
-        addr.send(ListObjects {
+        let req = reads::ListRequest {
             dir,
             delimited: opts.delimited,
             token: opts.token,
             max_keys: opts.max_keys,
-        })
-        .await
-        .map_err(|_| Error::Shutdown)?
+        };
+        on_arbiter(&self.inner.arbiter, reads::list(store, req)).await?
+    }
+
+    /// Postgres as reads see it: no fence (a read changes nothing).
+    fn reads_meta(&self) -> std::sync::Arc<dyn filestore_s3_actors::ports::MetaStore> {
+        self.inner.services.meta.clone()
     }
 
     /// Retires every mount — new calls are refused, running operations may finish for up to

@@ -167,3 +167,22 @@ impl TransferOptions {
         self.mode.condition()
     }
 }
+
+/// A path on a mount: where a copy or a move reads (`from`) or writes (`to`).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Location {
+    /// Mount name.
+    pub mount: String,
+    /// Filestore path on the mount.
+    pub path: String,
+}
+
+impl Location {
+    /// `path` on `mount`.
+    pub fn new(mount: impl Into<String>, path: impl Into<String>) -> Self {
+        Location {
+            mount: mount.into(),
+            path: path.into(),
+        }
+    }
+}

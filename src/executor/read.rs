@@ -2,16 +2,17 @@
 
 use std::path::Path;
 
-use filestore_s3_actors::commands::OpenObject;
 use filestore_s3_actors::model::Stat;
 use filestore_s3_actors::path::FsPath;
 use filestore_s3_actors::ports::ByteRange;
+use filestore_s3_actors::reads::{self, OpenRequest};
 use filestore_s3_actors::store::{Outcome, S3Op};
 use filestore_s3_actors::Error;
 use futures::{StreamExt, TryStreamExt};
 use sha2::{Digest, Sha256};
 use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWrite, AsyncWriteExt};
 
+use super::runtime::on_arbiter;
 use super::{invalid_path, GetOptions, GetResult, S3Executor};
 
 /// How often one read may ask again for the rest of a body that broke off.
@@ -238,18 +239,22 @@ impl S3Executor {
         mut hasher: Sha256,
         already: u64,
     ) -> Result<GetResult, Error> {
-        let (addr, _, _) = self.mount(mount)?;
+        let (_, _, store) = self.mount(mount)?;
         let fs_path = FsPath::parse(path).map_err(|e| invalid_path(path, e))?;
         let whole = range.is_none() || already > 0;
-        let (node, mut body) = addr
-            .send(OpenObject {
-                path: fs_path.clone(),
-                range,
-                if_match,
-                with_node: whole,
-            })
-            .await
-            .map_err(|_| Error::Shutdown)??;
+        let open = |req: OpenRequest| {
+            on_arbiter(
+                &self.inner.arbiter,
+                reads::open(store.clone(), self.reads_meta(), req),
+            )
+        };
+        let (node, mut body) = open(OpenRequest {
+            path: fs_path.clone(),
+            range,
+            if_match,
+            with_node: whole,
+        })
+        .await??;
         let first = range.map_or(0, |r| r.start);
         let mut written = 0u64;
         let mut resumed = 0u32;
@@ -268,15 +273,13 @@ impl S3Executor {
                         start: first + written,
                         end: range.and_then(|r| r.end),
                     };
-                    let (_, more) = addr
-                        .send(OpenObject {
-                            path: fs_path.clone(),
-                            range: Some(rest),
-                            if_match: Some(body.meta.etag.clone()),
-                            with_node: false,
-                        })
-                        .await
-                        .map_err(|_| Error::Shutdown)??;
+                    let (_, more) = open(OpenRequest {
+                        path: fs_path.clone(),
+                        range: Some(rest),
+                        if_match: Some(body.meta.etag.clone()),
+                        with_node: false,
+                    })
+                    .await??;
                     body.stream = more.stream;
                     continue;
                 }

@@ -11,7 +11,8 @@ use filestore_s3_actors::{Error, Sha256Digest};
 use tokio::io::{AsyncRead, AsyncReadExt};
 
 use super::{
-    invalid_path, DeleteManyOptions, DeleteOptions, PutOptions, S3Executor, TransferOptions,
+    invalid_path, DeleteManyOptions, DeleteOptions, Location, PutOptions, S3Executor,
+    TransferOptions,
 };
 
 impl S3Executor {
@@ -182,48 +183,40 @@ impl S3Executor {
             .await)
     }
 
-    /// Copies `source_path` of mount `source` to `path` of mount `mount` (the same mount or
-    /// another). Server-side when one client reaches both buckets, else streamed through the
-    /// executor; the destination mount's SSE / KMS key / ACL / storage class apply; the copy is
-    /// verified by size and SHA-256 before it is committed. The idempotency key belongs to the
-    /// destination mount.
+    /// Copies `from` to `to` (on the same mount or another), as `std::fs::copy(from, to)`.
+    /// Server-side when one client reaches both buckets, else streamed through the executor; the
+    /// destination mount's SSE / KMS key / ACL / storage class apply; the copy is verified by size
+    /// and SHA-256 before it is committed. The idempotency key belongs to the destination mount.
     pub async fn copy(
         &self,
-        source: &str,
-        source_path: &str,
-        mount: &str,
-        path: &str,
+        from: &Location,
+        to: &Location,
         opts: TransferOptions,
     ) -> Result<OpResult, Error> {
-        self.transfer(OpKind::Copy, source, source_path, mount, path, opts)
-            .await
+        self.transfer(OpKind::Copy, from, to, opts).await
     }
 
-    /// Moves `source_path` of mount `source` to `path` of mount `mount`: copy, verify the
-    /// destination, delete the source, verify it gone, then ONE commit that writes the destination
-    /// node and removes the source node (one journal row on the destination mount, a `move`
-    /// event on each mount's stream). An interrupted move is finished by recovery.
+    /// Moves `from` to `to`: copy, verify the destination, delete the source, verify it gone,
+    /// then ONE commit that writes the destination node and removes the source node (one journal
+    /// row on the destination mount, a `move` event on each mount's stream). An interrupted move
+    /// is finished by recovery.
     pub async fn move_object(
         &self,
-        source: &str,
-        source_path: &str,
-        mount: &str,
-        path: &str,
+        from: &Location,
+        to: &Location,
         opts: TransferOptions,
     ) -> Result<OpResult, Error> {
-        self.transfer(OpKind::Move, source, source_path, mount, path, opts)
-            .await
+        self.transfer(OpKind::Move, from, to, opts).await
     }
 
     async fn transfer(
         &self,
         op: OpKind,
-        source: &str,
-        source_path: &str,
-        mount: &str,
-        path: &str,
+        from: &Location,
+        to: &Location,
         opts: TransferOptions,
     ) -> Result<OpResult, Error> {
+        let (source, source_path, mount, path) = (&*from.mount, &*from.path, &*to.mount, &*to.path);
         let (addr, _, _) = self.mount(mount)?;
         let (_, _, source_store) = self.mount(source)?;
         let source_path = FsPath::parse(source_path).map_err(|e| invalid_path(source_path, e))?;

@@ -120,7 +120,7 @@ pub struct PgMetaStore {
     owner_lock: std::sync::Arc<std::sync::OnceLock<Option<std::sync::Arc<OwnerLock>>>>,
 }
 
-/// How many batches were written in each way (see [`PgMetaStore::batch_counts`]).
+/// How many batches were written in each way.
 #[derive(Debug, Default)]
 pub struct BatchCounts {
     /// In one go: intents and commits in a few statements over arrays.
@@ -156,7 +156,9 @@ impl PgMetaStore {
         })
     }
 
-    /// How the batches of several writes written through this pool were written.
+    /// How the batches of several writes written through this pool were written (for tests;
+    /// operators read `filestore_s3_commit_batches_total`).
+    #[cfg(feature = "testing")]
     pub fn batch_counts(&self) -> &BatchCounts {
         &self.batches
     }

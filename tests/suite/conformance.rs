@@ -2,10 +2,11 @@
 //! Real Postgres, real Redis, real S3 servers (s3s-fs in-process, moto_server, any external one).
 
 use crate::common;
+use filestore_s3::Location;
 
 use common::{sha256_hex, Backend, TestEnv};
-use filestore_s3::actors::ports::StoreErrorKind;
 use filestore_s3::{DeleteManyOptions, DeleteOptions, Error, ListOptions, OpResult, PutOptions};
+use filestore_s3_actors::ports::StoreErrorKind;
 
 /// Asserts S3, nodes, snapshots, journal and stream after a committed put.
 async fn assert_put_landed(
@@ -614,19 +615,18 @@ pub async fn checksum_policy_none_still_verifies_size(backend: Backend) {
     env.exec.shutdown().await;
     let meta = filestore_s3::pg::PgMetaStore::new(&common::database_url(), &env.schema, 2).unwrap();
     let body = b"twenty bytes of data".to_vec();
-    let req =
-        filestore_s3::actors::model::OpRequest::Put(filestore_s3::actors::model::PutRequest {
-            path: "short.txt".into(),
-            key: env.key("short.txt"),
-            size: body.len() as u64,
-            sha256: filestore_s3::Sha256Digest::of(&body),
-            content_type: None,
-            metadata: Default::default(),
-            condition: Default::default(),
-        });
+    let req = filestore_s3_actors::model::OpRequest::Put(filestore_s3_actors::model::PutRequest {
+        path: "short.txt".into(),
+        key: env.key("short.txt"),
+        size: body.len() as u64,
+        sha256: filestore_s3::Sha256Digest::of(&body),
+        content_type: None,
+        metadata: Default::default(),
+        condition: Default::default(),
+    });
     use crate::common::MetaWrites as _;
     let started = meta
-        .begin(&filestore_s3::actors::model::NewIntent {
+        .begin(&filestore_s3_actors::model::NewIntent {
             mount: "m".into(),
             idempotency_key: "short".into(),
             fingerprint: req.fingerprint(),
@@ -636,10 +636,10 @@ pub async fn checksum_policy_none_still_verifies_size(backend: Backend) {
         })
         .await
         .unwrap();
-    let filestore_s3::actors::model::IntentOutcome::Started { journal_id } = started else {
+    let filestore_s3_actors::model::IntentOutcome::Started { journal_id } = started else {
         panic!("{started:?}")
     };
-    let marker = filestore_s3::actors::model::WriteMarker {
+    let marker = filestore_s3_actors::model::WriteMarker {
         journal_id,
         sha256: Some(filestore_s3::Sha256Digest::of(&body)),
     };
@@ -801,7 +801,7 @@ async fn user_metadata_is_stored_recorded_and_carried(backend: Backend) {
         })
         .build()
         .await;
-    let meta: filestore_s3::actors::model::UserMetadata = [
+    let meta: filestore_s3_actors::model::UserMetadata = [
         ("owner".to_string(), "team-storage".to_string()),
         ("build.id".to_string(), "2026-11-24 #17".to_string()),
     ]
@@ -828,7 +828,11 @@ async fn user_metadata_is_stored_recorded_and_carried(backend: Backend) {
     for (from, to) in [("small.txt", "small-copy.txt"), ("big.bin", "big-copy.bin")] {
         let r = env
             .exec
-            .copy("m", from, "m", to, Default::default())
+            .copy(
+                &Location::new("m", from),
+                &Location::new("m", to),
+                Default::default(),
+            )
             .await
             .unwrap();
         assert_eq!(
@@ -838,7 +842,11 @@ async fn user_metadata_is_stored_recorded_and_carried(backend: Backend) {
         );
     }
     env.exec
-        .move_object("m", "small-copy.txt", "m", "moved.txt", Default::default())
+        .move_object(
+            &Location::new("m", "small-copy.txt"),
+            &Location::new("m", "moved.txt"),
+            Default::default(),
+        )
         .await
         .unwrap();
     for path in ["small.txt", "big.bin", "big-copy.bin", "moved.txt"] {

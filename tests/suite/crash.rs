@@ -303,7 +303,7 @@ async fn run_until_failpoint(env: &TestEnv, args: &[&str], armed: &str) {
         .args(args)
         .envs(env.child_vars())
         .env("FILESTORE_LEASE_TTL_MS", "2000")
-        .env(filestore_s3::actors::failpoint::FAILPOINTS_ENV, armed)
+        .env(filestore_s3_actors::failpoint::FAILPOINTS_ENV, armed)
         .env("FILESTORE_OWNER_ID", "crashed-child")
         .kill_on_drop(true)
         .output()
@@ -372,7 +372,7 @@ pub async fn killed_move_is_finished_by_recovery(backend: Backend, point: &str, 
     assert!(
         matches!(
             exec.status("m").await.unwrap().lease,
-            filestore_s3::actors::commands::LeaseStatus::Owned { .. }
+            filestore_s3_actors::commands::LeaseStatus::Owned { .. }
         ),
         "the dead child's lease is taken over at start"
     );
@@ -860,7 +860,7 @@ pub async fn a_live_owner_is_waited_for(backend: Backend) {
     let file = dir.path().join("small.txt");
     std::fs::write(&file, b"small\n").unwrap();
     let f = file.to_str().unwrap();
-    let fp = filestore_s3::actors::failpoint::FAILPOINTS_ENV;
+    let fp = filestore_s3_actors::failpoint::FAILPOINTS_ENV;
 
     // A holds the mount, alive: its put sleeps 8 s before its commit.
     let (mut a, a_log) = spawn_cli(

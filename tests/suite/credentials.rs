@@ -7,10 +7,11 @@
 //! Real Postgres, Redis, moto; a logging TCP proxy in front of moto shows what was signed with what.
 
 use crate::common;
+use filestore_s3::Location;
 
 use common::{sha256_hex, Backend, FlakyProxy, TestEnv};
-use filestore_s3::actors::ports::StoreErrorKind;
 use filestore_s3::{Error, GetOptions, PutOptions};
+use filestore_s3_actors::ports::StoreErrorKind;
 
 const ROLE: &str = "arn:aws:iam::123456789012:role/filestore/archive-writer";
 
@@ -115,12 +116,20 @@ async fn default_chain_and_assumed_role_side_by_side() {
     // A copy between the mounts goes through the executor: no CopyObject / UploadPartCopy.
     let c = env
         .exec
-        .copy("m", "a.txt", "role", "copied/a.txt", Default::default())
+        .copy(
+            &Location::new("m", "a.txt"),
+            &Location::new("role", "copied/a.txt"),
+            Default::default(),
+        )
         .await
         .unwrap();
     let back = env
         .exec
-        .copy("role", "b0.bin", "m", "copied/b0.bin", Default::default())
+        .copy(
+            &Location::new("role", "b0.bin"),
+            &Location::new("m", "copied/b0.bin"),
+            Default::default(),
+        )
         .await
         .unwrap();
     assert_eq!(s3_proxy.copy_requests(), 0);

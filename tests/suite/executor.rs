@@ -8,12 +8,12 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use common::{database_url, sha256_hex, Backend, TestEnv};
-use filestore_s3::actors::model::{IntentOutcome, NewIntent, OpRequest};
-use filestore_s3::actors::mount::MountSpec;
-use filestore_s3::actors::ports::{MetaStore, ObjectStoreFactory, PutObjectInput, StoreErrorKind};
 use filestore_s3::pg::PgMetaStore;
 use filestore_s3::s3::{S3Settings, S3StoreFactory};
 use filestore_s3::{PutOptions, S3Executor};
+use filestore_s3_actors::model::{IntentOutcome, NewIntent, OpRequest};
+use filestore_s3_actors::mount::MountSpec;
+use filestore_s3_actors::ports::{MetaStore, ObjectStoreFactory, PutObjectInput, StoreErrorKind};
 
 #[tokio::test]
 async fn migrations_apply_once_and_create_every_table() {
@@ -175,7 +175,7 @@ async fn server_verifies_the_sha256_the_executor_sends() {
                 sha256: wrong,
                 content_type: None,
                 metadata: Default::default(),
-                marker: filestore_s3::actors::model::WriteMarker {
+                marker: filestore_s3_actors::model::WriteMarker {
                     journal_id: 1,
                     sha256: Some(wrong),
                 },
@@ -222,7 +222,7 @@ async fn recovery_commits_what_reached_s3_and_fails_what_did_not() {
     env.exec.shutdown().await;
     let meta = PgMetaStore::new(&database_url(), &env.schema, 2).unwrap();
     let body = b"written before the crash";
-    let landed = OpRequest::Put(filestore_s3::actors::model::PutRequest {
+    let landed = OpRequest::Put(filestore_s3_actors::model::PutRequest {
         path: "crash/landed.txt".into(),
         key: env.key("crash/landed.txt"),
         size: body.len() as u64,
@@ -231,7 +231,7 @@ async fn recovery_commits_what_reached_s3_and_fails_what_did_not() {
         metadata: Default::default(),
         condition: Default::default(),
     });
-    let lost = OpRequest::Put(filestore_s3::actors::model::PutRequest {
+    let lost = OpRequest::Put(filestore_s3_actors::model::PutRequest {
         path: "crash/lost.txt".into(),
         key: env.key("crash/lost.txt"),
         size: 4,
@@ -355,13 +355,13 @@ async fn commits_do_not_wait_for_redis() {
 /// lost) is started again, with another call's token it is the existing row.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_batch_of_writes_keeps_each_write_atomic() {
-    use filestore_s3::actors::model::OpProgress;
-    use filestore_s3::actors::ports::{MetaOutput, MetaWrite};
+    use filestore_s3_actors::model::OpProgress;
+    use filestore_s3_actors::ports::{MetaOutput, MetaWrite};
     let env = TestEnv::new(Backend::S3sFs).await;
     env.exec.shutdown().await;
     let meta = PgMetaStore::new(&database_url(), &env.schema, 2).unwrap();
     let intent = |n: u32| {
-        let req = OpRequest::Delete(filestore_s3::actors::model::DeleteRequest {
+        let req = OpRequest::Delete(filestore_s3_actors::model::DeleteRequest {
             path: format!("batch/{n}"),
             key: env.key(&format!("batch/{n}")),
         });
@@ -387,7 +387,7 @@ async fn a_batch_of_writes_keeps_each_write_atomic() {
             MetaWrite::Progress {
                 journal_id,
                 progress: OpProgress::SourcePinned {
-                    source: filestore_s3::actors::model::PinnedSource {
+                    source: filestore_s3_actors::model::PinnedSource {
                         size: 1,
                         sha256: filestore_s3::Sha256Digest::of(b"x"),
                         etag: "e".into(),
@@ -454,13 +454,13 @@ async fn a_batch_of_writes_keeps_each_write_atomic() {
 /// failed row, a delete and a move.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_write_path_batched_alone_and_in_memory_alike() {
-    use filestore_s3::actors::model::{
+    use filestore_s3_actors::model::{
         CommitRecord, NodeChange, NodeMeta, OpKind, SourceRef, Verification, WriteCondition,
     };
-    use filestore_s3::actors::ports::{MetaOutput, MetaWrite};
+    use filestore_s3_actors::ports::{MetaOutput, MetaWrite};
 
     fn put_intent(path: &str, key: &str, token: u128) -> NewIntent {
-        let req = OpRequest::Put(filestore_s3::actors::model::PutRequest {
+        let req = OpRequest::Put(filestore_s3_actors::model::PutRequest {
             path: path.into(),
             key: format!("k/{path}"),
             size: path.len() as u64,
@@ -602,7 +602,7 @@ async fn one_write_path_batched_alone_and_in_memory_alike() {
         (answers, state)
     }
     fn describe(
-        a: &Result<MetaOutput, filestore_s3::actors::ports::MetaError>,
+        a: &Result<MetaOutput, filestore_s3_actors::ports::MetaError>,
         ids: bool,
     ) -> String {
         let id = |j: i64| if ids { j.to_string() } else { "#".into() };
@@ -729,7 +729,7 @@ async fn one_write_path_batched_alone_and_in_memory_alike() {
     port_env.exec.shutdown().await;
     let pg = PgMetaStore::new(&database_url(), &port_env.schema, 2).unwrap();
     let (pg_answers, pg_state) = through_port(&pg, true).await;
-    let memory = filestore_s3::actors::testing::MemoryMeta::default();
+    let memory = filestore_s3_actors::testing::MemoryMeta::default();
     let (memory_answers, memory_state) = through_port(&memory, true).await;
     for (i, (p, m)) in pg_answers.iter().zip(&memory_answers).enumerate() {
         assert_eq!(p, m, "answer {i}: Postgres, then the in-memory fake");

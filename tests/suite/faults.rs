@@ -8,14 +8,15 @@
 //! the randomised run in `random.rs`.
 
 use crate::common;
+use filestore_s3::Location;
 
 use std::time::{Duration, Instant};
 
 use common::faultproxy::{Fault, FaultProxy, Op, Rule};
 use common::invariants::{self, Expected};
 use common::{sha256_hex, Backend, TestEnv};
-use filestore_s3::actors::ports::StoreErrorKind;
 use filestore_s3::{Error, PutOptions, TransferOptions};
+use filestore_s3_actors::ports::StoreErrorKind;
 
 const MIB: usize = 1024 * 1024;
 
@@ -35,7 +36,7 @@ fn multipart(r: &mut filestore_s3::MountRow) {
 async fn behind_proxy(
     seed: u64,
     edit: impl FnOnce(&mut filestore_s3::MountRow),
-    settings: filestore_s3::actors::SupervisorSettings,
+    settings: filestore_s3_actors::SupervisorSettings,
     config: impl FnOnce(&mut filestore_s3::ExecutorConfig),
 ) -> (TestEnv, FaultProxy) {
     let (proxy, env) = TestEnv::builder(Backend::S3sFs)
@@ -166,11 +167,19 @@ async fn f06_ten_percent_slowdown_every_operation_succeeds() {
     }
     let big = put_big_file(&env, 16 * MIB + 5, 9).await;
     env.exec
-        .copy("m", "s/1", "m", "copy/1", TransferOptions::default())
+        .copy(
+            &Location::new("m", "s/1"),
+            &Location::new("m", "copy/1"),
+            TransferOptions::default(),
+        )
         .await
         .unwrap();
     env.exec
-        .move_object("m", "s/2", "m", "moved/2", TransferOptions::default())
+        .move_object(
+            &Location::new("m", "s/2"),
+            &Location::new("m", "moved/2"),
+            TransferOptions::default(),
+        )
         .await
         .unwrap();
     env.exec
@@ -625,9 +634,13 @@ async fn f13_same_key_twice_at_once(backend: Backend) {
         idempotency_key: Some("copy-1".into()),
         ..Default::default()
     };
+    let (from, to) = (
+        Location::new("m", "once.txt"),
+        Location::new("m", "copied.txt"),
+    );
     let (a, b) = tokio::join!(
-        env.exec.copy("m", "once.txt", "m", "copied.txt", copy()),
-        env.exec.copy("m", "once.txt", "m", "copied.txt", copy())
+        env.exec.copy(&from, &to, copy()),
+        env.exec.copy(&from, &to, copy())
     );
     assert_eq!(a.unwrap(), b.unwrap());
     assert_eq!(proxy.count(Op::CopyObject), 1, "one CopyObject");
@@ -724,10 +737,8 @@ async fn f14_same_key_other_parameters(backend: Backend) {
     let err = env
         .exec
         .copy(
-            "m",
-            "doc.txt",
-            "m",
-            "copy.txt",
+            &Location::new("m", "doc.txt"),
+            &Location::new("m", "copy.txt"),
             TransferOptions {
                 idempotency_key: Some("k-1".into()),
                 ..Default::default()
@@ -761,7 +772,7 @@ async fn f14_same_key_other_parameters_moto() {
 /// were refused (400) may still have been applied by that first attempt (and was).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failed_request_says_what_it_may_have_done() {
-    use filestore_s3::actors::store::{Outcome, S3Op};
+    use filestore_s3_actors::store::{Outcome, S3Op};
     let mut settings = common::fast_settings();
     settings.retry.max_attempts = 3;
     let (env, proxy) = behind_proxy(24, |_| {}, settings, |_| {}).await;

@@ -4,6 +4,7 @@
 //! S3 (s3s-fs).
 
 use crate::common;
+use filestore_s3::Location;
 
 use std::time::Duration;
 
@@ -126,7 +127,11 @@ async fn events_written_elsewhere_are_relayed_at_once() {
     let started = std::time::Instant::now();
     let m = env
         .exec
-        .move_object("m", "a.txt", "m2", "b.txt", Default::default())
+        .move_object(
+            &Location::new("m", "a.txt"),
+            &Location::new("m2", "b.txt"),
+            Default::default(),
+        )
         .await
         .unwrap();
     // wait_stream_of gives up after 15 s, well before the 60 s poll.
@@ -358,12 +363,12 @@ async fn f04_redis_down_for_a_while_commits_go_on() {
 /// later: 4 writers, each committing batches of 16 puts, while a reader follows by id.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_feed_reader_misses_nothing_written_by_transactions_at_once() {
-    use filestore_s3::actors::model::{
+    use filestore_s3::pg::PgMetaStore;
+    use filestore_s3_actors::model::{
         CommitRecord, IntentOutcome, NewIntent, NodeChange, NodeMeta, OpKind, OpRequest,
         Verification,
     };
-    use filestore_s3::actors::ports::{MetaOutput, MetaStore, MetaWrite};
-    use filestore_s3::pg::PgMetaStore;
+    use filestore_s3_actors::ports::{MetaOutput, MetaStore, MetaWrite};
     use std::sync::Arc;
 
     const WRITERS: usize = 4;
@@ -372,7 +377,7 @@ async fn a_feed_reader_misses_nothing_written_by_transactions_at_once() {
     let env = TestEnv::new(Backend::S3sFs).await;
     let meta = Arc::new(PgMetaStore::new(&common::database_url(), &env.schema, 8).unwrap());
     let intent = |path: &str| {
-        let request = OpRequest::Put(filestore_s3::actors::model::PutRequest {
+        let request = OpRequest::Put(filestore_s3_actors::model::PutRequest {
             path: path.into(),
             key: format!("k/{path}"),
             size: 1,

@@ -5,16 +5,17 @@
 //! s3s-fs), no row of the executor's tables changes, nothing is added to Redis.
 
 use crate::common;
+use filestore_s3::Location;
 
 use common::faultproxy::{FaultProxy, Op};
 use common::{Backend, TestEnv};
-use filestore_s3::actors::model::{ChangeEvent, EventError};
-use filestore_s3::actors::path::{FsPath, PathError};
-use filestore_s3::actors::ports::ByteRange;
 use filestore_s3::{
     DeleteOptions, Error, FollowOptions, GetOptions, ListOptions, MountRow, PutOptions,
     TransferOptions,
 };
+use filestore_s3_actors::model::{ChangeEvent, EventError};
+use filestore_s3_actors::path::{FsPath, PathError};
+use filestore_s3_actors::ports::ByteRange;
 use futures::StreamExt;
 
 const MIB: usize = 1024 * 1024;
@@ -248,9 +249,9 @@ async fn hostile_inputs_are_refused_with_typed_errors_and_change_nothing() {
     refused!(env, proxy, n, "delete %2e%2e",
         ex.delete("m", "%2e%2e", DeleteOptions::default()), e if invalid_path(e));
     refused!(env, proxy, n, "copy to a\\b",
-        ex.copy("m", "existing.txt", "m", "a\\b", TransferOptions::default()), e if invalid_path(e));
+        ex.copy(&Location::new("m", "existing.txt"), &Location::new("m", "a\\b"), TransferOptions::default()), e if invalid_path(e));
     refused!(env, proxy, n, "move from NUL",
-        ex.move_object("m", "x\0", "m", "y", TransferOptions::default()), e if invalid_path(e));
+        ex.move_object(&Location::new("m", "x\0"), &Location::new("m", "y"), TransferOptions::default()), e if invalid_path(e));
     refused!(env, proxy, n, "put_reader a/../b",
         ex.put_reader("m", "a/../b", std::io::Cursor::new(vec![1u8; 10]), PutOptions::default()),
         e if invalid_path(e));
@@ -276,10 +277,8 @@ async fn hostile_inputs_are_refused_with_typed_errors_and_change_nothing() {
         n,
         "copy onto itself",
         ex.copy(
-            "m",
-            "existing.txt",
-            "m",
-            "existing.txt",
+            &Location::new("m", "existing.txt"),
+            &Location::new("m", "existing.txt"),
             TransferOptions::default()
         ),
         Error::InvalidRequest { .. }
@@ -298,7 +297,7 @@ async fn hostile_inputs_are_refused_with_typed_errors_and_change_nothing() {
         ex.delete("m", "existing.txt", DeleteOptions { idempotency_key: Some("a\0b".into()) }),
         e if bad_key(e));
     refused!(env, proxy, n, "copy key too long",
-        ex.copy("m", "existing.txt", "m", "c.txt", TransferOptions {
+        ex.copy(&Location::new("m", "existing.txt"), &Location::new("m", "c.txt"), TransferOptions {
             idempotency_key: Some("x".repeat(300)),
             ..Default::default()
         }),

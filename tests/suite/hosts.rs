@@ -6,15 +6,16 @@
 //! paused (SIGSTOP) past its lease cannot write once it runs again. Real Postgres, Redis, s3s-fs.
 
 use crate::common;
+use filestore_s3::Location;
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use common::invariants::{self, Expected};
 use common::{sha256_hex, Backend, TestEnv};
-use filestore_s3::actors::commands::LeaseStatus;
-use filestore_s3::actors::failpoint::FAILPOINTS_ENV;
 use filestore_s3::{Error, ExecutorConfig, PutOptions, S3Executor};
+use filestore_s3_actors::commands::LeaseStatus;
+use filestore_s3_actors::failpoint::FAILPOINTS_ENV;
 use tokio::io::{AsyncBufReadExt, BufReader};
 
 const MIB: u64 = 1024 * 1024;
@@ -178,9 +179,13 @@ async fn owner_process() {
             idempotency_key: Some("the-move".into()),
             ..Default::default()
         };
-        e.move_object("m", "from/a.bin", "m", "to/b.bin", opts)
-            .await
-            .map(|_| ())
+        e.move_object(
+            &Location::new("m", "from/a.bin"),
+            &Location::new("m", "to/b.bin"),
+            opts,
+        )
+        .await
+        .map(|_| ())
     }));
     let e = exec.clone();
     work.push(tokio::spawn(async move {

@@ -7,9 +7,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::{sha256_hex, Backend, GeneratedReader, HashingWriter, TestEnv};
-use filestore_s3::actors::mount::MountRow;
-use filestore_s3::actors::multipart::ProgressSink;
 use filestore_s3::{ByteRange, Error, GetOptions, PutOptions, UploadProgress};
+use filestore_s3_actors::mount::MountRow;
+use filestore_s3_actors::multipart::ProgressSink;
 
 const MIB: u64 = 1024 * 1024;
 const PART: u64 = 5 * MIB;

@@ -7,8 +7,8 @@ use crate::common;
 use std::time::{Duration, Instant};
 
 use common::{Backend, TestEnv};
-use filestore_s3::actors::commands::LeaseStatus;
 use filestore_s3::{Error, ExecutorConfig, PutOptions, S3Executor};
+use filestore_s3_actors::commands::LeaseStatus;
 
 /// A second executor on the same schema, with its own owner id.
 async fn second_executor(env: &TestEnv, owner: &str) -> S3Executor {

@@ -12,6 +12,7 @@
 //! FILESTORE_TEST_RANDOM_KILLS=200 cargo test --features filestore-s3/failpoints --test random`.
 
 use crate::common;
+use filestore_s3::Location;
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -136,10 +137,8 @@ async fn run_step(exec: &S3Executor, i: usize, step: &Step) -> Result<(), Error>
             .map(drop),
         Step::Copy { from, to } => exec
             .copy(
-                "m",
-                from,
-                "m",
-                to,
+                &Location::new("m", from),
+                &Location::new("m", to),
                 TransferOptions {
                     idempotency_key: key,
                     ..Default::default()
@@ -149,10 +148,8 @@ async fn run_step(exec: &S3Executor, i: usize, step: &Step) -> Result<(), Error>
             .map(drop),
         Step::Move { from, to } => exec
             .move_object(
-                "m",
-                from,
-                "m",
-                to,
+                &Location::new("m", from),
+                &Location::new("m", to),
                 TransferOptions {
                     idempotency_key: key,
                     ..Default::default()
@@ -303,7 +300,7 @@ async fn randomised_faults_and_kills() {
             .env("FILESTORE_OWNER_ID", format!("random-{process}"))
             .env("FILESTORE_LEASE_TTL_MS", "1000")
             .env("FILESTORE_CONSISTENCY_HORIZON_MS", "0")
-            .env(filestore_s3::actors::failpoint::FAILPOINTS_ENV, &failpoint)
+            .env(filestore_s3_actors::failpoint::FAILPOINTS_ENV, &failpoint)
             .env(
                 "RUST_LOG",
                 std::env::var("RUST_LOG").unwrap_or_else(|_| "filestore_s3_actors=info".into()),
@@ -358,7 +355,7 @@ async fn randomised_faults_and_kills() {
     let deadline = Instant::now() + Duration::from_secs(30);
     while !matches!(
         exec.status("m").await.unwrap().lease,
-        filestore_s3::actors::commands::LeaseStatus::Owned { .. }
+        filestore_s3_actors::commands::LeaseStatus::Owned { .. }
     ) {
         assert!(Instant::now() < deadline, "no takeover");
         tokio::time::sleep(Duration::from_millis(50)).await;

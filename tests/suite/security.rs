@@ -8,6 +8,7 @@
 //! - An AccessDenied answer is reported with the S3 operation and the IAM permission it needed.
 
 use crate::common;
+use filestore_s3::Location;
 
 use std::io::Write;
 use std::sync::{Arc, Mutex, OnceLock};
@@ -16,12 +17,12 @@ use std::time::Duration;
 use common::faultproxy::{Fault, FaultProxy, Op, Rule};
 use common::ownredis::OwnRedis;
 use common::{Backend, TestEnv, SECRET_KEY};
-use filestore_s3::actors::ports::StoreErrorKind;
 use filestore_s3::s3::S3Settings;
 use filestore_s3::{
     DeleteOptions, Error, ExecutorConfig, FollowOptions, GetOptions, ListOptions, PutOptions,
     S3Executor, TransferOptions,
 };
+use filestore_s3_actors::ports::StoreErrorKind;
 use futures::StreamExt;
 
 const PG_PASSWORD: &str = "pg-Pa55word-0c41f";
@@ -157,11 +158,19 @@ async fn no_secret_in_logs_errors_or_debug_output() {
         ),
     ));
     let c = ex
-        .copy("m", "a.txt", "m", "b.txt", TransferOptions::default())
+        .copy(
+            &Location::new("m", "a.txt"),
+            &Location::new("m", "b.txt"),
+            TransferOptions::default(),
+        )
         .await
         .unwrap();
     let m = ex
-        .move_object("m", "b.txt", "m", "c.txt", TransferOptions::default())
+        .move_object(
+            &Location::new("m", "b.txt"),
+            &Location::new("m", "c.txt"),
+            TransferOptions::default(),
+        )
         .await
         .unwrap();
     let d = ex
@@ -374,7 +383,11 @@ async fn access_denied_names_the_permission_needed() {
     proxy.clear();
     proxy.add(denied(Op::CopyObject));
     let msg = ex
-        .copy("m", "kept.txt", "m", "copy.txt", TransferOptions::default())
+        .copy(
+            &Location::new("m", "kept.txt"),
+            &Location::new("m", "copy.txt"),
+            TransferOptions::default(),
+        )
         .await
         .unwrap_err()
         .to_string();

@@ -44,7 +44,7 @@ async fn healthz_and_metrics_move_with_operations() {
         .install_recorder()
         .unwrap();
     // Recovery every half second: the stuck put below is settled soon after its cause is gone.
-    let settings = filestore_s3::actors::SupervisorSettings {
+    let settings = filestore_s3_actors::SupervisorSettings {
         recovery_interval: Duration::from_millis(500),
         ..common::fast_settings()
     };

@@ -4,6 +4,7 @@
 //! suite for every server.
 
 use crate::common;
+use filestore_s3::Location;
 
 use common::{sha256_hex, Backend, FlakyProxy, TestEnv};
 use filestore_s3::{Error, OpResult, PutMode, PutOptions, TransferOptions};
@@ -103,7 +104,11 @@ pub async fn copy_and_move_within_a_mount(backend: Backend) {
 
     let c = env
         .exec
-        .copy("m", "src/a.bin", "m", "dst/copy.bin", key_opts("cp-1"))
+        .copy(
+            &Location::new("m", "src/a.bin"),
+            &Location::new("m", "dst/copy.bin"),
+            key_opts("cp-1"),
+        )
         .await
         .unwrap();
     assert_eq!(env.object(&env.key("dst/copy.bin")).await.unwrap(), body);
@@ -126,7 +131,11 @@ pub async fn copy_and_move_within_a_mount(backend: Backend) {
 
     let m = env
         .exec
-        .move_object("m", "src/a.bin", "m", "moved/b.bin", key_opts("mv-1"))
+        .move_object(
+            &Location::new("m", "src/a.bin"),
+            &Location::new("m", "moved/b.bin"),
+            key_opts("mv-1"),
+        )
         .await
         .unwrap();
     assert_eq!(env.object(&env.key("moved/b.bin")).await.unwrap(), body);
@@ -172,7 +181,11 @@ pub async fn copy_and_move_within_a_mount(backend: Backend) {
     // The same calls again with their keys: the recorded results, nothing new.
     let again = env
         .exec
-        .move_object("m", "src/a.bin", "m", "moved/b.bin", key_opts("mv-1"))
+        .move_object(
+            &Location::new("m", "src/a.bin"),
+            &Location::new("m", "moved/b.bin"),
+            key_opts("mv-1"),
+        )
         .await
         .unwrap();
     assert_eq!(again, m);
@@ -189,7 +202,11 @@ pub async fn copy_and_move_across_mounts(backend: Backend) {
 
     let c = env
         .exec
-        .copy("m", "a.txt", "m2", "in/a.txt", key_opts("x-cp"))
+        .copy(
+            &Location::new("m", "a.txt"),
+            &Location::new("m2", "in/a.txt"),
+            key_opts("x-cp"),
+        )
         .await
         .unwrap();
     let dest_key = format!("{}/in/a.txt", other.prefix);
@@ -205,7 +222,11 @@ pub async fn copy_and_move_across_mounts(backend: Backend) {
 
     let m = env
         .exec
-        .move_object("m", "b.txt", "m2", "in/b.txt", key_opts("x-mv"))
+        .move_object(
+            &Location::new("m", "b.txt"),
+            &Location::new("m2", "in/b.txt"),
+            key_opts("x-mv"),
+        )
         .await
         .unwrap();
     assert_eq!(
@@ -251,7 +272,11 @@ pub async fn large_copy_uses_upload_part_copy(backend: Backend) {
     let before = env.exec.status("m").await.unwrap().copy_requests;
     let c = env
         .exec
-        .copy("m", "big/src.bin", "m", "big/copy.bin", key_opts("big"))
+        .copy(
+            &Location::new("m", "big/src.bin"),
+            &Location::new("m", "big/copy.bin"),
+            key_opts("big"),
+        )
         .await
         .unwrap();
     let status = env.exec.status("m").await.unwrap();
@@ -302,12 +327,20 @@ pub async fn streamed_copy_between_endpoints(backend: Backend) {
     put(&env, "m", "l.bin", &big).await;
     let c = env
         .exec
-        .copy("m", "s.bin", "far", "s.bin", key_opts("s"))
+        .copy(
+            &Location::new("m", "s.bin"),
+            &Location::new("far", "s.bin"),
+            key_opts("s"),
+        )
         .await
         .unwrap();
     let m = env
         .exec
-        .move_object("m", "l.bin", "far", "l.bin", key_opts("l"))
+        .move_object(
+            &Location::new("m", "l.bin"),
+            &Location::new("far", "l.bin"),
+            key_opts("l"),
+        )
         .await
         .unwrap();
     assert_eq!(env.exec.status("far").await.unwrap().copy_requests, 0);
@@ -377,12 +410,20 @@ pub async fn conditions_and_refusals_change_nothing(backend: Backend) {
     };
     precondition(
         env.exec
-            .copy("m", "b.txt", "m", "a.txt", create_only.clone())
+            .copy(
+                &Location::new("m", "b.txt"),
+                &Location::new("m", "a.txt"),
+                create_only.clone(),
+            )
             .await,
     );
     precondition(
         env.exec
-            .move_object("m", "b.txt", "m", "a.txt", create_only)
+            .move_object(
+                &Location::new("m", "b.txt"),
+                &Location::new("m", "a.txt"),
+                create_only,
+            )
             .await,
     );
     // Replace with a stale generation.
@@ -403,10 +444,8 @@ pub async fn conditions_and_refusals_change_nothing(backend: Backend) {
     precondition(
         env.exec
             .copy(
-                "m",
-                "b.txt",
-                "m",
-                "a.txt",
+                &Location::new("m", "b.txt"),
+                &Location::new("m", "a.txt"),
                 TransferOptions {
                     mode: PutMode::IfGeneration(stale),
                     ..Default::default()
@@ -417,7 +456,11 @@ pub async fn conditions_and_refusals_change_nothing(backend: Backend) {
     // Onto itself, to an invalid path, into a disabled mount, from a missing path.
     let err = env
         .exec
-        .copy("m", "a.txt", "m", "a.txt", Default::default())
+        .copy(
+            &Location::new("m", "a.txt"),
+            &Location::new("m", "a.txt"),
+            Default::default(),
+        )
         .await
         .unwrap_err();
     assert!(
@@ -426,43 +469,71 @@ pub async fn conditions_and_refusals_change_nothing(backend: Backend) {
     );
     let err = env
         .exec
-        .move_object("m", "a.txt", "m", "/a.txt", Default::default())
+        .move_object(
+            &Location::new("m", "a.txt"),
+            &Location::new("m", "/a.txt"),
+            Default::default(),
+        )
         .await
         .unwrap_err();
     assert!(matches!(err, Error::InvalidRequest { .. }), "{err}");
     let err = env
         .exec
-        .copy("m", "a.txt", "m", "x/../a.txt", Default::default())
+        .copy(
+            &Location::new("m", "a.txt"),
+            &Location::new("m", "x/../a.txt"),
+            Default::default(),
+        )
         .await
         .unwrap_err();
     assert!(matches!(err, Error::InvalidPath { .. }), "{err}");
     let err = env
         .exec
-        .move_object("m", "a.txt", "off", "a.txt", Default::default())
+        .move_object(
+            &Location::new("m", "a.txt"),
+            &Location::new("off", "a.txt"),
+            Default::default(),
+        )
         .await
         .unwrap_err();
     assert!(matches!(err, Error::MountDisabled { .. }), "{err}");
     let err = env
         .exec
-        .copy("off", "a.txt", "m", "c.txt", Default::default())
+        .copy(
+            &Location::new("off", "a.txt"),
+            &Location::new("m", "c.txt"),
+            Default::default(),
+        )
         .await
         .unwrap_err();
     assert!(matches!(err, Error::MountDisabled { .. }), "{err}");
     let err = env
         .exec
-        .copy("m", "ghost.txt", "m", "c.txt", Default::default())
+        .copy(
+            &Location::new("m", "ghost.txt"),
+            &Location::new("m", "c.txt"),
+            Default::default(),
+        )
         .await
         .unwrap_err();
     assert!(matches!(err, Error::NotFound { .. }), "{err}");
     let err = env
         .exec
-        .move_object("m", "ghost.txt", "m", "c.txt", Default::default())
+        .move_object(
+            &Location::new("m", "ghost.txt"),
+            &Location::new("m", "c.txt"),
+            Default::default(),
+        )
         .await
         .unwrap_err();
     assert!(matches!(err, Error::NotFound { .. }), "{err}");
     let err = env
         .exec
-        .copy("nope", "a.txt", "m", "c.txt", Default::default())
+        .copy(
+            &Location::new("nope", "a.txt"),
+            &Location::new("m", "c.txt"),
+            Default::default(),
+        )
         .await
         .unwrap_err();
     assert!(matches!(err, Error::UnknownMount { .. }), "{err}");
@@ -474,10 +545,8 @@ pub async fn conditions_and_refusals_change_nothing(backend: Backend) {
     let ok = env
         .exec
         .copy(
-            "m",
-            "b.txt",
-            "m",
-            "a.txt",
+            &Location::new("m", "b.txt"),
+            &Location::new("m", "a.txt"),
             TransferOptions {
                 mode: PutMode::IfGeneration(a.generation),
                 ..Default::default()
@@ -513,18 +582,16 @@ pub async fn concurrent_duplicates_execute_once(backend: Backend) {
         .await;
     put(&env, "m", "a.bin", &data(50_000, 6)).await;
     put(&env, "m", "b.bin", &data(50_000, 7)).await;
+    let (from, to) = (Location::new("m", "a.bin"), Location::new("m", "c.bin"));
     let (c1, c2) = tokio::join!(
-        env.exec
-            .copy("m", "a.bin", "m", "c.bin", key_opts("dup-cp")),
-        env.exec
-            .copy("m", "a.bin", "m", "c.bin", key_opts("dup-cp")),
+        env.exec.copy(&from, &to, key_opts("dup-cp")),
+        env.exec.copy(&from, &to, key_opts("dup-cp")),
     );
     assert_eq!(c1.unwrap(), c2.unwrap());
+    let (from, to) = (Location::new("m", "b.bin"), Location::new("m", "d.bin"));
     let (m1, m2) = tokio::join!(
-        env.exec
-            .move_object("m", "b.bin", "m", "d.bin", key_opts("dup-mv")),
-        env.exec
-            .move_object("m", "b.bin", "m", "d.bin", key_opts("dup-mv")),
+        env.exec.move_object(&from, &to, key_opts("dup-mv")),
+        env.exec.move_object(&from, &to, key_opts("dup-mv")),
     );
     assert_eq!(m1.unwrap(), m2.unwrap());
     assert_eq!(
@@ -559,7 +626,7 @@ async fn move_row(env: &TestEnv, key: &str) -> (String, Option<String>, Option<S
 /// - the source path written again before the failed move is sent again: it starts over and
 ///   moves the new content.
 pub async fn a_move_past_its_source_delete_is_proven_again_before_its_commit(backend: Backend) {
-    let settings = filestore_s3::actors::SupervisorSettings {
+    let settings = filestore_s3_actors::SupervisorSettings {
         recovery_interval: std::time::Duration::from_millis(500),
         ..common::fast_settings()
     };
@@ -585,7 +652,11 @@ pub async fn a_move_past_its_source_delete_is_proven_again_before_its_commit(bac
     ] {
         let e = env
             .exec
-            .move_object("m", from, "m", to, key_opts(key))
+            .move_object(
+                &Location::new("m", from),
+                &Location::new("m", to),
+                key_opts(key),
+            )
             .await
             .unwrap_err();
         assert!(e.to_string().contains("refused by the test"), "{e}");
@@ -646,7 +717,11 @@ pub async fn a_move_past_its_source_delete_is_proven_again_before_its_commit(bac
     );
     let m1 = env
         .exec
-        .move_object("m", "src/a.bin", "m", "moved/b.bin", key_opts("mv-1"))
+        .move_object(
+            &Location::new("m", "src/a.bin"),
+            &Location::new("m", "moved/b.bin"),
+            key_opts("mv-1"),
+        )
         .await
         .unwrap();
     assert_journal(&env, &m1, "move", "m", "src/a.bin").await;
@@ -654,7 +729,11 @@ pub async fn a_move_past_its_source_delete_is_proven_again_before_its_commit(bac
     // The failed one sent again: still not committable, a typed error.
     let e = env
         .exec
-        .move_object("m", "src/c.bin", "m", "moved/d.bin", key_opts("mv-2"))
+        .move_object(
+            &Location::new("m", "src/c.bin"),
+            &Location::new("m", "moved/d.bin"),
+            key_opts("mv-2"),
+        )
         .await
         .unwrap_err();
     match &e {
@@ -680,7 +759,11 @@ pub async fn a_move_past_its_source_delete_is_proven_again_before_its_commit(bac
         .await;
     let m2 = env
         .exec
-        .move_object("m", "src/c.bin", "m", "moved/d.bin", key_opts("mv-2"))
+        .move_object(
+            &Location::new("m", "src/c.bin"),
+            &Location::new("m", "moved/d.bin"),
+            key_opts("mv-2"),
+        )
         .await
         .unwrap();
     assert_eq!(m2.journal_id, mv2);
@@ -696,7 +779,11 @@ pub async fn a_move_past_its_source_delete_is_proven_again_before_its_commit(bac
     put(&env, "m", "src/e.bin", &newer).await;
     let m3 = env
         .exec
-        .move_object("m", "src/e.bin", "m", "moved/f.bin", key_opts("mv-3"))
+        .move_object(
+            &Location::new("m", "src/e.bin"),
+            &Location::new("m", "moved/f.bin"),
+            key_opts("mv-3"),
+        )
         .await
         .unwrap();
     assert_eq!(env.object(&env.key("moved/f.bin")).await.unwrap(), newer);

@@ -5,14 +5,15 @@
 
 use crate::common;
 use crate::common::MetaWrites as _;
+use filestore_s3::Location;
 
 use std::time::Duration;
 
 use common::faultproxy::{Fault, Op, Rule};
 use common::{sha256_hex, Backend, TestEnv};
-use filestore_s3::actors::model::{IntentOutcome, NewIntent, OpRequest};
 use filestore_s3::pg::PgMetaStore;
 use filestore_s3::{Error, PutOptions, S3Executor, Sha256Digest};
+use filestore_s3_actors::model::{IntentOutcome, NewIntent, OpRequest};
 
 /// Every object the executor writes carries the journal id and SHA-256 of the operation in its
 /// user metadata; the node records how the content was proven, and matches the store's HEAD.
@@ -83,7 +84,7 @@ pub async fn recovery_tells_a_same_size_object_apart(backend: Backend) {
 
     let meta = PgMetaStore::new(&common::database_url(), &env.schema, 2).unwrap();
     let intent = |k: &str, path: &str| {
-        let req = OpRequest::Put(filestore_s3::actors::model::PutRequest {
+        let req = OpRequest::Put(filestore_s3_actors::model::PutRequest {
             path: path.into(),
             key: env.key(path),
             size: new.len() as u64,
@@ -447,7 +448,11 @@ async fn response_verification(backend: Backend) {
     let heads = proxy.count(Op::HeadObject);
     let r = env
         .exec
-        .copy("m", "src.txt", "m", "dst.txt", Default::default())
+        .copy(
+            &Location::new("m", "src.txt"),
+            &Location::new("m", "dst.txt"),
+            Default::default(),
+        )
         .await
         .unwrap();
     assert_eq!(proxy.count(Op::CopyObject), 1);
@@ -494,7 +499,11 @@ async fn response_verification(backend: Backend) {
     let heads = proxy.count(Op::HeadObject);
     let before = proxy.seen().len();
     env.exec
-        .move_object("m", "src.txt", "m", "moved.txt", Default::default())
+        .move_object(
+            &Location::new("m", "src.txt"),
+            &Location::new("m", "moved.txt"),
+            Default::default(),
+        )
         .await
         .unwrap();
     let source_key = env.key("src.txt");
@@ -543,7 +552,11 @@ async fn failed_copy_sent_again_under_its_key(backend: Backend) {
     ));
     let e = env
         .exec
-        .copy("m", "a.txt", "m", "b.txt", opts())
+        .copy(
+            &Location::new("m", "a.txt"),
+            &Location::new("m", "b.txt"),
+            opts(),
+        )
         .await
         .unwrap_err();
     assert!(matches!(e, Error::Storage { .. }), "{e}");
@@ -567,7 +580,11 @@ async fn failed_copy_sent_again_under_its_key(backend: Backend) {
         .unwrap();
     let r = env
         .exec
-        .copy("m", "a.txt", "m", "b.txt", opts())
+        .copy(
+            &Location::new("m", "a.txt"),
+            &Location::new("m", "b.txt"),
+            opts(),
+        )
         .await
         .unwrap();
     let node = r.node.expect("a copy has a node");

@@ -1,12 +1,12 @@
 //! The mount supervisor: one per mount, restarted by actix when it stops. Its jobs, one file
 //! each: `lease` (the lease keeper), `ops` (mutating calls: validation, joining, ordering),
-//! `housekeeping` (recovery scheduling, outbox pruning, orphan sweep) and `reads`; this file holds
-//! the actor itself: its state, start, restart and retirement, and its status.
+//! `housekeeping` (recovery scheduling, outbox pruning, orphan sweep); this file holds the actor
+//! itself: its state, start, restart and retirement, and its status. Reads need no supervisor:
+//! they are served by [`crate::reads`].
 
 mod housekeeping;
 mod lease;
 mod ops;
-mod reads;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::Ordering;
@@ -18,22 +18,22 @@ use tokio::sync::oneshot;
 use uuid::Uuid;
 
 use crate::commands::{
-    DeleteObject, GetStatus, LeaseStatus, ListObjects, LookAtLease, OpenObject, PutLargeObject,
-    PutObject, RelayOutbox, RetireMount, StatObject, SupervisorStatus, TransferObject,
+    DeleteObject, GetStatus, LeaseStatus, LookAtLease, PutLargeObject, PutObject, RelayOutbox,
+    RetireMount, SupervisorStatus, TransferObject,
 };
 use crate::committer::CommitterActor;
 use crate::engine::{recover_entry, run_operation, validate_transfer, OpContext, Operation};
 use crate::error::Error;
 use crate::locks::{PathKey, PathLocks};
 use crate::model::{
-    DeleteRequest, Fence, JournalEntry, LeaseState, ListEntry, ListPage, MultipartRequest, Node,
-    OpKind, OpRequest, OpResult, PutRequest, Stat,
+    DeleteRequest, Fence, JournalEntry, LeaseState, MultipartRequest, OpKind, OpRequest, OpResult,
+    PutRequest,
 };
 use crate::mount::MountSpec;
 use crate::multipart::ProgressHub;
 use crate::notifier::{NotifierActor, OutboxChanged};
 use crate::path::FsPath;
-use crate::ports::{ChangePublisher, MetaError, MetaStore, ObjectBody, StoreErrorKind};
+use crate::ports::{ChangePublisher, MetaError, MetaStore};
 use crate::retry::RetryPolicy;
 use crate::store::{MountDirectory, MountStore};
 use crate::validate;

@@ -68,11 +68,11 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::OnceLock;
 use std::time::Duration;
 
-use filestore_s3::actors::mount::MountSpec;
-use filestore_s3::actors::retry::RetryPolicy;
-use filestore_s3::actors::SupervisorSettings;
 use filestore_s3::s3::{S3Settings, S3StoreFactory};
 use filestore_s3::{ExecutorConfig, MountRow, S3Executor};
+use filestore_s3_actors::mount::MountSpec;
+use filestore_s3_actors::retry::RetryPolicy;
+use filestore_s3_actors::SupervisorSettings;
 use sha2::{Digest, Sha256};
 
 pub const ACCESS_KEY: &str = "filestore-test";
@@ -566,7 +566,7 @@ impl TestEnv {
                 let e = filestore_s3::s3::classify(e);
                 assert_eq!(
                     e.kind,
-                    filestore_s3::actors::ports::StoreErrorKind::NotFound,
+                    filestore_s3_actors::ports::StoreErrorKind::NotFound,
                     "{e}"
                 );
                 None
@@ -702,7 +702,7 @@ impl TestEnv {
     /// Writes an object as the executor does: with the journal id and SHA-256 of the operation
     /// in its user metadata.
     pub async fn raw_put_marked(&self, key: &str, body: &[u8], journal_id: i64) {
-        let marker = filestore_s3::actors::model::WriteMarker {
+        let marker = filestore_s3_actors::model::WriteMarker {
             journal_id,
             sha256: Some(filestore_s3::Sha256Digest::of(body)),
         };
@@ -1144,25 +1144,25 @@ impl tokio::io::AsyncWrite for HashingWriter {
 pub trait MetaWrites {
     async fn begin(
         &self,
-        intent: &filestore_s3::actors::model::NewIntent,
-    ) -> Result<filestore_s3::actors::model::IntentOutcome, filestore_s3::actors::ports::MetaError>;
+        intent: &filestore_s3_actors::model::NewIntent,
+    ) -> Result<filestore_s3_actors::model::IntentOutcome, filestore_s3_actors::ports::MetaError>;
     async fn commit(
         &self,
-        record: &filestore_s3::actors::model::CommitRecord,
-    ) -> Result<filestore_s3::OpResult, filestore_s3::actors::ports::MetaError>;
+        record: &filestore_s3_actors::model::CommitRecord,
+    ) -> Result<filestore_s3::OpResult, filestore_s3_actors::ports::MetaError>;
     async fn fail(
         &self,
         journal_id: i64,
         error: &str,
-    ) -> Result<(), filestore_s3::actors::ports::MetaError>;
+    ) -> Result<(), filestore_s3_actors::ports::MetaError>;
 }
 
 #[async_trait::async_trait]
-impl<T: filestore_s3::actors::ports::MetaStore + ?Sized> MetaWrites for T {
+impl<T: filestore_s3_actors::ports::MetaStore + ?Sized> MetaWrites for T {
     async fn begin(
         &self,
-        intent: &filestore_s3::actors::model::NewIntent,
-    ) -> Result<filestore_s3::actors::model::IntentOutcome, filestore_s3::actors::ports::MetaError>
+        intent: &filestore_s3_actors::model::NewIntent,
+    ) -> Result<filestore_s3_actors::model::IntentOutcome, filestore_s3_actors::ports::MetaError>
     {
         match one_write(self, MetaWrite::Begin(intent.clone())).await? {
             MetaOutput::Begun(o) => Ok(o),
@@ -1171,8 +1171,8 @@ impl<T: filestore_s3::actors::ports::MetaStore + ?Sized> MetaWrites for T {
     }
     async fn commit(
         &self,
-        record: &filestore_s3::actors::model::CommitRecord,
-    ) -> Result<filestore_s3::OpResult, filestore_s3::actors::ports::MetaError> {
+        record: &filestore_s3_actors::model::CommitRecord,
+    ) -> Result<filestore_s3::OpResult, filestore_s3_actors::ports::MetaError> {
         match one_write(self, MetaWrite::Commit(record.clone())).await? {
             MetaOutput::Committed(r) => Ok(*r),
             other => panic!("a commit answered {other:?}"),
@@ -1182,7 +1182,7 @@ impl<T: filestore_s3::actors::ports::MetaStore + ?Sized> MetaWrites for T {
         &self,
         journal_id: i64,
         error: &str,
-    ) -> Result<(), filestore_s3::actors::ports::MetaError> {
+    ) -> Result<(), filestore_s3_actors::ports::MetaError> {
         let error = error.to_owned();
         one_write(self, MetaWrite::Fail { journal_id, error })
             .await
@@ -1190,12 +1190,12 @@ impl<T: filestore_s3::actors::ports::MetaStore + ?Sized> MetaWrites for T {
     }
 }
 
-use filestore_s3::actors::ports::{MetaOutput, MetaWrite};
+use filestore_s3_actors::ports::{MetaOutput, MetaWrite};
 
-async fn one_write<T: filestore_s3::actors::ports::MetaStore + ?Sized>(
+async fn one_write<T: filestore_s3_actors::ports::MetaStore + ?Sized>(
     meta: &T,
     write: MetaWrite,
-) -> Result<MetaOutput, filestore_s3::actors::ports::MetaError> {
+) -> Result<MetaOutput, filestore_s3_actors::ports::MetaError> {
     meta.apply(std::slice::from_ref(&write))
         .await?
         .pop()
