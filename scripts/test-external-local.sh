@@ -43,16 +43,20 @@ make_bucket() { # endpoint key secret bucket
   fi
 }
 
-run() { # name endpoint key secret
-  local bucket="ext-$1-$$"
+run() { # name endpoint key secret skip [cargo test arguments]
+  local bucket="ext-$1-$$" skip=()
+  [ -z "$5" ] || skip=(--skip "$5")
   make_bucket "$2" "$3" "$4" "$bucket"
   echo "== the external suite against $1 ($2, bucket $bucket)"
   FILESTORE_TEST_S3_BUCKET="$bucket" FILESTORE_TEST_S3_ENDPOINT="$2" \
     FILESTORE_TEST_S3_REGION=us-east-1 FILESTORE_TEST_S3_ACCESS_KEY_ID="$3" \
     FILESTORE_TEST_S3_SECRET_ACCESS_KEY="$4" FILESTORE_TEST_S3_PATH_STYLE=true \
     FILESTORE_TEST_S3_ALLOW_INSECURE_HTTP=true \
-    cargo test --locked "${features[@]}" --test suite external "${@:5}" -- --ignored
+    cargo test --locked "${features[@]}" --test suite external "${@:6}" -- --ignored "${skip[@]}"
 }
 
-run moto "$FILESTORE_TEST_MOTO_ENDPOINT" test test "$@"
-run s3s-fs "$s3s_endpoint" bench-access-key bench-secret-key "$@"
+run moto "$FILESTORE_TEST_MOTO_ENDPOINT" test test "" "$@"
+# Left out for s3s-fs: the randomised run. s3s-fs 0.14.1 reports a deleted object's stored SHA-256
+# for a multipart upload completed later at the same key (docs/filestore.md), which a run that
+# reuses paths meets; the suite runs it on moto for that reason.
+run s3s-fs "$s3s_endpoint" bench-access-key bench-secret-key random:: "$@"

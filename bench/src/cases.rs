@@ -454,8 +454,8 @@ async fn exec_copy_delete(spec: &Spec) -> Result<Measured> {
             async move {
                 let name = &files[i].0;
                 exec.copy(
-                    &Location::new(mount, &format!("w5/src/{name}")),
-                    &Location::new(mount, &format!("w5/dst/{name}")),
+                    &Location::new(mount, format!("w5/src/{name}")),
+                    &Location::new(mount, format!("w5/dst/{name}")),
                     TransferOptions::default(),
                 )
                 .await

@@ -9,7 +9,8 @@
 use crate::common;
 use filestore_s3::Location;
 
-use common::{sha256_hex, Backend, FlakyProxy, TestEnv};
+use common::faultproxy::FaultProxy;
+use common::{sha256_hex, Backend, TestEnv};
 use filestore_s3::{Error, GetOptions, PutOptions};
 use filestore_s3_actors::ports::StoreErrorKind;
 
@@ -43,8 +44,8 @@ async fn default_chain_and_assumed_role_side_by_side() {
     let moto = common::endpoint_of(Backend::Moto);
     // Both mounts reach moto through one proxy (same endpoint: only the credentials differ);
     // STS through another, to count the AssumeRole calls.
-    let s3_proxy = FlakyProxy::start(&moto).await;
-    let sts_proxy = FlakyProxy::start(&moto).await;
+    let s3_proxy = FaultProxy::start(&moto, 0).await;
+    let sts_proxy = FaultProxy::start(&moto, 0).await;
     let sts_endpoint = sts_proxy.endpoint.clone();
     let mut env = TestEnv::builder(Backend::Moto)
         .endpoint(s3_proxy.endpoint.clone())
@@ -218,7 +219,7 @@ async fn a_mount_without_credentials_fails_alone() {
 /// name (never a key), and that mount's requests are signed with the profile's key.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_named_profile_signs_its_mount() {
-    let proxy = FlakyProxy::start(&common::endpoint_of(Backend::Moto)).await;
+    let proxy = FaultProxy::start(&common::endpoint_of(Backend::Moto), 0).await;
     let env = TestEnv::new(Backend::Moto).await;
     env.exec.shutdown().await; // the child process serves the mount
     let dir = tempfile::tempdir().unwrap();

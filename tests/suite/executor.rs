@@ -452,6 +452,7 @@ async fn a_batch_of_writes_keeps_each_write_atomic() {
 /// and journal: new intents, an intent twice in the batch, a key already used, puts, an
 /// overwrite whose condition holds, one whose condition broke, a commit sent again, a commit of a
 /// failed row, a delete and a move.
+#[cfg(feature = "testing")] // reads how the batches were written (PgMetaStore::batch_counts)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_write_path_batched_alone_and_in_memory_alike() {
     use filestore_s3_actors::model::{

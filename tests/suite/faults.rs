@@ -32,14 +32,15 @@ fn multipart(r: &mut filestore_s3::MountRow) {
     r.part_concurrency = 2;
 }
 
-/// An env whose mount `m` reaches s3s-fs through a fault proxy (seeded).
+/// An env whose mount `m` reaches `backend`'s store through a fault proxy (seeded).
 async fn behind_proxy(
+    backend: Backend,
     seed: u64,
     edit: impl FnOnce(&mut filestore_s3::MountRow),
     settings: filestore_s3_actors::SupervisorSettings,
     config: impl FnOnce(&mut filestore_s3::ExecutorConfig),
 ) -> (TestEnv, FaultProxy) {
-    let (proxy, env) = TestEnv::builder(Backend::S3sFs)
+    let (proxy, env) = TestEnv::builder(backend)
         .mount(edit)
         .settings(settings)
         .config(config)
@@ -72,17 +73,16 @@ fn key(k: &str) -> PutOptions {
 /// F5: Postgres restarted (`pg_ctl restart -m immediate`, on a cluster of the test's own) while
 /// puts commit one after another. Transactions cut off are rolled back and retried with the same
 /// journal ids: every put succeeds, exactly once, and no S3 write is made twice.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn f05_postgres_restarted_mid_commit() {
+pub async fn f05_postgres_restarted_mid_commit(backend: Backend) {
     let cluster = common::pgcluster::PgCluster::start();
-    let proxy = FaultProxy::start(&common::endpoint_of(Backend::S3sFs), 5).await;
+    let proxy = FaultProxy::start(&common::endpoint_of(backend), 5).await;
     let mut settings = common::fast_settings();
     // Long enough to ride out the restart (about a second here).
     settings.retry.max_attempts = 40;
     settings.retry.max_delay = Duration::from_millis(500);
     settings.retry.max_elapsed = Duration::from_secs(30);
     settings.lease_ttl = Duration::from_secs(15);
-    let env = TestEnv::builder(Backend::S3sFs)
+    let env = TestEnv::builder(backend)
         .database(cluster.url())
         .settings(settings)
         .endpoint(proxy.endpoint.clone())
@@ -149,9 +149,8 @@ async fn f05_postgres_restarted_mid_commit() {
 
 /// F6: 10 % of S3 requests answer 503 SlowDown. Every operation succeeds; the retries show in the
 /// mount's counters, one per injected fault.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn f06_ten_percent_slowdown_every_operation_succeeds() {
-    let (env, proxy) = behind_proxy(6, multipart, common::fast_settings(), |_| {}).await;
+pub async fn f06_ten_percent_slowdown_every_operation_succeeds(backend: Backend) {
+    let (env, proxy) = behind_proxy(backend, 6, multipart, common::fast_settings(), |_| {}).await;
     proxy.add(Rule {
         probability: 0.10,
         ..Rule::always(None, Fault::Status(503, "SlowDown"))
@@ -213,12 +212,11 @@ async fn f06_ten_percent_slowdown_every_operation_succeeds() {
 /// F7: S3 answers only 503 for a while. Operations fail with a retryable error once the retry
 /// budget is spent, and the store sees a bounded number of requests (no retry storm); when it
 /// answers again, work resumes.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn f07_only_503_fails_fast_within_the_retry_budget() {
+pub async fn f07_only_503_fails_fast_within_the_retry_budget(backend: Backend) {
     let mut settings = common::fast_settings();
     settings.retry.retry_budget = 50; // ten retries (5 tokens each)
     settings.retry.max_attempts = 6;
-    let (env, proxy) = behind_proxy(7, |_| {}, settings, |_| {}).await;
+    let (env, proxy) = behind_proxy(backend, 7, |_| {}, settings, |_| {}).await;
     proxy.add(Rule::always(None, Fault::Status(503, "SlowDown")));
     let ops = 20;
     for i in 0..ops {
@@ -258,9 +256,8 @@ async fn f07_only_503_fails_fast_within_the_retry_budget() {
 
 /// F8: CompleteMultipartUpload answers 200 with an `<Error>` body. It is retried; one object, one
 /// commit, one upload.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn f08_complete_answering_200_with_an_error_is_retried() {
-    let (env, proxy) = behind_proxy(8, multipart, common::fast_settings(), |_| {}).await;
+pub async fn f08_complete_answering_200_with_an_error_is_retried(backend: Backend) {
+    let (env, proxy) = behind_proxy(backend, 8, multipart, common::fast_settings(), |_| {}).await;
     proxy.add(Rule::once(Op::CompleteMultipartUpload, Fault::OkWithError));
     let big = body(12 * MIB + 1, 8);
     let r = env
@@ -281,9 +278,8 @@ async fn f08_complete_answering_200_with_an_error_is_retried() {
 /// The answer to CompleteMultipartUpload is lost after the server applied it: the retry finds the
 /// upload gone, the object is proven to be this operation's (its marker), and it is committed
 /// once, with no second upload.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn f08b_lost_complete_answer_commits_once() {
-    let (env, proxy) = behind_proxy(81, multipart, common::fast_settings(), |_| {}).await;
+pub async fn f08b_lost_complete_answer_commits_once(backend: Backend) {
+    let (env, proxy) = behind_proxy(backend, 81, multipart, common::fast_settings(), |_| {}).await;
     proxy.add(Rule::once(Op::CompleteMultipartUpload, Fault::DropResponse));
     let big = body(11 * MIB, 3);
     let r = env
@@ -307,9 +303,8 @@ async fn f08b_lost_complete_answer_commits_once() {
 }
 
 /// F9: the connection is reset in the middle of a part: only that part is sent again.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn f09_reset_mid_part_resends_only_that_part() {
-    let (env, proxy) = behind_proxy(9, multipart, common::fast_settings(), |_| {}).await;
+pub async fn f09_reset_mid_part_resends_only_that_part(backend: Backend) {
+    let (env, proxy) = behind_proxy(backend, 9, multipart, common::fast_settings(), |_| {}).await;
     proxy.add(Rule {
         part: Some(2),
         ..Rule::once(Op::UploadPart, Fault::ResetAfter(MIB))
@@ -331,9 +326,9 @@ async fn f09_reset_mid_part_resends_only_that_part() {
 
 /// F10: a request stalls (no byte comes back): the attempt timeout fires, the call is retried and
 /// succeeds; no actor hangs.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn f10_stalled_request_times_out_and_is_retried() {
+pub async fn f10_stalled_request_times_out_and_is_retried(backend: Backend) {
     let (env, proxy) = behind_proxy(
+        backend,
         10,
         |_| {},
         common::fast_settings(),
@@ -370,9 +365,9 @@ async fn f10_stalled_request_times_out_and_is_retried() {
 /// F10, downloads: the body of a GET stalls part-way (headers and 256 KiB sent, then nothing on
 /// an open connection). The SDK's stalled-stream protection cuts it after the grace period, the
 /// read asks for the rest from the same object version, and the whole-object SHA-256 still holds.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn f10_stalled_download_is_cut_and_resumed() {
+pub async fn f10_stalled_download_is_cut_and_resumed(backend: Backend) {
     let (env, proxy) = behind_proxy(
+        backend,
         101,
         |_| {},
         common::fast_settings(),
@@ -418,11 +413,10 @@ async fn f10_stalled_download_is_cut_and_resumed() {
 /// F11: eventual consistency — reads of a written key answer 404 for 2 s. Verification waits
 /// inside its window (5 s) and commits; with a 0.5 s window the entry is left pending and
 /// recovery commits it once the object shows — never committed unverified.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn f11_eventual_consistency_waits_or_leaves_it_to_recovery() {
+pub async fn f11_eventual_consistency_waits_or_leaves_it_to_recovery(backend: Backend) {
     let mut settings = common::fast_settings();
     settings.recovery_interval = Duration::from_millis(500);
-    let (mut env, proxy) = behind_proxy(11, |_| {}, settings, |_| {}).await;
+    let (mut env, proxy) = behind_proxy(backend, 11, |_| {}, settings, |_| {}).await;
     proxy.add(Rule::always(
         None,
         Fault::NotFoundAfterWrite(Duration::from_secs(2)),
@@ -479,16 +473,6 @@ async fn f11_eventual_consistency_waits_or_leaves_it_to_recovery() {
 /// verifies the SHA-256 the executor sends (s3s-fs), or by the executor, which finds the ETag the
 /// store answers is not the MD5 of what it sent (moto verifies no checksum) — never committed, and
 /// sent again.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn f12_flipped_byte_is_rejected_and_resent_s3s_fs() {
-    f12_flipped_byte_is_rejected_and_resent(Backend::S3sFs).await
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn f12_flipped_byte_is_rejected_and_resent_moto() {
-    f12_flipped_byte_is_rejected_and_resent(Backend::Moto).await
-}
-
 async fn f12_flipped_byte_is_rejected_and_resent(backend: Backend) {
     let (proxy, env) = TestEnv::builder(backend)
         .mount(multipart)
@@ -525,9 +509,11 @@ async fn f12_flipped_byte_is_rejected_and_resent(backend: Backend) {
 /// part checksum and answers a part's MD5 as its ETag: the proxy echoes part 1's checksum, as AWS
 /// S3 does, and part 2's answer comes as s3s-fs sends it. One part at a time, so that part 2 is
 /// hashed after part 1's answer came.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_part_answered_without_its_checksum_is_checked_by_its_md5_read_again() {
+pub async fn a_part_answered_without_its_checksum_is_checked_by_its_md5_read_again(
+    backend: Backend,
+) {
     let (env, proxy) = behind_proxy(
+        backend,
         17,
         |r| {
             multipart(r);
@@ -560,9 +546,8 @@ async fn a_part_answered_without_its_checksum_is_checked_by_its_md5_read_again()
 /// F16: the store rejects checksum headers. With the mount's default (`checksum = sha256`) a put
 /// fails with a clear, non-retryable error and nothing is written; with `checksum = none` the same
 /// store works.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn f16_store_rejecting_checksum_headers() {
-    let (mut env, proxy) = behind_proxy(16, |_| {}, common::fast_settings(), |_| {}).await;
+pub async fn f16_store_rejecting_checksum_headers(backend: Backend) {
+    let (mut env, proxy) = behind_proxy(backend, 16, |_| {}, common::fast_settings(), |_| {}).await;
     proxy.add(Rule::always(None, Fault::RejectChecksumHeaders));
     let err = env
         .exec
@@ -663,16 +648,6 @@ async fn f13_same_key_twice_at_once(backend: Backend) {
     env.cleanup().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn f13_same_key_twice_at_once_s3s_fs() {
-    f13_same_key_twice_at_once(Backend::S3sFs).await
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn f13_same_key_twice_at_once_moto() {
-    f13_same_key_twice_at_once(Backend::Moto).await
-}
-
 /// F14: the same idempotency key with other parameters (other content, other path, other
 /// operation) is refused with `IdempotencyConflict` and makes no S3 request that changes
 /// anything; the first call's state stands.
@@ -756,26 +731,15 @@ async fn f14_same_key_other_parameters(backend: Backend) {
     env.cleanup().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn f14_same_key_other_parameters_s3s_fs() {
-    f14_same_key_other_parameters(Backend::S3sFs).await
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn f14_same_key_other_parameters_moto() {
-    f14_same_key_other_parameters(Backend::Moto).await
-}
-
 /// The store layer says what a failed request may have done to the bucket: a PUT the store
 /// refused (403) applied nothing; a DELETE whose every answer was lost after the store applied
 /// it may have been applied (and was); a DELETE whose first answer was lost and whose retries
 /// were refused (400) may still have been applied by that first attempt (and was).
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_failed_request_says_what_it_may_have_done() {
+pub async fn a_failed_request_says_what_it_may_have_done(backend: Backend) {
     use filestore_s3_actors::store::{Outcome, S3Op};
     let mut settings = common::fast_settings();
     settings.retry.max_attempts = 3;
-    let (env, proxy) = behind_proxy(24, |_| {}, settings, |_| {}).await;
+    let (env, proxy) = behind_proxy(backend, 24, |_| {}, settings, |_| {}).await;
     for p in ["a.txt", "b.txt"] {
         env.exec
             .put_bytes("m", p, b"x".to_vec(), PutOptions::default())
@@ -852,4 +816,23 @@ async fn a_failed_request_says_what_it_may_have_done() {
     assert_eq!(env.object(&env.key("b.txt")).await, None, "applied");
     proxy.clear();
     env.cleanup().await;
+}
+
+per_backend! {
+    f12_flipped_byte_is_rejected_and_resent => super::f12_flipped_byte_is_rejected_and_resent(B);
+    f13_same_key_twice_at_once => super::f13_same_key_twice_at_once(B);
+    f14_same_key_other_parameters => super::f14_same_key_other_parameters(B);
+    @except_moto
+    f05_postgres_restarted_mid_commit => super::f05_postgres_restarted_mid_commit(B);
+    f06_ten_percent_slowdown_every_operation_succeeds => super::f06_ten_percent_slowdown_every_operation_succeeds(B);
+    f07_only_503_fails_fast_within_the_retry_budget => super::f07_only_503_fails_fast_within_the_retry_budget(B);
+    f08_complete_answering_200_with_an_error_is_retried => super::f08_complete_answering_200_with_an_error_is_retried(B);
+    f08b_lost_complete_answer_commits_once => super::f08b_lost_complete_answer_commits_once(B);
+    f09_reset_mid_part_resends_only_that_part => super::f09_reset_mid_part_resends_only_that_part(B);
+    f10_stalled_request_times_out_and_is_retried => super::f10_stalled_request_times_out_and_is_retried(B);
+    f10_stalled_download_is_cut_and_resumed => super::f10_stalled_download_is_cut_and_resumed(B);
+    f11_eventual_consistency_waits_or_leaves_it_to_recovery => super::f11_eventual_consistency_waits_or_leaves_it_to_recovery(B);
+    a_part_answered_without_its_checksum_is_checked_by_its_md5_read_again => super::a_part_answered_without_its_checksum_is_checked_by_its_md5_read_again(B);
+    f16_store_rejecting_checksum_headers => super::f16_store_rejecting_checksum_headers(B);
+    a_failed_request_says_what_it_may_have_done => super::a_failed_request_says_what_it_may_have_done(B);
 }

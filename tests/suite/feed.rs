@@ -23,9 +23,8 @@ async fn next(
         .expect("no error")
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn catch_up_then_live_in_commit_order() {
-    let env = TestEnv::new(Backend::S3sFs).await;
+pub async fn catch_up_then_live_in_commit_order(backend: Backend) {
+    let env = TestEnv::new(backend).await;
     let mut committed = Vec::new();
     for i in 0..300 {
         let r = env
@@ -110,14 +109,10 @@ async fn catch_up_then_live_in_commit_order() {
 /// A move across mounts writes an event for the source mount from the destination's committer;
 /// the commit's NOTIFY wakes the source mount's notifier, so the event reaches the source mount's
 /// stream at once, not at its next poll (set here to a minute).
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn events_written_elsewhere_are_relayed_at_once() {
+pub async fn events_written_elsewhere_are_relayed_at_once(backend: Backend) {
     let mut settings = common::fast_settings();
     settings.outbox_poll_interval = Duration::from_secs(60);
-    let mut env = TestEnv::builder(Backend::S3sFs)
-        .settings(settings)
-        .build()
-        .await;
+    let mut env = TestEnv::builder(backend).settings(settings).build().await;
     env.add_mount("m2", |_| {}).await;
     env.exec
         .put_bytes("m", "a.txt", b"a".to_vec(), PutOptions::default())
@@ -145,11 +140,10 @@ async fn events_written_elsewhere_are_relayed_at_once() {
 /// Redis crashes and restarts while a watcher follows the mount and operations commit: the
 /// watcher receives every event, in commit order, with no gap; the events committed while Redis
 /// was down reach the new Redis stream once it is back.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn redis_restart_mid_stream_loses_nothing() {
+pub async fn redis_restart_mid_stream_loses_nothing(backend: Backend) {
     let mut redis = OwnRedis::start();
     let url = redis.url();
-    let env = TestEnv::builder(Backend::S3sFs)
+    let env = TestEnv::builder(backend)
         .config(|c| c.redis_url = url)
         .build()
         .await;
@@ -246,16 +240,12 @@ async fn redis_restart_mid_stream_loses_nothing() {
 /// Published outbox rows older than the retention are pruned by the mount's owner; a watcher
 /// asking to resume before the pruned events gets `FeedExpired` naming the horizon, and following
 /// from the horizon continues with the events still kept and the live ones.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn outbox_retention_prunes_and_the_feed_says_so() {
+pub async fn outbox_retention_prunes_and_the_feed_says_so(backend: Backend) {
     let mut settings = common::fast_settings();
     settings.recovery_interval = Duration::from_millis(200);
     // Long enough for the feed below to read the next event before it is pruned in turn.
     settings.outbox_retention = Duration::from_secs(1);
-    let env = TestEnv::builder(Backend::S3sFs)
-        .settings(settings)
-        .build()
-        .await;
+    let env = TestEnv::builder(backend).settings(settings).build().await;
     let mut last = None;
     for i in 0..5 {
         last = Some(
@@ -317,11 +307,10 @@ async fn outbox_retention_prunes_and_the_feed_says_so() {
 /// F4: Redis stopped for a while, then started again (with its data, as a persistent Redis
 /// would be). Operations keep committing meanwhile; once Redis is back the backlog drains in
 /// commit order, every event once with its outbox event id; the invariants hold.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn f04_redis_down_for_a_while_commits_go_on() {
+pub async fn f04_redis_down_for_a_while_commits_go_on(backend: Backend) {
     let mut redis = OwnRedis::start_with(true);
     let url = redis.url();
-    let env = TestEnv::builder(Backend::S3sFs)
+    let env = TestEnv::builder(backend)
         .config(|c| c.redis_url = url)
         .build()
         .await;
@@ -361,8 +350,7 @@ async fn f04_redis_down_for_a_while_commits_go_on() {
 /// mount's committer writes a move's event here) commit in the order of their outbox ids, so a
 /// feed reader that moves its cursor to the last id it read never passes an event committed
 /// later: 4 writers, each committing batches of 16 puts, while a reader follows by id.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_feed_reader_misses_nothing_written_by_transactions_at_once() {
+pub async fn a_feed_reader_misses_nothing_written_by_transactions_at_once(backend: Backend) {
     use filestore_s3::pg::PgMetaStore;
     use filestore_s3_actors::model::{
         CommitRecord, IntentOutcome, NewIntent, NodeChange, NodeMeta, OpKind, OpRequest,
@@ -374,7 +362,7 @@ async fn a_feed_reader_misses_nothing_written_by_transactions_at_once() {
     const WRITERS: usize = 4;
     const ROUNDS: usize = 10;
     const BATCH: usize = 16;
-    let env = TestEnv::new(Backend::S3sFs).await;
+    let env = TestEnv::new(backend).await;
     let meta = Arc::new(PgMetaStore::new(&common::database_url(), &env.schema, 8).unwrap());
     let intent = |path: &str| {
         let request = OpRequest::Put(filestore_s3_actors::model::PutRequest {
@@ -497,9 +485,8 @@ async fn a_feed_reader_misses_nothing_written_by_transactions_at_once() {
 /// it reaches Redis as stored, under its row's `event_id`, and the events committed after it
 /// follow. The typed change feed cannot hand it out: it names the row, and a reader resuming
 /// after that row's cursor goes on.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_unreadable_outbox_row_is_relayed_as_stored_and_the_rest_follow() {
-    let env = TestEnv::new(Backend::S3sFs).await;
+pub async fn an_unreadable_outbox_row_is_relayed_as_stored_and_the_rest_follow(backend: Backend) {
+    let env = TestEnv::new(backend).await;
     let rows = env
         .query(
             "INSERT INTO {schema}.journal
@@ -558,4 +545,15 @@ async fn an_unreadable_outbox_row_is_relayed_as_stored_and_the_rest_follow() {
     let e = next(&mut feed).await;
     assert_eq!(e.event.journal_id, put.journal_id);
     env.cleanup().await;
+}
+
+per_backend! {
+    @except_moto
+    catch_up_then_live_in_commit_order => super::catch_up_then_live_in_commit_order(B);
+    events_written_elsewhere_are_relayed_at_once => super::events_written_elsewhere_are_relayed_at_once(B);
+    redis_restart_mid_stream_loses_nothing => super::redis_restart_mid_stream_loses_nothing(B);
+    outbox_retention_prunes_and_the_feed_says_so => super::outbox_retention_prunes_and_the_feed_says_so(B);
+    f04_redis_down_for_a_while_commits_go_on => super::f04_redis_down_for_a_while_commits_go_on(B);
+    a_feed_reader_misses_nothing_written_by_transactions_at_once => super::a_feed_reader_misses_nothing_written_by_transactions_at_once(B);
+    an_unreadable_outbox_row_is_relayed_as_stored_and_the_rest_follow => super::an_unreadable_outbox_row_is_relayed_as_stored_and_the_rest_follow(B);
 }

@@ -205,24 +205,6 @@ async fn owner_process() {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[cfg_attr(
-    not(feature = "failpoints"),
-    ignore = "needs --features failpoints (scripts/test.sh enables it)"
-)]
-async fn f17_sigkill_of_the_owner_mid_work_is_taken_over_s3s_fs() {
-    sigkill_of_the_owner_mid_work_is_taken_over(Backend::S3sFs).await
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[cfg_attr(
-    not(feature = "failpoints"),
-    ignore = "needs --features failpoints (scripts/test.sh enables it)"
-)]
-async fn f17_sigkill_of_the_owner_mid_work_is_taken_over_moto() {
-    sigkill_of_the_owner_mid_work_is_taken_over(Backend::Moto).await
-}
-
 async fn sigkill_of_the_owner_mid_work_is_taken_over(backend: Backend) {
     let env = TestEnv::builder(backend)
         .mount(mount_settings)
@@ -386,13 +368,8 @@ async fn sigkill_of_the_owner_mid_work_is_taken_over(backend: Backend) {
 /// stopped past its lease; B takes the mount over and commits the put from what S3 holds. Resumed
 /// (SIGCONT), A cannot write: its commit is refused by the lease fence, its put fails, and the
 /// only commit is B's.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[cfg_attr(
-    not(feature = "failpoints"),
-    ignore = "needs --features failpoints (scripts/test.sh enables it)"
-)]
-async fn an_owner_paused_past_its_lease_cannot_write() {
-    let env = TestEnv::new(Backend::S3sFs).await;
+pub async fn an_owner_paused_past_its_lease_cannot_write(backend: Backend) {
+    let env = TestEnv::new(backend).await;
     env.exec.shutdown().await;
     let body = paused_body();
 
@@ -480,13 +457,8 @@ async fn an_owner_paused_past_its_lease_cannot_write() {
 /// `before_publish` failpoint aborts the process; the owner process lingers after its put, so
 /// its notifier surely gets there). The next owner's notifier publishes the committed event with
 /// the event id the commit recorded; nothing is written again.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[cfg_attr(
-    not(feature = "failpoints"),
-    ignore = "needs --features failpoints (scripts/test.sh enables it)"
-)]
-async fn f03_killed_after_the_commit_before_the_publish() {
-    let env = TestEnv::new(Backend::S3sFs).await;
+pub async fn f03_killed_after_the_commit_before_the_publish(backend: Backend) {
+    let env = TestEnv::new(backend).await;
     env.exec.shutdown().await;
     let (mut a, log) = spawn_owner(&env, "one-put", "before_publish");
     let status = tokio::time::timeout(Duration::from_secs(60), a.wait())
@@ -528,4 +500,23 @@ async fn f03_killed_after_the_commit_before_the_publish() {
     invariants::check(&env, &expected).await;
     b.shutdown().await;
     env.cleanup().await;
+}
+
+per_backend! {
+    #[cfg_attr(
+        not(feature = "failpoints"),
+        ignore = "needs --features failpoints (scripts/test.sh enables it)"
+    )]
+    f17_sigkill_of_the_owner_mid_work_is_taken_over => super::sigkill_of_the_owner_mid_work_is_taken_over(B);
+    @except_moto
+    #[cfg_attr(
+        not(feature = "failpoints"),
+        ignore = "needs --features failpoints (scripts/test.sh enables it)"
+    )]
+    an_owner_paused_past_its_lease_cannot_write => super::an_owner_paused_past_its_lease_cannot_write(B);
+    #[cfg_attr(
+        not(feature = "failpoints"),
+        ignore = "needs --features failpoints (scripts/test.sh enables it)"
+    )]
+    f03_killed_after_the_commit_before_the_publish => super::f03_killed_after_the_commit_before_the_publish(B);
 }

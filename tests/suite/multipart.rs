@@ -505,7 +505,7 @@ pub async fn downloads_full_ranged_resumed_and_corrupt(backend: Backend) {
 /// The store goes away for a while in the middle of an upload: parts in flight fail and are
 /// retried, the upload finishes without starting over.
 pub async fn survives_a_transient_outage_mid_upload(backend: Backend) {
-    let proxy = common::FlakyProxy::start(&common::endpoint_of(backend)).await;
+    let proxy = common::faultproxy::FaultProxy::start(&common::endpoint_of(backend), 0).await;
     let mut settings = common::fast_settings();
     settings.retry.max_attempts = 30;
     settings.retry.max_delay = Duration::from_millis(500);
@@ -566,16 +566,13 @@ pub async fn survives_a_transient_outage_mid_upload(backend: Backend) {
     // request for each of them. Every part number has exactly one record.
     for n in &before {
         assert_eq!(
-            proxy.upload_part_requests(*n),
+            proxy.part_requests(*n as u32),
             1,
             "part {n} was re-sent: {:?}",
             proxy.requests()
         );
     }
-    let resent: usize = (1..=12)
-        .map(|n| proxy.upload_part_requests(n))
-        .sum::<usize>()
-        - 12;
+    let resent: usize = (1..=12).map(|n| proxy.part_requests(n)).sum::<usize>() - 12;
     eprintln!(
         "{backend:?}: {} parts done before the outage, {resent} UploadPart requests re-sent",
         before.len()

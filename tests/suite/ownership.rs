@@ -40,9 +40,8 @@ fn epoch(lease: &LeaseStatus) -> i64 {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn one_owner_and_takeover_when_the_owner_retires() {
-    let env = TestEnv::new(Backend::S3sFs).await;
+pub async fn one_owner_and_takeover_when_the_owner_retires(backend: Backend) {
+    let env = TestEnv::new(backend).await;
     let a = &env.exec;
     let first_epoch = epoch(&a.status("m").await.unwrap().lease);
     let b = second_executor(&env, "executor-b").await;
@@ -96,15 +95,11 @@ async fn one_owner_and_takeover_when_the_owner_retires() {
 /// An owner that stalls past its lease (as a paused or partitioned host would) loses the mount
 /// to another executor; the writes it then attempts are refused by the fence, even though it has
 /// not noticed yet, and it ends up waiting for the lease like any non-owner.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_former_owner_cannot_write() {
+pub async fn a_former_owner_cannot_write(backend: Backend) {
     let mut settings = common::fast_settings();
     // The stalled owner would renew only every 20 s: it does not notice the takeover in time.
     settings.lease_ttl = Duration::from_secs(60);
-    let env = TestEnv::builder(Backend::S3sFs)
-        .settings(settings)
-        .build()
-        .await;
+    let env = TestEnv::builder(backend).settings(settings).build().await;
     let a = &env.exec;
     a.put_bytes("m", "before.txt", b"1".to_vec(), PutOptions::default())
         .await
@@ -160,15 +155,14 @@ async fn a_former_owner_cannot_write() {
 /// Two mechanisms stop the first run: its upload actor is stopped when the operation owning its
 /// handle is dropped, and its next part record is refused by the fence; this test checks the
 /// outcome (it also passes with either one alone).
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_restarted_supervisor_leaves_one_upload_running() {
+pub async fn a_restarted_supervisor_leaves_one_upload_running(backend: Backend) {
     const MIB: u64 = 1024 * 1024;
     const PART: u64 = 5 * MIB;
     const PARTS: u64 = 16;
-    let proxy = common::FlakyProxy::start(&common::endpoint_of(Backend::S3sFs)).await;
+    let proxy = common::faultproxy::FaultProxy::start(&common::endpoint_of(backend), 0).await;
     let mut settings = common::fast_settings();
     settings.max_restart_delay = Duration::from_millis(50);
-    let env = TestEnv::builder(Backend::S3sFs)
+    let env = TestEnv::builder(backend)
         .mount(|r| {
             r.multipart_threshold = (6 * MIB) as i64;
             r.part_size = PART as i64;
@@ -255,9 +249,7 @@ async fn a_restarted_supervisor_leaves_one_upload_running() {
     );
     // Each part went up once, but for the parts in flight when the first run stopped (at most
     // part_concurrency of them, sent again by the resumed run).
-    let sent: Vec<usize> = (1..=PARTS as i32)
-        .map(|n| proxy.upload_part_requests(n))
-        .collect();
+    let sent: Vec<usize> = (1..=PARTS as u32).map(|n| proxy.part_requests(n)).collect();
     assert!(sent.iter().all(|&n| (1..=2).contains(&n)), "{sent:?}");
     let again: usize = sent.iter().map(|n| n - 1).sum();
     assert!(again <= 2, "{again} parts sent twice: {sent:?}");
@@ -273,10 +265,9 @@ async fn a_restarted_supervisor_leaves_one_upload_running() {
 /// A mount row changed (or disabled) while an upload runs: the running upload finishes and
 /// commits under the old supervisor; only then does the new one take the lease (a higher epoch)
 /// and serve the new settings; a disabled mount refuses new calls at once.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_changed_mount_is_handed_over_after_its_running_work() {
+pub async fn a_changed_mount_is_handed_over_after_its_running_work(backend: Backend) {
     const MIB: u64 = 1024 * 1024;
-    let env = TestEnv::builder(Backend::S3sFs)
+    let env = TestEnv::builder(backend)
         .mount(|r| {
             r.multipart_threshold = (6 * MIB) as i64;
             r.part_size = (5 * MIB) as i64;
@@ -468,9 +459,8 @@ async fn mount_rows_take_effect_while_running() {
 /// A passive executor (a watcher's) never takes a lease, refuses writes, and still reads and
 /// follows the mount while another executor owns it — and keeps not owning it when that owner
 /// goes away.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_passive_executor_only_reads() {
-    let env = TestEnv::new(Backend::S3sFs).await;
+pub async fn a_passive_executor_only_reads(backend: Backend) {
+    let env = TestEnv::new(backend).await;
     let r = env
         .exec
         .put_bytes("m", "a.txt", b"a".to_vec(), PutOptions::default())
@@ -506,10 +496,9 @@ async fn a_passive_executor_only_reads() {
 
 /// An executor shut down right after one of its mounts changed (a hand-over in progress) leaves
 /// no lease behind: the next owner takes the mount at once, not after the lease runs out.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn shutdown_during_a_hand_over_leaves_no_lease() {
+pub async fn shutdown_during_a_hand_over_leaves_no_lease(backend: Backend) {
     for round in 0..5 {
-        let env = TestEnv::new(Backend::S3sFs).await;
+        let env = TestEnv::new(backend).await;
         let mut row = env.row.clone();
         row.storage_class = Some(
             if round % 2 == 0 {
@@ -536,4 +525,14 @@ async fn shutdown_during_a_hand_over_leaves_no_lease() {
         );
         env.cleanup().await;
     }
+}
+
+per_backend! {
+    @except_moto
+    one_owner_and_takeover_when_the_owner_retires => super::one_owner_and_takeover_when_the_owner_retires(B);
+    a_former_owner_cannot_write => super::a_former_owner_cannot_write(B);
+    a_restarted_supervisor_leaves_one_upload_running => super::a_restarted_supervisor_leaves_one_upload_running(B);
+    a_changed_mount_is_handed_over_after_its_running_work => super::a_changed_mount_is_handed_over_after_its_running_work(B);
+    a_passive_executor_only_reads => super::a_passive_executor_only_reads(B);
+    shutdown_during_a_hand_over_leaves_no_lease => super::shutdown_during_a_hand_over_leaves_no_lease(B);
 }

@@ -6,7 +6,8 @@
 use crate::common;
 use filestore_s3::Location;
 
-use common::{sha256_hex, Backend, FlakyProxy, TestEnv};
+use common::faultproxy::FaultProxy;
+use common::{sha256_hex, Backend, TestEnv};
 use filestore_s3::{Error, OpResult, PutMode, PutOptions, TransferOptions};
 
 const MIB: usize = 1024 * 1024;
@@ -312,7 +313,7 @@ pub async fn large_copy_uses_upload_part_copy(backend: Backend) {
 /// Between mounts that do not share an endpoint the bytes go through the executor: small
 /// objects in one PUT, larger ones as a multipart upload; no CopyObject is sent.
 pub async fn streamed_copy_between_endpoints(backend: Backend) {
-    let proxy = FlakyProxy::start(&common::endpoint_of(backend)).await;
+    let proxy = FaultProxy::start(&common::endpoint_of(backend), 0).await;
     let mut env = TestEnv::new(backend).await;
     let other = env
         .add_mount("far", |r| {
@@ -575,7 +576,7 @@ pub async fn conditions_and_refusals_change_nothing(backend: Backend) {
 /// Two calls with one key at once: one copy in the store (CopyObject requests counted at a proxy
 /// in front of the server), the same result for both.
 pub async fn concurrent_duplicates_execute_once(backend: Backend) {
-    let proxy = FlakyProxy::start(&common::endpoint_of(backend)).await;
+    let proxy = FaultProxy::start(&common::endpoint_of(backend), 0).await;
     let env = TestEnv::builder(backend)
         .endpoint(proxy.endpoint.clone())
         .build()

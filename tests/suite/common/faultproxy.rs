@@ -5,7 +5,16 @@
 //! reads of a key for a while after it was written (eventual consistency), refuses requests that
 //! carry checksum headers, drops the response after the server applied the request, or stalls a
 //! download's body part-way. It counts
-//! requests per S3 operation and part number, so tests can assert what was re-sent.
+//! requests per S3 operation and part number, so tests can assert what was re-sent, keeps every
+//! request's head, and can be switched off (`down`: every connection closed, new ones refused,
+//! like a store that went away) and on again (`up`).
+//!
+//! It is the one proxy of the tests, in front of any S3 endpoint given as `http://host:port` or
+//! `https://host[:port]` (TLS to the server, with the system's roots). The client talks
+//! path-style HTTP to the proxy, and the proxy forwards the request as it came, its `Host` header
+//! included: SigV4 signs that header, so the server must accept requests for a host name that is
+//! not its own, as MinIO, Ceph RGW, moto and s3s do; AWS S3 routes by `Host` and cannot be reached
+//! through it (docs/testing.md).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -143,6 +152,8 @@ pub struct Seen {
 
 struct State {
     rules: Vec<(Rule, usize)>,
+    /// Every request's head (request line and headers), in arrival order.
+    heads: Vec<String>,
     seen: Vec<Seen>,
     written: HashMap<String, Instant>,
     rng: rand::rngs::StdRng,
@@ -153,6 +164,61 @@ pub struct FaultProxy {
     pub endpoint: String,
     state: Arc<Mutex<State>>,
     task: tokio::task::JoinHandle<()>,
+    down: Arc<std::sync::atomic::AtomicBool>,
+    /// Bumped by `down`: every connection open at that moment is closed.
+    cut: tokio::sync::watch::Sender<u64>,
+}
+
+/// Where the proxy forwards to.
+#[derive(Clone)]
+struct Upstream {
+    /// `host:port`.
+    addr: String,
+    /// TLS to the server, for an `https://` endpoint.
+    tls: Option<(
+        tokio_rustls::TlsConnector,
+        rustls::pki_types::ServerName<'static>,
+    )>,
+}
+
+impl Upstream {
+    fn parse(endpoint: &str) -> Self {
+        let (tls, rest) = match endpoint.strip_prefix("https://") {
+            Some(rest) => (true, rest),
+            None => (false, endpoint.trim_start_matches("http://")),
+        };
+        let authority = rest.split('/').next().unwrap_or(rest).to_owned();
+        let host = authority
+            .rsplit_once(':')
+            .filter(|(_, port)| port.chars().all(|c| c.is_ascii_digit()))
+            .map_or(authority.as_str(), |(h, _)| h)
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_owned();
+        let addr = if authority.contains(':') && !authority.ends_with(']') {
+            authority.clone()
+        } else if tls {
+            format!("{authority}:443")
+        } else {
+            format!("{authority}:80")
+        };
+        let tls = tls.then(|| {
+            let mut roots = rustls::RootCertStore::empty();
+            for cert in rustls_native_certs::load_native_certs().certs {
+                let _ = roots.add(cert);
+            }
+            let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+                rustls::crypto::aws_lc_rs::default_provider(),
+            ))
+            .with_safe_default_protocol_versions()
+            .expect("TLS versions")
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+            let name = rustls::pki_types::ServerName::try_from(host).expect("upstream host name");
+            (tokio_rustls::TlsConnector::from(Arc::new(config)), name)
+        });
+        Upstream { addr, tls }
+    }
 }
 
 impl Drop for FaultProxy {
@@ -184,31 +250,45 @@ fn not_found(head: bool) -> Response<Full<Bytes>> {
 }
 
 impl FaultProxy {
-    /// A proxy in front of `upstream` (`http://host:port`); `seed` drives the probabilities.
+    /// A proxy in front of `upstream` (`http://host:port` or `https://host[:port]`); `seed`
+    /// drives the probabilities.
     pub async fn start(upstream: &str, seed: u64) -> Self {
-        let upstream = upstream.trim_start_matches("http://").to_owned();
+        let upstream = Upstream::parse(upstream);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let endpoint = format!("http://{}", listener.local_addr().unwrap());
+        let down = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (cut, cut_rx) = tokio::sync::watch::channel(0u64);
         let state = Arc::new(Mutex::new(State {
+            heads: Vec::new(),
             rules: Vec::new(),
             seen: Vec::new(),
             written: HashMap::new(),
             rng: rand::rngs::StdRng::seed_from_u64(seed),
         }));
-        let st = state.clone();
+        let (st, is_down) = (state.clone(), down.clone());
         let task = tokio::spawn(async move {
             loop {
                 let Ok((stream, _)) = listener.accept().await else {
                     continue;
                 };
+                if is_down.load(std::sync::atomic::Ordering::SeqCst) {
+                    drop(stream);
+                    continue;
+                }
                 let (st, upstream) = (st.clone(), upstream.clone());
+                let mut cut = cut_rx.clone();
+                cut.mark_unchanged();
                 tokio::spawn(async move {
                     let service = hyper::service::service_fn(move |req| {
                         handle(req, st.clone(), upstream.clone())
                     });
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
-                        .await;
+                    let serve = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(hyper_util::rt::TokioIo::new(stream), service);
+                    // `down` closes the connection, with whatever request is on it.
+                    tokio::select! {
+                        _ = serve => {}
+                        _ = cut.changed() => {}
+                    }
                 });
             }
         });
@@ -216,7 +296,38 @@ impl FaultProxy {
             endpoint,
             state,
             task,
+            down,
+            cut,
         }
+    }
+
+    /// Closes every connection and refuses new ones until [`FaultProxy::up`].
+    pub fn down(&self) {
+        self.down.store(true, std::sync::atomic::Ordering::SeqCst);
+        self.cut.send_modify(|g| *g += 1);
+    }
+
+    /// Accepts connections again.
+    pub fn up(&self) {
+        self.down.store(false, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// Whole request heads (request line and headers) seen so far.
+    pub fn heads(&self) -> Vec<String> {
+        self.state.lock().unwrap().heads.clone()
+    }
+
+    /// Request lines seen so far (`PUT /bucket/key?partNumber=3&uploadId=… HTTP/1.1`).
+    pub fn requests(&self) -> Vec<String> {
+        self.heads()
+            .iter()
+            .map(|h| h.lines().next().unwrap_or_default().to_owned())
+            .collect()
+    }
+
+    /// CopyObject / UploadPartCopy requests seen so far.
+    pub fn copy_requests(&self) -> usize {
+        self.count(Op::CopyObject) + self.count(Op::UploadPartCopy)
     }
 
     /// Adds a rule (rules are tried in order; the first that fires applies).
@@ -259,7 +370,7 @@ impl FaultProxy {
 type ProxyBody = http_body_util::combinators::BoxBody<Bytes, std::io::Error>;
 type Reply = Result<Response<ProxyBody>, std::io::Error>;
 
-async fn handle(req: Request<Incoming>, st: Arc<Mutex<State>>, upstream: String) -> Reply {
+async fn handle(req: Request<Incoming>, st: Arc<Mutex<State>>, upstream: Upstream) -> Reply {
     let (response, stall_after) = handle_whole(req, st, upstream).await?;
     let (parts, body) = response.into_parts();
     let Some(n) = stall_after else {
@@ -286,9 +397,19 @@ async fn handle(req: Request<Incoming>, st: Arc<Mutex<State>>, upstream: String)
 async fn handle_whole(
     req: Request<Incoming>,
     st: Arc<Mutex<State>>,
-    upstream: String,
+    upstream: Upstream,
 ) -> Result<(Response<Full<Bytes>>, Option<usize>), std::io::Error> {
     let (parts, body) = req.into_parts();
+    {
+        let mut head = format!("{} {} HTTP/1.1\r\n", parts.method, parts.uri);
+        for (k, v) in &parts.headers {
+            head.push_str(&format!(
+                "{k}: {}\r\n",
+                String::from_utf8_lossy(v.as_bytes())
+            ));
+        }
+        st.lock().unwrap().heads.push(head);
+    }
     let path = parts.uri.path().to_owned();
     let query = parts.uri.query().unwrap_or("").to_owned();
     let op = classify(&parts.method, &path, &query, &parts.headers);
@@ -405,16 +526,30 @@ async fn handle_whole(
 
 /// Sends the request to the server on a connection of its own and reads the whole answer.
 async fn forward(
-    upstream: &str,
+    upstream: &Upstream,
     parts: &hyper::http::request::Parts,
     body: Bytes,
 ) -> Result<Response<Full<Bytes>>, std::io::Error> {
-    let stream = tokio::net::TcpStream::connect(upstream).await?;
-    let (mut sender, conn) =
-        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
-            .await
-            .map_err(std::io::Error::other)?;
-    tokio::spawn(conn);
+    let stream = tokio::net::TcpStream::connect(&upstream.addr).await?;
+    let mut sender = match &upstream.tls {
+        None => {
+            let (sender, conn) =
+                hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+                    .await
+                    .map_err(std::io::Error::other)?;
+            tokio::spawn(conn);
+            sender
+        }
+        Some((connector, name)) => {
+            let stream = connector.connect(name.clone(), stream).await?;
+            let (sender, conn) =
+                hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+                    .await
+                    .map_err(std::io::Error::other)?;
+            tokio::spawn(conn);
+            sender
+        }
+    };
     let mut req = Request::builder()
         .method(parts.method.clone())
         .uri(parts.uri.clone())

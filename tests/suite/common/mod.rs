@@ -9,24 +9,29 @@
 /// Instantiates a suite's scenarios once per S3 server: modules `s3s_fs`, `moto` and `external`
 /// (ignored unless asked for: it needs `FILESTORE_TEST_S3_*`, docs/testing.md). Each entry is
 /// `[attributes] test_name => call;`, the call an async expression that may use `B`, the
-/// module's backend.
+/// module's backend. Entries after `@except_moto` get no `moto` instance: scenarios about a fault,
+/// a host or the feed rather than a store's dialect run in the suite on s3s-fs only, and on moto
+/// through the external instance (scripts/test-external-local.sh), so the suite's run does not
+/// double.
 #[allow(unused_macros)] // the memory example includes this harness without suites
 macro_rules! per_backend {
-    ($($(#[$attr:meta])* $name:ident => $call:expr;)*) => {
+    ($($(#[$attr:meta])* $name:ident => $call:expr;)*
+     $(@except_moto $($(#[$lattr:meta])* $lname:ident => $lcall:expr;)*)?) => {
         mod s3s_fs {
             use super::*;
             const B: Backend = Backend::S3sFs;
-            per_backend!(@tests $($(#[$attr])* $name => $call;)*);
+            per_backend!(@tests $($(#[$attr])* $name => $call;)* $($($(#[$lattr])* $lname => $lcall;)*)?);
         }
         mod moto {
             use super::*;
+            #[allow(dead_code)] // a suite may have no entry for moto
             const B: Backend = Backend::Moto;
             per_backend!(@tests $($(#[$attr])* $name => $call;)*);
         }
         mod external {
             use super::*;
             const B: Backend = Backend::External;
-            per_backend!(@external $($(#[$attr])* $name => $call;)*);
+            per_backend!(@external $($(#[$attr])* $name => $call;)* $($($(#[$lattr])* $lname => $lcall;)*)?);
         }
     };
     (@tests $($(#[$attr:meta])* $name:ident => $call:expr;)*) => {
@@ -42,6 +47,7 @@ macro_rules! per_backend {
         $(
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             #[ignore = "needs FILESTORE_TEST_S3_* (docs/testing.md); run with --ignored"]
+            #[allow(unused_attributes)] // an entry may carry its own `ignore`
             $(#[$attr])*
             async fn $name() {
                 $call.await
@@ -865,170 +871,6 @@ impl TestEnv {
 /// The endpoint of a backend, for a proxy to forward to.
 pub fn endpoint_of(backend: Backend) -> String {
     target(backend).endpoint.expect("backend has an endpoint")
-}
-
-/// A TCP proxy on loopback that can be switched off: while down it closes every connection,
-/// new and established, like a store that went away. It also logs the request line of every HTTP
-/// request it forwards, so tests can count what was sent (and re-sent).
-pub struct FlakyProxy {
-    pub endpoint: String,
-    down: std::sync::Arc<std::sync::atomic::AtomicBool>,
-    generation: std::sync::Arc<std::sync::atomic::AtomicU64>,
-    requests: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
-}
-
-/// Splits a client's byte stream into HTTP/1.1 requests (head, then `Content-Length` bytes of
-/// body) and logs each request line.
-struct RequestLog {
-    head: Vec<u8>,
-    body_left: usize,
-    log: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
-}
-
-impl RequestLog {
-    fn feed(&mut self, mut bytes: &[u8]) {
-        while !bytes.is_empty() {
-            if self.body_left > 0 {
-                let n = self.body_left.min(bytes.len());
-                self.body_left -= n;
-                bytes = &bytes[n..];
-                continue;
-            }
-            self.head.push(bytes[0]);
-            bytes = &bytes[1..];
-            if self.head.ends_with(b"\r\n\r\n") {
-                let head = String::from_utf8_lossy(&self.head).into_owned();
-                self.head.clear();
-                self.log.lock().unwrap().push(head.clone());
-                self.body_left = head
-                    .lines()
-                    .filter_map(|l| l.split_once(':'))
-                    .find(|(k, _)| k.eq_ignore_ascii_case("content-length"))
-                    .and_then(|(_, v)| v.trim().parse().ok())
-                    .unwrap_or(0);
-            }
-        }
-    }
-}
-
-impl FlakyProxy {
-    pub async fn start(upstream: &str) -> Self {
-        use std::sync::atomic::{AtomicBool, AtomicU64};
-        use std::sync::Arc;
-        let upstream = upstream.trim_start_matches("http://").to_owned();
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let endpoint = format!("http://{}", listener.local_addr().unwrap());
-        let down = Arc::new(AtomicBool::new(false));
-        let generation = Arc::new(AtomicU64::new(0));
-        let requests = Arc::new(std::sync::Mutex::new(Vec::new()));
-        let (d, g, log) = (down.clone(), generation.clone(), requests.clone());
-        tokio::spawn(async move {
-            loop {
-                let Ok((mut client, _)) = listener.accept().await else {
-                    continue;
-                };
-                if d.load(Ordering::SeqCst) {
-                    drop(client);
-                    continue;
-                }
-                let upstream = upstream.clone();
-                let (d, g) = (d.clone(), g.clone());
-                let log = log.clone();
-                let born = g.load(Ordering::SeqCst);
-                tokio::spawn(async move {
-                    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-                    let Ok(server) = tokio::net::TcpStream::connect(&upstream).await else {
-                        return;
-                    };
-                    let (mut cr, mut cw) = client.split();
-                    let (mut sr, mut sw) = server.into_split();
-                    let up = async {
-                        let mut parser = RequestLog {
-                            head: Vec::new(),
-                            body_left: 0,
-                            log,
-                        };
-                        let mut buf = vec![0u8; 64 * 1024];
-                        loop {
-                            let n = cr.read(&mut buf).await?;
-                            if n == 0 {
-                                return sw.shutdown().await;
-                            }
-                            parser.feed(&buf[..n]);
-                            sw.write_all(&buf[..n]).await?;
-                        }
-                    };
-                    let copy = async {
-                        let _ = tokio::join!(up, tokio::io::copy(&mut sr, &mut cw));
-                    };
-                    let cut = async {
-                        loop {
-                            tokio::time::sleep(Duration::from_millis(20)).await;
-                            if d.load(Ordering::SeqCst) || g.load(Ordering::SeqCst) != born {
-                                return;
-                            }
-                        }
-                    };
-                    tokio::select! {
-                        _ = copy => {}
-                        _ = cut => {}
-                    }
-                });
-            }
-        });
-        FlakyProxy {
-            endpoint,
-            down,
-            generation,
-            requests,
-        }
-    }
-
-    /// Request lines forwarded so far (`PUT /bucket/key?partNumber=3&uploadId=… HTTP/1.1`).
-    pub fn requests(&self) -> Vec<String> {
-        self.requests
-            .lock()
-            .unwrap()
-            .iter()
-            .map(|h| h.lines().next().unwrap_or_default().to_owned())
-            .collect()
-    }
-
-    /// Whole request heads (request line and headers) forwarded so far.
-    pub fn heads(&self) -> Vec<String> {
-        self.requests.lock().unwrap().clone()
-    }
-
-    /// CopyObject / UploadPartCopy requests forwarded so far (heads with `x-amz-copy-source`).
-    pub fn copy_requests(&self) -> usize {
-        self.requests
-            .lock()
-            .unwrap()
-            .iter()
-            .filter(|h| h.to_ascii_lowercase().contains("\nx-amz-copy-source:"))
-            .count()
-    }
-
-    /// How many UploadPart requests for `part_number` were forwarded.
-    pub fn upload_part_requests(&self, part_number: i32) -> usize {
-        let needle = format!("partNumber={part_number}&");
-        let needle_end = format!("partNumber={part_number} ");
-        self.requests()
-            .iter()
-            .filter(|l| l.starts_with("PUT ") && l.contains("uploadId="))
-            .filter(|l| l.contains(&needle) || l.contains(&needle_end))
-            .count()
-    }
-
-    /// Closes every connection and refuses new ones until [`FlakyProxy::up`].
-    pub fn down(&self) {
-        self.down.store(true, Ordering::SeqCst);
-        self.generation.fetch_add(1, Ordering::SeqCst);
-    }
-
-    pub fn up(&self) {
-        self.down.store(false, Ordering::SeqCst);
-    }
 }
 
 /// A deterministic pseudo-random byte stream of `len` bytes, readable as AsyncRead. Byte `i` depends
