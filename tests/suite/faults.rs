@@ -818,6 +818,84 @@ pub async fn a_failed_request_says_what_it_may_have_done(backend: Backend) {
     env.cleanup().await;
 }
 
+/// A call sent again while the executor's own recovery settles the same key: the earlier process
+/// stopped after the intent, its PUT never answered (stalled, then cut off by the shutdown), so
+/// the row is pending and the bucket holds nothing. The new executor's recovery finds no object and
+/// fails the row ("send it again"); the caller that followed the recovery must not inherit that
+/// failure for its own call, which runs under the same key once the recovery is done and commits.
+pub async fn a_call_following_a_recovery_that_fails_runs_itself(backend: Backend) {
+    let mut settings = common::fast_settings();
+    // A row this old whose object is absent is failed by recovery (a late PUT is no longer waited
+    // for).
+    settings.consistency_horizon = Duration::from_millis(300);
+    let (env, proxy) =
+        behind_proxy(backend, 25, |r| r.verify_window_ms = 3000, settings, |_| {}).await;
+    proxy.add(Rule::always(Some(Op::PutObject), Fault::Stall));
+    let body = b"sent again while recovery runs".to_vec();
+    let first = tokio::spawn({
+        let (exec, body) = (env.exec.clone(), body.clone());
+        async move { exec.put_bytes("m", "again.txt", body, key("again")).await }
+    });
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while proxy.count(Op::PutObject) == 0 {
+        assert!(Instant::now() < deadline, "the PUT never reached the store");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(
+        !env.exec.shutdown_within(Duration::from_millis(200)).await,
+        "the stalled put was cut off, not drained"
+    );
+    let cut = first.await.unwrap();
+    assert!(cut.is_err(), "cut off by the shutdown: {cut:?}");
+    let state: String = env.query("SELECT state FROM {schema}.journal", &[]).await[0].get(0);
+    assert_eq!(state, "pending");
+    assert_eq!(env.object(&env.key("again.txt")).await, None);
+
+    proxy.clear();
+    tokio::time::sleep(Duration::from_millis(400)).await; // past the horizon
+    let exec = filestore_s3::S3Executor::start(env.exec.config().clone())
+        .await
+        .unwrap();
+    exec.wait_for_lease("m", Duration::from_secs(10))
+        .await
+        .unwrap();
+    // The recovery runs for its 3 s window; the call arrives inside it. A client retries what it
+    // is told it may retry; `Failed` is not one of those.
+    let started = Instant::now();
+    let result = loop {
+        match exec
+            .put_bytes("m", "again.txt", body.clone(), key("again"))
+            .await
+        {
+            Err(e) if e.is_retryable() && started.elapsed() < Duration::from_secs(30) => {
+                tokio::time::sleep(Duration::from_millis(100)).await
+            }
+            other => break other,
+        }
+    };
+    let r = result.expect("the call sent again commits");
+    assert_eq!(env.object(&env.key("again.txt")).await, Some(body.clone()));
+    let rows = env
+        .query("SELECT state, attempts FROM {schema}.journal", &[])
+        .await;
+    assert_eq!(rows.len(), 1, "one row for the key");
+    let (state, attempts): (String, i32) = (rows[0].get(0), rows[0].get(1));
+    assert_eq!(state, "committed");
+    assert_eq!(
+        r.journal_id,
+        env.query("SELECT id FROM {schema}.journal", &[]).await[0].get::<_, i64>(0)
+    );
+    eprintln!(
+        "{backend:?}: committed after {:?}, attempts {attempts}",
+        started.elapsed()
+    );
+    exec.shutdown().await;
+    let mut expected = Expected::new();
+    expected.insert(("m".into(), "again.txt".into()), sha256_hex(&body));
+    invariants::check(&env, &expected).await;
+    env.cleanup().await;
+}
+
 per_backend! {
     f12_flipped_byte_is_rejected_and_resent => super::f12_flipped_byte_is_rejected_and_resent(B);
     f13_same_key_twice_at_once => super::f13_same_key_twice_at_once(B);
@@ -835,4 +913,5 @@ per_backend! {
     a_part_answered_without_its_checksum_is_checked_by_its_md5_read_again => super::a_part_answered_without_its_checksum_is_checked_by_its_md5_read_again(B);
     f16_store_rejecting_checksum_headers => super::f16_store_rejecting_checksum_headers(B);
     a_failed_request_says_what_it_may_have_done => super::a_failed_request_says_what_it_may_have_done(B);
+    a_call_following_a_recovery_that_fails_runs_itself => super::a_call_following_a_recovery_that_fails_runs_itself(B);
 }

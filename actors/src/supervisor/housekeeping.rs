@@ -55,7 +55,8 @@ impl MountSupervisor {
         if self.running.contains_key(&entry.idempotency_key) || !self.recovering.insert(entry.id) {
             return;
         }
-        // Registered like a call, so a caller repeating it with the same key joins the recovery.
+        // Registered like a call, so a caller repeating it with the same key follows the recovery
+        // (`Running::followers`).
         let key = entry.idempotency_key.clone();
         let progress = ProgressHub::default();
         let sink = progress.sink();
@@ -65,13 +66,15 @@ impl MountSupervisor {
                 fingerprint: entry.fingerprint.clone(),
                 waiters: Vec::new(),
                 progress,
+                followers: Vec::new(),
+                recovery: true,
             },
         );
         let locked = self.locks.acquire_all(self.lock_keys(&entry.request));
         let id = entry.id;
         let Some(c) = self.op_context() else {
             self.recovering.remove(&id);
-            self.finish(&key, Err(Error::Shutdown));
+            self.finish(&key, Err(Error::Shutdown), ctx);
             return;
         };
         let fut = async move {
@@ -86,7 +89,7 @@ impl MountSupervisor {
                 );
             }
             act.recovering.remove(&id);
-            act.finish(&key, res);
+            act.finish(&key, res, ctx);
             act.release_if_retired_and_idle(ctx);
         }));
     }

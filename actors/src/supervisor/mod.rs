@@ -86,6 +86,14 @@ struct Running {
     waiters: Vec<oneshot::Sender<Reply>>,
     /// The operation's upload progress, for every caller that joins it (recovery included).
     progress: ProgressHub,
+    /// For a recovery: the calls that arrived with its key while it ran, each with its operation.
+    /// A recovery that commits answers them; one that does not (the row failed before the
+    /// operation took effect, or stays pending) runs each call itself afterwards, under the same
+    /// key: a re-armed row runs again, a pending one answers `InProgress`. (A caller told "send it
+    /// again" by a recovery it never asked for would otherwise get that failure for its own call.)
+    followers: Vec<(Operation, oneshot::Sender<Reply>)>,
+    /// Whether this run is a recovery (its callers follow it) or a call (its callers join it).
+    recovery: bool,
 }
 
 /// Owns one mount: orders operations per path, runs them concurrently across paths, owns the

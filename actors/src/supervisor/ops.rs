@@ -55,9 +55,16 @@ impl MountSupervisor {
                     key,
                 });
             }
-            run.waiters.push(tx);
-            if let Some(sink) = caller_sink {
-                run.progress.subscribe(sink);
+            if let Some(sink) = &caller_sink {
+                run.progress.subscribe(sink.clone());
+            }
+            if run.recovery {
+                if let Some(slot) = operation.progress_sink() {
+                    *slot = caller_sink;
+                }
+                run.followers.push((operation, tx));
+            } else {
+                run.waiters.push(tx);
             }
         } else {
             let progress = ProgressHub::default();
@@ -73,12 +80,14 @@ impl MountSupervisor {
                     fingerprint: fingerprint.clone(),
                     waiters: vec![tx],
                     progress,
+                    followers: Vec::new(),
+                    recovery: false,
                 },
             );
             // The place in the paths' queues is taken now, in arrival order.
             let locked = self.locks.acquire_all(self.lock_keys(&request));
             match self.op_context() {
-                None => self.finish(&key, Err(Error::Shutdown)),
+                None => self.finish(&key, Err(Error::Shutdown), ctx),
                 Some(c) => {
                     let k = key.clone();
                     let fut = async move {
@@ -86,7 +95,7 @@ impl MountSupervisor {
                         run_operation(c, k, operation, request, fingerprint).await
                     };
                     ctx.spawn(fut.into_actor(self).map(move |res, act, ctx| {
-                        act.finish(&key, res);
+                        act.finish(&key, res, ctx);
                         act.release_if_retired_and_idle(ctx);
                     }));
                 }
@@ -95,11 +104,26 @@ impl MountSupervisor {
         Box::pin(async move { rx.await.unwrap_or(Err(Error::Shutdown)) })
     }
 
-    pub(super) fn finish(&mut self, key: &str, res: Reply) {
-        if let Some(run) = self.running.remove(key) {
-            for w in run.waiters {
-                let _ = w.send(res.clone());
+    pub(super) fn finish(&mut self, key: &str, res: Reply, ctx: &mut Context<Self>) {
+        let Some(run) = self.running.remove(key) else {
+            return;
+        };
+        for w in run.waiters {
+            let _ = w.send(res.clone());
+        }
+        for (operation, tx) in run.followers {
+            if res.is_ok() {
+                // The recovery committed the operation this call repeats: its result.
+                let _ = tx.send(res.clone());
+                continue;
             }
+            let reply = self.submit(Some(key.to_owned()), operation, ctx);
+            ctx.spawn(
+                async move {
+                    let _ = tx.send(reply.await);
+                }
+                .into_actor(self),
+            );
         }
     }
 }
