@@ -216,6 +216,10 @@ pub async fn f07_only_503_fails_fast_within_the_retry_budget(backend: Backend) {
     let mut settings = common::fast_settings();
     settings.retry.retry_budget = 50; // ten retries (5 tokens each)
     settings.retry.max_attempts = 6;
+    // A 503 may follow a write the store applied: each failed put's row is left to recovery, which
+    // fails it once the object has not shown for the consistency horizon.
+    settings.consistency_horizon = Duration::from_secs(1);
+    settings.recovery_interval = Duration::from_millis(500);
     let (env, proxy) = behind_proxy(backend, 7, |_| {}, settings, |_| {}).await;
     proxy.add(Rule::always(None, Fault::Status(503, "SlowDown")));
     let ops = 20;
@@ -234,8 +238,9 @@ pub async fn f07_only_503_fails_fast_within_the_retry_budget(backend: Backend) {
         );
     }
     // Without a budget: up to 20 × 6 attempts. With it: one attempt each plus ten retries.
-    let sent = proxy.seen().len();
-    eprintln!("F7: {sent} requests for {ops} failing puts");
+    // (PUTs only: the recovery passes meanwhile HEAD the pending rows' keys.)
+    let sent = proxy.count(Op::PutObject);
+    eprintln!("F7: {sent} PUT requests for {ops} failing puts");
     assert!(sent <= ops + 10, "{sent} requests: a retry storm");
     assert!(sent >= ops, "every put was tried once");
 
@@ -246,8 +251,20 @@ pub async fn f07_only_503_fails_fast_within_the_retry_budget(backend: Backend) {
         .put_bytes("m", "back.txt", b.clone(), key("back"))
         .await
         .unwrap();
-    // The failed puts left nothing behind: no node, no pending row.
-    env.wait_no_pending(Duration::from_secs(10)).await;
+    // The failed puts left nothing behind: recovery found no object for any of them and failed
+    // their rows; no node, no pending row.
+    env.wait_no_pending(Duration::from_secs(20)).await;
+    let failed: i64 = env
+        .query(
+            "SELECT count(*) FROM {schema}.journal WHERE state = 'failed'",
+            &[],
+        )
+        .await[0]
+        .get(0);
+    assert_eq!(
+        failed, ops as i64,
+        "every failed put's row failed, none committed"
+    );
     let mut expected = Expected::new();
     expected.insert(("m".into(), "back.txt".into()), sha256_hex(&b));
     invariants::check(&env, &expected).await;
@@ -896,6 +913,127 @@ pub async fn a_call_following_a_recovery_that_fails_runs_itself(backend: Backend
     env.cleanup().await;
 }
 
+/// Answers lost after the store applied the request, then the retries run out: not a failure but
+/// an unknown, settled by recovery from what S3 holds. A DELETE applied (answer dropped) and then
+/// answered 503 until the retries ran out: the call fails, but its row stays pending and recovery
+/// commits the delete (before, the row failed and the node named an object that was gone). A
+/// create-only put whose answer was lost: the retry is refused by the store's If-None-Match,
+/// because of the put's own object; the executor proves the object is its own and commits (a store
+/// that ignores If-None-Match overwrites with the same content; the test says which happened).
+pub async fn an_applied_request_whose_answer_was_lost_is_settled(backend: Backend) {
+    use filestore_s3_actors::store::Outcome;
+    let mut settings = common::fast_settings();
+    settings.retry.max_attempts = 3;
+    settings.recovery_interval = Duration::from_millis(500);
+    let (env, proxy) = behind_proxy(backend, 26, |_| {}, settings, |_| {}).await;
+    env.exec
+        .put_bytes("m", "gone.txt", b"x".to_vec(), PutOptions::default())
+        .await
+        .unwrap();
+
+    proxy.add(Rule::once(Op::DeleteObject, Fault::DropResponse));
+    proxy.add(Rule::always(
+        Some(Op::DeleteObject),
+        Fault::Status(503, "SlowDown"),
+    ));
+    let e = env
+        .exec
+        .delete(
+            "m",
+            "gone.txt",
+            filestore_s3::DeleteOptions {
+                idempotency_key: Some("del".into()),
+            },
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            e,
+            Error::Storage {
+                outcome: Outcome::MaybeApplied,
+                ..
+            }
+        ),
+        "{e:?}"
+    );
+    assert_eq!(env.object(&env.key("gone.txt")).await, None, "applied");
+    proxy.clear();
+    env.wait_no_pending(Duration::from_secs(20)).await;
+    let rows = env
+        .query(
+            "SELECT state FROM {schema}.journal WHERE idempotency_key = 'del'",
+            &[],
+        )
+        .await;
+    assert_eq!(
+        rows[0].get::<_, String>(0),
+        "committed",
+        "recovery committed the delete"
+    );
+    assert!(
+        matches!(
+            env.exec.stat("m", "gone.txt").await,
+            Err(Error::NotFound { .. })
+        ),
+        "no node, no object"
+    );
+    // Sent again under its key, the call gets the delete's result.
+    let again = env
+        .exec
+        .delete(
+            "m",
+            "gone.txt",
+            filestore_s3::DeleteOptions {
+                idempotency_key: Some("del".into()),
+            },
+        )
+        .await;
+    assert!(again.is_ok(), "{again:?}");
+
+    proxy.add(Rule::once(Op::PutObject, Fault::DropResponse));
+    let seen_before = proxy.seen().len();
+    let body = b"created once".to_vec();
+    let r = env
+        .exec
+        .put_bytes(
+            "m",
+            "created.txt",
+            body.clone(),
+            PutOptions {
+                idempotency_key: Some("create".into()),
+                mode: filestore_s3::PutMode::Create,
+                ..Default::default()
+            },
+        )
+        .await
+        .expect("a create-only put whose answer was lost commits");
+    let answers: Vec<Option<u16>> = proxy.seen()[seen_before..]
+        .iter()
+        .filter(|s| s.op == Op::PutObject)
+        .map(|s| s.status)
+        .collect();
+    assert_eq!(answers.len(), 2, "the PUT and its retry: {answers:?}");
+    eprintln!(
+        "{backend:?}: create-only put after a lost answer committed generation {}; the store answered the PUTs {answers:?} ({})",
+        r.generation,
+        if answers[1] == Some(412) {
+            "the retry refused by If-None-Match: the object proven the put's own"
+        } else {
+            "If-None-Match not enforced on the retry"
+        }
+    );
+    assert_eq!(
+        env.object(&env.key("created.txt")).await,
+        Some(body.clone())
+    );
+    proxy.clear();
+    let mut expected = Expected::new();
+    expected.insert(("m".into(), "created.txt".into()), sha256_hex(&body));
+    invariants::check(&env, &expected).await;
+    env.cleanup().await;
+}
+
 per_backend! {
     f12_flipped_byte_is_rejected_and_resent => super::f12_flipped_byte_is_rejected_and_resent(B);
     f13_same_key_twice_at_once => super::f13_same_key_twice_at_once(B);
@@ -914,4 +1052,5 @@ per_backend! {
     f16_store_rejecting_checksum_headers => super::f16_store_rejecting_checksum_headers(B);
     a_failed_request_says_what_it_may_have_done => super::a_failed_request_says_what_it_may_have_done(B);
     a_call_following_a_recovery_that_fails_runs_itself => super::a_call_following_a_recovery_that_fails_runs_itself(B);
+    an_applied_request_whose_answer_was_lost_is_settled => super::an_applied_request_whose_answer_was_lost_is_settled(B);
 }

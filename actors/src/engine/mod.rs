@@ -268,6 +268,18 @@ async fn run_protocol(
         }
         // Unverified: S3 may hold the new state; the row stays pending for recovery to settle.
         Err(e @ Error::Unverified { .. }) => Err(e),
+        // A request the store may have applied (its answer lost, a timeout or a 5xx after the
+        // body was sent) is not a failure but an unknown: the row stays pending and recovery
+        // settles it from what S3 holds (a put is committed if its object proves to be this
+        // put's, a delete if the object is gone; otherwise the row fails). Multipart puts,
+        // copies and moves keep their own step-wise handling.
+        Err(e) if settled_by_recovery(&request, &e) => {
+            log::warn!(
+                "mount {}: journal {journal_id}: {e}; the request may have been applied, so the row is left to recovery",
+                c.spec.name
+            );
+            Err(e)
+        }
         // The executor is stopping, or lost the mount's lease: the row stays pending; the
         // owner's recovery continues it (this executor could not mark it failed anyway).
         Err(e @ (Error::Shutdown | Error::LeaseLost(_))) => Err(e),
@@ -281,6 +293,19 @@ async fn run_protocol(
             Err(e)
         }
     }
+}
+
+/// Whether a failed operation is left pending for recovery rather than marked failed: a put or
+/// delete whose S3 request may have been applied.
+fn settled_by_recovery(request: &OpRequest, e: &Error) -> bool {
+    matches!(request, OpRequest::Put(_) | OpRequest::Delete(_))
+        && matches!(
+            e,
+            Error::Storage {
+                outcome: crate::store::Outcome::MaybeApplied,
+                ..
+            }
+        )
 }
 
 /// Where a re-armed move that had deleted its source goes on from. If its source's node is still

@@ -81,6 +81,9 @@ impl Default for SupervisorSettings {
 
 type Reply = Result<OpResult, Error>;
 
+/// A call's place in its paths' queues, taken on arrival (the paths' guards once it is its turn).
+type Place = std::pin::Pin<Box<dyn std::future::Future<Output = Vec<crate::locks::PathGuard>>>>;
+
 struct Running {
     fingerprint: String,
     waiters: Vec<oneshot::Sender<Reply>>,
@@ -91,7 +94,8 @@ struct Running {
     /// operation took effect, or stays pending) runs each call itself afterwards, under the same
     /// key: a re-armed row runs again, a pending one answers `InProgress`. (A caller told "send it
     /// again" by a recovery it never asked for would otherwise get that failure for its own call.)
-    followers: Vec<(Operation, oneshot::Sender<Reply>)>,
+    /// Each keeps the place in its paths' queues it took on arrival.
+    followers: Vec<(Operation, Place, oneshot::Sender<Reply>)>,
     /// Whether this run is a recovery (its callers follow it) or a call (its callers join it).
     recovery: bool,
 }

@@ -27,6 +27,18 @@ impl MountSupervisor {
         operation: Operation,
         ctx: &mut Context<Self>,
     ) -> ResponseFuture<Reply> {
+        self.submit_in_place(idempotency_key, operation, None, ctx)
+    }
+
+    /// `submit`, for a call that already holds its place in its paths' queues (`place`), or takes
+    /// it now.
+    fn submit_in_place(
+        &mut self,
+        idempotency_key: Option<String>,
+        operation: Operation,
+        place: Option<Place>,
+        ctx: &mut Context<Self>,
+    ) -> ResponseFuture<Reply> {
         if self.retired {
             return refuse(Error::Shutdown);
         }
@@ -62,7 +74,12 @@ impl MountSupervisor {
                 if let Some(slot) = operation.progress_sink() {
                     *slot = caller_sink;
                 }
-                run.followers.push((operation, tx));
+                // Its place in the paths' queues is taken now, in arrival order, behind the
+                // recovery: a later call on the path does not overtake it.
+                let place: Place = Box::pin(self.locks.acquire_all(self.lock_keys(&request)));
+                if let Some(run) = self.running.get_mut(&key) {
+                    run.followers.push((operation, place, tx));
+                }
             } else {
                 run.waiters.push(tx);
             }
@@ -84,8 +101,11 @@ impl MountSupervisor {
                     recovery: false,
                 },
             );
-            // The place in the paths' queues is taken now, in arrival order.
-            let locked = self.locks.acquire_all(self.lock_keys(&request));
+            // The place in the paths' queues is taken now, in arrival order (or was, on arrival).
+            let locked: Place = match place {
+                Some(place) => place,
+                None => Box::pin(self.locks.acquire_all(self.lock_keys(&request))),
+            };
             match self.op_context() {
                 None => self.finish(&key, Err(Error::Shutdown), ctx),
                 Some(c) => {
@@ -111,13 +131,14 @@ impl MountSupervisor {
         for w in run.waiters {
             let _ = w.send(res.clone());
         }
-        for (operation, tx) in run.followers {
+        for (operation, place, tx) in run.followers {
             if res.is_ok() {
-                // The recovery committed the operation this call repeats: its result.
+                // The recovery committed the operation this call repeats: its result (dropping
+                // its place passes the paths on).
                 let _ = tx.send(res.clone());
                 continue;
             }
-            let reply = self.submit(Some(key.to_owned()), operation, ctx);
+            let reply = self.submit_in_place(Some(key.to_owned()), operation, Some(place), ctx);
             ctx.spawn(
                 async move {
                     let _ = tx.send(reply.await);

@@ -148,6 +148,8 @@ pub struct Seen {
     pub key: String,
     /// The fault applied, if any.
     pub fault: Option<String>,
+    /// The server's answer, when the request reached it and it answered.
+    pub status: Option<u16>,
 }
 
 struct State {
@@ -422,6 +424,7 @@ async fn handle_whole(
         k.starts_with("x-amz-checksum-") || k == "x-amz-sdk-checksum-algorithm"
     });
     // Decide the fault (and log the request) before anything is read.
+    let seen_at;
     let fault = {
         let mut s = st.lock().unwrap();
         let State { rules, rng, .. } = &mut *s;
@@ -453,11 +456,13 @@ async fn handle_whole(
                 }
             }
         }
+        seen_at = s.seen.len();
         s.seen.push(Seen {
             op,
             part,
             key: path.clone(),
             fault: chosen.as_ref().map(|f| format!("{f:?}")),
+            status: None,
         });
         chosen
     };
@@ -495,6 +500,7 @@ async fn handle_whole(
         bytes = Bytes::from(v);
     }
     let mut response = forward(&upstream, &parts, bytes).await?;
+    st.lock().unwrap().seen[seen_at].status = Some(response.status().as_u16());
     match &fault {
         Some(Fault::StripResponseHeader(name)) => {
             response.headers_mut().remove(*name);

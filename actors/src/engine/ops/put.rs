@@ -9,6 +9,7 @@ use crate::model::{
     JournalEntry, NodeChange, NodeMeta, OpProgress, PutRequest, Verification, WriteMarker,
 };
 use crate::ports::{PutObjectInput, StoreError, StoreErrorKind};
+use crate::store::Outcome as RequestOutcome;
 use crate::store::S3Op;
 
 /// Before the intent: the put's conditions on the path.
@@ -49,16 +50,26 @@ pub(in crate::engine) async fn act(
         metadata: metadata.clone(),
         if_none_match: condition.if_none_match,
     };
-    let answered = c.store.put(&input).await.map_err(|e| match e {
-        Error::Storage { source, .. } if source.kind == StoreErrorKind::PreconditionFailed => {
-            Error::PreconditionFailed {
+    let answered = match c.store.put(&input).await {
+        Ok(answered) => answered,
+        // Create-only, refused — but an earlier attempt of this very PUT may have written the
+        // object the condition now finds (its answer lost): if the object is this put's, the put
+        // took effect.
+        Err(Error::Storage {
+            source, outcome, ..
+        }) if source.kind == StoreErrorKind::PreconditionFailed => {
+            let refused = Error::PreconditionFailed {
                 mount: c.spec.name.clone(),
                 path: path.clone(),
                 reason: "create-only, but the store already holds an object at the key".into(),
+            };
+            if outcome != RequestOutcome::MaybeApplied {
+                return Err(refused);
             }
+            return own_object_after_lost_answer(c, journal_id, request, refused).await;
         }
-        e => e,
-    })?;
+        Err(e) => return Err(e),
+    };
     // Under `verify = put-response` / `response` the PUT's answer is the proof when the store
     // echoed the SHA-256 the executor sent (so it checked the body against it).
     let node = match c.spec.verify.trusts_put_answer() && proven_by_answer(c, &answered, *sha256) {
@@ -69,6 +80,42 @@ pub(in crate::engine) async fn act(
         change: NodeChange::Upsert(node),
         upload_id: None,
     })
+}
+
+/// A create-only PUT refused after an attempt whose answer was lost: the object at the key is
+/// this put's if it proves to be (its journal id and SHA-256 in its metadata, or the store's
+/// checksum) — then the put took effect and is committed; an object that is someone else's is the
+/// refusal; none seen (a store that does not show it yet) leaves the row to recovery.
+async fn own_object_after_lost_answer(
+    c: &OpContext,
+    journal_id: i64,
+    request: &PutRequest,
+    refused: Error,
+) -> Result<Outcome, Error> {
+    let seen = c.store.head(&request.key).await?;
+    if seen.is_none() {
+        return Err(Error::Unverified {
+            key: request.key.clone(),
+            reason: "a create-only PUT whose answer was lost was refused on retry, and the object \
+                     it found is not visible"
+                .into(),
+        });
+    }
+    match prove_content(&seen, request.size, request.sha256, journal_id, true) {
+        Ok(verified) => {
+            log::info!(
+                "mount {}: the create-only PUT of '{}' was applied by an attempt whose answer was lost; committing it",
+                c.spec.name,
+                request.key
+            );
+            let node = node_for(c, seen.as_ref().expect("seen"), request.sha256, verified).await?;
+            Ok(Outcome {
+                change: NodeChange::Upsert(node),
+                upload_id: None,
+            })
+        }
+        Err(_) => Err(refused),
+    }
 }
 
 /// HEADs the key until it proves to hold this put's content, then applies the mount's settings
