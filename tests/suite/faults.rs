@@ -1034,6 +1034,95 @@ pub async fn an_applied_request_whose_answer_was_lost_is_settled(backend: Backen
     env.cleanup().await;
 }
 
+/// A move that ended unverified (its check that the source is gone answered 500 until the
+/// verification window closed) leaves its row pending. The caller then writes the source path
+/// anew and is told it committed. Recovery must not finish the old move by deleting that new
+/// object: the source was written since the move pinned it, so it is kept and the move is
+/// committed as a copy of what it pinned (before, recovery deleted the new object: an
+/// acknowledged write lost).
+pub async fn a_move_recovered_after_its_source_was_written_keeps_the_new_source(backend: Backend) {
+    let mut settings = common::fast_settings();
+    settings.retry.max_attempts = 2;
+    // No periodic pass during the test (60 s): the row is recovered when the executor restarts.
+    settings.recovery_interval = Duration::from_secs(60);
+    let (mut env, proxy) =
+        behind_proxy(backend, 27, |r| r.verify_window_ms = 1000, settings, |_| {}).await;
+    let old = b"the move's source".to_vec();
+    env.exec
+        .put_bytes("m", "src.txt", old.clone(), PutOptions::default())
+        .await
+        .unwrap();
+    // Only HEADs of the source fail: the copy is made and verified, the source deleted, and its
+    // absence cannot be checked.
+    proxy.add(Rule {
+        key_suffix: Some("/src.txt".into()),
+        ..Rule::always(Some(Op::HeadObject), Fault::Status(500, "InternalError"))
+    });
+    let e = env
+        .exec
+        .move_object(
+            &Location::new("m", "src.txt"),
+            &Location::new("m", "dst.txt"),
+            TransferOptions {
+                idempotency_key: Some("mv".into()),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap_err();
+    assert!(e.is_retryable(), "{e:?}");
+    let state: String = env
+        .query(
+            "SELECT state FROM {schema}.journal WHERE idempotency_key = 'mv'",
+            &[],
+        )
+        .await[0]
+        .get(0);
+    assert_eq!(state, "pending", "{e}");
+    // The store answers again. The caller writes the source path anew (its node still names the
+    // old object, which the move deleted: the new put overwrites the path).
+    proxy.clear();
+    let new = b"written after the move failed".to_vec();
+    let put = env
+        .exec
+        .put_bytes("m", "src.txt", new.clone(), PutOptions::default())
+        .await;
+    let put = match put {
+        Ok(r) => r,
+        Err(e) => panic!("the new put: {e:?}"),
+    };
+    // The next owner (the executor started again) recovers the pending move.
+    env.exec.shutdown().await;
+    env.exec = filestore_s3::S3Executor::start(env.exec.config().clone())
+        .await
+        .unwrap();
+    env.wait_no_pending(Duration::from_secs(20)).await;
+    let rows = env
+        .query(
+            "SELECT state, result->>'op' FROM {schema}.journal WHERE idempotency_key = 'mv'",
+            &[],
+        )
+        .await;
+    eprintln!(
+        "{backend:?}: the move's row ended {:?}, result op {:?}",
+        rows[0].get::<_, String>(0),
+        rows[0].get::<_, Option<String>>(1)
+    );
+    assert_eq!(
+        env.object(&env.key("src.txt")).await,
+        Some(new.clone()),
+        "the acknowledged put's object is still there"
+    );
+    let src = env.exec.stat("m", "src.txt").await.unwrap();
+    assert_eq!(src.node.unwrap().generation, put.generation, "its node too");
+    assert_eq!(env.object(&env.key("dst.txt")).await, Some(old.clone()));
+    let mut expected = Expected::new();
+    expected.insert(("m".into(), "src.txt".into()), sha256_hex(&new));
+    expected.insert(("m".into(), "dst.txt".into()), sha256_hex(&old));
+    invariants::check(&env, &expected).await;
+    env.cleanup().await;
+}
+
 per_backend! {
     f12_flipped_byte_is_rejected_and_resent => super::f12_flipped_byte_is_rejected_and_resent(B);
     f13_same_key_twice_at_once => super::f13_same_key_twice_at_once(B);
@@ -1053,4 +1142,5 @@ per_backend! {
     a_failed_request_says_what_it_may_have_done => super::a_failed_request_says_what_it_may_have_done(B);
     a_call_following_a_recovery_that_fails_runs_itself => super::a_call_following_a_recovery_that_fails_runs_itself(B);
     an_applied_request_whose_answer_was_lost_is_settled => super::an_applied_request_whose_answer_was_lost_is_settled(B);
+    a_move_recovered_after_its_source_was_written_keeps_the_new_source => super::a_move_recovered_after_its_source_was_written_keeps_the_new_source(B);
 }

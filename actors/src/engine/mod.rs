@@ -16,7 +16,7 @@ pub(crate) use ops::validate_transfer;
 use crate::error::Error;
 use crate::model::{
     CommitRecord, DeleteRequest, IntentOutcome, JournalEntry, JournalState, MultipartRequest,
-    NewIntent, NodeChange, OpProgress, OpRequest, OpResult, PutRequest, TransferRequest,
+    NewIntent, NodeChange, OpKind, OpProgress, OpRequest, OpResult, PutRequest, TransferRequest,
 };
 use crate::multipart::{ProgressSink, SourceReader};
 use crate::store::MountStore;
@@ -120,6 +120,9 @@ pub(crate) struct Outcome {
     pub change: NodeChange,
     /// The multipart upload the commit completes.
     pub upload_id: Option<String>,
+    /// A move whose source path was written after the move pinned it: the source is not
+    /// deleted (it holds someone's newer write), and the move is committed as a copy.
+    pub source_kept: bool,
 }
 
 /// Maps an existing journal row for the same key to what the caller gets.
@@ -147,7 +150,10 @@ fn commit_record(c: &OpContext, journal_id: i64, request: &OpRequest, o: Outcome
     CommitRecord {
         journal_id,
         mount: c.spec.name.clone(),
-        op: request.kind(),
+        op: match (request.kind(), o.source_kept) {
+            (OpKind::Move, true) => OpKind::Copy,
+            (kind, _) => kind,
+        },
         path: request.path().to_owned(),
         key: request.key().to_owned(),
         change: o.change,

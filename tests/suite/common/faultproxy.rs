@@ -114,6 +114,8 @@ pub struct Rule {
     pub op: Option<Op>,
     /// Only this part number (UploadPart / UploadPartCopy).
     pub part: Option<u32>,
+    /// Only requests whose path (`/bucket/key`) ends with this.
+    pub key_suffix: Option<String>,
     /// Chance a matching request gets the fault.
     pub probability: f64,
     /// At most this many times (`None`: no limit).
@@ -126,6 +128,7 @@ impl Rule {
         Rule {
             op,
             part: None,
+            key_suffix: None,
             probability: 1.0,
             times: None,
             fault,
@@ -432,6 +435,10 @@ async fn handle_whole(
         for (rule, fired) in rules.iter_mut() {
             let applies = rule.op.is_none_or(|o| o == op)
                 && rule.part.is_none_or(|p| Some(p) == part)
+                && rule
+                    .key_suffix
+                    .as_ref()
+                    .is_none_or(|k| path.ends_with(k.as_str()))
                 && rule.times.is_none_or(|t| *fired < t)
                 && match rule.fault {
                     Fault::RejectChecksumHeaders => has_checksum_headers,

@@ -113,6 +113,7 @@ pub(in crate::engine) async fn act(
     Ok(Outcome {
         change: NodeChange::Upsert(dest),
         upload_id,
+        source_kept: false,
     })
 }
 
@@ -140,6 +141,7 @@ async fn recover_pinned(
     Ok(Some(Outcome {
         change: NodeChange::Upsert(node),
         upload_id: None,
+        source_kept: false,
     }))
 }
 

@@ -50,6 +50,7 @@ pub(in crate::engine) async fn act(
     Ok(Outcome {
         change: NodeChange::Remove,
         upload_id: None,
+        source_kept: false,
     })
 }
 
@@ -65,5 +66,6 @@ pub(in crate::engine) async fn recover(c: &OpContext, r: &DeleteRequest) -> Resu
     Ok(Outcome {
         change: NodeChange::Remove,
         upload_id: None,
+        source_kept: false,
     })
 }

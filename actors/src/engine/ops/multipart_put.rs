@@ -69,6 +69,7 @@ pub(in crate::engine) async fn act(
     Ok(Outcome {
         change: NodeChange::Upsert(node),
         upload_id: Some(done.upload_id),
+        source_kept: false,
     })
 }
 
@@ -309,6 +310,7 @@ async fn completed_before_crash(
     Ok(Some(Outcome {
         change: NodeChange::Upsert(node),
         upload_id: None,
+        source_kept: false,
     }))
 }
 

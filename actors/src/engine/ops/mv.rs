@@ -24,6 +24,28 @@ pub(in crate::engine) async fn act(
         return finish(c, journal_id, t, dest).await;
     }
     let (pinned, dest, upload_id) = copy_steps(c, journal_id, t, source, progress, true).await?;
+    // The source path may have been written since the move pinned it (between a run that ended
+    // unverified and its recovery, the path's lock is free): its object is then someone's newer
+    // write, not the move's source, and is kept; the move ends as a copy of what it pinned.
+    // (Under the paths' locks held since, nothing on this executor writes it before the DELETE.)
+    let now = c.meta.node(&t.source.mount, &t.source.path).await?;
+    if now.as_ref().map(|n| (n.generation, n.meta.sha256))
+        != Some((pinned.generation, pinned.sha256))
+    {
+        log::warn!(
+            "mount {}: journal {journal_id}: the move's source {}:{} was written since it was pinned (generation {} then, {:?} now); the source is kept and the move is committed as a copy",
+            c.spec.name,
+            t.source.mount,
+            t.source.path,
+            pinned.generation,
+            now.as_ref().map(|n| n.generation)
+        );
+        return Ok(Outcome {
+            change: NodeChange::Upsert(dest),
+            upload_id,
+            source_kept: true,
+        });
+    }
     let key = &t.source.key;
     // The source mount's store layer: its retry budget, its verification window.
     source.delete(key).await?;
@@ -41,6 +63,7 @@ pub(in crate::engine) async fn act(
     Ok(Outcome {
         change: NodeChange::Upsert(dest),
         upload_id,
+        source_kept: false,
     })
 }
 
@@ -73,6 +96,7 @@ async fn finish(
         Ok(node) => Ok(Outcome {
             change: NodeChange::Upsert(node),
             upload_id: None,
+            source_kept: false,
         }),
         Err(reason) => Err(Error::MoveCannotFinish {
             mount: c.spec.name.clone(),

@@ -79,6 +79,7 @@ pub(in crate::engine) async fn act(
     Ok(Outcome {
         change: NodeChange::Upsert(node),
         upload_id: None,
+        source_kept: false,
     })
 }
 
@@ -112,6 +113,7 @@ async fn own_object_after_lost_answer(
             Ok(Outcome {
                 change: NodeChange::Upsert(node),
                 upload_id: None,
+                source_kept: false,
             })
         }
         Err(_) => Err(refused),
@@ -153,6 +155,7 @@ pub(in crate::engine) async fn recover(
         Ok(node) => Ok(Outcome {
             change: NodeChange::Upsert(node),
             upload_id: None,
+            source_kept: false,
         }),
         Err(Error::Unverified { key, reason }) if entry.idle < c.consistency_horizon => {
             let absent = c.store.head(&key).await?.is_none();
