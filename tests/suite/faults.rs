@@ -18,22 +18,22 @@ use common::{sha256_hex, Backend, TestEnv};
 use filestore_s3::{Error, PutOptions, TransferOptions};
 use filestore_s3_actors::ports::StoreErrorKind;
 
-const MIB: usize = 1024 * 1024;
+pub(crate) const MIB: usize = 1024 * 1024;
 
-fn body(len: usize, seed: u8) -> Vec<u8> {
+pub(crate) fn body(len: usize, seed: u8) -> Vec<u8> {
     (0..len)
         .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))
         .collect()
 }
 
-fn multipart(r: &mut filestore_s3::MountRow) {
+pub(crate) fn multipart(r: &mut filestore_s3::MountRow) {
     r.multipart_threshold = (6 * MIB) as i64;
     r.part_size = (5 * MIB) as i64;
     r.part_concurrency = 2;
 }
 
 /// An env whose mount `m` reaches `backend`'s store through a fault proxy (seeded).
-async fn behind_proxy(
+pub(crate) async fn behind_proxy(
     backend: Backend,
     seed: u64,
     edit: impl FnOnce(&mut filestore_s3::MountRow),

@@ -26,4 +26,5 @@ mod security;
 mod serve;
 mod tls;
 mod transfer;
+mod unknowns;
 mod verification;

@@ -313,4 +313,21 @@ impl PartRecorder for CommitterRecorder {
     async fn upload_ended(&self, upload_id: &str) -> Result<(), Error> {
         Ok(self.meta.mark_upload_aborted(upload_id).await?)
     }
+
+    async fn completing(
+        &self,
+        journal_id: i64,
+        size: u64,
+        sha256: Sha256Digest,
+    ) -> Result<(), Error> {
+        self.committer
+            .send(RecordProgress {
+                journal_id,
+                progress: OpProgress::Completing { size, sha256 },
+            })
+            .await
+            .map_err(mailbox_closed)??;
+        crate::failpoint::hit("after_completing").await;
+        Ok(())
+    }
 }

@@ -277,9 +277,10 @@ async fn run_protocol(
         // A request the store may have applied (its answer lost, a timeout or a 5xx after the
         // body was sent) is not a failure but an unknown: the row stays pending and recovery
         // settles it from what S3 holds (a put is committed if its object proves to be this
-        // put's, a delete if the object is gone; otherwise the row fails). Multipart puts,
-        // copies and moves keep their own step-wise handling.
-        Err(e) if settled_by_recovery(&request, &e) => {
+        // put's, a delete if the object is gone, a multipart put if its completed object carries
+        // the row's marker, a copy / move from the step its row records; otherwise the row
+        // fails).
+        Err(e) if settled_by_recovery(&e) => {
             log::warn!(
                 "mount {}: journal {journal_id}: {e}; the request may have been applied, so the row is left to recovery",
                 c.spec.name
@@ -301,17 +302,18 @@ async fn run_protocol(
     }
 }
 
-/// Whether a failed operation is left pending for recovery rather than marked failed: a put or
-/// delete whose S3 request may have been applied.
-fn settled_by_recovery(request: &OpRequest, e: &Error) -> bool {
-    matches!(request, OpRequest::Put(_) | OpRequest::Delete(_))
-        && matches!(
-            e,
-            Error::Storage {
-                outcome: crate::store::Outcome::MaybeApplied,
-                ..
-            }
-        )
+/// Whether a failed operation is left pending for recovery rather than marked failed: one whose
+/// S3 request may have been applied (a put's PUT, a multipart put's Complete, a copy's CopyObject,
+/// a move's DELETE of its source, ...). Recovery settles it from what S3 holds, from the step its
+/// row records.
+fn settled_by_recovery(e: &Error) -> bool {
+    matches!(
+        e,
+        Error::Storage {
+            outcome: crate::store::Outcome::MaybeApplied,
+            ..
+        }
+    )
 }
 
 /// Where a re-armed move that had deleted its source goes on from. If its source's node is still

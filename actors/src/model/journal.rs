@@ -221,7 +221,7 @@ pub struct PinnedSource {
     pub user_metadata: UserMetadata,
 }
 
-/// How far a copy / move got, recorded on its journal row (`journal.progress`) after each step so
+/// How far a copy / move / multipart put got, recorded on its journal row (`journal.progress`) after each step so
 /// recovery continues from there.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "phase", rename_all = "snake_case")]
@@ -245,6 +245,16 @@ pub enum OpProgress {
         /// The verified destination.
         dest: NodeMeta,
     },
+    /// (Multipart put) every part was accepted: the content's size and SHA-256, recorded before
+    /// CompleteMultipartUpload, so that recovery can prove a completed object carrying this
+    /// row's marker without reading its source again (a stream cannot be read again, a file may
+    /// have changed since).
+    Completing {
+        /// Bytes uploaded.
+        size: u64,
+        /// SHA-256 of the whole content.
+        sha256: crate::digest::Sha256Digest,
+    },
 }
 
 impl OpProgress {
@@ -254,6 +264,7 @@ impl OpProgress {
             OpProgress::SourcePinned { .. } => "source_pinned",
             OpProgress::Copied { .. } => "copied",
             OpProgress::SourceDeleted { .. } => "source_deleted",
+            OpProgress::Completing { .. } => "completing",
         }
     }
 }

@@ -78,6 +78,15 @@ pub trait PartRecorder: Send + Sync + 'static {
     async fn part_done(&self, upload_id: &str, part: UploadedPart) -> Result<(), Error>;
     /// The upload no longer exists in the store (aborted, or found gone).
     async fn upload_ended(&self, upload_id: &str) -> Result<(), Error>;
+    /// Every part was accepted and the upload is about to be completed: the content's size and
+    /// SHA-256. Recorded before CompleteMultipartUpload is sent, so that whoever settles the
+    /// journal row can prove a completed object without the source.
+    async fn completing(
+        &self,
+        journal_id: i64,
+        size: u64,
+        sha256: Sha256Digest,
+    ) -> Result<(), Error>;
 }
 
 /// What to upload, and how.
@@ -274,6 +283,9 @@ pub(crate) async fn run_upload(
             });
         }
     }
+    deps.recorder
+        .completing(job.journal_id, size, sha256)
+        .await?;
     let etag = complete(
         &deps,
         &mount,

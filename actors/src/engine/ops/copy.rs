@@ -188,8 +188,9 @@ pub(super) async fn copy_steps(
         }
         Some(OpProgress::SourceDeleted { source, dest }) => return Ok((source, dest, None)),
         Some(OpProgress::SourcePinned { source }) => source,
-        // A row written before pins went with the intent.
-        None => {
+        // A row written before pins went with the intent (a multipart put's step is never a
+        // copy's).
+        None | Some(OpProgress::Completing { .. }) => {
             check_condition(c, &t.path, &t.condition).await?;
             let pinned = pin_source(c, t).await?;
             c.record_progress(

@@ -140,13 +140,21 @@ fn base64_decode(s: &str) -> Option<Vec<u8>> {
     base64::engine::general_purpose::STANDARD.decode(s).ok()
 }
 
-/// Resumes the upload of an unchanged file; a stream cannot be re-read, so its upload is ended.
+/// Settles a pending multipart put. A completed object carrying this row's marker is committed
+/// before anything else is decided (its content proven by the size and SHA-256 recorded before
+/// Complete, or by the unchanged file hashed again). Otherwise the upload of an unchanged file is
+/// resumed; a stream cannot be read again, nor a changed file, so their upload is ended — after
+/// the object was looked for within the verification window when Complete may have been sent.
 pub(in crate::engine) async fn recover(
     c: &OpContext,
     entry: &JournalEntry,
     request: &MultipartRequest,
     progress: Option<ProgressSink>,
 ) -> Result<Outcome, Error> {
+    if let Some(outcome) = completed_earlier(c, entry, request).await? {
+        return Ok(outcome);
+    }
+    let completing = matches!(entry.progress, Some(OpProgress::Completing { .. }));
     let source = &request.source;
     let resumable = match source {
         UploadSource::File {
@@ -171,9 +179,6 @@ pub(in crate::engine) async fn recover(
     };
     match resumable {
         Ok(()) => {
-            if let Some(outcome) = completed_before_crash(c, entry, request).await? {
-                return Ok(outcome);
-            }
             super::check_condition(c, &request.path, &request.condition).await?;
             match act(c, entry.id, request, None, progress.clone()).await {
                 // The upload id is gone while the object does not show yet: the earlier owner's
@@ -182,15 +187,8 @@ pub(in crate::engine) async fn recover(
                 // object, and answers AccessDenied for a forgotten id). Before this counts as a
                 // failure, the object is looked for again within the verification window.
                 Err(e @ Error::Storage { .. }) if upload_gone(&e) => {
-                    let deadline = std::time::Instant::now() + c.spec.verify_window;
-                    loop {
-                        if let Some(outcome) = completed_before_crash(c, entry, request).await? {
-                            return Ok(outcome);
-                        }
-                        if std::time::Instant::now() >= deadline {
-                            break;
-                        }
-                        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+                    if let Some(outcome) = appears_within_window(c, entry, request).await? {
+                        return Ok(outcome);
                     }
                     // The store lost the upload and no object appeared: a Complete cut off
                     // half-applied when its client died (s3s-fs forgets the id, then consumes
@@ -214,6 +212,14 @@ pub(in crate::engine) async fn recover(
             }
         }
         Err(e) => {
+            // Complete may have been sent (its answer lost, or the object not visible yet on an
+            // eventually consistent store): the object is looked for within the window before
+            // the upload is ended.
+            if completing {
+                if let Some(outcome) = appears_within_window(c, entry, request).await? {
+                    return Ok(outcome);
+                }
+            }
             if let Some(rec) = c.meta.upload_of(entry.id).await? {
                 log::warn!(
                     "mount {}: journal {}: upload {} cannot be resumed ({e}); aborting it",
@@ -229,6 +235,24 @@ pub(in crate::engine) async fn recover(
     }
 }
 
+/// [`completed_earlier`], looked for until the mount's verification window ends.
+async fn appears_within_window(
+    c: &OpContext,
+    entry: &JournalEntry,
+    request: &MultipartRequest,
+) -> Result<Option<Outcome>, Error> {
+    let deadline = std::time::Instant::now() + c.spec.verify_window;
+    loop {
+        if let Some(outcome) = completed_earlier(c, entry, request).await? {
+            return Ok(Some(outcome));
+        }
+        if std::time::Instant::now() >= deadline {
+            return Ok(None);
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+}
+
 /// A resumed upload failing because the store no longer knows its id (`NoSuchUpload`, or
 /// AccessDenied from stores that forget completed upload ids).
 fn upload_gone(e: &Error) -> bool {
@@ -236,73 +260,99 @@ fn upload_gone(e: &Error) -> bool {
         if matches!(source.kind, StoreErrorKind::NotFound | StoreErrorKind::AccessDenied))
 }
 
-/// A crash (or a lost answer) after CompleteMultipartUpload: the object exists, carries this
-/// journal row's id and has the file's size. The file is hashed again (read locally, not sent)
-/// and the object verified and committed, instead of uploading everything again.
-async fn completed_before_crash(
+/// A crash (or a lost answer, or a verification cut short) after CompleteMultipartUpload: the
+/// object exists, carries this journal row's id and has the upload's size. Its content is the
+/// one recorded before Complete (`OpProgress::Completing`), or, for a row without that record,
+/// the file hashed again (read locally, not sent); the object is verified and committed instead
+/// of uploaded again.
+async fn completed_earlier(
     c: &OpContext,
     entry: &JournalEntry,
     request: &MultipartRequest,
 ) -> Result<Option<Outcome>, Error> {
-    let MultipartRequest {
-        key,
-        source: UploadSource::File { path, size, .. },
-        ..
-    } = request
-    else {
-        return Ok(None);
+    let recorded = match &entry.progress {
+        Some(OpProgress::Completing { size, sha256 }) => Some((*size, *sha256)),
+        _ => None,
     };
+    let size = match (&recorded, &request.source) {
+        (Some((size, _)), _) => *size,
+        // A row recorded without the step: the file, if unchanged, is its proof.
+        (
+            None,
+            UploadSource::File {
+                path,
+                size,
+                mtime_ns,
+            },
+        ) => match file_identity(path).await {
+            Ok((s, m)) if s == *size && m == *mtime_ns => *size,
+            _ => return Ok(None),
+        },
+        (None, UploadSource::Stream) => return Ok(None),
+    };
+    let key = &request.key;
     let seen = c.store.head(key).await?;
     let ours = seen.as_ref().is_some_and(|m| {
-        m.size == *size && m.marker.as_ref().is_some_and(|w| w.journal_id == entry.id)
+        m.size == size && m.marker.as_ref().is_some_and(|w| w.journal_id == entry.id)
     });
     if !ours {
         return Ok(None);
     }
     let record = c.meta.upload_of(entry.id).await?;
-    // The file is read again (locally) for its SHA-256 and, cut at the upload's part size, for
-    // each part's: the composite checksum the store may report is then checked, whatever parts
-    // the record holds (a part recorded from a listing has no checksum).
-    let (sha256, part_digests) = hash_file(path, record.as_ref().map(|r| r.part_size))
-        .await
-        .map_err(|message| Error::Source {
-            io: None,
-            what: path.clone(),
-            message,
-        })?;
-    let parts = match record.as_ref() {
-        Some(r) if !part_digests.is_empty() => part_digests
-            .into_iter()
-            .enumerate()
-            .map(|(i, (len, digest))| {
-                let number = i as i32 + 1;
-                UploadedPart {
-                    part_number: number,
-                    etag: r
-                        .parts
-                        .iter()
-                        .find(|p| p.part_number == number)
-                        .and_then(|p| p.etag.clone()),
-                    size: len,
-                    sha256: Some(digest),
+    let (sha256, parts) = match (recorded, &request.source) {
+        // The parts as recorded (with the checksums they were sent with) prove a composite
+        // checksum the store may report.
+        (Some((_, sha256)), _) => (sha256, record.as_ref().map(|r| r.parts.clone())),
+        (None, UploadSource::File { path, .. }) => {
+            // The file is read again (locally) for its SHA-256 and, cut at the upload's part
+            // size, for each part's: the composite checksum the store may report is then
+            // checked, whatever parts the record holds (a part recorded from a listing has no
+            // checksum).
+            let (sha256, part_digests) = hash_file(path, record.as_ref().map(|r| r.part_size))
+                .await
+                .map_err(|message| Error::Source {
+                    io: None,
+                    what: path.clone(),
+                    message,
+                })?;
+            let parts = record.as_ref().map(|r| {
+                if part_digests.is_empty() {
+                    return r.parts.clone();
                 }
-            })
-            .collect(),
-        Some(r) => r.parts.clone(),
-        None => Vec::new(),
+                part_digests
+                    .into_iter()
+                    .enumerate()
+                    .map(|(i, (len, digest))| {
+                        let number = i as i32 + 1;
+                        UploadedPart {
+                            part_number: number,
+                            etag: r
+                                .parts
+                                .iter()
+                                .find(|p| p.part_number == number)
+                                .and_then(|p| p.etag.clone()),
+                            size: len,
+                            sha256: Some(digest),
+                        }
+                    })
+                    .collect()
+            });
+            (sha256, parts)
+        }
+        (None, UploadSource::Stream) => return Ok(None),
     };
     let done = CompletedUpload {
         upload_id: record
             .as_ref()
             .map(|r| r.upload_id.clone())
             .unwrap_or_default(),
-        parts,
-        size: *size,
+        parts: parts.unwrap_or_default(),
+        size,
         sha256,
         etag: String::new(),
     };
     log::info!(
-        "mount {}: journal {}: the upload was completed before the crash; verifying it without sending it again",
+        "mount {}: journal {}: the upload was completed by an earlier run; verifying it without sending it again",
         c.spec.name,
         entry.id
     );
