@@ -362,6 +362,10 @@ pub trait MetaStore: Send + Sync + 'static {
         -> Result<bool, MetaError>;
     /// Gives the lease up (it expires now), if `fence` still holds it.
     async fn release_lease(&self, fence: &Fence) -> Result<(), MetaError>;
+    /// Whether this view's writer (its fence's owner) holds `mount`'s lease now: `Owned` with
+    /// that lease, or `HeldBy` whoever does (an empty owner when nobody does). An unfenced view
+    /// answers `None`: its writes need no lease.
+    async fn lease_for_writer(&self, mount: &str) -> Result<Option<LeaseState>, MetaError>;
     /// All `backend_mounts` rows.
     async fn load_mounts(&self) -> Result<Vec<MountRow>, MetaError>;
     /// The journal row of an idempotency key, if any.

@@ -7,7 +7,7 @@
 //! condition is refused alone (its answer, nothing written); a statement that fails sends the
 //! caller back to writing the batch one write at a time (`batch.rs`).
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 
 use deadpool_postgres::Transaction;
 use filestore_s3_actors::model::{CommitRecord, NewIntent, NodeChange, OpKind, OpResult};
@@ -256,15 +256,43 @@ impl PgMetaStore {
             return Ok(());
         }
         // A move removes its source's node in the same transaction; the source mount must be
-        // this executor's too.
+        // this executor's too. A move whose source mount is not is refused alone (its row stays
+        // pending for its recovery), not with the batch it shares.
         if let Some(f) = &self.fence {
-            let mut checked = HashSet::new();
-            for (_, r) in &go {
+            let mut held: HashMap<&str, bool> = HashMap::new();
+            let mut kept = Vec::with_capacity(go.len());
+            for (i, r) in go {
                 if let (OpKind::Move, Some(src)) = (r.op, &r.source) {
-                    if src.mount != f.mount && checked.insert(src.mount.as_str()) {
-                        super::lease::check_fence(tx, &src.mount, &f.owner, None).await?;
+                    if src.mount != f.mount {
+                        let ok = match held.get(src.mount.as_str()) {
+                            Some(ok) => *ok,
+                            None => {
+                                let ok =
+                                    match super::lease::check_fence(tx, &src.mount, &f.owner, None)
+                                        .await
+                                    {
+                                        Ok(()) => true,
+                                        Err(e) if e.fenced => false,
+                                        Err(e) => return Err(e),
+                                    };
+                                held.insert(src.mount.as_str(), ok);
+                                ok
+                            }
+                        };
+                        if !ok {
+                            out[i] = Some(Err(refused(format!(
+                                "journal {}: this executor does not hold the lease of the move's source mount '{}'; the move was not committed",
+                                r.journal_id, src.mount
+                            ))));
+                            continue;
+                        }
                     }
                 }
+                kept.push((i, r));
+            }
+            go = kept;
+            if go.is_empty() {
+                return Ok(());
             }
         }
 

@@ -240,4 +240,42 @@ impl PgMetaStore {
         .map_err(pg)?;
         Ok(())
     }
+
+    pub(super) async fn do_lease_for_writer(
+        &self,
+        mount: &str,
+    ) -> Result<Option<LeaseState>, MetaError> {
+        let Some(f) = &self.fence else {
+            return Ok(None);
+        };
+        let c = self.client().await?;
+        let row = c
+            .query_opt(
+                &cached!(
+                    c,
+                    "SELECT owner, expires_at, epoch, expires_at > now() FROM mount_leases
+                     WHERE mount = $1"
+                ),
+                &[&mount],
+            )
+            .await
+            .map_err(pg)?;
+        Ok(Some(match row {
+            Some(r) if r.get::<_, bool>(3) && r.get::<_, String>(0) == f.owner => {
+                LeaseState::Owned(Fence {
+                    mount: mount.to_owned(),
+                    owner: f.owner.clone(),
+                    epoch: r.get(2),
+                })
+            }
+            Some(r) if r.get::<_, bool>(3) => LeaseState::HeldBy {
+                owner: r.get(0),
+                expires_at: r.get(1),
+            },
+            _ => LeaseState::HeldBy {
+                owner: String::new(),
+                expires_at: Utc::now(),
+            },
+        }))
+    }
 }

@@ -196,6 +196,9 @@ impl MetaStore for PgMetaStore {
     async fn release_lease(&self, fence: &Fence) -> Result<(), MetaError> {
         self.do_release_lease(fence).await
     }
+    async fn lease_for_writer(&self, mount: &str) -> Result<Option<LeaseState>, MetaError> {
+        self.do_lease_for_writer(mount).await
+    }
     async fn load_mounts(&self) -> Result<Vec<MountRow>, MetaError> {
         self.do_load_mounts().await
     }

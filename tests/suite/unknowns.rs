@@ -10,8 +10,8 @@ use crate::common;
 use crate::faults::{behind_proxy, body, multipart, MIB};
 use common::faultproxy::{Fault, Op, Rule};
 use common::invariants::{self, Expected};
-use common::{sha256_hex, Backend};
-use filestore_s3::{PutOptions, S3Executor};
+use common::{sha256_hex, Backend, TestEnv};
+use filestore_s3::{Error, Location, PutOptions, S3Executor, TransferOptions};
 
 fn key(k: &str) -> PutOptions {
     PutOptions {
@@ -102,7 +102,89 @@ pub async fn a_streamed_upload_completed_but_unverified_is_committed_by_recovery
     env.cleanup().await;
 }
 
+/// A move across mounts on a host that owns the destination mount but not the source mount:
+/// its commit would remove the source's node, which only the source's owner may write. It is
+/// refused before any side effect with `NotOwner` naming the source's owner. (Before, the host
+/// copied, deleted the source object, and could never commit: the source's node named nothing.)
+/// A copy from that mount only reads it, and goes ahead.
+pub async fn a_move_from_a_mount_this_host_does_not_own_is_refused_before_any_effect(
+    backend: Backend,
+) {
+    let mut env = TestEnv::builder(backend)
+        .config(|c| c.leased_mounts = Some(["m".to_string()].into()))
+        .build()
+        .await;
+    let a = env.exec.clone();
+    let body = b"the source".to_vec();
+    a.put_bytes("m", "src.txt", body.clone(), PutOptions::default())
+        .await
+        .unwrap();
+    env.add_mount("m2", |_| {}).await;
+    let mut config = a.config().clone();
+    config.owner_id = "executor-b".into();
+    config.leased_mounts = Some(["m2".to_string()].into());
+    let b = S3Executor::start(config).await.unwrap();
+    b.wait_for_lease("m2", Duration::from_secs(10))
+        .await
+        .unwrap();
+
+    let e = b
+        .move_object(
+            &Location::new("m", "src.txt"),
+            &Location::new("m2", "dst.txt"),
+            TransferOptions::default(),
+        )
+        .await
+        .unwrap_err();
+    match &e {
+        Error::NotOwner { mount, owner, .. } => {
+            assert_eq!(mount, "m");
+            assert_eq!(owner, &a.config().owner_id);
+        }
+        other => panic!("expected NotOwner of the source mount, got {other:?}"),
+    }
+    assert!(e.is_retryable());
+    assert_eq!(env.count("journal").await, 1, "no row for the refused move");
+    assert_eq!(env.object(&env.key("src.txt")).await, Some(body.clone()));
+    let node = b.stat("m", "src.txt").await.unwrap().node.unwrap();
+    assert_eq!(node.meta.sha256, sha256_hex(&body));
+    assert!(matches!(
+        b.stat("m2", "dst.txt").await,
+        Err(Error::NotFound { .. })
+    ));
+
+    // A copy only reads its source: it goes ahead on the destination's owner.
+    let r = b
+        .copy(
+            &Location::new("m", "src.txt"),
+            &Location::new("m2", "dst.txt"),
+            TransferOptions::default(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.node.unwrap().sha256, sha256_hex(&body));
+    // The source's owner moves across to a mount it takes no lease of: the destination's
+    // supervisor refuses it, as any write there.
+    let e = a
+        .move_object(
+            &Location::new("m", "src.txt"),
+            &Location::new("m2", "other.txt"),
+            TransferOptions::default(),
+        )
+        .await
+        .unwrap_err();
+    assert!(matches!(e, Error::Config(_)), "{e:?}");
+    let mut expected = Expected::new();
+    expected.insert(("m".into(), "src.txt".into()), sha256_hex(&body));
+    expected.insert(("m2".into(), "dst.txt".into()), sha256_hex(&body));
+    // (While b runs: it publishes m2's events.)
+    invariants::check(&env, &expected).await;
+    b.shutdown().await;
+    env.cleanup().await;
+}
+
 per_backend! {
+    a_move_from_a_mount_this_host_does_not_own_is_refused_before_any_effect => super::a_move_from_a_mount_this_host_does_not_own_is_refused_before_any_effect(B);
     @except_moto
     a_streamed_upload_completed_but_unverified_is_committed_by_recovery => super::a_streamed_upload_completed_but_unverified_is_committed_by_recovery(B);
 }

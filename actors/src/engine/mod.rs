@@ -70,7 +70,9 @@ impl Operation {
             Operation::Put { request, .. } => ops::put::precheck(c, request).await,
             Operation::Multipart { request, .. } => ops::multipart_put::precheck(c, request).await,
             Operation::Delete { request, .. } => ops::delete::precheck(c, request).await,
-            Operation::Copy { request, .. } | Operation::Move { request, .. } => {
+            Operation::Copy { request, .. } => ops::copy::precheck(c, request).await,
+            Operation::Move { request, .. } => {
+                ops::source_lease_held(c, &request.source.mount).await?;
                 ops::copy::precheck(c, request).await
             }
         }
@@ -287,9 +289,10 @@ async fn run_protocol(
             );
             Err(e)
         }
-        // The executor is stopping, or lost the mount's lease: the row stays pending; the
-        // owner's recovery continues it (this executor could not mark it failed anyway).
-        Err(e @ (Error::Shutdown | Error::LeaseLost(_))) => Err(e),
+        // The executor is stopping, or lost the mount's lease (or a move's source mount's): the
+        // row stays pending; the owner's recovery continues it (this executor could not mark it
+        // failed anyway).
+        Err(e @ (Error::Shutdown | Error::LeaseLost(_) | Error::NotOwner { .. })) => Err(e),
         Err(e) => {
             if let Err(fail_err) = c.fail(journal_id, &e).await {
                 log::error!(
@@ -446,9 +449,11 @@ pub(crate) async fn recover_entry(
                         | Error::Metadata(_)
                         | Error::Shutdown
                         | Error::LeaseLost(_)
+                        | Error::NotOwner { .. }
                 ) =>
         {
-            // The store or database is unavailable: leave the row pending for the next pass.
+            // The store or database is unavailable (or a move's source mount is not this
+            // host's now): leave the row pending for the next pass.
             Err(e)
         }
         Err(e) => {

@@ -186,6 +186,30 @@ impl MetaStore for MemoryMeta {
         Ok(())
     }
 
+    async fn lease_for_writer(&self, mount: &str) -> Result<Option<LeaseState>, MetaError> {
+        let Some(f) = &self.fence else {
+            return Ok(None);
+        };
+        let s = self.state.lock().unwrap();
+        let now = std::time::Instant::now();
+        Ok(Some(match s.leases.get(mount) {
+            Some((o, e, exp)) if *exp > now && *o == f.owner => LeaseState::Owned(Fence {
+                mount: mount.to_owned(),
+                owner: o.clone(),
+                epoch: *e,
+            }),
+            Some((o, _, exp)) if *exp > now => LeaseState::HeldBy {
+                owner: o.clone(),
+                expires_at: Utc::now()
+                    + chrono::Duration::milliseconds((*exp - now).as_millis() as i64),
+            },
+            _ => LeaseState::HeldBy {
+                owner: String::new(),
+                expires_at: Utc::now(),
+            },
+        }))
+    }
+
     async fn load_mounts(&self) -> Result<Vec<MountRow>, MetaError> {
         Ok(self.state.lock().unwrap().mounts.clone())
     }

@@ -11,7 +11,7 @@ pub(super) mod put;
 use super::OpContext;
 use crate::digest::Sha256Digest;
 use crate::error::Error;
-use crate::model::{NodeMeta, ObjectMeta, Verification, WriteCondition};
+use crate::model::{LeaseState, NodeMeta, ObjectMeta, Verification, WriteCondition};
 use crate::mount::{ChecksumPolicy, SettingsPolicy};
 use crate::store::MountStore;
 
@@ -44,6 +44,24 @@ fn source_store(c: &OpContext, mount: &str) -> Result<MountStore, Error> {
         .ok_or_else(|| Error::UnknownMount {
             mount: mount.to_owned(),
         })
+}
+
+/// A move removes its source's node in the same commit as it writes the destination's, which
+/// only the source mount's owner may do (the commit is fenced by both leases). Across mounts, a
+/// move on a host that does not hold the source mount's lease is refused before any side effect
+/// (it would delete the source and never commit); the error names the owner to send it to.
+pub(in crate::engine) async fn source_lease_held(c: &OpContext, mount: &str) -> Result<(), Error> {
+    if mount == c.spec.name {
+        return Ok(());
+    }
+    match c.meta.lease_for_writer(mount).await? {
+        None | Some(LeaseState::Owned(_)) => Ok(()),
+        Some(LeaseState::HeldBy { owner, expires_at }) => Err(Error::NotOwner {
+            mount: mount.to_owned(),
+            owner,
+            until: expires_at,
+        }),
+    }
 }
 
 /// Checks a write's conditions against the destination's node (under the path's lock).

@@ -21,6 +21,8 @@ pub(in crate::engine) async fn act(
     progress: Option<OpProgress>,
 ) -> Result<Outcome, Error> {
     if let Some(OpProgress::SourceDeleted { dest, .. }) = progress {
+        // Its commit removes the source's node: the source mount must be this host's.
+        super::source_lease_held(c, &t.source.mount).await?;
         return finish(c, journal_id, t, dest).await;
     }
     let (pinned, dest, upload_id) = copy_steps(c, journal_id, t, source, progress, true).await?;
@@ -28,6 +30,24 @@ pub(in crate::engine) async fn act(
     // unverified and its recovery, the path's lock is free): its object is then someone's newer
     // write, not the move's source, and is kept; the move ends as a copy of what it pinned.
     // (Under the paths' locks held since, nothing on this executor writes it before the DELETE.)
+    // Across mounts, the source mount's lease may have left this host since the move started:
+    // the source is not this host's to delete, and the move ends as a copy too.
+    if let Err(e) = super::source_lease_held(c, &t.source.mount).await {
+        if !matches!(e, Error::NotOwner { .. }) {
+            return Err(e);
+        }
+        log::warn!(
+            "mount {}: journal {journal_id}: {e}; the source {}:{} is kept and the move is committed as a copy",
+            c.spec.name,
+            t.source.mount,
+            t.source.path
+        );
+        return Ok(Outcome {
+            change: NodeChange::Upsert(dest),
+            upload_id,
+            source_kept: true,
+        });
+    }
     let now = c.meta.node(&t.source.mount, &t.source.path).await?;
     if now.as_ref().map(|n| (n.generation, n.meta.sha256))
         != Some((pinned.generation, pinned.sha256))
