@@ -413,7 +413,7 @@ pub(crate) async fn recover_entry(
     let recovered = match &entry.request {
         OpRequest::Put(r) => ops::put::recover(&c, &entry, r).await,
         OpRequest::PutMultipart(r) => ops::multipart_put::recover(&c, &entry, r, progress).await,
-        OpRequest::Delete(r) => ops::delete::recover(&c, r).await,
+        OpRequest::Delete(r) => ops::delete::recover(&c, &entry, r).await,
         OpRequest::Copy(t) => ops::copy::recover(&c, &entry, t).await,
         OpRequest::Move(t) => ops::mv::recover(&c, &entry, t).await,
     };

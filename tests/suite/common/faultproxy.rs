@@ -98,6 +98,10 @@ pub enum Fault {
     RejectChecksumHeaders,
     /// For this long after a key is written, answer HEAD / GET of it with 404 NoSuchKey.
     NotFoundAfterWrite(Duration),
+    /// For this long after a key is written or deleted, answer HEAD of it as the last HEAD the
+    /// proxy forwarded before that write was answered (the old version after an overwrite, the
+    /// object after a delete; 404 if the proxy saw none): a store serving an older state.
+    StaleAfterWrite(Duration),
     /// Forward, then send the answer's headers and this many bytes of its body, and no more
     /// (the connection stays open): a download that stalls mid-body.
     StallBodyAfter(usize),
@@ -161,8 +165,14 @@ struct State {
     heads: Vec<String>,
     seen: Vec<Seen>,
     written: HashMap<String, Instant>,
+    /// The last HEAD answer forwarded per path (status, headers).
+    last_head: HashMap<String, CachedHead>,
+    /// Per path: when it was last written or deleted, and the HEAD answer seen before.
+    stale: HashMap<String, (Instant, Option<CachedHead>)>,
     rng: rand::rngs::StdRng,
 }
+
+type CachedHead = (hyper::StatusCode, hyper::HeaderMap);
 
 /// The proxy; dropped, it stops accepting connections.
 pub struct FaultProxy {
@@ -268,6 +278,8 @@ impl FaultProxy {
             rules: Vec::new(),
             seen: Vec::new(),
             written: HashMap::new(),
+            last_head: HashMap::new(),
+            stale: HashMap::new(),
             rng: rand::rngs::StdRng::seed_from_u64(seed),
         }));
         let (st, is_down) = (state.clone(), down.clone());
@@ -428,9 +440,15 @@ async fn handle_whole(
     });
     // Decide the fault (and log the request) before anything is read.
     let seen_at;
-    let fault = {
+    let (fault, stale_answer) = {
         let mut s = st.lock().unwrap();
-        let State { rules, rng, .. } = &mut *s;
+        let State {
+            rules,
+            rng,
+            written,
+            stale,
+            ..
+        } = &mut *s;
         let mut chosen = None;
         for (rule, fired) in rules.iter_mut() {
             let applies = rule.op.is_none_or(|o| o == op)
@@ -442,7 +460,8 @@ async fn handle_whole(
                 && rule.times.is_none_or(|t| *fired < t)
                 && match rule.fault {
                     Fault::RejectChecksumHeaders => has_checksum_headers,
-                    Fault::NotFoundAfterWrite(_) => false, // applied below, per key
+                    // Applied below, per key.
+                    Fault::NotFoundAfterWrite(_) | Fault::StaleAfterWrite(_) => false,
                     _ => true,
                 };
             if applies && rng.random_bool(rule.probability.clamp(0.0, 1.0)) {
@@ -457,9 +476,23 @@ async fn handle_whole(
                 Fault::NotFoundAfterWrite(d) => Some(d),
                 _ => None,
             });
-            if let (Some(d), Some(at)) = (window, s.written.get(&path)) {
+            if let (Some(d), Some(at)) = (window, written.get(&path)) {
                 if at.elapsed() < d {
                     chosen = Some(Fault::NotFoundAfterWrite(d));
+                }
+            }
+        }
+        // A store serving an older state: a HEAD of a key written or deleted moments ago.
+        let mut stale_answer = None;
+        if chosen.is_none() && op == Op::HeadObject {
+            let window = rules.iter().find_map(|(r, _)| match r.fault {
+                Fault::StaleAfterWrite(d) => Some(d),
+                _ => None,
+            });
+            if let (Some(d), Some((at, before))) = (window, stale.get(&path)) {
+                if at.elapsed() < d {
+                    chosen = Some(Fault::StaleAfterWrite(d));
+                    stale_answer = Some(before.clone());
                 }
             }
         }
@@ -471,13 +504,27 @@ async fn handle_whole(
             fault: chosen.as_ref().map(|f| format!("{f:?}")),
             status: None,
         });
-        chosen
+        (chosen, stale_answer)
     };
     match &fault {
         Some(Fault::Status(status, code)) => return Ok((s3_error(*status, code), None)),
         Some(Fault::OkWithError) => return Ok((s3_error(200, "InternalError"), None)),
         Some(Fault::RejectChecksumHeaders) => return Ok((s3_error(400, "InvalidRequest"), None)),
         Some(Fault::NotFoundAfterWrite(_)) => return Ok((not_found(op == Op::HeadObject), None)),
+        Some(Fault::StaleAfterWrite(_)) => {
+            return Ok((
+                match stale_answer.flatten() {
+                    Some((status, headers)) => {
+                        let mut r = Response::new(Full::new(Bytes::new()));
+                        *r.status_mut() = status;
+                        *r.headers_mut() = headers;
+                        r
+                    }
+                    None => not_found(true),
+                },
+                None,
+            ))
+        }
         Some(Fault::Stall) => {
             tokio::time::sleep(Duration::from_secs(3600)).await;
             return Err(std::io::Error::other("stalled"));
@@ -525,7 +572,25 @@ async fn handle_whole(
             Op::PutObject | Op::CopyObject | Op::CompleteMultipartUpload
         )
     {
-        st.lock().unwrap().written.insert(path, Instant::now());
+        st.lock()
+            .unwrap()
+            .written
+            .insert(path.clone(), Instant::now());
+    }
+    {
+        let mut s = st.lock().unwrap();
+        if op == Op::HeadObject {
+            let answer = (response.status(), response.headers().clone());
+            s.last_head.insert(path, answer);
+        } else if response.status().is_success()
+            && matches!(
+                op,
+                Op::PutObject | Op::CopyObject | Op::CompleteMultipartUpload | Op::DeleteObject
+            )
+        {
+            let before = s.last_head.get(&path).cloned();
+            s.stale.insert(path, (Instant::now(), before));
+        }
     }
     if matches!(fault, Some(Fault::DropResponse)) {
         return Err(std::io::Error::other("response dropped by the test proxy"));

@@ -4,7 +4,7 @@
 
 use crate::engine::{OpContext, Outcome};
 use crate::error::Error;
-use crate::model::{DeleteRequest, NodeChange, ObjectMeta, OpProgress};
+use crate::model::{DeleteRequest, JournalEntry, NodeChange, ObjectMeta, OpProgress};
 use crate::store::S3Op;
 
 pub(super) fn gone(seen: &Option<ObjectMeta>) -> Result<(), String> {
@@ -54,7 +54,16 @@ pub(in crate::engine) async fn act(
     })
 }
 
-pub(in crate::engine) async fn recover(c: &OpContext, r: &DeleteRequest) -> Result<Outcome, Error> {
+/// A pending delete is committed once the object is gone. An object still shown may be a store
+/// serving an older state after the DELETE was applied: while the row is younger than the
+/// consistency horizon it stays pending and is looked at again at the next pass (the node names
+/// that object meanwhile, as before the delete); after that the delete fails (the object is
+/// there, the node names it).
+pub(in crate::engine) async fn recover(
+    c: &OpContext,
+    entry: &JournalEntry,
+    r: &DeleteRequest,
+) -> Result<Outcome, Error> {
     let (path, key) = (r.path.as_str(), r.key.as_str());
     if c.meta.node(&c.spec.name, path).await?.is_none() {
         return Err(Error::NotFound {
@@ -62,7 +71,12 @@ pub(in crate::engine) async fn recover(c: &OpContext, r: &DeleteRequest) -> Resu
             path: path.to_owned(),
         });
     }
-    c.verify(key, gone).await?;
+    match c.verify(key, gone).await {
+        Err(Error::Unverified { key, reason }) if entry.idle < c.consistency_horizon => {
+            return Err(super::not_settled_yet(c, &key, &reason));
+        }
+        r => r?,
+    }
     Ok(Outcome {
         change: NodeChange::Remove,
         upload_id: None,

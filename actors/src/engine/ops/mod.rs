@@ -13,7 +13,8 @@ use crate::digest::Sha256Digest;
 use crate::error::Error;
 use crate::model::{LeaseState, NodeMeta, ObjectMeta, Verification, WriteCondition};
 use crate::mount::{ChecksumPolicy, SettingsPolicy};
-use crate::store::MountStore;
+use crate::ports::{StoreError, StoreErrorKind};
+use crate::store::{MountStore, S3Op};
 
 pub(crate) use copy::validate_transfer;
 
@@ -61,6 +62,25 @@ pub(in crate::engine) async fn source_lease_held(c: &OpContext, mount: &str) -> 
             owner,
             until: expires_at,
         }),
+    }
+}
+
+/// What recovery answers for a row it cannot settle yet because the store may still serve an
+/// older state (no object yet, the overwritten version, the deleted object): a retryable error
+/// that leaves the row pending for the next pass, until the row is older than the mount's
+/// consistency horizon.
+fn not_settled_yet(c: &OpContext, key: &str, reason: &str) -> Error {
+    Error::Storage {
+        op: S3Op::HeadObject,
+        key: key.to_owned(),
+        outcome: crate::store_error::Outcome::NotApplied,
+        source: StoreError::new(
+            StoreErrorKind::Transient,
+            format!(
+                "the store may still serve an older state ({reason}); recovery looks again until the row is {:?} old",
+                c.consistency_horizon
+            ),
+        ),
     }
 }
 

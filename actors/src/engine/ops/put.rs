@@ -8,9 +8,8 @@ use crate::error::Error;
 use crate::model::{
     JournalEntry, NodeChange, NodeMeta, OpProgress, PutRequest, Verification, WriteMarker,
 };
-use crate::ports::{PutObjectInput, StoreError, StoreErrorKind};
+use crate::ports::{PutObjectInput, StoreErrorKind};
 use crate::store::Outcome as RequestOutcome;
-use crate::store::S3Op;
 
 /// Before the intent: the put's conditions on the path.
 pub(in crate::engine) async fn precheck(
@@ -143,9 +142,11 @@ async fn verified_node(
 /// A pending put is committed only if the object proves to be this put's (store checksum, or the
 /// journal id and SHA-256 in its metadata); a same-size object written by someone else is not.
 ///
-/// An object that does not show at all may not be visible yet (eventual consistency): while the row
-/// is younger than the consistency horizon, recovery leaves it pending and looks again at its next
-/// pass, so a write the store accepted is not failed (and left behind untracked) too early.
+/// A store may serve an older state for a while (eventual consistency): no object yet, or the
+/// version the path's node names (the one this put overwrites). While the row is younger than
+/// the consistency horizon, recovery leaves it pending and looks again at its next pass, so a
+/// write the store accepted is not failed (and left behind untracked) too early. An object that
+/// is neither this put's nor the node's is someone else's write: the put fails at once.
 pub(in crate::engine) async fn recover(
     c: &OpContext,
     entry: &JournalEntry,
@@ -158,20 +159,17 @@ pub(in crate::engine) async fn recover(
             source_kept: false,
         }),
         Err(Error::Unverified { key, reason }) if entry.idle < c.consistency_horizon => {
-            let absent = c.store.head(&key).await?.is_none();
-            if absent {
-                Err(Error::Storage {
-                    op: S3Op::HeadObject,
-                    key,
-                    outcome: crate::store_error::Outcome::NotApplied,
-                    source: StoreError::new(
-                        StoreErrorKind::Transient,
-                        format!(
-                            "no object yet ({reason}); recovery looks again until the row is {:?} old",
-                            c.consistency_horizon
-                        ),
-                    ),
-                })
+            let seen = c.store.head(&key).await?;
+            let older = match &seen {
+                None => true,
+                Some(m) => c
+                    .meta
+                    .node(&c.spec.name, &request.path)
+                    .await?
+                    .is_some_and(|n| !n.meta.etag.is_empty() && n.meta.etag == m.etag),
+            };
+            if older {
+                Err(super::not_settled_yet(c, &key, &reason))
             } else {
                 Err(Error::Unverified { key, reason })
             }
