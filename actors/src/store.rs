@@ -27,14 +27,55 @@ pub trait MountDirectory: Send + Sync + 'static {
     fn mount(&self, name: &str) -> Option<MountStore>;
 }
 
+/// Whether this process may start S3 requests that change the mount's bucket: fencing reaches S3.
+/// The mount's supervisor sets it from its lease: held until the lease's expiry as this process
+/// measures it (from the moment it sent the request that took or renewed the lease, on the
+/// monotonic clock, which runs on while a process is paused) less a safety margin; not held
+/// before the lease is taken and after it is lost or given up. A store layer no supervisor
+/// fences (a test's) is unfenced.
+#[derive(Debug, Default)]
+pub struct LeaseClock(std::sync::Mutex<LeaseWindow>);
+
+#[derive(Debug, Default, Clone, Copy)]
+enum LeaseWindow {
+    #[default]
+    Unfenced,
+    NotHeld,
+    HeldUntil(std::time::Instant),
+}
+
+impl LeaseClock {
+    /// Mutations may start until `until` (`None`: not at all).
+    pub fn hold_until(&self, until: Option<std::time::Instant>) {
+        *self.0.lock().expect("lease clock") = match until {
+            Some(t) => LeaseWindow::HeldUntil(t),
+            None => LeaseWindow::NotHeld,
+        };
+    }
+
+    /// `None` when a mutation may start now; otherwise why not.
+    fn refusal(&self) -> Option<String> {
+        match *self.0.lock().expect("lease clock") {
+            LeaseWindow::Unfenced => None,
+            LeaseWindow::HeldUntil(t) if std::time::Instant::now() < t => None,
+            LeaseWindow::HeldUntil(_) => Some(
+                "the mount's lease is not known to be held for long enough (not renewed in time)"
+                    .into(),
+            ),
+            LeaseWindow::NotHeld => Some("this executor does not hold the mount's lease".into()),
+        }
+    }
+}
+
 /// One mount's store layer: its spec, its object store, its retry policy and counters. Cheap to
-/// clone; every clone charges the same budget.
+/// clone; every clone charges the same budget and shares the lease clock.
 #[derive(Clone)]
 pub struct MountStore {
     spec: Arc<MountSpec>,
     store: Arc<dyn ObjectStore>,
     retry: RetryPolicy,
     counters: Arc<MountCounters>,
+    lease: Arc<LeaseClock>,
 }
 
 impl std::fmt::Debug for MountStore {
@@ -53,6 +94,31 @@ impl MountStore {
             store,
             retry,
             counters: Arc::default(),
+            lease: Arc::default(),
+        }
+    }
+
+    /// The clock that says whether this process may change the bucket now (set by the mount's
+    /// supervisor from its lease).
+    pub fn lease_clock(&self) -> &Arc<LeaseClock> {
+        &self.lease
+    }
+
+    /// Refuses a request that changes the bucket (a PUT, a Complete, a copy, a DELETE) when this
+    /// process is not known to hold the mount's lease for long enough: a paused or cut-off owner
+    /// starts no S3 write after its lease may have passed to another host.
+    fn fence(&self, op: S3Op, key: &str) -> Result<(), Error> {
+        if !op.changes_objects() {
+            return Ok(());
+        }
+        match self.lease.refusal() {
+            None => Ok(()),
+            Some(why) => Err(Error::LeaseLost(crate::ports::MetaError {
+                retryable: false,
+                fenced: true,
+                message: format!("mount {}: S3 {op} of '{key}' not sent: {why}", self.mount()),
+                cause: None,
+            })),
         }
     }
 
@@ -85,14 +151,25 @@ impl MountStore {
         F: FnMut() -> Fut,
         Fut: Future<Output = Result<T, StoreError>>,
     {
+        self.fence(op, key)?;
         let mount = self.mount();
         let counters = &self.counters;
         // Maybe applied if any attempt may have been (sticky over the attempts).
         let maybe_applied = std::sync::atomic::AtomicBool::new(false);
+        // Set when an attempt was not sent because the lease may be gone (checked as each attempt
+        // starts, after the backoff's sleep, which a stopped process may have overslept).
+        let fenced: std::sync::Mutex<Option<Error>> = std::sync::Mutex::new(None);
         let once = || {
-            let call = attempt();
-            let maybe_applied = &maybe_applied;
+            let held = self.fence(op, key);
+            let call = held.is_ok().then(&mut attempt);
+            let (maybe_applied, fenced) = (&maybe_applied, &fenced);
             async move {
+                let Some(call) = call else {
+                    let e = held.expect_err("not sent only when fenced");
+                    let message = e.to_string();
+                    *fenced.lock().expect("fence slot") = Some(e);
+                    return Err(StoreError::new(StoreErrorKind::Config, message));
+                };
                 let r = call.await;
                 match &r {
                     Ok(_) => counters.call_succeeded(),
@@ -120,7 +197,11 @@ impl MountStore {
                 },
             )
             .await
-            .map_err(|source| Error::Storage {
+            .map_err(|source| {
+                if let Some(e) = fenced.lock().expect("fence slot").take() {
+                    return e;
+                }
+                Error::Storage {
                 op,
                 key: key.to_owned(),
                 source,
@@ -129,6 +210,7 @@ impl MountStore {
                 } else {
                     Outcome::NotApplied
                 },
+                }
             })
     }
 

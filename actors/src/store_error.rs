@@ -99,6 +99,19 @@ pub enum S3Op {
 }
 
 impl S3Op {
+    /// Whether the request can change what a key holds (an upload's parts and its abort do not,
+    /// until Complete).
+    pub fn changes_objects(self) -> bool {
+        matches!(
+            self,
+            S3Op::PutObject
+                | S3Op::DeleteObject
+                | S3Op::DeleteObjects
+                | S3Op::CopyObject
+                | S3Op::CompleteMultipartUpload
+        )
+    }
+
     /// The name in logs, metrics (`op` label) and error messages.
     pub fn as_str(self) -> &'static str {
         match self {

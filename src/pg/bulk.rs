@@ -280,10 +280,15 @@ impl PgMetaStore {
                             }
                         };
                         if !ok {
-                            out[i] = Some(Err(refused(format!(
-                                "journal {}: this executor does not hold the lease of the move's source mount '{}'; the move was not committed",
-                                r.journal_id, src.mount
-                            ))));
+                            // Fenced (the caller gets the retryable `LeaseLost`; the row stays
+                            // pending for recovery), but refused alone.
+                            out[i] = Some(Err(MetaError {
+                                fenced: true,
+                                ..refused(format!(
+                                    "journal {}: this executor does not hold the lease of the move's source mount '{}'; the move was not committed",
+                                    r.journal_id, src.mount
+                                ))
+                            }));
                             continue;
                         }
                     }

@@ -453,6 +453,76 @@ pub async fn an_owner_paused_past_its_lease_cannot_write(backend: Backend) {
     env.cleanup().await;
 }
 
+/// Fencing reaches S3. The owner A is stopped (SIGSTOP) just before its put's PUT, and stays
+/// stopped past its lease; B takes the mount over and writes the same path, and the caller is
+/// told it committed. Resumed (SIGCONT), A sends no PUT: its lease is no longer known to be held
+/// (the monotonic clock ran on while it was stopped), so its late write, which would have
+/// replaced B's acknowledged object, is not sent. (Before, it was: the bucket held A's object
+/// and B's node named B's.)
+pub async fn a_paused_owner_sends_no_late_s3_write(backend: Backend) {
+    let env = TestEnv::new(backend).await;
+    env.exec.shutdown().await;
+    let (mut a, log) = spawn_owner(&env, "one-put", "before_put=sleep:1500");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while count_lines(&log, "failpoint before_put: sleeping") == 0 {
+        assert!(Instant::now() < deadline, "{:?}", log.lock().unwrap());
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let pid = a.id().unwrap().to_string();
+    let signal = |sig: &str| {
+        assert!(std::process::Command::new("kill")
+            .args([sig, &pid])
+            .status()
+            .unwrap()
+            .success())
+    };
+    signal("-STOP");
+    let mut config: ExecutorConfig = env.exec.config().clone();
+    config.owner_id = "host-b".into();
+    config.supervisor.lease_ttl = TTL;
+    // A's row (its PUT never sent) is failed by B's recovery once the path's object is older
+    // than this.
+    config.supervisor.consistency_horizon = Duration::from_secs(1);
+    config.supervisor.recovery_interval = Duration::from_millis(300);
+    let b = S3Executor::start(config).await.unwrap();
+    wait_owned(&b, TTL + TTL / 3 + Duration::from_secs(2)).await;
+    let mine = b"written by B while A was stopped".to_vec();
+    let put = b
+        .put_bytes("m", "paused.txt", mine.clone(), PutOptions::default())
+        .await
+        .unwrap();
+
+    signal("-CONT");
+    let status = tokio::time::timeout(Duration::from_secs(30), a.wait())
+        .await
+        .expect("A ends after it is resumed")
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await; // the last stderr lines
+    let stderr = log.lock().unwrap().join("\n");
+    eprintln!("A after SIGCONT ({status}):\n{stderr}");
+    assert!(
+        stderr.contains("CHILD put ended: Err("),
+        "A's put must not succeed:\n{stderr}"
+    );
+    assert_eq!(
+        env.object(&env.key("paused.txt")).await,
+        Some(mine.clone()),
+        "B's acknowledged object is still there"
+    );
+    assert!(
+        stderr.contains("not sent"),
+        "A's PUT must be held back by the lease clock:\n{stderr}"
+    );
+    env.wait_no_pending(Duration::from_secs(20)).await;
+    let node = b.stat("m", "paused.txt").await.unwrap().node.unwrap();
+    assert_eq!(node.generation, put.generation);
+    let mut expected: Expected = BTreeMap::new();
+    expected.insert(("m".into(), "paused.txt".into()), sha256_hex(&mine));
+    invariants::check(&env, &expected).await;
+    b.shutdown().await;
+    env.cleanup().await;
+}
+
 /// F3: the owner is killed after a commit and before the notifier published its event (the
 /// `before_publish` failpoint aborts the process; the owner process lingers after its put, so
 /// its notifier surely gets there). The next owner's notifier publishes the committed event with
@@ -514,6 +584,11 @@ per_backend! {
         ignore = "needs --features failpoints (scripts/test.sh enables it)"
     )]
     an_owner_paused_past_its_lease_cannot_write => super::an_owner_paused_past_its_lease_cannot_write(B);
+    #[cfg_attr(
+        not(feature = "failpoints"),
+        ignore = "needs --features failpoints (scripts/test.sh enables it)"
+    )]
+    a_paused_owner_sends_no_late_s3_write => super::a_paused_owner_sends_no_late_s3_write(B);
     #[cfg_attr(
         not(feature = "failpoints"),
         ignore = "needs --features failpoints (scripts/test.sh enables it)"

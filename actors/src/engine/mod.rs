@@ -72,8 +72,11 @@ impl Operation {
             Operation::Delete { request, .. } => ops::delete::precheck(c, request).await,
             Operation::Copy { request, .. } => ops::copy::precheck(c, request).await,
             Operation::Move { request, .. } => {
+                // After the pin: a move repeated after it committed (its source gone) gets its
+                // recorded result, whoever holds the source mount now.
+                let pin = ops::copy::precheck(c, request).await?;
                 ops::source_lease_held(c, &request.source.mount).await?;
-                ops::copy::precheck(c, request).await
+                Ok(pin)
             }
         }
     }
@@ -306,16 +309,17 @@ async fn run_protocol(
 }
 
 /// Whether a failed operation is left pending for recovery rather than marked failed: one whose
-/// S3 request may have been applied (a put's PUT, a multipart put's Complete, a copy's CopyObject,
-/// a move's DELETE of its source, ...). Recovery settles it from what S3 holds, from the step its
-/// row records.
+/// S3 request that changes a key may have been applied (a put's PUT, a multipart put's Complete,
+/// a copy's CopyObject, a move's DELETE of its source, ...). Recovery settles it from what S3
+/// holds, from the step its row records. (A part that may have been uploaded changes no key.)
 fn settled_by_recovery(e: &Error) -> bool {
     matches!(
         e,
         Error::Storage {
+            op,
             outcome: crate::store::Outcome::MaybeApplied,
             ..
-        }
+        } if op.changes_objects()
     )
 }
 

@@ -119,6 +119,10 @@ pub struct UploadRequest {
     pub retain_on_failure: bool,
     /// Receives progress updates.
     pub sink: Option<ProgressSink>,
+    /// Record the content's size and SHA-256 before Complete ([`PartRecorder::completing`]): a
+    /// multipart put's proof for recovery. (A streamed copy's row keeps its pin instead: its
+    /// content is the pinned source's.)
+    pub record_content: bool,
 }
 
 /// What an upload needs from its surroundings.
@@ -283,9 +287,11 @@ pub(crate) async fn run_upload(
             });
         }
     }
-    deps.recorder
-        .completing(job.journal_id, size, sha256)
-        .await?;
+    if job.record_content {
+        deps.recorder
+            .completing(job.journal_id, size, sha256)
+            .await?;
+    }
     let etag = complete(
         &deps,
         &mount,

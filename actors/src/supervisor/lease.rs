@@ -17,9 +17,10 @@ impl MountSupervisor {
             self.owner.clone(),
             self.settings.lease_ttl,
         );
+        let asked = std::time::Instant::now();
         let fut = async move { meta.acquire_lease(&mount, &owner, ttl).await }
             .into_actor(self)
-            .map(|res, act, ctx| {
+            .map(move |res, act, ctx| {
                 act.acquiring = false;
                 if act.retired {
                     // Retired while asking: a lease taken meanwhile is given back at once, so the
@@ -41,6 +42,7 @@ impl MountSupervisor {
                     Ok(LeaseState::Owned(fence)) => {
                         act.held_by = None;
                         act.lease_error = None;
+                        act.lease_held_since(asked);
                         act.become_owner(fence, ctx);
                     }
                     Ok(LeaseState::HeldBy { owner, expires_at }) => {
@@ -66,6 +68,18 @@ impl MountSupervisor {
         } else {
             ctx.spawn(fut);
         }
+    }
+
+    /// The lease was taken or renewed by a request sent at `asked`: S3 mutations may start until
+    /// its expiry as measured from then, less a quarter of its duration (the renewal interval),
+    /// so that a request started in time has that long before another host can take the mount.
+    /// Renewals go every quarter: one that fails or answers late leaves the next one time to
+    /// hold the clock again before it runs out.
+    pub(super) fn lease_held_since(&mut self, asked: std::time::Instant) {
+        let ttl = self.settings.lease_ttl;
+        self.store
+            .lease_clock()
+            .hold_until(Some(asked + ttl - ttl / 4));
     }
 
     pub(super) fn retry_lease_later(&mut self, ctx: &mut Context<Self>) {
@@ -120,7 +134,7 @@ impl MountSupervisor {
             }),
         );
         self.lease_timer =
-            Some(ctx.run_interval(self.settings.lease_ttl / 3, |act, ctx| act.renew_lease(ctx)));
+            Some(ctx.run_interval(self.settings.lease_ttl / 4, |act, ctx| act.renew_lease(ctx)));
     }
 
     pub(super) fn renew_lease(&mut self, ctx: &mut Context<Self>) {
@@ -129,13 +143,17 @@ impl MountSupervisor {
         };
         let meta = self.meta.clone();
         let ttl = self.settings.lease_ttl;
+        let asked = std::time::Instant::now();
         ctx.spawn(
             async move { meta.renew_lease(&fence, ttl).await }
                 .into_actor(self)
-                .map(|res, act, ctx| match res {
+                .map(move |res, act, ctx| match res {
+                    // (An answer that comes after the lease was given up holds nothing.)
+                    Ok(true) if act.fence.is_some() && !act.retired => act.lease_held_since(asked),
                     Ok(true) => {}
-                    Ok(false) if act.retired => {}
+                    Ok(false) if act.retired => act.store.lease_clock().hold_until(None),
                     Ok(false) => {
+                        act.store.lease_clock().hold_until(None);
                         log::error!(
                             "mount {}: lease lost (expired or taken over); stopping this supervisor's work",
                             act.spec.name
@@ -189,6 +207,7 @@ impl MountSupervisor {
             return None;
         }
         let fence = self.fence.take()?;
+        self.store.lease_clock().hold_until(None);
         let meta = self.meta.clone();
         Some(async move {
             if let Err(e) = meta.release_lease(&fence).await {

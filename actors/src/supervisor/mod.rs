@@ -53,7 +53,7 @@ pub struct SupervisorSettings {
     /// A multipart upload this executor started and no longer tracks (its journal row ended) is
     /// aborted once it has been idle this long. Uploads the executor did not start are never touched.
     pub orphan_upload_grace: Duration,
-    /// How long a mount's lease lasts unless renewed (it is renewed every third of it). A dead
+    /// How long a mount's lease lasts unless renewed (it is renewed every quarter of it). A dead
     /// owner's mounts are taken over within `lease_ttl` plus a third of it.
     pub lease_ttl: Duration,
     /// Published outbox rows older than this are pruned by the mount's owner (at each recovery
@@ -272,6 +272,8 @@ impl Actor for MountSupervisor {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Self::Context) {
+        // No S3 write until the lease is taken.
+        self.store.lease_clock().hold_until(None);
         log::info!(
             "mount {}: supervisor started (restarts: {})",
             self.spec.name,
@@ -286,6 +288,7 @@ impl Actor for MountSupervisor {
 impl Supervised for MountSupervisor {
     fn restarting(&mut self, _ctx: &mut Self::Context) {
         self.restarts += 1;
+        self.store.lease_clock().hold_until(None);
         // Dropping the addresses stops the old committer and notifier once their mailboxes drain.
         self.committer = None;
         self.notifier = None;

@@ -188,8 +188,8 @@ pub(super) async fn copy_steps(
         }
         Some(OpProgress::SourceDeleted { source, dest }) => return Ok((source, dest, None)),
         Some(OpProgress::SourcePinned { source }) => source,
-        // A row written before pins went with the intent (a multipart put's step is never a
-        // copy's).
+        // A row written before pins went with the intent. (`Completing` is a multipart put's
+        // step, never recorded for a copy.)
         None | Some(OpProgress::Completing { .. }) => {
             check_condition(c, &t.path, &t.condition).await?;
             let pinned = pin_source(c, t).await?;
@@ -408,6 +408,7 @@ async fn streamed(
         concurrency: c.spec.part_concurrency as usize,
         retain_on_failure: false,
         sink: None,
+        record_content: false,
     };
     let done = UploadHandle::start(job, c.upload_deps()).join().await?;
     if done.sha256 != pinned.sha256 {

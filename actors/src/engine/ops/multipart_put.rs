@@ -62,6 +62,7 @@ pub(in crate::engine) async fn act(
         concurrency: c.spec.part_concurrency as usize,
         retain_on_failure: c.spec.retain_failed_uploads,
         sink,
+        record_content: true,
     };
     let done = UploadHandle::start(job, c.upload_deps()).join().await?;
     crate::failpoint::hit("after_complete").await;
@@ -218,6 +219,15 @@ pub(in crate::engine) async fn recover(
             if completing {
                 if let Some(outcome) = appears_within_window(c, entry, request).await? {
                     return Ok(outcome);
+                }
+                // The store may still serve an older state: looked at again at the next pass
+                // until the row is older than the consistency horizon.
+                if entry.idle < c.consistency_horizon {
+                    return Err(super::not_settled_yet(
+                        c,
+                        &request.key,
+                        "no object with this row's marker yet",
+                    ));
                 }
             }
             if let Some(rec) = c.meta.upload_of(entry.id).await? {

@@ -49,6 +49,7 @@ pub(in crate::engine) async fn act(
         metadata: metadata.clone(),
         if_none_match: condition.if_none_match,
     };
+    crate::failpoint::hit("before_put").await;
     let answered = match c.store.put(&input).await {
         Ok(answered) => answered,
         // Create-only, refused — but an earlier attempt of this very PUT may have written the
