@@ -10,6 +10,7 @@
 #[macro_use]
 mod common;
 
+mod adversarial;
 mod conformance;
 mod crash;
 mod credentials;

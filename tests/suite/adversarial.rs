@@ -1,0 +1,467 @@
+//! The concurrent adversarial run (issue 25): what the named scenarios cannot do — several
+//! clients at once on a few colliding paths across two mounts, on two executor processes sharing
+//! the mounts through the lease, with the owner killed (SIGKILL) or stopped past its lease
+//! (SIGSTOP, then SIGCONT) at random moments, and faults on every request type through the proxy:
+//! answers lost after the store applied the request (PUT, DELETE, CopyObject, Complete), 503 /
+//! 500, and a store serving older states (HEAD answered as before the last write or delete).
+//!
+//! Each client sends puts (small, create-only, generation-conditioned, streamed multipart),
+//! copies and moves within and across the mounts, deletes and `delete_many`, every call under an
+//! idempotency key of its own, sent again on a retryable error. It prints each call acknowledged
+//! as committed. At the end an executor of the test settles what is pending, and the checker
+//! holds the acknowledgements against the journal (each one committed, with the generation the
+//! caller was told) and runs the invariant checker (I1–I6: every node's object in the bucket with
+//! its content, nothing pending, events, no open upload) against the committed state.
+//!
+//! Runs on moto (s3s-fs keeps a deleted key's SHA-256 for a multipart upload completed later at
+//! the same key, docs/testing.md). It prints its seed: `FILESTORE_TEST_SEED` replays the choices
+//! (timing differs). CI runs a short fixed seed; a long run:
+//! `FILESTORE_TEST_SEED=$RANDOM FILESTORE_TEST_ADVERSARIAL_SECS=900 cargo test --features
+//! filestore-s3/failpoints --test suite adversarial:: -- --nocapture` (figures in
+//! docs/failures.md).
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use crate::common;
+use common::faultproxy::{Fault, FaultProxy, Op, Rule};
+use common::invariants::{self, Expected};
+use common::{Backend, TestEnv};
+use filestore_s3::{
+    DeleteManyOptions, DeleteOptions, Error, ExecutorConfig, Location, PutMode, PutOptions,
+    S3Executor, TransferOptions,
+};
+use rand::{Rng, SeedableRng};
+use tokio::io::{AsyncBufReadExt, BufReader};
+
+const CHILD_ENV: &str = "FILESTORE_TEST_ADVERSARIAL_HOST";
+const MOUNTS: [&str; 2] = ["m", "m2"];
+const PATHS: usize = 4;
+const CLIENTS: usize = 3;
+const MIB: usize = 1024 * 1024;
+const TTL: Duration = Duration::from_millis(1500);
+
+fn env_num(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+fn mount_settings(r: &mut filestore_s3::MountRow) {
+    r.multipart_threshold = (5 * MIB) as i64;
+    r.part_size = (5 * MIB) as i64;
+    r.part_concurrency = 2;
+    r.verify_window_ms = 1500;
+}
+
+/// What a client acknowledged: a call answered as committed.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+struct Ack {
+    journal_id: i64,
+    mount: String,
+    path: String,
+    op: String,
+    generation: i64,
+}
+
+/// One line, written at once (a kill cannot cut it in two pieces that parse).
+fn emit(line: String) {
+    use std::io::Write as _;
+    let _ = std::io::stderr().write_all(format!("{line}\n").as_bytes());
+}
+
+/// The variant name of an error, for the counts.
+fn kind(e: &Error) -> String {
+    let d = format!("{e:?}");
+    d.split(|c: char| !c.is_alphanumeric())
+        .next()
+        .unwrap_or("")
+        .to_owned()
+}
+
+fn loc(rng: &mut rand::rngs::StdRng) -> Location {
+    Location::new(
+        MOUNTS[rng.random_range(0..MOUNTS.len())],
+        &format!("a/p{}", rng.random_range(0..PATHS)),
+    )
+}
+
+/// One call of a client; `Ok` holds what it acknowledged.
+async fn call(
+    exec: &S3Executor,
+    rng: &mut rand::rngs::StdRng,
+    tag: &str,
+    choice: u32,
+    key: &str,
+) -> Result<Vec<filestore_s3::OpResult>, Error> {
+    let at = loc(rng);
+    let content = format!("{tag} at {}:{}", at.mount, at.path).into_bytes();
+    let opts = |mode: PutMode| PutOptions {
+        idempotency_key: Some(key.to_owned()),
+        mode,
+        ..Default::default()
+    };
+    let transfer = || TransferOptions {
+        idempotency_key: Some(key.to_owned()),
+        ..Default::default()
+    };
+    let one = |r: Result<filestore_s3::OpResult, Error>| r.map(|r| vec![r]);
+    match choice {
+        0..=29 => one(exec
+            .put_bytes(&at.mount, &at.path, content, opts(PutMode::Overwrite))
+            .await),
+        30..=37 => one(exec
+            .put_bytes(&at.mount, &at.path, content, opts(PutMode::Create))
+            .await),
+        38..=44 => {
+            let generation = match exec.stat(&at.mount, &at.path).await {
+                Ok(s) => s.node.map_or(0, |n| n.generation),
+                Err(_) => 0,
+            };
+            one(exec
+                .put_bytes(
+                    &at.mount,
+                    &at.path,
+                    content,
+                    opts(PutMode::IfGeneration(generation)),
+                )
+                .await)
+        }
+        45..=47 => {
+            // A streamed multipart put: 6 MiB, its first bytes the call's own.
+            let mut body = content;
+            body.resize(6 * MIB, b'.');
+            one(exec
+                .put_reader(
+                    &at.mount,
+                    &at.path,
+                    std::io::Cursor::new(body),
+                    opts(PutMode::Overwrite),
+                )
+                .await)
+        }
+        48..=62 => {
+            let to = loc(rng);
+            one(exec.copy(&at, &to, transfer()).await)
+        }
+        63..=77 => {
+            let to = loc(rng);
+            one(exec.move_object(&at, &to, transfer()).await)
+        }
+        78..=91 => one(exec
+            .delete(
+                &at.mount,
+                &at.path,
+                DeleteOptions {
+                    idempotency_key: Some(key.to_owned()),
+                },
+            )
+            .await),
+        _ => {
+            let paths = [
+                format!("a/p{}", rng.random_range(0..PATHS)),
+                at.path.clone(),
+            ];
+            let results = exec
+                .delete_many(
+                    &at.mount,
+                    &paths,
+                    DeleteManyOptions {
+                        idempotency_key: Some(key.to_owned()),
+                        ..Default::default()
+                    },
+                )
+                .await?;
+            let mut acked = Vec::new();
+            for r in results {
+                match r {
+                    Ok(r) => acked.push(r),
+                    // A path without a node (or listed twice) is refused on its own.
+                    Err(Error::NotFound { .. }) => {}
+                    Err(e) => return Err(e),
+                }
+            }
+            Ok(acked)
+        }
+    }
+}
+
+/// A client: calls until `until`, each under a key of its own, sent again on a retryable error
+/// (a while: an unknown outcome is settled by recovery meanwhile), and prints what was
+/// acknowledged and how the rest ended.
+async fn client(exec: S3Executor, tag: String, seed: u64, until: Instant) {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let mut i = 0u64;
+    while Instant::now() < until {
+        i += 1;
+        let key = format!("{tag}-{i}");
+        let choice = rng.random_range(0..100u32);
+        let mut tries = 0;
+        loop {
+            // The same choices on every attempt: the same call, sent again.
+            let mut again = rng.clone();
+            match call(&exec, &mut again, &key, choice, &key).await {
+                Ok(acked) => {
+                    rng = again;
+                    for r in acked {
+                        let ack = Ack {
+                            journal_id: r.journal_id,
+                            mount: r.mount,
+                            path: r.path,
+                            op: format!("{:?}", r.op),
+                            generation: r.generation,
+                        };
+                        emit(format!("ACK {}", serde_json::to_string(&ack).unwrap()));
+                    }
+                    break;
+                }
+                Err(e @ Error::NotOwner { .. }) => {
+                    rng = again;
+                    emit(format!("ENDED {}", kind(&e)));
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    break;
+                }
+                Err(e) if e.is_retryable() && tries < 40 && Instant::now() < until => {
+                    tries += 1;
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                Err(e) => {
+                    rng = again;
+                    if matches!(e, Error::IdempotencyConflict { .. }) {
+                        emit(format!("BUG {key}: {e}"));
+                    }
+                    emit(format!("ENDED {}", kind(&e)));
+                    break;
+                }
+            }
+        }
+    }
+}
+
+/// One executor process of the run (`host-a` or `host-b`, started again after each kill).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a host of the adversarial run (started by it)"]
+async fn adversarial_host() {
+    let spec = std::env::var(CHILD_ENV).expect("started by the adversarial run");
+    let mut it = spec.split(':');
+    let (host, generation, seed, secs) = (
+        it.next().unwrap().to_owned(),
+        it.next().unwrap().parse::<u64>().unwrap(),
+        it.next().unwrap().parse::<u64>().unwrap(),
+        it.next().unwrap().parse::<u64>().unwrap(),
+    );
+    let _ = env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("error"))
+        .try_init();
+    let mut config = ExecutorConfig::from_env().unwrap();
+    config.supervisor.recovery_interval = Duration::from_millis(700);
+    let exec = S3Executor::start(config).await.unwrap();
+    emit("STARTED".into());
+    let until = Instant::now() + Duration::from_secs(secs);
+    let mut clients = Vec::new();
+    for c in 0..CLIENTS {
+        let tag = format!("{host}.{generation}.{c}");
+        let seed = seed ^ (generation << 20) ^ ((c as u64) << 8) ^ host.len() as u64;
+        clients.push(tokio::spawn(client(exec.clone(), tag, seed, until)));
+    }
+    for c in clients {
+        c.await.unwrap();
+    }
+    exec.shutdown().await;
+    emit("END".into());
+}
+
+struct Host {
+    name: &'static str,
+    generation: u64,
+    child: tokio::process::Child,
+}
+
+fn spawn_host(
+    env: &TestEnv,
+    name: &'static str,
+    generation: u64,
+    seed: u64,
+    secs: u64,
+    lines: &Arc<Mutex<Vec<String>>>,
+) -> Host {
+    let mut child = tokio::process::Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "adversarial::adversarial_host",
+            "--ignored",
+            "--nocapture",
+        ])
+        .envs(env.child_vars())
+        .env(CHILD_ENV, format!("{name}:{generation}:{seed}:{secs}"))
+        .env("FILESTORE_OWNER_ID", format!("{name}.{generation}"))
+        .env("FILESTORE_LEASE_TTL_MS", TTL.as_millis().to_string())
+        .env("FILESTORE_CONSISTENCY_HORIZON_MS", "3000")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let l = lines.clone();
+    tokio::spawn(async move {
+        let mut it = BufReader::new(stderr).lines();
+        while let Ok(Some(line)) = it.next_line().await {
+            l.lock().unwrap().push(line);
+        }
+    });
+    Host {
+        name,
+        generation,
+        child,
+    }
+}
+
+fn signal(pid: u32, sig: &str) {
+    let _ = std::process::Command::new("kill")
+        .args([sig, &pid.to_string()])
+        .status();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_hosts_concurrent_clients_kills_pauses_and_faults() {
+    let seed = env_num("FILESTORE_TEST_SEED", 20261205);
+    let secs = env_num("FILESTORE_TEST_ADVERSARIAL_SECS", 40);
+    eprintln!("adversarial run: seed {seed}, {secs} s (replay with FILESTORE_TEST_SEED={seed})");
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let proxy = FaultProxy::start(&common::endpoint_of(Backend::Moto), seed).await;
+    let p = |probability: f64, op: Option<Op>, fault: Fault| Rule {
+        probability,
+        ..Rule::always(op, fault)
+    };
+    proxy.add(p(0.02, None, Fault::Status(503, "SlowDown")));
+    proxy.add(p(0.01, None, Fault::Status(500, "InternalError")));
+    for op in [
+        Op::PutObject,
+        Op::DeleteObject,
+        Op::CopyObject,
+        Op::CompleteMultipartUpload,
+    ] {
+        proxy.add(p(0.03, Some(op), Fault::DropResponse));
+    }
+    proxy.add(Rule::always(
+        Some(Op::HeadObject),
+        Fault::StaleAfterWrite(Duration::from_millis(300)),
+    ));
+    let mut env = TestEnv::builder(Backend::Moto)
+        .mount(mount_settings)
+        .endpoint(proxy.endpoint.clone())
+        .build()
+        .await;
+    env.add_mount("m2", mount_settings).await;
+    env.exec.shutdown().await;
+
+    let lines = Arc::new(Mutex::new(Vec::new()));
+    let mut hosts = vec![
+        spawn_host(&env, "host-a", 0, seed, secs, &lines),
+        spawn_host(&env, "host-b", 0, seed, secs, &lines),
+    ];
+    let until = Instant::now() + Duration::from_secs(secs);
+    let (mut kills, mut pauses) = (0usize, 0usize);
+    loop {
+        let wait = Duration::from_millis(rng.random_range(2000..5000));
+        if Instant::now() + wait + Duration::from_secs(4) >= until {
+            break;
+        }
+        tokio::time::sleep(wait).await;
+        let h = rng.random_range(0..hosts.len());
+        let Some(pid) = hosts[h].child.id() else {
+            continue;
+        };
+        if rng.random_bool(0.6) {
+            // Killed at a random moment; started again (a new owner id: a new process), with
+            // the time that is left.
+            signal(pid, "-KILL");
+            let _ = hosts[h].child.wait().await;
+            kills += 1;
+            let left = until
+                .saturating_duration_since(Instant::now())
+                .as_secs()
+                .max(1);
+            let (name, generation) = (hosts[h].name, hosts[h].generation + 1);
+            hosts[h] = spawn_host(&env, name, generation, seed, left, &lines);
+        } else {
+            // Stopped past its lease, then resumed.
+            signal(pid, "-STOP");
+            tokio::time::sleep(TTL + Duration::from_millis(rng.random_range(200..1500))).await;
+            signal(pid, "-CONT");
+            pauses += 1;
+        }
+    }
+    for h in &mut hosts {
+        let status = tokio::time::timeout(Duration::from_secs(90), h.child.wait())
+            .await
+            .unwrap_or_else(|_| panic!("seed {seed}: {} did not end", h.name))
+            .unwrap();
+        assert!(status.success(), "seed {seed}: {} ended {status:?}", h.name);
+    }
+
+    // An executor of the test settles what the run left, on a healthy store.
+    proxy.clear();
+    let mut config = env.exec.config().clone();
+    config.owner_id = "settler".into();
+    config.supervisor.consistency_horizon = Duration::from_secs(1);
+    config.supervisor.recovery_interval = Duration::from_millis(300);
+    let exec = S3Executor::start(config).await.unwrap();
+    for m in MOUNTS {
+        exec.wait_for_lease(m, TTL * 3).await.unwrap();
+    }
+    env.wait_no_pending(Duration::from_secs(60)).await;
+
+    let lines = lines.lock().unwrap().clone();
+    let acks: Vec<Ack> = lines
+        .iter()
+        .filter_map(|l| l.strip_prefix("ACK "))
+        .filter_map(|j| serde_json::from_str(j).ok())
+        .collect();
+    let mut ended: BTreeMap<String, usize> = BTreeMap::new();
+    for l in lines.iter().filter_map(|l| l.strip_prefix("ENDED ")) {
+        *ended.entry(l.to_owned()).or_default() += 1;
+    }
+    let bugs: Vec<&String> = lines.iter().filter(|l| l.starts_with("BUG ")).collect();
+    let faults = proxy.seen().iter().filter(|s| s.fault.is_some()).count();
+    eprintln!(
+        "seed {seed}: {} calls acknowledged, others ended {ended:?}; {kills} kills, {pauses} pauses, \
+         {faults} injected faults of {} requests",
+        acks.len(),
+        proxy.seen().len()
+    );
+    assert!(bugs.is_empty(), "seed {seed}: {bugs:?}");
+    assert!(acks.len() >= 20, "seed {seed}: too little work to judge");
+
+    // Every acknowledged call is committed, with the generation its caller was told.
+    for a in &acks {
+        let row = env
+            .query(
+                "SELECT state, (result->>'generation')::bigint FROM {schema}.journal WHERE id = $1",
+                &[&a.journal_id],
+            )
+            .await;
+        assert_eq!(
+            row.len(),
+            1,
+            "seed {seed}: acknowledged {a:?} has no journal row"
+        );
+        assert_eq!(
+            (row[0].get::<_, String>(0), row[0].get::<_, Option<i64>>(1)),
+            ("committed".to_string(), Some(a.generation)),
+            "seed {seed}: acknowledged {a:?}"
+        );
+    }
+    // The committed state is what the bucket holds, and the rest of I1–I6.
+    let expected: Expected = env
+        .query("SELECT mount, path, sha256 FROM {schema}.nodes", &[])
+        .await
+        .iter()
+        .map(|r| ((r.get(0), r.get(1)), r.get(2)))
+        .collect();
+    invariants::check(&env, &expected).await;
+    exec.shutdown().await;
+    env.cleanup().await;
+}
