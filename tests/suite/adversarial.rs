@@ -3,7 +3,8 @@
 //! the mounts through the lease, with the owner killed (SIGKILL) or stopped past its lease
 //! (SIGSTOP, then SIGCONT) at random moments, and faults on every request type through the proxy:
 //! answers lost after the store applied the request (PUT, DELETE, CopyObject, Complete), 503 /
-//! 500, and a store serving older states (HEAD answered as before the last write or delete).
+//! 500, a store serving older states (HEAD answered as before the last write or delete), and
+//! the store going away for a moment (every connection cut, answers of requests in flight lost).
 //!
 //! Each client sends puts (small, create-only, generation-conditioned, streamed multipart),
 //! copies and moves within and across the mounts, deletes and `delete_many`, every call under an
@@ -15,10 +16,10 @@
 //!
 //! Runs on moto (s3s-fs keeps a deleted key's SHA-256 for a multipart upload completed later at
 //! the same key, docs/testing.md). It prints its seed: `FILESTORE_TEST_SEED` replays the choices
-//! (timing differs). CI runs a short fixed seed; a long run:
-//! `FILESTORE_TEST_SEED=$RANDOM FILESTORE_TEST_ADVERSARIAL_SECS=900 cargo test --features
-//! filestore-s3/failpoints --test suite adversarial:: -- --nocapture` (figures in
-//! docs/failures.md).
+//! (timing differs). CI runs a short fixed seed (40 s, three clients per host); a long run:
+//! `FILESTORE_TEST_SEED=$RANDOM FILESTORE_TEST_ADVERSARIAL_SECS=900
+//! FILESTORE_TEST_ADVERSARIAL_CLIENTS=6 cargo test --features filestore-s3/failpoints --test suite
+//! adversarial:: -- --nocapture` (figures in docs/failures.md).
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -36,9 +37,9 @@ use rand::{Rng, SeedableRng};
 use tokio::io::{AsyncBufReadExt, BufReader};
 
 const CHILD_ENV: &str = "FILESTORE_TEST_ADVERSARIAL_HOST";
+const HOLD_ENV: &str = "FILESTORE_TEST_ADVERSARIAL_HOLD";
 const MOUNTS: [&str; 2] = ["m", "m2"];
-const PATHS: usize = 4;
-const CLIENTS: usize = 3;
+const PATHS: usize = 8;
 const MIB: usize = 1024 * 1024;
 const TTL: Duration = Duration::from_millis(1500);
 
@@ -88,16 +89,66 @@ fn loc(rng: &mut rand::rngs::StdRng) -> Location {
     )
 }
 
-/// One call of a client; `Ok` holds what it acknowledged.
-async fn call(
+/// Another path than `at` (on any mount; for `delete_many`, only the path is used).
+fn other_loc(rng: &mut rand::rngs::StdRng, at: &Location) -> Location {
+    loop {
+        let l = loc(rng);
+        if l.path != at.path {
+            return l;
+        }
+    }
+}
+
+/// One call of a client, decided once (it is sent again as it is).
+enum Call {
+    Put(Location, PutMode),
+    Stream(Location),
+    Copy(Location, Location),
+    Move(Location, Location),
+    Delete(Location),
+    DeleteMany(String, [String; 2]),
+}
+
+/// Decides a call: mostly puts, then copies and moves (within and across mounts), deletes.
+async fn plan(exec: &S3Executor, rng: &mut rand::rngs::StdRng) -> Call {
+    let at = loc(rng);
+    match rng.random_range(0..100u32) {
+        0..=29 => Call::Put(at, PutMode::Overwrite),
+        30..=37 => Call::Put(at, PutMode::Create),
+        38..=44 => {
+            // Replace what a read showed (create, when it showed nothing).
+            let mode = match exec.stat(&at.mount, &at.path).await {
+                Ok(s) => s
+                    .node
+                    .map_or(PutMode::Create, |n| PutMode::IfGeneration(n.generation)),
+                Err(_) => PutMode::Create,
+            };
+            Call::Put(at, mode)
+        }
+        45..=47 => Call::Stream(at),
+        48..=62 => {
+            let to = other_loc(rng, &at);
+            Call::Copy(at, to)
+        }
+        63..=77 => {
+            let to = other_loc(rng, &at);
+            Call::Move(at, to)
+        }
+        78..=91 => Call::Delete(at),
+        _ => {
+            let other = other_loc(rng, &at).path;
+            Call::DeleteMany(at.mount, [other, at.path])
+        }
+    }
+}
+
+/// Sends a call under `key`; `Ok` holds what it acknowledged.
+async fn send(
     exec: &S3Executor,
-    rng: &mut rand::rngs::StdRng,
-    tag: &str,
-    choice: u32,
+    call: &Call,
     key: &str,
 ) -> Result<Vec<filestore_s3::OpResult>, Error> {
-    let at = loc(rng);
-    let content = format!("{tag} at {}:{}", at.mount, at.path).into_bytes();
+    let content = |at: &Location| format!("{key} at {}:{}", at.mount, at.path).into_bytes();
     let opts = |mode: PutMode| PutOptions {
         idempotency_key: Some(key.to_owned()),
         mode,
@@ -107,67 +158,40 @@ async fn call(
         idempotency_key: Some(key.to_owned()),
         ..Default::default()
     };
-    let one = |r: Result<filestore_s3::OpResult, Error>| r.map(|r| vec![r]);
-    match choice {
-        0..=29 => one(exec
-            .put_bytes(&at.mount, &at.path, content, opts(PutMode::Overwrite))
-            .await),
-        30..=37 => one(exec
-            .put_bytes(&at.mount, &at.path, content, opts(PutMode::Create))
-            .await),
-        38..=44 => {
-            let generation = match exec.stat(&at.mount, &at.path).await {
-                Ok(s) => s.node.map_or(0, |n| n.generation),
-                Err(_) => 0,
-            };
-            one(exec
-                .put_bytes(
-                    &at.mount,
-                    &at.path,
-                    content,
-                    opts(PutMode::IfGeneration(generation)),
-                )
-                .await)
+    let r = match call {
+        Call::Put(at, mode) => {
+            exec.put_bytes(&at.mount, &at.path, content(at), opts(*mode))
+                .await
         }
-        45..=47 => {
+        Call::Stream(at) => {
             // A streamed multipart put: 6 MiB, its first bytes the call's own.
-            let mut body = content;
+            let mut body = content(at);
             body.resize(6 * MIB, b'.');
-            one(exec
-                .put_reader(
-                    &at.mount,
-                    &at.path,
-                    std::io::Cursor::new(body),
-                    opts(PutMode::Overwrite),
-                )
-                .await)
+            exec.put_reader(
+                &at.mount,
+                &at.path,
+                std::io::Cursor::new(body),
+                opts(PutMode::Overwrite),
+            )
+            .await
         }
-        48..=62 => {
-            let to = loc(rng);
-            one(exec.copy(&at, &to, transfer()).await)
-        }
-        63..=77 => {
-            let to = loc(rng);
-            one(exec.move_object(&at, &to, transfer()).await)
-        }
-        78..=91 => one(exec
-            .delete(
+        Call::Copy(from, to) => exec.copy(from, to, transfer()).await,
+        Call::Move(from, to) => exec.move_object(from, to, transfer()).await,
+        Call::Delete(at) => {
+            exec.delete(
                 &at.mount,
                 &at.path,
                 DeleteOptions {
                     idempotency_key: Some(key.to_owned()),
                 },
             )
-            .await),
-        _ => {
-            let paths = [
-                format!("a/p{}", rng.random_range(0..PATHS)),
-                at.path.clone(),
-            ];
+            .await
+        }
+        Call::DeleteMany(mount, paths) => {
             let results = exec
                 .delete_many(
-                    &at.mount,
-                    &paths,
+                    mount,
+                    paths,
                     DeleteManyOptions {
                         idempotency_key: Some(key.to_owned()),
                         ..Default::default()
@@ -178,14 +202,15 @@ async fn call(
             for r in results {
                 match r {
                     Ok(r) => acked.push(r),
-                    // A path without a node (or listed twice) is refused on its own.
+                    // A path without a node is refused on its own.
                     Err(Error::NotFound { .. }) => {}
                     Err(e) => return Err(e),
                 }
             }
-            Ok(acked)
+            return Ok(acked);
         }
-    }
+    };
+    r.map(|r| vec![r])
 }
 
 /// A client: calls until `until`, each under a key of its own, sent again on a retryable error
@@ -193,18 +218,23 @@ async fn call(
 /// acknowledged and how the rest ended.
 async fn client(exec: S3Executor, tag: String, seed: u64, until: Instant) {
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let hold = std::env::var(HOLD_ENV).expect("the run's hold file");
     let mut i = 0u64;
     while Instant::now() < until {
+        // A checkpoint: no new call until the run lets go (the state is checked meanwhile).
+        if let Some(n) = held(&hold) {
+            emit(format!("HELD {n} {tag}"));
+            while held(&hold) == Some(n) {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
         i += 1;
         let key = format!("{tag}-{i}");
-        let choice = rng.random_range(0..100u32);
+        let call = plan(&exec, &mut rng).await;
         let mut tries = 0;
         loop {
-            // The same choices on every attempt: the same call, sent again.
-            let mut again = rng.clone();
-            match call(&exec, &mut again, &key, choice, &key).await {
+            match send(&exec, &call, &key).await {
                 Ok(acked) => {
-                    rng = again;
                     for r in acked {
                         let ack = Ack {
                             journal_id: r.journal_id,
@@ -218,8 +248,7 @@ async fn client(exec: S3Executor, tag: String, seed: u64, until: Instant) {
                     break;
                 }
                 Err(e @ Error::NotOwner { .. }) => {
-                    rng = again;
-                    emit(format!("ENDED {}", kind(&e)));
+                    emit(format!("ENDED {} {e}", kind(&e)));
                     tokio::time::sleep(Duration::from_millis(200)).await;
                     break;
                 }
@@ -228,16 +257,24 @@ async fn client(exec: S3Executor, tag: String, seed: u64, until: Instant) {
                     tokio::time::sleep(Duration::from_millis(100)).await;
                 }
                 Err(e) => {
-                    rng = again;
                     if matches!(e, Error::IdempotencyConflict { .. }) {
                         emit(format!("BUG {key}: {e}"));
                     }
-                    emit(format!("ENDED {}", kind(&e)));
+                    emit(format!("ENDED {} {e}", kind(&e)));
                     break;
                 }
             }
         }
     }
+}
+
+/// The checkpoint the run holds the clients at, if any (the hold file holds its number).
+fn held(hold: &str) -> Option<u64> {
+    std::fs::read_to_string(hold).ok()?.trim().parse().ok()
+}
+
+fn clients_per_host() -> u64 {
+    env_num("FILESTORE_TEST_ADVERSARIAL_CLIENTS", 3)
 }
 
 /// One executor process of the run (`host-a` or `host-b`, started again after each kill).
@@ -260,9 +297,10 @@ async fn adversarial_host() {
     emit("STARTED".into());
     let until = Instant::now() + Duration::from_secs(secs);
     let mut clients = Vec::new();
-    for c in 0..CLIENTS {
+    // (The variable is inherited from the run.)
+    for c in 0..clients_per_host() {
         let tag = format!("{host}.{generation}.{c}");
-        let seed = seed ^ (generation << 20) ^ ((c as u64) << 8) ^ host.len() as u64;
+        let seed = seed ^ (generation << 20) ^ (c << 8) ^ host.len() as u64;
         clients.push(tokio::spawn(client(exec.clone(), tag, seed, until)));
     }
     for c in clients {
@@ -270,6 +308,39 @@ async fn adversarial_host() {
     }
     exec.shutdown().await;
     emit("END".into());
+}
+
+const WRITES: [Op; 4] = [
+    Op::PutObject,
+    Op::DeleteObject,
+    Op::CopyObject,
+    Op::CompleteMultipartUpload,
+];
+
+fn sometimes(probability: f64, op: Option<Op>, fault: Fault) -> Rule {
+    Rule {
+        probability,
+        ..Rule::always(op, fault)
+    }
+}
+
+/// The faults of the whole run: 503 / 500 now and then, answers of writes lost after the store
+/// applied them, HEADs answered with the state before the last write or delete for 300 ms.
+fn base_faults(proxy: &FaultProxy) {
+    faults_with_lag(proxy, Duration::from_millis(300));
+}
+
+/// [`base_faults`], with HEADs answered with the older state for `lag` after a write or delete.
+fn faults_with_lag(proxy: &FaultProxy, lag: Duration) {
+    proxy.add(sometimes(0.02, None, Fault::Status(503, "SlowDown")));
+    proxy.add(sometimes(0.01, None, Fault::Status(500, "InternalError")));
+    for op in WRITES {
+        proxy.add(sometimes(0.03, Some(op), Fault::DropResponse));
+    }
+    proxy.add(Rule::always(
+        Some(Op::HeadObject),
+        Fault::StaleAfterWrite(lag),
+    ));
 }
 
 struct Host {
@@ -285,6 +356,7 @@ fn spawn_host(
     seed: u64,
     secs: u64,
     lines: &Arc<Mutex<Vec<String>>>,
+    hold: &std::path::Path,
 ) -> Host {
     let mut child = tokio::process::Command::new(std::env::current_exe().unwrap())
         .args([
@@ -295,9 +367,13 @@ fn spawn_host(
         ])
         .envs(env.child_vars())
         .env(CHILD_ENV, format!("{name}:{generation}:{seed}:{secs}"))
+        .env(HOLD_ENV, hold)
         .env("FILESTORE_OWNER_ID", format!("{name}.{generation}"))
         .env("FILESTORE_LEASE_TTL_MS", TTL.as_millis().to_string())
         .env("FILESTORE_CONSISTENCY_HORIZON_MS", "3000")
+        // Few attempts: an outage outlasts them, and a request whose answer was lost ends in
+        // an unknown outcome more often.
+        .env("FILESTORE_S3_MAX_ATTEMPTS", "3")
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::piped())
         .kill_on_drop(true)
@@ -324,6 +400,48 @@ fn signal(pid: u32, sig: &str) {
         .status();
 }
 
+/// Holds every client (both hosts', `HELD <n>` from each), lets the hosts settle what is pending on
+/// a healthy store, checks I1–I6 against the committed state, and lets the clients go on.
+async fn checkpoint(
+    env: &TestEnv,
+    proxy: &FaultProxy,
+    lines: &Arc<Mutex<Vec<String>>>,
+    hold: &std::path::Path,
+    n: u64,
+    seed: u64,
+) {
+    std::fs::write(hold, n.to_string()).unwrap();
+    let tag = format!("HELD {n} ");
+    let clients = 2 * clients_per_host() as usize;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while lines
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|l| l.starts_with(&tag))
+        .count()
+        < clients
+    {
+        assert!(
+            Instant::now() < deadline,
+            "seed {seed}: checkpoint {n}: the clients were not all held within 60 s"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    proxy.clear();
+    env.wait_no_pending(Duration::from_secs(60)).await;
+    let expected: Expected = env
+        .query("SELECT mount, path, sha256 FROM {schema}.nodes", &[])
+        .await
+        .iter()
+        .map(|r| ((r.get(0), r.get(1)), r.get(2)))
+        .collect();
+    eprintln!("seed {seed}: checkpoint {n}: {} nodes", expected.len());
+    invariants::check(env, &expected).await;
+    base_faults(proxy);
+    std::fs::remove_file(hold).unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_hosts_concurrent_clients_kills_pauses_and_faults() {
     let seed = env_num("FILESTORE_TEST_SEED", 20261205);
@@ -331,24 +449,7 @@ async fn two_hosts_concurrent_clients_kills_pauses_and_faults() {
     eprintln!("adversarial run: seed {seed}, {secs} s (replay with FILESTORE_TEST_SEED={seed})");
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
     let proxy = FaultProxy::start(&common::endpoint_of(Backend::Moto), seed).await;
-    let p = |probability: f64, op: Option<Op>, fault: Fault| Rule {
-        probability,
-        ..Rule::always(op, fault)
-    };
-    proxy.add(p(0.02, None, Fault::Status(503, "SlowDown")));
-    proxy.add(p(0.01, None, Fault::Status(500, "InternalError")));
-    for op in [
-        Op::PutObject,
-        Op::DeleteObject,
-        Op::CopyObject,
-        Op::CompleteMultipartUpload,
-    ] {
-        proxy.add(p(0.03, Some(op), Fault::DropResponse));
-    }
-    proxy.add(Rule::always(
-        Some(Op::HeadObject),
-        Fault::StaleAfterWrite(Duration::from_millis(300)),
-    ));
+    base_faults(&proxy);
     let mut env = TestEnv::builder(Backend::Moto)
         .mount(mount_settings)
         .endpoint(proxy.endpoint.clone())
@@ -358,23 +459,86 @@ async fn two_hosts_concurrent_clients_kills_pauses_and_faults() {
     env.exec.shutdown().await;
 
     let lines = Arc::new(Mutex::new(Vec::new()));
+    let dir = tempfile::tempdir().unwrap();
+    let hold = dir.path().join("hold");
     let mut hosts = vec![
-        spawn_host(&env, "host-a", 0, seed, secs, &lines),
-        spawn_host(&env, "host-b", 0, seed, secs, &lines),
+        spawn_host(&env, "host-a", 0, seed, secs, &lines, &hold),
+        spawn_host(&env, "host-b", 0, seed, secs, &lines, &hold),
     ];
     let until = Instant::now() + Duration::from_secs(secs);
-    let (mut kills, mut pauses) = (0usize, 0usize);
+    let (mut kills, mut pauses, mut outages, mut brownouts, mut lags) = (0, 0, 0, 0, 0);
+    let mut checkpoints = 0u64;
+    let mut last_checkpoint = Instant::now();
     loop {
         let wait = Duration::from_millis(rng.random_range(2000..5000));
         if Instant::now() + wait + Duration::from_secs(4) >= until {
             break;
         }
         tokio::time::sleep(wait).await;
-        let h = rng.random_range(0..hosts.len());
+        // Now and then the clients are held and the state checked: a violation a later write
+        // would hide (an object without its node, a node naming another object) shows here.
+        if last_checkpoint.elapsed() > Duration::from_secs(12)
+            && until.saturating_duration_since(Instant::now()) > Duration::from_secs(15)
+        {
+            checkpoints += 1;
+            checkpoint(&env, &proxy, &lines, &hold, checkpoints, seed).await;
+            last_checkpoint = Instant::now();
+            continue;
+        }
+        // Mostly the owner of mount `m` (the other host is mostly standing by).
+        let owner: Option<String> = env
+            .query(
+                "SELECT owner FROM {schema}.mount_leases WHERE mount = 'm' AND expires_at > now()",
+                &[],
+            )
+            .await
+            .first()
+            .map(|r| r.get(0));
+        let h = match owner {
+            Some(o) if rng.random_bool(0.8) => hosts
+                .iter()
+                .position(|h| o == format!("{}.{}", h.name, h.generation))
+                .unwrap_or(0),
+            _ => rng.random_range(0..hosts.len()),
+        };
         let Some(pid) = hosts[h].child.id() else {
             continue;
         };
-        if rng.random_bool(0.6) {
+        let action = rng.random_range(0..10u32);
+        if action < 2 {
+            // A brownout: the next writes are applied and their answers lost, then the store
+            // answers 503 to everything for longer than the retries last (the unknowns recovery
+            // must settle from what the store holds).
+            for op in WRITES {
+                proxy.add(Rule {
+                    times: Some(2),
+                    ..Rule::always(Some(op), Fault::DropResponse)
+                });
+            }
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            proxy.add(Rule::always(None, Fault::Status(503, "SlowDown")));
+            tokio::time::sleep(Duration::from_millis(rng.random_range(800..2000))).await;
+            proxy.clear();
+            base_faults(&proxy);
+            brownouts += 1;
+        } else if action < 3 {
+            // The store lags: for a few seconds, HEADs show the state before each write or
+            // delete for longer than the verification window (rows left to recovery, which
+            // meets the older state too).
+            proxy.clear();
+            faults_with_lag(&proxy, Duration::from_millis(2500));
+            tokio::time::sleep(Duration::from_millis(rng.random_range(2000..4000))).await;
+            proxy.clear();
+            base_faults(&proxy);
+            lags += 1;
+        } else if action < 4 {
+            // The store goes away for a moment: the requests in flight lose their answers (the
+            // store may have applied them), new ones are refused until it is back.
+            proxy.down();
+            tokio::time::sleep(Duration::from_millis(rng.random_range(500..2500))).await;
+            proxy.up();
+            outages += 1;
+        } else if action < 7 {
             // Killed at a random moment; started again (a new owner id: a new process), with
             // the time that is left.
             signal(pid, "-KILL");
@@ -385,7 +549,7 @@ async fn two_hosts_concurrent_clients_kills_pauses_and_faults() {
                 .as_secs()
                 .max(1);
             let (name, generation) = (hosts[h].name, hosts[h].generation + 1);
-            hosts[h] = spawn_host(&env, name, generation, seed, left, &lines);
+            hosts[h] = spawn_host(&env, name, generation, seed, left, &lines, &hold);
         } else {
             // Stopped past its lease, then resumed.
             signal(pid, "-STOP");
@@ -422,12 +586,28 @@ async fn two_hosts_concurrent_clients_kills_pauses_and_faults() {
         .collect();
     let mut ended: BTreeMap<String, usize> = BTreeMap::new();
     for l in lines.iter().filter_map(|l| l.strip_prefix("ENDED ")) {
-        *ended.entry(l.to_owned()).or_default() += 1;
+        let (kind, message) = l.split_once(' ').unwrap_or((l, ""));
+        let n = ended.entry(kind.to_owned()).or_default();
+        if *n == 0 {
+            eprintln!("first call ended {kind}: {message}");
+        }
+        *n += 1;
     }
     let bugs: Vec<&String> = lines.iter().filter(|l| l.starts_with("BUG ")).collect();
     let faults = proxy.seen().iter().filter(|s| s.fault.is_some()).count();
+    let rows: Vec<(String, i64)> = env
+        .query(
+            "SELECT state, count(*) FROM {schema}.journal GROUP BY state ORDER BY state",
+            &[],
+        )
+        .await
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    eprintln!("seed {seed}: journal rows by state {rows:?}");
     eprintln!(
         "seed {seed}: {} calls acknowledged, others ended {ended:?}; {kills} kills, {pauses} pauses, \
+         {outages} store outages, {brownouts} brownouts, {lags} lags, {checkpoints} checkpoints passed, \
          {faults} injected faults of {} requests",
         acks.len(),
         proxy.seen().len()

@@ -414,6 +414,17 @@ pub(crate) async fn recover_entry(
     progress: Option<ProgressSink>,
 ) -> Result<OpResult, Error> {
     let mount = c.spec.name.clone();
+    // The row as it is now, under the paths' locks: the pass read it earlier, and meanwhile a
+    // call may have settled it or moved it on a step. A row no longer pending answers its
+    // recorded outcome; recovery acts only on fresh state.
+    let entry = match c.meta.entry(&mount, &entry.idempotency_key).await? {
+        Some(fresh) if fresh.id == entry.id => fresh,
+        _ => entry,
+    };
+    if entry.state != JournalState::Pending {
+        let fingerprint = entry.fingerprint.clone();
+        return replay(&mount, &fingerprint, entry);
+    }
     let recovered = match &entry.request {
         OpRequest::Put(r) => ops::put::recover(&c, &entry, r).await,
         OpRequest::PutMultipart(r) => ops::multipart_put::recover(&c, &entry, r, progress).await,

@@ -460,6 +460,23 @@ impl MemoryMeta {
                 r.path
             )));
         }
+        if let (OpKind::Move, Some(src), Some(f)) = (r.op, &r.source, &self.fence) {
+            // As the Postgres store: the move's source mount must be the writer's too; refused
+            // alone, fenced.
+            let held = s
+                .leases
+                .get(&src.mount)
+                .is_some_and(|(o, _, exp)| *o == f.owner && *exp > std::time::Instant::now());
+            if src.mount != f.mount && !held {
+                return Err(MetaError {
+                    fenced: true,
+                    ..meta_err(&format!(
+                        "journal {}: this executor does not hold the lease of the move's source mount '{}'",
+                        r.journal_id, src.mount
+                    ))
+                });
+            }
+        }
         if let (OpKind::Move, Some(src)) = (r.op, &r.source) {
             let sk = (src.mount.clone(), src.path.clone());
             let g = s.generations.get(&sk).copied().unwrap_or(0) + 1;
