@@ -469,21 +469,27 @@ async fn two_hosts_concurrent_clients_kills_pauses_and_faults() {
     let (mut kills, mut pauses, mut outages, mut brownouts, mut lags) = (0, 0, 0, 0, 0);
     let mut checkpoints = 0u64;
     let mut last_checkpoint = Instant::now();
+    let mut check_now = false;
     loop {
-        let wait = Duration::from_millis(rng.random_range(2000..5000));
+        let wait = if check_now {
+            Duration::ZERO
+        } else {
+            Duration::from_millis(rng.random_range(2000..5000))
+        };
         if Instant::now() + wait + Duration::from_secs(4) >= until {
             break;
         }
         tokio::time::sleep(wait).await;
         // Now and then the clients are held and the state checked: a violation a later write
         // would hide (an object without its node, a node naming another object) shows here.
-        if last_checkpoint.elapsed() > Duration::from_secs(12)
-            && until.saturating_duration_since(Instant::now()) > Duration::from_secs(15)
-        {
-            checkpoints += 1;
-            checkpoint(&env, &proxy, &lines, &hold, checkpoints, seed).await;
-            last_checkpoint = Instant::now();
-            continue;
+        if check_now || last_checkpoint.elapsed() > Duration::from_secs(12) {
+            check_now = false;
+            if until.saturating_duration_since(Instant::now()) > Duration::from_secs(15) {
+                checkpoints += 1;
+                checkpoint(&env, &proxy, &lines, &hold, checkpoints, seed).await;
+                last_checkpoint = Instant::now();
+                continue;
+            }
         }
         // Mostly the owner of mount `m` (the other host is mostly standing by).
         let owner: Option<String> = env
@@ -521,6 +527,8 @@ async fn two_hosts_concurrent_clients_kills_pauses_and_faults() {
             proxy.clear();
             base_faults(&proxy);
             brownouts += 1;
+            // Checked before the clients' next writes can hide what the store fault left.
+            check_now = true;
         } else if action < 3 {
             // The store lags: for a few seconds, HEADs show the state before each write or
             // delete for longer than the verification window (rows left to recovery, which
@@ -531,6 +539,8 @@ async fn two_hosts_concurrent_clients_kills_pauses_and_faults() {
             proxy.clear();
             base_faults(&proxy);
             lags += 1;
+            // Checked before the clients' next writes can hide what the store fault left.
+            check_now = true;
         } else if action < 4 {
             // The store goes away for a moment: the requests in flight lose their answers (the
             // store may have applied them), new ones are refused until it is back.
@@ -538,6 +548,8 @@ async fn two_hosts_concurrent_clients_kills_pauses_and_faults() {
             tokio::time::sleep(Duration::from_millis(rng.random_range(500..2500))).await;
             proxy.up();
             outages += 1;
+            // Checked before the clients' next writes can hide what the store fault left.
+            check_now = true;
         } else if action < 7 {
             // Killed at a random moment; started again (a new owner id: a new process), with
             // the time that is left.
