@@ -262,9 +262,117 @@ pub async fn stale_reads_after_an_overwrite_or_a_delete_are_waited_out(backend: 
     env.cleanup().await;
 }
 
+/// Found by the adversarial run (seed 42, six clients per host, checkpoint 25: "I1: node m:a/p4
+/// names data/a/p4, which is not in the bucket"). A move deletes its source; the store shows the
+/// deleted object for longer than the verification window, so the move ends unverified with its
+/// row pending. Recovery deletes the source again and meets the older state again: it must leave
+/// the row pending (the store may still show a deleted object within the consistency horizon),
+/// not fail it — a failed row leaves the source's node naming an object the store no longer
+/// holds. Once the store shows the source gone, the move commits.
+pub async fn a_move_whose_source_still_shows_after_its_delete_is_not_failed(backend: Backend) {
+    let mut settings = common::fast_settings();
+    settings.consistency_horizon = Duration::from_secs(30);
+    settings.recovery_interval = Duration::from_millis(300);
+    let (env, proxy) =
+        behind_proxy(backend, 35, |r| r.verify_window_ms = 500, settings, |_| {}).await;
+    let body = b"the source of a move".to_vec();
+    env.exec
+        .put_bytes("m", "src.txt", body.clone(), PutOptions::default())
+        .await
+        .unwrap();
+    proxy.add(Rule {
+        key_suffix: Some("/src.txt".into()),
+        ..Rule::always(
+            Some(Op::HeadObject),
+            Fault::StaleAfterWrite(Duration::from_secs(60)),
+        )
+    });
+    let e = env
+        .exec
+        .move_object(
+            &Location::new("m", "src.txt"),
+            &Location::new("m", "dst.txt"),
+            TransferOptions {
+                idempotency_key: Some("mv".into()),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap_err();
+    assert!(e.is_retryable(), "{e:?}");
+    assert_eq!(
+        env.object(&env.key("src.txt")).await,
+        None,
+        "the DELETE was applied ({e})"
+    );
+    // Recovery passes meet the older state: the source deleted again, and still shown.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let seen = proxy.seen();
+        let deletes = seen
+            .iter()
+            .filter(|s| s.op == Op::DeleteObject && s.key.ends_with("/src.txt"))
+            .count();
+        let stale_after = seen
+            .iter()
+            .rev()
+            .take_while(|s| !(s.op == Op::DeleteObject && s.key.ends_with("/src.txt")))
+            .any(|s| s.fault.is_some());
+        if deletes >= 3 && stale_after {
+            break;
+        }
+        let now: String = env
+            .query(
+                "SELECT state FROM {schema}.journal WHERE idempotency_key = 'mv'",
+                &[],
+            )
+            .await[0]
+            .get(0);
+        assert_eq!(
+            now, "pending",
+            "recovery settled the move while the store showed the deleted source"
+        );
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no recovery pass met the stale state"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let now: String = env
+        .query(
+            "SELECT state FROM {schema}.journal WHERE idempotency_key = 'mv'",
+            &[],
+        )
+        .await[0]
+        .get(0);
+    assert_eq!(
+        now, "pending",
+        "not failed while the store may show an older state"
+    );
+    proxy.clear();
+    env.wait_no_pending(Duration::from_secs(20)).await;
+    let now: String = env
+        .query(
+            "SELECT state FROM {schema}.journal WHERE idempotency_key = 'mv'",
+            &[],
+        )
+        .await[0]
+        .get(0);
+    assert_eq!(now, "committed");
+    assert!(matches!(
+        env.exec.stat("m", "src.txt").await,
+        Err(Error::NotFound { .. })
+    ));
+    let mut expected = Expected::new();
+    expected.insert(("m".into(), "dst.txt".into()), sha256_hex(&body));
+    invariants::check(&env, &expected).await;
+    env.cleanup().await;
+}
+
 per_backend! {
     a_move_from_a_mount_this_host_does_not_own_is_refused_before_any_effect => super::a_move_from_a_mount_this_host_does_not_own_is_refused_before_any_effect(B);
     @except_moto
+    a_move_whose_source_still_shows_after_its_delete_is_not_failed => super::a_move_whose_source_still_shows_after_its_delete_is_not_failed(B);
     stale_reads_after_an_overwrite_or_a_delete_are_waited_out => super::stale_reads_after_an_overwrite_or_a_delete_are_waited_out(B);
     a_streamed_upload_completed_but_unverified_is_committed_by_recovery => super::a_streamed_upload_completed_but_unverified_is_committed_by_recovery(B);
 }

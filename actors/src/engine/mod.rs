@@ -445,6 +445,13 @@ pub(crate) async fn recover_entry(
             );
             Ok(r)
         }
+        // The store may still serve an older state (the object not shown yet, or still shown
+        // after a DELETE — a move's source, say, whose DELETE was applied): while the row is
+        // younger than the consistency horizon it stays pending for the next pass. Failing it
+        // now would leave a node naming what the store no longer holds.
+        Err(Error::Unverified { key, reason }) if entry.idle < c.consistency_horizon => {
+            Err(ops::not_settled_yet(&c, &key, &reason))
+        }
         Err(Error::Unverified { reason, .. }) => {
             let e = Error::Failed {
                 journal_id: entry.id,

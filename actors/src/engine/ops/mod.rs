@@ -69,7 +69,7 @@ pub(in crate::engine) async fn source_lease_held(c: &OpContext, mount: &str) -> 
 /// older state (no object yet, the overwritten version, the deleted object): a retryable error
 /// that leaves the row pending for the next pass, until the row is older than the mount's
 /// consistency horizon.
-fn not_settled_yet(c: &OpContext, key: &str, reason: &str) -> Error {
+pub(in crate::engine) fn not_settled_yet(c: &OpContext, key: &str, reason: &str) -> Error {
     Error::Storage {
         op: S3Op::HeadObject,
         key: key.to_owned(),
