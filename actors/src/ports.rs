@@ -378,6 +378,14 @@ pub trait MetaStore: Send + Sync + 'static {
     async fn pending(&self, mount: &str) -> Result<Vec<JournalEntry>, MetaError>;
     /// The node at a path.
     async fn node(&self, mount: &str, path: &str) -> Result<Option<Node>, MetaError>;
+    /// The first row recorded after `journal_id` that committed a change of `mount`'s `path`
+    /// (written there, or moved away from there), if any.
+    async fn committed_after(
+        &self,
+        mount: &str,
+        path: &str,
+        journal_id: i64,
+    ) -> Result<Option<i64>, MetaError>;
     /// Unpublished outbox rows of a mount with an id above `after`, in commit order (a mount's
     /// outbox ids are handed out in the order their transactions commit, so a relay that has
     /// published every row up to an id can ask for the rows after it alone). A row this version

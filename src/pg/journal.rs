@@ -41,6 +41,30 @@ fn journal_from_row(row: &Row) -> Result<JournalEntry, MetaError> {
 }
 
 impl PgMetaStore {
+    pub(super) async fn do_committed_after(
+        &self,
+        mount: &str,
+        path: &str,
+        journal_id: i64,
+    ) -> Result<Option<i64>, MetaError> {
+        let c = self.client().await?;
+        let row = c
+            .query_opt(
+                &cached!(
+                    c,
+                    "SELECT id FROM journal
+                     WHERE id > $3 AND state = 'committed'
+                       AND ((mount = $1 AND path = $2)
+                            OR (op = 'move' AND source_mount = $1 AND source_path = $2))
+                     ORDER BY id LIMIT 1"
+                ),
+                &[&mount, &path, &journal_id],
+            )
+            .await
+            .map_err(pg)?;
+        Ok(row.map(|r| r.get(0)))
+    }
+
     pub(super) async fn do_pending(&self, mount: &str) -> Result<Vec<JournalEntry>, MetaError> {
         let c = self.client().await?;
         let rows = c

@@ -212,6 +212,14 @@ impl MetaStore for PgMetaStore {
     async fn pending(&self, mount: &str) -> Result<Vec<JournalEntry>, MetaError> {
         self.do_pending(mount).await
     }
+    async fn committed_after(
+        &self,
+        mount: &str,
+        path: &str,
+        journal_id: i64,
+    ) -> Result<Option<i64>, MetaError> {
+        self.do_committed_after(mount, path, journal_id).await
+    }
     async fn node(&self, mount: &str, path: &str) -> Result<Option<Node>, MetaError> {
         self.do_node(mount, path).await
     }

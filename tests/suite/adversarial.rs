@@ -85,7 +85,7 @@ fn kind(e: &Error) -> String {
 fn loc(rng: &mut rand::rngs::StdRng) -> Location {
     Location::new(
         MOUNTS[rng.random_range(0..MOUNTS.len())],
-        &format!("a/p{}", rng.random_range(0..PATHS)),
+        format!("a/p{}", rng.random_range(0..PATHS)),
     )
 }
 

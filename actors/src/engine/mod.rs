@@ -425,6 +425,35 @@ pub(crate) async fn recover_entry(
         let fingerprint = entry.fingerprint.clone();
         return replay(&mount, &fingerprint, entry);
     }
+    // A row a later operation on its destination path superseded (it ran while this row was
+    // pending, and its caller was told it committed) sends nothing to S3 again: copying or
+    // uploading now would replace that acknowledged write.
+    if matches!(
+        entry.request,
+        OpRequest::PutMultipart(_) | OpRequest::Copy(_) | OpRequest::Move(_)
+    ) && !matches!(entry.progress, Some(OpProgress::SourceDeleted { .. }))
+    {
+        if let Some(later) = c
+            .meta
+            .committed_after(&mount, entry.request.path(), entry.id)
+            .await?
+        {
+            let e = Error::Failed {
+                journal_id: entry.id,
+                message: format!(
+                    "superseded: journal {later} committed a later change of '{}' while this operation was pending; it is not applied again",
+                    entry.request.path()
+                ),
+            };
+            if let Some(rec) = c.meta.upload_of(entry.id).await? {
+                let _ = c.store.abort_upload(&rec.key, &rec.upload_id).await;
+                c.meta.mark_upload_aborted(&rec.upload_id).await?;
+            }
+            c.fail(entry.id, &e).await?;
+            log::warn!("mount {mount}: recovery: journal {}: {e}", entry.id);
+            return Err(e);
+        }
+    }
     let recovered = match &entry.request {
         OpRequest::Put(r) => ops::put::recover(&c, &entry, r).await,
         OpRequest::PutMultipart(r) => ops::multipart_put::recover(&c, &entry, r, progress).await,
@@ -449,7 +478,12 @@ pub(crate) async fn recover_entry(
         // after a DELETE — a move's source, say, whose DELETE was applied): while the row is
         // younger than the consistency horizon it stays pending for the next pass. Failing it
         // now would leave a node naming what the store no longer holds.
-        Err(Error::Unverified { key, reason }) if entry.idle < c.consistency_horizon => {
+        // (A put and a delete decide this in their own recovery: an object neither theirs nor
+        // the one their node names is someone else's write, and fails them at once.)
+        Err(Error::Unverified { key, reason })
+            if entry.idle < c.consistency_horizon
+                && !matches!(entry.request, OpRequest::Put(_) | OpRequest::Delete(_)) =>
+        {
             Err(ops::not_settled_yet(&c, &key, &reason))
         }
         Err(Error::Unverified { reason, .. }) => {

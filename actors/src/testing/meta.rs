@@ -210,6 +210,24 @@ impl MetaStore for MemoryMeta {
         }))
     }
 
+    async fn committed_after(
+        &self,
+        mount: &str,
+        path: &str,
+        journal_id: i64,
+    ) -> Result<Option<i64>, MetaError> {
+        let s = self.state.lock().unwrap();
+        Ok(s.journal
+            .iter()
+            .filter(|j| j.id > journal_id && j.state == JournalState::Committed)
+            .find(|j| {
+                (j.mount == mount && j.request.path() == path)
+                    || matches!(&j.request, OpRequest::Move(t)
+                        if t.source.mount == mount && t.source.path == path)
+            })
+            .map(|j| j.id))
+    }
+
     async fn load_mounts(&self) -> Result<Vec<MountRow>, MetaError> {
         Ok(self.state.lock().unwrap().mounts.clone())
     }

@@ -240,7 +240,20 @@ pub(super) async fn pin_source(c: &OpContext, t: &TransferRequest) -> Result<Pin
     })
 }
 
+/// A copy refused because its source changed or went: a definite refusal — unless an earlier
+/// attempt of the same request may have been applied (its answer lost, the retry then meeting a
+/// source changed since): that stays the `MaybeApplied` storage error, so the row is left to
+/// recovery, which looks for the copy at the destination.
 fn source_changed(t: &TransferRequest, e: Error) -> Error {
+    if matches!(
+        e,
+        Error::Storage {
+            outcome: crate::store_error::Outcome::MaybeApplied,
+            ..
+        }
+    ) {
+        return e;
+    }
     match e {
         Error::Storage { source, .. } if source.kind == StoreErrorKind::PreconditionFailed => {
             Error::PreconditionFailed {
