@@ -1071,13 +1071,7 @@ pub async fn a_move_recovered_after_its_source_was_written_keeps_the_new_source(
         .await
         .unwrap_err();
     assert!(e.is_retryable(), "{e:?}");
-    let state: String = env
-        .query(
-            "SELECT state FROM {schema}.journal WHERE idempotency_key = 'mv'",
-            &[],
-        )
-        .await[0]
-        .get(0);
+    let state: String = env.journal_state("mv").await;
     assert_eq!(state, "pending", "{e}");
     // The store answers again. The caller writes the source path anew (its node still names the
     // old object, which the move deleted: the new put overwrites the path).

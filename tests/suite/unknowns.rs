@@ -59,13 +59,7 @@ pub async fn a_streamed_upload_completed_but_unverified_is_committed_by_recovery
         .await
         .unwrap_err();
     assert!(e.is_retryable(), "{e:?}");
-    let state: String = env
-        .query(
-            "SELECT state FROM {schema}.journal WHERE idempotency_key = 's'",
-            &[],
-        )
-        .await[0]
-        .get(0);
+    let state: String = env.journal_state("s").await;
     assert_eq!(state, "pending", "{e}");
     assert_eq!(
         env.object(&env.key("big.bin")).await,
@@ -76,13 +70,7 @@ pub async fn a_streamed_upload_completed_but_unverified_is_committed_by_recovery
     env.exec.shutdown().await;
     env.exec = S3Executor::start(env.exec.config().clone()).await.unwrap();
     env.wait_no_pending(Duration::from_secs(20)).await;
-    let state: String = env
-        .query(
-            "SELECT state FROM {schema}.journal WHERE idempotency_key = 's'",
-            &[],
-        )
-        .await[0]
-        .get(0);
+    let state: String = env.journal_state("s").await;
     assert_eq!(
         state, "committed",
         "recovery committed the completed upload"
@@ -211,18 +199,7 @@ pub async fn stale_reads_after_an_overwrite_or_a_delete_are_waited_out(backend: 
         .unwrap_err();
     assert!(e.is_retryable(), "{e:?}");
     env.wait_no_pending(Duration::from_secs(20)).await;
-    let state = |k: &'static str| {
-        let env = &env;
-        async move {
-            env.query(
-                "SELECT state FROM {schema}.journal WHERE idempotency_key = $1",
-                &[&k],
-            )
-            .await[0]
-                .get::<_, String>(0)
-        }
-    };
-    assert_eq!(state("p2").await, "committed", "the overwrite");
+    assert_eq!(env.journal_state("p2").await, "committed", "the overwrite");
     let node = env.exec.stat("m", "a.txt").await.unwrap().node.unwrap();
     assert_eq!(node.meta.sha256, sha256_hex(&v2));
 
@@ -239,7 +216,7 @@ pub async fn stale_reads_after_an_overwrite_or_a_delete_are_waited_out(backend: 
         .unwrap_err();
     assert!(e.is_retryable(), "{e:?}");
     env.wait_no_pending(Duration::from_secs(20)).await;
-    assert_eq!(state("d").await, "committed", "the delete");
+    assert_eq!(env.journal_state("d").await, "committed", "the delete");
     assert!(matches!(
         env.exec.stat("m", "a.txt").await,
         Err(Error::NotFound { .. })
@@ -321,13 +298,7 @@ pub async fn a_move_whose_source_still_shows_after_its_delete_is_not_failed(back
         if deletes >= 3 && stale_after {
             break;
         }
-        let now: String = env
-            .query(
-                "SELECT state FROM {schema}.journal WHERE idempotency_key = 'mv'",
-                &[],
-            )
-            .await[0]
-            .get(0);
+        let now: String = env.journal_state("mv").await;
         assert_eq!(
             now, "pending",
             "recovery settled the move while the store showed the deleted source"
@@ -338,26 +309,14 @@ pub async fn a_move_whose_source_still_shows_after_its_delete_is_not_failed(back
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let now: String = env
-        .query(
-            "SELECT state FROM {schema}.journal WHERE idempotency_key = 'mv'",
-            &[],
-        )
-        .await[0]
-        .get(0);
+    let now: String = env.journal_state("mv").await;
     assert_eq!(
         now, "pending",
         "not failed while the store may show an older state"
     );
     proxy.clear();
     env.wait_no_pending(Duration::from_secs(20)).await;
-    let now: String = env
-        .query(
-            "SELECT state FROM {schema}.journal WHERE idempotency_key = 'mv'",
-            &[],
-        )
-        .await[0]
-        .get(0);
+    let now: String = env.journal_state("mv").await;
     assert_eq!(now, "committed");
     assert!(matches!(
         env.exec.stat("m", "src.txt").await,

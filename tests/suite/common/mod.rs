@@ -787,6 +787,16 @@ impl TestEnv {
         );
     }
 
+    /// The state (`pending`, `committed`, `failed`) of the journal row of an idempotency key.
+    pub async fn journal_state(&self, idempotency_key: &str) -> String {
+        self.query(
+            "SELECT state FROM {schema}.journal WHERE idempotency_key = $1",
+            &[&idempotency_key],
+        )
+        .await[0]
+            .get(0)
+    }
+
     /// Waits until no journal row is pending (recovery settled them), at most `within`.
     pub async fn wait_no_pending(&self, within: Duration) {
         let deadline = std::time::Instant::now() + within;
