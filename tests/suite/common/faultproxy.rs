@@ -253,11 +253,21 @@ fn s3_error(status: u16, code: &str) -> Response<Full<Bytes>> {
         .unwrap()
 }
 
-/// Whether a rule's key filter lets it apply to `path`.
-fn key_matches(rule: &Rule, path: &str) -> bool {
-    rule.key_suffix
-        .as_ref()
-        .is_none_or(|k| path.ends_with(k.as_str()))
+/// The window of the first per-key fault `pick` recognises among the rules whose key filter lets
+/// them apply to `path`.
+fn key_window(
+    rules: &[(Rule, usize)],
+    path: &str,
+    pick: impl Fn(&Fault) -> Option<Duration>,
+) -> Option<Duration> {
+    rules
+        .iter()
+        .filter(|(r, _)| {
+            r.key_suffix
+                .as_ref()
+                .is_none_or(|k| path.ends_with(k.as_str()))
+        })
+        .find_map(|(r, _)| pick(&r.fault))
 }
 
 fn not_found(head: bool) -> Response<Full<Bytes>> {
@@ -479,13 +489,10 @@ async fn handle_whole(
         }
         // Eventual consistency: a read of a key written moments ago.
         if chosen.is_none() && matches!(op, Op::HeadObject | Op::GetObject) {
-            let window = rules
-                .iter()
-                .filter(|(r, _)| key_matches(r, &path))
-                .find_map(|(r, _)| match r.fault {
-                    Fault::NotFoundAfterWrite(d) => Some(d),
-                    _ => None,
-                });
+            let window = key_window(rules, &path, |f| match f {
+                Fault::NotFoundAfterWrite(d) => Some(*d),
+                _ => None,
+            });
             if let (Some(d), Some(at)) = (window, written.get(&path)) {
                 if at.elapsed() < d {
                     chosen = Some(Fault::NotFoundAfterWrite(d));
@@ -495,13 +502,10 @@ async fn handle_whole(
         // A store serving an older state: a HEAD of a key written or deleted moments ago.
         let mut stale_answer = None;
         if chosen.is_none() && op == Op::HeadObject {
-            let window = rules
-                .iter()
-                .filter(|(r, _)| key_matches(r, &path))
-                .find_map(|(r, _)| match r.fault {
-                    Fault::StaleAfterWrite(d) => Some(d),
-                    _ => None,
-                });
+            let window = key_window(rules, &path, |f| match f {
+                Fault::StaleAfterWrite(d) => Some(*d),
+                _ => None,
+            });
             if let (Some(d), Some((at, before))) = (window, stale.get(&path)) {
                 if at.elapsed() < d {
                     chosen = Some(Fault::StaleAfterWrite(d));
