@@ -75,6 +75,23 @@ pub enum Error {
         /// The key.
         key: String,
     },
+    /// A path of the operation is touched by a journal row still pending (an earlier operation
+    /// whose outcome S3 has not shown yet), which could not be settled now: nothing was sent.
+    /// Running now could be undone when that row is settled; retry once it is (recovery looks
+    /// at pending rows every `recovery_interval`).
+    #[error("mount '{mount}': path '{path}' has a pending operation (journal {journal_id} of mount '{row_mount}') that could not be settled yet ({reason}); nothing was done, retry later")]
+    PathPending {
+        /// Mount of the path.
+        mount: String,
+        /// The path.
+        path: String,
+        /// Mount whose journal holds the pending row.
+        row_mount: String,
+        /// The pending row.
+        journal_id: i64,
+        /// Why it is not settled.
+        reason: String,
+    },
     /// The object store failed. When the store denied access, the message names the IAM
     /// permission the request needs ([`S3Op::permission`]).
     #[error("S3 {op} of '{key}' failed: {source}{}", denied_hint(*op, source))]
@@ -239,6 +256,7 @@ impl Error {
             Error::Storage { source, .. } => source.is_retryable(),
             Error::Metadata(e) => e.retryable,
             Error::InProgress { .. }
+            | Error::PathPending { .. }
             | Error::Unverified { .. }
             | Error::Shutdown
             | Error::NotOwner { .. }

@@ -76,11 +76,19 @@ impl Future for PathWait {
 
 impl Drop for PathWait {
     fn drop(&mut self) {
-        if let (Some(mut rx), Some(key)) = (self.rx.take(), self.key.take()) {
-            rx.close();
-            if rx.try_recv().is_ok() {
-                // The lock was handed to us as we gave up: pass it on.
-                self.locks.release(key);
+        let Some(key) = self.key.take() else {
+            // Resolved: the guard holds the path.
+            return;
+        };
+        match self.rx.take() {
+            // The path was free when the place was taken: it is ours to pass on.
+            None => self.locks.release(key),
+            Some(mut rx) => {
+                rx.close();
+                if rx.try_recv().is_ok() {
+                    // The lock was handed to us as we gave up: pass it on.
+                    self.locks.release(key);
+                }
             }
         }
     }
@@ -92,6 +100,10 @@ impl PathLocks {
     pub fn acquire(&self, mount: &str, path: &str) -> PathWait {
         let key = (mount.to_owned(), path.to_owned());
         let mut held = self.held.lock().expect("path locks");
+        self.enqueue(&mut held, key)
+    }
+
+    fn enqueue(&self, held: &mut HashMap<PathKey, Waiters>, key: PathKey) -> PathWait {
         let rx = match held.get_mut(&key) {
             None => {
                 held.insert(key.clone(), VecDeque::new());
@@ -110,19 +122,40 @@ impl PathLocks {
         }
     }
 
-    /// Takes every path of `keys` in (mount, path) order. The first key's place is taken now.
+    /// Takes the path now if nothing holds or waits for it, without waiting (so it may be taken
+    /// out of the global order: it never waits while holding other paths).
+    pub fn try_acquire(&self, mount: &str, path: &str) -> Option<PathGuard> {
+        let key = (mount.to_owned(), path.to_owned());
+        let mut held = self.held.lock().expect("path locks");
+        if held.contains_key(&key) {
+            return None;
+        }
+        held.insert(key.clone(), VecDeque::new());
+        Some(PathGuard {
+            locks: self.clone(),
+            key: Some(key),
+        })
+    }
+
+    /// Takes every path of `keys`, its places in all their queues taken now, at once (so an
+    /// operation on any of its paths that arrives later runs after it), then waits for them in
+    /// (mount, path) order. No two callers can wait on each other: every queue is in arrival
+    /// order, so whoever holds a path another waits for arrived first and is ahead in each queue
+    /// they share.
     pub fn acquire_all(&self, mut keys: Vec<PathKey>) -> impl Future<Output = Vec<PathGuard>> {
         keys.sort();
         keys.dedup();
-        let first = keys
-            .first()
-            .map(|(m, p)| self.acquire(m, p))
-            .expect("at least one path");
-        let this = self.clone();
+        assert!(!keys.is_empty(), "at least one path");
+        let waits: Vec<PathWait> = {
+            let mut held = self.held.lock().expect("path locks");
+            keys.into_iter()
+                .map(|k| self.enqueue(&mut held, k))
+                .collect()
+        };
         async move {
-            let mut guards = vec![first.await];
-            for (m, p) in keys.into_iter().skip(1) {
-                guards.push(this.acquire(&m, &p).await);
+            let mut guards = Vec::with_capacity(waits.len());
+            for w in waits {
+                guards.push(w.await);
             }
             guards
         }
@@ -194,6 +227,54 @@ mod tests {
         let _n = tokio::time::timeout(Duration::from_secs(1), next)
             .await
             .expect("the lock reached the next waiter");
+    }
+
+    #[tokio::test]
+    async fn every_path_of_a_transfer_keeps_its_place_from_arrival() {
+        let locks = PathLocks::default();
+        let x = ("m".to_string(), "x".to_string());
+        let y = ("m".to_string(), "y".to_string());
+        let holder = locks.acquire("m", "x").await;
+        // A transfer on x and y arrives while x is held; then a put on y.
+        let transfer = locks.acquire_all(vec![x, y]);
+        let put = locks.acquire("m", "y");
+        let order = Arc::new(Mutex::new(Vec::new()));
+        let (o1, o2) = (order.clone(), order.clone());
+        let t = tokio::spawn(async move {
+            let _g = transfer.await;
+            o1.lock().unwrap().push("transfer");
+        });
+        let p = tokio::spawn(async move {
+            let _g = put.await;
+            o2.lock().unwrap().push("put");
+        });
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert!(order.lock().unwrap().is_empty(), "the put waits behind the transfer");
+        drop(holder);
+        t.await.unwrap();
+        p.await.unwrap();
+        assert_eq!(*order.lock().unwrap(), vec!["transfer", "put"]);
+    }
+
+    #[tokio::test]
+    async fn a_place_given_up_before_it_was_waited_for_passes_the_path_on() {
+        let locks = PathLocks::default();
+        let places = locks.acquire_all(vec![("m".into(), "a".into()), ("m".into(), "b".into())]);
+        drop(places);
+        assert!(!locks.is_busy("m", "a") && !locks.is_busy("m", "b"));
+    }
+
+    #[tokio::test]
+    async fn try_acquire_takes_only_a_free_path() {
+        let locks = PathLocks::default();
+        let g = locks.try_acquire("m", "a").expect("free");
+        assert!(locks.try_acquire("m", "a").is_none(), "held");
+        let waiting = locks.acquire("m", "a");
+        drop(g);
+        let g = waiting.await;
+        assert!(locks.try_acquire("m", "a").is_none(), "passed on to the waiter");
+        drop(g);
+        assert!(locks.try_acquire("m", "a").is_some());
     }
 
     #[tokio::test]

@@ -90,6 +90,29 @@ impl PgMetaStore {
             .collect())
     }
 
+    pub(super) async fn do_pending_on(
+        &self,
+        paths: &[(String, String)],
+    ) -> Result<Vec<JournalEntry>, MetaError> {
+        let (mounts, paths): (Vec<&str>, Vec<&str>) =
+            paths.iter().map(|(m, p)| (m.as_str(), p.as_str())).unzip();
+        let c = self.client().await?;
+        // Few rows are pending at a time: the partial index `journal_pending` holds only those.
+        let q = format!(
+            "SELECT {JOURNAL_COLUMNS} FROM journal
+             WHERE state = 'pending'
+               AND ((mount, path) IN (SELECT * FROM unnest($1::text[], $2::text[]))
+                    OR (op = 'move' AND (source_mount, source_path)
+                        IN (SELECT * FROM unnest($1::text[], $2::text[]))))
+             ORDER BY id"
+        );
+        let rows = c
+            .query(&cached!(c, &q), &[&mounts, &paths])
+            .await
+            .map_err(pg)?;
+        rows.iter().map(journal_from_row).collect()
+    }
+
     pub(super) async fn do_entry(
         &self,
         mount: &str,

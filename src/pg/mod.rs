@@ -212,6 +212,9 @@ impl MetaStore for PgMetaStore {
     async fn pending(&self, mount: &str) -> Result<Vec<JournalEntry>, MetaError> {
         self.do_pending(mount).await
     }
+    async fn pending_on(&self, paths: &[(String, String)]) -> Result<Vec<JournalEntry>, MetaError> {
+        self.do_pending_on(paths).await
+    }
     async fn committed_after(
         &self,
         mount: &str,

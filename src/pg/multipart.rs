@@ -19,7 +19,7 @@ impl PgMetaStore {
             .query_opt(
                 &cached!(
                     c,
-                    "SELECT upload_id, journal_id, mount, object_key, part_size, total_size
+                    "SELECT upload_id, journal_id, mount, object_key, part_size, total_size, source_etag
                  FROM multipart_uploads WHERE journal_id = $1 AND state = 'open'"
                 ),
                 &[&journal_id],
@@ -76,7 +76,8 @@ impl PgMetaStore {
         let c = self.client().await?;
         let rows = c
             .query(
-                &cached!(c, "SELECT u.upload_id, u.journal_id, u.mount, u.object_key, u.part_size, u.total_size
+                &cached!(c, "SELECT u.upload_id, u.journal_id, u.mount, u.object_key, u.part_size, u.total_size,
+                        u.source_etag
                  FROM multipart_uploads u JOIN journal j ON j.id = u.journal_id
                  WHERE u.mount = $1 AND u.state = 'open' AND j.state <> 'pending'
                    AND u.updated_at < $2
@@ -97,6 +98,7 @@ fn upload_from_row(row: &Row) -> UploadRecord {
         key: row.get(3),
         part_size: row.get::<_, i64>(4) as u64,
         total_size: row.get::<_, Option<i64>>(5).map(|t| t as u64),
+        source_etag: row.get(6),
         parts: Vec::new(),
     }
 }
@@ -121,8 +123,8 @@ pub(super) async fn upload_in(tx: &Transaction<'_>, u: &UploadRecord) -> Result<
         &cached!(
             tx,
             "INSERT INTO multipart_uploads (upload_id, journal_id, mount, object_key, part_size,
-                                        total_size, state)
-         VALUES ($1, $2, $3, $4, $5, $6, 'open')
+                                        total_size, source_etag, state)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, 'open')
          ON CONFLICT (upload_id) DO NOTHING"
         ),
         &[
@@ -132,6 +134,7 @@ pub(super) async fn upload_in(tx: &Transaction<'_>, u: &UploadRecord) -> Result<
             &u.key,
             &part_size,
             &total,
+            &u.source_etag,
         ],
     )
     .await

@@ -330,10 +330,12 @@ pub async fn a_move_whose_source_still_shows_after_its_delete_is_not_failed(back
 
 /// Found by the adversarial run (seed 42: "I1: size of m2:a/p4"). A copy whose CopyObject was
 /// applied with its answer lost, then refused until the retries ran out, is left pending; a put
-/// to its destination then commits, and its caller is told so. Recovery of the copy must not copy
-/// again over that acknowledged write: the row was superseded, and is failed without a request
-/// to S3. (Before, recovery copied again: the put's object was replaced by the copy.)
-pub async fn a_pending_copy_superseded_by_a_later_put_is_not_applied_again(backend: Backend) {
+/// to its destination follows. The put must not be undone by the copy's recovery: it settles the
+/// pending copy first (a pending row owns its paths) — the copy is committed, being applied —
+/// and then commits over it, so the copy's generation comes before the put's and the put's
+/// object stays. (Before the rule, the put ran at once and the copy's recovery later failed the
+/// superseded row without a request to S3; before that check, it copied again over the put.)
+pub async fn a_pending_copy_is_settled_before_a_later_put_on_its_destination(backend: Backend) {
     let mut settings = common::fast_settings();
     settings.retry.max_attempts = 2;
     // No periodic pass during the test: the row is recovered when the executor starts again.
@@ -374,7 +376,8 @@ pub async fn a_pending_copy_superseded_by_a_later_put_is_not_applied_again(backe
     env.wait_no_pending(Duration::from_secs(20)).await;
     let row = env
         .query(
-            "SELECT state, error FROM {schema}.journal WHERE idempotency_key = 'cp'",
+            "SELECT state, error, (result->>'generation')::bigint
+             FROM {schema}.journal WHERE idempotency_key = 'cp'",
             &[],
         )
         .await;
@@ -390,7 +393,13 @@ pub async fn a_pending_copy_superseded_by_a_later_put_is_not_applied_again(backe
     );
     let node = env.exec.stat("m", "dst.txt").await.unwrap().node.unwrap();
     assert_eq!(node.generation, put.generation);
-    assert_eq!(row[0].get::<_, String>(0), "failed");
+    assert_eq!(row[0].get::<_, String>(0), "committed");
+    let copied = row[0].get::<_, Option<i64>>(2).expect("the copy's generation");
+    assert!(
+        copied < put.generation as i64,
+        "the copy (generation {copied}) was settled before the put ({})",
+        put.generation
+    );
     let mut expected = Expected::new();
     expected.insert(("m".into(), "src.txt".into()), sha256_hex(&source));
     expected.insert(("m".into(), "dst.txt".into()), sha256_hex(&newer));
@@ -398,10 +407,161 @@ pub async fn a_pending_copy_superseded_by_a_later_put_is_not_applied_again(backe
     env.cleanup().await;
 }
 
+/// A pending row owns its paths. A move is killed right after its source's DELETE (its row
+/// pending at `source_deleted`); the executor that takes the mount over cannot prove the
+/// destination yet (HEAD answers 500), so the row stays pending. A put on the move's source path
+/// must not run ahead of it: it is refused with the retryable `PathPending` and writes nothing.
+/// Once the store answers, the put sent again first settles the move (committed, removing the
+/// source's old node) and then commits its own node. (Before, the put committed at once and the
+/// move's recovery later removed the put's node with the move's: an acknowledged write lost, its
+/// object left in the bucket with no node.)
+pub async fn a_new_write_waits_for_the_pending_move_on_its_path(backend: Backend) {
+    let mut settings = common::fast_settings();
+    // No periodic pass: the move is recovered at start and by the put, nowhere else.
+    settings.recovery_interval = Duration::from_secs(600);
+    let (mut env, proxy) = behind_proxy(backend, 37, |_| {}, settings, |_| {}).await;
+    let moved = body(150_000, 5);
+    crate::crash::transfer_killed_at(&env, &moved, "mv", "mv-k", "after_source_deleted").await;
+    assert_eq!(env.journal_state("mv-k").await, "pending");
+    proxy.add(Rule {
+        key_suffix: Some("/to/b.bin".into()),
+        ..Rule::always(
+            Some(Op::HeadObject),
+            Fault::Status(500, "InternalError"),
+        )
+    });
+    env.exec = S3Executor::start(env.exec.config().clone()).await.unwrap();
+    let newer = body(40_000, 6);
+    let first = env
+        .exec
+        .put_bytes("m", "from/a.bin", newer.clone(), key("p"))
+        .await;
+    proxy.clear();
+    // Without the rule the put was told it committed: whatever recovery does next must keep it.
+    if let Err(e) = first {
+        assert!(
+            matches!(&e, Error::PathPending { journal_id, .. } if *journal_id > 0),
+            "{e:?}"
+        );
+        assert!(e.is_retryable(), "{e:?}");
+        assert_eq!(env.journal_state("mv-k").await, "pending");
+        assert_eq!(
+            env.object(&env.key("from/a.bin")).await,
+            None,
+            "the refused put wrote nothing"
+        );
+        let r = env
+            .exec
+            .put_bytes("m", "from/a.bin", newer.clone(), key("p"))
+            .await
+            .unwrap();
+        assert_eq!(
+            env.journal_state("mv-k").await,
+            "committed",
+            "the put settled the move first"
+        );
+        assert_eq!(r.node.unwrap().sha256.to_string(), sha256_hex(&newer));
+    }
+    env.exec.shutdown().await;
+    env.exec = S3Executor::start(env.exec.config().clone()).await.unwrap();
+    env.wait_no_pending(Duration::from_secs(20)).await;
+    let node = env.exec.stat("m", "from/a.bin").await.unwrap().node;
+    assert_eq!(
+        node.map(|n| n.meta.sha256.to_string()),
+        Some(sha256_hex(&newer)),
+        "the acknowledged put's node at the move's source path"
+    );
+    let mut expected = Expected::new();
+    expected.insert(("m".into(), "from/a.bin".into()), sha256_hex(&newer));
+    expected.insert(("m".into(), "to/b.bin".into()), sha256_hex(&moved));
+    invariants::check(&env, &expected).await;
+    env.cleanup().await;
+}
+
+/// A large copy (UploadPartCopy) fails after two of its three parts were copied (the third
+/// refused until the retries ran out): its upload stays open for a resume. The source path is
+/// then overwritten with content of the same size, and the copy is sent again under its key. It
+/// pins the new version, and the open upload's parts were copied from the old one: the upload
+/// records the source version its parts come from, so it is given up and the copy starts over
+/// (three parts copied again), and the destination holds exactly the new source. (Before, the
+/// resume compared part sizes only: the destination mixed both versions under a node naming the
+/// new one's SHA-256.)
+pub async fn a_large_copy_sent_again_after_its_source_changed_starts_over(backend: Backend) {
+    let mut settings = common::fast_settings();
+    settings.retry.max_attempts = 2;
+    let (env, proxy) = behind_proxy(
+        backend,
+        38,
+        |r| {
+            multipart(r);
+            r.copy_threshold = (5 * MIB) as i64;
+            r.part_concurrency = 1;
+        },
+        settings,
+        |_| {},
+    )
+    .await;
+    let len = 12 * MIB + 17;
+    let old = body(len, 1);
+    env.exec
+        .put_reader("m", "src.bin", std::io::Cursor::new(old), key("old"))
+        .await
+        .unwrap();
+    proxy.add(Rule {
+        part: Some(3),
+        ..Rule::always(Some(Op::UploadPartCopy), Fault::Status(503, "SlowDown"))
+    });
+    let (from, to) = (Location::new("m", "src.bin"), Location::new("m", "dst.bin"));
+    let copy = || {
+        env.exec.copy(
+            &from,
+            &to,
+            TransferOptions {
+                idempotency_key: Some("big-copy".into()),
+                ..Default::default()
+            },
+        )
+    };
+    let e = copy().await.unwrap_err();
+    assert!(e.is_retryable(), "{e:?}");
+    let open: Vec<_> = env
+        .uploads()
+        .await
+        .into_iter()
+        .filter(|(_, state)| state == "open")
+        .collect();
+    assert_eq!(open.len(), 1, "the copy's upload is left to resume");
+    proxy.clear();
+    let new = body(len, 2);
+    env.exec
+        .put_reader("m", "src.bin", std::io::Cursor::new(new.clone()), key("new"))
+        .await
+        .unwrap();
+    let copied_before = proxy.count(Op::UploadPartCopy);
+    let r = copy().await.unwrap();
+    assert!(
+        env.object(&env.key("dst.bin")).await == Some(new.clone()),
+        "the destination holds exactly the new source"
+    );
+    assert_eq!(r.node.unwrap().sha256.to_string(), sha256_hex(&new));
+    assert_eq!(
+        proxy.count(Op::UploadPartCopy) - copied_before,
+        3,
+        "every part copied again, from the new version"
+    );
+    let mut expected = Expected::new();
+    expected.insert(("m".into(), "src.bin".into()), sha256_hex(&new));
+    expected.insert(("m".into(), "dst.bin".into()), sha256_hex(&new));
+    invariants::check(&env, &expected).await;
+    env.cleanup().await;
+}
+
 per_backend! {
     a_move_from_a_mount_this_host_does_not_own_is_refused_before_any_effect => super::a_move_from_a_mount_this_host_does_not_own_is_refused_before_any_effect(B);
+    a_new_write_waits_for_the_pending_move_on_its_path => super::a_new_write_waits_for_the_pending_move_on_its_path(B);
+    a_large_copy_sent_again_after_its_source_changed_starts_over => super::a_large_copy_sent_again_after_its_source_changed_starts_over(B);
     @except_moto
-    a_pending_copy_superseded_by_a_later_put_is_not_applied_again => super::a_pending_copy_superseded_by_a_later_put_is_not_applied_again(B);
+    a_pending_copy_is_settled_before_a_later_put_on_its_destination => super::a_pending_copy_is_settled_before_a_later_put_on_its_destination(B);
     a_move_whose_source_still_shows_after_its_delete_is_not_failed => super::a_move_whose_source_still_shows_after_its_delete_is_not_failed(B);
     stale_reads_after_an_overwrite_or_a_delete_are_waited_out => super::stale_reads_after_an_overwrite_or_a_delete_are_waited_out(B);
     a_streamed_upload_completed_but_unverified_is_committed_by_recovery => super::a_streamed_upload_completed_but_unverified_is_committed_by_recovery(B);

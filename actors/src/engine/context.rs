@@ -40,6 +40,9 @@ pub(crate) struct OpContext {
     pub consistency_horizon: std::time::Duration,
     /// The mount's multi-object deletes.
     pub deletes: super::DeleteBatcher,
+    /// The executor's path locks (an operation settling a pending row on its path takes that
+    /// row's other paths, if free).
+    pub locks: crate::locks::PathLocks,
 }
 
 fn mailbox_closed(_: actix::MailboxError) -> Error {

@@ -229,6 +229,8 @@ async fn run_protocol(
         token: uuid::Uuid::new_v4(),
         progress: None,
     };
+    // A pending row owns its paths: it is settled before anything else runs on them.
+    settle_pending_on(&c, &request, &key).await?;
     // Conditions and the existence of what the operation needs are checked before the intent is
     // recorded (under the paths' locks), so a refused call leaves no trace; a call repeating an
     // earlier one gets that one's outcome instead.
@@ -306,6 +308,80 @@ async fn run_protocol(
             Err(e)
         }
     }
+}
+
+/// A pending row owns its paths. Before an operation runs (holding its paths' locks), every
+/// pending journal row that writes one of its paths, or moves away from one, is settled now by
+/// its recovery: otherwise that row's recovery, later, could undo this operation's write (a move
+/// whose source DELETE was applied commits by removing the source's node — a node this operation
+/// may have written meanwhile; a put whose object a stale read still shows would be committed
+/// over a later one). A row that cannot be settled now (the store does not show its outcome yet,
+/// its other path is busy, it belongs to another mount's journal) refuses the operation with the
+/// retryable [`Error::PathPending`] before anything is recorded or sent.
+async fn settle_pending_on(c: &OpContext, request: &OpRequest, own_key: &str) -> Result<(), Error> {
+    let held = request.paths(&c.spec.name);
+    let rows = c.meta.pending_on(&held).await?;
+    for entry in rows {
+        if entry.mount == c.spec.name && entry.idempotency_key == own_key {
+            // This call's own row: the intent resumes it.
+            continue;
+        }
+        let (path_mount, path) = held
+            .iter()
+            .find(|(m, p)| {
+                (*m == entry.mount && p == entry.request.path())
+                    || entry
+                        .request
+                        .source()
+                        .is_some_and(|s| s.mount == *m && s.path == *p)
+            })
+            .cloned()
+            .unwrap_or_else(|| held[0].clone());
+        let (row_mount, journal_id) = (entry.mount.clone(), entry.id);
+        let busy = |reason: String| Error::PathPending {
+            mount: path_mount.clone(),
+            path: path.clone(),
+            row_mount: row_mount.clone(),
+            journal_id,
+            reason,
+        };
+        if entry.mount != c.spec.name {
+            return Err(busy(format!(
+                "its recovery runs on mount '{}', by that mount's owner",
+                entry.mount
+            )));
+        }
+        // The row's other paths (a copy's or move's second one), taken only if free now: waiting
+        // for them while holding this operation's paths could deadlock.
+        let mut guards = Vec::new();
+        for (m, p) in entry.request.paths(&entry.mount) {
+            if held.contains(&(m.clone(), p.clone())) {
+                continue;
+            }
+            match c.locks.try_acquire(&m, &p) {
+                Some(g) => guards.push(g),
+                None => return Err(busy(format!("its path '{m}:{p}' is in use"))),
+            }
+        }
+        let (id, row_key) = (entry.id, entry.idempotency_key.clone());
+        log::info!(
+            "mount {}: journal {id} is pending on '{path}'; settling it before the new operation",
+            c.spec.name
+        );
+        let settled = Box::pin(recover_entry(c.clone(), entry, None)).await;
+        drop(guards);
+        match c.meta.entry(&c.spec.name, &row_key).await? {
+            Some(e) if e.id == id && e.state == JournalState::Pending => {
+                let reason = match settled {
+                    Err(e) => e.to_string(),
+                    Ok(_) => "still pending".into(),
+                };
+                return Err(busy(reason));
+            }
+            _ => {}
+        }
+    }
+    Ok(())
 }
 
 /// Whether a failed operation is left pending for recovery rather than marked failed: one whose

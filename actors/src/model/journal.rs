@@ -168,6 +168,16 @@ impl OpRequest {
         }
     }
 
+    /// The paths the operation holds, as (mount, path), `mount` being the mount whose journal
+    /// records it: its own, and its source's for a copy / move.
+    pub fn paths(&self, mount: &str) -> Vec<(String, String)> {
+        let mut paths = vec![(mount.to_owned(), self.path().to_owned())];
+        if let Some(s) = self.source() {
+            paths.push((s.mount.clone(), s.path.clone()));
+        }
+        paths
+    }
+
     /// The target key.
     pub fn key(&self) -> &str {
         match self {

@@ -327,6 +327,8 @@ pub struct UploadRecord {
     pub part_size: u64,
     /// Total size, when known.
     pub total_size: Option<u64>,
+    /// A server-side copy's source version (its pinned ETag), which its parts are copied from.
+    pub source_etag: Option<String>,
     /// Parts recorded so far.
     pub parts: Vec<UploadedPart>,
 }

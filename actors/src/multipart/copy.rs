@@ -45,7 +45,25 @@ pub struct PartCopyRequest {
 
 /// Copies every part and completes the upload.
 pub async fn copy_parts(req: PartCopyRequest, deps: &UploadDeps) -> Result<CompletedUpload, Error> {
-    let part_size = match &req.resume {
+    // Parts copied from another version of the source (the path written between two runs of
+    // this copy, which pinned it again) are not mixed with this run's: that upload is given up
+    // and the copy starts over. (A record without a source version predates V15: the same.)
+    let resume = match req.resume.clone() {
+        Some(rec) if rec.source_etag.as_deref() != Some(req.source_etag.as_str()) => {
+            log::info!(
+                "mount {}: upload {} of '{}' copied its parts from source version {:?}, now {}; starting over",
+                req.mount,
+                rec.upload_id,
+                req.key,
+                rec.source_etag,
+                req.source_etag
+            );
+            super::abort_upload(deps, &req.mount, &req.key, &rec.upload_id).await;
+            None
+        }
+        r => r,
+    };
+    let part_size = match &resume {
         Some(r) => r.part_size,
         None => part_size_for(req.part_size, Some(req.size))?,
     };
@@ -63,8 +81,9 @@ pub async fn copy_parts(req: PartCopyRequest, deps: &UploadDeps) -> Result<Compl
         part_size,
         marker: &marker,
         part_checksums: false,
+        source_etag: Some(&req.source_etag),
     };
-    let (upload_id, mut done) = open_upload(&target, req.resume.clone(), deps).await?;
+    let (upload_id, mut done) = open_upload(&target, resume, deps).await?;
     let parts_total = req.size.div_ceil(part_size).max(1) as i32;
     let result = copy_missing(&req, deps, &upload_id, part_size, parts_total, &mut done).await;
     if let Err(e) = result {

@@ -218,6 +218,7 @@ pub(crate) async fn run_upload(
         part_size,
         marker: &marker,
         part_checksums: true,
+        source_etag: None,
     };
     let (upload_id, done) = open_upload(&target, job.resume.take(), &deps).await?;
 
@@ -324,6 +325,8 @@ pub(crate) struct UploadTarget<'a> {
     pub marker: &'a WriteMarker,
     /// Whether parts carry SHA-256 checksums (false for part copies).
     pub part_checksums: bool,
+    /// A part copy's source version (pinned ETag), recorded with the upload.
+    pub source_etag: Option<&'a str>,
 }
 
 /// Resumes the recorded upload when the store still has it; otherwise starts a new one.
@@ -400,6 +403,7 @@ pub(crate) async fn open_upload(
             key: key.to_owned(),
             part_size: t.part_size,
             total_size: t.total_size,
+            source_etag: t.source_etag.map(str::to_owned),
             parts: Vec::new(),
         })
         .await?;

@@ -234,6 +234,7 @@ impl MountSupervisor {
             probe: self.probe.clone(),
             consistency_horizon: self.settings.consistency_horizon,
             deletes: self.deletes.clone(),
+            locks: self.locks.clone(),
         })
     }
 

@@ -7,11 +7,7 @@ use super::*;
 impl MountSupervisor {
     /// The paths an operation holds: its own, and its source's for a copy / move.
     pub(super) fn lock_keys(&self, request: &OpRequest) -> Vec<PathKey> {
-        let mut keys = vec![(self.spec.name.clone(), request.path().to_owned())];
-        if let Some(s) = request.source() {
-            keys.push((s.mount.clone(), s.path.clone()));
-        }
-        keys
+        request.paths(&self.spec.name)
     }
 
     pub(super) fn key_of(&self, path: &FsPath) -> Result<String, Error> {

@@ -265,6 +265,20 @@ impl MetaStore for MemoryMeta {
             .collect())
     }
 
+    async fn pending_on(&self, paths: &[(String, String)]) -> Result<Vec<JournalEntry>, MetaError> {
+        let s = self.state.lock().unwrap();
+        let on = |m: &str, p: &str| paths.iter().any(|(pm, pp)| pm == m && pp == p);
+        Ok(s.journal
+            .iter()
+            .filter(|e| e.state == JournalState::Pending)
+            .filter(|e| {
+                on(&e.mount, e.request.path())
+                    || matches!(&e.request, OpRequest::Move(t) if on(&t.source.mount, &t.source.path))
+            })
+            .cloned()
+            .collect())
+    }
+
     async fn node(&self, mount: &str, path: &str) -> Result<Option<Node>, MetaError> {
         let s = self.state.lock().unwrap();
         Ok(s.nodes.get(&(mount.into(), path.into())).cloned())
