@@ -59,6 +59,24 @@ fn kind_for_status(status: u16) -> StoreErrorKind {
     }
 }
 
+/// A request carrying SHA-256 checksum headers that the store refused with a code stores use for
+/// a header they do not accept: a configuration error of the mount (its `checksum` setting), not a
+/// refusal of this one request. Other errors are returned as they are.
+pub(crate) fn checksum_refusal(mut e: StoreError) -> StoreError {
+    let header_refused = matches!(
+        e.code.as_deref(),
+        Some("InvalidRequest" | "InvalidArgument" | "NotImplemented" | "UnsupportedHeader")
+    ) && matches!(e.kind, StoreErrorKind::Rejected | StoreErrorKind::Config);
+    if header_refused {
+        e.kind = StoreErrorKind::Config;
+        e.message = format!(
+            "{}; the request carried SHA-256 checksum headers (the mount's checksum = sha256): a store that does not accept them needs the mount's `checksum` set to `none`",
+            e.message
+        );
+    }
+    e
+}
+
 /// Whether `err` (or an error it wraps) is a credentials provider's failure.
 fn credentials_failed(err: &(dyn std::error::Error + 'static)) -> bool {
     let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(err);
@@ -128,6 +146,26 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_header_refusal_of_a_request_with_checksums_is_the_mounts_configuration() {
+        let refused = StoreError {
+            kind: StoreErrorKind::Rejected,
+            code: Some("InvalidRequest".into()),
+            message: "HTTP 400 InvalidRequest: x".into(),
+        };
+        let e = checksum_refusal(refused);
+        assert_eq!(e.kind, StoreErrorKind::Config);
+        assert!(e.message.contains("`checksum` set to `none`"), "{}", e.message);
+        let too_large = StoreError {
+            kind: StoreErrorKind::Rejected,
+            code: Some("EntityTooLarge".into()),
+            message: "HTTP 400 EntityTooLarge".into(),
+        };
+        assert_eq!(checksum_refusal(too_large).kind, StoreErrorKind::Rejected);
+        let throttled = StoreError::new(StoreErrorKind::Throttled, "503");
+        assert_eq!(checksum_refusal(throttled).kind, StoreErrorKind::Throttled);
+    }
 
     #[test]
     fn codes_decide_before_status() {

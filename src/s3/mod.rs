@@ -95,6 +95,22 @@ macro_rules! with_write_options {
 // After the macro: the multipart requests use it.
 mod multipart;
 impl S3Store {
+    /// `classify` for a request that carries checksum headers when the mount sends them.
+    pub(crate) fn classify_write<E>(
+        &self,
+        err: aws_sdk_s3::error::SdkError<E, aws_smithy_runtime_api::http::Response>,
+    ) -> StoreError
+    where
+        E: aws_sdk_s3::error::ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+    {
+        let e = classify(err);
+        if self.checksum == ChecksumPolicy::Sha256 {
+            error::checksum_refusal(e)
+        } else {
+            e
+        }
+    }
+
     /// A store that does not verify `x-amz-checksum-sha256` (moto) still answers, for an object or
     /// part written without SSE-KMS, an ETag that is the MD5 of the bytes it kept. When the ETag
     /// has that form and is not the MD5 of what was sent, the body was corrupted on the way:
@@ -246,7 +262,7 @@ impl ObjectStore for S3Store {
         let out = with_write_options!(req, self)
             .send()
             .await
-            .map_err(classify)?;
+            .map_err(|e| self.classify_write(e))?;
         let echoed = self.checksum == ChecksumPolicy::Sha256
             && sha256_of_header(out.checksum_sha256()) == Some(input.sha256);
         self.check_md5_etag(&unquote(out.e_tag()), size, echoed, md5_hex_of(&input.body))
@@ -554,7 +570,7 @@ impl ObjectStore for S3Store {
         let out = with_write_options!(req, self)
             .send()
             .await
-            .map_err(classify)?;
+            .map_err(|e| self.classify_write(e))?;
         let result = out.copy_object_result();
         Ok(ObjectMeta {
             key: input.key,

@@ -27,7 +27,7 @@ impl S3Store {
         let out = with_write_options!(req, self)
             .send()
             .await
-            .map_err(classify)?;
+            .map_err(|e| self.classify_write(e))?;
         out.upload_id().map(str::to_owned).ok_or_else(|| {
             StoreError::new(
                 StoreErrorKind::Transient,
@@ -81,7 +81,7 @@ impl S3Store {
             .body(stream)
             .send()
             .await
-            .map_err(classify)?;
+            .map_err(|e| self.classify_write(e))?;
         let echoed = self.checksum == ChecksumPolicy::Sha256
             && sha256_of_header(out.checksum_sha256()) == Some(sha256);
         self.parts_echoed.store(echoed, Ordering::Relaxed);
@@ -185,7 +185,7 @@ impl S3Store {
             )
             .send()
             .await
-            .map_err(classify)?;
+            .map_err(|e| self.classify_write(e))?;
         Ok(unquote(out.e_tag()))
     }
 

@@ -70,9 +70,12 @@ fn key(k: &str) -> PutOptions {
     }
 }
 
-/// F5: Postgres restarted (`pg_ctl restart -m immediate`, on a cluster of the test's own) while
-/// puts commit one after another. Transactions cut off are rolled back and retried with the same
-/// journal ids: every put succeeds, exactly once, and no S3 write is made twice.
+/// F5: Postgres restarted (`pg_ctl stop -m immediate`, then start, on a cluster of the test's own)
+/// while puts commit one after another, and stopped while a put is between its S3 write and its
+/// commit: the proxy holds that put's PUT for 1.5 s, Postgres is stopped, and the PUT is
+/// answered while nothing answers on Postgres' port, so that put's commit is in flight across
+/// the outage. Transactions cut off are rolled back and retried with the same journal ids: every
+/// put succeeds, exactly once, and no S3 write is made twice.
 pub async fn f05_postgres_restarted_mid_commit(backend: Backend) {
     let cluster = common::pgcluster::PgCluster::start();
     let proxy = FaultProxy::start(&common::endpoint_of(backend), 5).await;
@@ -110,14 +113,52 @@ pub async fn f05_postgres_restarted_mid_commit(backend: Backend) {
         assert!(Instant::now() < deadline, "puts do not commit");
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
+    // The next PUT is held at the proxy: its put recorded its intent, and waits for S3.
+    proxy.add(Rule::once(
+        Op::PutObject,
+        Fault::Delay(Duration::from_millis(1500)),
+    ));
+    let held = loop {
+        let puts: Vec<_> = proxy
+            .seen()
+            .into_iter()
+            .enumerate()
+            .filter(|(_, s)| s.op == Op::PutObject && s.fault.is_some())
+            .collect();
+        if let Some((i, _)) = puts.first() {
+            break *i;
+        }
+        assert!(Instant::now() < deadline, "no PUT held");
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    };
     let restart = Instant::now();
     let cluster = tokio::task::spawn_blocking(move || {
-        cluster.restart_immediate();
+        cluster.stop_immediate();
         cluster
     })
     .await
     .unwrap();
-    eprintln!("F5: Postgres restarted in {:?}", restart.elapsed());
+    assert_eq!(
+        proxy.seen()[held].status,
+        None,
+        "the held PUT was answered before Postgres stopped"
+    );
+    // The PUT is answered while Postgres is down: that put's commit cannot be written now.
+    while proxy.seen()[held].status.is_none() {
+        assert!(Instant::now() < deadline, "the held PUT is not answered");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let cluster = tokio::task::spawn_blocking(move || {
+        cluster.start_again();
+        cluster
+    })
+    .await
+    .unwrap();
+    eprintln!(
+        "F5: Postgres down for {:?}, across the commit of the put whose PUT it held",
+        restart.elapsed()
+    );
     env.reconnect_pg().await;
     let results = tokio::time::timeout(Duration::from_secs(120), work)
         .await
@@ -561,8 +602,9 @@ pub async fn a_part_answered_without_its_checksum_is_checked_by_its_md5_read_aga
 }
 
 /// F16: the store rejects checksum headers. With the mount's default (`checksum = sha256`) a put
-/// fails with a clear, non-retryable error and nothing is written; with `checksum = none` the same
-/// store works.
+/// fails with a configuration error of the mount (`StoreErrorKind::Config`, not retryable) that
+/// names the setting to change, its row failed and nothing committed; with `checksum = none` the
+/// same store works.
 pub async fn f16_store_rejecting_checksum_headers(backend: Backend) {
     let (mut env, proxy) = behind_proxy(backend, 16, |_| {}, common::fast_settings(), |_| {}).await;
     proxy.add(Rule::always(None, Fault::RejectChecksumHeaders));
@@ -571,19 +613,20 @@ pub async fn f16_store_rejecting_checksum_headers(backend: Backend) {
         .put_bytes("m", "a.txt", b"a".to_vec(), key("a"))
         .await
         .unwrap_err();
+    // A configuration error of the mount, saying which setting to change.
     match &err {
         Error::Storage { source, .. } => {
+            assert_eq!(source.kind, StoreErrorKind::Config, "{err}");
+            assert!(err.to_string().contains("InvalidRequest"), "{err}");
             assert!(
-                matches!(
-                    source.kind,
-                    StoreErrorKind::Rejected | StoreErrorKind::Config
-                ),
+                err.to_string().contains("`checksum` set to `none`"),
                 "{err}"
             );
-            assert!(err.to_string().contains("InvalidRequest"), "{err}");
         }
         other => panic!("expected a storage error, got {other:?}"),
     }
+    assert_eq!(env.count("nodes").await, 0, "nothing committed");
+    assert_eq!(env.journal_state("a").await, "failed");
     assert!(!err.is_retryable());
     let ep = proxy.endpoint.clone();
     env.add_mount("plain", |r| {

@@ -396,7 +396,23 @@ async fn mount_rows_take_effect_while_running() {
         &[],
     )
     .await;
-    tokio::time::sleep(Duration::from_millis(500)).await; // the change is handed over
+    // The change is handed over once a single-request put just above the new threshold is
+    // refused (the old supervisor's threshold takes it).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match env
+            .exec
+            .put_bytes("live", "threshold.bin", vec![1; 6291457], PutOptions::default())
+            .await
+        {
+            Err(Error::TooLarge { limit: 6291456, .. }) => break,
+            other => assert!(
+                Instant::now() < deadline,
+                "the new threshold was not applied: {other:?}"
+            ),
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     let (mut source, reader) = tokio::io::duplex(1 << 20);
     let exec = env.exec.clone();
     let in_flight = tokio::spawn(async move {
@@ -484,8 +500,13 @@ pub async fn a_passive_executor_only_reads(backend: Backend) {
         .unwrap();
     assert_eq!(e.event.event_id, r.event_id);
     env.exec.shutdown().await;
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    assert_eq!(w.status("m").await.unwrap().lease, LeaseStatus::Unknown);
+    // The owner gave the lease up; the watcher, looking again, still does not take it. (It
+    // looks at the lease every third of its duration: two seconds cover several looks.)
+    let watched = Instant::now() + Duration::from_secs(2);
+    while Instant::now() < watched {
+        assert_eq!(w.status("m").await.unwrap().lease, LeaseStatus::Unknown);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     let owners = env
         .query("SELECT owner FROM {schema}.mount_leases", &[])
         .await;

@@ -150,26 +150,22 @@ impl PgCluster {
         format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)
     }
 
-    /// `pg_ctl restart -m immediate`: every connection is cut, open transactions are lost (rolled
-    /// back by crash recovery at start).
-    pub fn restart_immediate(&self) {
+    /// `pg_ctl stop -m immediate`: every connection is cut, open transactions are lost (rolled
+    /// back by crash recovery at the next start). Until [`PgCluster::start_again`], nothing
+    /// answers on the port.
+    pub fn stop_immediate(&self) {
+        let data = self.data();
+        self.run("pg_ctl", &["-D", &data, "-m", "immediate", "-w", "stop"]);
+    }
+
+    /// `pg_ctl start` after [`PgCluster::stop_immediate`].
+    pub fn start_again(&self) {
         let data = self.data();
         let opts = self.opts.clone();
         let log = format!("{}/log", self.dir.path().display());
         self.run(
             "pg_ctl",
-            &[
-                "-D",
-                &data,
-                "-o",
-                &opts,
-                "-l",
-                &log,
-                "-m",
-                "immediate",
-                "-w",
-                "restart",
-            ],
+            &["-D", &data, "-o", &opts, "-l", &log, "-w", "start"],
         );
     }
 }
