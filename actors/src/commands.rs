@@ -87,6 +87,8 @@ pub struct GetStatus;
 /// A supervisor's state, for operators and tests.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SupervisorStatus {
+    /// Which conditional requests the store honours, once this supervisor's probe ran.
+    pub conditions: Option<crate::model::StoreConditions>,
     /// Mount name.
     pub mount: String,
     /// How often the supervisor has been restarted.

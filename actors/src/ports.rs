@@ -64,6 +64,8 @@ pub struct PutObjectInput {
     pub metadata: crate::model::UserMetadata,
     /// Create only (`If-None-Match: *`).
     pub if_none_match: bool,
+    /// Overwrite only the object with this ETag (`If-Match`), where the store honours it.
+    pub if_match: Option<String>,
 }
 
 /// A server-side copy of a whole object (CopyObject, metadata replaced with the destination's).
@@ -195,6 +197,16 @@ pub trait ObjectStore: Send + Sync + 'static {
     async fn head_object(&self, key: &str) -> Result<Option<ObjectMeta>, StoreError>;
     /// DELETE an object (succeeds when it is already gone).
     async fn delete_object(&self, key: &str) -> Result<(), StoreError>;
+    /// DELETE an object only while it has this ETag (`If-Match`): `PreconditionFailed` when it
+    /// has another, `NotFound` when there is none (on stores that honour the condition; the
+    /// mount's probe says which do). The default is for stores that cannot send it.
+    async fn delete_object_if_match(&self, key: &str, etag: &str) -> Result<(), StoreError> {
+        let _ = (key, etag);
+        Err(StoreError::new(
+            StoreErrorKind::Config,
+            "conditional DELETE (If-Match) is not implemented by this store adapter",
+        ))
+    }
     /// Deletes up to 1,000 objects in one request (S3 DeleteObjects); one answer per key, in
     /// order (a key already gone is deleted). `Err` when the request as a whole failed. The
     /// default deletes them one by one, for stores without a multi-object delete.
@@ -422,6 +434,17 @@ pub trait MetaStore: Send + Sync + 'static {
     /// This is the only way the executor writes the journal, nodes, snapshots, outbox and
     /// multipart records (`mark_upload_aborted` aside).
     async fn apply(&self, writes: &[MetaWrite]) -> BatchResult;
+    /// Records what the mount's probe found its store to honour (shown by `mount list`).
+    async fn record_conditions(
+        &self,
+        mount: &str,
+        conditions: &crate::model::StoreConditions,
+    ) -> Result<(), MetaError>;
+    /// What the mount's last probe found, if it ran.
+    async fn conditions(
+        &self,
+        mount: &str,
+    ) -> Result<Option<crate::model::StoreConditions>, MetaError>;
     /// Deletes `mount`'s outbox rows published longer than `retention` ago (a change feed can no
     /// longer resume before them); returns how many.
     async fn prune_outbox(

@@ -246,6 +246,14 @@ impl MountStore {
             .await
     }
 
+    /// DeleteObject only while the key holds `etag` (`If-Match`).
+    pub async fn delete_if_match(&self, key: &str, etag: &str) -> Result<(), Error> {
+        self.call(S3Op::DeleteObject, key, || {
+            self.store.delete_object_if_match(key, etag)
+        })
+        .await
+    }
+
     /// AbortMultipartUpload (an upload already gone is aborted).
     pub async fn abort_upload(&self, key: &str, upload_id: &str) -> Result<(), Error> {
         self.call(S3Op::AbortMultipartUpload, key, || {

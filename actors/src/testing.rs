@@ -128,6 +128,18 @@ impl ObjectStore for MemoryStore {
                 "object exists",
             ));
         }
+        if let Some(want) = &input.if_match {
+            match self.objects.lock().unwrap().get(&input.key) {
+                Some((_, m)) if &m.etag == want => {}
+                Some(_) => {
+                    return Err(StoreError::new(
+                        StoreErrorKind::PreconditionFailed,
+                        "another ETag",
+                    ))
+                }
+                None => return Err(StoreError::new(StoreErrorKind::NotFound, "no such key")),
+            }
+        }
         let meta = ObjectMeta {
             key: input.key.clone(),
             size: input.body.len() as u64,
@@ -163,6 +175,23 @@ impl ObjectStore for MemoryStore {
         self.answering_delete(1).await;
         self.objects.lock().unwrap().remove(key);
         Ok(())
+    }
+
+    async fn delete_object_if_match(&self, key: &str, etag: &str) -> Result<(), StoreError> {
+        self.single_deletes.fetch_add(1, Ordering::SeqCst);
+        self.answering_delete(1).await;
+        let mut objects = self.objects.lock().unwrap();
+        match objects.get(key) {
+            Some((_, m)) if m.etag == etag => {
+                objects.remove(key);
+                Ok(())
+            }
+            Some(_) => Err(StoreError::new(
+                StoreErrorKind::PreconditionFailed,
+                "another ETag",
+            )),
+            None => Err(StoreError::new(StoreErrorKind::NotFound, "no such key")),
+        }
     }
 
     async fn delete_objects(

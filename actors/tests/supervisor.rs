@@ -265,6 +265,7 @@ async fn pending_entry_is_committed_by_recovery_at_start() {
                 sha256: Some(Sha256Digest::of(body)),
             },
             if_none_match: false,
+            if_match: None,
         })
         .await
         .unwrap();

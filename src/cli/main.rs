@@ -256,7 +256,19 @@ async fn run_one_shot(exec: &S3Executor, cli: &Cli) -> anyhow::Result<()> {
             let mut states: Vec<_> = exec.mount_states().into_iter().collect();
             states.sort_by(|a, b| a.0.cmp(&b.0));
             for (name, state) in states {
-                println!("{name}\t{state:?}");
+                // What the store was probed to honour of conditional writes, when known.
+                let conditions = match exec.store_conditions(&name).await {
+                    Ok(Some(k)) => format!(
+                        "\tconditions: put If-None-Match {}, put If-Match {}, delete If-Match {} (probed {})",
+                        k.put_if_none_match,
+                        k.put_if_match,
+                        k.delete_if_match,
+                        k.probed_at.format("%Y-%m-%dT%H:%M:%SZ")
+                    ),
+                    Ok(None) => "\tconditions: not probed yet".into(),
+                    Err(e) => format!("\tconditions: unknown ({e})"),
+                };
+                println!("{name}\t{state:?}{conditions}");
             }
         }
         Cmd::Put {

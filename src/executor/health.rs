@@ -73,6 +73,10 @@ pub struct MountHealth {
     pub oldest_pending_seconds: f64,
     /// Operations running or queued.
     pub operations: usize,
+    /// Which conditional requests the mount's store honours (`put_if_none_match`,
+    /// `put_if_match`, `delete_if_match`, `probed_at`), once the owner's probe ran.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub conditions: Option<filestore_s3_actors::model::StoreConditions>,
 }
 
 /// An executor's health.
@@ -142,10 +146,12 @@ impl S3Executor {
                     .get(&name)
                     .map_or(0.0, |f| f.oldest_pending_seconds),
                 operations: 0,
+                conditions: None,
             };
             if matches!(state, MountState::Ready) {
                 if let Ok(status) = self.status(&name).await {
                     h.operations = status.operations;
+                    h.conditions = status.conditions;
                     match status.lease {
                         LeaseStatus::Owned { epoch } => {
                             h.lease = Some("owned".into());

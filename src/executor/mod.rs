@@ -233,6 +233,16 @@ impl S3Executor {
     }
 
     /// Postgres as reads see it: no fence (a read changes nothing).
+    /// What the mount's store was last probed to honour of conditional requests (recorded by its
+    /// owner in `mount_store_conditions`), if a probe ran.
+    pub async fn store_conditions(
+        &self,
+        mount: &str,
+    ) -> Result<Option<filestore_s3_actors::model::StoreConditions>, Error> {
+        use filestore_s3_actors::ports::MetaStore as _;
+        Ok(self.inner.services.meta.conditions(mount).await?)
+    }
+
     fn reads_meta(&self) -> std::sync::Arc<dyn filestore_s3_actors::ports::MetaStore> {
         self.inner.services.meta.clone()
     }

@@ -262,4 +262,17 @@ impl MetaStore for PgMetaStore {
     ) -> Result<u64, MetaError> {
         self.do_prune_outbox(mount, retention).await
     }
+    async fn record_conditions(
+        &self,
+        mount: &str,
+        conditions: &filestore_s3_actors::model::StoreConditions,
+    ) -> Result<(), MetaError> {
+        self.do_record_conditions(mount, conditions).await
+    }
+    async fn conditions(
+        &self,
+        mount: &str,
+    ) -> Result<Option<filestore_s3_actors::model::StoreConditions>, MetaError> {
+        self.do_conditions(mount).await
+    }
 }

@@ -1,5 +1,6 @@
 //! `backend_mounts` rows.
 
+use filestore_s3_actors::model::StoreConditions;
 use filestore_s3_actors::mount::MountRow;
 use filestore_s3_actors::ports::MetaError;
 
@@ -119,5 +120,64 @@ impl PgMetaStore {
                 verify: r.get("verify"),
             })
             .collect())
+    }
+}
+
+impl PgMetaStore {
+    pub(super) async fn do_record_conditions(
+        &self,
+        mount: &str,
+        conditions: &StoreConditions,
+    ) -> Result<(), MetaError> {
+        let c = self.client().await?;
+        let by = self.fence.as_ref().map_or("", |f| f.owner.as_str());
+        c.execute(
+            &cached!(
+                c,
+                "INSERT INTO mount_store_conditions
+                     (mount, put_if_none_match, put_if_match, delete_if_match, probed_at, probed_by)
+                 VALUES ($1, $2, $3, $4, $5, $6)
+                 ON CONFLICT (mount) DO UPDATE SET
+                     put_if_none_match = EXCLUDED.put_if_none_match,
+                     put_if_match = EXCLUDED.put_if_match,
+                     delete_if_match = EXCLUDED.delete_if_match,
+                     probed_at = EXCLUDED.probed_at,
+                     probed_by = EXCLUDED.probed_by"
+            ),
+            &[
+                &mount,
+                &conditions.put_if_none_match,
+                &conditions.put_if_match,
+                &conditions.delete_if_match,
+                &conditions.probed_at,
+                &by,
+            ],
+        )
+        .await
+        .map_err(pg)?;
+        Ok(())
+    }
+    pub(super) async fn do_conditions(
+        &self,
+        mount: &str,
+    ) -> Result<Option<StoreConditions>, MetaError> {
+        let c = self.client().await?;
+        let row = c
+            .query_opt(
+                &cached!(
+                    c,
+                    "SELECT put_if_none_match, put_if_match, delete_if_match, probed_at
+                     FROM mount_store_conditions WHERE mount = $1"
+                ),
+                &[&mount],
+            )
+            .await
+            .map_err(pg)?;
+        Ok(row.map(|r| StoreConditions {
+            put_if_none_match: r.get(0),
+            put_if_match: r.get(1),
+            delete_if_match: r.get(2),
+            probed_at: r.get(3),
+        }))
     }
 }

@@ -95,16 +95,18 @@ macro_rules! with_write_options {
 // After the macro: the multipart requests use it.
 mod multipart;
 impl S3Store {
-    /// `classify` for a request that carries checksum headers when the mount sends them.
+    /// `classify` for a write; `checksums`: the request carried checksum headers (which it does
+    /// only when the mount sends them).
     pub(crate) fn classify_write<E>(
         &self,
         err: aws_sdk_s3::error::SdkError<E, aws_smithy_runtime_api::http::Response>,
+        checksums: bool,
     ) -> StoreError
     where
         E: aws_sdk_s3::error::ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
     {
         let e = classify(err);
-        if self.checksum == ChecksumPolicy::Sha256 {
+        if checksums && self.checksum == ChecksumPolicy::Sha256 {
             error::checksum_refusal(e)
         } else {
             e
@@ -256,13 +258,16 @@ impl ObjectStore for S3Store {
         if input.if_none_match {
             req = req.if_none_match("*");
         }
+        if let Some(etag) = &input.if_match {
+            req = req.if_match(format!("\"{etag}\""));
+        }
         if self.checksum == ChecksumPolicy::Sha256 {
             req = req.checksum_sha256(Self::b64(&input.sha256));
         }
         let out = with_write_options!(req, self)
             .send()
             .await
-            .map_err(|e| self.classify_write(e))?;
+            .map_err(|e| self.classify_write(e, true))?;
         let echoed = self.checksum == ChecksumPolicy::Sha256
             && sha256_of_header(out.checksum_sha256()) == Some(input.sha256);
         self.check_md5_etag(&unquote(out.e_tag()), size, echoed, md5_hex_of(&input.body))
@@ -330,6 +335,18 @@ impl ObjectStore for S3Store {
             .map(|_| ())
             .map_err(classify)
             .or_else(already_gone)
+    }
+
+    async fn delete_object_if_match(&self, key: &str, etag: &str) -> Result<(), StoreError> {
+        self.client
+            .delete_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .if_match(format!("\"{etag}\""))
+            .send()
+            .await
+            .map(|_| ())
+            .map_err(classify)
     }
 
     async fn delete_objects(
@@ -570,7 +587,7 @@ impl ObjectStore for S3Store {
         let out = with_write_options!(req, self)
             .send()
             .await
-            .map_err(|e| self.classify_write(e))?;
+            .map_err(|e| self.classify_write(e, true))?;
         let result = out.copy_object_result();
         Ok(ObjectMeta {
             key: input.key,

@@ -27,7 +27,7 @@ impl S3Store {
         let out = with_write_options!(req, self)
             .send()
             .await
-            .map_err(|e| self.classify_write(e))?;
+            .map_err(|e| self.classify_write(e, part_checksums))?;
         out.upload_id().map(str::to_owned).ok_or_else(|| {
             StoreError::new(
                 StoreErrorKind::Transient,
@@ -81,7 +81,7 @@ impl S3Store {
             .body(stream)
             .send()
             .await
-            .map_err(|e| self.classify_write(e))?;
+            .map_err(|e| self.classify_write(e, true))?;
         let echoed = self.checksum == ChecksumPolicy::Sha256
             && sha256_of_header(out.checksum_sha256()) == Some(sha256);
         self.parts_echoed.store(echoed, Ordering::Relaxed);
@@ -159,6 +159,7 @@ impl S3Store {
         let mut sorted: Vec<&UploadedPart> = parts.iter().collect();
         sorted.sort_by_key(|p| p.part_number);
         let with_checksums = self.checksum == ChecksumPolicy::Sha256;
+        let carried = with_checksums && parts.iter().any(|p| p.sha256.is_some());
         let completed = sorted
             .iter()
             .map(|p| {
@@ -185,7 +186,7 @@ impl S3Store {
             )
             .send()
             .await
-            .map_err(|e| self.classify_write(e))?;
+            .map_err(|e| self.classify_write(e, carried))?;
         Ok(unquote(out.e_tag()))
     }
 

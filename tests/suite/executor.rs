@@ -25,7 +25,7 @@ async fn migrations_apply_once_and_create_every_table() {
     let first = filestore_s3::pg::migrate(&database_url(), &schema)
         .await
         .unwrap();
-    assert_eq!(first, (1..=15).collect::<Vec<_>>());
+    assert_eq!(first, (1..=16).collect::<Vec<_>>());
     let second = filestore_s3::pg::migrate(&database_url(), &schema)
         .await
         .unwrap();
@@ -180,6 +180,7 @@ async fn server_verifies_the_sha256_the_executor_sends() {
                     sha256: Some(wrong),
                 },
                 if_none_match: false,
+                if_match: None,
             })
             .await;
         match backend {

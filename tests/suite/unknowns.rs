@@ -556,9 +556,189 @@ pub async fn a_large_copy_sent_again_after_its_source_changed_starts_over(backen
     env.cleanup().await;
 }
 
+/// S3 writes are compare-and-swap against the node where the store honours it. The mount's
+/// probe finds which conditions its store honours (moto: all three; recorded and shown in the
+/// supervisor's status and `mount_store_conditions`). An object written behind the executor's
+/// back over a path's object is then neither overwritten by a put (`If-Match` the node's ETag)
+/// nor deleted by a delete (`If-Match` on DeleteObject): both are refused with
+/// `PreconditionFailed`, nothing written or deleted. On a store that ignores a condition it is
+/// not sent, and the write goes ahead as before.
+pub async fn writes_are_conditioned_on_the_node_where_the_store_honours_it(backend: Backend) {
+    let (env, _proxy) = behind_proxy(backend, 39, |_| {}, common::fast_settings(), |_| {}).await;
+    let v1 = b"first".to_vec();
+    let v2 = b"second version".to_vec();
+    env.exec
+        .put_bytes("m", "a.txt", v1.clone(), key("v1"))
+        .await
+        .unwrap();
+    // An overwrite: the first write with a node to condition on runs the probe.
+    env.exec
+        .put_bytes("m", "a.txt", v2.clone(), key("v2"))
+        .await
+        .unwrap();
+    let found = env.exec.status("m").await.unwrap().conditions.expect("probed");
+    eprintln!("{backend:?}: the store honours {found:?}");
+    assert_eq!(
+        env.exec.store_conditions("m").await.unwrap(),
+        Some(found),
+        "recorded as found"
+    );
+    if backend == Backend::Moto {
+        assert!(
+            found.put_if_none_match && found.put_if_match && found.delete_if_match,
+            "{found:?}"
+        );
+    }
+    assert!(
+        env.keys_in(&env.bucket, "").await.iter().all(|k| !k.contains(".filestore-conditions-probe-")),
+        "the probe's object is removed"
+    );
+
+    let foreign = b"written behind the executor's back".to_vec();
+    env.raw_put(&env.key("a.txt"), &foreign).await;
+    let put = env
+        .exec
+        .put_bytes("m", "a.txt", b"third".to_vec(), key("v3"))
+        .await;
+    if found.put_if_match {
+        let e = put.unwrap_err();
+        assert!(
+            matches!(&e, Error::PreconditionFailed { reason, .. } if reason.contains("another writer")),
+            "{e:?}"
+        );
+        assert_eq!(env.object(&env.key("a.txt")).await, Some(foreign.clone()));
+        assert_eq!(env.journal_state("v3").await, "failed");
+        let node = env.exec.stat("m", "a.txt").await.unwrap().node.unwrap();
+        assert_eq!(node.meta.sha256.to_string(), sha256_hex(&v2));
+    } else {
+        put.unwrap();
+        env.raw_put(&env.key("a.txt"), &foreign).await;
+    }
+    let delete = env.exec.delete("m", "a.txt", Default::default()).await;
+    if found.delete_if_match {
+        let e = delete.unwrap_err();
+        assert!(
+            matches!(&e, Error::PreconditionFailed { reason, .. } if reason.contains("another writer")),
+            "{e:?}"
+        );
+        assert_eq!(env.object(&env.key("a.txt")).await, Some(foreign));
+        // Put back what the node names: the delete then goes ahead.
+        let node = env.exec.stat("m", "a.txt").await.unwrap().node.unwrap();
+        let named = if node.meta.sha256 == sha256_hex(&v2) {
+            v2
+        } else {
+            b"third".to_vec()
+        };
+        env.raw_put(&env.key("a.txt"), &named).await;
+        env.exec.delete("m", "a.txt", Default::default()).await.unwrap();
+    } else {
+        delete.unwrap();
+    }
+    assert_eq!(env.object(&env.key("a.txt")).await, None);
+    invariants::check(&env, &Expected::new()).await;
+    env.cleanup().await;
+}
+
+/// An overwrite sent with `If-Match` (the node's ETag) whose answer is lost after the store
+/// applied it: the retry is refused (412), the key now holding this put's own object — which the
+/// write marker proves, and the put commits (on a store that ignores If-Match the retry simply
+/// writes again).
+pub async fn an_overwrite_whose_answer_was_lost_is_proven_its_own_after_a_412(backend: Backend) {
+    let (env, proxy) = behind_proxy(backend, 40, |_| {}, common::fast_settings(), |_| {}).await;
+    env.exec
+        .put_bytes("m", "b.txt", b"old".to_vec(), key("old"))
+        .await
+        .unwrap();
+    // The probe first (its requests are not the put's).
+    env.exec
+        .put_bytes("m", "b.txt", b"older".to_vec(), key("older"))
+        .await
+        .unwrap();
+    let found = env.exec.status("m").await.unwrap().conditions.expect("probed");
+    proxy.add(Rule {
+        key_suffix: Some("/b.txt".into()),
+        ..Rule::once(Op::PutObject, Fault::DropResponse)
+    });
+    let new = b"the new content".to_vec();
+    let r = env
+        .exec
+        .put_bytes("m", "b.txt", new.clone(), key("new"))
+        .await
+        .unwrap();
+    assert_eq!(r.node.unwrap().sha256.to_string(), sha256_hex(&new));
+    let refused_retry = proxy
+        .seen()
+        .iter()
+        .any(|s| s.op == Op::PutObject && s.key.ends_with("/b.txt") && s.status == Some(412));
+    assert_eq!(
+        refused_retry, found.put_if_match,
+        "the retry was refused by If-Match exactly where the store honours it"
+    );
+    let mut expected = Expected::new();
+    expected.insert(("m".into(), "b.txt".into()), sha256_hex(&new));
+    invariants::check(&env, &expected).await;
+    env.cleanup().await;
+}
+
+/// Found by the adversarial run (seed 20261205, "I1: content of m:a/p0"). An overwrite sent
+/// with `If-Match` (the node's ETag) is applied and its answer lost; the retry is refused (412),
+/// and the HEAD that should show the put's own object shows the node's older version — a store
+/// serving an older state, although the refusal proved that version is no longer there. The put
+/// is not failed on that read: its row is left pending (the caller told to retry) and recovery
+/// commits it once the store shows the object. (Before, the row failed while its object stayed
+/// in the bucket under a node naming the older version.)
+pub async fn a_refused_retry_that_still_reads_the_older_version_is_left_to_recovery(
+    backend: Backend,
+) {
+    let mut settings = common::fast_settings();
+    settings.recovery_interval = Duration::from_millis(500);
+    let (env, proxy) = behind_proxy(backend, 41, |_| {}, settings, |_| {}).await;
+    let old = b"the older version".to_vec();
+    env.exec
+        .put_bytes("m", "c.txt", old.clone(), key("old"))
+        .await
+        .unwrap();
+    env.exec
+        .put_bytes("m", "c.txt", old.clone(), key("old-again"))
+        .await
+        .unwrap();
+    let found = env.exec.status("m").await.unwrap().conditions.expect("probed");
+    // A HEAD through the proxy: the state a stale read answers with.
+    env.exec.stat("m", "c.txt").await.unwrap();
+    proxy.add(Rule {
+        key_suffix: Some("/c.txt".into()),
+        ..Rule::once(Op::PutObject, Fault::DropResponse)
+    });
+    proxy.add(Rule {
+        key_suffix: Some("/c.txt".into()),
+        ..Rule::always(Some(Op::HeadObject), Fault::StaleAfterWrite(Duration::from_secs(3)))
+    });
+    let new = b"the new version".to_vec();
+    let r = env
+        .exec
+        .put_bytes("m", "c.txt", new.clone(), key("new"))
+        .await;
+    eprintln!("{backend:?} ({found:?}): the put answered {r:?}");
+    if found.put_if_match {
+        let e = r.unwrap_err();
+        assert!(e.is_retryable(), "{e:?}");
+    }
+    proxy.clear();
+    env.wait_no_pending(Duration::from_secs(20)).await;
+    assert_eq!(env.journal_state("new").await, "committed");
+    assert_eq!(env.object(&env.key("c.txt")).await, Some(new.clone()));
+    let mut expected = Expected::new();
+    expected.insert(("m".into(), "c.txt".into()), sha256_hex(&new));
+    invariants::check(&env, &expected).await;
+    env.cleanup().await;
+}
+
 per_backend! {
     a_move_from_a_mount_this_host_does_not_own_is_refused_before_any_effect => super::a_move_from_a_mount_this_host_does_not_own_is_refused_before_any_effect(B);
     a_new_write_waits_for_the_pending_move_on_its_path => super::a_new_write_waits_for_the_pending_move_on_its_path(B);
+    writes_are_conditioned_on_the_node_where_the_store_honours_it => super::writes_are_conditioned_on_the_node_where_the_store_honours_it(B);
+    an_overwrite_whose_answer_was_lost_is_proven_its_own_after_a_412 => super::an_overwrite_whose_answer_was_lost_is_proven_its_own_after_a_412(B);
+    a_refused_retry_that_still_reads_the_older_version_is_left_to_recovery => super::a_refused_retry_that_still_reads_the_older_version_is_left_to_recovery(B);
     a_large_copy_sent_again_after_its_source_changed_starts_over => super::a_large_copy_sent_again_after_its_source_changed_starts_over(B);
     @except_moto
     a_pending_copy_is_settled_before_a_later_put_on_its_destination => super::a_pending_copy_is_settled_before_a_later_put_on_its_destination(B);

@@ -16,7 +16,7 @@ use crate::error::Error;
 use crate::model::WriteMarker;
 use crate::model::{
     CommitRecord, IntentOutcome, NewIntent, NodeMeta, ObjectMeta, OpProgress, OpResult,
-    UploadRecord, UploadedPart, Verification,
+    StoreConditions, UploadRecord, UploadedPart, Verification,
 };
 use crate::mount::{MountSpec, SettingsPolicy, Sse};
 use crate::multipart::{PartRecorder, UploadDeps};
@@ -36,6 +36,8 @@ pub(crate) struct OpContext {
     pub mounts: Option<Arc<dyn MountDirectory>>,
     /// What the settings probe found (the mount's settings the store ignored), once it ran.
     pub probe: Arc<tokio::sync::OnceCell<Vec<String>>>,
+    /// Which conditional requests the store honours, once the conditions probe ran.
+    pub conditions: Arc<tokio::sync::OnceCell<StoreConditions>>,
     /// How long recovery waits for a pending write's object to show before failing the row.
     pub consistency_horizon: std::time::Duration,
     /// The mount's multi-object deletes.
@@ -122,26 +124,10 @@ impl OpContext {
     }
 
     async fn probe_settings(&self) -> Result<Vec<String>, Error> {
-        let key = format!(
-            "{}{PROBE_KEY_PREFIX}{}",
-            self.spec.keys.prefix(),
-            uuid::Uuid::new_v4()
-        );
-        let body = bytes::Bytes::from_static(b"filestore-s3 settings probe");
-        let sha256 = Sha256Digest::of(&body);
-        let input = PutObjectInput {
-            key: key.clone(),
-            body,
-            sha256,
-            content_type: None,
-            marker: WriteMarker {
-                journal_id: 0,
-                sha256: Some(sha256),
-            },
-            metadata: Default::default(),
-            if_none_match: false,
-        };
-        self.store.put(&input).await?;
+        let key = self.probe_key(PROBE_KEY_PREFIX);
+        self.store
+            .put(&probe_object(&key, b"filestore-s3 settings probe", false, None))
+            .await?;
         let seen = self
             .verify(&key, |seen| {
                 seen.clone()
@@ -180,6 +166,70 @@ impl OpContext {
         Ok(missing)
     }
 
+    /// A probe's object: `prefix` (after the mount's own) and a fresh id.
+    fn probe_key(&self, prefix: &str) -> String {
+        format!(
+            "{}{prefix}{}",
+            self.spec.keys.prefix(),
+            uuid::Uuid::new_v4()
+        )
+    }
+
+    /// Which conditional requests the mount's store honours: probed once per supervisor, at the
+    /// first write that would send a condition, on an object of its own under the mount's
+    /// prefix (`.filestore-conditions-probe-<uuid>`, removed after), and recorded in
+    /// `mount_store_conditions`. A store that ignores a condition is not sent it.
+    pub async fn conditions(&self) -> Result<StoreConditions, Error> {
+        self.conditions
+            .get_or_try_init(|| self.probe_conditions())
+            .await
+            .copied()
+    }
+
+    async fn probe_conditions(&self) -> Result<StoreConditions, Error> {
+        let key = self.probe_key(CONDITIONS_PROBE_PREFIX);
+        let input = |if_none_match: bool, if_match: Option<String>| {
+            probe_object(&key, b"filestore-s3 conditions probe", if_none_match, if_match)
+        };
+        // An ETag no object has.
+        let other = "0".repeat(32);
+        let probed = async {
+            self.store.put(&input(false, None)).await?;
+            let put_if_none_match = refused(self.store.put(&input(true, None)).await)?;
+            let put_if_match = refused(self.store.put(&input(false, Some(other.clone()))).await)?;
+            let delete_if_match = refused(self.store.delete_if_match(&key, &other).await)?;
+            Ok::<_, Error>(StoreConditions {
+                put_if_none_match,
+                put_if_match,
+                delete_if_match,
+                // At the precision Postgres keeps.
+                probed_at: chrono::SubsecRound::trunc_subsecs(chrono::Utc::now(), 6),
+            })
+        }
+        .await;
+        if let Err(e) = self.store.delete(&key).await {
+            log::warn!(
+                "mount {}: conditions probe '{key}' not removed: {e}",
+                self.spec.name
+            );
+        }
+        let found = probed?;
+        log::info!(
+            "mount {}: the store honours: PutObject If-None-Match {}, PutObject If-Match {}, DeleteObject If-Match {}",
+            self.spec.name,
+            found.put_if_none_match,
+            found.put_if_match,
+            found.delete_if_match
+        );
+        if let Err(e) = self.meta.record_conditions(&self.spec.name, &found).await {
+            log::warn!(
+                "mount {}: what the conditions probe found was not recorded: {e}",
+                self.spec.name
+            );
+        }
+        Ok(found)
+    }
+
     /// The multipart unit's dependencies, recording through this mount's committer.
     pub fn upload_deps(&self) -> UploadDeps {
         UploadDeps {
@@ -190,6 +240,48 @@ impl OpContext {
             }),
             publisher: self.publisher.clone(),
         }
+    }
+}
+
+/// A probe's PUT of `body` at `key`, marked as no journal row's (id 0).
+fn probe_object(
+    key: &str,
+    body: &'static [u8],
+    if_none_match: bool,
+    if_match: Option<String>,
+) -> PutObjectInput {
+    let sha256 = Sha256Digest::of(body);
+    PutObjectInput {
+        key: key.to_owned(),
+        body: bytes::Bytes::from_static(body),
+        sha256,
+        content_type: None,
+        marker: WriteMarker {
+            journal_id: 0,
+            sha256: Some(sha256),
+        },
+        metadata: Default::default(),
+        if_none_match,
+        if_match,
+    }
+}
+
+/// Name (after the mount prefix) of the conditions probe's objects.
+pub(crate) const CONDITIONS_PROBE_PREFIX: &str = ".filestore-conditions-probe-";
+
+/// Whether a probe request with a condition that cannot hold was refused for it (412): the
+/// condition is honoured. Accepted, or refused as a request the store does not do (a 4xx other
+/// than 412, `NotImplemented`): not honoured. A store that could not answer: the probe fails.
+fn refused<T>(answer: Result<T, Error>) -> Result<bool, Error> {
+    match answer {
+        Ok(_) => Ok(false),
+        Err(Error::Storage { source, .. })
+            if source.kind == crate::ports::StoreErrorKind::PreconditionFailed =>
+        {
+            Ok(true)
+        }
+        Err(Error::Storage { source, .. }) if !source.is_retryable() => Ok(false),
+        Err(e) => Err(e),
     }
 }
 

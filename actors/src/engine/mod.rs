@@ -100,7 +100,7 @@ impl Operation {
                 sink,
             } => ops::multipart_put::act(c, journal_id, &request, reader, sink).await,
             Operation::Delete { request, batched } => {
-                ops::delete::act(c, &request.key, batched).await
+                ops::delete::act(c, &request, batched).await
             }
             Operation::Copy { request, source } => {
                 ops::copy::act(c, journal_id, &request, &source, progress).await
@@ -346,8 +346,15 @@ async fn settle_pending_on(c: &OpContext, request: &OpRequest, own_key: &str) ->
             reason,
         };
         if entry.mount != c.spec.name {
+            // Another mount's move away from this path. Before its source's DELETE, its
+            // recovery reads the source's node again and keeps a source written since; only
+            // one that deleted its source already commits by removing the source's node
+            // whatever it names then, and must be settled first — by that mount's owner.
+            if !matches!(entry.progress, Some(OpProgress::SourceDeleted { .. })) {
+                continue;
+            }
             return Err(busy(format!(
-                "its recovery runs on mount '{}', by that mount's owner",
+                "a move that deleted its source; its recovery runs on mount '{}', by that mount's owner",
                 entry.mount
             )));
         }

@@ -333,6 +333,20 @@ pub struct UploadRecord {
     pub parts: Vec<UploadedPart>,
 }
 
+/// Which conditional requests a mount's store honours, as its probe found (a store that ignores
+/// a condition must not be trusted with it): the executor conditions its writes only on those.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoreConditions {
+    /// PutObject with `If-None-Match: *` is refused (412) when the key exists.
+    pub put_if_none_match: bool,
+    /// PutObject with `If-Match: <etag>` is refused when the key holds another ETag.
+    pub put_if_match: bool,
+    /// DeleteObject with `If-Match: <etag>` is refused when the key holds another ETag.
+    pub delete_if_match: bool,
+    /// When the probe ran.
+    pub probed_at: DateTime<Utc>,
+}
+
 /// Progress of one upload, sent to the caller's sink and to Redis.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct UploadProgress {

@@ -58,7 +58,10 @@ pub async fn copy_parts(req: PartCopyRequest, deps: &UploadDeps) -> Result<Compl
                 rec.source_etag,
                 req.source_etag
             );
-            super::abort_upload(deps, &req.mount, &req.key, &rec.upload_id).await;
+            // Given up for good before a new one starts (one open upload per journal row): an
+            // abort that fails fails this run, retryable, with the old upload still recorded.
+            deps.store.abort_upload(&req.key, &rec.upload_id).await?;
+            deps.recorder.upload_ended(&rec.upload_id).await?;
             None
         }
         r => r,

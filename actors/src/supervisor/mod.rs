@@ -121,6 +121,8 @@ pub struct MountSupervisor {
     mounts: Option<Arc<dyn MountDirectory>>,
     /// The settings probe's finding (see `OpContext::ensure_settings_honoured`).
     probe: Arc<tokio::sync::OnceCell<Vec<String>>>,
+    /// The conditions probe's finding (see `OpContext::conditions`).
+    conditions: Arc<tokio::sync::OnceCell<crate::model::StoreConditions>>,
     /// Multi-object deletes of this mount's batched delete operations.
     deletes: crate::engine::DeleteBatcher,
     /// This executor's id in `mount_leases`.
@@ -175,6 +177,7 @@ impl MountSupervisor {
             locks: PathLocks::default(),
             mounts: None,
             probe: Arc::new(tokio::sync::OnceCell::new()),
+            conditions: Arc::new(tokio::sync::OnceCell::new()),
             owner: Uuid::new_v4().to_string(),
             fence: None,
             held_by: None,
@@ -232,6 +235,7 @@ impl MountSupervisor {
             committer: self.committer.clone()?,
             mounts: self.mounts.clone(),
             probe: self.probe.clone(),
+            conditions: self.conditions.clone(),
             consistency_horizon: self.settings.consistency_horizon,
             deletes: self.deletes.clone(),
             locks: self.locks.clone(),
@@ -365,6 +369,7 @@ impl Handler<GetStatus> for MountSupervisor {
                 .counters()
                 .deletes_batched
                 .load(Ordering::Relaxed),
+            conditions: self.conditions.get().copied(),
             lease: match (&self.fence, &self.held_by) {
                 (Some(f), _) => LeaseStatus::Owned { epoch: f.epoch },
                 (None, Some((owner, until))) => LeaseStatus::HeldBy {

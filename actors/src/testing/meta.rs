@@ -5,6 +5,7 @@ use super::*;
 
 #[derive(Default)]
 struct MetaState {
+    conditions: HashMap<String, crate::model::StoreConditions>,
     mounts: Vec<MountRow>,
     journal: Vec<JournalEntry>,
     nodes: HashMap<(String, String), Node>,
@@ -344,6 +345,23 @@ impl MetaStore for MemoryMeta {
             })
             .map(|(u, _)| u.clone())
             .collect())
+    }
+
+    async fn record_conditions(
+        &self,
+        mount: &str,
+        conditions: &crate::model::StoreConditions,
+    ) -> Result<(), MetaError> {
+        let mut s = self.state.lock().unwrap();
+        s.conditions.insert(mount.to_owned(), *conditions);
+        Ok(())
+    }
+
+    async fn conditions(
+        &self,
+        mount: &str,
+    ) -> Result<Option<crate::model::StoreConditions>, MetaError> {
+        Ok(self.state.lock().unwrap().conditions.get(mount).copied())
     }
 
     async fn prune_outbox(

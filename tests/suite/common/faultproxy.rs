@@ -445,6 +445,14 @@ async fn handle_whole(
         st.lock().unwrap().heads.push(head);
     }
     let path = parts.uri.path().to_owned();
+    // The executor's conditions probe (on an object of its own, `.filestore-conditions-probe-…`,
+    // at a mount's first write that would send a condition) is passed through, neither faulted
+    // nor counted: the scenarios are about the operations' requests, whose faults and counts it
+    // would otherwise take. (A probe that fails only leaves that write unconditioned.)
+    if path.contains(".filestore-conditions-probe-") {
+        let bytes = body.collect().await.map_err(std::io::Error::other)?.to_bytes();
+        return Ok((forward(&upstream, &parts, bytes).await?, None));
+    }
     let query = parts.uri.query().unwrap_or("").to_owned();
     let op = classify(&parts.method, &path, &query, &parts.headers);
     let part = query

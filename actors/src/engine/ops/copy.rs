@@ -401,6 +401,7 @@ async fn streamed(
             },
             metadata: pinned.user_metadata.clone(),
             if_none_match: t.condition.if_none_match,
+            if_match: None,
         };
         c.store.put(&input).await?;
         let node = verify_copy(c, journal_id, &t.key, pinned).await?;

@@ -5,12 +5,21 @@
 use crate::engine::{OpContext, Outcome};
 use crate::error::Error;
 use crate::model::{DeleteRequest, JournalEntry, NodeChange, ObjectMeta, OpProgress};
-use crate::store::S3Op;
+use crate::ports::StoreErrorKind;
+use crate::store::{Outcome as RequestOutcome, S3Op};
 
 pub(super) fn gone(seen: &Option<ObjectMeta>) -> Result<(), String> {
     match seen {
         None => Ok(()),
         Some(m) => Err(format!("object still present ({} bytes)", m.size)),
+    }
+}
+
+/// DeleteObject `If-Match`; a key already empty is what a delete wants.
+async fn delete_if_match(c: &OpContext, key: &str, etag: &str) -> Result<(), Error> {
+    match c.store.delete_if_match(key, etag).await {
+        Err(Error::Storage { source, .. }) if source.kind == StoreErrorKind::NotFound => Ok(()),
+        r => r,
     }
 }
 
@@ -30,17 +39,49 @@ pub(in crate::engine) async fn precheck(
 
 /// `batched`: the DELETE goes in a multi-object delete with others waiting (`delete_many`).
 /// The node's existence was checked by the pre-check, under the path's lock held since.
+/// A single DELETE is sent only while the key holds the object the node names, on a store that
+/// honours `If-Match` on DeleteObject: another writer's object at the key is not deleted (the
+/// delete is refused, `PreconditionFailed`), and a key already empty is what the delete wants.
+/// (The DELETEs of `delete_many` go unconditioned in DeleteObjects.)
 pub(in crate::engine) async fn act(
     c: &OpContext,
-    key: &str,
+    r: &DeleteRequest,
     batched: bool,
 ) -> Result<Outcome, Error> {
+    let key = r.key.as_str();
     if batched {
         c.store
             .call(S3Op::DeleteObject, key, || {
                 c.deletes.delete(c.store.raw(), key)
             })
             .await?;
+    } else if let Some(etag) = super::node_etag_if_honoured(c, &r.path, |k| k.delete_if_match).await? {
+        let mut sent = delete_if_match(c, key, &etag).await;
+        if let Err(Error::Storage {
+            source,
+            outcome: RequestOutcome::NotApplied,
+            ..
+        }) = &sent
+        {
+            if source.kind == StoreErrorKind::PreconditionFailed {
+                // The key holds another object than the node names: one this executor wrote
+                // is deleted (that very one); someone else's is not.
+                sent = match super::replaceable(c, key).await? {
+                    Some((_, Some(seen))) => delete_if_match(c, key, &seen).await,
+                    Some((_, None)) => Ok(()),
+                    None => {
+                        return Err(Error::PreconditionFailed {
+                            mount: c.spec.name.clone(),
+                            path: r.path.clone(),
+                            reason: format!(
+                                "the key holds another object than the path's node names (ETag {etag}), one this executor did not write: another writer changed it; nothing was deleted"
+                            ),
+                        })
+                    }
+                };
+            }
+        }
+        sent?;
     } else {
         c.store.delete(key).await?;
     }

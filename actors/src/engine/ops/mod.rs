@@ -85,6 +85,47 @@ pub(in crate::engine) fn not_settled_yet(c: &OpContext, key: &str, reason: &str)
 }
 
 /// Checks a write's conditions against the destination's node (under the path's lock).
+/// The ETag of the object the path's node names, when the mount's store honours the condition
+/// `honoured` picks (probed once, [`OpContext::conditions`]): the write is then sent only while
+/// the key still holds that object (compare-and-swap against the node). `None` without a node or
+/// on a store that ignores the condition.
+async fn node_etag_if_honoured(
+    c: &OpContext,
+    path: &str,
+    honoured: impl Fn(&crate::model::StoreConditions) -> bool,
+) -> Result<Option<String>, Error> {
+    let Some(node) = c.meta.node(&c.spec.name, path).await? else {
+        return Ok(None);
+    };
+    match c.conditions().await {
+        Ok(k) => Ok(honoured(&k).then_some(node.meta.etag)),
+        // Looked for again at the next write; this one goes unconditioned, as on a store that
+        // honours nothing.
+        Err(e) => {
+            log::warn!(
+                "mount {}: the conditions probe failed ({e}); '{path}' is written without a condition",
+                c.spec.name
+            );
+            Ok(None)
+        }
+    }
+}
+
+/// The key does not hold the object its node names (a conditional write was refused): what a
+/// write may be conditioned on instead, as (create-only, `If-Match` ETag). Nothing at the key
+/// (the node's object is gone, e.g. by a move that failed after deleting its source): write it
+/// anew, create-only. An object this executor wrote (it carries a write marker: an operation's
+/// that did not end as the node, or a paused owner's late write — never acknowledged as the
+/// path's content): replace that very object. An object without a marker was written by someone
+/// else: `None`, the write is refused.
+async fn replaceable(c: &OpContext, key: &str) -> Result<Option<(bool, Option<String>)>, Error> {
+    Ok(match c.store.head(key).await? {
+        None => Some((true, None)),
+        Some(m) if m.marker.is_some() => Some((false, Some(m.etag))),
+        Some(_) => None,
+    })
+}
+
 async fn check_condition(c: &OpContext, path: &str, cond: &WriteCondition) -> Result<(), Error> {
     if cond.is_none() {
         return Ok(());

@@ -37,7 +37,7 @@ pub(in crate::engine) async fn act(
     } = request;
     // The conditions were checked by `precheck`, under the path's lock held since (and the
     // commit checks them again in its transaction).
-    let input = PutObjectInput {
+    let mut input = PutObjectInput {
         key: key.clone(),
         body,
         sha256: *sha256,
@@ -48,10 +48,62 @@ pub(in crate::engine) async fn act(
         },
         metadata: metadata.clone(),
         if_none_match: condition.if_none_match,
+        if_match: if condition.if_none_match {
+            None
+        } else {
+            super::node_etag_if_honoured(c, path, |k| k.put_if_match).await?
+        },
     };
     crate::failpoint::hit("before_put").await;
-    let answered = match c.store.put(&input).await {
+    let mut answer = c.store.put(&input).await;
+    if let (Some(etag), Err(Error::Storage { source, outcome, .. })) = (&input.if_match, &answer) {
+        // Refused for sure: the key does not hold the object the node names. What it holds
+        // decides (`replaceable`): the PUT is sent once more, conditioned on that.
+        if *outcome == RequestOutcome::NotApplied
+            && matches!(
+                source.kind,
+                StoreErrorKind::PreconditionFailed | StoreErrorKind::NotFound
+            )
+        {
+            let Some((create, seen)) = super::replaceable(c, key).await? else {
+                return Err(Error::PreconditionFailed {
+                    mount: c.spec.name.clone(),
+                    path: path.clone(),
+                    reason: format!(
+                        "the key no longer holds the object the path's node names (ETag {etag}) but one this executor did not write: another writer changed it; nothing was written"
+                    ),
+                });
+            };
+            (input.if_none_match, input.if_match) = (create, seen);
+            answer = c.store.put(&input).await;
+        }
+    }
+    let answered = match answer {
         Ok(answered) => answered,
+        // Overwrite only what the node names (a store that honours If-Match): refused, the key
+        // holds another object — unless an earlier attempt of this very PUT wrote it (its answer
+        // lost), which is then this put's.
+        Err(Error::Storage {
+            source, outcome, ..
+        }) if input.if_match.is_some()
+            && matches!(
+                source.kind,
+                StoreErrorKind::PreconditionFailed | StoreErrorKind::NotFound
+            ) =>
+        {
+            let refused = Error::PreconditionFailed {
+                mount: c.spec.name.clone(),
+                path: path.clone(),
+                reason: format!(
+                    "the key no longer holds the object the write was conditioned on (ETag {}): another writer changed it; nothing was written",
+                    input.if_match.as_deref().unwrap_or_default()
+                ),
+            };
+            if outcome != RequestOutcome::MaybeApplied {
+                return Err(refused);
+            }
+            return own_object_after_lost_answer(c, journal_id, request, input.if_match.as_deref(), refused).await;
+        }
         // Create-only, refused — but an earlier attempt of this very PUT may have written the
         // object the condition now finds (its answer lost): if the object is this put's, the put
         // took effect.
@@ -66,7 +118,7 @@ pub(in crate::engine) async fn act(
             if outcome != RequestOutcome::MaybeApplied {
                 return Err(refused);
             }
-            return own_object_after_lost_answer(c, journal_id, request, refused).await;
+            return own_object_after_lost_answer(c, journal_id, request, input.if_match.as_deref(), refused).await;
         }
         Err(e) => return Err(e),
     };
@@ -87,18 +139,29 @@ pub(in crate::engine) async fn act(
 /// this put's if it proves to be (its journal id and SHA-256 in its metadata, or the store's
 /// checksum) — then the put took effect and is committed; an object that is someone else's is the
 /// refusal; none seen (a store that does not show it yet) leaves the row to recovery.
+///
+/// `replaced`: the ETag the write was conditioned on (`If-Match`), which the refusal proves the
+/// key no longer holds. A HEAD that still shows it (or shows nothing, after an `If-None-Match`
+/// refusal) is a store serving an older state, not someone else's write: the row is left to
+/// recovery, which waits that out (found by the adversarial run, seed 20261205: the put was
+/// failed while its object had landed — "I1: content of m:a/p0").
 async fn own_object_after_lost_answer(
     c: &OpContext,
     journal_id: i64,
     request: &PutRequest,
+    replaced: Option<&str>,
     refused: Error,
 ) -> Result<Outcome, Error> {
     let seen = c.store.head(&request.key).await?;
-    if seen.is_none() {
+    let older_state = match &seen {
+        None => true,
+        Some(m) => replaced == Some(m.etag.as_str()),
+    };
+    if older_state {
         return Err(Error::Unverified {
             key: request.key.clone(),
-            reason: "a create-only PUT whose answer was lost was refused on retry, and the object \
-                     it found is not visible"
+            reason: "a PUT whose answer was lost was refused by its condition on retry, and the \
+                     store does not show what it found there yet"
                 .into(),
         });
     }
