@@ -13,7 +13,9 @@
 //! intent, which carries the pin, is written; `after_copied`: moves and multipart copies only;
 //! `after_source_deleted`); `before_commit` once an operation is verified and
 //! about to commit; `before_commit_transaction` in the committer, just before the commit's
-//! fenced transaction; `after_complete` once CompleteMultipartUpload answered; `before_publish`
+//! fenced transaction; `after_create_upload` once CreateMultipartUpload answered, before the
+//! upload is recorded; `before_put` just before a single-request put's PUT; `after_complete`
+//! once CompleteMultipartUpload answered; `before_publish`
 //! in the notifier, with committed events about to go to Redis.
 
 /// Environment variable that lists the armed failpoints.

@@ -280,6 +280,15 @@ pub trait ObjectStore: Send + Sync + 'static {
     ) -> Result<String, StoreError>;
     /// AbortMultipartUpload (succeeds when the upload is already gone).
     async fn abort_multipart(&self, key: &str, upload_id: &str) -> Result<(), StoreError>;
+    /// The open multipart uploads at exactly `key` (ListMultipartUploads, first 1,000). The
+    /// default is for stores that cannot list them: `Config`.
+    async fn open_uploads(&self, key: &str) -> Result<Vec<String>, StoreError> {
+        let _ = key;
+        Err(StoreError::new(
+            StoreErrorKind::Config,
+            "listing multipart uploads is not implemented by this store adapter",
+        ))
+    }
 }
 
 /// Builds the object store of a mount.
@@ -417,6 +426,8 @@ pub trait MetaStore: Send + Sync + 'static {
     async fn upload_of(&self, journal_id: i64) -> Result<Option<UploadRecord>, MetaError>;
     /// Marks an upload `aborted` (it no longer exists in the bucket).
     async fn mark_upload_aborted(&self, upload_id: &str) -> Result<(), MetaError>;
+    /// Every upload id recorded for `mount`'s `key`, in any state.
+    async fn recorded_uploads(&self, mount: &str, key: &str) -> Result<Vec<String>, MetaError>;
     /// Open uploads of a mount whose journal row is no longer pending, last touched before
     /// `older_than`: the executor started them and nothing will finish them.
     async fn orphaned_uploads(

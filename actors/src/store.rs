@@ -254,6 +254,12 @@ impl MountStore {
         .await
     }
 
+    /// The open multipart uploads at exactly `key`.
+    pub async fn open_uploads(&self, key: &str) -> Result<Vec<String>, Error> {
+        self.call(S3Op::ListMultipartUploads, key, || self.store.open_uploads(key))
+            .await
+    }
+
     /// AbortMultipartUpload (an upload already gone is aborted).
     pub async fn abort_upload(&self, key: &str, upload_id: &str) -> Result<(), Error> {
         self.call(S3Op::AbortMultipartUpload, key, || {

@@ -251,6 +251,10 @@ impl MetaStore for PgMetaStore {
         self.do_orphaned_uploads(mount, older_than).await
     }
 
+    async fn recorded_uploads(&self, mount: &str, key: &str) -> Result<Vec<String>, MetaError> {
+        self.do_recorded_uploads(mount, key).await
+    }
+
     async fn apply(&self, writes: &[MetaWrite]) -> BatchResult {
         self.do_apply(writes).await
     }

@@ -57,6 +57,25 @@ impl PgMetaStore {
         Ok(Some(record))
     }
 
+    pub(super) async fn do_recorded_uploads(
+        &self,
+        mount: &str,
+        key: &str,
+    ) -> Result<Vec<String>, MetaError> {
+        let c = self.client().await?;
+        let rows = c
+            .query(
+                &cached!(
+                    c,
+                    "SELECT upload_id FROM multipart_uploads WHERE mount = $1 AND object_key = $2"
+                ),
+                &[&mount, &key],
+            )
+            .await
+            .map_err(pg)?;
+        Ok(rows.iter().map(|r| r.get(0)).collect())
+    }
+
     pub(super) async fn do_mark_upload_aborted(&self, upload_id: &str) -> Result<(), MetaError> {
         let c = self.client().await?;
         c.execute(

@@ -620,4 +620,21 @@ impl ObjectStore for S3Store {
             .map_err(classify)
             .or_else(already_gone)
     }
+
+    async fn open_uploads(&self, key: &str) -> Result<Vec<String>, StoreError> {
+        let out = self
+            .client
+            .list_multipart_uploads()
+            .bucket(&self.bucket)
+            .prefix(key)
+            .send()
+            .await
+            .map_err(classify)?;
+        Ok(out
+            .uploads()
+            .iter()
+            .filter(|u| u.key() == Some(key))
+            .filter_map(|u| u.upload_id().map(str::to_owned))
+            .collect())
+    }
 }

@@ -265,6 +265,43 @@ pub async fn upload_lost_by_the_store_is_uploaded_again(backend: Backend) {
     env.cleanup().await;
 }
 
+/// The process is killed right after CreateMultipartUpload answered, before the upload was
+/// recorded: nothing names that upload. The restarted executor's recovery of the put lists the
+/// open uploads at the key and aborts the one no record names, then uploads the unchanged file
+/// (a new upload, recorded) and commits: no upload is left open (I6; moto lists uploads, s3s-fs
+/// cannot — there the listing is skipped and the check cannot see it). Found by the adversarial
+/// run (seed 20261205, six clients: "I6: upload … of other/m2/a/p4 is open … but no unfinished
+/// operation holds it").
+pub async fn killed_before_its_upload_was_recorded_leaves_no_upload_open(backend: Backend) {
+    let env = TestEnv::builder(backend).mount(crash_mount).build().await;
+    env.exec.shutdown().await;
+    let dir = tempfile::tempdir().unwrap();
+    let size = 7 * PART + 99;
+    let (file, body) = write_source(dir.path(), size);
+    run_until_failpoint(
+        &env,
+        &[
+            "put",
+            "m",
+            "crash/big.bin",
+            &file.display().to_string(),
+            "--idempotency-key",
+            "unrecorded",
+        ],
+        "after_create_upload",
+    )
+    .await;
+    assert!(env.uploads().await.is_empty(), "nothing recorded");
+    let exec = S3Executor::start(env.exec.config().clone()).await.unwrap();
+    let (state, error) = wait_journal_settled(&env).await;
+    assert_eq!(state, "committed", "{error:?}");
+    let mut expected = Expected::new();
+    expected.insert(("m".into(), "crash/big.bin".into()), sha256_hex(&body));
+    invariants::check(&env, &expected).await;
+    exec.shutdown().await;
+    env.cleanup().await;
+}
+
 /// Aborts `upload_id` directly on the store. The killed child's last part may still be in the
 /// store's hands when this runs; moto answers an abort racing it with a 500 now and then (seen in
 /// CI), so a server error is retried a few times (the test client has the SDK's retries off). An
@@ -965,6 +1002,8 @@ per_backend! {
     f02_killed_after_the_s3_write_before_the_commit => super::killed_after_complete_is_committed_without_upload(B);
     changed_source_ends_the_upload => super::changed_source_ends_the_upload(B);
     upload_lost_by_the_store_is_uploaded_again => super::upload_lost_by_the_store_is_uploaded_again(B);
+    #[cfg_attr(not(feature = "failpoints"), ignore = "needs --features failpoints (scripts/test.sh enables it)")]
+    killed_before_its_upload_was_recorded_leaves_no_upload_open => super::killed_before_its_upload_was_recorded_leaves_no_upload_open(B);
 }
 
 /// The reference binary after an error or a crash (the lease and the CLI do not depend on the

@@ -733,12 +733,71 @@ pub async fn a_refused_retry_that_still_reads_the_older_version_is_left_to_recov
     env.cleanup().await;
 }
 
+/// Found by the adversarial run (seed 20261205, six clients: "I1: size of m:a/p3"). A copy's
+/// CopyObject is applied with its answer lost, then refused until the retries run out: the row
+/// is pending. Its source is deleted, and the store still shows the destination's older version
+/// for a while. Recovery cannot prove the copy at the destination and cannot make it again (the
+/// source is gone): that is an unknown, and the row stays pending until the store shows the
+/// copy, which recovery then commits. (Before, recovery failed the row at once: the destination
+/// held the copy under a node naming the older version.)
+pub async fn a_pending_copy_whose_source_went_is_not_failed_on_a_stale_read(backend: Backend) {
+    let mut settings = common::fast_settings();
+    settings.retry.max_attempts = 2;
+    settings.recovery_interval = Duration::from_millis(300);
+    let (env, proxy) = behind_proxy(backend, 42, |_| {}, settings, |_| {}).await;
+    let source = b"the copy's source, 31 bytes long".to_vec();
+    let older = b"older".to_vec();
+    env.exec
+        .put_bytes("m", "src.txt", source.clone(), key("src"))
+        .await
+        .unwrap();
+    env.exec
+        .put_bytes("m", "dst.txt", older.clone(), key("dst"))
+        .await
+        .unwrap();
+    env.exec.stat("m", "dst.txt").await.unwrap(); // the state a stale read answers with
+    let stale = || Rule {
+        key_suffix: Some("/dst.txt".into()),
+        ..Rule::always(Some(Op::HeadObject), Fault::StaleAfterWrite(Duration::from_secs(3)))
+    };
+    proxy.add(Rule::once(Op::CopyObject, Fault::DropResponse));
+    proxy.add(Rule::always(Some(Op::CopyObject), Fault::Status(503, "SlowDown")));
+    proxy.add(stale());
+    let e = env
+        .exec
+        .copy(
+            &Location::new("m", "src.txt"),
+            &Location::new("m", "dst.txt"),
+            TransferOptions {
+                idempotency_key: Some("cp".into()),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap_err();
+    assert!(e.is_retryable(), "{e:?}");
+    proxy.clear();
+    proxy.add(stale());
+    env.exec
+        .delete("m", "src.txt", Default::default())
+        .await
+        .unwrap();
+    env.wait_no_pending(Duration::from_secs(20)).await;
+    assert_eq!(env.journal_state("cp").await, "committed");
+    assert_eq!(env.object(&env.key("dst.txt")).await, Some(source.clone()));
+    let mut expected = Expected::new();
+    expected.insert(("m".into(), "dst.txt".into()), sha256_hex(&source));
+    invariants::check(&env, &expected).await;
+    env.cleanup().await;
+}
+
 per_backend! {
     a_move_from_a_mount_this_host_does_not_own_is_refused_before_any_effect => super::a_move_from_a_mount_this_host_does_not_own_is_refused_before_any_effect(B);
     a_new_write_waits_for_the_pending_move_on_its_path => super::a_new_write_waits_for_the_pending_move_on_its_path(B);
     writes_are_conditioned_on_the_node_where_the_store_honours_it => super::writes_are_conditioned_on_the_node_where_the_store_honours_it(B);
     an_overwrite_whose_answer_was_lost_is_proven_its_own_after_a_412 => super::an_overwrite_whose_answer_was_lost_is_proven_its_own_after_a_412(B);
     a_refused_retry_that_still_reads_the_older_version_is_left_to_recovery => super::a_refused_retry_that_still_reads_the_older_version_is_left_to_recovery(B);
+    a_pending_copy_whose_source_went_is_not_failed_on_a_stale_read => super::a_pending_copy_whose_source_went_is_not_failed_on_a_stale_read(B);
     a_large_copy_sent_again_after_its_source_changed_starts_over => super::a_large_copy_sent_again_after_its_source_changed_starts_over(B);
     @except_moto
     a_pending_copy_is_settled_before_a_later_put_on_its_destination => super::a_pending_copy_is_settled_before_a_later_put_on_its_destination(B);

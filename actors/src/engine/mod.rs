@@ -488,6 +488,48 @@ async fn same_stream_content(
     Ok(result)
 }
 
+/// Aborts the open multipart uploads at `key` that no record names: uploads an earlier run
+/// created and died before recording (between CreateMultipartUpload's answer and its record),
+/// which nothing else would ever abort. Called by the recovery of a row that may have created
+/// one, under the path's lock: the pending row owns its path (rule 8), so no other operation of
+/// this mount has an upload in the making at that key. Best effort: a store that cannot list
+/// uploads (s3s-fs) leaves them to a bucket lifecycle rule.
+async fn abort_unrecorded_uploads(c: &OpContext, key: &str) {
+    let open = match c.store.open_uploads(key).await {
+        Ok(open) if !open.is_empty() => open,
+        Ok(_) => return,
+        Err(e) => {
+            log::debug!(
+                "mount {}: open uploads at '{key}' not listed ({e})",
+                c.spec.name
+            );
+            return;
+        }
+    };
+    let recorded = match c.meta.recorded_uploads(&c.spec.name, key).await {
+        Ok(r) => r,
+        Err(e) => {
+            log::warn!(
+                "mount {}: recorded uploads of '{key}' not read ({e})",
+                c.spec.name
+            );
+            return;
+        }
+    };
+    for id in open.iter().filter(|id| !recorded.contains(id)) {
+        match c.store.abort_upload(key, id).await {
+            Ok(()) => log::info!(
+                "mount {}: aborted upload {id} of '{key}', created by a run that died before recording it",
+                c.spec.name
+            ),
+            Err(e) => log::warn!(
+                "mount {}: could not abort unrecorded upload {id} of '{key}': {e}",
+                c.spec.name
+            ),
+        }
+    }
+}
+
 /// Settles a pending journal row left by an earlier run, by looking at S3: commit what verifiably
 /// happened, continue what can be continued (a multipart upload from an unchanged file, a copy or
 /// move from the step it reached), fail the rest. The caller holds the paths' locks.
@@ -536,6 +578,12 @@ pub(crate) async fn recover_entry(
             log::warn!("mount {mount}: recovery: journal {}: {e}", entry.id);
             return Err(e);
         }
+    }
+    if matches!(
+        entry.request,
+        OpRequest::PutMultipart(_) | OpRequest::Copy(_) | OpRequest::Move(_)
+    ) {
+        abort_unrecorded_uploads(&c, entry.request.key()).await;
     }
     let recovered = match &entry.request {
         OpRequest::Put(r) => ops::put::recover(&c, &entry, r).await,

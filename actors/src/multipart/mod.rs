@@ -395,6 +395,7 @@ pub(crate) async fn open_upload(
             )
         })
         .await?;
+    crate::failpoint::hit("after_create_upload").await;
     deps.recorder
         .upload_started(UploadRecord {
             upload_id: id.clone(),

@@ -328,6 +328,15 @@ impl MetaStore for MemoryMeta {
         Ok(())
     }
 
+    async fn recorded_uploads(&self, mount: &str, key: &str) -> Result<Vec<String>, MetaError> {
+        let s = self.state.lock().unwrap();
+        Ok(s.uploads
+            .iter()
+            .filter(|(u, _)| u.mount == mount && u.key == key)
+            .map(|(u, _)| u.upload_id.clone())
+            .collect())
+    }
+
     async fn orphaned_uploads(
         &self,
         mount: &str,

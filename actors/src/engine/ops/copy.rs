@@ -93,13 +93,29 @@ pub(in crate::engine) async fn recover(
     t: &TransferRequest,
 ) -> Result<Outcome, Error> {
     let source = super::source_store(c, &t.source.mount)?;
+    let pinned_only = matches!(&entry.progress, Some(OpProgress::SourcePinned { .. }));
     if let Some(OpProgress::SourcePinned { source: pinned }) = &entry.progress {
         if let Some(done) = recover_pinned(c, entry.id, t, &source, pinned).await? {
             return Ok(done);
         }
     }
     c.ensure_settings_honoured().await?;
-    act(c, entry.id, t, &source, entry.progress.clone()).await
+    match act(c, entry.id, t, &source, entry.progress.clone()).await {
+        // The copy may have been made (the row is pending because its CopyObject may have been
+        // applied), yet the destination did not show it (a store serving an older state) and it
+        // cannot be made again (the source went or changed since): an unknown, not a failure —
+        // recovery looks again until the consistency horizon (found by the adversarial run,
+        // seed 20261205, six clients: "I1: size of m:a/p3").
+        Err(e @ (Error::NotFound { .. } | Error::PreconditionFailed { .. })) if pinned_only => {
+            Err(Error::Unverified {
+                key: t.key.clone(),
+                reason: format!(
+                    "the copy may have been applied, the destination does not show it, and it cannot be made again ({e})"
+                ),
+            })
+        }
+        r => r,
+    }
 }
 
 pub(in crate::engine) async fn act(

@@ -68,7 +68,14 @@ pub(in crate::engine) async fn act(
                 // is deleted (that very one); someone else's is not.
                 sent = match super::replaceable(c, key).await? {
                     Some((_, Some(seen))) => delete_if_match(c, key, &seen).await,
-                    Some((_, None)) => Ok(()),
+                    // The refusal proved an object there: a HEAD showing none is an older
+                    // state; recovery settles the row once the store shows the key.
+                    Some((_, None)) => {
+                        return Err(Error::Unverified {
+                            key: key.to_owned(),
+                            reason: "the DELETE was refused by its condition, and the store does not show what it found there yet".into(),
+                        })
+                    }
                     None => {
                         return Err(Error::PreconditionFailed {
                             mount: c.spec.name.clone(),

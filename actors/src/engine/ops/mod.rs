@@ -120,7 +120,11 @@ async fn node_etag_if_honoured(
 /// else: `None`, the write is refused.
 async fn replaceable(c: &OpContext, key: &str) -> Result<Option<(bool, Option<String>)>, Error> {
     Ok(match c.store.head(key).await? {
-        None => Some((true, None)),
+        // Create-only where the store honours it (it was probed before any condition was sent).
+        None => Some((
+            c.conditions().await.is_ok_and(|k| k.put_if_none_match),
+            None,
+        )),
         Some(m) if m.marker.is_some() => Some((false, Some(m.etag))),
         Some(_) => None,
     })

@@ -152,7 +152,18 @@ async fn own_object_after_lost_answer(
     replaced: Option<&str>,
     refused: Error,
 ) -> Result<Outcome, Error> {
-    let seen = c.store.head(&request.key).await?;
+    // A HEAD that fails leaves the row to recovery too: the PUT may have landed.
+    let seen = match c.store.head(&request.key).await {
+        Ok(seen) => seen,
+        Err(e) => {
+            return Err(Error::Unverified {
+                key: request.key.clone(),
+                reason: format!(
+                    "a PUT whose answer was lost was refused by its condition on retry, and the key could not be looked at: {e}"
+                ),
+            })
+        }
+    };
     let older_state = match &seen {
         None => true,
         Some(m) => replaced == Some(m.etag.as_str()),
@@ -224,8 +235,12 @@ pub(in crate::engine) async fn recover(
         }),
         Err(Error::Unverified { key, reason }) if entry.idle < c.consistency_horizon => {
             let seen = c.store.head(&key).await?;
+            // An older state: nothing, the node's object, or another object this executor
+            // wrote (a write conditioned on it, rule 9, may have replaced it). Only an object
+            // without a write marker is someone else's write at once.
             let older = match &seen {
                 None => true,
+                Some(m) if m.marker.is_some() => true,
                 Some(m) => c
                     .meta
                     .node(&c.spec.name, &request.path)
