@@ -382,7 +382,10 @@ fn spawn_host(
         .env(HOLD_ENV, hold)
         .env("FILESTORE_OWNER_ID", format!("{name}.{generation}"))
         .env("FILESTORE_LEASE_TTL_MS", TTL.as_millis().to_string())
-        .env("FILESTORE_CONSISTENCY_HORIZON_MS", "3000")
+        // Above the longest the run's store serves an older state after a write (a 2.5 s lag,
+        // started again by each write a recovery makes, plus the verification window): a row
+        // failed at the horizon while its write had landed would be the run's own doing.
+        .env("FILESTORE_CONSISTENCY_HORIZON_MS", "10000")
         // Few attempts: an outage outlasts them, and a request whose answer was lost ends in
         // an unknown outcome more often.
         .env("FILESTORE_S3_MAX_ATTEMPTS", "3")

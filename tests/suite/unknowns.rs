@@ -791,6 +791,70 @@ pub async fn a_pending_copy_whose_source_went_is_not_failed_on_a_stale_read(back
     env.cleanup().await;
 }
 
+/// The move variant of the case above (found by the adversarial run with the pending-row rule
+/// reverted, seed 20261205: "I1: size of m2:a/p0"). A move's CopyObject is applied with its
+/// answer lost and refused until the retries run out: the row is pending at its pin. Its source
+/// object then goes (deleted behind the executor's back here) while the store still shows the
+/// destination's older version. Recovery neither fails the move nor copies again: once the
+/// destination shows the copy made by this row, the move goes on from `copied` — the source's
+/// DELETE (of nothing now) and the commit that removes the source's node.
+pub async fn a_pending_move_whose_copy_landed_goes_on_from_its_copy(backend: Backend) {
+    let mut settings = common::fast_settings();
+    settings.retry.max_attempts = 2;
+    settings.recovery_interval = Duration::from_millis(300);
+    let (env, proxy) = behind_proxy(backend, 43, |_| {}, settings, |_| {}).await;
+    let source = b"the move's source, 30 bytes ..".to_vec();
+    env.exec
+        .put_bytes("m", "src.txt", source.clone(), key("src"))
+        .await
+        .unwrap();
+    env.exec
+        .put_bytes("m", "dst.txt", b"older".to_vec(), key("dst"))
+        .await
+        .unwrap();
+    env.exec.stat("m", "dst.txt").await.unwrap(); // the state a stale read answers with
+    let stale = || Rule {
+        key_suffix: Some("/dst.txt".into()),
+        ..Rule::always(Some(Op::HeadObject), Fault::StaleAfterWrite(Duration::from_secs(3)))
+    };
+    proxy.add(Rule::once(Op::CopyObject, Fault::DropResponse));
+    proxy.add(Rule::always(Some(Op::CopyObject), Fault::Status(503, "SlowDown")));
+    proxy.add(stale());
+    let e = env
+        .exec
+        .move_object(
+            &Location::new("m", "src.txt"),
+            &Location::new("m", "dst.txt"),
+            TransferOptions {
+                idempotency_key: Some("mv".into()),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap_err();
+    assert!(e.is_retryable(), "{e:?}");
+    proxy.clear();
+    proxy.add(stale());
+    env.s3
+        .delete_object()
+        .bucket(&env.bucket)
+        .key(env.key("src.txt"))
+        .send()
+        .await
+        .unwrap();
+    env.wait_no_pending(Duration::from_secs(20)).await;
+    assert_eq!(env.journal_state("mv").await, "committed");
+    assert_eq!(env.object(&env.key("dst.txt")).await, Some(source.clone()));
+    assert!(matches!(
+        env.exec.stat("m", "src.txt").await,
+        Err(Error::NotFound { .. })
+    ));
+    let mut expected = Expected::new();
+    expected.insert(("m".into(), "dst.txt".into()), sha256_hex(&source));
+    invariants::check(&env, &expected).await;
+    env.cleanup().await;
+}
+
 per_backend! {
     a_move_from_a_mount_this_host_does_not_own_is_refused_before_any_effect => super::a_move_from_a_mount_this_host_does_not_own_is_refused_before_any_effect(B);
     a_new_write_waits_for_the_pending_move_on_its_path => super::a_new_write_waits_for_the_pending_move_on_its_path(B);
@@ -798,6 +862,7 @@ per_backend! {
     an_overwrite_whose_answer_was_lost_is_proven_its_own_after_a_412 => super::an_overwrite_whose_answer_was_lost_is_proven_its_own_after_a_412(B);
     a_refused_retry_that_still_reads_the_older_version_is_left_to_recovery => super::a_refused_retry_that_still_reads_the_older_version_is_left_to_recovery(B);
     a_pending_copy_whose_source_went_is_not_failed_on_a_stale_read => super::a_pending_copy_whose_source_went_is_not_failed_on_a_stale_read(B);
+    a_pending_move_whose_copy_landed_goes_on_from_its_copy => super::a_pending_move_whose_copy_landed_goes_on_from_its_copy(B);
     a_large_copy_sent_again_after_its_source_changed_starts_over => super::a_large_copy_sent_again_after_its_source_changed_starts_over(B);
     @except_moto
     a_pending_copy_is_settled_before_a_later_put_on_its_destination => super::a_pending_copy_is_settled_before_a_later_put_on_its_destination(B);

@@ -100,22 +100,16 @@ pub(in crate::engine) async fn recover(
         }
     }
     c.ensure_settings_honoured().await?;
-    match act(c, entry.id, t, &source, entry.progress.clone()).await {
-        // The copy may have been made (the row is pending because its CopyObject may have been
-        // applied), yet the destination did not show it (a store serving an older state) and it
-        // cannot be made again (the source went or changed since): an unknown, not a failure —
-        // recovery looks again until the consistency horizon (found by the adversarial run,
-        // seed 20261205, six clients: "I1: size of m:a/p3").
-        Err(e @ (Error::NotFound { .. } | Error::PreconditionFailed { .. })) if pinned_only => {
-            Err(Error::Unverified {
-                key: t.key.clone(),
-                reason: format!(
-                    "the copy may have been applied, the destination does not show it, and it cannot be made again ({e})"
-                ),
-            })
-        }
-        r => r,
-    }
+    // The copy may have been made (the row is pending because its CopyObject may have been
+    // applied), yet the destination did not show it (a store serving an older state) and it
+    // cannot be made again (found by the adversarial run, seed 20261205, six clients: "I1: size
+    // of m:a/p3").
+    act(c, entry.id, t, &source, entry.progress.clone())
+        .await
+        .map_err(|e| match pinned_only {
+            true => copy_not_found_again(t, e),
+            false => e,
+        })
 }
 
 pub(in crate::engine) async fn act(
@@ -145,6 +139,25 @@ async fn recover_pinned(
     source: &MountStore,
     pinned: &PinnedSource,
 ) -> Result<Option<Outcome>, Error> {
+    Ok(proven_at_destination(c, journal_id, t, source, pinned)
+        .await?
+        .map(|node| Outcome {
+            change: NodeChange::Upsert(node),
+            upload_id: None,
+            source_kept: false,
+        }))
+}
+
+/// The destination's node when it proves to hold a single-request copy of the pinned content
+/// made by this row (the store's SHA-256, or this row's write marker with it); `None` otherwise
+/// (or for a copy made in parts, whose steps are recorded).
+pub(super) async fn proven_at_destination(
+    c: &OpContext,
+    journal_id: i64,
+    t: &TransferRequest,
+    source: &MountStore,
+    pinned: &PinnedSource,
+) -> Result<Option<NodeMeta>, Error> {
     if !single_request(c, source, pinned.size) {
         return Ok(None);
     }
@@ -153,12 +166,22 @@ async fn recover_pinned(
         return Ok(None);
     };
     let seen = seen.expect("proven objects exist");
-    let node = node_for(c, &seen, pinned.sha256, verified).await?;
-    Ok(Some(Outcome {
-        change: NodeChange::Upsert(node),
-        upload_id: None,
-        source_kept: false,
-    }))
+    Ok(Some(node_for(c, &seen, pinned.sha256, verified).await?))
+}
+
+/// A recovery that could not find its copy at the destination and cannot make it again (the
+/// source went or changed since it was pinned), while the copy may have been made: an unknown,
+/// not a failure — recovery looks again until the consistency horizon.
+pub(super) fn copy_not_found_again(t: &TransferRequest, e: Error) -> Error {
+    match e {
+        Error::NotFound { .. } | Error::PreconditionFailed { .. } => Error::Unverified {
+            key: t.key.clone(),
+            reason: format!(
+                "the copy may have been applied, the destination does not show it, and it cannot be made again ({e})"
+            ),
+        },
+        e => e,
+    }
 }
 
 /// Whether a copy of `size` bytes from `source` is one request (CopyObject, or one PUT of the

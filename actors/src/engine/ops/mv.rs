@@ -98,7 +98,30 @@ pub(in crate::engine) async fn recover(
 ) -> Result<Outcome, Error> {
     let source = super::source_store(c, &t.source.mount)?;
     c.ensure_settings_honoured().await?;
-    act(c, entry.id, t, &source, entry.progress.clone()).await
+    // A move whose row shows only its pin may have made its copy (its CopyObject applied, the
+    // answer lost): a destination proving to hold it goes on from `copied` — the source is then
+    // deleted (if its node is still the pinned one, rule 3) and the move committed — rather than
+    // copying again from a source that may be gone. One that cannot be found nor made again is
+    // an unknown until the consistency horizon, as for a copy.
+    let progress = match &entry.progress {
+        Some(OpProgress::SourcePinned { source: pinned }) => {
+            match super::copy::proven_at_destination(c, entry.id, t, &source, pinned).await? {
+                Some(dest) => Some(OpProgress::Copied {
+                    source: pinned.clone(),
+                    dest,
+                }),
+                None => entry.progress.clone(),
+            }
+        }
+        other => other.clone(),
+    };
+    let pinned_only = matches!(progress, Some(OpProgress::SourcePinned { .. }));
+    act(c, entry.id, t, &source, progress)
+        .await
+        .map_err(|e| match pinned_only {
+            true => super::copy::copy_not_found_again(t, e),
+            false => e,
+        })
 }
 
 /// The rest of a move whose source is already deleted (recovery, or a failed move sent again
