@@ -397,8 +397,8 @@ pub trait MetaStore: Send + Sync + 'static {
     ) -> Result<Option<JournalEntry>, MetaError>;
     /// Pending journal rows of a mount, oldest first.
     async fn pending(&self, mount: &str) -> Result<Vec<JournalEntry>, MetaError>;
-    /// Pending journal rows, of any mount, that write one of `paths` ((mount, path)) or move
-    /// away from one of them, oldest first.
+    /// Pending journal rows, of any mount, that write one of `paths` ((mount, path)) or copy or
+    /// move from one of them, oldest first.
     async fn pending_on(&self, paths: &[(String, String)]) -> Result<Vec<JournalEntry>, MetaError>;
     /// The node at a path.
     async fn node(&self, mount: &str, path: &str) -> Result<Option<Node>, MetaError>;

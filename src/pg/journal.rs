@@ -102,7 +102,7 @@ impl PgMetaStore {
             "SELECT {JOURNAL_COLUMNS} FROM journal
              WHERE state = 'pending'
                AND ((mount, path) IN (SELECT * FROM unnest($1::text[], $2::text[]))
-                    OR (op = 'move' AND (source_mount, source_path)
+                    OR (op IN ('copy', 'move') AND (source_mount, source_path)
                         IN (SELECT * FROM unnest($1::text[], $2::text[]))))
              ORDER BY id"
         );

@@ -855,6 +855,71 @@ pub async fn a_pending_move_whose_copy_landed_goes_on_from_its_copy(backend: Bac
     env.cleanup().await;
 }
 
+/// A write to a pending copy's source waits for the copy. A copy's CopyObject times out (never
+/// answered, never applied): its row is pending, its source pinned. A put on the source path then
+/// settles the copy first — which copies the pinned version — and only then writes. (Before, the
+/// put went ahead, and the copy's recovery copied again from the source by its pinned ETag; moto
+/// ignores `x-amz-copy-source-if-match`, so the destination got the newer version under the
+/// pinned one's name and the copy failed its verification with the destination overwritten —
+/// found by the adversarial run: "I1: size of m:a/p0".)
+pub async fn a_write_to_a_pending_copys_source_waits_for_the_copy(backend: Backend) {
+    let mut settings = common::fast_settings();
+    settings.retry.max_attempts = 1;
+    settings.recovery_interval = Duration::from_secs(600);
+    let (env, proxy) = behind_proxy(backend, 44, |_| {}, settings, |c| {
+        c.s3.attempt_timeout = Duration::from_secs(1);
+    })
+    .await;
+    let first = b"the source's first version".to_vec();
+    let older = b"the destination's older content".to_vec();
+    env.exec
+        .put_bytes("m", "src.txt", first.clone(), key("src"))
+        .await
+        .unwrap();
+    env.exec
+        .put_bytes("m", "dst.txt", older.clone(), key("dst"))
+        .await
+        .unwrap();
+    proxy.add(Rule::once(Op::CopyObject, Fault::Stall));
+    let e = env
+        .exec
+        .copy(
+            &Location::new("m", "src.txt"),
+            &Location::new("m", "dst.txt"),
+            TransferOptions {
+                idempotency_key: Some("cp".into()),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap_err();
+    assert!(e.is_retryable(), "{e:?}");
+    assert_eq!(env.journal_state("cp").await, "pending");
+    let second = b"the source's second version, longer".to_vec();
+    env.exec
+        .put_bytes("m", "src.txt", second.clone(), key("src-2"))
+        .await
+        .unwrap();
+    env.exec.shutdown().await;
+    let env = {
+        let mut env = env;
+        env.exec = S3Executor::start(env.exec.config().clone()).await.unwrap();
+        env
+    };
+    env.wait_no_pending(Duration::from_secs(20)).await;
+    assert_eq!(
+        env.journal_state("cp").await,
+        "committed",
+        "the copy was settled before the put on its source"
+    );
+    assert_eq!(env.object(&env.key("dst.txt")).await, Some(first.clone()));
+    let mut expected = Expected::new();
+    expected.insert(("m".into(), "src.txt".into()), sha256_hex(&second));
+    expected.insert(("m".into(), "dst.txt".into()), sha256_hex(&first));
+    invariants::check(&env, &expected).await;
+    env.cleanup().await;
+}
+
 per_backend! {
     a_move_from_a_mount_this_host_does_not_own_is_refused_before_any_effect => super::a_move_from_a_mount_this_host_does_not_own_is_refused_before_any_effect(B);
     a_new_write_waits_for_the_pending_move_on_its_path => super::a_new_write_waits_for_the_pending_move_on_its_path(B);
@@ -863,6 +928,7 @@ per_backend! {
     a_refused_retry_that_still_reads_the_older_version_is_left_to_recovery => super::a_refused_retry_that_still_reads_the_older_version_is_left_to_recovery(B);
     a_pending_copy_whose_source_went_is_not_failed_on_a_stale_read => super::a_pending_copy_whose_source_went_is_not_failed_on_a_stale_read(B);
     a_pending_move_whose_copy_landed_goes_on_from_its_copy => super::a_pending_move_whose_copy_landed_goes_on_from_its_copy(B);
+    a_write_to_a_pending_copys_source_waits_for_the_copy => super::a_write_to_a_pending_copys_source_waits_for_the_copy(B);
     a_large_copy_sent_again_after_its_source_changed_starts_over => super::a_large_copy_sent_again_after_its_source_changed_starts_over(B);
     @except_moto
     a_pending_copy_is_settled_before_a_later_put_on_its_destination => super::a_pending_copy_is_settled_before_a_later_put_on_its_destination(B);

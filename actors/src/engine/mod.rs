@@ -346,15 +346,14 @@ async fn settle_pending_on(c: &OpContext, request: &OpRequest, own_key: &str) ->
             reason,
         };
         if entry.mount != c.spec.name {
-            // Another mount's move away from this path. Before its source's DELETE, its
-            // recovery reads the source's node again and keeps a source written since; only
-            // one that deleted its source already commits by removing the source's node
-            // whatever it names then, and must be settled first — by that mount's owner.
-            if !matches!(entry.progress, Some(OpProgress::SourceDeleted { .. })) {
-                continue;
-            }
+            // Another mount's copy or move from this path, settled by that mount's owner. Its
+            // recovery may copy from the source again, trusting the store to refuse a changed
+            // source (`x-amz-copy-source-if-match` on the pinned ETag) — which moto ignores: a
+            // write here meanwhile would be copied under the pinned version's name. And a move
+            // that deleted its source commits by removing the source's node, whatever it names.
             return Err(busy(format!(
-                "a move that deleted its source; its recovery runs on mount '{}', by that mount's owner",
+                "a {} from this path; its recovery runs on mount '{}', by that mount's owner",
+                entry.request.kind().as_str(),
                 entry.mount
             )));
         }

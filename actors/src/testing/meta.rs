@@ -274,7 +274,8 @@ impl MetaStore for MemoryMeta {
             .filter(|e| e.state == JournalState::Pending)
             .filter(|e| {
                 on(&e.mount, e.request.path())
-                    || matches!(&e.request, OpRequest::Move(t) if on(&t.source.mount, &t.source.path))
+                    || matches!(&e.request, OpRequest::Copy(t) | OpRequest::Move(t)
+                        if on(&t.source.mount, &t.source.path))
             })
             .cloned()
             .collect())
