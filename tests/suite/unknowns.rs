@@ -920,6 +920,64 @@ pub async fn a_write_to_a_pending_copys_source_waits_for_the_copy(backend: Backe
     env.cleanup().await;
 }
 
+/// A move whose source DELETE is applied with its answer lost, then refused until the retries
+/// run out: its row is pending at `copied`, its source gone. The store still shows the
+/// destination's older version for a while, so recovery cannot prove the copy, nor copy again
+/// (no source): the row waits (an unknown), and is committed once the store shows the copy.
+/// (Before, recovery failed the move as NotFound: the source's node named an object it had
+/// deleted — found by the adversarial run, "I1: node m:a/p3 names data/a/p3, which is not in …".)
+pub async fn a_move_past_its_source_delete_waits_out_a_stale_destination(backend: Backend) {
+    let mut settings = common::fast_settings();
+    settings.retry.max_attempts = 2;
+    settings.recovery_interval = Duration::from_millis(300);
+    let (env, proxy) = behind_proxy(backend, 45, |_| {}, settings, |_| {}).await;
+    let source = b"the move's source, 30 bytes ..".to_vec();
+    env.exec
+        .put_bytes("m", "src.txt", source.clone(), key("src"))
+        .await
+        .unwrap();
+    env.exec
+        .put_bytes("m", "dst.txt", b"older".to_vec(), key("dst"))
+        .await
+        .unwrap();
+    env.exec.stat("m", "dst.txt").await.unwrap(); // the state a stale read answers with
+    proxy.add(Rule {
+        key_suffix: Some("/src.txt".into()),
+        ..Rule::once(Op::DeleteObject, Fault::DropResponse)
+    });
+    proxy.add(Rule {
+        key_suffix: Some("/src.txt".into()),
+        ..Rule::always(Some(Op::DeleteObject), Fault::Status(503, "SlowDown"))
+    });
+    let e = env
+        .exec
+        .move_object(
+            &Location::new("m", "src.txt"),
+            &Location::new("m", "dst.txt"),
+            TransferOptions {
+                idempotency_key: Some("mv".into()),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap_err();
+    assert!(e.is_retryable(), "{e:?}");
+    assert_eq!(env.object(&env.key("src.txt")).await, None, "the DELETE was applied");
+    proxy.clear();
+    proxy.add(Rule {
+        key_suffix: Some("/dst.txt".into()),
+        ..Rule::always(Some(Op::HeadObject), Fault::StaleAfterWrite(Duration::from_secs(3)))
+    });
+    // The copy's write opened the stale window; it is still open when recovery looks.
+    env.wait_no_pending(Duration::from_secs(20)).await;
+    assert_eq!(env.journal_state("mv").await, "committed");
+    assert_eq!(env.object(&env.key("dst.txt")).await, Some(source.clone()));
+    let mut expected = Expected::new();
+    expected.insert(("m".into(), "dst.txt".into()), sha256_hex(&source));
+    invariants::check(&env, &expected).await;
+    env.cleanup().await;
+}
+
 per_backend! {
     a_move_from_a_mount_this_host_does_not_own_is_refused_before_any_effect => super::a_move_from_a_mount_this_host_does_not_own_is_refused_before_any_effect(B);
     a_new_write_waits_for_the_pending_move_on_its_path => super::a_new_write_waits_for_the_pending_move_on_its_path(B);
@@ -929,6 +987,7 @@ per_backend! {
     a_pending_copy_whose_source_went_is_not_failed_on_a_stale_read => super::a_pending_copy_whose_source_went_is_not_failed_on_a_stale_read(B);
     a_pending_move_whose_copy_landed_goes_on_from_its_copy => super::a_pending_move_whose_copy_landed_goes_on_from_its_copy(B);
     a_write_to_a_pending_copys_source_waits_for_the_copy => super::a_write_to_a_pending_copys_source_waits_for_the_copy(B);
+    a_move_past_its_source_delete_waits_out_a_stale_destination => super::a_move_past_its_source_delete_waits_out_a_stale_destination(B);
     a_large_copy_sent_again_after_its_source_changed_starts_over => super::a_large_copy_sent_again_after_its_source_changed_starts_over(B);
     @except_moto
     a_pending_copy_is_settled_before_a_later_put_on_its_destination => super::a_pending_copy_is_settled_before_a_later_put_on_its_destination(B);

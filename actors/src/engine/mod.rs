@@ -416,6 +416,18 @@ async fn resume_from(
     kept: OpProgress,
     pin: Option<OpProgress>,
 ) -> Result<Option<OpProgress>, Error> {
+    // A run that had copied: its source's DELETE may have been applied (its answer lost). While
+    // the source's node is still the one it pinned, go on from the copy — the destination is
+    // proven again, then the source deleted (of nothing, if it went) and the move committed —
+    // rather than copy again from a source that may be gone.
+    if let (OpProgress::Copied { source: old, .. }, Some(OpProgress::SourcePinned { source })) =
+        (&kept, &pin)
+    {
+        if old.generation == source.generation && old.sha256 == source.sha256 {
+            return Ok(Some(kept));
+        }
+        return Ok(pin);
+    }
     let (OpProgress::SourceDeleted { source: old, .. }, Some(OpProgress::SourcePinned { source })) =
         (&kept, &pin)
     else {

@@ -115,7 +115,13 @@ pub(in crate::engine) async fn recover(
         }
         other => other.clone(),
     };
-    let pinned_only = matches!(progress, Some(OpProgress::SourcePinned { .. }));
+    // Also after `copied`: its source's DELETE may have been applied, and a destination a stale
+    // read does not show as the copy cannot be copied again (found by the adversarial run, seed
+    // 20261205, six clients: "I1: node m:a/p3 names data/a/p3, which is not in …").
+    let pinned_only = matches!(
+        progress,
+        Some(OpProgress::SourcePinned { .. } | OpProgress::Copied { .. })
+    );
     act(c, entry.id, t, &source, progress)
         .await
         .map_err(|e| match pinned_only {
