@@ -235,12 +235,13 @@ pub(in crate::engine) async fn recover(
         }),
         Err(Error::Unverified { key, reason }) if entry.idle < c.consistency_horizon => {
             let seen = c.store.head(&key).await?;
-            // An older state: nothing, the node's object, or another object this executor
-            // wrote (a write conditioned on it, rule 9, may have replaced it). Only an object
-            // without a write marker is someone else's write at once.
+            // An older state: nothing, the node's object, or an object another row of this
+            // executor wrote (a write conditioned on it, rule 9, may have replaced it). An
+            // object without a write marker is someone else's write, and one with this row's
+            // marker that does not prove (a wrong size) is this write gone wrong: both fail it.
             let older = match &seen {
                 None => true,
-                Some(m) if m.marker.is_some() => true,
+                Some(m) if m.marker.as_ref().is_some_and(|k| k.journal_id != entry.id) => true,
                 Some(m) => c
                     .meta
                     .node(&c.spec.name, &request.path)
