@@ -249,7 +249,10 @@ mod tests {
             o2.lock().unwrap().push("put");
         });
         tokio::time::sleep(Duration::from_millis(20)).await;
-        assert!(order.lock().unwrap().is_empty(), "the put waits behind the transfer");
+        assert!(
+            order.lock().unwrap().is_empty(),
+            "the put waits behind the transfer"
+        );
         drop(holder);
         t.await.unwrap();
         p.await.unwrap();
@@ -272,7 +275,10 @@ mod tests {
         let waiting = locks.acquire("m", "a");
         drop(g);
         let g = waiting.await;
-        assert!(locks.try_acquire("m", "a").is_none(), "passed on to the waiter");
+        assert!(
+            locks.try_acquire("m", "a").is_none(),
+            "passed on to the waiter"
+        );
         drop(g);
         assert!(locks.try_acquire("m", "a").is_some());
     }

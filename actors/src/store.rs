@@ -256,8 +256,10 @@ impl MountStore {
 
     /// The open multipart uploads at exactly `key`.
     pub async fn open_uploads(&self, key: &str) -> Result<Vec<String>, Error> {
-        self.call(S3Op::ListMultipartUploads, key, || self.store.open_uploads(key))
-            .await
+        self.call(S3Op::ListMultipartUploads, key, || {
+            self.store.open_uploads(key)
+        })
+        .await
     }
 
     /// AbortMultipartUpload (an upload already gone is aborted).

@@ -156,7 +156,11 @@ mod tests {
         };
         let e = checksum_refusal(refused);
         assert_eq!(e.kind, StoreErrorKind::Config);
-        assert!(e.message.contains("`checksum` set to `none`"), "{}", e.message);
+        assert!(
+            e.message.contains("`checksum` set to `none`"),
+            "{}",
+            e.message
+        );
         let too_large = StoreError {
             kind: StoreErrorKind::Rejected,
             code: Some("EntityTooLarge".into()),

@@ -357,7 +357,13 @@ async fn run_until_failpoint(env: &TestEnv, args: &[&str], armed: &str) {
 /// Puts `body` at `from/a.bin`, stops the env's executor (the child is then the only one on the
 /// schema until it dies) and runs the reference binary's `op` (`mv` or `cp`) of it to `to/b.bin`
 /// under the idempotency key `key`, until it aborts at the failpoint `point`.
-pub(crate) async fn transfer_killed_at(env: &TestEnv, body: &[u8], op: &str, key: &str, point: &str) {
+pub(crate) async fn transfer_killed_at(
+    env: &TestEnv,
+    body: &[u8],
+    op: &str,
+    key: &str,
+    point: &str,
+) {
     env.exec
         .put_bytes("m", "from/a.bin", body.to_vec(), PutOptions::default())
         .await

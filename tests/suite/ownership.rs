@@ -402,7 +402,12 @@ async fn mount_rows_take_effect_while_running() {
     loop {
         match env
             .exec
-            .put_bytes("live", "threshold.bin", vec![1; 6291457], PutOptions::default())
+            .put_bytes(
+                "live",
+                "threshold.bin",
+                vec![1; 6291457],
+                PutOptions::default(),
+            )
             .await
         {
             Err(Error::TooLarge { limit: 6291456, .. }) => break,

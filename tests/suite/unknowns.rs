@@ -394,7 +394,9 @@ pub async fn a_pending_copy_is_settled_before_a_later_put_on_its_destination(bac
     let node = env.exec.stat("m", "dst.txt").await.unwrap().node.unwrap();
     assert_eq!(node.generation, put.generation);
     assert_eq!(row[0].get::<_, String>(0), "committed");
-    let copied = row[0].get::<_, Option<i64>>(2).expect("the copy's generation");
+    let copied = row[0]
+        .get::<_, Option<i64>>(2)
+        .expect("the copy's generation");
     assert!(
         copied < put.generation as i64,
         "the copy (generation {copied}) was settled before the put ({})",
@@ -425,10 +427,7 @@ pub async fn a_new_write_waits_for_the_pending_move_on_its_path(backend: Backend
     assert_eq!(env.journal_state("mv-k").await, "pending");
     proxy.add(Rule {
         key_suffix: Some("/to/b.bin".into()),
-        ..Rule::always(
-            Some(Op::HeadObject),
-            Fault::Status(500, "InternalError"),
-        )
+        ..Rule::always(Some(Op::HeadObject), Fault::Status(500, "InternalError"))
     });
     env.exec = S3Executor::start(env.exec.config().clone()).await.unwrap();
     let newer = body(40_000, 6);
@@ -534,7 +533,12 @@ pub async fn a_large_copy_sent_again_after_its_source_changed_starts_over(backen
     proxy.clear();
     let new = body(len, 2);
     env.exec
-        .put_reader("m", "src.bin", std::io::Cursor::new(new.clone()), key("new"))
+        .put_reader(
+            "m",
+            "src.bin",
+            std::io::Cursor::new(new.clone()),
+            key("new"),
+        )
         .await
         .unwrap();
     let copied_before = proxy.count(Op::UploadPartCopy);
@@ -576,7 +580,13 @@ pub async fn writes_are_conditioned_on_the_node_where_the_store_honours_it(backe
         .put_bytes("m", "a.txt", v2.clone(), key("v2"))
         .await
         .unwrap();
-    let found = env.exec.status("m").await.unwrap().conditions.expect("probed");
+    let found = env
+        .exec
+        .status("m")
+        .await
+        .unwrap()
+        .conditions
+        .expect("probed");
     eprintln!("{backend:?}: the store honours {found:?}");
     assert_eq!(
         env.exec.store_conditions("m").await.unwrap(),
@@ -590,7 +600,10 @@ pub async fn writes_are_conditioned_on_the_node_where_the_store_honours_it(backe
         );
     }
     assert!(
-        env.keys_in(&env.bucket, "").await.iter().all(|k| !k.contains(".filestore-conditions-probe-")),
+        env.keys_in(&env.bucket, "")
+            .await
+            .iter()
+            .all(|k| !k.contains(".filestore-conditions-probe-")),
         "the probe's object is removed"
     );
 
@@ -630,7 +643,10 @@ pub async fn writes_are_conditioned_on_the_node_where_the_store_honours_it(backe
             b"third".to_vec()
         };
         env.raw_put(&env.key("a.txt"), &named).await;
-        env.exec.delete("m", "a.txt", Default::default()).await.unwrap();
+        env.exec
+            .delete("m", "a.txt", Default::default())
+            .await
+            .unwrap();
     } else {
         delete.unwrap();
     }
@@ -654,7 +670,13 @@ pub async fn an_overwrite_whose_answer_was_lost_is_proven_its_own_after_a_412(ba
         .put_bytes("m", "b.txt", b"older".to_vec(), key("older"))
         .await
         .unwrap();
-    let found = env.exec.status("m").await.unwrap().conditions.expect("probed");
+    let found = env
+        .exec
+        .status("m")
+        .await
+        .unwrap()
+        .conditions
+        .expect("probed");
     proxy.add(Rule {
         key_suffix: Some("/b.txt".into()),
         ..Rule::once(Op::PutObject, Fault::DropResponse)
@@ -702,7 +724,13 @@ pub async fn a_refused_retry_that_still_reads_the_older_version_is_left_to_recov
         .put_bytes("m", "c.txt", old.clone(), key("old-again"))
         .await
         .unwrap();
-    let found = env.exec.status("m").await.unwrap().conditions.expect("probed");
+    let found = env
+        .exec
+        .status("m")
+        .await
+        .unwrap()
+        .conditions
+        .expect("probed");
     // A HEAD through the proxy: the state a stale read answers with.
     env.exec.stat("m", "c.txt").await.unwrap();
     proxy.add(Rule {
@@ -711,7 +739,10 @@ pub async fn a_refused_retry_that_still_reads_the_older_version_is_left_to_recov
     });
     proxy.add(Rule {
         key_suffix: Some("/c.txt".into()),
-        ..Rule::always(Some(Op::HeadObject), Fault::StaleAfterWrite(Duration::from_secs(3)))
+        ..Rule::always(
+            Some(Op::HeadObject),
+            Fault::StaleAfterWrite(Duration::from_secs(3)),
+        )
     });
     let new = b"the new version".to_vec();
     let r = env
@@ -758,10 +789,16 @@ pub async fn a_pending_copy_whose_source_went_is_not_failed_on_a_stale_read(back
     env.exec.stat("m", "dst.txt").await.unwrap(); // the state a stale read answers with
     let stale = || Rule {
         key_suffix: Some("/dst.txt".into()),
-        ..Rule::always(Some(Op::HeadObject), Fault::StaleAfterWrite(Duration::from_secs(3)))
+        ..Rule::always(
+            Some(Op::HeadObject),
+            Fault::StaleAfterWrite(Duration::from_secs(3)),
+        )
     };
     proxy.add(Rule::once(Op::CopyObject, Fault::DropResponse));
-    proxy.add(Rule::always(Some(Op::CopyObject), Fault::Status(503, "SlowDown")));
+    proxy.add(Rule::always(
+        Some(Op::CopyObject),
+        Fault::Status(503, "SlowDown"),
+    ));
     proxy.add(stale());
     let e = env
         .exec
@@ -815,10 +852,16 @@ pub async fn a_pending_move_whose_copy_landed_goes_on_from_its_copy(backend: Bac
     env.exec.stat("m", "dst.txt").await.unwrap(); // the state a stale read answers with
     let stale = || Rule {
         key_suffix: Some("/dst.txt".into()),
-        ..Rule::always(Some(Op::HeadObject), Fault::StaleAfterWrite(Duration::from_secs(3)))
+        ..Rule::always(
+            Some(Op::HeadObject),
+            Fault::StaleAfterWrite(Duration::from_secs(3)),
+        )
     };
     proxy.add(Rule::once(Op::CopyObject, Fault::DropResponse));
-    proxy.add(Rule::always(Some(Op::CopyObject), Fault::Status(503, "SlowDown")));
+    proxy.add(Rule::always(
+        Some(Op::CopyObject),
+        Fault::Status(503, "SlowDown"),
+    ));
     proxy.add(stale());
     let e = env
         .exec
@@ -866,9 +909,15 @@ pub async fn a_write_to_a_pending_copys_source_waits_for_the_copy(backend: Backe
     let mut settings = common::fast_settings();
     settings.retry.max_attempts = 1;
     settings.recovery_interval = Duration::from_secs(600);
-    let (env, proxy) = behind_proxy(backend, 44, |_| {}, settings, |c| {
-        c.s3.attempt_timeout = Duration::from_secs(1);
-    })
+    let (env, proxy) = behind_proxy(
+        backend,
+        44,
+        |_| {},
+        settings,
+        |c| {
+            c.s3.attempt_timeout = Duration::from_secs(1);
+        },
+    )
     .await;
     let first = b"the source's first version".to_vec();
     let older = b"the destination's older content".to_vec();
@@ -962,11 +1011,18 @@ pub async fn a_move_past_its_source_delete_waits_out_a_stale_destination(backend
         .await
         .unwrap_err();
     assert!(e.is_retryable(), "{e:?}");
-    assert_eq!(env.object(&env.key("src.txt")).await, None, "the DELETE was applied");
+    assert_eq!(
+        env.object(&env.key("src.txt")).await,
+        None,
+        "the DELETE was applied"
+    );
     proxy.clear();
     proxy.add(Rule {
         key_suffix: Some("/dst.txt".into()),
-        ..Rule::always(Some(Op::HeadObject), Fault::StaleAfterWrite(Duration::from_secs(3)))
+        ..Rule::always(
+            Some(Op::HeadObject),
+            Fault::StaleAfterWrite(Duration::from_secs(3)),
+        )
     });
     // The copy's write opened the stale window; it is still open when recovery looks.
     env.wait_no_pending(Duration::from_secs(20)).await;

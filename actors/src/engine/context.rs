@@ -126,7 +126,12 @@ impl OpContext {
     async fn probe_settings(&self) -> Result<Vec<String>, Error> {
         let key = self.probe_key(PROBE_KEY_PREFIX);
         self.store
-            .put(&probe_object(&key, b"filestore-s3 settings probe", false, None))
+            .put(&probe_object(
+                &key,
+                b"filestore-s3 settings probe",
+                false,
+                None,
+            ))
             .await?;
         let seen = self
             .verify(&key, |seen| {
@@ -189,7 +194,12 @@ impl OpContext {
     async fn probe_conditions(&self) -> Result<StoreConditions, Error> {
         let key = self.probe_key(CONDITIONS_PROBE_PREFIX);
         let input = |if_none_match: bool, if_match: Option<String>| {
-            probe_object(&key, b"filestore-s3 conditions probe", if_none_match, if_match)
+            probe_object(
+                &key,
+                b"filestore-s3 conditions probe",
+                if_none_match,
+                if_match,
+            )
         };
         // An ETag no object has.
         let other = "0".repeat(32);

@@ -99,9 +99,7 @@ impl Operation {
                 reader,
                 sink,
             } => ops::multipart_put::act(c, journal_id, &request, reader, sink).await,
-            Operation::Delete { request, batched } => {
-                ops::delete::act(c, &request, batched).await
-            }
+            Operation::Delete { request, batched } => ops::delete::act(c, &request, batched).await,
             Operation::Copy { request, source } => {
                 ops::copy::act(c, journal_id, &request, &source, progress).await
             }

@@ -450,7 +450,11 @@ async fn handle_whole(
     // nor counted: the scenarios are about the operations' requests, whose faults and counts it
     // would otherwise take. (A probe that fails only leaves that write unconditioned.)
     if path.contains(".filestore-conditions-probe-") {
-        let bytes = body.collect().await.map_err(std::io::Error::other)?.to_bytes();
+        let bytes = body
+            .collect()
+            .await
+            .map_err(std::io::Error::other)?
+            .to_bytes();
         return Ok((forward(&upstream, &parts, bytes).await?, None));
     }
     let query = parts.uri.query().unwrap_or("").to_owned();

@@ -55,7 +55,9 @@ pub(in crate::engine) async fn act(
                 c.deletes.delete(c.store.raw(), key)
             })
             .await?;
-    } else if let Some(etag) = super::node_etag_if_honoured(c, &r.path, |k| k.delete_if_match).await? {
+    } else if let Some(etag) =
+        super::node_etag_if_honoured(c, &r.path, |k| k.delete_if_match).await?
+    {
         let mut sent = delete_if_match(c, key, &etag).await;
         if let Err(Error::Storage {
             source,

@@ -56,7 +56,13 @@ pub(in crate::engine) async fn act(
     };
     crate::failpoint::hit("before_put").await;
     let mut answer = c.store.put(&input).await;
-    if let (Some(etag), Err(Error::Storage { source, outcome, .. })) = (&input.if_match, &answer) {
+    if let (
+        Some(etag),
+        Err(Error::Storage {
+            source, outcome, ..
+        }),
+    ) = (&input.if_match, &answer)
+    {
         // Refused for sure: the key does not hold the object the node names. What it holds
         // decides (`replaceable`): the PUT is sent once more, conditioned on that.
         if *outcome == RequestOutcome::NotApplied
@@ -102,7 +108,14 @@ pub(in crate::engine) async fn act(
             if outcome != RequestOutcome::MaybeApplied {
                 return Err(refused);
             }
-            return own_object_after_lost_answer(c, journal_id, request, input.if_match.as_deref(), refused).await;
+            return own_object_after_lost_answer(
+                c,
+                journal_id,
+                request,
+                input.if_match.as_deref(),
+                refused,
+            )
+            .await;
         }
         // Create-only, refused — but an earlier attempt of this very PUT may have written the
         // object the condition now finds (its answer lost): if the object is this put's, the put
@@ -118,7 +131,14 @@ pub(in crate::engine) async fn act(
             if outcome != RequestOutcome::MaybeApplied {
                 return Err(refused);
             }
-            return own_object_after_lost_answer(c, journal_id, request, input.if_match.as_deref(), refused).await;
+            return own_object_after_lost_answer(
+                c,
+                journal_id,
+                request,
+                input.if_match.as_deref(),
+                refused,
+            )
+            .await;
         }
         Err(e) => return Err(e),
     };
