@@ -170,7 +170,9 @@ pub fn run_case(spec: &Spec) -> Result<Measured> {
 async fn sdk_put_file(spec: &Spec) -> Result<Measured> {
     let c = client(spec).await?;
     let size = size_of(&spec.file)?;
-    let key = "w1/object.bin";
+    // A key of its own: the executor's cases write `w1/object.bin` through a mount, and an
+    // object the executor did not write over a path's node would be refused (rule 9).
+    let key = "w1/sdk-object.bin";
     let started = Instant::now();
     let up = c
         .create_multipart_upload()

@@ -55,8 +55,8 @@ struct RunArgs {
     /// Where to write the table as JSON.
     #[arg(long, default_value = "target/bench/results.json")]
     out: PathBuf,
-    /// W1 / W7 object size in MiB (default 2048; smoke 8). Every W1 upload writes the same key, so
-    /// the store holds one copy at a time.
+    /// W1 / W7 object size in MiB (default 2048; smoke 8). The executor's W1 uploads write one
+    /// key, the raw SDK's another and the tools' a third, so the store holds three copies at most.
     #[arg(long)]
     size_mib: Option<u64>,
     /// W2 object count (default 5000; smoke 200).

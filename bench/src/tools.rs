@@ -305,7 +305,9 @@ pub fn upload_one(b: &mut Bench, t: &Tools, env: &ToolEnv, w: &str) {
     let size = std::fs::metadata(&b.base.file)
         .map(|m| m.len())
         .unwrap_or(0);
-    for (case, program, a) in tool_cases(t, env, Transfer::UploadOne, &file, "w1/object.bin") {
+    // A key of its own (not the executor cases' path: an object the executor did not write over
+    // a node is refused by its conditional writes, docs/failures.md rule 9).
+    for (case, program, a) in tool_cases(t, env, Transfer::UploadOne, &file, "w1/tool-object.bin") {
         tool_case(b, w, case, "MB/s", program.as_ref(), env, a, size, 1);
     }
 }
