@@ -772,59 +772,14 @@ pub async fn a_refused_retry_that_still_reads_the_older_version_is_left_to_recov
 /// copy, which recovery then commits. (Before, recovery failed the row at once: the destination
 /// held the copy under a node naming the older version.)
 pub async fn a_pending_copy_whose_source_went_is_not_failed_on_a_stale_read(backend: Backend) {
-    let mut settings = common::fast_settings();
-    settings.retry.max_attempts = 2;
-    settings.recovery_interval = Duration::from_millis(300);
-    let (env, proxy) = behind_proxy(backend, 42, |_| {}, settings, |_| {}).await;
-    let source = b"the copy's source, 31 bytes long".to_vec();
-    let older = b"older".to_vec();
-    env.exec
-        .put_bytes("m", "src.txt", source.clone(), key("src"))
-        .await
-        .unwrap();
-    env.exec
-        .put_bytes("m", "dst.txt", older.clone(), key("dst"))
-        .await
-        .unwrap();
-    env.exec.stat("m", "dst.txt").await.unwrap(); // the state a stale read answers with
-    let stale = || Rule {
-        key_suffix: Some("/dst.txt".into()),
-        ..Rule::always(
-            Some(Op::HeadObject),
-            Fault::StaleAfterWrite(Duration::from_secs(3)),
-        )
-    };
-    proxy.add(Rule::once(Op::CopyObject, Fault::DropResponse));
-    proxy.add(Rule::always(
-        Some(Op::CopyObject),
-        Fault::Status(503, "SlowDown"),
-    ));
-    proxy.add(stale());
-    let e = env
-        .exec
-        .copy(
-            &Location::new("m", "src.txt"),
-            &Location::new("m", "dst.txt"),
-            TransferOptions {
-                idempotency_key: Some("cp".into()),
-                ..Default::default()
-            },
-        )
-        .await
-        .unwrap_err();
-    assert!(e.is_retryable(), "{e:?}");
+    let (env, proxy, source) = transfer_landed_unanswered(backend, 42, false).await;
     proxy.clear();
-    proxy.add(stale());
+    proxy.add(stale_destination());
     env.exec
         .delete("m", "src.txt", Default::default())
         .await
         .unwrap();
-    env.wait_no_pending(Duration::from_secs(20)).await;
-    assert_eq!(env.journal_state("cp").await, "committed");
-    assert_eq!(env.object(&env.key("dst.txt")).await, Some(source.clone()));
-    let mut expected = Expected::new();
-    expected.insert(("m".into(), "dst.txt".into()), sha256_hex(&source));
-    invariants::check(&env, &expected).await;
+    settled_at_destination(&env, "cp", &source).await;
     env.cleanup().await;
 }
 
@@ -836,11 +791,38 @@ pub async fn a_pending_copy_whose_source_went_is_not_failed_on_a_stale_read(back
 /// destination shows the copy made by this row, the move goes on from `copied` — the source's
 /// DELETE (of nothing now) and the commit that removes the source's node.
 pub async fn a_pending_move_whose_copy_landed_goes_on_from_its_copy(backend: Backend) {
+    let (env, proxy, source) = transfer_landed_unanswered(backend, 43, true).await;
+    proxy.clear();
+    proxy.add(stale_destination());
+    env.s3
+        .delete_object()
+        .bucket(&env.bucket)
+        .key(env.key("src.txt"))
+        .send()
+        .await
+        .unwrap();
+    settled_at_destination(&env, "mv", &source).await;
+    assert!(matches!(
+        env.exec.stat("m", "src.txt").await,
+        Err(Error::NotFound { .. })
+    ));
+    env.cleanup().await;
+}
+
+/// `m/src.txt` copied (`move_`: moved) to `m/dst.txt`, which held an older object a HEAD through
+/// the proxy has seen, under key `cp` (`mv`): the CopyObject is applied with its answer lost, then
+/// refused until the retries run out, so the call fails retryably and its row stays pending.
+/// Returns the source's content.
+async fn transfer_landed_unanswered(
+    backend: Backend,
+    seed: u64,
+    move_: bool,
+) -> (TestEnv, common::faultproxy::FaultProxy, Vec<u8>) {
     let mut settings = common::fast_settings();
     settings.retry.max_attempts = 2;
     settings.recovery_interval = Duration::from_millis(300);
-    let (env, proxy) = behind_proxy(backend, 43, |_| {}, settings, |_| {}).await;
-    let source = b"the move's source, 30 bytes ..".to_vec();
+    let (env, proxy) = behind_proxy(backend, seed, |_| {}, settings, |_| {}).await;
+    let source = b"the transfer's source, 34 bytes..".to_vec();
     env.exec
         .put_bytes("m", "src.txt", source.clone(), key("src"))
         .await
@@ -850,52 +832,46 @@ pub async fn a_pending_move_whose_copy_landed_goes_on_from_its_copy(backend: Bac
         .await
         .unwrap();
     env.exec.stat("m", "dst.txt").await.unwrap(); // the state a stale read answers with
-    let stale = || Rule {
-        key_suffix: Some("/dst.txt".into()),
-        ..Rule::always(
-            Some(Op::HeadObject),
-            Fault::StaleAfterWrite(Duration::from_secs(3)),
-        )
-    };
     proxy.add(Rule::once(Op::CopyObject, Fault::DropResponse));
     proxy.add(Rule::always(
         Some(Op::CopyObject),
         Fault::Status(503, "SlowDown"),
     ));
-    proxy.add(stale());
-    let e = env
-        .exec
-        .move_object(
-            &Location::new("m", "src.txt"),
-            &Location::new("m", "dst.txt"),
-            TransferOptions {
-                idempotency_key: Some("mv".into()),
-                ..Default::default()
-            },
-        )
-        .await
-        .unwrap_err();
+    proxy.add(stale_destination());
+    let (from, to) = (Location::new("m", "src.txt"), Location::new("m", "dst.txt"));
+    let opts = |k: &str| TransferOptions {
+        idempotency_key: Some(k.into()),
+        ..Default::default()
+    };
+    let e = match move_ {
+        true => env.exec.move_object(&from, &to, opts("mv")).await,
+        false => env.exec.copy(&from, &to, opts("cp")).await,
+    }
+    .unwrap_err();
     assert!(e.is_retryable(), "{e:?}");
-    proxy.clear();
-    proxy.add(stale());
-    env.s3
-        .delete_object()
-        .bucket(&env.bucket)
-        .key(env.key("src.txt"))
-        .send()
-        .await
-        .unwrap();
+    (env, proxy, source)
+}
+
+/// HEADs of `dst.txt` answered with the state before its last write, for 3 s after it.
+fn stale_destination() -> Rule {
+    Rule {
+        key_suffix: Some("/dst.txt".into()),
+        ..Rule::always(
+            Some(Op::HeadObject),
+            Fault::StaleAfterWrite(Duration::from_secs(3)),
+        )
+    }
+}
+
+/// Waits until nothing is pending; the row of `key` committed, `dst.txt` holding `source`, and the
+/// invariants with that one node.
+async fn settled_at_destination(env: &TestEnv, key: &str, source: &[u8]) {
     env.wait_no_pending(Duration::from_secs(20)).await;
-    assert_eq!(env.journal_state("mv").await, "committed");
-    assert_eq!(env.object(&env.key("dst.txt")).await, Some(source.clone()));
-    assert!(matches!(
-        env.exec.stat("m", "src.txt").await,
-        Err(Error::NotFound { .. })
-    ));
+    assert_eq!(env.journal_state(key).await, "committed");
+    assert_eq!(env.object(&env.key("dst.txt")).await, Some(source.to_vec()));
     let mut expected = Expected::new();
-    expected.insert(("m".into(), "dst.txt".into()), sha256_hex(&source));
-    invariants::check(&env, &expected).await;
-    env.cleanup().await;
+    expected.insert(("m".into(), "dst.txt".into()), sha256_hex(source));
+    invariants::check(env, &expected).await;
 }
 
 /// A write to a pending copy's source waits for the copy. A copy's CopyObject times out (never

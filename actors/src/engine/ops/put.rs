@@ -86,47 +86,24 @@ pub(in crate::engine) async fn act(
     }
     let answered = match answer {
         Ok(answered) => answered,
-        // Overwrite only what the node names (a store that honours If-Match): refused, the key
-        // holds another object — unless an earlier attempt of this very PUT wrote it (its answer
-        // lost), which is then this put's.
+        // Refused by its condition — `If-Match`: the key holds another object than the write
+        // was conditioned on (or none); `If-None-Match`: it holds one — unless an earlier attempt
+        // of this very PUT wrote it (its answer lost), which is then this put's.
         Err(Error::Storage {
             source, outcome, ..
-        }) if input.if_match.is_some()
-            && matches!(
-                source.kind,
-                StoreErrorKind::PreconditionFailed | StoreErrorKind::NotFound
-            ) =>
+        }) if source.kind == StoreErrorKind::PreconditionFailed
+            || (input.if_match.is_some() && source.kind == StoreErrorKind::NotFound) =>
         {
-            let refused = Error::PreconditionFailed {
-                mount: c.spec.name.clone(),
-                path: path.clone(),
-                reason: format!(
-                    "the key no longer holds the object the write was conditioned on (ETag {}): another writer changed it; nothing was written",
-                    input.if_match.as_deref().unwrap_or_default()
+            let reason = match input.if_match.as_deref() {
+                Some(etag) => format!(
+                    "the key no longer holds the object the write was conditioned on (ETag {etag}): another writer changed it; nothing was written"
                 ),
+                None => "create-only, but the store already holds an object at the key".into(),
             };
-            if outcome != RequestOutcome::MaybeApplied {
-                return Err(refused);
-            }
-            return own_object_after_lost_answer(
-                c,
-                journal_id,
-                request,
-                input.if_match.as_deref(),
-                refused,
-            )
-            .await;
-        }
-        // Create-only, refused — but an earlier attempt of this very PUT may have written the
-        // object the condition now finds (its answer lost): if the object is this put's, the put
-        // took effect.
-        Err(Error::Storage {
-            source, outcome, ..
-        }) if source.kind == StoreErrorKind::PreconditionFailed => {
             let refused = Error::PreconditionFailed {
                 mount: c.spec.name.clone(),
                 path: path.clone(),
-                reason: "create-only, but the store already holds an object at the key".into(),
+                reason,
             };
             if outcome != RequestOutcome::MaybeApplied {
                 return Err(refused);
