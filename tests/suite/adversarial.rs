@@ -245,6 +245,7 @@ async fn client(exec: S3Executor, tag: String, seed: u64, until: Instant) {
         loop {
             match send(&exec, &call, &key).await {
                 Ok(acked) => {
+                    emit(format!("CALLED {key}"));
                     for r in acked {
                         let ack = Ack {
                             journal_id: r.journal_id,
@@ -620,6 +621,13 @@ async fn two_hosts_concurrent_clients_kills_pauses_and_faults() {
         }
         *n += 1;
     }
+    // Calls an owner answered: acknowledged, or ended with an error other than `NotOwner`.
+    let answered = lines.iter().filter(|l| l.starts_with("CALLED ")).count()
+        + ended
+            .iter()
+            .filter(|(k, _)| k.as_str() != "NotOwner")
+            .map(|(_, n)| n)
+            .sum::<usize>();
     let bugs: Vec<&String> = lines.iter().filter(|l| l.starts_with("BUG ")).collect();
     let faults = proxy.seen().iter().filter(|s| s.fault.is_some()).count();
     let rows: Vec<(String, i64)> = env
@@ -633,7 +641,7 @@ async fn two_hosts_concurrent_clients_kills_pauses_and_faults() {
         .collect();
     eprintln!("seed {seed}: journal rows by state {rows:?}");
     eprintln!(
-        "seed {seed}: {} calls acknowledged, others ended {ended:?}; {kills} kills, {pauses} pauses, \
+        "seed {seed}: {answered} calls answered by an owner, {} changes acknowledged, calls ended {ended:?}; {kills} kills, {pauses} pauses, \
          {outages} store outages, {brownouts} brownouts, {lags} lags, {checkpoints} checkpoints passed, \
          {faults} injected faults of {} requests",
         acks.len(),
@@ -833,14 +841,14 @@ fn history_violations(
                 "move" if c.deleted => {
                     // The source's side: what it held just before the move removed it.
                     let entry = moved.entry(c.journal_id).or_default();
-                    entry.0 = Some(prior_live.and_then(|p| p.sha256.clone()).unwrap_or_else(
-                        || {
-                            bad.push(format!(
-                                "{what}: a move that removed nothing from its source"
-                            ));
-                            String::new()
-                        },
-                    ));
+                    match prior_live.and_then(|p| p.sha256.clone()) {
+                        Some(sha) => entry.0 = Some(sha),
+                        None => bad.push(format!(
+                            "{what}: a move that removed nothing from its source (it was deleted \
+                             since: {:?}); its destination holds what the source no longer had",
+                            prior.map(|p| (p.generation, p.journal_id, &p.kind, &p.key))
+                        )),
+                    }
                 }
                 other => bad.push(format!("{what}: an unknown kind {other}")),
             }
