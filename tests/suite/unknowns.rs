@@ -1010,6 +1010,167 @@ pub async fn a_move_past_its_source_delete_waits_out_a_stale_destination(backend
     env.cleanup().await;
 }
 
+/// Issue 25, review: the strict settings policy met after the settings probe passed. The store
+/// keeps a path's next version without the mount's storage class (as it reports it). The
+/// earlier version is already replaced in the bucket, so deleting the new object would leave
+/// the node naming nothing: it is committed as the store holds it, with what was not applied
+/// on its node, and the mount's later writes are refused before they touch a key. (Before, the
+/// object was deleted and the call failed: the node named a key the bucket no longer held.)
+pub async fn a_setting_the_store_dropped_on_an_overwrite_does_not_delete_the_path(
+    backend: Backend,
+) {
+    let (env, proxy) = behind_proxy(
+        backend,
+        37,
+        |r| r.storage_class = Some("STANDARD_IA".into()),
+        common::fast_settings(),
+        |_| {},
+    )
+    .await;
+    let first = env
+        .exec
+        .put_bytes("m", "f.txt", b"first".to_vec(), key("first"))
+        .await;
+    match (&first, backend) {
+        (Ok(_), Backend::Moto | Backend::External) => {}
+        // s3s-fs refuses STANDARD_IA (InvalidStorageClass, conformance
+        // mount_storage_class_and_sse): no version of the path is ever written with it.
+        (Err(Error::Storage { .. }), Backend::S3sFs) => {
+            assert_eq!(env.count("nodes").await, 0);
+            assert!(env.bucket_keys().await.is_empty());
+            env.cleanup().await;
+            return;
+        }
+        (Err(e), Backend::External) => {
+            println!("the store does not keep STANDARD_IA ({e}): nothing to overwrite");
+            env.cleanup().await;
+            return;
+        }
+        (other, _) => panic!("{other:?}"),
+    }
+    for op in [Op::PutObject, Op::HeadObject] {
+        proxy.add(Rule {
+            key_suffix: Some("/f.txt".into()),
+            ..Rule::always(Some(op), Fault::StripResponseHeader("x-amz-storage-class"))
+        });
+    }
+    let second = env
+        .exec
+        .put_bytes("m", "f.txt", b"second".to_vec(), key("second"))
+        .await
+        .unwrap();
+    let node = second.node.as_ref().unwrap();
+    assert!(
+        node.not_applied
+            .iter()
+            .any(|s| s.starts_with("storage_class")),
+        "{node:?}"
+    );
+    assert_eq!(
+        env.object(&env.key("f.txt")).await,
+        Some(b"second".to_vec())
+    );
+    proxy.clear();
+    let puts = proxy.count(Op::PutObject);
+    let third = env
+        .exec
+        .put_bytes("m", "g.txt", b"third".to_vec(), key("third"))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(third, Error::SettingsNotApplied { .. }),
+        "{third:?}"
+    );
+    assert_eq!(
+        proxy.count(Op::PutObject),
+        puts,
+        "the later write was refused before it touched a key"
+    );
+    let mut expected = Expected::new();
+    expected.insert(("m".into(), "f.txt".into()), sha256_hex(b"second"));
+    invariants::check(&env, &expected).await;
+    env.cleanup().await;
+}
+
+/// Issue 25, rule 9 on a move's source: another writer puts an object at the source key while
+/// the move's DELETE is on its way (held 1.5 s at the proxy). Where the store honours `If-Match`
+/// on DeleteObject, the DELETE names the pinned object, the late write is kept and the move ends
+/// as a copy of what it pinned (its source's node kept); where it does not (s3s-fs), the late
+/// write is deleted with the source — the window docs/failures.md names.
+pub async fn a_move_deletes_only_the_source_object_it_pinned(backend: Backend) {
+    let (env, proxy) = behind_proxy(backend, 41, |_| {}, common::fast_settings(), |_| {}).await;
+    let original = b"the source".to_vec();
+    env.exec
+        .put_bytes("m", "src.txt", original.clone(), key("src"))
+        .await
+        .unwrap();
+    proxy.add(Rule {
+        key_suffix: Some("/src.txt".into()),
+        times: Some(1),
+        ..Rule::always(
+            Some(Op::DeleteObject),
+            Fault::Delay(Duration::from_millis(1500)),
+        )
+    });
+    let exec = env.exec.clone();
+    let mv = tokio::spawn(async move {
+        exec.move_object(
+            &Location::new("m", "src.txt"),
+            &Location::new("m", "dst.txt"),
+            TransferOptions::default(),
+        )
+        .await
+    });
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while !proxy
+        .seen()
+        .iter()
+        .any(|s| s.op == Op::DeleteObject && s.key.ends_with("/src.txt"))
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the move sent no DELETE"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let late = b"a late write at the source key".to_vec();
+    env.raw_put(&env.key("src.txt"), &late).await;
+    mv.await.unwrap().unwrap();
+    assert_eq!(
+        env.object(&env.key("dst.txt")).await,
+        Some(original.clone())
+    );
+    let conditions = env.exec.store_conditions("m").await.unwrap().unwrap();
+    let source_node = env
+        .exec
+        .stat("m", "src.txt")
+        .await
+        .ok()
+        .and_then(|s| s.node);
+    match backend {
+        Backend::Moto => assert!(conditions.delete_if_match),
+        Backend::S3sFs => assert!(!conditions.delete_if_match),
+        Backend::External => println!("DELETE If-Match honoured: {}", conditions.delete_if_match),
+    }
+    if conditions.delete_if_match {
+        assert_eq!(
+            env.object(&env.key("src.txt")).await,
+            Some(late),
+            "the late write is kept"
+        );
+        let node = source_node.expect("the move ended as a copy: its source's node is kept");
+        assert_eq!(node.meta.sha256, sha256_hex(&original));
+    } else {
+        assert_eq!(env.object(&env.key("src.txt")).await, None);
+        assert!(source_node.is_none(), "{source_node:?}");
+    }
+    let rows = env
+        .query("SELECT state FROM {schema}.journal WHERE op = 'move'", &[])
+        .await;
+    assert_eq!(rows[0].get::<_, String>(0), "committed");
+    env.cleanup().await;
+}
+
 per_backend! {
     a_move_from_a_mount_this_host_does_not_own_is_refused_before_any_effect => super::a_move_from_a_mount_this_host_does_not_own_is_refused_before_any_effect(B);
     a_new_write_waits_for_the_pending_move_on_its_path => super::a_new_write_waits_for_the_pending_move_on_its_path(B);
@@ -1021,6 +1182,8 @@ per_backend! {
     a_write_to_a_pending_copys_source_waits_for_the_copy => super::a_write_to_a_pending_copys_source_waits_for_the_copy(B);
     a_move_past_its_source_delete_waits_out_a_stale_destination => super::a_move_past_its_source_delete_waits_out_a_stale_destination(B);
     a_large_copy_sent_again_after_its_source_changed_starts_over => super::a_large_copy_sent_again_after_its_source_changed_starts_over(B);
+    a_setting_the_store_dropped_on_an_overwrite_does_not_delete_the_path => super::a_setting_the_store_dropped_on_an_overwrite_does_not_delete_the_path(B);
+    a_move_deletes_only_the_source_object_it_pinned => super::a_move_deletes_only_the_source_object_it_pinned(B);
     @except_moto
     a_pending_copy_is_settled_before_a_later_put_on_its_destination => super::a_pending_copy_is_settled_before_a_later_put_on_its_destination(B);
     a_move_whose_source_still_shows_after_its_delete_is_not_failed => super::a_move_whose_source_still_shows_after_its_delete_is_not_failed(B);

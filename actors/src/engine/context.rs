@@ -36,6 +36,9 @@ pub(crate) struct OpContext {
     pub mounts: Option<Arc<dyn MountDirectory>>,
     /// What the settings probe found (the mount's settings the store ignored), once it ran.
     pub probe: Arc<tokio::sync::OnceCell<Vec<String>>>,
+    /// Settings a write showed the store ignoring after the probe passed ([`node_for`]): the
+    /// mount's new writes are refused for them (strict policy) until the supervisor starts again.
+    pub settings_learned: Arc<std::sync::Mutex<Vec<String>>>,
     /// Which conditional requests the store honours, once the conditions probe ran.
     pub conditions: Arc<tokio::sync::OnceCell<StoreConditions>>,
     /// How long recovery waits for a pending write's object to show before failing the row.
@@ -121,6 +124,34 @@ impl OpContext {
             key: format!("{}{PROBE_KEY_PREFIX}*", self.spec.keys.prefix()),
             settings: missing.clone(),
         })
+    }
+
+    /// A new operation that writes an object (not recovery, which finishes what was started):
+    /// refused under the strict policy once a write showed the store ignoring a setting.
+    pub fn refuse_learned_settings(&self) -> Result<(), Error> {
+        let learned = self
+            .settings_learned
+            .lock()
+            .expect("learned settings")
+            .clone();
+        if learned.is_empty() || self.spec.settings_policy == SettingsPolicy::Lenient {
+            return Ok(());
+        }
+        Err(Error::SettingsNotApplied {
+            mount: self.spec.name.clone(),
+            key: format!("{}*", self.spec.keys.prefix()),
+            settings: learned,
+        })
+    }
+
+    /// Settings a write showed the store ignoring (see [`Self::refuse_learned_settings`]).
+    fn learn_ignored(&self, settings: &[String]) {
+        let mut known = self.settings_learned.lock().expect("learned settings");
+        for s in settings {
+            if !known.contains(s) {
+                known.push(s.clone());
+            }
+        }
     }
 
     async fn probe_settings(&self) -> Result<Vec<String>, Error> {
@@ -359,8 +390,16 @@ pub(crate) fn enforce_settings(c: &OpContext, seen: &ObjectMeta) -> Result<Vec<S
     }
 }
 
-/// The node for a verified object: applies the mount's settings policy (a strict refusal removes
-/// the object this operation wrote) and records how the content was proven.
+/// The node for a verified object: applies the mount's settings policy and records how the
+/// content was proven.
+///
+/// A strict refusal at this point (the settings probe passed, yet the store kept this object
+/// without a setting) is learnt: the mount's later writes are refused before they touch a key.
+/// The object itself is removed only where no node names its key (a new path; removed on its
+/// own ETag where the store honours that). Over an existing path the earlier version is
+/// already replaced in the bucket, and deleting the new one would leave the node naming
+/// nothing: the object is committed as the store holds it, with what was not applied recorded
+/// on the node (as under the lenient policy), and an error is logged.
 pub(crate) async fn node_for(
     c: &OpContext,
     seen: &ObjectMeta,
@@ -370,9 +409,34 @@ pub(crate) async fn node_for(
     let not_applied = match enforce_settings(c, seen) {
         Ok(n) => n,
         Err(e) => {
+            let Error::SettingsNotApplied { settings, .. } = &e else {
+                return Err(e);
+            };
+            c.learn_ignored(settings);
             let key = &seen.key;
-            let _ = c.store.delete(key).await;
-            return Err(e);
+            // A key that maps to no path is taken as named: nothing is deleted when unsure.
+            let named = match c.spec.keys.path_for(key) {
+                Ok(path) => c.meta.node(&c.spec.name, path.as_str()).await?.is_some(),
+                Err(_) => true,
+            };
+            if !named {
+                let removed = match c.conditions().await.is_ok_and(|k| k.delete_if_match) {
+                    true => c.store.delete_if_match(key, &seen.etag).await,
+                    false => c.store.delete(key).await,
+                };
+                if let Err(d) = removed {
+                    log::warn!("mount {}: '{key}' refused by the strict settings policy and not removed: {d}", c.spec.name);
+                }
+                return Err(e);
+            }
+            log::error!(
+                "mount {}: the store kept '{key}' without {} although the settings probe found them applied; \
+                 the earlier version is already replaced, so the object is committed as the store holds it \
+                 (recorded on its node) and the mount's later writes are refused (strict policy)",
+                c.spec.name,
+                settings.join(", ")
+            );
+            settings.clone()
         }
     };
     Ok(NodeMeta {

@@ -227,6 +227,11 @@ async fn run_protocol(
         token: uuid::Uuid::new_v4(),
         progress: None,
     };
+    // A write after one the store kept without a mount setting (strict policy): refused before
+    // anything is recorded or sent.
+    if !matches!(request, OpRequest::Delete(_)) {
+        c.refuse_learned_settings()?;
+    }
     // A pending row owns its paths: it is settled before anything else runs on them.
     settle_pending_on(&c, &request, &key).await?;
     // Conditions and the existence of what the operation needs are checked before the intent is
@@ -296,6 +301,16 @@ async fn run_protocol(
         // row stays pending; the owner's recovery continues it (this executor could not mark it
         // failed anyway).
         Err(e @ (Error::Shutdown | Error::LeaseLost(_) | Error::NotOwner { .. })) => Err(e),
+        // Postgres failed for the moment, perhaps after an S3 write landed (a move's source
+        // DELETE, then recording it): the row stays pending and recovery settles it from what
+        // S3 holds.
+        Err(e @ Error::Metadata(_)) if e.is_retryable() => {
+            log::warn!(
+                "mount {}: journal {journal_id}: {e}; left to recovery",
+                c.spec.name
+            );
+            Err(e)
+        }
         Err(e) => {
             if let Err(fail_err) = c.fail(journal_id, &e).await {
                 log::error!(
@@ -626,6 +641,9 @@ pub(crate) async fn recover_entry(
         {
             Err(ops::not_settled_yet(&c, &key, &reason))
         }
+        // A request recovery sent again may have been applied (its answer lost, then refused
+        // on a retry): still an unknown, left for the next pass.
+        Err(e) if settled_by_recovery(&e) => Err(e),
         Err(Error::Unverified { reason, .. }) => {
             let e = Error::Failed {
                 journal_id: entry.id,

@@ -39,7 +39,7 @@ use crate::error::Error;
 use crate::model::{UploadProgress, UploadRecord, UploadSource, UploadedPart, WriteMarker};
 use crate::mount::{MAX_PART_SIZE_BYTES, MIN_PART_SIZE_BYTES};
 use crate::ports::{ChangePublisher, PartBody, StoreErrorKind};
-use crate::store::{MountStore, S3Op};
+use crate::store::{MountStore, Outcome as RequestOutcome, S3Op};
 
 /// S3's limit on parts per upload.
 pub const MAX_PARTS: u64 = 10_000;
@@ -123,6 +123,9 @@ pub struct UploadRequest {
     /// multipart put's proof for recovery. (A streamed copy's row keeps its pin instead: its
     /// content is the pinned source's.)
     pub record_content: bool,
+    /// The SHA-256 the content must have (a streamed copy's pinned source): an upload whose
+    /// bytes hash otherwise is aborted before Complete, so it never replaces the key's object.
+    pub expected_sha256: Option<Sha256Digest>,
 }
 
 /// What an upload needs from its surroundings.
@@ -288,6 +291,18 @@ pub(crate) async fn run_upload(
             });
         }
     }
+    if let Some(expected) = job.expected_sha256 {
+        if sha256 != expected {
+            log::warn!("mount {mount}: upload {upload_id} of '{key}' read content with SHA-256 {}, {} expected; aborting it", sha256.to_hex(), expected.to_hex());
+            abort_upload(&deps, &mount, &key, &upload_id).await;
+            return Err(Error::ChecksumMismatch {
+                mount,
+                path: job.path.clone(),
+                expected: expected.to_hex(),
+                actual: sha256.to_hex(),
+            });
+        }
+    }
     if job.record_content {
         deps.recorder
             .completing(job.journal_id, size, sha256)
@@ -436,10 +451,19 @@ pub(crate) async fn complete(
         Err(Error::Storage {
             source, outcome, ..
         }) if !source.is_retryable() => {
+            // A HEAD that fails leaves the Complete's outcome unknown, not refused: recovery
+            // looks again (the row's marker on the key's object).
             let seen = deps
                 .store
                 .call(S3Op::HeadObject, key, || deps.store.raw().head_object(key))
-                .await?;
+                .await
+                .map_err(|e| match outcome {
+                    RequestOutcome::MaybeApplied => Error::Unverified {
+                        key: key.to_owned(),
+                        reason: format!("CompleteMultipartUpload failed ({source}) and the HEAD that would show its outcome failed: {e}"),
+                    },
+                    _ => e,
+                })?;
             match seen {
                 Some(m)
                     if m.size == size

@@ -121,6 +121,8 @@ pub struct MountSupervisor {
     mounts: Option<Arc<dyn MountDirectory>>,
     /// The settings probe's finding (see `OpContext::ensure_settings_honoured`).
     probe: Arc<tokio::sync::OnceCell<Vec<String>>>,
+    /// Settings a write showed the store ignoring (see `OpContext::settings_learned`).
+    settings_learned: Arc<std::sync::Mutex<Vec<String>>>,
     /// The conditions probe's finding (see `OpContext::conditions`).
     conditions: Arc<tokio::sync::OnceCell<crate::model::StoreConditions>>,
     /// Multi-object deletes of this mount's batched delete operations.
@@ -177,6 +179,7 @@ impl MountSupervisor {
             locks: PathLocks::default(),
             mounts: None,
             probe: Arc::new(tokio::sync::OnceCell::new()),
+            settings_learned: Arc::default(),
             conditions: Arc::new(tokio::sync::OnceCell::new()),
             owner: Uuid::new_v4().to_string(),
             fence: None,
@@ -235,6 +238,7 @@ impl MountSupervisor {
             committer: self.committer.clone()?,
             mounts: self.mounts.clone(),
             probe: self.probe.clone(),
+            settings_learned: self.settings_learned.clone(),
             conditions: self.conditions.clone(),
             consistency_horizon: self.settings.consistency_horizon,
             deletes: self.deletes.clone(),

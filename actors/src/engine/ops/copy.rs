@@ -462,12 +462,22 @@ async fn streamed(
         retain_on_failure: false,
         sink: None,
         record_content: false,
+        // Checked before Complete: an object of other content never replaces the destination's
+        // (deleting it afterwards would leave the destination's node naming nothing).
+        expected_sha256: Some(pinned.sha256),
     };
-    let done = UploadHandle::start(job, c.upload_deps()).join().await?;
-    if done.sha256 != pinned.sha256 {
-        let _ = c.store.delete(&t.key).await;
-        return Err(mismatch(done.sha256));
-    }
+    let done = match UploadHandle::start(job, c.upload_deps()).join().await {
+        // Named by the source, whose bytes were not the pinned ones.
+        Err(Error::ChecksumMismatch { actual, .. }) => {
+            return Err(Error::ChecksumMismatch {
+                mount: t.source.mount.clone(),
+                path: t.source.path.clone(),
+                expected: pinned.sha256.to_hex(),
+                actual,
+            })
+        }
+        r => r?,
+    };
     let mut node = super::multipart_put::verify_upload(c, &t.key, journal_id, &done).await?;
     if node.verified == Verification::SizeOnly {
         // The bytes that went up are the bytes read, and they hash to the source's SHA-256.

@@ -63,6 +63,7 @@ pub(in crate::engine) async fn act(
         retain_on_failure: c.spec.retain_failed_uploads,
         sink,
         record_content: true,
+        expected_sha256: None,
     };
     let done = UploadHandle::start(job, c.upload_deps()).join().await?;
     crate::failpoint::hit("after_complete").await;

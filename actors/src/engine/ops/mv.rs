@@ -11,7 +11,9 @@ use super::still_holds;
 use crate::engine::{OpContext, Outcome};
 use crate::error::Error;
 use crate::model::{JournalEntry, NodeChange, NodeMeta, OpProgress, TransferRequest};
+use crate::ports::StoreErrorKind;
 use crate::store::MountStore;
+use crate::store::Outcome as RequestOutcome;
 
 pub(in crate::engine) async fn act(
     c: &OpContext,
@@ -67,8 +69,37 @@ pub(in crate::engine) async fn act(
         });
     }
     let key = &t.source.key;
-    // The source mount's store layer: its retry budget, its verification window.
-    source.delete(key).await?;
+    // The source mount's store layer: its retry budget, its verification window. Within one
+    // mount, on a store that honours `If-Match` on DeleteObject, only the pinned object is
+    // deleted (rule 9): an object written at the key since (a paused owner's late write, a write
+    // behind the executor's back) is kept, and the move ends as a copy of what it pinned. A key
+    // already empty is an earlier attempt applied with its answer lost.
+    let conditioned =
+        t.source.mount == c.spec.name && c.conditions().await.is_ok_and(|k| k.delete_if_match);
+    if conditioned {
+        match source.delete_if_match(key, &pinned.etag).await {
+            Err(Error::Storage { source: e, .. }) if e.kind == StoreErrorKind::NotFound => {}
+            Err(Error::Storage {
+                source: e,
+                outcome: RequestOutcome::NotApplied,
+                ..
+            }) if e.kind == StoreErrorKind::PreconditionFailed => {
+                log::warn!(
+                    "mount {}: journal {journal_id}: the move's source key '{key}' holds another object than the one pinned (ETag {}); it is kept and the move is committed as a copy",
+                    c.spec.name,
+                    pinned.etag
+                );
+                return Ok(Outcome {
+                    change: NodeChange::Upsert(dest),
+                    upload_id,
+                    source_kept: true,
+                });
+            }
+            r => r?,
+        }
+    } else {
+        source.delete(key).await?;
+    }
     if !source.spec().verify.trusts_copy_and_delete_answers() {
         source.verify(key, gone).await?;
     }
@@ -96,6 +127,12 @@ pub(in crate::engine) async fn recover(
     entry: &JournalEntry,
     t: &TransferRequest,
 ) -> Result<Outcome, Error> {
+    // A move past its source's DELETE only commits: it needs neither the source mount's store
+    // nor the settings check (either refusing would fail a row whose source is gone).
+    if let Some(OpProgress::SourceDeleted { dest, .. }) = &entry.progress {
+        super::source_lease_held(c, &t.source.mount).await?;
+        return finish(c, entry.id, t, dest.clone()).await;
+    }
     let source = super::source_store(c, &t.source.mount)?;
     c.ensure_settings_honoured().await?;
     // A move whose row shows only its pin may have made its copy (its CopyObject applied, the
