@@ -158,10 +158,12 @@ pub(super) async fn begin_existing(
     let rearmed = c
         .query_opt(
             // A move that failed after it deleted its source keeps that step: the source is gone,
-            // so the move can only be finished. Everything else starts over from this call's pin
-            // (the source may have changed since; a step before the delete would be stale).
+            // so the move can only be finished. One that failed after its copy keeps that step
+            // too: its source's DELETE may have been applied (the engine goes on from the copy
+            // while the source's node is the pinned one). Everything else starts over from this
+            // call's pin (the source may have changed since; an earlier step would be stale).
             "UPDATE journal SET state = 'pending', attempts = attempts + 1, error = NULL,
-                    progress = CASE WHEN op = 'move' AND progress->>'phase' = 'source_deleted'
+                    progress = CASE WHEN op = 'move' AND progress->>'phase' IN ('source_deleted', 'copied')
                                     THEN progress ELSE $5 END,
                     updated_at = now(), intent_token = $4
              WHERE mount = $1 AND idempotency_key = $2 AND fingerprint = $3 AND state = 'failed'
@@ -198,7 +200,9 @@ fn started(row: &tokio_postgres::Row) -> Result<IntentOutcome, MetaError> {
     let journal_id = row.get(0);
     let op: &str = row.get(1);
     let progress: Option<serde_json::Value> = row.get(2);
-    match progress.filter(|p| op == "move" && p["phase"] == "source_deleted") {
+    match progress
+        .filter(|p| op == "move" && (p["phase"] == "source_deleted" || p["phase"] == "copied"))
+    {
         Some(kept) => Ok(IntentOutcome::Resumed {
             journal_id,
             progress: Box::new(

@@ -19,7 +19,8 @@
 //! (timing differs). CI runs a short fixed seed (40 s, three clients per host); a long run:
 //! `FILESTORE_TEST_SEED=$RANDOM FILESTORE_TEST_ADVERSARIAL_SECS=900
 //! FILESTORE_TEST_ADVERSARIAL_CLIENTS=6 cargo test --features filestore-s3/failpoints --test suite
-//! adversarial:: -- --nocapture` (figures in docs/failures.md).
+//! adversarial:: -- --nocapture` (figures in docs/failures.md); with
+//! `FILESTORE_TEST_ADVERSARIAL_LOG=<file>` (and `RUST_LOG`) the hosts' output is kept in a file.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -397,9 +398,24 @@ fn spawn_host(
         .unwrap();
     let stderr = child.stderr.take().unwrap();
     let l = lines.clone();
+    // Everything the hosts print (their log lines included, `RUST_LOG`), kept in a file for a
+    // run that fails: `FILESTORE_TEST_ADVERSARIAL_LOG=<file>`.
+    let mut log = std::env::var("FILESTORE_TEST_ADVERSARIAL_LOG")
+        .ok()
+        .map(|f| {
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(f)
+                .expect("the run's log file")
+        });
     tokio::spawn(async move {
         let mut it = BufReader::new(stderr).lines();
         while let Ok(Some(line)) = it.next_line().await {
+            if let Some(f) = log.as_mut() {
+                use std::io::Write as _;
+                let _ = writeln!(f, "{name}.{generation}: {line}");
+            }
             l.lock().unwrap().push(line);
         }
     });
@@ -791,10 +807,10 @@ fn history_violations(
             let prior_live = prior.filter(|p| !p.deleted);
             let is_source = c.kind == "move" && c.deleted;
             if !is_source {
-                if c.if_none_match && prior_live.is_some() {
+                if let Some(p) = prior_live.filter(|_| c.if_none_match) {
                     bad.push(format!(
                         "{what}: create-only, yet the path held generation {}",
-                        prior_live.unwrap().generation
+                        p.generation
                     ));
                 }
                 if let Some(g) = c.if_generation {

@@ -576,11 +576,19 @@ pub(crate) async fn recover_entry(
     }
     // A row a later operation on its destination path superseded (it ran while this row was
     // pending, and its caller was told it committed) sends nothing to S3 again: copying or
-    // uploading now would replace that acknowledged write.
+    // uploading now would replace that acknowledged write. Not a row sent again after it failed
+    // (re-armed, `attempts` > 1): it keeps its first id, and a row committed before the re-arm
+    // came before it — its own request, perhaps applied, is settled from what S3 holds.
     if matches!(
         entry.request,
         OpRequest::PutMultipart(_) | OpRequest::Copy(_) | OpRequest::Move(_)
     ) && !matches!(entry.progress, Some(OpProgress::SourceDeleted { .. }))
+        // A move past its copy may have deleted its source: it is finished, not failed.
+        && !matches!(
+            (&entry.request, &entry.progress),
+            (OpRequest::Move(_), Some(OpProgress::Copied { .. }))
+        )
+        && entry.attempts == 1
     {
         if let Some(later) = c
             .meta

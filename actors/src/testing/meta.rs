@@ -452,11 +452,13 @@ impl MemoryMeta {
                 e.state = JournalState::Pending;
                 e.attempts += 1;
                 e.error = None;
-                // As the Postgres store: a move that deleted its source keeps that step, the
-                // rest start over.
+                // As the Postgres store: a move that deleted its source, or had copied, keeps
+                // that step, the rest start over.
                 s.tokens.insert(id, intent.token);
-                if let (OpRequest::Move(_), Some(kept @ OpProgress::SourceDeleted { .. })) =
-                    (&e.request, &e.progress)
+                if let (
+                    OpRequest::Move(_),
+                    Some(kept @ (OpProgress::SourceDeleted { .. } | OpProgress::Copied { .. })),
+                ) = (&e.request, &e.progress)
                 {
                     return Ok(IntentOutcome::Resumed {
                         journal_id: id,

@@ -22,6 +22,22 @@ pub(in crate::engine) async fn act(
     source: &MountStore,
     progress: Option<OpProgress>,
 ) -> Result<Outcome, Error> {
+    // A run that had recorded its copy may have sent its source's DELETE (applied, its answer
+    // lost).
+    let may_have_deleted = matches!(progress, Some(OpProgress::Copied { .. }));
+    steps(c, journal_id, t, source, progress, may_have_deleted).await
+}
+
+/// The move's steps from `progress`; `may_have_deleted`: the row had recorded its copy (a
+/// progress recovery infers from the destination does not count).
+async fn steps(
+    c: &OpContext,
+    journal_id: i64,
+    t: &TransferRequest,
+    source: &MountStore,
+    progress: Option<OpProgress>,
+    may_have_deleted: bool,
+) -> Result<Outcome, Error> {
     if let Some(OpProgress::SourceDeleted { dest, .. }) = progress {
         // Its commit removes the source's node: the source mount must be this host's.
         super::source_lease_held(c, &t.source.mount).await?;
@@ -35,7 +51,9 @@ pub(in crate::engine) async fn act(
     // Across mounts, the source mount's lease may have left this host since the move started:
     // the source is not this host's to delete, and the move ends as a copy too.
     if let Err(e) = super::source_lease_held(c, &t.source.mount).await {
-        if !matches!(e, Error::NotOwner { .. }) {
+        // Not a copy when an earlier run may have deleted the source: committing one would keep
+        // the source's node naming what may be gone. The row waits for the source's owner.
+        if !matches!(e, Error::NotOwner { .. }) || may_have_deleted {
             return Err(e);
         }
         log::warn!(
@@ -159,7 +177,8 @@ pub(in crate::engine) async fn recover(
         progress,
         Some(OpProgress::SourcePinned { .. } | OpProgress::Copied { .. })
     );
-    act(c, entry.id, t, &source, progress)
+    let recorded_copy = matches!(entry.progress, Some(OpProgress::Copied { .. }));
+    steps(c, entry.id, t, &source, progress, recorded_copy)
         .await
         .map_err(|e| match pinned_only {
             true => super::copy::copy_not_found_again(t, e),
