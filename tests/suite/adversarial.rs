@@ -20,7 +20,8 @@
 //! `FILESTORE_TEST_SEED=$RANDOM FILESTORE_TEST_ADVERSARIAL_SECS=900
 //! FILESTORE_TEST_ADVERSARIAL_CLIENTS=6 cargo test --features filestore-s3/failpoints --test suite
 //! adversarial:: -- --nocapture` (figures in docs/failures.md); with
-//! `FILESTORE_TEST_ADVERSARIAL_LOG=<file>` (and `RUST_LOG`) the hosts' output is kept in a file.
+//! `FILESTORE_TEST_ADVERSARIAL_LOG=<file>` (and `RUST_LOG`) the hosts' output is kept in a file;
+//! `FILESTORE_TEST_ADVERSARIAL_CHECK_SECS` sets the time between checkpoints (12 s).
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -562,6 +563,8 @@ async fn checkpoint_check(
 async fn two_hosts_concurrent_clients_kills_pauses_and_faults() {
     let seed = env_num("FILESTORE_TEST_SEED", 20261205);
     let secs = env_num("FILESTORE_TEST_ADVERSARIAL_SECS", 40);
+    // Between checkpoints (and after each store fault); longer for a long run.
+    let every = Duration::from_secs(env_num("FILESTORE_TEST_ADVERSARIAL_CHECK_SECS", 12));
     eprintln!("adversarial run: seed {seed}, {secs} s (replay with FILESTORE_TEST_SEED={seed})");
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
     let proxy = FaultProxy::start(&common::endpoint_of(Backend::Moto), seed).await;
@@ -598,16 +601,18 @@ async fn two_hosts_concurrent_clients_kills_pauses_and_faults() {
         tokio::time::sleep(wait).await;
         // Now and then the clients are held and the state checked: a violation a later write
         // would hide (an object without its node, a node naming another object) shows here.
-        if check_now || last_checkpoint.elapsed() > Duration::from_secs(12) {
-            check_now = false;
-            if until.saturating_duration_since(Instant::now()) > Duration::from_secs(15) {
-                checkpoints += 1;
-                checkpoint(&proxy, &lines, &hold, checkpoints, seed).await;
-                kills += settle_across_hosts(&env, &mut hosts, seed, until, &lines, &hold).await;
-                checkpoint_check(&env, &proxy, &hold, checkpoints, seed).await;
-                last_checkpoint = Instant::now();
-                continue;
-            }
+        // (After a store fault at once, unless a checkpoint passed less than a third of the
+        // interval ago.)
+        let due = last_checkpoint.elapsed() > every
+            || (check_now && last_checkpoint.elapsed() > every / 3);
+        check_now = false;
+        if due && until.saturating_duration_since(Instant::now()) > Duration::from_secs(15) {
+            checkpoints += 1;
+            checkpoint(&proxy, &lines, &hold, checkpoints, seed).await;
+            kills += settle_across_hosts(&env, &mut hosts, seed, until, &lines, &hold).await;
+            checkpoint_check(&env, &proxy, &hold, checkpoints, seed).await;
+            last_checkpoint = Instant::now();
+            continue;
         }
         // Mostly the owner of mount `m` (the other host is mostly standing by).
         let owner: Option<String> = env
