@@ -11,17 +11,18 @@
 //! idempotency key of its own, sent again on a retryable error. It prints each call acknowledged
 //! as committed. At the end an executor of the test settles what is pending, and the checker
 //! holds the acknowledgements against the journal (each one committed, with the generation the
-//! caller was told) and runs the invariant checker (I1–I6: every node's object in the bucket with
-//! its content, nothing pending, events, no open upload) against the committed state.
+//! caller was told), replays the committed history from `snapshots` (the history checker: no
+//! acknowledged write lost, every change explained by its call) and runs the invariant checker
+//! (I1–I6: every node's object in the bucket with its content, nothing pending, events, no open
+//! upload) against the committed state.
 //!
 //! Runs on moto (s3s-fs keeps a deleted key's SHA-256 for a multipart upload completed later at
 //! the same key, docs/testing.md). It prints its seed: `FILESTORE_TEST_SEED` replays the choices
-//! (timing differs). CI runs a short fixed seed (40 s, three clients per host); a long run:
-//! `FILESTORE_TEST_SEED=$RANDOM FILESTORE_TEST_ADVERSARIAL_SECS=900
-//! FILESTORE_TEST_ADVERSARIAL_CLIENTS=6 cargo test --features filestore-s3/failpoints --test suite
-//! adversarial:: -- --nocapture` (figures in docs/failures.md); with
-//! `FILESTORE_TEST_ADVERSARIAL_LOG=<file>` (and `RUST_LOG`) the hosts' output is kept in a file;
-//! `FILESTORE_TEST_ADVERSARIAL_CHECK_SECS` sets the time between checkpoints (12 s).
+//! (timing differs). CI runs a short fixed seed (40 s, three clients per host); the long run's
+//! command and figures are in docs/failures.md (`FILESTORE_TEST_ADVERSARIAL_SECS`,
+//! `FILESTORE_TEST_ADVERSARIAL_CLIENTS`, `FILESTORE_TEST_ADVERSARIAL_CHECK_SECS` — the time between
+//! checkpoints, 12 s — and `FILESTORE_TEST_ADVERSARIAL_LOG=<file>`, which keeps the hosts' output,
+//! their log lines included with `RUST_LOG`).
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
