@@ -229,8 +229,21 @@ async fn run_protocol(
     };
     // A write after one the store kept without a mount setting (strict policy): refused before
     // anything is recorded or sent.
+    // A call repeating an earlier one (its answer lost) still gets that one's outcome, and a
+    // move past its source's DELETE can still be finished.
     if !matches!(request, OpRequest::Delete(_)) {
-        c.refuse_learned_settings()?;
+        if let Err(e) = c.refuse_learned_settings() {
+            let repeat = match c.meta.entry(&c.spec.name, &key).await? {
+                Some(entry) => {
+                    entry.state != JournalState::Failed
+                        || matches!(entry.progress, Some(OpProgress::SourceDeleted { .. }))
+                }
+                None => false,
+            };
+            if !repeat {
+                return Err(e);
+            }
+        }
     }
     // A pending row owns its paths: it is settled before anything else runs on them.
     settle_pending_on(&c, &request, &key).await?;
@@ -439,6 +452,15 @@ async fn resume_from(
         if old.generation == source.generation && old.sha256 == source.sha256 {
             return Ok(Some(kept));
         }
+        // Starting over from this call's pin, recorded first: recovery must not go on from the
+        // old copy.
+        c.record_progress(
+            journal_id,
+            OpProgress::SourcePinned {
+                source: source.clone(),
+            },
+        )
+        .await?;
         return Ok(pin);
     }
     let (OpProgress::SourceDeleted { source: old, .. }, Some(OpProgress::SourcePinned { source })) =

@@ -451,19 +451,26 @@ pub(crate) async fn complete(
         Err(Error::Storage {
             source, outcome, ..
         }) if !source.is_retryable() => {
-            // A HEAD that fails leaves the Complete's outcome unknown, not refused: recovery
-            // looks again (the row's marker on the key's object).
-            let seen = deps
+            // A HEAD that fails leaves a Complete that may have been applied an unknown: its own
+            // error stands (maybe applied), and recovery looks again (the row's marker on the
+            // key's object), however long that takes.
+            let seen = match deps
                 .store
                 .call(S3Op::HeadObject, key, || deps.store.raw().head_object(key))
                 .await
-                .map_err(|e| match outcome {
-                    RequestOutcome::MaybeApplied => Error::Unverified {
+            {
+                Ok(seen) => seen,
+                Err(e) if matches!(outcome, RequestOutcome::MaybeApplied) => {
+                    log::warn!("mount {mount}: CompleteMultipartUpload of '{key}' failed ({source}) and the HEAD that would show its outcome failed too ({e}); left to recovery");
+                    return Err(Error::Storage {
+                        op: S3Op::CompleteMultipartUpload,
                         key: key.to_owned(),
-                        reason: format!("CompleteMultipartUpload failed ({source}) and the HEAD that would show its outcome failed: {e}"),
-                    },
-                    _ => e,
-                })?;
+                        source,
+                        outcome,
+                    });
+                }
+                Err(e) => return Err(e),
+            };
             match seen {
                 Some(m)
                     if m.size == size

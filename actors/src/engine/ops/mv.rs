@@ -94,9 +94,28 @@ async fn steps(
     // already empty is an earlier attempt applied with its answer lost.
     let conditioned =
         t.source.mount == c.spec.name && c.conditions().await.is_ok_and(|k| k.delete_if_match);
+    // Set when the key no longer holds the pinned object because an earlier DELETE of this move
+    // may have removed it (a late write landed there since): it is not waited for as gone.
+    let mut replaced_after_delete = false;
     if conditioned {
         match source.delete_if_match(key, &pinned.etag).await {
             Err(Error::Storage { source: e, .. }) if e.kind == StoreErrorKind::NotFound => {}
+            // A run that had recorded its copy may have deleted the pinned object itself (its
+            // answer lost) before another write landed at the key: the pinned object is gone
+            // either way, so the move goes on as deleted — its commit removes the source's node,
+            // and the other object is left where it is, named by no node, not deleted.
+            Err(Error::Storage {
+                source: e,
+                outcome: RequestOutcome::NotApplied,
+                ..
+            }) if e.kind == StoreErrorKind::PreconditionFailed && may_have_deleted => {
+                log::warn!(
+                    "mount {}: journal {journal_id}: the move's source key '{key}' holds another object than the one pinned (ETag {}), which an earlier attempt may have deleted; the move goes on as deleted and the other object is left",
+                    c.spec.name,
+                    pinned.etag
+                );
+                replaced_after_delete = true;
+            }
             Err(Error::Storage {
                 source: e,
                 outcome: RequestOutcome::NotApplied,
@@ -118,7 +137,7 @@ async fn steps(
     } else {
         source.delete(key).await?;
     }
-    if !source.spec().verify.trusts_copy_and_delete_answers() {
+    if !replaced_after_delete && !source.spec().verify.trusts_copy_and_delete_answers() {
         source.verify(key, gone).await?;
     }
     c.record_progress(
