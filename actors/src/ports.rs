@@ -68,6 +68,24 @@ pub struct PutObjectInput {
     pub if_match: Option<String>,
 }
 
+/// What a write's key must hold for the store to apply it (compare-and-swap against the node):
+/// nothing (`If-None-Match: *`), or the object with this ETag (`If-Match`). Sent only where the
+/// mount's store was probed to honour it. The default: no condition.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct KeyCondition {
+    /// Create only.
+    pub if_none_match: bool,
+    /// Replace only the object with this ETag.
+    pub if_match: Option<String>,
+}
+
+impl KeyCondition {
+    /// Whether the request carries a condition.
+    pub fn is_some(&self) -> bool {
+        self.if_none_match || self.if_match.is_some()
+    }
+}
+
 /// A server-side copy of a whole object (CopyObject, metadata replaced with the destination's).
 #[derive(Debug, Clone)]
 pub struct CopyObjectInput {
@@ -271,12 +289,15 @@ pub trait ObjectStore: Send + Sync + 'static {
     /// ListParts (all pages).
     async fn list_parts(&self, key: &str, upload_id: &str)
         -> Result<Vec<UploadedPart>, StoreError>;
-    /// CompleteMultipartUpload with `parts` sorted by number; returns the object's ETag.
+    /// CompleteMultipartUpload with `parts` sorted by number, under `condition` (412
+    /// `PreconditionFailed` when the key does not hold what it names; the upload stays open);
+    /// returns the object's ETag.
     async fn complete_multipart(
         &self,
         key: &str,
         upload_id: &str,
         parts: &[UploadedPart],
+        condition: &KeyCondition,
     ) -> Result<String, StoreError>;
     /// AbortMultipartUpload (succeeds when the upload is already gone).
     async fn abort_multipart(&self, key: &str, upload_id: &str) -> Result<(), StoreError>;

@@ -76,7 +76,14 @@ pub struct MountStore {
     retry: RetryPolicy,
     counters: Arc<MountCounters>,
     lease: Arc<LeaseClock>,
+    /// When a request that changes objects was last sent for each key (kept a while, see
+    /// [`MountStore::since_written`]).
+    written: Arc<std::sync::Mutex<std::collections::HashMap<String, Instant>>>,
 }
+
+/// How long [`MountStore::since_written`] remembers a key (beyond any consistency horizon
+/// configured in practice).
+const WRITTEN_MEMORY: Duration = Duration::from_secs(3600);
 
 impl std::fmt::Debug for MountStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -95,7 +102,28 @@ impl MountStore {
             retry,
             counters: Arc::default(),
             lease: Arc::default(),
+            written: Arc::default(),
         }
+    }
+
+    /// How long ago this process last sent a request that changes objects at `key` (its last
+    /// attempt ended then), if it did within the last hour. Recovery measures the consistency
+    /// horizon from it as well as from the row's last journal write: a request recovery sent
+    /// again starts the store's time to show it anew.
+    pub fn since_written(&self, key: &str) -> Option<Duration> {
+        self.written
+            .lock()
+            .expect("written keys")
+            .get(key)
+            .map(Instant::elapsed)
+    }
+
+    fn note_written(&self, key: &str) {
+        let mut written = self.written.lock().expect("written keys");
+        if written.len() >= 4096 {
+            written.retain(|_, at| at.elapsed() < WRITTEN_MEMORY);
+        }
+        written.insert(key.to_owned(), Instant::now());
     }
 
     /// The clock that says whether this process may change the bucket now (set by the mount's
@@ -182,7 +210,8 @@ impl MountStore {
                 r
             }
         };
-        self.retry
+        let answer = self
+            .retry
             .run_scaled(
                 once,
                 // Attempts and time are checked first: the budget is spent only on a retry that
@@ -211,7 +240,11 @@ impl MountStore {
                     Outcome::NotApplied
                 },
                 }
-            })
+            });
+        if op.changes_objects() {
+            self.note_written(key);
+        }
+        answer
     }
 
     /// Whether the mount's retry budget pays for retrying `e`; logs and counts a refusal.
@@ -307,7 +340,10 @@ impl MountStore {
     }
 
     /// HEADs `key` until `accept` holds or this mount's verification window ends; the last
-    /// reason it did not hold is [`Error::Unverified`]'s.
+    /// reason it did not hold is [`Error::Unverified`]'s. When the window ends on a HEAD that
+    /// failed (its retries spent: a timeout, 5xx), that retryable error is returned instead:
+    /// the store could not be looked at, which says nothing about what it holds — a row must not
+    /// be failed for it however long the outage lasts (recovery leaves it pending).
     pub async fn verify<T>(
         &self,
         key: &str,
@@ -321,7 +357,12 @@ impl MountStore {
                     Ok(v) => return Ok(v),
                     Err(reason) => reason,
                 },
-                Err(e) if e.is_retryable() => e.to_string(),
+                Err(e) if e.is_retryable() => {
+                    if Instant::now() + delay > deadline {
+                        return Err(e);
+                    }
+                    e.to_string()
+                }
                 Err(e) => {
                     return Err(Error::Unverified {
                         key: key.to_owned(),

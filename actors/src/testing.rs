@@ -89,6 +89,32 @@ impl MemoryStore {
         self.len() == 0
     }
 
+    /// Writes `body` at `key` behind the executor's back: an object carrying `marker`'s journal
+    /// id (another operation's late write), or none (someone else's object).
+    pub fn write_behind(&self, key: &str, body: &[u8], marker: Option<i64>) {
+        let sha = Sha256Digest::of(body);
+        let meta = ObjectMeta {
+            key: key.to_owned(),
+            size: body.len() as u64,
+            etag: sha.to_hex()[..32].to_owned(),
+            sha256: Some(sha),
+            sha256_composite: None,
+            marker: marker.map(|journal_id| WriteMarker {
+                journal_id,
+                sha256: Some(sha),
+            }),
+            storage_class: "STANDARD".into(),
+            last_modified: Some(Utc::now()),
+            sse: None,
+            kms_key_id: None,
+            user_metadata: Default::default(),
+        };
+        self.objects
+            .lock()
+            .unwrap()
+            .insert(key.to_owned(), (body.to_vec(), meta));
+    }
+
     /// Content of an object.
     pub fn get(&self, key: &str) -> Option<Vec<u8>> {
         self.objects
@@ -360,7 +386,26 @@ impl ObjectStore for MemoryStore {
         key: &str,
         upload_id: &str,
         parts: &[UploadedPart],
+        condition: &crate::ports::KeyCondition,
     ) -> Result<String, StoreError> {
+        {
+            let objects = self.objects.lock().unwrap();
+            let held = objects.get(key).map(|(_, m)| m.etag.clone());
+            if condition.if_none_match && held.is_some() {
+                return Err(StoreError::new(
+                    StoreErrorKind::PreconditionFailed,
+                    "object exists",
+                ));
+            }
+            if let Some(want) = &condition.if_match {
+                if held.as_ref() != Some(want) {
+                    return Err(StoreError::new(
+                        StoreErrorKind::PreconditionFailed,
+                        "another ETag",
+                    ));
+                }
+            }
+        }
         let (_, stored) = self
             .uploads
             .lock()

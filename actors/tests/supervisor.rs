@@ -489,6 +489,57 @@ async fn multipart_upload_reports_ordered_progress_and_hashes_the_whole_object()
     assert_eq!(f.store.open_uploads(), 0);
 }
 
+/// A multipart put's Complete is conditioned on the node's ETag (the in-memory store honours
+/// every condition): over an object another operation of this executor left at the key (a write
+/// marker) it completes over that object; over someone else's object it is refused with
+/// `PreconditionFailed`, the object kept, the upload aborted, the node unchanged.
+#[actix_rt::test]
+async fn a_multipart_complete_replaces_only_the_nodes_object_or_a_marked_one() {
+    let f = Fakes::default();
+    let addr = start_with(&f, |_| {});
+    let v = |seed: u32| -> Vec<u8> {
+        (0..(6 * 1024 * 1024 + 11))
+            .map(|i| ((i as u32 + seed) % 251) as u8)
+            .collect()
+    };
+    addr.send(large_put("big/blob", v(1), None))
+        .await
+        .unwrap()
+        .unwrap();
+    f.store
+        .write_behind("pre/big/blob", b"another operation's late write", Some(999));
+    let r = addr
+        .send(large_put("big/blob", v(2), None))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(r.node.unwrap().sha256, Sha256Digest::of(&v(2)));
+    assert_eq!(f.store.get("pre/big/blob").unwrap(), v(2));
+    f.store
+        .write_behind("pre/big/blob", b"someone else's object", None);
+    let e = addr
+        .send(large_put("big/blob", v(3), None))
+        .await
+        .unwrap()
+        .unwrap_err();
+    assert!(
+        matches!(&e, Error::PreconditionFailed { reason, .. } if reason.contains("another writer")),
+        "{e:?}"
+    );
+    assert_eq!(
+        f.store.get("pre/big/blob").unwrap(),
+        b"someone else's object".to_vec()
+    );
+    assert_eq!(f.store.open_uploads(), 0);
+    let node = f
+        .meta
+        .node("m", "big/blob")
+        .await
+        .unwrap()
+        .expect("the node is kept");
+    assert_eq!(node.meta.sha256, Sha256Digest::of(&v(2)));
+}
+
 /// A file's parts carry their MD5 (hashed with their SHA-256) while the store wants it, and not
 /// once it says it does not (a store that verifies and echoes the parts' checksums); the object
 /// is the file either way.

@@ -259,10 +259,12 @@ async fn run_one_shot(exec: &S3Executor, cli: &Cli) -> anyhow::Result<()> {
                 // What the store was probed to honour of conditional writes, when known.
                 let conditions = match exec.store_conditions(&name).await {
                     Ok(Some(k)) => format!(
-                        "\tconditions: put If-None-Match {}, put If-Match {}, delete If-Match {} (probed {})",
+                        "\tconditions: put If-None-Match {}, put If-Match {}, delete If-Match {}, complete If-None-Match {}, complete If-Match {} (probed {})",
                         k.put_if_none_match,
                         k.put_if_match,
                         k.delete_if_match,
+                        k.complete_if_none_match,
+                        k.complete_if_match,
                         k.probed_at.format("%Y-%m-%dT%H:%M:%SZ")
                     ),
                     Ok(None) => "\tconditions: not probed yet".into(),

@@ -74,7 +74,8 @@ pub struct MountHealth {
     /// Operations running or queued.
     pub operations: usize,
     /// Which conditional requests the mount's store honours (`put_if_none_match`,
-    /// `put_if_match`, `delete_if_match`, `probed_at`), once the owner's probe ran.
+    /// `put_if_match`, `delete_if_match`, `complete_if_none_match`, `complete_if_match`,
+    /// `probed_at`), once the owner's probe ran.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub conditions: Option<filestore_s3_actors::model::StoreConditions>,
 }

@@ -135,12 +135,15 @@ impl PgMetaStore {
             &cached!(
                 c,
                 "INSERT INTO mount_store_conditions
-                     (mount, put_if_none_match, put_if_match, delete_if_match, probed_at, probed_by)
-                 VALUES ($1, $2, $3, $4, $5, $6)
+                     (mount, put_if_none_match, put_if_match, delete_if_match,
+                      complete_if_none_match, complete_if_match, probed_at, probed_by)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
                  ON CONFLICT (mount) DO UPDATE SET
                      put_if_none_match = EXCLUDED.put_if_none_match,
                      put_if_match = EXCLUDED.put_if_match,
                      delete_if_match = EXCLUDED.delete_if_match,
+                     complete_if_none_match = EXCLUDED.complete_if_none_match,
+                     complete_if_match = EXCLUDED.complete_if_match,
                      probed_at = EXCLUDED.probed_at,
                      probed_by = EXCLUDED.probed_by"
             ),
@@ -149,6 +152,8 @@ impl PgMetaStore {
                 &conditions.put_if_none_match,
                 &conditions.put_if_match,
                 &conditions.delete_if_match,
+                &conditions.complete_if_none_match,
+                &conditions.complete_if_match,
                 &conditions.probed_at,
                 &by,
             ],
@@ -166,7 +171,8 @@ impl PgMetaStore {
             .query_opt(
                 &cached!(
                     c,
-                    "SELECT put_if_none_match, put_if_match, delete_if_match, probed_at
+                    "SELECT put_if_none_match, put_if_match, delete_if_match, probed_at,
+                            complete_if_none_match, complete_if_match
                      FROM mount_store_conditions WHERE mount = $1"
                 ),
                 &[&mount],
@@ -178,6 +184,8 @@ impl PgMetaStore {
             put_if_match: r.get(1),
             delete_if_match: r.get(2),
             probed_at: r.get(3),
+            complete_if_none_match: r.get(4),
+            complete_if_match: r.get(5),
         }))
     }
 }

@@ -31,8 +31,8 @@ use filestore_s3_actors::mount::{
     validate_endpoint, ChecksumPolicy, CredentialSource, MountSpec, Sse,
 };
 use filestore_s3_actors::ports::{
-    ByteRange, CopyObjectInput, ObjectBody, ObjectStore, ObjectStoreFactory, PartBody,
-    PartCopyInput, PutObjectInput, StoreError, StoreErrorKind, UploadedPart,
+    ByteRange, CopyObjectInput, KeyCondition, ObjectBody, ObjectStore, ObjectStoreFactory,
+    PartBody, PartCopyInput, PutObjectInput, StoreError, StoreErrorKind, UploadedPart,
 };
 use filestore_s3_actors::Sha256Digest;
 use futures::FutureExt as _;
@@ -564,8 +564,9 @@ impl ObjectStore for S3Store {
         key: &str,
         upload_id: &str,
         parts: &[UploadedPart],
+        condition: &KeyCondition,
     ) -> Result<String, StoreError> {
-        self.complete_upload(key, upload_id, parts).await
+        self.complete_upload(key, upload_id, parts, condition).await
     }
 
     async fn copy_object(&self, input: CopyObjectInput) -> Result<ObjectMeta, StoreError> {

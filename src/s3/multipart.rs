@@ -155,6 +155,7 @@ impl S3Store {
         key: &str,
         upload_id: &str,
         parts: &[UploadedPart],
+        condition: &KeyCondition,
     ) -> Result<String, StoreError> {
         let mut sorted: Vec<&UploadedPart> = parts.iter().collect();
         sorted.sort_by_key(|p| p.part_number);
@@ -179,6 +180,8 @@ impl S3Store {
             .bucket(&self.bucket)
             .key(key)
             .upload_id(upload_id)
+            .set_if_none_match(condition.if_none_match.then(|| "*".to_owned()))
+            .set_if_match(condition.if_match.as_ref().map(|e| format!("\"{e}\"")))
             .multipart_upload(
                 CompletedMultipartUpload::builder()
                     .set_parts(Some(completed))

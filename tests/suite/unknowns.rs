@@ -20,6 +20,33 @@ fn key(k: &str) -> PutOptions {
     }
 }
 
+/// How many `op` requests on a key ending in `suffix` the proxy has seen.
+fn seen_count(proxy: &common::faultproxy::FaultProxy, op: Op, suffix: &str) -> usize {
+    proxy
+        .seen()
+        .iter()
+        .filter(|s| s.op == op && s.key.ends_with(suffix))
+        .count()
+}
+
+/// Waits (at most 30 s) until the proxy has seen more than `before` `op` requests on a key
+/// ending in `suffix`: the request is under way (held by a delay rule, say).
+async fn wait_for_request(
+    proxy: &common::faultproxy::FaultProxy,
+    op: Op,
+    suffix: &str,
+    before: usize,
+) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while seen_count(proxy, op, suffix) <= before {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no {op:?} of '{suffix}' was sent"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// Issue 25, case 3. A streamed multipart put over an existing path is completed in S3, but the
 /// store does not show the object within the mount's verification window (an eventually
 /// consistent store: HEAD answers 404). The row stays pending. A stream cannot be read again,
@@ -1098,8 +1125,33 @@ pub async fn a_setting_the_store_dropped_on_an_overwrite_does_not_delete_the_pat
 /// as a copy of what it pinned (its source's node kept); where it does not (s3s-fs), the late
 /// write is deleted with the source — the window docs/failures.md names.
 pub async fn a_move_deletes_only_the_source_object_it_pinned(backend: Backend) {
-    let (env, proxy) = behind_proxy(backend, 41, |_| {}, common::fast_settings(), |_| {}).await;
+    move_deletes_only_the_pinned_source(backend, false).await;
+}
+
+/// The same across mounts: the move runs on the destination mount's supervisor, and its DELETE
+/// of the source is conditioned as the source mount's owner (this host) recorded its store's
+/// probe (before, a cross-mount move's DELETE went unconditioned and took the late write along).
+pub async fn a_move_across_mounts_deletes_only_the_source_object_it_pinned(backend: Backend) {
+    move_deletes_only_the_pinned_source(backend, true).await;
+}
+
+async fn move_deletes_only_the_pinned_source(backend: Backend, across: bool) {
+    let (mut env, proxy) = behind_proxy(backend, 41, |_| {}, common::fast_settings(), |_| {}).await;
+    let (to_mount, to_key) = match across {
+        true => {
+            let row = env.add_mount("m2", |_| {}).await;
+            ("m2", (row.bucket, format!("{}/dst.txt", row.prefix)))
+        }
+        false => ("m", (env.bucket.clone(), env.key("dst.txt"))),
+    };
     let original = b"the source".to_vec();
+    if across {
+        // An overwrite on the source mount: its probe runs and is recorded.
+        env.exec
+            .put_bytes("m", "src.txt", b"first".to_vec(), key("src0"))
+            .await
+            .unwrap();
+    }
     env.exec
         .put_bytes("m", "src.txt", original.clone(), key("src"))
         .await
@@ -1116,28 +1168,17 @@ pub async fn a_move_deletes_only_the_source_object_it_pinned(backend: Backend) {
     let mv = tokio::spawn(async move {
         exec.move_object(
             &Location::new("m", "src.txt"),
-            &Location::new("m", "dst.txt"),
+            &Location::new(to_mount, "dst.txt"),
             TransferOptions::default(),
         )
         .await
     });
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    while !proxy
-        .seen()
-        .iter()
-        .any(|s| s.op == Op::DeleteObject && s.key.ends_with("/src.txt"))
-    {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the move sent no DELETE"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_for_request(&proxy, Op::DeleteObject, "/src.txt", 0).await;
     let late = b"a late write at the source key".to_vec();
     env.raw_put(&env.key("src.txt"), &late).await;
     mv.await.unwrap().unwrap();
     assert_eq!(
-        env.object(&env.key("dst.txt")).await,
+        env.object_in(&to_key.0, &to_key.1).await,
         Some(original.clone())
     );
     let conditions = env.exec.store_conditions("m").await.unwrap().unwrap();
@@ -1171,6 +1212,252 @@ pub async fn a_move_deletes_only_the_source_object_it_pinned(backend: Backend) {
     env.cleanup().await;
 }
 
+/// A multipart put's CompleteMultipartUpload is compare-and-swap against the node too, where the
+/// store honours the condition on Complete (moto: `If-None-Match` only; AWS: both). A create-only
+/// multipart put whose key gets an object behind the executor's back while its parts go up is
+/// refused at Complete (`PreconditionFailed`), the object kept, the upload aborted, no node. Sent
+/// create-only again under a new key to a new path, with Complete's answer lost after the store
+/// applied it: the retry is refused (412) by the very object it completed, which its marker
+/// proves, and the put commits. On a store that ignores the condition it is not sent: the first
+/// put overwrites the foreign object, as before.
+pub async fn a_multipart_complete_is_conditioned_on_the_node_where_the_store_honours_it(
+    backend: Backend,
+) {
+    let (env, proxy) = behind_proxy(backend, 42, multipart, common::fast_settings(), |_| {}).await;
+    let create = |k: &str| PutOptions {
+        idempotency_key: Some(k.into()),
+        mode: filestore_s3::PutMode::Create,
+        ..Default::default()
+    };
+    proxy.add(Rule {
+        key_suffix: Some("/big.bin".into()),
+        times: Some(1),
+        ..Rule::always(
+            Some(Op::CompleteMultipartUpload),
+            Fault::Delay(Duration::from_millis(1500)),
+        )
+    });
+    let exec = env.exec.clone();
+    let big = body(7 * MIB, 42);
+    let put = tokio::spawn({
+        let big = big.clone();
+        async move {
+            exec.put_reader("m", "big.bin", std::io::Cursor::new(big), create("c1"))
+                .await
+        }
+    });
+    wait_for_request(&proxy, Op::CompleteMultipartUpload, "/big.bin", 0).await;
+    let foreign = b"written behind the executor's back".to_vec();
+    env.raw_put(&env.key("big.bin"), &foreign).await;
+    let put = put.await.unwrap();
+    let found = env
+        .exec
+        .status("m")
+        .await
+        .unwrap()
+        .conditions
+        .expect("probed");
+    eprintln!("{backend:?}: the store honours {found:?}");
+    match backend {
+        Backend::Moto => assert!(found.complete_if_none_match && !found.complete_if_match),
+        Backend::S3sFs | Backend::External => {}
+    }
+    let mut expected = Expected::new();
+    if found.complete_if_none_match {
+        let e = put.unwrap_err();
+        assert!(
+            matches!(&e, Error::PreconditionFailed { reason, .. } if reason.contains("create-only")),
+            "{e:?}"
+        );
+        assert_eq!(env.object(&env.key("big.bin")).await, Some(foreign));
+        assert_eq!(env.journal_state("c1").await, "failed");
+        assert!(env.exec.stat("m", "big.bin").await.unwrap().node.is_none());
+    } else {
+        put.unwrap();
+        assert_eq!(env.object(&env.key("big.bin")).await, Some(big.clone()));
+        expected.insert(("m".into(), "big.bin".into()), sha256_hex(&big));
+    }
+
+    proxy.add(Rule {
+        key_suffix: Some("/lost.bin".into()),
+        times: Some(1),
+        ..Rule::always(Some(Op::CompleteMultipartUpload), Fault::DropResponse)
+    });
+    let lost = body(7 * MIB, 43);
+    env.exec
+        .put_reader(
+            "m",
+            "lost.bin",
+            std::io::Cursor::new(lost.clone()),
+            create("c2"),
+        )
+        .await
+        .unwrap();
+    assert_eq!(env.journal_state("c2").await, "committed");
+    assert_eq!(env.object(&env.key("lost.bin")).await, Some(lost.clone()));
+    expected.insert(("m".into(), "lost.bin".into()), sha256_hex(&lost));
+
+    // An overwrite, `If-Match` the node's ETag where the store honours it on Complete (s3s-fs):
+    // an object written behind the executor's back while the parts go up is not replaced.
+    if found.complete_if_match {
+        proxy.add(Rule {
+            key_suffix: Some("/lost.bin".into()),
+            times: Some(1),
+            ..Rule::always(
+                Some(Op::CompleteMultipartUpload),
+                Fault::Delay(Duration::from_millis(1500)),
+            )
+        });
+        let before = seen_count(&proxy, Op::CompleteMultipartUpload, "/lost.bin");
+        let exec = env.exec.clone();
+        let put = tokio::spawn(async move {
+            exec.put_reader(
+                "m",
+                "lost.bin",
+                std::io::Cursor::new(body(7 * MIB, 44)),
+                key("o1"),
+            )
+            .await
+        });
+        wait_for_request(&proxy, Op::CompleteMultipartUpload, "/lost.bin", before).await;
+        let foreign = b"another object written behind the executor's back".to_vec();
+        env.raw_put(&env.key("lost.bin"), &foreign).await;
+        let e = put.await.unwrap().unwrap_err();
+        assert!(
+            matches!(&e, Error::PreconditionFailed { reason, .. } if reason.contains("another writer")),
+            "{e:?}"
+        );
+        assert_eq!(
+            env.object(&env.key("lost.bin")).await,
+            Some(foreign.clone())
+        );
+        assert_eq!(env.journal_state("o1").await, "failed");
+        let node = env.exec.stat("m", "lost.bin").await.unwrap().node.unwrap();
+        assert_eq!(node.meta.sha256, sha256_hex(&lost));
+        // Put back what the node names, so the path is in step for the checker.
+        env.raw_put(&env.key("lost.bin"), &lost).await;
+    }
+    invariants::check(&env, &expected).await;
+    env.cleanup().await;
+}
+
+/// A write whose key cannot be looked at (every HEAD failing, its retries spent) is left pending
+/// however long that lasts, past the consistency horizon included: a store that cannot be
+/// looked at says nothing about what it holds. Once HEAD answers, recovery commits the write.
+/// (Before, a failed HEAD counted as "not shown yet", and past the horizon recovery failed the
+/// row while the bucket held its object: the node named the old content.)
+pub async fn a_write_whose_key_cannot_be_looked_at_stays_pending_past_the_horizon(
+    backend: Backend,
+) {
+    let mut settings = common::fast_settings();
+    settings.consistency_horizon = Duration::from_secs(2);
+    settings.recovery_interval = Duration::from_millis(500);
+    settings.retry.max_attempts = 2;
+    let (env, proxy) =
+        behind_proxy(backend, 43, |r| r.verify_window_ms = 500, settings, |_| {}).await;
+    env.exec
+        .put_bytes("m", "a.txt", b"version one".to_vec(), key("p1"))
+        .await
+        .unwrap();
+    proxy.add(Rule {
+        key_suffix: Some("/a.txt".into()),
+        ..Rule::always(Some(Op::HeadObject), Fault::Status(500, "InternalError"))
+    });
+    let v2 = b"version two, longer".to_vec();
+    let e = env
+        .exec
+        .put_bytes("m", "a.txt", v2.clone(), key("p2"))
+        .await
+        .unwrap_err();
+    assert!(e.is_retryable(), "{e:?}");
+    // Past the horizon, through several recovery passes.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert_eq!(env.journal_state("p2").await, "pending");
+    assert_eq!(env.object(&env.key("a.txt")).await, Some(v2.clone()));
+    proxy.clear();
+    env.wait_no_pending(Duration::from_secs(20)).await;
+    assert_eq!(env.journal_state("p2").await, "committed");
+    let node = env.exec.stat("m", "a.txt").await.unwrap().node.unwrap();
+    assert_eq!(node.meta.sha256, sha256_hex(&v2));
+    let mut expected = Expected::new();
+    expected.insert(("m".into(), "a.txt".into()), sha256_hex(&v2));
+    invariants::check(&env, &expected).await;
+    env.cleanup().await;
+}
+
+/// The consistency horizon runs from the last request that changed the key, not only from the
+/// row's last journal write: a copy left pending (its CopyObject answered 500 until the retries
+/// ran out) and re-sent by a recovery pass long after, then not shown by the store for a while
+/// (HEAD answering 404), stays pending, and is committed once the store shows it. (Before,
+/// the row, idle past the horizon, was failed while the bucket held the copy: the destination's
+/// node named the old content.)
+pub async fn a_copy_recovery_sent_again_is_waited_out_from_when_it_was_sent(backend: Backend) {
+    let mut settings = common::fast_settings();
+    settings.consistency_horizon = Duration::from_secs(3);
+    settings.recovery_interval = Duration::from_millis(500);
+    settings.retry.max_attempts = 2;
+    let (env, proxy) =
+        behind_proxy(backend, 44, |r| r.verify_window_ms = 300, settings, |_| {}).await;
+    let src = b"the copy's source".to_vec();
+    env.exec
+        .put_bytes("m", "src.txt", src.clone(), key("s"))
+        .await
+        .unwrap();
+    env.exec
+        .put_bytes("m", "dst.txt", b"the destination before".to_vec(), key("d"))
+        .await
+        .unwrap();
+    proxy.add(Rule {
+        key_suffix: Some("/dst.txt".into()),
+        ..Rule::always(Some(Op::CopyObject), Fault::Status(500, "InternalError"))
+    });
+    let e = env
+        .exec
+        .copy(
+            &Location::new("m", "src.txt"),
+            &Location::new("m", "dst.txt"),
+            TransferOptions {
+                idempotency_key: Some("c".into()),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap_err();
+    assert!(e.is_retryable(), "{e:?}");
+    assert_eq!(env.journal_state("c").await, "pending");
+    // The row's last journal write falls behind the horizon while every re-send fails.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    assert_eq!(env.journal_state("c").await, "pending");
+    proxy.clear();
+    // The store then hides the copy for the next four HEADs (the pass that sends it again, and
+    // its verification window of 300 ms).
+    proxy.add(Rule {
+        key_suffix: Some("/dst.txt".into()),
+        times: Some(4),
+        ..Rule::always(Some(Op::HeadObject), Fault::Status(404, "NoSuchKey"))
+    });
+    env.wait_no_pending(Duration::from_secs(20)).await;
+    assert_eq!(env.journal_state("c").await, "committed");
+    let node = env.exec.stat("m", "dst.txt").await.unwrap().node.unwrap();
+    assert_eq!(node.meta.sha256, sha256_hex(&src));
+    let hidden = proxy
+        .seen()
+        .iter()
+        .filter(|s| {
+            s.fault
+                .as_deref()
+                .is_some_and(|f| f.starts_with("Status(404"))
+        })
+        .count();
+    assert_eq!(hidden, 4, "the store hid the copy for a while");
+    proxy.clear();
+    let mut expected = Expected::new();
+    expected.insert(("m".into(), "src.txt".into()), sha256_hex(&src));
+    expected.insert(("m".into(), "dst.txt".into()), sha256_hex(&src));
+    invariants::check(&env, &expected).await;
+    env.cleanup().await;
+}
+
 per_backend! {
     a_move_from_a_mount_this_host_does_not_own_is_refused_before_any_effect => super::a_move_from_a_mount_this_host_does_not_own_is_refused_before_any_effect(B);
     a_new_write_waits_for_the_pending_move_on_its_path => super::a_new_write_waits_for_the_pending_move_on_its_path(B);
@@ -1184,6 +1471,10 @@ per_backend! {
     a_large_copy_sent_again_after_its_source_changed_starts_over => super::a_large_copy_sent_again_after_its_source_changed_starts_over(B);
     a_setting_the_store_dropped_on_an_overwrite_does_not_delete_the_path => super::a_setting_the_store_dropped_on_an_overwrite_does_not_delete_the_path(B);
     a_move_deletes_only_the_source_object_it_pinned => super::a_move_deletes_only_the_source_object_it_pinned(B);
+    a_move_across_mounts_deletes_only_the_source_object_it_pinned => super::a_move_across_mounts_deletes_only_the_source_object_it_pinned(B);
+    a_multipart_complete_is_conditioned_on_the_node_where_the_store_honours_it => super::a_multipart_complete_is_conditioned_on_the_node_where_the_store_honours_it(B);
+    a_write_whose_key_cannot_be_looked_at_stays_pending_past_the_horizon => super::a_write_whose_key_cannot_be_looked_at_stays_pending_past_the_horizon(B);
+    a_copy_recovery_sent_again_is_waited_out_from_when_it_was_sent => super::a_copy_recovery_sent_again_is_waited_out_from_when_it_was_sent(B);
     @except_moto
     a_pending_copy_is_settled_before_a_later_put_on_its_destination => super::a_pending_copy_is_settled_before_a_later_put_on_its_destination(B);
     a_move_whose_source_still_shows_after_its_delete_is_not_failed => super::a_move_whose_source_still_shows_after_its_delete_is_not_failed(B);

@@ -20,7 +20,7 @@ use crate::model::{
 };
 use crate::mount::{MountSpec, SettingsPolicy, Sse};
 use crate::multipart::{PartRecorder, UploadDeps};
-use crate::ports::{ChangePublisher, MetaStore, PutObjectInput, StoreError};
+use crate::ports::{ChangePublisher, KeyCondition, MetaStore, PutObjectInput, StoreError};
 use crate::store::{MountDirectory, MountStore, S3Op};
 use crate::store_error::Outcome;
 
@@ -238,11 +238,35 @@ impl OpContext {
             self.store.put(&input(false, None)).await?;
             let put_if_none_match = refused(self.store.put(&input(true, None)).await)?;
             let put_if_match = refused(self.store.put(&input(false, Some(other.clone()))).await)?;
+            // The key holds the probe's object: both Completes' conditions cannot hold (one that
+            // is ignored replaces the object, which stays for the DELETE's probe).
+            let complete_if_none_match = refused(
+                self.probe_complete(
+                    &key,
+                    &KeyCondition {
+                        if_none_match: true,
+                        if_match: None,
+                    },
+                )
+                .await,
+            )?;
+            let complete_if_match = refused(
+                self.probe_complete(
+                    &key,
+                    &KeyCondition {
+                        if_none_match: false,
+                        if_match: Some(other.clone()),
+                    },
+                )
+                .await,
+            )?;
             let delete_if_match = refused(self.store.delete_if_match(&key, &other).await)?;
             Ok::<_, Error>(StoreConditions {
                 put_if_none_match,
                 put_if_match,
                 delete_if_match,
+                complete_if_none_match,
+                complete_if_match,
                 // At the precision Postgres keeps.
                 probed_at: chrono::SubsecRound::trunc_subsecs(chrono::Utc::now(), 6),
             })
@@ -256,11 +280,13 @@ impl OpContext {
         }
         let found = probed?;
         log::info!(
-            "mount {}: the store honours: PutObject If-None-Match {}, PutObject If-Match {}, DeleteObject If-Match {}",
+            "mount {}: the store honours: PutObject If-None-Match {}, PutObject If-Match {}, DeleteObject If-Match {}, CompleteMultipartUpload If-None-Match {}, CompleteMultipartUpload If-Match {}",
             self.spec.name,
             found.put_if_none_match,
             found.put_if_match,
-            found.delete_if_match
+            found.delete_if_match,
+            found.complete_if_none_match,
+            found.complete_if_match
         );
         if let Err(e) = self.meta.record_conditions(&self.spec.name, &found).await {
             log::warn!(
@@ -269,6 +295,57 @@ impl OpContext {
             );
         }
         Ok(found)
+    }
+
+    /// One multipart upload of a single small part at the probe's `key`, completed under
+    /// `condition`; the upload is aborted after (which succeeds when it was completed).
+    async fn probe_complete(&self, key: &str, condition: &KeyCondition) -> Result<String, Error> {
+        const BODY: &[u8] = b"filestore-s3 conditions probe (multipart)";
+        let marker = WriteMarker {
+            journal_id: 0,
+            sha256: None,
+        };
+        let no_metadata = Default::default();
+        let upload_id = self
+            .store
+            .call(S3Op::CreateMultipartUpload, key, || {
+                self.store
+                    .raw()
+                    .create_multipart(key, None, &marker, &no_metadata, false)
+            })
+            .await?;
+        let completed = async {
+            let part = self
+                .store
+                .call(S3Op::UploadPart, key, || {
+                    self.store.raw().upload_part(
+                        key,
+                        &upload_id,
+                        1,
+                        crate::ports::PartBody::Bytes(bytes::Bytes::from_static(BODY)),
+                        Sha256Digest::of(BODY),
+                    )
+                })
+                .await?;
+            self.store
+                .call(S3Op::CompleteMultipartUpload, key, || {
+                    self.store.raw().complete_multipart(
+                        key,
+                        &upload_id,
+                        std::slice::from_ref(&part),
+                        condition,
+                    )
+                })
+                .await
+        }
+        .await;
+        if let Err(e) = self.store.abort_upload(key, &upload_id).await {
+            log::warn!(
+                "mount {}: the conditions probe's upload {upload_id} of '{key}' was not aborted: {e}",
+                self.spec.name
+            );
+        }
+        completed
     }
 
     /// The multipart unit's dependencies, recording through this mount's committer.

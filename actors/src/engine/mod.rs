@@ -19,7 +19,7 @@ use crate::model::{
     NewIntent, NodeChange, OpKind, OpProgress, OpRequest, OpResult, PutRequest, TransferRequest,
 };
 use crate::multipart::{ProgressSink, SourceReader};
-use crate::store::MountStore;
+use crate::store::{MountStore, S3Op};
 
 /// A mutating operation as the engine runs it: the request its journal row records, with what
 /// the operation carries at run time. Each operation's steps (precheck, act and verify, recover)
@@ -296,7 +296,20 @@ async fn run_protocol(
                 .await
         }
         // Unverified: S3 may hold the new state; the row stays pending for recovery to settle.
+        // So does a HEAD that failed (its retries spent): the store could not be looked at.
         Err(e @ Error::Unverified { .. }) => Err(e),
+        Err(
+            e @ Error::Storage {
+                op: S3Op::HeadObject,
+                ..
+            },
+        ) if e.is_retryable() => {
+            log::warn!(
+                "mount {}: journal {journal_id}: {e}; the store could not be looked at, so the row is left to recovery",
+                c.spec.name
+            );
+            Err(e)
+        }
         // A request the store may have applied (its answer lost, a timeout or a 5xx after the
         // body was sent) is not a failure but an unknown: the row stays pending and recovery
         // settles it from what S3 holds (a put is committed if its object proves to be this
@@ -665,8 +678,13 @@ pub(crate) async fn recover_entry(
         // now would leave a node naming what the store no longer holds.
         // (A put and a delete decide this in their own recovery: an object neither theirs nor
         // the one their node names is someone else's write, and fails them at once.)
+        // The horizon runs from the row's last journal write, or from the last request that
+        // changed the key, if later (one this pass sent again: a copy, a Complete).
         Err(Error::Unverified { key, reason })
-            if entry.idle < c.consistency_horizon
+            if (entry.idle < c.consistency_horizon
+                || c.store
+                    .since_written(&key)
+                    .is_some_and(|d| d < c.consistency_horizon))
                 && !matches!(entry.request, OpRequest::Put(_) | OpRequest::Delete(_)) =>
         {
             Err(ops::not_settled_yet(&c, &key, &reason))

@@ -343,6 +343,13 @@ pub struct StoreConditions {
     pub put_if_match: bool,
     /// DeleteObject with `If-Match: <etag>` is refused when the key holds another ETag.
     pub delete_if_match: bool,
+    /// CompleteMultipartUpload with `If-None-Match: *` is refused when the key exists.
+    #[serde(default)]
+    pub complete_if_none_match: bool,
+    /// CompleteMultipartUpload with `If-Match: <etag>` is refused when the key holds another
+    /// ETag.
+    #[serde(default)]
+    pub complete_if_match: bool,
     /// When the probe ran.
     pub probed_at: DateTime<Utc>,
 }

@@ -19,8 +19,12 @@ use crate::store::S3Op;
 pub struct PartCopyRequest {
     /// Destination mount.
     pub mount: String,
+    /// Destination path (errors).
+    pub path: String,
     /// Destination key.
     pub key: String,
+    /// What CompleteMultipartUpload is conditioned on.
+    pub complete_condition: super::CompleteCondition,
     /// Journal row.
     pub journal_id: i64,
     /// Source bucket.
@@ -99,11 +103,13 @@ pub async fn copy_parts(req: PartCopyRequest, deps: &UploadDeps) -> Result<Compl
     let etag = complete(
         deps,
         &req.mount,
+        &req.path,
         &req.key,
         &upload_id,
         &parts,
         req.journal_id,
         req.size,
+        &req.complete_condition,
     )
     .await?;
     Ok(CompletedUpload {

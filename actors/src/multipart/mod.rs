@@ -38,7 +38,7 @@ use crate::digest::Sha256Digest;
 use crate::error::Error;
 use crate::model::{UploadProgress, UploadRecord, UploadSource, UploadedPart, WriteMarker};
 use crate::mount::{MAX_PART_SIZE_BYTES, MIN_PART_SIZE_BYTES};
-use crate::ports::{ChangePublisher, PartBody, StoreErrorKind};
+use crate::ports::{ChangePublisher, KeyCondition, PartBody, StoreErrorKind};
 use crate::store::{MountStore, Outcome as RequestOutcome, S3Op};
 
 /// S3's limit on parts per upload.
@@ -117,6 +117,8 @@ pub struct UploadRequest {
     pub concurrency: usize,
     /// Keep the upload open for a resume when a part fails for good.
     pub retain_on_failure: bool,
+    /// What CompleteMultipartUpload is conditioned on.
+    pub complete_condition: CompleteCondition,
     /// Receives progress updates.
     pub sink: Option<ProgressSink>,
     /// Record the content's size and SHA-256 before Complete ([`PartRecorder::completing`]): a
@@ -311,11 +313,13 @@ pub(crate) async fn run_upload(
     let etag = complete(
         &deps,
         &mount,
+        &job.path,
         &key,
         &upload_id,
         &parts,
         job.journal_id,
         size,
+        &job.complete_condition,
     )
     .await?;
     tracker.update(|p| p.finished = true);
@@ -426,97 +430,168 @@ pub(crate) async fn open_upload(
     Ok((id, BTreeMap::new()))
 }
 
+/// The condition a multipart upload's CompleteMultipartUpload is sent under (compare-and-swap
+/// against the destination's node, where the mount's store honours it), and what may replace it
+/// when the key turns out not to hold what the first one names.
+#[derive(Debug, Clone, Default)]
+pub struct CompleteCondition {
+    /// The first Complete's condition: `If-Match` the node's ETag, `If-None-Match: *` for a
+    /// create-only write, or none.
+    pub first: KeyCondition,
+    /// Whether the store honours `If-None-Match` on Complete: a key found empty after an
+    /// `If-Match` refusal (the node's object gone) is then completed create-only.
+    pub create_honoured: bool,
+}
+
 /// CompleteMultipartUpload. Complete is not idempotent: when a retry (or a run after a crash)
-/// fails for good — NoSuchUpload on S3, AccessDenied on stores that forget a completed upload id —
-/// the first attempt may have completed the upload with its answer lost. Its outcome is checked
-/// before anything else: the object is accepted if it carries this operation's journal id and the
-/// expected size; otherwise the error stands (and the bytes are not sent again blindly).
+/// fails for good — NoSuchUpload on S3, AccessDenied on stores that forget a completed upload id,
+/// 412 when the first attempt's object now fails the condition — the first attempt may have
+/// completed the upload with its answer lost. Its outcome is checked before anything else: the
+/// object is accepted if it carries this operation's journal id and the expected size; otherwise
+/// the error stands (and the bytes are not sent again blindly).
+///
+/// A condition refused for sure (the key does not hold the node's object): what it holds decides,
+/// as for a single PUT — nothing: completed create-only; an object this executor wrote (a write
+/// marker) that never became the path's content: completed over that very object; an object
+/// without a marker, or a create-only write refused: [`Error::PreconditionFailed`], the upload
+/// aborted, nothing written.
+#[allow(clippy::too_many_arguments)]
 pub(crate) async fn complete(
     deps: &UploadDeps,
     mount: &str,
+    path: &str,
     key: &str,
     upload_id: &str,
     parts: &[UploadedPart],
     journal_id: i64,
     size: u64,
+    condition: &CompleteCondition,
 ) -> Result<String, Error> {
-    let res = deps
-        .store
-        .call(S3Op::CompleteMultipartUpload, key, || {
-            deps.store.raw().complete_multipart(key, upload_id, parts)
-        })
-        .await;
-    match res {
-        Ok(etag) => Ok(etag),
-        Err(Error::Storage {
-            source, outcome, ..
-        }) if !source.is_retryable() => {
-            // A HEAD that fails leaves a Complete that may have been applied an unknown: its own
-            // error stands (maybe applied), and recovery looks again (the row's marker on the
-            // key's object), however long that takes.
-            let seen = match deps
-                .store
-                .call(S3Op::HeadObject, key, || deps.store.raw().head_object(key))
-                .await
-            {
-                Ok(seen) => seen,
-                Err(e) if matches!(outcome, RequestOutcome::MaybeApplied) => {
-                    log::warn!("mount {mount}: CompleteMultipartUpload of '{key}' failed ({source}) and the HEAD that would show its outcome failed too ({e}); left to recovery");
-                    return Err(Error::Storage {
-                        op: S3Op::CompleteMultipartUpload,
-                        key: key.to_owned(),
-                        source,
-                        outcome,
-                    });
-                }
-                Err(e) => return Err(e),
-            };
-            match seen {
-                Some(m)
-                    if m.size == size
-                        && m.marker
-                            .as_ref()
-                            .is_some_and(|w| w.journal_id == journal_id) =>
-                {
-                    log::info!(
-                        "mount {mount}: upload {upload_id} of '{key}' was already completed (answer lost); the object carries journal {journal_id}"
-                    );
-                    Ok(String::new())
-                }
-                other if source.kind != StoreErrorKind::NotFound => {
-                    log::warn!(
-                        "mount {mount}: CompleteMultipartUpload of '{key}' failed ({source}) and the object is not this upload's ({})",
-                        other.map_or("no object".into(), |m| format!("{} bytes", m.size))
-                    );
-                    Err(Error::Storage {
-                        op: S3Op::CompleteMultipartUpload,
-                        key: key.to_owned(),
-                        source,
-                        outcome,
-                    })
-                }
-                other => Err(Error::Storage {
+    let mut sent = condition.first.clone();
+    let mut replaced = false;
+    loop {
+        let res = deps
+            .store
+            .call(S3Op::CompleteMultipartUpload, key, || {
+                deps.store
+                    .raw()
+                    .complete_multipart(key, upload_id, parts, &sent)
+            })
+            .await;
+        let (source, outcome) = match res {
+            Ok(etag) => return Ok(etag),
+            Err(Error::Storage {
+                source, outcome, ..
+            }) if !source.is_retryable() => (source, outcome),
+            Err(e) => return Err(e),
+        };
+        // A HEAD that fails leaves a Complete that may have been applied an unknown: its own
+        // error stands (maybe applied), and recovery looks again (the row's marker on the key's
+        // object), however long that takes.
+        let seen = match deps
+            .store
+            .call(S3Op::HeadObject, key, || deps.store.raw().head_object(key))
+            .await
+        {
+            Ok(seen) => seen,
+            Err(e) if matches!(outcome, RequestOutcome::MaybeApplied) => {
+                log::warn!("mount {mount}: CompleteMultipartUpload of '{key}' failed ({source}) and the HEAD that would show its outcome failed too ({e}); left to recovery");
+                return Err(Error::Storage {
                     op: S3Op::CompleteMultipartUpload,
                     key: key.to_owned(),
+                    source,
                     outcome,
-                    source: crate::ports::StoreError::new(
-                        StoreErrorKind::NotFound,
-                        format!(
-                            "upload {upload_id} is gone and the object is not this upload's ({})",
-                            match other {
-                                None => "no object".to_string(),
-                                Some(m) => format!(
-                                    "{} bytes, written by journal {:?}",
-                                    m.size,
-                                    m.marker.map(|w| w.journal_id)
-                                ),
-                            }
-                        ),
-                    ),
-                }),
+                });
+            }
+            Err(e) => return Err(e),
+        };
+        if let Some(m) = &seen {
+            if m.size == size
+                && m.marker
+                    .as_ref()
+                    .is_some_and(|w| w.journal_id == journal_id)
+            {
+                log::info!(
+                    "mount {mount}: upload {upload_id} of '{key}' was already completed (answer lost); the object carries journal {journal_id}"
+                );
+                return Ok(String::new());
             }
         }
-        Err(e) => Err(e),
+        let condition_refused = sent.is_some()
+            && (source.kind == StoreErrorKind::PreconditionFailed
+                || (sent.if_match.is_some()
+                    && source.kind == StoreErrorKind::NotFound
+                    && source.code.as_deref() == Some("NoSuchKey")));
+        if condition_refused && outcome == RequestOutcome::NotApplied {
+            // Refused for sure: the key does not hold what the condition named.
+            let instead = match (&sent.if_match, &seen) {
+                (Some(_), None) if !replaced => Some(KeyCondition {
+                    if_none_match: condition.create_honoured,
+                    if_match: None,
+                }),
+                (Some(_), Some(m)) if !replaced && m.marker.is_some() => Some(KeyCondition {
+                    if_none_match: false,
+                    if_match: Some(m.etag.clone()),
+                }),
+                _ => None,
+            };
+            if let Some(instead) = instead {
+                log::info!(
+                    "mount {mount}: CompleteMultipartUpload of '{key}' refused ({source}): the key no longer holds the object its node names; completing over what it holds ({instead:?})"
+                );
+                (sent, replaced) = (instead, true);
+                continue;
+            }
+            let reason = match (&sent.if_match, &seen) {
+                (_, None) => "the key changed while the upload was completed".to_string(),
+                (Some(etag), Some(_)) => format!(
+                    "the key no longer holds the object the write was conditioned on (ETag {etag}) but one this executor did not write: another writer changed it; nothing was written"
+                ),
+                (None, Some(_)) => {
+                    "create-only, but the store already holds an object at the key".to_string()
+                }
+            };
+            log::warn!("mount {mount}: CompleteMultipartUpload of '{key}' refused: {reason}; aborting upload {upload_id}");
+            abort_upload(deps, mount, key, upload_id).await;
+            return Err(Error::PreconditionFailed {
+                mount: mount.to_owned(),
+                path: path.to_owned(),
+                reason,
+            });
+        }
+        return Err(match seen {
+            other if source.kind != StoreErrorKind::NotFound => {
+                log::warn!(
+                    "mount {mount}: CompleteMultipartUpload of '{key}' failed ({source}) and the object is not this upload's ({})",
+                    other.map_or("no object".into(), |m| format!("{} bytes", m.size))
+                );
+                Error::Storage {
+                    op: S3Op::CompleteMultipartUpload,
+                    key: key.to_owned(),
+                    source,
+                    outcome,
+                }
+            }
+            other => Error::Storage {
+                op: S3Op::CompleteMultipartUpload,
+                key: key.to_owned(),
+                outcome,
+                source: crate::ports::StoreError::new(
+                    StoreErrorKind::NotFound,
+                    format!(
+                        "upload {upload_id} is gone and the object is not this upload's ({})",
+                        match other {
+                            None => "no object".to_string(),
+                            Some(m) => format!(
+                                "{} bytes, written by journal {:?}",
+                                m.size,
+                                m.marker.map(|w| w.journal_id)
+                            ),
+                        }
+                    ),
+                ),
+            },
+        });
     }
 }
 

@@ -136,6 +136,31 @@ pub async fn check(env: &TestEnv, expected: &Expected) {
         );
     }
 
+    // I3 with the verification level: a node proven by the store's answer alone only on a mount
+    // whose `verify` setting trusts that answer.
+    let overtrusted = env
+        .query(
+            "SELECT n.mount, n.path, n.verified, m.verify FROM {schema}.nodes n
+             JOIN {schema}.backend_mounts m ON m.name = n.mount
+             WHERE (n.verified = 'sha256-in-put-response' AND m.verify = 'head')
+                OR (n.verified = 'sha256-in-copy-response' AND m.verify <> 'response')",
+            &[],
+        )
+        .await;
+    assert!(
+        overtrusted.is_empty(),
+        "I3: nodes proven by an answer their mount's verify setting does not trust: {:?}",
+        overtrusted
+            .iter()
+            .map(|r| (
+                r.get::<_, String>(0),
+                r.get::<_, String>(1),
+                r.get::<_, String>(2),
+                r.get::<_, String>(3)
+            ))
+            .collect::<Vec<_>>()
+    );
+
     // I2: every committed entry has its outbox event(s) — one per mount it changed, never two —
     // and every event reached its mount's Redis stream with the outbox's event id.
     let missing = env
@@ -188,6 +213,45 @@ pub async fn check(env: &TestEnv, expected: &Expected) {
             "I2: event {event_id} of journal entry {journal_id} is not on {mount}'s stream"
         );
     }
+    // And the other way: every event on a stream is an outbox row's of a committed entry (the
+    // outbox's rows pruned by retention excepted: the entry is still committed).
+    let outbox: BTreeMap<(String, String), i64> = events
+        .iter()
+        .map(|r| ((r.get(0), r.get(1)), r.get(2)))
+        .collect();
+    let committed: BTreeSet<i64> = env
+        .query(
+            "SELECT id FROM {schema}.journal WHERE state = 'committed'",
+            &[],
+        )
+        .await
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    let pruned: BTreeSet<String> = env
+        .query("SELECT mount FROM {schema}.outbox_horizon", &[])
+        .await
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    for (mount, stream) in &streams {
+        for (event_id, journal_id) in stream {
+            match outbox.get(&(mount.clone(), event_id.clone())) {
+                Some(j) => assert_eq!(
+                    j, journal_id,
+                    "I2: event {event_id} on {mount}'s stream names journal entry {journal_id}, its outbox row {j}"
+                ),
+                None => assert!(
+                    pruned.contains(mount),
+                    "I2: event {event_id} (journal entry {journal_id}) on {mount}'s stream has no outbox row"
+                ),
+            }
+            assert!(
+                committed.contains(journal_id),
+                "I2: event {event_id} on {mount}'s stream belongs to journal entry {journal_id}, which is not committed"
+            );
+        }
+    }
 
     // I6: no multipart upload open in a bucket unless the journal still points to it (a failed
     // entry whose upload was retained for a resume).
@@ -222,12 +286,36 @@ pub async fn check(env: &TestEnv, expected: &Expected) {
                     );
                 }
             }
-            // s3s-fs lists no uploads, and its ListParts answers for an upload it completed:
-            // there I6 cannot be observed (moto and real S3 check it).
+            // s3s-fs lists no uploads: its upload records on disk are read instead. They do not
+            // name a bucket, so the uploads this test's executor recorded are looked for there.
             Err(e)
                 if e.as_service_error().and_then(|s| s.meta().code()) == Some("NotImplemented") =>
             {
-                eprintln!("I6 not checked on {bucket}: the server does not list multipart uploads");
+                let Some(on_disk) =
+                    super::s3s_fs_open_uploads().filter(|_| env.backend == super::Backend::S3sFs)
+                else {
+                    eprintln!(
+                        "I6 not checked on {bucket}: the server does not list multipart uploads"
+                    );
+                    continue;
+                };
+                let recorded: BTreeSet<String> = env
+                    .query(
+                        "SELECT u.upload_id FROM {schema}.multipart_uploads u
+                         JOIN {schema}.backend_mounts m ON m.name = u.mount
+                         WHERE m.bucket = $1",
+                        &[&bucket],
+                    )
+                    .await
+                    .iter()
+                    .map(|r| r.get(0))
+                    .collect();
+                for id in recorded.intersection(&on_disk) {
+                    assert!(
+                        retained.contains(id),
+                        "I6: upload {id} is open in s3s-fs (its record is on disk) but no unfinished operation holds it"
+                    );
+                }
             }
             Err(e) => panic!("ListMultipartUploads {bucket}: {e:?}"),
         }

@@ -117,6 +117,27 @@ pub fn redis_url() -> String {
     env("FILESTORE_REDIS_URL").unwrap_or_else(|| filestore_s3::config::DEFAULT_REDIS_URL.into())
 }
 
+/// The directory the test binary's s3s-fs serves from, once it started.
+static S3S_FS_ROOT: OnceLock<std::path::PathBuf> = OnceLock::new();
+
+/// The multipart uploads open in this test binary's s3s-fs, as the upload records it keeps on
+/// disk (`.upload-<id>.json` in its root, removed when the upload is completed or aborted): the
+/// server does not implement ListMultipartUploads. `None` before s3s-fs started.
+pub fn s3s_fs_open_uploads() -> Option<std::collections::BTreeSet<String>> {
+    let root = S3S_FS_ROOT.get()?;
+    Some(
+        std::fs::read_dir(root)
+            .unwrap()
+            .filter_map(|e| {
+                let name = e.ok()?.file_name().into_string().ok()?;
+                name.strip_prefix(".upload-")?
+                    .strip_suffix(".json")
+                    .map(str::to_owned)
+            })
+            .collect(),
+    )
+}
+
 /// Starts s3s-fs once per test binary, on a runtime of its own so it outlives every test's runtime.
 fn s3s_fs_endpoint() -> String {
     static ENDPOINT: OnceLock<String> = OnceLock::new();
@@ -137,6 +158,7 @@ fn s3s_fs_endpoint() -> String {
                         .tempdir()
                         .unwrap()
                         .keep();
+                    let _ = S3S_FS_ROOT.set(root.clone());
                     let fs = s3s_fs::FileSystem::new(&root).unwrap();
                     let mut b = s3s::service::S3ServiceBuilder::new(fs);
                     b.set_auth(s3s::auth::SimpleAuth::from_single(ACCESS_KEY, SECRET_KEY));

@@ -356,7 +356,10 @@ async fn server_side(
     }
     let req = PartCopyRequest {
         mount: c.spec.name.clone(),
+        path: t.path.clone(),
         key: t.key.clone(),
+        complete_condition: super::complete_condition(c, &t.path, t.condition.if_none_match)
+            .await?,
         journal_id,
         source_bucket: source.spec().bucket.clone(),
         source_key: t.source.key.clone(),
@@ -460,6 +463,8 @@ async fn streamed(
         part_size: c.spec.part_size,
         concurrency: c.spec.part_concurrency as usize,
         retain_on_failure: false,
+        complete_condition: super::complete_condition(c, &t.path, t.condition.if_none_match)
+            .await?,
         sink: None,
         record_content: false,
         // Checked before Complete: an object of other content never replaces the destination's

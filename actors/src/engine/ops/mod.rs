@@ -111,6 +111,44 @@ async fn node_etag_if_honoured(
     }
 }
 
+/// What a multipart write's CompleteMultipartUpload at `path` is conditioned on, where the mount's
+/// store honours it: create-only (`create_only`, the caller's condition) as `If-None-Match: *`;
+/// otherwise `If-Match` the ETag of the object the path's node names (none without a node: no
+/// probe runs for such a write). A failed conditions probe leaves the Complete unconditioned
+/// (tried again at the next write).
+async fn complete_condition(
+    c: &OpContext,
+    path: &str,
+    create_only: bool,
+) -> Result<crate::multipart::CompleteCondition, Error> {
+    let first = match create_only {
+        true => match c.conditions().await {
+            Ok(k) => crate::ports::KeyCondition {
+                if_none_match: k.complete_if_none_match,
+                if_match: None,
+            },
+            Err(e) => {
+                log::warn!(
+                    "mount {}: the conditions probe failed ({e}); '{path}' is completed without a condition",
+                    c.spec.name
+                );
+                Default::default()
+            }
+        },
+        false => crate::ports::KeyCondition {
+            if_none_match: false,
+            if_match: node_etag_if_honoured(c, path, |k| k.complete_if_match).await?,
+        },
+    };
+    // Only a write conditioned at all may be refused, and the probe ran for it.
+    let create_honoured =
+        first.is_some() && c.conditions().await.is_ok_and(|k| k.complete_if_none_match);
+    Ok(crate::multipart::CompleteCondition {
+        first,
+        create_honoured,
+    })
+}
+
 /// The key does not hold the object its node names (a conditional write was refused): what a
 /// write may be conditioned on instead, as (create-only, `If-Match` ETag). Nothing at the key
 /// (the node's object is gone, e.g. by a move that failed after deleting its source): write it

@@ -39,7 +39,7 @@ pub(in crate::engine) async fn act(
         size,
         source,
         content_type,
-        condition: _,
+        condition,
         metadata,
     } = request;
     // The conditions were checked by `precheck` (a new call) or `recover`, under the path's lock
@@ -61,6 +61,7 @@ pub(in crate::engine) async fn act(
         part_size: c.spec.part_size,
         concurrency: c.spec.part_concurrency as usize,
         retain_on_failure: c.spec.retain_failed_uploads,
+        complete_condition: super::complete_condition(c, path, condition.if_none_match).await?,
         sink,
         record_content: true,
         expected_sha256: None,

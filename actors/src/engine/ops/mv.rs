@@ -87,13 +87,24 @@ async fn steps(
         });
     }
     let key = &t.source.key;
-    // The source mount's store layer: its retry budget, its verification window. Within one
-    // mount, on a store that honours `If-Match` on DeleteObject, only the pinned object is
-    // deleted (rule 9): an object written at the key since (a paused owner's late write, a write
-    // behind the executor's back) is kept, and the move ends as a copy of what it pinned. A key
-    // already empty is an earlier attempt applied with its answer lost.
-    let conditioned =
-        t.source.mount == c.spec.name && c.conditions().await.is_ok_and(|k| k.delete_if_match);
+    // The source mount's store layer: its retry budget, its verification window. On a store
+    // that honours `If-Match` on DeleteObject, only the pinned object is deleted (rule 9): an
+    // object written at the key since (a paused owner's late write, a write behind the
+    // executor's back) is kept, and the move ends as a copy of what it pinned. A key already
+    // empty is an earlier attempt applied with its answer lost. What another mount's store
+    // honours is what its owner's probe recorded (this host owns both mounts of a move); not
+    // probed yet: unconditioned. (A record older than a change of the mount's store can only
+    // name a condition the new store ignores — the DELETE then goes ahead, as unconditioned.)
+    let conditioned = if t.source.mount == c.spec.name {
+        c.conditions().await.is_ok_and(|k| k.delete_if_match)
+    } else {
+        c.meta
+            .conditions(&t.source.mount)
+            .await
+            .ok()
+            .flatten()
+            .is_some_and(|k| k.delete_if_match)
+    };
     // Set when the key no longer holds the pinned object because an earlier DELETE of this move
     // may have removed it (a late write landed there since): it is not waited for as gone.
     let mut replaced_after_delete = false;
