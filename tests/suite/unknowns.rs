@@ -1458,6 +1458,68 @@ pub async fn a_copy_recovery_sent_again_is_waited_out_from_when_it_was_sent(back
     env.cleanup().await;
 }
 
+/// A call repeating one that committed (its answer lost) gets that outcome even while another
+/// operation's row holds the path pending and cannot be settled yet: here a delete whose DELETE
+/// answered 500 until its retries ran out (maybe applied), with the key's HEADs failing too.
+/// (Before, the repeated call first had to settle that row, and was answered `PathPending`
+/// although its own result was recorded.)
+pub async fn a_repeated_call_gets_its_committed_result_while_the_path_is_pending(backend: Backend) {
+    let mut settings = common::fast_settings();
+    settings.consistency_horizon = Duration::from_secs(2);
+    settings.recovery_interval = Duration::from_millis(500);
+    settings.retry.max_attempts = 2;
+    let (env, proxy) =
+        behind_proxy(backend, 45, |r| r.verify_window_ms = 300, settings, |_| {}).await;
+    let body = b"the committed put".to_vec();
+    let first = env
+        .exec
+        .put_bytes("m", "a.txt", body.clone(), key("p"))
+        .await
+        .unwrap();
+    for op in [Op::DeleteObject, Op::HeadObject] {
+        proxy.add(Rule {
+            key_suffix: Some("/a.txt".into()),
+            ..Rule::always(Some(op), Fault::Status(500, "InternalError"))
+        });
+    }
+    let e = env
+        .exec
+        .delete(
+            "m",
+            "a.txt",
+            filestore_s3::DeleteOptions {
+                idempotency_key: Some("d".into()),
+            },
+        )
+        .await
+        .unwrap_err();
+    assert!(e.is_retryable(), "{e:?}");
+    assert_eq!(env.journal_state("d").await, "pending");
+    let again = env
+        .exec
+        .put_bytes("m", "a.txt", body.clone(), key("p"))
+        .await
+        .unwrap();
+    assert_eq!(again.generation, first.generation);
+    assert_eq!(env.journal_state("d").await, "pending");
+    // Another call on the path still waits for the pending delete.
+    let other = env
+        .exec
+        .put_bytes("m", "a.txt", b"another put".to_vec(), key("q"))
+        .await
+        .unwrap_err();
+    assert!(matches!(other, Error::PathPending { .. }), "{other:?}");
+    proxy.clear();
+    // The DELETE never reached the store (the proxy answered for it): the object is still
+    // there, and past the horizon recovery fails the delete, the put's node kept.
+    env.wait_no_pending(Duration::from_secs(20)).await;
+    assert_eq!(env.journal_state("d").await, "failed");
+    let mut expected = Expected::new();
+    expected.insert(("m".into(), "a.txt".into()), sha256_hex(&body));
+    invariants::check(&env, &expected).await;
+    env.cleanup().await;
+}
+
 per_backend! {
     a_move_from_a_mount_this_host_does_not_own_is_refused_before_any_effect => super::a_move_from_a_mount_this_host_does_not_own_is_refused_before_any_effect(B);
     a_new_write_waits_for_the_pending_move_on_its_path => super::a_new_write_waits_for_the_pending_move_on_its_path(B);
@@ -1475,6 +1537,7 @@ per_backend! {
     a_multipart_complete_is_conditioned_on_the_node_where_the_store_honours_it => super::a_multipart_complete_is_conditioned_on_the_node_where_the_store_honours_it(B);
     a_write_whose_key_cannot_be_looked_at_stays_pending_past_the_horizon => super::a_write_whose_key_cannot_be_looked_at_stays_pending_past_the_horizon(B);
     a_copy_recovery_sent_again_is_waited_out_from_when_it_was_sent => super::a_copy_recovery_sent_again_is_waited_out_from_when_it_was_sent(B);
+    a_repeated_call_gets_its_committed_result_while_the_path_is_pending => super::a_repeated_call_gets_its_committed_result_while_the_path_is_pending(B);
     @except_moto
     a_pending_copy_is_settled_before_a_later_put_on_its_destination => super::a_pending_copy_is_settled_before_a_later_put_on_its_destination(B);
     a_move_whose_source_still_shows_after_its_delete_is_not_failed => super::a_move_whose_source_still_shows_after_its_delete_is_not_failed(B);

@@ -245,8 +245,18 @@ async fn run_protocol(
             }
         }
     }
-    // A pending row owns its paths: it is settled before anything else runs on them.
-    settle_pending_on(&c, &request, &key).await?;
+    // A pending row owns its paths: it is settled before anything else runs on them. A call
+    // repeating one that committed (its answer lost) gets that outcome even while another row
+    // holds its paths (looked up only then: no extra read on the common path).
+    if let Err(e) = settle_pending_on(&c, &request, &key).await {
+        match c.meta.entry(&mount, &key).await {
+            Ok(Some(entry)) if entry.state == JournalState::Committed => {
+                let result = replay(&mount, &fingerprint, entry)?;
+                return same_stream_content(&c, &key, result, operation).await;
+            }
+            _ => return Err(e),
+        }
+    }
     // Conditions and the existence of what the operation needs are checked before the intent is
     // recorded (under the paths' locks), so a refused call leaves no trace; a call repeating an
     // earlier one gets that one's outcome instead.
