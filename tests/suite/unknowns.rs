@@ -630,7 +630,7 @@ pub async fn writes_are_conditioned_on_the_node_where_the_store_honours_it(backe
         env.keys_in(&env.bucket, "")
             .await
             .iter()
-            .all(|k| !k.contains(".filestore-conditions-probe-")),
+            .all(|k| !k.contains(".filestore-conditions-probe")),
         "the probe's object is removed"
     );
 
@@ -1520,6 +1520,36 @@ pub async fn a_repeated_call_gets_its_committed_result_while_the_path_is_pending
     env.cleanup().await;
 }
 
+/// A move killed right after its source's DELETE is finished by recovery, which proves the
+/// destination again first. A store that does not show the copy for a while (HEAD answering
+/// 404) may be serving an older state: the row waits, within the consistency horizon, and is
+/// committed once the copy shows. (Before, recovery failed it at once with `MoveCannotFinish`:
+/// the source's node named the object the move had deleted, the copy had no node.)
+pub async fn a_move_past_its_source_delete_waits_out_a_copy_not_shown_yet(backend: Backend) {
+    let mut settings = common::fast_settings();
+    settings.consistency_horizon = Duration::from_secs(20);
+    settings.recovery_interval = Duration::from_millis(500);
+    let (mut env, proxy) = behind_proxy(backend, 46, |_| {}, settings, |_| {}).await;
+    let moved = body(150_000, 46);
+    crate::crash::transfer_killed_at(&env, &moved, "mv", "mv-k", "after_source_deleted").await;
+    assert_eq!(env.journal_state("mv-k").await, "pending");
+    proxy.add(Rule {
+        key_suffix: Some("/to/b.bin".into()),
+        times: Some(3),
+        ..Rule::always(Some(Op::HeadObject), Fault::Status(404, "NoSuchKey"))
+    });
+    env.exec = S3Executor::start(env.exec.config().clone()).await.unwrap();
+    env.wait_no_pending(Duration::from_secs(20)).await;
+    assert_eq!(env.journal_state("mv-k").await, "committed");
+    let heads = seen_count(&proxy, Op::HeadObject, "/to/b.bin");
+    assert!(heads >= 3, "{heads} HEADs of the destination");
+    proxy.clear();
+    let mut expected = Expected::new();
+    expected.insert(("m".into(), "to/b.bin".into()), sha256_hex(&moved));
+    invariants::check(&env, &expected).await;
+    env.cleanup().await;
+}
+
 per_backend! {
     a_move_from_a_mount_this_host_does_not_own_is_refused_before_any_effect => super::a_move_from_a_mount_this_host_does_not_own_is_refused_before_any_effect(B);
     a_new_write_waits_for_the_pending_move_on_its_path => super::a_new_write_waits_for_the_pending_move_on_its_path(B);
@@ -1538,6 +1568,7 @@ per_backend! {
     a_write_whose_key_cannot_be_looked_at_stays_pending_past_the_horizon => super::a_write_whose_key_cannot_be_looked_at_stays_pending_past_the_horizon(B);
     a_copy_recovery_sent_again_is_waited_out_from_when_it_was_sent => super::a_copy_recovery_sent_again_is_waited_out_from_when_it_was_sent(B);
     a_repeated_call_gets_its_committed_result_while_the_path_is_pending => super::a_repeated_call_gets_its_committed_result_while_the_path_is_pending(B);
+    a_move_past_its_source_delete_waits_out_a_copy_not_shown_yet => super::a_move_past_its_source_delete_waits_out_a_copy_not_shown_yet(B);
     @except_moto
     a_pending_copy_is_settled_before_a_later_put_on_its_destination => super::a_pending_copy_is_settled_before_a_later_put_on_its_destination(B);
     a_move_whose_source_still_shows_after_its_delete_is_not_failed => super::a_move_whose_source_still_shows_after_its_delete_is_not_failed(B);

@@ -308,12 +308,15 @@ async fn run_protocol(
         // Unverified: S3 may hold the new state; the row stays pending for recovery to settle.
         // So does a HEAD that failed (its retries spent): the store could not be looked at.
         Err(e @ Error::Unverified { .. }) => Err(e),
+        // (Not the settings probe's own object not showing: nothing of the row was sent.)
         Err(
             e @ Error::Storage {
                 op: S3Op::HeadObject,
                 ..
             },
-        ) if e.is_retryable() => {
+        ) if e.is_retryable()
+            && !matches!(&e, Error::Storage { key, .. } if key.contains(context::PROBE_KEY_PREFIX)) =>
+        {
             log::warn!(
                 "mount {}: journal {journal_id}: {e}; the store could not be looked at, so the row is left to recovery",
                 c.spec.name

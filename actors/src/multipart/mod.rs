@@ -523,7 +523,22 @@ pub(crate) async fn complete(
                     && source.kind == StoreErrorKind::NotFound
                     && source.code.as_deref() == Some("NoSuchKey")));
         if condition_refused && outcome == RequestOutcome::NotApplied {
-            // Refused for sure: the key does not hold what the condition named.
+            // Refused for sure: the key does not hold what the condition named. A HEAD that
+            // still shows exactly that (the ETag refused, or nothing after a create-only
+            // refusal) is a store serving an older state — the key may hold this row's own
+            // object, completed by an earlier run: the upload is kept and the row left to
+            // recovery, which waits that out.
+            let older_state = match &seen {
+                None => sent.if_none_match,
+                Some(m) => sent.if_match.as_deref() == Some(m.etag.as_str()),
+            };
+            if older_state {
+                log::warn!("mount {mount}: CompleteMultipartUpload of '{key}' refused ({source}) while the store shows what it was conditioned on; left to recovery");
+                return Err(Error::Unverified {
+                    key: key.to_owned(),
+                    reason: "CompleteMultipartUpload was refused by its condition, and the store does not show what it found there yet".into(),
+                });
+            }
             let instead = match (&sent.if_match, &seen) {
                 (Some(_), None) if !replaced => Some(KeyCondition {
                     if_none_match: condition.create_honoured,

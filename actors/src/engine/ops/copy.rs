@@ -172,9 +172,20 @@ pub(super) async fn proven_at_destination(
 /// A recovery that could not find its copy at the destination and cannot make it again (the
 /// source went or changed since it was pinned), while the copy may have been made: an unknown,
 /// not a failure — recovery looks again until the consistency horizon.
+///
+/// Only a refusal naming the source: a destination that refused the copy's Complete (rule 9:
+/// someone else's object at the key) is a definite refusal of the copy itself, not an unknown.
 pub(super) fn copy_not_found_again(t: &TransferRequest, e: Error) -> Error {
     match e {
-        Error::NotFound { .. } | Error::PreconditionFailed { .. } => Error::Unverified {
+        Error::NotFound {
+            ref mount,
+            ref path,
+        }
+        | Error::PreconditionFailed {
+            ref mount,
+            ref path,
+            ..
+        } if *mount == t.source.mount && *path == t.source.path => Error::Unverified {
             key: t.key.clone(),
             reason: format!(
                 "the copy may have been applied, the destination does not show it, and it cannot be made again ({e})"

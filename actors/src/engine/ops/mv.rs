@@ -41,7 +41,7 @@ async fn steps(
     if let Some(OpProgress::SourceDeleted { dest, .. }) = progress {
         // Its commit removes the source's node: the source mount must be this host's.
         super::source_lease_held(c, &t.source.mount).await?;
-        return finish(c, journal_id, t, dest).await;
+        return finish(c, journal_id, t, dest, None).await;
     }
     let (pinned, dest, upload_id) = copy_steps(c, journal_id, t, source, progress, true).await?;
     // The source path may have been written since the move pinned it (between a run that ended
@@ -179,7 +179,7 @@ pub(in crate::engine) async fn recover(
     // nor the settings check (either refusing would fail a row whose source is gone).
     if let Some(OpProgress::SourceDeleted { dest, .. }) = &entry.progress {
         super::source_lease_held(c, &t.source.mount).await?;
-        return finish(c, entry.id, t, dest.clone()).await;
+        return finish(c, entry.id, t, dest.clone(), Some(entry.idle)).await;
     }
     let source = super::source_store(c, &t.source.mount)?;
     c.ensure_settings_honoured().await?;
@@ -220,12 +220,17 @@ pub(in crate::engine) async fn recover(
 /// under its key): only the commit is left, but time has passed since the destination was
 /// verified, so it is proven again first ([`still_holds`]). A destination that no longer holds
 /// the copy cannot be committed: the source object is gone too, which needs a person
-/// ([`Error::MoveCannotFinish`]).
+/// ([`Error::MoveCannotFinish`]) — unless the store may only be serving an older state (nothing
+/// at the key, the version the destination's node names, an object this executor wrote): that
+/// is waited out, the row left pending, while the row (`idle`: since its last
+/// journal write; `None`, a call running it now: young) or the key's last write is younger than
+/// the consistency horizon.
 async fn finish(
     c: &OpContext,
     journal_id: i64,
     t: &TransferRequest,
     dest: NodeMeta,
+    idle: Option<std::time::Duration>,
 ) -> Result<Outcome, Error> {
     match still_holds(c, journal_id, &t.key, dest).await? {
         Ok(node) => Ok(Outcome {
@@ -233,12 +238,33 @@ async fn finish(
             upload_id: None,
             source_kept: false,
         }),
-        Err(reason) => Err(Error::MoveCannotFinish {
-            mount: c.spec.name.clone(),
-            path: t.path.clone(),
-            source_mount: t.source.mount.clone(),
-            source_path: t.source.path.clone(),
-            reason,
-        }),
+        Err(reason) => {
+            let older = match c.store.head(&t.key).await? {
+                None => true,
+                Some(m) => {
+                    // Any object this executor wrote: another row's written before the copy,
+                    // or this row's own, shown by this second look.
+                    m.marker.is_some()
+                        || c.meta
+                            .node(&c.spec.name, &t.path)
+                            .await?
+                            .is_some_and(|n| !n.meta.etag.is_empty() && n.meta.etag == m.etag)
+                }
+            };
+            let young = idle.is_none_or(|i| i < c.consistency_horizon)
+                || c.store
+                    .since_written(&t.key)
+                    .is_some_and(|d| d < c.consistency_horizon);
+            if older && young {
+                return Err(super::not_settled_yet(c, &t.key, &reason));
+            }
+            Err(Error::MoveCannotFinish {
+                mount: c.spec.name.clone(),
+                path: t.path.clone(),
+                source_mount: t.source.mount.clone(),
+                source_path: t.source.path.clone(),
+                reason,
+            })
+        }
     }
 }
