@@ -76,29 +76,6 @@ pub struct MountStore {
     retry: RetryPolicy,
     counters: Arc<MountCounters>,
     lease: Arc<LeaseClock>,
-    /// When a request that may have changed objects was last sent for each key (kept a while,
-    /// see [`MountStore::since_written`]).
-    written: Arc<std::sync::Mutex<WrittenKeys>>,
-}
-
-/// The keys a mount's requests may have changed lately, and when.
-#[derive(Debug)]
-struct WrittenKeys {
-    at: std::collections::HashMap<String, Instant>,
-    /// How long a key is remembered (the consistency horizon; an hour until it is set).
-    memory: Duration,
-    /// When entries older than `memory` were last dropped.
-    pruned: Instant,
-}
-
-impl Default for WrittenKeys {
-    fn default() -> Self {
-        WrittenKeys {
-            at: Default::default(),
-            memory: Duration::from_secs(3600),
-            pruned: Instant::now(),
-        }
-    }
 }
 
 impl std::fmt::Debug for MountStore {
@@ -118,40 +95,7 @@ impl MountStore {
             retry,
             counters: Arc::default(),
             lease: Arc::default(),
-            written: Arc::default(),
         }
-    }
-
-    /// How long ago this process last sent a request that may have changed objects at `key`
-    /// (its last attempt ended then), if it did within the remembered time (see
-    /// [`MountStore::remember_writes_for`]). Recovery measures the consistency horizon from it
-    /// as well as from the row's last journal write: a request recovery sent again starts the
-    /// store's time to show it anew.
-    pub fn since_written(&self, key: &str) -> Option<Duration> {
-        let written = self.written.lock().expect("written keys");
-        written
-            .at
-            .get(key)
-            .map(Instant::elapsed)
-            .filter(|d| *d < written.memory)
-    }
-
-    /// How long [`MountStore::since_written`] remembers a key: the consistency horizon (the
-    /// supervisor sets it as it starts).
-    pub fn remember_writes_for(&self, memory: Duration) {
-        self.written.lock().expect("written keys").memory = memory;
-    }
-
-    fn note_written(&self, key: &str) {
-        let mut written = self.written.lock().expect("written keys");
-        // Entries older than the memory are dropped now and then: at most every ten seconds,
-        // so the map holds about the keys written within the memory.
-        if written.pruned.elapsed() >= Duration::from_secs(10) {
-            let memory = written.memory;
-            written.at.retain(|_, at| at.elapsed() < memory);
-            written.pruned = Instant::now();
-        }
-        written.at.insert(key.to_owned(), Instant::now());
     }
 
     /// The clock that says whether this process may change the bucket now (set by the mount's
@@ -238,8 +182,7 @@ impl MountStore {
                 r
             }
         };
-        let answer = self
-            .retry
+        self.retry
             .run_scaled(
                 once,
                 // Attempts and time are checked first: the budget is spent only on a retry that
@@ -268,19 +211,7 @@ impl MountStore {
                     Outcome::NotApplied
                 },
                 }
-            });
-        // Only a request that may have changed the key: a definite refusal, or attempts the
-        // fence kept from being sent, start nothing the store could still show late.
-        if op.changes_objects()
-            && match &answer {
-                Ok(_) => true,
-                Err(Error::Storage { outcome, .. }) => *outcome == Outcome::MaybeApplied,
-                Err(_) => false,
-            }
-        {
-            self.note_written(key);
-        }
-        answer
+            })
     }
 
     /// Whether the mount's retry budget pays for retrying `e`; logs and counts a refusal.

@@ -250,7 +250,12 @@ pub(super) async fn progress_in(
     let v = progress_json(Some(progress))?;
     let n = c
         .execute(
-            &cached!(c, "UPDATE journal SET progress = $2, updated_at = now() WHERE id = $1 AND state = 'pending'"),
+            // The same progress recorded again (a recovery pass resuming an upload records
+            // `completing` anew) keeps the row's age: the consistency horizon runs from the
+            // first record of a step, so a pass that keeps meeting an older state ends.
+            &cached!(c, "UPDATE journal SET progress = $2,
+                             updated_at = CASE WHEN progress IS NOT DISTINCT FROM $2 THEN updated_at ELSE now() END
+                         WHERE id = $1 AND state = 'pending'"),
             &[&journal_id, &v],
         )
         .await

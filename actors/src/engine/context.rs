@@ -213,7 +213,7 @@ impl OpContext {
 
     /// Which conditional requests the mount's store honours: probed once per supervisor, at the
     /// first write that would send a condition, on an object of its own under the mount's
-    /// prefix (`.filestore-conditions-probe`, removed after), and recorded in
+    /// prefix (`.filestore-conditions-probe-<uuid>`, removed after), and recorded in
     /// `mount_store_conditions`. A store that ignores a condition is not sent it.
     pub async fn conditions(&self) -> Result<StoreConditions, Error> {
         self.conditions
@@ -223,26 +223,7 @@ impl OpContext {
     }
 
     async fn probe_conditions(&self) -> Result<StoreConditions, Error> {
-        // One name per mount: what a probe cut off by a kill left (its object, its open
-        // uploads) is replaced, aborted and removed by the next.
-        let key = format!("{}{CONDITIONS_PROBE_KEY}", self.spec.keys.prefix());
-        match self.store.open_uploads(&key).await {
-            Ok(left) => {
-                for upload_id in left {
-                    if let Err(e) = self.store.abort_upload(&key, &upload_id).await {
-                        log::warn!(
-                            "mount {}: an earlier conditions probe's upload {upload_id} was not aborted: {e}",
-                            self.spec.name
-                        );
-                    }
-                }
-            }
-            // A store that cannot list uploads (s3s-fs): its leftovers stay.
-            Err(e) => log::debug!(
-                "mount {}: the conditions probe's earlier uploads not listed: {e}",
-                self.spec.name
-            ),
-        }
+        let key = self.probe_key(CONDITIONS_PROBE_PREFIX);
         let input = |if_none_match: bool, if_match: Option<String>| {
             probe_object(
                 &key,
@@ -403,8 +384,8 @@ fn probe_object(
     }
 }
 
-/// Name (after the mount prefix) of the conditions probe's object.
-pub(crate) const CONDITIONS_PROBE_KEY: &str = ".filestore-conditions-probe";
+/// Name (after the mount prefix) of the conditions probe's objects.
+pub(crate) const CONDITIONS_PROBE_PREFIX: &str = ".filestore-conditions-probe-";
 
 /// Whether a probe request with a condition that cannot hold was refused for it (412): the
 /// condition is honoured. Accepted, or refused as a request the store does not do (a 4xx other

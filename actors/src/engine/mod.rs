@@ -308,14 +308,15 @@ async fn run_protocol(
         // Unverified: S3 may hold the new state; the row stays pending for recovery to settle.
         // So does a HEAD that failed (its retries spent): the store could not be looked at.
         Err(e @ Error::Unverified { .. }) => Err(e),
-        // (Not the settings probe's own object not showing: nothing of the row was sent.)
+        // (A HEAD of one of the operation's own keys: not the settings probe's object, say,
+        // whose not showing means nothing of the row was sent.)
         Err(
             e @ Error::Storage {
                 op: S3Op::HeadObject,
                 ..
             },
         ) if e.is_retryable()
-            && !matches!(&e, Error::Storage { key, .. } if key.contains(context::PROBE_KEY_PREFIX)) =>
+            && matches!(&e, Error::Storage { key, .. } if operation_key(&request, key)) =>
         {
             log::warn!(
                 "mount {}: journal {journal_id}: {e}; the store could not be looked at, so the row is left to recovery",
@@ -446,6 +447,12 @@ async fn settle_pending_on(c: &OpContext, request: &OpRequest, own_key: &str) ->
 /// S3 request that changes a key may have been applied (a put's PUT, a multipart put's Complete,
 /// a copy's CopyObject, a move's DELETE of its source, ...). Recovery settles it from what S3
 /// holds, from the step its row records. (A part that may have been uploaded changes no key.)
+/// Whether `key` is one the operation writes or deletes: its destination, or a transfer's source.
+fn operation_key(request: &OpRequest, key: &str) -> bool {
+    request.key() == key
+        || matches!(request, OpRequest::Copy(t) | OpRequest::Move(t) if t.source.key == key)
+}
+
 fn settled_by_recovery(e: &Error) -> bool {
     matches!(
         e,
@@ -691,13 +698,8 @@ pub(crate) async fn recover_entry(
         // now would leave a node naming what the store no longer holds.
         // (A put and a delete decide this in their own recovery: an object neither theirs nor
         // the one their node names is someone else's write, and fails them at once.)
-        // The horizon runs from the row's last journal write, or from the last request that
-        // changed the key, if later (one this pass sent again: a copy, a Complete).
         Err(Error::Unverified { key, reason })
-            if (entry.idle < c.consistency_horizon
-                || c.store
-                    .since_written(&key)
-                    .is_some_and(|d| d < c.consistency_horizon))
+            if entry.idle < c.consistency_horizon
                 && !matches!(entry.request, OpRequest::Put(_) | OpRequest::Delete(_)) =>
         {
             Err(ops::not_settled_yet(&c, &key, &reason))

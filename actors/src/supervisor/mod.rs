@@ -168,7 +168,6 @@ impl MountSupervisor {
         settings: SupervisorSettings,
     ) -> Self {
         let spec = store.spec().clone();
-        store.remember_writes_for(settings.consistency_horizon);
         MountSupervisor {
             deletes: crate::engine::DeleteBatcher::new(&spec.name, store.counters().clone()),
             spec,

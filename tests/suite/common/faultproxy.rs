@@ -445,11 +445,11 @@ async fn handle_whole(
         st.lock().unwrap().heads.push(head);
     }
     let path = parts.uri.path().to_owned();
-    // The executor's conditions probe (on an object of its own, `.filestore-conditions-probe`,
+    // The executor's conditions probe (on an object of its own, `.filestore-conditions-probe-…`,
     // at a mount's first write that would send a condition) is passed through, neither faulted
     // nor counted: the scenarios are about the operations' requests, whose faults and counts it
     // would otherwise take. (A probe that fails only leaves that write unconditioned.)
-    if path.contains(".filestore-conditions-probe") {
+    if path.contains(".filestore-conditions-probe-") {
         let bytes = body
             .collect()
             .await

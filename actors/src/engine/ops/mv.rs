@@ -222,9 +222,10 @@ pub(in crate::engine) async fn recover(
 /// the copy cannot be committed: the source object is gone too, which needs a person
 /// ([`Error::MoveCannotFinish`]) — unless the store may only be serving an older state (nothing
 /// at the key, the version the destination's node names, an object this executor wrote): that
-/// is waited out, the row left pending, while the row (`idle`: since its last
-/// journal write; `None`, a call running it now: young) or the key's last write is younger than
-/// the consistency horizon.
+/// is waited out, the row left pending, while the row (`idle`: since its last journal write) is
+/// younger than the consistency horizon. `None`: a call sending a failed move again (its row just
+/// re-armed, so its age says nothing) — not waited out, so a move failed at the horizon is not
+/// kept pending by its retries.
 async fn finish(
     c: &OpContext,
     journal_id: i64,
@@ -251,10 +252,7 @@ async fn finish(
                             .is_some_and(|n| !n.meta.etag.is_empty() && n.meta.etag == m.etag)
                 }
             };
-            let young = idle.is_none_or(|i| i < c.consistency_horizon)
-                || c.store
-                    .since_written(&t.key)
-                    .is_some_and(|d| d < c.consistency_horizon);
+            let young = idle.is_some_and(|i| i < c.consistency_horizon);
             if older && young {
                 return Err(super::not_settled_yet(c, &t.key, &reason));
             }
