@@ -443,16 +443,16 @@ async fn settle_pending_on(c: &OpContext, request: &OpRequest, own_key: &str) ->
     Ok(())
 }
 
-/// Whether a failed operation is left pending for recovery rather than marked failed: one whose
-/// S3 request that changes a key may have been applied (a put's PUT, a multipart put's Complete,
-/// a copy's CopyObject, a move's DELETE of its source, ...). Recovery settles it from what S3
-/// holds, from the step its row records. (A part that may have been uploaded changes no key.)
 /// Whether `key` is one the operation writes or deletes: its destination, or a transfer's source.
 fn operation_key(request: &OpRequest, key: &str) -> bool {
     request.key() == key
         || matches!(request, OpRequest::Copy(t) | OpRequest::Move(t) if t.source.key == key)
 }
 
+/// Whether a failed operation is left pending for recovery rather than marked failed: one whose
+/// S3 request that changes a key may have been applied (a put's PUT, a multipart put's Complete,
+/// a copy's CopyObject, a move's DELETE of its source, ...). Recovery settles it from what S3
+/// holds, from the step its row records. (A part that may have been uploaded changes no key.)
 fn settled_by_recovery(e: &Error) -> bool {
     matches!(
         e,
