@@ -58,6 +58,59 @@ pub struct ExecutorConfig {
     /// How long `shutdown` lets running operations finish before it gives up on them (they stay
     /// pending, multipart uploads resumable, for the mount's next owner).
     pub shutdown_deadline: Duration,
+    /// Balance mounts with the other live executors of the database and forward calls to the
+    /// owner of a mount (`None`: take every free lease, refuse others' mounts with `NotOwner`).
+    /// `FILESTORE_FLEET=true` (the default of `filestore-s3 serve`); see docs/hosts.md.
+    pub fleet: Option<FleetSettings>,
+}
+
+/// How an executor takes part in a fleet (docs/hosts.md).
+#[derive(Clone)]
+pub struct FleetSettings {
+    /// The base URL of this host's operations API, where other hosts forward calls
+    /// (`FILESTORE_ADVERTISE_URL`; `serve` defaults it to its listening address). `None`: it
+    /// takes no forwarded calls (it still owns its share; others refuse its mounts' calls).
+    pub address: Option<String>,
+    /// Its weight in the share of mounts (`FILESTORE_FLEET_WEIGHT`, 1-1000, default 1).
+    pub weight: u32,
+    /// How long a host must be live before the others hand mounts over to it
+    /// (`FILESTORE_FLEET_SETTLE_MS`, default 30 s): a host that comes and goes faster moves none.
+    pub settle: Duration,
+    /// The bearer token sent with forwarded calls and required by the operations API
+    /// (`FILESTORE_SERVE_TOKEN`).
+    pub token: Option<String>,
+    /// How long a forwarded call may take end to end (`FILESTORE_FORWARD_TIMEOUT_MS`, 300 s).
+    pub forward_timeout: Duration,
+    /// How many times a call may be forwarded (`FILESTORE_FORWARD_HOPS`, 1-8, default 2): a
+    /// call that reaches a host that no longer owns the mount is forwarded again at most this
+    /// often in all, then refused with the retryable `NotOwner`.
+    pub max_hops: u8,
+}
+
+impl Default for FleetSettings {
+    fn default() -> Self {
+        FleetSettings {
+            address: None,
+            weight: 1,
+            settle: Duration::from_secs(30),
+            token: None,
+            forward_timeout: Duration::from_secs(300),
+            max_hops: 2,
+        }
+    }
+}
+
+impl std::fmt::Debug for FleetSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FleetSettings")
+            .field("address", &self.address)
+            .field("weight", &self.weight)
+            .field("settle", &self.settle)
+            .field("token", &self.token.as_ref().map(|_| "<redacted>"))
+            .field("forward_timeout", &self.forward_timeout)
+            .field("max_hops", &self.max_hops)
+            .finish()
+    }
 }
 
 /// `{hostname}:{pid}:{8 hex digits}`: readable in `mount_leases` and unique per executor.
@@ -92,6 +145,7 @@ impl std::fmt::Debug for ExecutorConfig {
             .field("leased_mounts", &self.leased_mounts)
             .field("mount_reload_interval", &self.mount_reload_interval)
             .field("shutdown_deadline", &self.shutdown_deadline)
+            .field("fleet", &self.fleet)
             .finish()
     }
 }
@@ -114,6 +168,7 @@ impl Default for ExecutorConfig {
             leased_mounts: None,
             mount_reload_interval: Duration::from_secs(30),
             shutdown_deadline: SHUTDOWN_DRAIN_DEADLINE,
+            fleet: None,
         }
     }
 }
@@ -139,6 +194,13 @@ pub const CONFIG_VARIABLES: &[&str] = &[
     "FILESTORE_SHUTDOWN_DEADLINE_MS",
     "FILESTORE_OUTBOX_RETENTION_SECS",
     "FILESTORE_CONSISTENCY_HORIZON_MS",
+    "FILESTORE_FLEET",
+    "FILESTORE_ADVERTISE_URL",
+    "FILESTORE_FLEET_WEIGHT",
+    "FILESTORE_FLEET_SETTLE_MS",
+    "FILESTORE_SERVE_TOKEN",
+    "FILESTORE_FORWARD_TIMEOUT_MS",
+    "FILESTORE_FORWARD_HOPS",
 ];
 
 /// Where configuration values come from: the environment, then an optional file.
@@ -284,6 +346,39 @@ impl ExecutorConfig {
         if let Some(ms) = vars.parse::<u64>("FILESTORE_CONSISTENCY_HORIZON_MS")? {
             c.supervisor.consistency_horizon = Duration::from_millis(ms);
         }
+        let fleet_vars = [
+            "FILESTORE_ADVERTISE_URL",
+            "FILESTORE_FLEET_WEIGHT",
+            "FILESTORE_FLEET_SETTLE_MS",
+            "FILESTORE_SERVE_TOKEN",
+            "FILESTORE_FORWARD_TIMEOUT_MS",
+            "FILESTORE_FORWARD_HOPS",
+        ];
+        let fleet_on = vars.parse::<bool>("FILESTORE_FLEET")?;
+        if fleet_on == Some(true)
+            || (fleet_on.is_none() && fleet_vars.iter().any(|v| vars.get(v).is_some()))
+        {
+            let mut f = FleetSettings::default();
+            if let Some(v) = vars.get("FILESTORE_ADVERTISE_URL") {
+                f.address = Some(v).filter(|v| !v.is_empty());
+            }
+            if let Some(w) = vars.parse::<u32>("FILESTORE_FLEET_WEIGHT")? {
+                f.weight = w;
+            }
+            if let Some(ms) = vars.parse::<u64>("FILESTORE_FLEET_SETTLE_MS")? {
+                f.settle = Duration::from_millis(ms);
+            }
+            if let Some(v) = vars.get("FILESTORE_SERVE_TOKEN") {
+                f.token = Some(v).filter(|v| !v.is_empty());
+            }
+            if let Some(ms) = vars.parse::<u64>("FILESTORE_FORWARD_TIMEOUT_MS")? {
+                f.forward_timeout = Duration::from_millis(ms);
+            }
+            if let Some(n) = vars.parse::<u8>("FILESTORE_FORWARD_HOPS")? {
+                f.max_hops = n;
+            }
+            c.fleet = Some(f);
+        }
         c.validate()?;
         Ok(c)
     }
@@ -317,6 +412,33 @@ impl ExecutorConfig {
                 "FILESTORE_LEASE_TTL_MS must be at least 1000, got {}",
                 self.supervisor.lease_ttl.as_millis()
             )));
+        }
+        if let Some(f) = &self.fleet {
+            if !(1..=1000).contains(&f.weight) {
+                return Err(Error::Config(format!(
+                    "FILESTORE_FLEET_WEIGHT must be 1-1000, got {}",
+                    f.weight
+                )));
+            }
+            if !(1..=8).contains(&f.max_hops) {
+                return Err(Error::Config(format!(
+                    "FILESTORE_FORWARD_HOPS must be 1-8, got {}",
+                    f.max_hops
+                )));
+            }
+            if let Some(a) = &f.address {
+                if !(a.starts_with("http://") || a.starts_with("https://")) || a.len() > 2048 {
+                    return Err(Error::Config(format!(
+                        "FILESTORE_ADVERTISE_URL must be an http:// or https:// URL of at most 2048 bytes, got '{a}'"
+                    )));
+                }
+            }
+            if f.forward_timeout < Duration::from_millis(100) {
+                return Err(Error::Config(format!(
+                    "FILESTORE_FORWARD_TIMEOUT_MS must be at least 100, got {}",
+                    f.forward_timeout.as_millis()
+                )));
+            }
         }
         if self.supervisor.retry.max_attempts == 0 {
             return Err(Error::Config(

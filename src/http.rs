@@ -1,11 +1,14 @@
 //! The reference host's HTTP endpoints: `GET /healthz` (JSON from `S3Executor::health`, 200 when
-//! healthy, 503 otherwise) and `GET /metrics` (Prometheus text from the `metrics` facade through
-//! `metrics-exporter-prometheus`, plus per-mount gauges refreshed at each scrape).
+//! healthy, 503 otherwise), `GET /metrics` (Prometheus text from the `metrics` facade through
+//! `metrics-exporter-prometheus`, plus per-mount gauges refreshed at each scrape), and the
+//! operations API under `/v1/` ([`crate::api::server`], behind a bearer token).
 
 use std::convert::Infallible;
 
+use std::sync::Arc;
+
 use bytes::Bytes;
-use http_body_util::Full;
+use http_body_util::{BodyExt, Full};
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use metrics_exporter_prometheus::PrometheusHandle;
@@ -14,19 +17,29 @@ use tokio::sync::watch;
 
 use crate::S3Executor;
 
-fn reply(status: StatusCode, content_type: &str, body: String) -> Response<Full<Bytes>> {
+use crate::api::client::Body;
+
+fn reply(status: StatusCode, content_type: &str, body: String) -> Response<Body> {
     Response::builder()
         .status(status)
         .header("content-type", content_type)
-        .body(Full::new(Bytes::from(body)))
+        .body(
+            Full::new(Bytes::from(body))
+                .map_err(|never| match never {})
+                .boxed_unsync(),
+        )
         .expect("static response parts are valid")
 }
 
 async fn handle(
     exec: S3Executor,
     prometheus: PrometheusHandle,
+    token: Option<Arc<str>>,
     req: Request<hyper::body::Incoming>,
-) -> Result<Response<Full<Bytes>>, Infallible> {
+) -> Result<Response<Body>, Infallible> {
+    if req.uri().path().starts_with("/v1/") {
+        return Ok(crate::api::server::handle(exec, token.as_deref(), req).await);
+    }
     if req.method() != hyper::Method::GET {
         return Ok(reply(
             StatusCode::METHOD_NOT_ALLOWED,
@@ -72,28 +85,32 @@ async fn handle(
         _ => reply(
             StatusCode::NOT_FOUND,
             "text/plain",
-            "try /healthz or /metrics\n".into(),
+            "try /healthz, /metrics or the operations API under /v1/ (docs/serve.md)\n".into(),
         ),
     })
 }
 
-/// Serves `/healthz` and `/metrics` on `listener` until `stop` turns true.
+/// Serves `/healthz`, `/metrics` and, with a `token`, the operations API on `listener` until
+/// `stop` turns true.
 pub async fn serve_http(
     exec: S3Executor,
     listener: TcpListener,
     prometheus: PrometheusHandle,
+    token: Option<String>,
     mut stop: watch::Receiver<bool>,
 ) {
+    let token: Option<Arc<str>> = token.map(Arc::from);
     loop {
         let accepted = tokio::select! {
             a = listener.accept() => a,
             _ = stop.changed() => return,
         };
         let Ok((socket, _)) = accepted else { continue };
-        let (exec, prometheus) = (exec.clone(), prometheus.clone());
+        let (exec, prometheus, token) = (exec.clone(), prometheus.clone(), token.clone());
+        let _ = socket.set_nodelay(true);
         tokio::spawn(async move {
             let service = hyper::service::service_fn(move |req| {
-                handle(exec.clone(), prometheus.clone(), req)
+                handle(exec.clone(), prometheus.clone(), token.clone(), req)
             });
             if let Err(e) = hyper::server::conn::http1::Builder::new()
                 .serve_connection(TokioIo::new(socket), service)

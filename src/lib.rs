@@ -8,8 +8,10 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod api;
 pub mod config;
 mod executor;
+pub mod fleet;
 pub mod http;
 pub mod liveness;
 pub mod pg;
@@ -18,7 +20,7 @@ pub mod redis;
 pub mod s3;
 pub mod tls;
 
-pub use config::ExecutorConfig;
+pub use config::{ExecutorConfig, FleetSettings};
 /// The executor's actix face: messages for every operation and change-event subscriptions.
 pub use executor::messages;
 pub use executor::{

@@ -79,8 +79,9 @@ impl ProcessIdentity {
         })
     }
 
-    /// Removes the lock file of a process judged dead whose lease was taken over (it served its
-    /// purpose). Never call it for a process not judged dead.
+    /// Removes the lock file of a process judged dead. Never call it for a process not judged
+    /// dead; and note that from then on the process is judged "maybe alive" (its file is not
+    /// visible): the executor leaves such files to the daily sweep.
     pub fn forget(&self) {
         let _ = std::fs::remove_file(&self.lock_file);
     }

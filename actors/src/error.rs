@@ -231,6 +231,21 @@ pub enum Error {
         /// The settings, as `name: wanted, store reported`.
         settings: Vec<String>,
     },
+    /// A call forwarded to the mount's owner (another host of the fleet) failed there with an
+    /// error that has no typed form here, or could not be delivered. `kind` is the wire name
+    /// of the owner's error (`docs/serve.md`); `retryable` is the owner's judgement, or, for a
+    /// call that could not be delivered, whether it may be sent again.
+    #[error("{message} (forwarded to {host})")]
+    Forwarded {
+        /// The owner's operations API.
+        host: String,
+        /// The error's wire name.
+        kind: String,
+        /// Its message.
+        message: String,
+        /// Whether the same call may succeed later.
+        retryable: bool,
+    },
     /// Configuration is invalid.
     #[error("configuration: {0}")]
     Config(String),
@@ -255,6 +270,7 @@ impl Error {
         match self {
             Error::Storage { source, .. } => source.is_retryable(),
             Error::Metadata(e) => e.retryable,
+            Error::Forwarded { retryable, .. } => *retryable,
             Error::InProgress { .. }
             | Error::PathPending { .. }
             | Error::Unverified { .. }

@@ -498,3 +498,22 @@ pub trait ChangePublisher: Send + Sync + 'static {
         progress: &UploadProgress,
     ) -> Result<(), PublishError>;
 }
+
+/// Whether this executor may take a mount's lease now: the fleet's share of mounts per host
+/// (see the host crate's `fleet`). A supervisor asks before each look at a lease it does not hold
+/// and reports what it holds; without a gate it takes any lease that is free.
+pub trait LeaseGate: Send + Sync + 'static {
+    /// `Ok` reserves one of this executor's places for `mount` (kept until `holds(mount, false)`);
+    /// `Err` names the holder as last seen (owner, lease end) when there is one, and why not.
+    fn may_take(&self, mount: &str) -> Result<(), GateRefusal>;
+    /// The supervisor of `mount` holds its lease (`true`) or does not (`false`: refused, lost,
+    /// released, restarted).
+    fn holds(&self, mount: &str, held: bool);
+}
+
+/// Why a [`LeaseGate`] keeps a supervisor from looking at a free lease.
+#[derive(Debug, Clone)]
+pub struct GateRefusal {
+    /// The holder as last seen, if any: owner id and lease end.
+    pub holder: Option<(String, chrono::DateTime<chrono::Utc>)>,
+}

@@ -32,6 +32,18 @@ pub(crate) struct Cli {
     /// $XDG_STATE_HOME/filestore-s3 or ~/.local/state/filestore-s3).
     #[arg(long, global = true, env = "FILESTORE_STATE_DIR")]
     pub(crate) state_dir: Option<std::path::PathBuf>,
+    /// Send put / get / stat / ls / rm / cp / mv to the operations API of a running `serve` at
+    /// this URL (http://HOST:PORT) instead of running them here.
+    #[arg(long, global = true, env = "FILESTORE_SERVE_URL")]
+    pub(crate) serve_url: Option<String>,
+    /// The bearer token of the operations API (of `serve`, and sent by commands to it).
+    #[arg(
+        long,
+        global = true,
+        env = "FILESTORE_SERVE_TOKEN",
+        hide_env_values = true
+    )]
+    pub(crate) serve_token: Option<String>,
     #[command(subcommand)]
     pub(crate) cmd: Cmd,
 }

@@ -25,6 +25,7 @@ use filestore_s3::{
 };
 
 mod calls;
+mod remote;
 
 /// The configuration of a one-shot command that changes no object (reads, mount management): a
 /// passive executor that takes no lease — so it never holds up the mounts' owners — and does not
@@ -80,6 +81,11 @@ async fn main() -> std::process::ExitCode {
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
+    if let Some(url) = cli.serve_url.as_deref().filter(|u| !u.is_empty()) {
+        if let Some(r) = remote::run_remote(url, cli.serve_token.clone(), &cli).await {
+            return r;
+        }
+    }
     let config = ExecutorConfig::from_env_and_file(cli.config.as_deref())?;
     let Some(needs) = cli.cmd.needs() else {
         return match cli.cmd {
@@ -95,7 +101,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 Ok(())
             }
             Cmd::Demo(args) => demo(config, args).await,
-            Cmd::Serve { listen } => serve(config, listen).await,
+            Cmd::Serve { listen } => serve(config, listen, &cli).await,
             _ => unreachable!("every other command is one-shot"),
         };
     };
@@ -483,17 +489,48 @@ async fn run_one_shot(exec: &S3Executor, cli: &Cli) -> anyhow::Result<()> {
 /// Runs every enabled mount until SIGTERM or Ctrl-C, serving /healthz and /metrics; on the
 /// signal, running operations get the shutdown deadline (`FILESTORE_SHUTDOWN_DEADLINE_MS`, 30 s by
 /// default) to finish (multipart uploads cut off stay resumable) and the leases are released.
-async fn serve(config: ExecutorConfig, listen: std::net::SocketAddr) -> anyhow::Result<()> {
+async fn serve(
+    mut config: ExecutorConfig,
+    listen: std::net::SocketAddr,
+    cli: &Cli,
+) -> anyhow::Result<()> {
     let prometheus = metrics_exporter_prometheus::PrometheusBuilder::new()
         .install_recorder()
         .context("installing the Prometheus recorder")?;
-    let exec = S3Executor::start(config).await?;
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .with_context(|| format!("binding {listen}"))?;
+    let local = listener.local_addr()?;
+    let token = cli.serve_token.clone().filter(|t| !t.is_empty());
+    if !local.ip().is_loopback() && token.is_some() {
+        log::warn!(
+            "the operations API listens on {local}, beyond loopback, over plain HTTP: its token and data cross the network unencrypted unless a TLS-terminating proxy is in front"
+        );
+    }
+    // `serve` balances mounts with the other hosts of the database unless FILESTORE_FLEET=false.
+    if fleet_switch(cli.config.as_deref())? != Some(false) {
+        let fleet = config.fleet.get_or_insert_with(Default::default);
+        if fleet.token.is_none() {
+            fleet.token = token.clone();
+        }
+        if fleet.address.is_none() {
+            if local.ip().is_unspecified() {
+                log::warn!(
+                    "listening on {local}: other hosts cannot be told where to forward calls; set FILESTORE_ADVERTISE_URL"
+                );
+            } else if token.is_some() {
+                fleet.address = Some(format!("http://{local}"));
+            }
+        }
+    }
+    let exec = S3Executor::start(config).await?;
     println!(
-        "listening on http://{} (/healthz, /metrics); owner id {}",
-        listener.local_addr()?,
+        "listening on http://{local} (/healthz, /metrics{}); owner id {}",
+        if token.is_some() {
+            ", operations API /v1/"
+        } else {
+            "; operations API off: FILESTORE_SERVE_TOKEN not set"
+        },
         exec.config().owner_id
     );
     let mut states: Vec<_> = exec.mount_states().into_iter().collect();
@@ -506,6 +543,7 @@ async fn serve(config: ExecutorConfig, listen: std::net::SocketAddr) -> anyhow::
         exec.clone(),
         listener,
         prometheus,
+        token,
         stopped,
     ));
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
@@ -524,4 +562,27 @@ async fn serve(config: ExecutorConfig, listen: std::net::SocketAddr) -> anyhow::
     let _ = http.await;
     println!("stopped");
     Ok(())
+}
+
+/// `FILESTORE_FLEET` as the environment, else the configuration file, sets it.
+fn fleet_switch(file: Option<&std::path::Path>) -> anyhow::Result<Option<bool>> {
+    let value = match std::env::var("FILESTORE_FLEET") {
+        Ok(v) => Some(v),
+        Err(_) => match file {
+            Some(f) => {
+                let text = std::fs::read_to_string(f)
+                    .with_context(|| format!("configuration file {}", f.display()))?;
+                filestore_s3::config::parse_config_file(&text)
+                    .map_err(|e| anyhow::anyhow!("configuration file {}: {e}", f.display()))?
+                    .remove("FILESTORE_FLEET")
+            }
+            None => None,
+        },
+    };
+    value
+        .map(|v| {
+            v.parse::<bool>()
+                .with_context(|| format!("FILESTORE_FLEET='{v}'"))
+        })
+        .transpose()
 }

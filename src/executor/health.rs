@@ -89,6 +89,9 @@ pub struct Health {
     pub redis: Reach,
     /// Per mount.
     pub mounts: BTreeMap<String, MountHealth>,
+    /// The fleet as this host sees it, when it balances mounts with others.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fleet: Option<crate::fleet::FleetStatus>,
 }
 
 impl Health {
@@ -184,6 +187,7 @@ impl S3Executor {
             postgres,
             redis,
             mounts,
+            fleet: self.inner.fleet.as_ref().map(|f| f.status()),
         }
     }
 

@@ -5,6 +5,7 @@
 //! - `write` / `read`: the calls that change / read objects; `options`: their options.
 
 mod feed;
+mod forward;
 mod health;
 pub mod messages;
 mod options;
@@ -48,8 +49,10 @@ struct Inner {
     own_system: Option<actix::System>,
     services: Arc<Services>,
     registry: Arc<Registry>,
-    /// Stops the mount watcher.
+    /// Stops the mount watcher and the fleet's heartbeat.
     stop_watch: tokio::sync::watch::Sender<bool>,
+    /// The fleet, when this executor balances mounts with other hosts.
+    fleet: Option<Arc<crate::fleet::Fleet>>,
 }
 
 /// Handle to a running executor. `Send + Sync + Clone`; usable from an actix System or plain tokio.
@@ -67,6 +70,8 @@ struct Inner {
 #[derive(Clone)]
 pub struct S3Executor {
     inner: Arc<Inner>,
+    /// How many times the call this handle serves was forwarded already (`with_hops`).
+    hops: u8,
 }
 
 impl S3Executor {
@@ -85,19 +90,38 @@ impl S3Executor {
             }
         };
         let (stop_watch, stop_rx) = tokio::sync::watch::channel(false);
+        let fleet = config.fleet.clone().map(|f| {
+            Arc::new(crate::fleet::Fleet::new(
+                config.owner_id.clone(),
+                f,
+                config.supervisor.lease_ttl,
+            ))
+        });
+        let registry = Registry::new();
+        if let Some(f) = &fleet {
+            let gate: Arc<dyn filestore_s3_actors::ports::LeaseGate> = f.clone();
+            let _ = registry.gate.set(gate);
+        }
         let exec = S3Executor {
             inner: Arc::new(Inner {
                 config,
                 arbiter,
                 own_system,
                 services: Arc::new(services),
-                registry: Registry::new(),
+                registry,
                 stop_watch,
+                fleet,
             }),
+            hops: 0,
         };
         if let Err(e) = exec.reload_mounts().await {
             exec.shutdown().await;
             return Err(e);
+        }
+        if exec.inner.fleet.is_some() {
+            exec.inner
+                .arbiter
+                .spawn(run_fleet(Arc::downgrade(&exec.inner), stop_rx.clone()));
         }
         if exec.inner.config.watch_mounts {
             let c = &exec.inner.config;
@@ -262,6 +286,24 @@ impl S3Executor {
     /// and gave its lease back.
     pub async fn shutdown_within(&self, deadline: Duration) -> bool {
         let _ = self.inner.stop_watch.send(true);
+        if self.inner.fleet.is_some() {
+            // Leaving first lets the other hosts' shares grow, so they take this host's mounts
+            // as soon as each is released below.
+            let services = self.inner.services.clone();
+            let owner = self.inner.config.owner_id.clone();
+            let left = on_arbiter(&self.inner.arbiter, async move {
+                services.meta.leave_fleet(&owner).await
+            });
+            match tokio::time::timeout(Duration::from_secs(5), left).await {
+                Ok(Ok(Ok(()))) => {}
+                Ok(Ok(Err(e))) => {
+                    log::warn!("leaving the fleet: {e}; this host's heartbeat runs out instead")
+                }
+                _ => log::warn!(
+                    "leaving the fleet took too long; this host's heartbeat runs out instead"
+                ),
+            }
+        }
         let retiring: Vec<_> = self
             .inner
             .registry
@@ -282,6 +324,43 @@ impl S3Executor {
             sys.stop();
         }
         drained
+    }
+}
+
+/// The fleet's heartbeat and balancing, every quarter of the lease duration until shutdown.
+async fn run_fleet(inner: std::sync::Weak<Inner>, mut stop: tokio::sync::watch::Receiver<bool>) {
+    loop {
+        let Some(me) = inner.upgrade() else { return };
+        let Some(fleet) = me.fleet.clone() else {
+            return;
+        };
+        let every = me.config.supervisor.lease_ttl / 4;
+        let leasable = me.registry.leasable(&me.config);
+        let names: Vec<String> = leasable.iter().map(|(n, _)| n.clone()).collect();
+        let mut next = every;
+        match fleet.tick(&me.services.meta, &names).await {
+            Ok(out) => {
+                // While mounts are being taken or handed over, look again soon: a look that
+                // lost a race to another host leaves a place to fill.
+                if !out.look.is_empty() || out.hand_over.is_some() {
+                    next = every.min(Duration::from_millis(250));
+                }
+                for m in &out.look {
+                    if let Some((_, addr)) = leasable.iter().find(|(n, _)| n == m) {
+                        addr.do_send(LookAtLease);
+                    }
+                }
+                if let Some(m) = out.hand_over {
+                    me.registry.rebalance(&m, &me.config, &me.services).await;
+                }
+            }
+            Err(e) => log::warn!("fleet: heartbeat or balancing failed ({e}); retrying"),
+        }
+        drop(me);
+        tokio::select! {
+            () = tokio::time::sleep(next) => {}
+            _ = stop.changed() => return,
+        }
     }
 }
 

@@ -52,6 +52,8 @@ pub(super) struct Registry {
     handovers: std::sync::Mutex<HashMap<String, MountSpec>>,
     /// Per-path ordering shared by every supervisor.
     locks: PathLocks,
+    /// The fleet's gate, when the executor balances mounts with other hosts.
+    pub(super) gate: std::sync::OnceLock<Arc<dyn filestore_s3_actors::ports::LeaseGate>>,
     this: Weak<Registry>,
 }
 
@@ -76,6 +78,7 @@ impl Registry {
             closed: std::sync::atomic::AtomicBool::new(false),
             handovers: std::sync::Mutex::new(HashMap::new()),
             locks: PathLocks::default(),
+            gate: std::sync::OnceLock::new(),
             this: this.clone(),
         })
     }
@@ -171,7 +174,7 @@ impl Registry {
         services: &Arc<Services>,
     ) {
         let (this, config, services) = (self.this.clone(), config.clone(), services.clone());
-        log::info!("mount {name}: changed; handing over once running operations end");
+        log::info!("mount {name}: handing over once running operations end");
         actix::spawn(async move {
             let _ = old.send(RetireMount).await;
             let Some(registry) = this.upgrade() else {
@@ -234,14 +237,68 @@ impl Registry {
                 .as_ref()
                 .is_some_and(|only| !only.contains(&spec.name));
         let directory: Arc<dyn MountDirectory> = Arc::new(Directory(self.this.clone()));
+        let gate = self.gate.get().cloned();
         let addr = actix::Supervisor::start(move |_| {
-            MountSupervisor::new(st, meta, publisher, settings)
+            let s = MountSupervisor::new(st, meta, publisher, settings)
                 .with_owner(owner)
                 .with_passive(passive)
                 .with_path_locks(locks)
-                .with_mount_directory(directory)
+                .with_mount_directory(directory);
+            match gate {
+                Some(g) => s.with_lease_gate(g),
+                None => s,
+            }
         });
         Ok(Slot::Ready { addr, spec, store })
+    }
+
+    /// The served mounts this executor may lease, with their supervisors.
+    pub fn leasable(&self, config: &ExecutorConfig) -> Vec<(String, Addr<MountSupervisor>)> {
+        if config.passive {
+            return Vec::new();
+        }
+        self.mounts
+            .read()
+            .expect("mount table lock")
+            .iter()
+            .filter(|(name, _)| {
+                config
+                    .leased_mounts
+                    .as_ref()
+                    .is_none_or(|only| only.contains(*name))
+            })
+            .filter_map(|(name, slot)| match slot {
+                Slot::Ready { addr, .. } => Some((name.clone(), addr.clone())),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// Hands `name` over to balance the fleet: its supervisor retires (running operations end,
+    /// the lease is released) and a new one for the same row starts, which takes the lease again
+    /// only when the fleet's gate lets it.
+    pub async fn rebalance(&self, name: &str, config: &ExecutorConfig, services: &Arc<Services>) {
+        let _one_at_a_time = self.reloading.lock().await;
+        if self.closed.load(std::sync::atomic::Ordering::SeqCst) {
+            return;
+        }
+        let Some(Slot::Ready { addr, spec, .. }) = self
+            .mounts
+            .read()
+            .expect("mount table lock")
+            .get(name)
+            .cloned()
+        else {
+            return;
+        };
+        let mut handovers = self.handovers.lock().expect("hand-over table lock");
+        if handovers.contains_key(name) {
+            return;
+        }
+        handovers.insert(name.to_owned(), (*spec).clone());
+        drop(handovers);
+        log::info!("mount {name}: handing over to balance the fleet once running operations end");
+        self.hand_over(addr, name.to_owned(), config, services);
     }
 
     /// Every known mount and its state.

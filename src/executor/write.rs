@@ -10,6 +10,7 @@ use filestore_s3_actors::path::FsPath;
 use filestore_s3_actors::{Error, Sha256Digest};
 use tokio::io::{AsyncRead, AsyncReadExt};
 
+use super::forward::forwarded_key;
 use super::{
     invalid_path, DeleteManyOptions, DeleteOptions, Location, PutOptions, S3Executor,
     TransferOptions,
@@ -26,8 +27,22 @@ impl S3Executor {
     ) -> Result<OpResult, Error> {
         opts.check()?;
         let (addr, _, _) = self.mount(mount)?;
-        let path = FsPath::parse(path).map_err(|e| invalid_path(path, e))?;
-        send_put(&addr, path, body.into(), opts).await
+        let fs_path = FsPath::parse(path).map_err(|e| invalid_path(path, e))?;
+        let body: Bytes = body.into();
+        if let Some(owner) = self.forward_target(mount).await {
+            let mut opts = opts;
+            opts.idempotency_key = forwarded_key(opts.idempotency_key);
+            let size = body.len() as u64;
+            let reader = std::io::Cursor::new(body);
+            return self
+                .forwarded(
+                    "put",
+                    &owner,
+                    owner.put(mount, path, reader, Some(size), opts),
+                )
+                .await;
+        }
+        send_put(&addr, fs_path, body, opts).await
     }
 
     /// Puts an object from a file: in one request up to the mount's multipart threshold, as a
@@ -54,6 +69,17 @@ impl S3Executor {
             .ok_or_else(|| source_err("path is not UTF-8".into()))?
             .to_owned();
         let (size, mtime_ns) = file_identity(&abs_str).await.map_err(source_err)?;
+        if let Some(owner) = self.forward_target(mount).await {
+            // Streamed to the owner: its upload resumes only as long as this call runs.
+            let f = tokio::fs::File::open(&abs)
+                .await
+                .map_err(|e| source_err(e.to_string()))?;
+            let mut opts = opts;
+            opts.idempotency_key = forwarded_key(opts.idempotency_key);
+            return self
+                .forwarded("put", &owner, owner.put(mount, path, f, Some(size), opts))
+                .await;
+        }
         if size <= spec.multipart_threshold {
             let f = tokio::fs::File::open(&abs)
                 .await
@@ -96,6 +122,13 @@ impl S3Executor {
         spec.keys
             .key_for(&fs_path)
             .map_err(|e| invalid_path(path, e))?;
+        if let Some(owner) = self.forward_target(mount).await {
+            let mut opts = opts;
+            opts.idempotency_key = forwarded_key(opts.idempotency_key);
+            return self
+                .forwarded("put", &owner, owner.put(mount, path, reader, None, opts))
+                .await;
+        }
         put_read(&addr, &spec, fs_path, reader, opts).await
     }
 
@@ -107,9 +140,15 @@ impl S3Executor {
         opts: DeleteOptions,
     ) -> Result<OpResult, Error> {
         let (addr, _, _) = self.mount(mount)?;
-        let path = FsPath::parse(path).map_err(|e| invalid_path(path, e))?;
+        let fs_path = FsPath::parse(path).map_err(|e| invalid_path(path, e))?;
+        if let Some(owner) = self.forward_target(mount).await {
+            let key = forwarded_key(opts.idempotency_key);
+            return self
+                .forwarded("delete", &owner, owner.delete(mount, path, key.as_deref()))
+                .await;
+        }
         addr.send(DeleteObject {
-            path,
+            path: fs_path,
             idempotency_key: opts.idempotency_key,
             batched: false,
         })
@@ -160,6 +199,18 @@ impl S3Executor {
                 });
             }
             parsed.push(path);
+        }
+        if let Some(owner) = self.forward_target(mount).await {
+            let mut opts = opts;
+            opts.idempotency_key = forwarded_key(opts.idempotency_key);
+            let paths: Vec<String> = paths.iter().map(|p| p.as_ref().to_owned()).collect();
+            return self
+                .forwarded(
+                    "delete_many",
+                    &owner,
+                    owner.delete_many(mount, &paths, &opts),
+                )
+                .await;
         }
         let calls = parsed.into_iter().map(|path| {
             let idempotency_key = opts.idempotency_key.as_ref().map(|k| {
@@ -221,6 +272,15 @@ impl S3Executor {
         let (_, _, source_store) = self.mount(source)?;
         let source_path = FsPath::parse(source_path).map_err(|e| invalid_path(source_path, e))?;
         let path = FsPath::parse(path).map_err(|e| invalid_path(path, e))?;
+        // The destination mount's owner runs a copy or a move (a move across mounts needs the
+        // source mount's lease too: refused with NotOwner where one host does not hold both).
+        if let Some(owner) = self.forward_target(mount).await {
+            let key = forwarded_key(opts.idempotency_key);
+            let verb = if op == OpKind::Move { "move" } else { "copy" };
+            return self
+                .forwarded(verb, &owner, owner.transfer(op, from, to, key, opts.mode))
+                .await;
+        }
         addr.send(TransferObject {
             op,
             source_mount: source_store,

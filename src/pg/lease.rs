@@ -169,9 +169,9 @@ impl PgMetaStore {
                 .map_err(pg)?;
             if let Some(row) = broken {
                 let epoch: i64 = row.get(0);
-                if let Some(p) = &holder.process {
-                    p.forget();
-                }
+                // The dead process's lock file stays (swept after a day): other judges of the
+                // same process — its other leases, its fleet heartbeat — must keep finding it
+                // dead, where a removed file would make it "maybe alive" again.
                 log::warn!(
                     "mount {mount}: broke the lease of executor '{}' (epoch {}, until {}): {why}; \
                      taken by '{owner}' at epoch {epoch}",

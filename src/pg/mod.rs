@@ -14,6 +14,7 @@ macro_rules! cached {
 mod batch;
 mod bulk;
 mod feed;
+mod fleet;
 mod health;
 mod journal;
 mod lease;
@@ -35,6 +36,7 @@ use filestore_s3_actors::ports::{BatchResult, MetaError, MetaStore, MetaWrite};
 use filestore_s3_actors::Error;
 
 use crate::liveness::OwnerLock;
+pub use fleet::{HostRow, LeaseRow};
 pub use lease::LeaseHolder;
 pub use listen::{listen_mount_changes, Change};
 use migrate::pg_config;

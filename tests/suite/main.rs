@@ -17,6 +17,7 @@ mod credentials;
 mod executor;
 mod faults;
 mod feed;
+mod fleet;
 mod hostile;
 mod hosts;
 mod mailbox;

@@ -59,6 +59,7 @@ async fn healthz_and_metrics_move_with_operations() {
         env.exec.clone(),
         listener,
         prometheus,
+        None,
         stopped,
     ));
 

@@ -10,6 +10,23 @@ impl MountSupervisor {
         if self.acquiring {
             return;
         }
+        if let Some(gate) = &self.gate {
+            if let Err(refusal) = gate.may_take(&self.spec.name) {
+                // Not this host's to take now (its share of the fleet's mounts is full): the
+                // holder as the fleet last saw it, or none yet while the fleet assigns it.
+                let ttl = self.settings.lease_ttl;
+                self.held_by = Some(refusal.holder.unwrap_or_else(|| {
+                    (
+                        "(none: the fleet is assigning this mount to a host below its share)"
+                            .to_owned(),
+                        chrono::Utc::now() + chrono::TimeDelta::from_std(ttl).unwrap_or_default(),
+                    )
+                }));
+                self.lease_error = None;
+                self.retry_lease_later(ctx);
+                return;
+            }
+        }
         self.acquiring = true;
         let meta = self.meta.clone();
         let (mount, owner, ttl) = (
@@ -22,7 +39,11 @@ impl MountSupervisor {
             .into_actor(self)
             .map(move |res, act, ctx| {
                 act.acquiring = false;
+                if !matches!(res, Ok(LeaseState::Owned(_))) {
+                    act.gate_holds(false);
+                }
                 if act.retired {
+                    act.gate_holds(false);
                     // Retired while asking: a lease taken meanwhile is given back at once, so the
                     // mount's next owner does not wait for it to expire.
                     if let Ok(LeaseState::Owned(fence)) = res {
@@ -102,6 +123,7 @@ impl MountSupervisor {
         );
         let fenced = self.meta.with_fence(fence.clone());
         self.fence = Some(fence);
+        self.gate_holds(true);
         let notifier = NotifierActor::new(
             self.spec.name.clone(),
             self.meta.clone(),
@@ -151,9 +173,13 @@ impl MountSupervisor {
                     // (An answer that comes after the lease was given up holds nothing.)
                     Ok(true) if act.fence.is_some() && !act.retired => act.lease_held_since(asked),
                     Ok(true) => {}
-                    Ok(false) if act.retired => act.store.lease_clock().hold_until(None),
+                    Ok(false) if act.retired => {
+                        act.store.lease_clock().hold_until(None);
+                        act.gate_holds(false);
+                    }
                     Ok(false) => {
                         act.store.lease_clock().hold_until(None);
+                        act.gate_holds(false);
                         log::error!(
                             "mount {}: lease lost (expired or taken over); stopping this supervisor's work",
                             act.spec.name
@@ -208,6 +234,7 @@ impl MountSupervisor {
         }
         let fence = self.fence.take()?;
         self.store.lease_clock().hold_until(None);
+        self.gate_holds(false);
         let meta = self.meta.clone();
         Some(async move {
             if let Err(e) = meta.release_lease(&fence).await {

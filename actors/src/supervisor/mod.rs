@@ -145,6 +145,8 @@ pub struct MountSupervisor {
     releasing: bool,
     /// Never takes the lease: reads only (a watcher's or a dashboard's executor).
     passive: bool,
+    /// The fleet's share of mounts per host: asked before each look at a lease not held.
+    gate: Option<Arc<dyn crate::ports::LeaseGate>>,
     // Everything below is per run and reset by `restarting`.
     committer: Option<Addr<CommitterActor>>,
     notifier: Option<Addr<NotifierActor>>,
@@ -190,6 +192,7 @@ impl MountSupervisor {
             drain_waiters: Vec::new(),
             releasing: false,
             passive: false,
+            gate: None,
             committer: None,
             notifier: None,
             recovered: false,
@@ -220,6 +223,20 @@ impl MountSupervisor {
     pub fn with_passive(mut self, passive: bool) -> Self {
         self.passive = passive;
         self
+    }
+
+    /// Takes the lease only when `gate` allows it (a fleet's share of mounts per host), and
+    /// tells the gate what it holds.
+    pub fn with_lease_gate(mut self, gate: Arc<dyn crate::ports::LeaseGate>) -> Self {
+        self.gate = Some(gate);
+        self
+    }
+
+    /// Tells the gate, if any, whether this supervisor holds the mount's lease.
+    pub(super) fn gate_holds(&self, held: bool) {
+        if let Some(g) = &self.gate {
+            g.holds(&self.spec.name, held);
+        }
     }
 
     /// Lets recovery find the source mount of a copy / move that crosses mounts.
@@ -298,6 +315,7 @@ impl Supervised for MountSupervisor {
     fn restarting(&mut self, _ctx: &mut Self::Context) {
         self.restarts += 1;
         self.store.lease_clock().hold_until(None);
+        self.gate_holds(false);
         // Dropping the addresses stops the old committer and notifier once their mailboxes drain.
         self.committer = None;
         self.notifier = None;

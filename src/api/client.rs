@@ -1,0 +1,513 @@
+//! A client of a host's operations API: what the CLI uses to reach a running `serve`
+//! (`FILESTORE_SERVE_URL`), and what an executor uses to forward a call to a mount's owner.
+//!
+//! One HTTP/1.1 connection per call (plain `http://`). A call that could not be delivered (no
+//! connection) fails with a retryable [`Error::Forwarded`] and certainly did nothing; a call whose
+//! answer was lost may have been applied: it also fails retryable, and sending it again with the
+//! same idempotency key (every mutating call here carries one) returns its recorded outcome
+//! instead of running it twice.
+
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use filestore_s3_actors::model::{ListPage, OpKind, OpResult, Stat, UploadProgress};
+use filestore_s3_actors::Error;
+use futures::StreamExt as _;
+use http_body_util::combinators::UnsyncBoxBody;
+use http_body_util::{BodyExt, Empty, Full, StreamBody};
+use hyper::body::Frame;
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use serde::de::DeserializeOwned;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+
+use super::wire::{self, ErrorBody, WireError};
+use crate::executor::{DeleteManyOptions, ListOptions, Location, PutMode, PutOptions};
+
+/// The body of a request.
+pub type Body = UnsyncBoxBody<Bytes, std::io::Error>;
+
+/// A client of one host's operations API.
+#[derive(Clone)]
+pub struct ServeClient {
+    base: String,
+    authority: String,
+    token: Option<String>,
+    hops: u8,
+    timeout: Duration,
+}
+
+impl std::fmt::Debug for ServeClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServeClient")
+            .field("base", &self.base)
+            .field("hops", &self.hops)
+            .finish()
+    }
+}
+
+/// A copy or move request's body.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct TransferRequest {
+    /// Source mount and path.
+    pub from: LocationWire,
+    /// Destination mount and path.
+    pub to: LocationWire,
+    /// Idempotency key (of the destination mount).
+    #[serde(default)]
+    pub idempotency_key: Option<String>,
+    /// `true`: fail if the destination exists.
+    #[serde(default)]
+    pub if_none_match: bool,
+    /// Replace only the destination node at this generation.
+    #[serde(default)]
+    pub if_generation: Option<i64>,
+}
+
+/// A mount and a path.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct LocationWire {
+    /// Mount.
+    pub mount: String,
+    /// Path.
+    pub path: String,
+}
+
+/// A delete_many request's body.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct DeleteManyRequest {
+    /// The paths.
+    pub paths: Vec<String>,
+    /// Idempotency key of the call.
+    #[serde(default)]
+    pub idempotency_key: Option<String>,
+    /// Deletes at once.
+    #[serde(default)]
+    pub in_flight: Option<usize>,
+}
+
+/// One path's answer of a delete_many.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ItemResult {
+    /// Deleted (or nothing was there): the committed result.
+    Ok(OpResult),
+    /// Failed.
+    Error(WireError),
+}
+
+impl ServeClient {
+    /// A client of the operations API at `base` (`http://host:port`), sending `token` as a
+    /// bearer token.
+    pub fn new(base: &str, token: Option<String>) -> Result<Self, Error> {
+        let base = base.trim_end_matches('/').to_owned();
+        let Some(rest) = base.strip_prefix("http://") else {
+            return Err(Error::Config(format!(
+                "operations API URL '{base}': only http:// is supported by this client (put a TLS-terminating proxy in front of `serve` for https)"
+            )));
+        };
+        let authority = rest.split('/').next().unwrap_or_default().to_owned();
+        if authority.is_empty() || rest.contains('/') {
+            return Err(Error::Config(format!(
+                "operations API URL '{base}': expected http://HOST:PORT"
+            )));
+        }
+        Ok(ServeClient {
+            base,
+            authority,
+            token,
+            hops: 0,
+            timeout: Duration::from_secs(300),
+        })
+    }
+
+    /// The API's base URL.
+    pub fn base(&self) -> &str {
+        &self.base
+    }
+
+    /// Marks the calls as forwarded `hops` times already.
+    pub fn with_hops(mut self, hops: u8) -> Self {
+        self.hops = hops;
+        self
+    }
+
+    /// Bounds each call end to end.
+    pub fn with_timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
+    }
+
+    fn undelivered(&self, what: impl std::fmt::Display, maybe_applied: bool) -> Error {
+        Error::Forwarded {
+            host: self.base.clone(),
+            kind: if maybe_applied {
+                "answer_lost".into()
+            } else {
+                "not_delivered".into()
+            },
+            message: if maybe_applied {
+                format!("the call was sent but its answer was lost ({what}); it may have been applied: send it again with the same idempotency key")
+            } else {
+                format!("the call could not be delivered ({what}); nothing was done")
+            },
+            retryable: true,
+        }
+    }
+
+    /// Sends one request; the answer's head, or the error of a call not delivered or answered.
+    async fn send(
+        &self,
+        method: Method,
+        path_and_query: &str,
+        headers: Vec<(String, String)>,
+        body: Body,
+    ) -> Result<Response<hyper::body::Incoming>, Error> {
+        let stream = tokio::time::timeout(
+            Duration::from_secs(10).min(self.timeout),
+            tokio::net::TcpStream::connect(&self.authority),
+        )
+        .await
+        .map_err(|_| self.undelivered("connecting timed out", false))?
+        .map_err(|e| self.undelivered(e, false))?;
+        let _ = stream.set_nodelay(true);
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .map_err(|e| self.undelivered(e, false))?;
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                log::debug!("operations API connection ended: {e}");
+            }
+        });
+        let mut req = Request::builder()
+            .method(method)
+            .uri(format!("{}{}", self.base, path_and_query))
+            .header(hyper::header::HOST, &self.authority)
+            .header(wire::FORWARDED, self.hops.to_string());
+        if let Some(t) = &self.token {
+            req = req.header(hyper::header::AUTHORIZATION, format!("Bearer {t}"));
+        }
+        for (k, v) in headers {
+            req = req.header(k, v);
+        }
+        let req = req
+            .body(body)
+            .map_err(|e| Error::Config(format!("building a request: {e}")))?;
+        // A failure once the request is on its way may come after the owner applied it.
+        sender
+            .send_request(req)
+            .await
+            .map_err(|e| self.undelivered(e, true))
+    }
+
+    /// Reads an answer: `T` from a 2xx JSON body, else the error it carries.
+    async fn read<T: DeserializeOwned>(
+        &self,
+        resp: Response<hyper::body::Incoming>,
+    ) -> Result<T, Error> {
+        let status = resp.status();
+        let body = resp
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| self.undelivered(e, true))?
+            .to_bytes();
+        if status.is_success() {
+            return serde_json::from_slice(&body).map_err(|e| Error::Forwarded {
+                host: self.base.clone(),
+                kind: "bad_answer".into(),
+                message: format!("the answer is not the expected JSON ({e})"),
+                retryable: false,
+            });
+        }
+        Err(self.error_of(status, &body))
+    }
+
+    fn error_of(&self, status: StatusCode, body: &[u8]) -> Error {
+        match serde_json::from_slice::<ErrorBody>(body) {
+            Ok(e) => wire::from_wire(&self.base, e.error),
+            Err(_) => Error::Forwarded {
+                host: self.base.clone(),
+                kind: "http".into(),
+                message: format!(
+                    "HTTP {status}: {}",
+                    String::from_utf8_lossy(&body[..body.len().min(300)])
+                ),
+                retryable: status.is_server_error(),
+            },
+        }
+    }
+
+    async fn call<T: DeserializeOwned>(
+        &self,
+        method: Method,
+        path_and_query: &str,
+        headers: Vec<(String, String)>,
+        body: Body,
+    ) -> Result<T, Error> {
+        let work = async {
+            let resp = self.send(method, path_and_query, headers, body).await?;
+            self.read(resp).await
+        };
+        tokio::time::timeout(self.timeout, work)
+            .await
+            .map_err(|_| self.undelivered(format!("no answer within {:?}", self.timeout), true))?
+    }
+
+    fn empty() -> Body {
+        Empty::new().map_err(|never| match never {}).boxed_unsync()
+    }
+
+    fn json_body<T: serde::Serialize>(v: &T) -> Body {
+        let bytes = serde_json::to_vec(v).expect("request bodies serialise");
+        Full::new(Bytes::from(bytes))
+            .map_err(|never| match never {})
+            .boxed_unsync()
+    }
+
+    fn object_url(mount: &str, path: &str) -> String {
+        format!(
+            "/v1/mounts/{}/objects/{}",
+            wire::encode_component(mount),
+            wire::encode_path(path)
+        )
+    }
+
+    /// Puts the bytes `reader` yields at `path` (streamed; `size` when known). Progress, when
+    /// asked for, counts the bytes sent to the host.
+    pub async fn put<R: AsyncRead + Send + Unpin + 'static>(
+        &self,
+        mount: &str,
+        path: &str,
+        reader: R,
+        size: Option<u64>,
+        opts: PutOptions,
+    ) -> Result<OpResult, Error> {
+        let mut headers = vec![];
+        if let Some(k) = &opts.idempotency_key {
+            headers.push((wire::IDEMPOTENCY_KEY.to_owned(), k.clone()));
+        }
+        if let Some(t) = &opts.content_type {
+            headers.push(("content-type".to_owned(), t.clone()));
+        }
+        if let Some(n) = size {
+            headers.push(("content-length".to_owned(), n.to_string()));
+        }
+        match opts.mode {
+            PutMode::Overwrite => {}
+            PutMode::Create => headers.push(("if-none-match".to_owned(), "*".to_owned())),
+            PutMode::IfGeneration(g) => {
+                headers.push((wire::IF_GENERATION.to_owned(), g.to_string()))
+            }
+        }
+        for (k, v) in opts.metadata.iter() {
+            headers.push((format!("{}{k}", wire::META_PREFIX), v.clone()));
+        }
+        let progress = opts.progress.clone();
+        let (mount_s, path_s) = (mount.to_owned(), path.to_owned());
+        let started = Instant::now();
+        let mut sent = 0u64;
+        let stream =
+            tokio_util::io::ReaderStream::with_capacity(reader, 256 * 1024).map(move |chunk| {
+                let chunk = chunk?;
+                sent += chunk.len() as u64;
+                if let Some(p) = &progress {
+                    let secs = started.elapsed().as_secs_f64().max(1e-3);
+                    let rate = sent as f64 / secs;
+                    p(&UploadProgress {
+                        mount: mount_s.clone(),
+                        path: path_s.clone(),
+                        upload_id: String::new(),
+                        bytes_done: sent,
+                        bytes_total: size,
+                        parts_done: 0,
+                        parts_total: None,
+                        bytes_sent: sent,
+                        bytes_per_second: rate,
+                        eta_seconds: size.map(|n| n.saturating_sub(sent) as f64 / rate.max(1.0)),
+                        finished: size == Some(sent),
+                    });
+                }
+                Ok(Frame::data(chunk))
+            });
+        let body = BodyExt::boxed_unsync(StreamBody::new(stream));
+        self.call(Method::PUT, &Self::object_url(mount, path), headers, body)
+            .await
+    }
+
+    /// Deletes the object at `path`.
+    pub async fn delete(
+        &self,
+        mount: &str,
+        path: &str,
+        idempotency_key: Option<&str>,
+    ) -> Result<OpResult, Error> {
+        let headers = idempotency_key
+            .map(|k| vec![(wire::IDEMPOTENCY_KEY.to_owned(), k.to_owned())])
+            .unwrap_or_default();
+        self.call(
+            Method::DELETE,
+            &Self::object_url(mount, path),
+            headers,
+            Self::empty(),
+        )
+        .await
+    }
+
+    /// Deletes many paths of one mount; one answer per path, in order.
+    pub async fn delete_many(
+        &self,
+        mount: &str,
+        paths: &[String],
+        opts: &DeleteManyOptions,
+    ) -> Result<Vec<Result<OpResult, Error>>, Error> {
+        let req = DeleteManyRequest {
+            paths: paths.to_vec(),
+            idempotency_key: opts.idempotency_key.clone(),
+            in_flight: Some(opts.in_flight),
+        };
+        let items: Vec<ItemResult> = self
+            .call(
+                Method::POST,
+                &format!("/v1/mounts/{}/delete-many", wire::encode_component(mount)),
+                vec![("content-type".into(), "application/json".into())],
+                Self::json_body(&req),
+            )
+            .await?;
+        Ok(items
+            .into_iter()
+            .map(|i| match i {
+                ItemResult::Ok(r) => Ok(r),
+                ItemResult::Error(e) => Err(wire::from_wire(&self.base, e)),
+            })
+            .collect())
+    }
+
+    /// Copies or moves `from` to `to`.
+    pub async fn transfer(
+        &self,
+        op: OpKind,
+        from: &Location,
+        to: &Location,
+        idempotency_key: Option<String>,
+        mode: PutMode,
+    ) -> Result<OpResult, Error> {
+        let req = TransferRequest {
+            from: LocationWire {
+                mount: from.mount.clone(),
+                path: from.path.clone(),
+            },
+            to: LocationWire {
+                mount: to.mount.clone(),
+                path: to.path.clone(),
+            },
+            idempotency_key,
+            if_none_match: mode == PutMode::Create,
+            if_generation: match mode {
+                PutMode::IfGeneration(g) => Some(g),
+                _ => None,
+            },
+        };
+        let verb = if op == OpKind::Move { "move" } else { "copy" };
+        self.call(
+            Method::POST,
+            &format!("/v1/{verb}"),
+            vec![("content-type".into(), "application/json".into())],
+            Self::json_body(&req),
+        )
+        .await
+    }
+
+    /// What the store holds at `path` and what Postgres records.
+    pub async fn stat(&self, mount: &str, path: &str) -> Result<Stat, Error> {
+        self.call(
+            Method::GET,
+            &format!(
+                "/v1/mounts/{}/stat/{}",
+                wire::encode_component(mount),
+                wire::encode_path(path)
+            ),
+            vec![],
+            Self::empty(),
+        )
+        .await
+    }
+
+    /// One page of a listing.
+    pub async fn list(
+        &self,
+        mount: &str,
+        dir: &str,
+        opts: &ListOptions,
+    ) -> Result<ListPage, Error> {
+        let mut q = format!("?delimited={}", opts.delimited);
+        if let Some(t) = &opts.token {
+            q.push_str(&format!("&token={}", wire::encode_component(t)));
+        }
+        if let Some(n) = opts.max_keys {
+            q.push_str(&format!("&max_keys={n}"));
+        }
+        self.call(
+            Method::GET,
+            &format!(
+                "/v1/mounts/{}/list/{}{q}",
+                wire::encode_component(mount),
+                wire::encode_path(dir)
+            ),
+            vec![],
+            Self::empty(),
+        )
+        .await
+    }
+
+    /// Streams the object at `path` into `out`; the number of bytes written. The host checks the
+    /// bytes against the recorded SHA-256 as it sends them and cuts the answer short when they
+    /// differ, which fails this call.
+    pub async fn get<W: AsyncWrite + Unpin>(
+        &self,
+        mount: &str,
+        path: &str,
+        out: &mut W,
+    ) -> Result<u64, Error> {
+        let work = async {
+            let resp = self
+                .send(
+                    Method::GET,
+                    &Self::object_url(mount, path),
+                    vec![],
+                    Self::empty(),
+                )
+                .await?;
+            let status = resp.status();
+            if !status.is_success() {
+                let body = resp
+                    .into_body()
+                    .collect()
+                    .await
+                    .map_err(|e| self.undelivered(e, true))?
+                    .to_bytes();
+                return Err(self.error_of(status, &body));
+            }
+            let mut body = resp.into_body();
+            let mut n = 0u64;
+            while let Some(frame) = body.frame().await {
+                let frame = frame.map_err(|e| Error::Forwarded {
+                    host: self.base.clone(),
+                    kind: "cut_short".into(),
+                    message: format!("the object's bytes ended early ({e})"),
+                    retryable: true,
+                })?;
+                if let Ok(data) = frame.into_data() {
+                    out.write_all(&data)
+                        .await
+                        .map_err(|e| Error::io("the output", e))?;
+                    n += data.len() as u64;
+                }
+            }
+            Ok(n)
+        };
+        tokio::time::timeout(self.timeout, work)
+            .await
+            .map_err(|_| self.undelivered(format!("no answer within {:?}", self.timeout), true))?
+    }
+}

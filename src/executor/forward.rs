@@ -1,0 +1,98 @@
+//! Forwarding: a mutating call for a mount another live host of the fleet owns is sent to that
+//! host's operations API and its answer returned, errors included (`docs/hosts.md`).
+
+use std::time::Instant;
+
+use filestore_s3_actors::commands::{GetStatus, LeaseStatus};
+use filestore_s3_actors::Error;
+
+use super::S3Executor;
+use crate::api::client::ServeClient;
+
+/// Hops value of a handle that never forwards.
+pub(super) const NO_FORWARDING: u8 = u8::MAX;
+
+impl S3Executor {
+    /// This handle, for a call that was forwarded `hops` times already: it forwards again only
+    /// while fewer than the fleet's `max_hops`, else runs the call here (refused with the
+    /// retryable `NotOwner` where this executor does not own the mount).
+    pub fn with_hops(&self, hops: u8) -> S3Executor {
+        S3Executor {
+            inner: self.inner.clone(),
+            hops,
+        }
+    }
+
+    /// This handle, never forwarding: calls run here or are refused with `NotOwner`.
+    pub fn local(&self) -> S3Executor {
+        self.with_hops(NO_FORWARDING)
+    }
+
+    /// Where calls for `mount` go, as this host last saw the fleet: the owner's id and the
+    /// address of its operations API, when another live host of the fleet holds the mount's
+    /// lease and takes forwarded calls; `None` when this executor owns it, nobody does, or the
+    /// executor is not in a fleet.
+    pub fn owner_of(&self, mount: &str) -> Option<(String, String)> {
+        self.inner.fleet.as_ref()?.owner_of(mount)
+    }
+
+    /// The client to forward a call on `mount` to, when it goes elsewhere.
+    pub(super) async fn forward_target(&self, mount: &str) -> Option<ServeClient> {
+        let fleet = self.inner.fleet.as_ref()?;
+        let s = fleet.settings();
+        if self.hops >= s.max_hops {
+            return None;
+        }
+        let (_, address) = fleet.owner_of(mount)?;
+        // The view is a tick old: this executor may hold the lease by now.
+        if let Ok((addr, _, _)) = self.mount(mount) {
+            if let Ok(st) = addr.send(GetStatus).await {
+                if matches!(st.lease, LeaseStatus::Owned { .. }) {
+                    return None;
+                }
+            }
+        }
+        let client = ServeClient::new(&address, s.token.clone()).ok()?;
+        Some(
+            client
+                .with_hops(self.hops.saturating_add(1))
+                .with_timeout(s.forward_timeout),
+        )
+    }
+
+    /// Runs a forwarded call, counting it and its latency.
+    pub(super) async fn forwarded<T>(
+        &self,
+        op: &'static str,
+        client: &ServeClient,
+        call: impl std::future::Future<Output = Result<T, Error>>,
+    ) -> Result<T, Error> {
+        let started = Instant::now();
+        let r = call.await;
+        let outcome = match &r {
+            Ok(_) => "ok",
+            Err(e) if e.is_retryable() => "retryable",
+            Err(_) => "error",
+        };
+        log::debug!(
+            "forwarded {op} to {} ({outcome}, {:.3} s)",
+            client.base(),
+            started.elapsed().as_secs_f64()
+        );
+        metrics::counter!("filestore_s3_forwarded_calls_total", "op" => op, "outcome" => outcome)
+            .increment(1);
+        metrics::histogram!("filestore_s3_forward_seconds", "op" => op)
+            .record(started.elapsed().as_secs_f64());
+        if let Some(f) = &self.inner.fleet {
+            f.forwarded
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+        r
+    }
+}
+
+/// The key a forwarded call carries: the caller's, or a new one, so that the owner records it
+/// and a call whose answer was lost is not run twice when sent again with it.
+pub(super) fn forwarded_key(given: Option<String>) -> Option<String> {
+    given.or_else(|| Some(format!("fwd-{}", uuid::Uuid::new_v4().simple())))
+}
