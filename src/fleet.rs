@@ -161,6 +161,27 @@ impl Fleet {
         Some((lease.owner.clone(), host.address.clone()?))
     }
 
+    /// Whether this executor holds `mount`'s lease or is asking for it (its gate's place).
+    pub fn held_here(&self, mount: &str) -> bool {
+        self.gate
+            .lock()
+            .expect("fleet gate lock")
+            .held
+            .contains(mount)
+    }
+
+    /// The operations API of the live host `owner`, as the last heartbeat saw it.
+    pub fn address_of(&self, owner: &str) -> Option<String> {
+        if owner == self.owner {
+            return None;
+        }
+        let view = self.view.read().expect("fleet view lock");
+        view.hosts
+            .iter()
+            .find(|h| h.owner == owner)
+            .and_then(|h| h.address.clone())
+    }
+
     /// Forgets what it saw of `mount`'s lease (a forwarded call found it moved).
     pub fn forget_lease(&self, mount: &str) {
         self.view

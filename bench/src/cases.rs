@@ -33,14 +33,14 @@ const LAG_MOUNT: &str = "b-lag";
 /// A mount on the same bucket whose puts are proven by the PUT's answer (`verify = put-response`).
 const MOUNT_RESPONSE: &str = "b-response";
 
-fn row(spec: &Spec) -> MountRow {
+pub(crate) fn row(spec: &Spec) -> MountRow {
     let mut r = MountRow::new(MOUNT, BUCKET, "");
     r.endpoint = Some(spec.endpoint.clone());
     r.path_style = true;
     r
 }
 
-fn settings() -> S3Settings {
+pub(crate) fn settings() -> S3Settings {
     S3Settings {
         credentials: Some((ACCESS_KEY.into(), SECRET_KEY.into())),
         ..S3Settings::default()

@@ -6,6 +6,7 @@
 //! (`wait4`). It prints a table with ratios to the baselines of the same run and writes it as JSON.
 
 mod cases;
+mod fleet;
 mod tools;
 
 use std::collections::BTreeMap;
@@ -42,6 +43,15 @@ enum Cli {
         #[arg(long)]
         spec: String,
     },
+    /// (internal) One host of W10's fleet: the executor and its operations API, until killed.
+    FleetHost {
+        #[arg(long)]
+        spec: String,
+        #[arg(long)]
+        owner: String,
+        #[arg(long)]
+        port: u16,
+    },
 }
 
 #[derive(clap::Args, Clone)]
@@ -49,7 +59,7 @@ struct RunArgs {
     /// Tiny sizes (seconds): the smoke run of the test command.
     #[arg(long)]
     smoke: bool,
-    /// Workloads to run (W1,W2,W3,W5,W7); all by default.
+    /// Workloads to run (W1,W2,W3,W4,W5,W7,W10); all by default.
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
     /// Where to write the table as JSON.
@@ -293,6 +303,10 @@ fn main() -> Result<()> {
     match Cli::parse() {
         Cli::Run(args) => run(args),
         Cli::ServeS3 { root, latency_ms } => serve_s3(&root, latency_ms),
+        Cli::FleetHost { spec, owner, port } => {
+            let spec: Spec = serde_json::from_str(&spec)?;
+            fleet::host(&spec, &owner, port)
+        }
         Cli::Case { spec } => {
             let spec: Spec = serde_json::from_str(&spec)?;
             let m = cases::run_case(&spec)?;
@@ -737,6 +751,10 @@ fn run(args: RunArgs) -> Result<()> {
             }
         }
 
+        if wants("W10") {
+            w10(&mut b, &rt, args.smoke);
+        }
+
         rounds.push(std::mem::take(&mut b.rows));
     }
     let against = against_tools(&rounds);
@@ -745,6 +763,9 @@ fn run(args: RunArgs) -> Result<()> {
     let _ = server.kill();
     let _ = server.wait();
     rt.block_on(cases::drop_schema(&database_url, &schema));
+    if wants("W10") {
+        rt.block_on(fleet::drop_schema(&b.base));
+    }
     let _ = std::fs::remove_dir_all(&work);
 
     print_table(
@@ -782,6 +803,54 @@ fn run(args: RunArgs) -> Result<()> {
         bail!("{} case(s) failed", failed.len());
     }
     Ok(())
+}
+
+/// W10: small puts over twelve mounts, one host owning all against a fleet of three (each put to
+/// its mount's owner, and to any host: two in three forwarded), with each host's CPU.
+fn w10(b: &mut Bench, rt: &tokio::runtime::Runtime, smoke: bool) {
+    let w = "W10";
+    let unit = "ops/s";
+    if b.base.round == 1 {
+        if let Err(e) = rt.block_on(fleet::prepare(&b.base)) {
+            b.note_row(w, "one-host", unit, format!("FAILED: {e}"));
+            return;
+        }
+    }
+    let ops = if smoke { 240 } else { 6000 };
+    let cases = [
+        ("one-host", 1, true),
+        ("three-hosts-to-owner", 3, true),
+        ("three-hosts-any-host", 3, false),
+    ];
+    for (case, hosts, direct) in cases {
+        eprintln!("  {w} {case} ...");
+        match fleet::run(&b.exe, &b.base, hosts, ops, 32, direct, case) {
+            Ok(r) => {
+                let m = Measured {
+                    seconds: ops as f64 / r.ops_per_second,
+                    bytes: 0,
+                    ops: ops as u64,
+                    p50_ms: Some(r.p50_ms),
+                    p99_ms: Some(r.p99_ms),
+                };
+                let cpu: Vec<String> = r.cpu.iter().map(|c| format!("{c:.1}")).collect();
+                let note = format!(
+                    "host CPU s [{}] = {:.1} s ({:.2} ms per put); settled in {:.1} s",
+                    cpu.join(", "),
+                    r.cpu.iter().sum::<f64>(),
+                    r.cpu.iter().sum::<f64>() * 1000.0 / ops as f64,
+                    r.settle.as_secs_f64()
+                );
+                b.push(w, case, unit, &m, None, note);
+            }
+            Err(e) => {
+                eprintln!("{e:#}");
+                b.note_row(w, case, unit, format!("FAILED: {e}"));
+            }
+        }
+    }
+    b.compare(w, "three-hosts-to-owner", "one-host");
+    b.compare(w, "three-hosts-any-host", "one-host");
 }
 
 fn print_table(rows: &[Row], size: u64, small_count: usize, latency_ms: u64, repeat: u64) {

@@ -3,7 +3,6 @@
 
 use std::time::Instant;
 
-use filestore_s3_actors::commands::{GetStatus, LeaseStatus};
 use filestore_s3_actors::Error;
 
 use super::S3Executor;
@@ -36,22 +35,26 @@ impl S3Executor {
         self.inner.fleet.as_ref()?.owner_of(mount)
     }
 
-    /// The client to forward a call on `mount` to, when it goes elsewhere.
+    /// The client to forward a call on `mount` to, when it goes elsewhere: not while this
+    /// executor holds the lease (or is taking it); to the holder the last heartbeat saw; else to
+    /// the holder the lease table names now (the heartbeat's view is up to a quarter of a lease
+    /// duration old), when that is another live host of the fleet.
     pub(super) async fn forward_target(&self, mount: &str) -> Option<ServeClient> {
         let fleet = self.inner.fleet.as_ref()?;
         let s = fleet.settings();
-        if self.hops >= s.max_hops {
+        if self.hops >= s.max_hops || fleet.held_here(mount) {
             return None;
         }
-        let (_, address) = fleet.owner_of(mount)?;
-        // The view is a tick old: this executor may hold the lease by now.
-        if let Ok((addr, _, _)) = self.mount(mount) {
-            if let Ok(st) = addr.send(GetStatus).await {
-                if matches!(st.lease, LeaseStatus::Owned { .. }) {
+        let address = match fleet.owner_of(mount) {
+            Some((_, address)) => address,
+            None => {
+                let holder = self.lease_holder(mount).await.ok().flatten()?;
+                if holder.expires_at <= chrono::Utc::now() {
                     return None;
                 }
+                fleet.address_of(&holder.owner)?
             }
-        }
+        };
         let client = ServeClient::new(&address, s.token.clone()).ok()?;
         Some(
             client
