@@ -346,13 +346,12 @@ impl ExecutorConfig {
         if let Some(ms) = vars.parse::<u64>("FILESTORE_CONSISTENCY_HORIZON_MS")? {
             c.supervisor.consistency_horizon = Duration::from_millis(ms);
         }
+        // The fleet's own variables turn it on; the token and the forwarding bounds alone do not
+        // (a command that talks to `serve` carries the token too).
         let fleet_vars = [
             "FILESTORE_ADVERTISE_URL",
             "FILESTORE_FLEET_WEIGHT",
             "FILESTORE_FLEET_SETTLE_MS",
-            "FILESTORE_SERVE_TOKEN",
-            "FILESTORE_FORWARD_TIMEOUT_MS",
-            "FILESTORE_FORWARD_HOPS",
         ];
         let fleet_on = vars.parse::<bool>("FILESTORE_FLEET")?;
         if fleet_on == Some(true)

@@ -8,18 +8,20 @@
 //! *tries*, so no mount is ever owned twice whatever hosts believe.
 //!
 //! - **A host joins**: the others count it once it has been live for the settle period
-//!   (`FILESTORE_FLEET_SETTLE_MS`); a host above its share then hands one mount over (the usual
-//!   graceful retirement: running work ends, the lease is released, the host below its share
-//!   takes it and recovers it), and the next only once every mount is leased again and a lease
-//!   duration has passed.
+//!   (`FILESTORE_FLEET_SETTLE_MS`); a host above its share (or two mounts above a settled host
+//!   below its own) then hands one mount over (the usual graceful retirement: running work ends,
+//!   the lease is released, the host below its share takes it and recovers it; the giver does not
+//!   take it back for two lease durations), and the next only once that one is taken and a
+//!   heartbeat has passed.
 //! - **A host dies**: its heartbeat and leases run out (at once when its process is provably dead
 //!   on this machine); the survivors' shares grow and they take its mounts.
 //! - **Nobody takes a mount** (a host counted live that does not take its share): a mount free
 //!   for a whole lease duration may be taken by any host, whatever its share.
 //!
 //! Hysteresis: a host is counted for the others' hand-overs only after the settle period, hand-
-//! overs go one at a time, and only from a host strictly above its share to a settled host below
-//! its own; a host that comes and goes faster than the settle period moves no mount.
+//! overs go one at a time, and only from a host above its share (or two mounts above the taker)
+//! to a settled host below its own; a host that comes and goes faster than the settle period
+//! moves no mount.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -44,6 +46,10 @@ pub struct Fleet {
     pub(crate) handovers: AtomicU64,
     /// Calls this host forwarded to a mount's owner.
     pub(crate) forwarded: AtomicU64,
+    /// When this host last handed a mount over.
+    last_handover: Mutex<Option<Instant>>,
+    /// Held by a tick and by leaving the fleet: a heartbeat never lands after the leave.
+    pub(crate) tick_lock: tokio::sync::Mutex<()>,
 }
 
 #[derive(Default)]
@@ -54,10 +60,13 @@ struct Gate {
     /// Ticks so far.
     ticks: u32,
     share: usize,
-    /// Mounts whose lease this executor holds or is asking for.
-    held: HashSet<String>,
+    /// Mounts whose lease this executor holds or is asking for: the supervisor holding the
+    /// place, and since when.
+    held: HashMap<String, (u64, Instant)>,
     /// Mounts free for a whole lease duration: anyone may take them.
     overdue: HashSet<String>,
+    /// Mounts this host handed over, and when: not taken back for two lease durations.
+    handed: HashMap<String, Instant>,
 }
 
 #[derive(Default, Clone)]
@@ -68,7 +77,6 @@ struct View {
     keep: usize,
     /// When each mount without a live lease was first seen so.
     free_since: HashMap<String, Instant>,
-    last_handover: Option<Instant>,
 }
 
 /// What one host sees of the fleet (`/healthz`, `S3Executor::fleet`).
@@ -122,6 +130,13 @@ fn preference(mount: &str, owner: &str) -> u64 {
     h.finish()
 }
 
+/// Whether a host holding `mine` mounts hands one over: a settled host has room in its share
+/// (holding `taker` mounts, the fewest of those), and this host is above its share counted over
+/// settled hosts (`keep`) or two mounts above that host.
+fn should_hand_over(mine: usize, keep: usize, taker: Option<usize>) -> bool {
+    taker.is_some_and(|t| mine > keep || mine >= t + 2)
+}
+
 /// What a tick decided.
 pub(crate) struct TickOutcome {
     /// Mounts whose supervisors should look at their lease now.
@@ -141,6 +156,8 @@ impl Fleet {
             view: RwLock::default(),
             handovers: AtomicU64::new(0),
             forwarded: AtomicU64::new(0),
+            tick_lock: tokio::sync::Mutex::new(()),
+            last_handover: Mutex::new(None),
         }
     }
 
@@ -167,7 +184,7 @@ impl Fleet {
             .lock()
             .expect("fleet gate lock")
             .held
-            .contains(mount)
+            .contains_key(mount)
     }
 
     /// The operations API of the live host `owner`, as the last heartbeat saw it.
@@ -191,17 +208,37 @@ impl Fleet {
             .remove(mount);
     }
 
+    /// A mount was handed over (its supervisor retired): counted, paced, and not taken back.
+    pub(crate) fn handed_over(&self, mount: &str) {
+        let now = Instant::now();
+        *self.last_handover.lock().expect("fleet lock") = Some(now);
+        self.gate
+            .lock()
+            .expect("fleet gate lock")
+            .handed
+            .insert(mount.to_owned(), now);
+        self.handovers.fetch_add(1, Ordering::Relaxed);
+        metrics::counter!("filestore_s3_fleet_handovers_total").increment(1);
+    }
+
+    /// Writes this host's heartbeat.
+    pub(crate) async fn heartbeat(&self, meta: &PgMetaStore) -> Result<(), MetaError> {
+        let s = &self.settings;
+        meta.heartbeat(&self.owner, s.address.as_deref(), s.weight, self.lease_ttl)
+            .await
+    }
+
     /// One round: heartbeat, read the live hosts and the leases, recompute the share, and decide
     /// which supervisors look at their lease and whether a mount is handed over. `mounts` are the
-    /// mounts this executor may lease.
+    /// mounts this executor may lease; `handing_over`: a hand-over of this host is under way.
     pub(crate) async fn tick(
         &self,
         meta: &PgMetaStore,
         mounts: &[String],
+        handing_over: bool,
     ) -> Result<TickOutcome, MetaError> {
         let s = &self.settings;
-        meta.heartbeat(&self.owner, s.address.as_deref(), s.weight, self.lease_ttl)
-            .await?;
+        self.heartbeat(meta).await?;
         let hosts = meta.live_hosts().await?;
         let leases: HashMap<String, LeaseRow> = meta
             .leases()
@@ -266,10 +303,21 @@ impl Fleet {
             }
             gate.share = share;
             gate.overdue = overdue.clone();
+            // The places follow the lease table: a place is kept while this host holds the
+            // lease there, or while it is being asked for (a lease duration at most).
+            let ttl = self.lease_ttl;
+            gate.held.retain(|m, (_, since)| {
+                leases
+                    .get(m)
+                    .is_some_and(|l| l.live && l.owner == self.owner)
+                    || now.duration_since(*since) < ttl
+            });
+            gate.handed
+                .retain(|_, at| now.duration_since(*at) < 2 * ttl);
             let room = share.saturating_sub(gate.held.len());
             let mut look: Vec<String> = free
                 .iter()
-                .filter(|m| !gate.held.contains(**m))
+                .filter(|m| !gate.held.contains_key(**m) && !gate.handed.contains_key(**m))
                 .take(room)
                 .map(|m| (*m).clone())
                 .collect();
@@ -280,20 +328,28 @@ impl Fleet {
             }
             look
         };
-        // Hand one mount over when above the share counted over settled hosts, every mount is
-        // leased (the last one handed over was taken), a settled host is below its own share,
-        // and the last hand-over is a tick old.
+        // Hand one mount over when every mount is leased, no hand-over of this host is under
+        // way, the last one is a heartbeat old, and a settled host has room in its share: when
+        // this host is above its share counted over settled hosts, or two mounts above that
+        // host (ceil shares would otherwise leave a newcomer empty for good).
         let mine = owned.get(self.owner.as_str()).copied().unwrap_or(0);
-        let someone_below = hosts.iter().any(|h| {
-            h.owner != self.owner
-                && h.live_for >= s.settle
-                && owned.get(h.owner.as_str()).copied().unwrap_or(0)
-                    < share_of(mounts.len(), h.weight, settled)
-        });
-        let paced = view
+        let taker_holds = hosts
+            .iter()
+            .filter(|h| {
+                h.owner != self.owner
+                    && h.live_for >= s.settle
+                    && owned.get(h.owner.as_str()).copied().unwrap_or(0)
+                        < share_of(mounts.len(), h.weight, total)
+            })
+            .map(|h| owned.get(h.owner.as_str()).copied().unwrap_or(0))
+            .min();
+        let paced = self
             .last_handover
+            .lock()
+            .expect("fleet lock")
             .is_none_or(|t| now.duration_since(t) >= self.lease_ttl / 4);
-        let hand_over = (mine > keep && unleased.is_empty() && someone_below && paced)
+        let above = should_hand_over(mine, keep, taker_holds);
+        let hand_over = (above && unleased.is_empty() && !handing_over && paced)
             .then(|| {
                 leases
                     .values()
@@ -302,11 +358,6 @@ impl Fleet {
                     .max_by_key(|m| preference(m, &self.owner))
             })
             .flatten();
-        if hand_over.is_some() {
-            view.last_handover = Some(now);
-            self.handovers.fetch_add(1, Ordering::Relaxed);
-            metrics::counter!("filestore_s3_fleet_handovers_total").increment(1);
-        }
         metrics::gauge!("filestore_s3_fleet_live_hosts").set(hosts.len() as f64);
         metrics::gauge!("filestore_s3_fleet_share").set(share as f64);
         metrics::gauge!("filestore_s3_fleet_mounts_owned").set(mine as f64);
@@ -357,15 +408,24 @@ impl Fleet {
 }
 
 impl LeaseGate for Fleet {
-    fn may_take(&self, mount: &str) -> Result<(), GateRefusal> {
+    fn may_take(&self, mount: &str, who: u64) -> Result<(), GateRefusal> {
         {
             let mut gate = self.gate.lock().expect("fleet gate lock");
-            if gate.ready
-                && (gate.held.contains(mount)
-                    || gate.held.len() < gate.share
-                    || gate.overdue.contains(mount))
-            {
-                gate.held.insert(mount.to_owned());
+            let mine = gate.held.get(mount).map(|(w, _)| *w);
+            let overdue = gate.overdue.contains(mount);
+            let allowed = gate.ready
+                && match mine {
+                    // Its own place, asked again.
+                    Some(w) if w == who => true,
+                    // Another supervisor of the mount (retiring) still holds the place.
+                    Some(_) => false,
+                    None => {
+                        overdue
+                            || (gate.held.len() < gate.share && !gate.handed.contains_key(mount))
+                    }
+                };
+            if allowed {
+                gate.held.insert(mount.to_owned(), (who, Instant::now()));
                 return Ok(());
             }
         }
@@ -374,12 +434,16 @@ impl LeaseGate for Fleet {
         })
     }
 
-    fn holds(&self, mount: &str, held: bool) {
+    fn holds(&self, mount: &str, who: u64, held: bool) {
         let mut gate = self.gate.lock().expect("fleet gate lock");
-        if held {
-            gate.held.insert(mount.to_owned());
-        } else {
-            gate.held.remove(mount);
+        match (held, gate.held.get(mount).map(|(w, _)| *w)) {
+            (true, _) => {
+                gate.held.insert(mount.to_owned(), (who, Instant::now()));
+            }
+            (false, Some(w)) if w == who => {
+                gate.held.remove(mount);
+            }
+            (false, _) => {}
         }
     }
 }
@@ -398,6 +462,47 @@ mod tests {
         assert_eq!(share_of(5, 1, 0), 5);
     }
 
+    /// Hosts (all settled, weight 1) hand over by the rule until none does: the counts end within
+    /// one of each other and none above its share, from any start.
+    #[test]
+    fn hand_overs_converge_to_an_even_spread_and_stop() {
+        for (mounts, start) in [
+            (12, vec![12, 0, 0]),
+            (12, vec![6, 6, 0]),
+            (12, vec![3, 3, 3, 3, 0]),
+            (4, vec![2, 2, 0]),
+            (10, vec![4, 4, 2]),
+            (12, vec![4, 4, 4]),
+            (7, vec![7, 0]),
+        ] {
+            let mut held = start.clone();
+            let n = held.len() as u64;
+            let share = share_of(mounts, 1, n);
+            let mut moves = 0;
+            loop {
+                let giver = (0..held.len()).find(|&i| {
+                    let taker = (0..held.len())
+                        .filter(|&j| j != i && held[j] < share)
+                        .map(|j| held[j])
+                        .min();
+                    should_hand_over(held[i], share, taker)
+                });
+                let Some(i) = giver else { break };
+                let j = (0..held.len())
+                    .filter(|&j| j != i && held[j] < share)
+                    .min_by_key(|&j| held[j])
+                    .unwrap();
+                held[i] -= 1;
+                held[j] += 1;
+                moves += 1;
+                assert!(moves <= mounts, "{start:?}: no end ({held:?})");
+            }
+            let (lo, hi) = (*held.iter().min().unwrap(), *held.iter().max().unwrap());
+            assert!(hi - lo <= 1 && hi <= share, "{start:?} ended at {held:?}");
+            assert_eq!(held.iter().sum::<usize>(), mounts);
+        }
+    }
+
     #[test]
     fn the_gate_takes_up_to_the_share_then_only_overdue_mounts() {
         let f = Fleet::new(
@@ -406,7 +511,7 @@ mod tests {
             Duration::from_secs(2),
         );
         assert!(
-            f.may_take("a").is_err(),
+            f.may_take("a", 1).is_err(),
             "no share known before the first tick"
         );
         {
@@ -414,17 +519,34 @@ mod tests {
             g.ready = true;
             g.share = 2;
             g.overdue.insert("late".into());
+            g.handed.insert("given".into(), Instant::now());
         }
-        assert!(f.may_take("a").is_ok());
-        assert!(f.may_take("a").is_ok(), "asking again for a reserved mount");
-        assert!(f.may_take("b").is_ok());
-        assert!(f.may_take("c").is_err(), "the share is full");
+        assert!(f.may_take("a", 1).is_ok());
         assert!(
-            f.may_take("late").is_ok(),
+            f.may_take("a", 1).is_ok(),
+            "asking again for a reserved mount"
+        );
+        assert!(
+            f.may_take("a", 2).is_err(),
+            "another supervisor of the mount while the first holds its place"
+        );
+        f.holds("a", 2, false);
+        assert!(
+            f.held_here("a"),
+            "a false from another supervisor changes nothing"
+        );
+        assert!(f.may_take("b", 3).is_ok());
+        assert!(f.may_take("c", 4).is_err(), "the share is full");
+        assert!(
+            f.may_take("late", 5).is_ok(),
             "free for a whole lease duration"
         );
-        f.holds("a", false);
-        f.holds("late", false);
-        assert!(f.may_take("c").is_ok(), "a place was given back");
+        f.holds("a", 1, false);
+        f.holds("late", 5, false);
+        assert!(
+            f.may_take("given", 6).is_err(),
+            "handed over: not taken back"
+        );
+        assert!(f.may_take("c", 4).is_ok(), "a place was given back");
     }
 }

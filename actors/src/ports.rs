@@ -503,12 +503,15 @@ pub trait ChangePublisher: Send + Sync + 'static {
 /// (see the host crate's `fleet`). A supervisor asks before each look at a lease it does not hold
 /// and reports what it holds; without a gate it takes any lease that is free.
 pub trait LeaseGate: Send + Sync + 'static {
-    /// `Ok` reserves one of this executor's places for `mount` (kept until `holds(mount, false)`);
-    /// `Err` names the holder as last seen (owner, lease end) when there is one, and why not.
-    fn may_take(&self, mount: &str) -> Result<(), GateRefusal>;
-    /// The supervisor of `mount` holds its lease (`true`) or does not (`false`: refused, lost,
-    /// released, restarted).
-    fn holds(&self, mount: &str, held: bool);
+    /// `Ok` reserves one of this executor's places for `mount` for the supervisor `who` (kept
+    /// until `holds(mount, who, false)`); `Err` names the holder as last seen (owner, lease end)
+    /// when there is one. `who` tells apart two supervisors of one mount (one retiring, its
+    /// successor starting).
+    fn may_take(&self, mount: &str, who: u64) -> Result<(), GateRefusal>;
+    /// The supervisor `who` of `mount` holds its lease (`true`) or does not (`false`: refused,
+    /// lost, released, restarted); a `false` of another supervisor than the one holding the place
+    /// changes nothing.
+    fn holds(&self, mount: &str, who: u64, held: bool);
 }
 
 /// Why a [`LeaseGate`] keeps a supervisor from looking at a free lease.

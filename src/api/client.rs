@@ -35,6 +35,8 @@ pub struct ServeClient {
     token: Option<String>,
     hops: u8,
     timeout: Duration,
+    /// The executor a forwarded call is meant for.
+    target: Option<String>,
 }
 
 impl std::fmt::Debug for ServeClient {
@@ -118,6 +120,7 @@ impl ServeClient {
             token,
             hops: 0,
             timeout: Duration::from_secs(300),
+            target: None,
         })
     }
 
@@ -132,9 +135,17 @@ impl ServeClient {
         self
     }
 
-    /// Bounds each call end to end.
+    /// Bounds each call: no byte of a request body sent, no answer after the request, or no
+    /// byte of an answer's body for this long fails it.
     pub fn with_timeout(mut self, timeout: Duration) -> Self {
         self.timeout = timeout;
+        self
+    }
+
+    /// Names the executor the calls are meant for (forwarding): another that receives them
+    /// refuses them (`misdirected`, retryable).
+    pub fn for_owner(mut self, owner: impl Into<String>) -> Self {
+        self.target = Some(owner.into());
         self
     }
 
@@ -162,6 +173,7 @@ impl ServeClient {
         path_and_query: &str,
         headers: Vec<(String, String)>,
         body: Body,
+        activity: Activity,
     ) -> Result<Response<hyper::body::Incoming>, Error> {
         let stream = tokio::time::timeout(
             Duration::from_secs(10).min(self.timeout),
@@ -187,17 +199,33 @@ impl ServeClient {
         if let Some(t) = &self.token {
             req = req.header(hyper::header::AUTHORIZATION, format!("Bearer {t}"));
         }
+        if let Some(o) = &self.target {
+            req = req.header(wire::FORWARD_TO, o);
+        }
         for (k, v) in headers {
             req = req.header(k, v);
         }
         let req = req
             .body(body)
             .map_err(|e| Error::Config(format!("building a request: {e}")))?;
-        // A failure once the request is on its way may come after the owner applied it.
-        sender
-            .send_request(req)
-            .await
-            .map_err(|e| self.undelivered(e, true))
+        // A failure once the request is on its way may come after the owner applied it. The
+        // wait is bounded by the activity clock: the body's bytes keep it fresh while they flow.
+        activity.touch();
+        let answer = sender.send_request(req);
+        tokio::pin!(answer);
+        loop {
+            tokio::select! {
+                r = &mut answer => return r.map_err(|e| self.undelivered(e, true)),
+                () = tokio::time::sleep(Duration::from_millis(500)) => {
+                    if activity.idle() > self.timeout {
+                        return Err(self.undelivered(
+                            format!("nothing moved for {:?}", self.timeout),
+                            true,
+                        ));
+                    }
+                }
+            }
+        }
     }
 
     /// Reads an answer: `T` from a 2xx JSON body, else the error it carries.
@@ -213,11 +241,12 @@ impl ServeClient {
             .map_err(|e| self.undelivered(e, true))?
             .to_bytes();
         if status.is_success() {
+            // The call succeeded but its answer cannot be read (another version?): as if lost.
             return serde_json::from_slice(&body).map_err(|e| Error::Forwarded {
                 host: self.base.clone(),
-                kind: "bad_answer".into(),
-                message: format!("the answer is not the expected JSON ({e})"),
-                retryable: false,
+                kind: "answer_lost".into(),
+                message: format!("the call succeeded but its answer is not the expected JSON ({e}); it was applied: send it again with the same idempotency key for its result"),
+                retryable: true,
             });
         }
         Err(self.error_of(status, &body))
@@ -233,7 +262,9 @@ impl ServeClient {
                     "HTTP {status}: {}",
                     String::from_utf8_lossy(&body[..body.len().min(300)])
                 ),
-                retryable: status.is_server_error(),
+                retryable: status.is_server_error()
+                    || status == StatusCode::REQUEST_TIMEOUT
+                    || status == StatusCode::TOO_MANY_REQUESTS,
             },
         }
     }
@@ -245,13 +276,30 @@ impl ServeClient {
         headers: Vec<(String, String)>,
         body: Body,
     ) -> Result<T, Error> {
-        let work = async {
-            let resp = self.send(method, path_and_query, headers, body).await?;
-            self.read(resp).await
-        };
-        tokio::time::timeout(self.timeout, work)
+        self.call_with(method, path_and_query, headers, body, Activity::new())
             .await
-            .map_err(|_| self.undelivered(format!("no answer within {:?}", self.timeout), true))?
+    }
+
+    async fn call_with<T: DeserializeOwned>(
+        &self,
+        method: Method,
+        path_and_query: &str,
+        headers: Vec<(String, String)>,
+        body: Body,
+        activity: Activity,
+    ) -> Result<T, Error> {
+        let resp = self
+            .send(method, path_and_query, headers, body, activity)
+            .await?;
+        // A JSON answer is small: its body gets the whole timeout.
+        tokio::time::timeout(self.timeout, self.read(resp))
+            .await
+            .map_err(|_| {
+                self.undelivered(
+                    format!("the answer did not arrive within {:?}", self.timeout),
+                    true,
+                )
+            })?
     }
 
     fn empty() -> Body {
@@ -307,10 +355,21 @@ impl ServeClient {
         let (mount_s, path_s) = (mount.to_owned(), path.to_owned());
         let started = Instant::now();
         let mut sent = 0u64;
+        let activity = Activity::new();
+        let moved = activity.clone();
         let stream =
             tokio_util::io::ReaderStream::with_capacity(reader, 256 * 1024).map(move |chunk| {
                 let chunk = chunk?;
+                moved.touch();
                 sent += chunk.len() as u64;
+                if size.is_some_and(|n| sent > n) {
+                    // A source that grew while it was sent: the length announced would cut it
+                    // short, and the owner would store the cut copy as the whole.
+                    return Err(std::io::Error::other(format!(
+                        "the source grew while it was sent (more than the {} bytes announced)",
+                        size.unwrap_or_default()
+                    )));
+                }
                 if let Some(p) = &progress {
                     let secs = started.elapsed().as_secs_f64().max(1e-3);
                     let rate = sent as f64 / secs;
@@ -331,8 +390,14 @@ impl ServeClient {
                 Ok(Frame::data(chunk))
             });
         let body = BodyExt::boxed_unsync(StreamBody::new(stream));
-        self.call(Method::PUT, &Self::object_url(mount, path), headers, body)
-            .await
+        self.call_with(
+            Method::PUT,
+            &Self::object_url(mount, path),
+            headers,
+            body,
+            activity,
+        )
+        .await
     }
 
     /// Deletes the object at `path`.
@@ -476,6 +541,7 @@ impl ServeClient {
                     &Self::object_url(mount, path),
                     vec![],
                     Self::empty(),
+                    Activity::new(),
                 )
                 .await?;
             let status = resp.status();
@@ -490,7 +556,16 @@ impl ServeClient {
             }
             let mut body = resp.into_body();
             let mut n = 0u64;
-            while let Some(frame) = body.frame().await {
+            loop {
+                let frame = tokio::time::timeout(self.timeout, body.frame())
+                    .await
+                    .map_err(|_| Error::Forwarded {
+                        host: self.base.clone(),
+                        kind: "cut_short".into(),
+                        message: format!("no byte of the object for {:?}", self.timeout),
+                        retryable: true,
+                    })?;
+                let Some(frame) = frame else { break };
                 let frame = frame.map_err(|e| Error::Forwarded {
                     host: self.base.clone(),
                     kind: "cut_short".into(),
@@ -506,8 +581,25 @@ impl ServeClient {
             }
             Ok(n)
         };
-        tokio::time::timeout(self.timeout, work)
-            .await
-            .map_err(|_| self.undelivered(format!("no answer within {:?}", self.timeout), true))?
+        work.await
+    }
+}
+
+/// When a call last moved (a byte of its body sent, or the request sent): its timeout counts
+/// from there, so a long upload that keeps moving is never cut.
+#[derive(Clone)]
+struct Activity(std::sync::Arc<std::sync::Mutex<Instant>>);
+
+impl Activity {
+    fn new() -> Self {
+        Activity(std::sync::Arc::new(std::sync::Mutex::new(Instant::now())))
+    }
+
+    fn touch(&self) {
+        *self.0.lock().unwrap_or_else(|e| e.into_inner()) = Instant::now();
+    }
+
+    fn idle(&self) -> Duration {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).elapsed()
     }
 }

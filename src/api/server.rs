@@ -151,6 +151,19 @@ pub async fn handle(
     let hops = header(&req, wire::FORWARDED)
         .and_then(|h| h.parse::<u8>().ok())
         .unwrap_or(0);
+    if let Some(meant) = header(&req, wire::FORWARD_TO) {
+        if meant != exec.config().owner_id {
+            let mut w = WireError::api(
+                "misdirected",
+                format!(
+                    "forwarded to executor '{meant}', but this is '{}' (the address is stale or leads elsewhere); retry",
+                    exec.config().owner_id
+                ),
+            );
+            w.retryable = true;
+            return json(StatusCode::MISDIRECTED_REQUEST, &ErrorBody { error: w });
+        }
+    }
     let exec = exec.with_hops(hops);
     let answered_by = exec.config().owner_id.clone();
     let mut resp = match route(exec, req).await {
@@ -348,6 +361,13 @@ async fn get(exec: S3Executor, mount: &str, path: &str) -> Response<Body> {
         }
         n = r.read(&mut first) => n.unwrap_or(0),
     };
+    if n == 0 {
+        // Nothing came before the pipe closed: the get ended (an error, or an empty object).
+        return match task.await.unwrap_or(Err(Error::Shutdown)) {
+            Ok(_) => full(StatusCode::OK, "application/octet-stream", Bytes::new()),
+            Err(e) => error(&e),
+        };
+    }
     first.truncate(n);
     let head = futures::stream::once(async move { Ok::<_, std::io::Error>(Bytes::from(first)) });
     let tail = tokio_util::io::ReaderStream::new(r);

@@ -17,6 +17,10 @@ pub const IF_GENERATION: &str = "x-filestore-if-generation";
 pub const META_PREFIX: &str = "x-filestore-meta-";
 /// The executor that answered (the owner, after forwarding).
 pub const ANSWERED_BY: &str = "x-filestore-answered-by";
+/// The executor a forwarded call is meant for: any other that receives it (an address that now
+/// belongs to another process, an advertised address that leads back to the sender) refuses it
+/// with the retryable `misdirected` instead of running or forwarding it.
+pub const FORWARD_TO: &str = "x-filestore-forward-to";
 
 /// An error as the API sends it: `{"error": {...}}`.
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -520,6 +520,11 @@ async fn serve(
                 );
             } else if token.is_some() {
                 fleet.address = Some(format!("http://{local}"));
+                if local.ip().is_loopback() {
+                    log::warn!(
+                        "other hosts forward calls to http://{local}: only hosts on this machine can; set FILESTORE_ADVERTISE_URL for a fleet across machines"
+                    );
+                }
             }
         }
     }

@@ -18,10 +18,10 @@ pub(crate) async fn run_remote(
         Err(e) => return Some(Err(e.into())),
     };
     let state_dir = cli.state_dir.clone().or_else(calls::default_state_dir);
-    // What makes two calls the same call: the host they go to, then the command.
-    let base = client.base().to_owned();
+    // What makes two calls the same call: the command, whichever host of the fleet it is sent
+    // to (sent again to another host after the first died, it must continue the same call).
     let call_key = |given: &Option<String>, call: &[&str]| {
-        let mut all = vec!["serve", base.as_str()];
+        let mut all = vec!["serve"];
         all.extend_from_slice(call);
         calls::CallKey::for_call(state_dir.as_deref(), given.clone(), &all)
     };
@@ -42,9 +42,13 @@ pub(crate) async fn run_remote(
                 let f = tokio::fs::File::open(&abs)
                     .await
                     .with_context(|| format!("reading {}", file.display()))?;
-                let size = f.metadata().await?.len();
-                let (size_s, condition_s) = (
+                let (size, mtime_ns) =
+                    filestore_s3_actors::multipart::file_identity(&abs.to_string_lossy())
+                        .await
+                        .map_err(|e| anyhow::anyhow!("reading {}: {e}", file.display()))?;
+                let (size_s, mtime_s, condition_s) = (
                     size.to_string(),
+                    mtime_ns.to_string(),
                     format!(
                         "{:?}/{:?}",
                         condition.if_none_match, condition.if_generation
@@ -57,6 +61,7 @@ pub(crate) async fn run_remote(
                     path.as_str(),
                     abs.to_str().unwrap_or(""),
                     &size_s,
+                    &mtime_s,
                     content_type.as_deref().unwrap_or(""),
                     &condition_s,
                 ];

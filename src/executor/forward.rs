@@ -45,21 +45,23 @@ impl S3Executor {
         if self.hops >= s.max_hops || fleet.held_here(mount) {
             return None;
         }
-        let address = match fleet.owner_of(mount) {
-            Some((_, address)) => address,
+        let (owner, address) = match fleet.owner_of(mount) {
+            Some(found) => found,
             None => {
                 let holder = self.lease_holder(mount).await.ok().flatten()?;
                 if holder.expires_at <= chrono::Utc::now() {
                     return None;
                 }
-                fleet.address_of(&holder.owner)?
+                let address = fleet.address_of(&holder.owner)?;
+                (holder.owner, address)
             }
         };
         let client = ServeClient::new(&address, s.token.clone()).ok()?;
         Some(
             client
                 .with_hops(self.hops.saturating_add(1))
-                .with_timeout(s.forward_timeout),
+                .with_timeout(s.forward_timeout)
+                .for_owner(owner),
         )
     }
 
@@ -67,11 +69,21 @@ impl S3Executor {
     pub(super) async fn forwarded<T>(
         &self,
         op: &'static str,
+        mount: &str,
         client: &ServeClient,
         call: impl std::future::Future<Output = Result<T, Error>>,
     ) -> Result<T, Error> {
         let started = Instant::now();
         let r = call.await;
+        let moved = match &r {
+            Err(Error::NotOwner { .. }) => true,
+            Err(Error::Forwarded { kind, .. }) => kind == "misdirected",
+            _ => false,
+        };
+        if let (true, Some(f)) = (moved, &self.inner.fleet) {
+            // The next call asks the lease table instead of the view that sent this one astray.
+            f.forget_lease(mount);
+        }
         let outcome = match &r {
             Ok(_) => "ok",
             Err(e) if e.is_retryable() => "retryable",

@@ -90,7 +90,15 @@ impl S3Executor {
             }
         };
         let (stop_watch, stop_rx) = tokio::sync::watch::channel(false);
-        let fleet = config.fleet.clone().map(|f| {
+        // Only an executor that takes leases of every mount it serves balances them with others
+        // (a passive or one-shot executor would count as a host that takes none).
+        let balances = !config.passive && config.leased_mounts.is_none();
+        if config.fleet.is_some() && !balances {
+            log::info!(
+                "not joining the fleet: this executor is passive or leases only some mounts"
+            );
+        }
+        let fleet = config.fleet.clone().filter(|_| balances).map(|f| {
             Arc::new(crate::fleet::Fleet::new(
                 config.owner_id.clone(),
                 f,
@@ -114,6 +122,20 @@ impl S3Executor {
             }),
             hops: 0,
         };
+        if let Some(f) = exec.inner.fleet.clone() {
+            // The first heartbeat says at once when the fleet cannot work (no V18, no rights).
+            let services = exec.inner.services.clone();
+            let first = on_arbiter(&exec.inner.arbiter, async move {
+                f.heartbeat(&services.meta).await
+            })
+            .await;
+            if let Err(e) = first.and_then(|r| r.map_err(Error::Metadata)) {
+                exec.shutdown().await;
+                return Err(Error::Config(format!(
+                    "joining the fleet (executor_hosts, migration V18): {e}"
+                )));
+            }
+        }
         if let Err(e) = exec.reload_mounts().await {
             exec.shutdown().await;
             return Err(e);
@@ -286,12 +308,14 @@ impl S3Executor {
     /// and gave its lease back.
     pub async fn shutdown_within(&self, deadline: Duration) -> bool {
         let _ = self.inner.stop_watch.send(true);
-        if self.inner.fleet.is_some() {
+        if let Some(fleet) = self.inner.fleet.clone() {
             // Leaving first lets the other hosts' shares grow, so they take this host's mounts
-            // as soon as each is released below.
+            // as soon as each is released below. (After any tick under way: its heartbeat must
+            // not land after the leave.)
             let services = self.inner.services.clone();
             let owner = self.inner.config.owner_id.clone();
             let left = on_arbiter(&self.inner.arbiter, async move {
+                let _no_tick = fleet.tick_lock.lock().await;
                 services.meta.leave_fleet(&owner).await
             });
             match tokio::time::timeout(Duration::from_secs(5), left).await {
@@ -338,23 +362,34 @@ async fn run_fleet(inner: std::sync::Weak<Inner>, mut stop: tokio::sync::watch::
         let leasable = me.registry.leasable(&me.config);
         let names: Vec<String> = leasable.iter().map(|(n, _)| n.clone()).collect();
         let mut next = every;
-        match fleet.tick(&me.services.meta, &names).await {
-            Ok(out) => {
-                // While mounts are being taken or handed over, look again soon: a look that
-                // lost a race to another host leaves a place to fill.
-                if !out.look.is_empty() || out.hand_over.is_some() {
-                    next = every.min(Duration::from_millis(250));
-                }
-                for m in &out.look {
-                    if let Some((_, addr)) = leasable.iter().find(|(n, _)| n == m) {
-                        addr.do_send(LookAtLease);
+        {
+            let _one_tick = fleet.tick_lock.lock().await;
+            if *stop.borrow() {
+                return;
+            }
+            match fleet
+                .tick(&me.services.meta, &names, me.registry.handing_over())
+                .await
+            {
+                Ok(out) => {
+                    // While mounts are being taken or handed over, look again soon: a look
+                    // that lost a race to another host leaves a place to fill.
+                    if !out.look.is_empty() || out.hand_over.is_some() {
+                        next = every.min(Duration::from_millis(250));
+                    }
+                    for m in &out.look {
+                        if let Some((_, addr)) = leasable.iter().find(|(n, _)| n == m) {
+                            addr.do_send(LookAtLease);
+                        }
+                    }
+                    if let Some(m) = out.hand_over {
+                        if me.registry.rebalance(&m, &me.config, &me.services).await {
+                            fleet.handed_over(&m);
+                        }
                     }
                 }
-                if let Some(m) = out.hand_over {
-                    me.registry.rebalance(&m, &me.config, &me.services).await;
-                }
+                Err(e) => log::warn!("fleet: heartbeat or balancing failed ({e}); retrying"),
             }
-            Err(e) => log::warn!("fleet: heartbeat or balancing failed ({e}); retrying"),
         }
         drop(me);
         tokio::select! {

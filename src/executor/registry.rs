@@ -277,10 +277,16 @@ impl Registry {
     /// Hands `name` over to balance the fleet: its supervisor retires (running operations end,
     /// the lease is released) and a new one for the same row starts, which takes the lease again
     /// only when the fleet's gate lets it.
-    pub async fn rebalance(&self, name: &str, config: &ExecutorConfig, services: &Arc<Services>) {
+    /// `false` when it was not started (shutting down, not served here, a hand-over under way).
+    pub async fn rebalance(
+        &self,
+        name: &str,
+        config: &ExecutorConfig,
+        services: &Arc<Services>,
+    ) -> bool {
         let _one_at_a_time = self.reloading.lock().await;
         if self.closed.load(std::sync::atomic::Ordering::SeqCst) {
-            return;
+            return false;
         }
         let Some(Slot::Ready { addr, spec, .. }) = self
             .mounts
@@ -289,16 +295,26 @@ impl Registry {
             .get(name)
             .cloned()
         else {
-            return;
+            return false;
         };
         let mut handovers = self.handovers.lock().expect("hand-over table lock");
         if handovers.contains_key(name) {
-            return;
+            return false;
         }
         handovers.insert(name.to_owned(), (*spec).clone());
         drop(handovers);
         log::info!("mount {name}: handing over to balance the fleet once running operations end");
         self.hand_over(addr, name.to_owned(), config, services);
+        true
+    }
+
+    /// Whether a hand-over (a changed mount's, or the fleet's) is under way.
+    pub fn handing_over(&self) -> bool {
+        !self
+            .handovers
+            .lock()
+            .expect("hand-over table lock")
+            .is_empty()
     }
 
     /// Every known mount and its state.

@@ -37,6 +37,7 @@ impl S3Executor {
             return self
                 .forwarded(
                     "put",
+                    mount,
                     &owner,
                     owner.put(mount, path, reader, Some(size), opts),
                 )
@@ -77,7 +78,12 @@ impl S3Executor {
             let mut opts = opts;
             opts.idempotency_key = forwarded_key(opts.idempotency_key);
             return self
-                .forwarded("put", &owner, owner.put(mount, path, f, Some(size), opts))
+                .forwarded(
+                    "put",
+                    mount,
+                    &owner,
+                    owner.put(mount, path, f, Some(size), opts),
+                )
                 .await;
         }
         if size <= spec.multipart_threshold {
@@ -126,7 +132,12 @@ impl S3Executor {
             let mut opts = opts;
             opts.idempotency_key = forwarded_key(opts.idempotency_key);
             return self
-                .forwarded("put", &owner, owner.put(mount, path, reader, None, opts))
+                .forwarded(
+                    "put",
+                    mount,
+                    &owner,
+                    owner.put(mount, path, reader, None, opts),
+                )
                 .await;
         }
         put_read(&addr, &spec, fs_path, reader, opts).await
@@ -144,7 +155,12 @@ impl S3Executor {
         if let Some(owner) = self.forward_target(mount).await {
             let key = forwarded_key(opts.idempotency_key);
             return self
-                .forwarded("delete", &owner, owner.delete(mount, path, key.as_deref()))
+                .forwarded(
+                    "delete",
+                    mount,
+                    &owner,
+                    owner.delete(mount, path, key.as_deref()),
+                )
                 .await;
         }
         addr.send(DeleteObject {
@@ -207,6 +223,7 @@ impl S3Executor {
             return self
                 .forwarded(
                     "delete_many",
+                    mount,
                     &owner,
                     owner.delete_many(mount, &paths, &opts),
                 )
@@ -278,7 +295,12 @@ impl S3Executor {
             let key = forwarded_key(opts.idempotency_key);
             let verb = if op == OpKind::Move { "move" } else { "copy" };
             return self
-                .forwarded(verb, &owner, owner.transfer(op, from, to, key, opts.mode))
+                .forwarded(
+                    verb,
+                    mount,
+                    &owner,
+                    owner.transfer(op, from, to, key, opts.mode),
+                )
                 .await;
         }
         addr.send(TransferObject {

@@ -11,7 +11,7 @@ impl MountSupervisor {
             return;
         }
         if let Some(gate) = &self.gate {
-            if let Err(refusal) = gate.may_take(&self.spec.name) {
+            if let Err(refusal) = gate.may_take(&self.spec.name, self.instance) {
                 // Not this host's to take now (its share of the fleet's mounts is full): the
                 // holder as the fleet last saw it, or none yet while the fleet assigns it.
                 let ttl = self.settings.lease_ttl;

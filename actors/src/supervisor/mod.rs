@@ -147,6 +147,8 @@ pub struct MountSupervisor {
     passive: bool,
     /// The fleet's share of mounts per host: asked before each look at a lease not held.
     gate: Option<Arc<dyn crate::ports::LeaseGate>>,
+    /// This supervisor among others of the same mount, for the gate.
+    instance: u64,
     // Everything below is per run and reset by `restarting`.
     committer: Option<Addr<CommitterActor>>,
     notifier: Option<Addr<NotifierActor>>,
@@ -193,6 +195,7 @@ impl MountSupervisor {
             releasing: false,
             passive: false,
             gate: None,
+            instance: Uuid::new_v4().as_u64_pair().0,
             committer: None,
             notifier: None,
             recovered: false,
@@ -235,7 +238,7 @@ impl MountSupervisor {
     /// Tells the gate, if any, whether this supervisor holds the mount's lease.
     pub(super) fn gate_holds(&self, held: bool) {
         if let Some(g) = &self.gate {
-            g.holds(&self.spec.name, held);
+            g.holds(&self.spec.name, self.instance, held);
         }
     }
 
