@@ -14,6 +14,7 @@ mod executor;
 pub mod fleet;
 pub mod http;
 pub mod liveness;
+mod options;
 pub mod pg;
 pub mod redact;
 pub mod redis;

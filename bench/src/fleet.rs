@@ -61,7 +61,7 @@ pub fn host(spec: &Spec, owner: &str, port: u16) -> Result<()> {
                     let exec = exec.clone();
                     async move {
                         Ok::<_, std::convert::Infallible>(
-                            filestore_s3::api::server::handle(exec, Some(TOKEN), req).await,
+                            filestore_s3::http::ops::handle(exec, Some(TOKEN), req).await,
                         )
                     }
                 });

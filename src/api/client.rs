@@ -22,7 +22,7 @@ use serde::de::DeserializeOwned;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 
 use super::wire::{self, ErrorBody, WireError};
-use crate::executor::{DeleteManyOptions, ListOptions, Location, PutMode, PutOptions};
+use crate::options::{DeleteManyOptions, ListOptions, Location, PutMode, PutOptions};
 
 /// The body of a request.
 pub type Body = UnsyncBoxBody<Bytes, std::io::Error>;

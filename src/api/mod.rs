@@ -1,7 +1,6 @@
-//! The operations API: every call of the handle over HTTP (`serve`'s `/v1/...`), its client (the
-//! CLI's way to a running `serve`, and forwarding between the hosts of a fleet), and the shapes
-//! both use. docs/serve.md documents the requests and answers.
+//! The operations API's client (the CLI's way to a running `serve`, and forwarding between the
+//! hosts of a fleet) and the shapes it shares with the server (`crate::http::ops`, `serve`'s
+//! `/v1/...`). docs/serve.md documents the requests and answers.
 
 pub mod client;
-pub mod server;
 pub mod wire;

@@ -8,7 +8,6 @@ mod feed;
 mod forward;
 mod health;
 pub mod messages;
-mod options;
 mod read;
 mod registry;
 mod runtime;
@@ -29,12 +28,12 @@ use filestore_s3_actors::path::{DirPath, FsPath};
 use filestore_s3_actors::reads;
 use filestore_s3_actors::Error;
 
-pub use feed::{FeedEvent, FollowOptions};
-pub use health::{Health, MountHealth, Reach};
-pub use options::{
+pub use crate::options::{
     progress_to_recipient, DeleteManyOptions, DeleteOptions, GetOptions, GetResult, ListOptions,
     Location, PutMode, PutOptions, TransferOptions, UploadProgressMsg,
 };
+pub use feed::{FeedEvent, FollowOptions};
+pub use health::{Health, MountHealth, Reach};
 pub use registry::MountState;
 
 use crate::config::ExecutorConfig;

@@ -14,13 +14,12 @@ use hyper::{Method, Request, Response, StatusCode};
 use serde::Serialize;
 use tokio::io::AsyncReadExt as _;
 
-use super::client::{Body, DeleteManyRequest, ItemResult, TransferRequest};
-use super::wire::{self, ErrorBody, WireError};
-use crate::executor::{
+use crate::api::client::{Body, DeleteManyRequest, ItemResult, TransferRequest};
+use crate::api::wire::{self, ErrorBody, WireError};
+use crate::{
     DeleteManyOptions, DeleteOptions, FollowOptions, GetOptions, ListOptions, Location, PutMode,
-    PutOptions, TransferOptions,
+    PutOptions, S3Executor, TransferOptions,
 };
-use crate::S3Executor;
 
 /// Largest JSON request body.
 const JSON_LIMIT: usize = 16 << 20;

@@ -1,7 +1,9 @@
 //! The reference host's HTTP endpoints: `GET /healthz` (JSON from `S3Executor::health`, 200 when
 //! healthy, 503 otherwise), `GET /metrics` (Prometheus text from the `metrics` facade through
 //! `metrics-exporter-prometheus`, plus per-mount gauges refreshed at each scrape), and the
-//! operations API under `/v1/` ([`crate::api::server`], behind a bearer token).
+//! operations API under `/v1/` ([`ops`], behind a bearer token).
+
+pub mod ops;
 
 use std::convert::Infallible;
 
@@ -38,7 +40,7 @@ async fn handle(
     req: Request<hyper::body::Incoming>,
 ) -> Result<Response<Body>, Infallible> {
     if req.uri().path().starts_with("/v1/") {
-        return Ok(crate::api::server::handle(exec, token.as_deref(), req).await);
+        return Ok(ops::handle(exec, token.as_deref(), req).await);
     }
     if req.method() != hyper::Method::GET {
         return Ok(reply(
