@@ -339,6 +339,26 @@ pub async fn three_hosts_balance_twelve_mounts(backend: Backend) {
         .await[0]
         .get(0);
     assert_eq!(by, owner, "run by the mount's owner");
+    // What the hosts say: host-b counted its forwarded calls; host-a sees the fleet at 4 / 4 / 4.
+    let b_addr = urls[1].trim_start_matches("http://");
+    let (status, metrics) = crate::serve::get(b_addr, "/metrics").await;
+    assert_eq!(status, 200);
+    assert!(
+        crate::serve::sample(
+            &metrics,
+            "filestore_s3_forwarded_calls_total",
+            &["op=\"put\"", "outcome=\"ok\""]
+        ) >= 1.0,
+        "{metrics}"
+    );
+    let (_, health) = crate::serve::get(urls[0].trim_start_matches("http://"), "/healthz").await;
+    let health: serde_json::Value = serde_json::from_str(&health).unwrap();
+    let fleet = &health["fleet"];
+    assert_eq!(fleet["owner"], "host-a", "{health}");
+    assert_eq!(fleet["owned"], 4, "{health}");
+    assert_eq!(fleet["share"], 4, "{health}");
+    assert_eq!(fleet["hosts"].as_array().map(Vec::len), Some(3), "{health}");
+    assert!(fleet["handovers"].as_u64().is_some(), "{health}");
 
     // 5. The CLI's put goes through serve (to host-b, forwarded where needed), with progress.
     let file = dir.path().join("cli.bin");

@@ -11,7 +11,7 @@ use filestore_s3::PutOptions;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 
 /// `GET path` with HTTP/1.1 and `Connection: close`; (status, body).
-async fn get(addr: &str, path: &str) -> (u16, String) {
+pub(crate) async fn get(addr: &str, path: &str) -> (u16, String) {
     let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
     s.write_all(
         format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes(),
@@ -29,7 +29,7 @@ async fn get(addr: &str, path: &str) -> (u16, String) {
 }
 
 /// The value of the first sample of `name` whose labels contain `labels`, or 0.
-fn sample(metrics: &str, name: &str, labels: &[&str]) -> f64 {
+pub(crate) fn sample(metrics: &str, name: &str, labels: &[&str]) -> f64 {
     metrics
         .lines()
         .filter(|l| l.starts_with(name) && labels.iter().all(|x| l.contains(x)))
@@ -419,5 +419,200 @@ async fn sigterm_mid_upload_leaves_it_resumable() {
     expected.insert(("m".into(), "big.bin".into()), common::sha256_hex(&body));
     common::invariants::check(&env, &expected).await;
     assert!(served.terminate(Duration::from_secs(40)).await.success());
+    env.cleanup().await;
+}
+
+/// The operations API (`/v1/...`) over real HTTP through its client: every call, the answers'
+/// shapes, typed errors back, the token required, the feed as JSON lines.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_operations_api_runs_every_call_behind_its_token() {
+    use filestore_s3::api::client::ServeClient;
+    use filestore_s3::{DeleteManyOptions, Error, ListOptions, Location, OpKind, PutMode};
+    let env = TestEnv::new(Backend::S3sFs).await;
+    let prometheus = metrics_exporter_prometheus::PrometheusBuilder::new()
+        .build_recorder()
+        .handle();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let http = tokio::spawn(filestore_s3::http::serve_http(
+        env.exec.clone(),
+        listener,
+        prometheus,
+        Some("s3cret".into()),
+        stopped,
+    ));
+    let url = format!("http://{addr}");
+    let api = ServeClient::new(&url, Some("s3cret".into())).unwrap();
+
+    // No token, a wrong one: refused, nothing done.
+    for token in [None, Some("wrong".to_owned())] {
+        let e = ServeClient::new(&url, token)
+            .unwrap()
+            .put(
+                "m",
+                "denied.txt",
+                std::io::Cursor::new(b"x".to_vec()),
+                Some(1),
+                PutOptions::default(),
+            )
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(&e, Error::Forwarded { kind, retryable: false, .. } if kind == "unauthorized"),
+            "{e:?}"
+        );
+    }
+    assert!(matches!(
+        api.stat("m", "denied.txt").await,
+        Err(Error::NotFound { .. })
+    ));
+
+    // Put (streamed, with metadata and a content type), stat, list, get.
+    let body: Vec<u8> = (0..200_000u32).map(|i| (i % 253) as u8).collect();
+    let opts = PutOptions {
+        idempotency_key: Some("api-put-1".into()),
+        content_type: Some("application/x-test".into()),
+        metadata: [("colour".to_owned(), "blue".to_owned())]
+            .into_iter()
+            .collect(),
+        ..Default::default()
+    };
+    let put = api
+        .put(
+            "m",
+            "dir/a b.bin",
+            std::io::Cursor::new(body.clone()),
+            Some(body.len() as u64),
+            opts.clone(),
+        )
+        .await
+        .unwrap();
+    let node = put.node.clone().unwrap();
+    assert_eq!(node.sha256.to_hex(), common::sha256_hex(&body));
+    // Sent again with its key: the recorded result.
+    let again = api
+        .put(
+            "m",
+            "dir/a b.bin",
+            std::io::Cursor::new(body.clone()),
+            Some(body.len() as u64),
+            opts,
+        )
+        .await
+        .unwrap();
+    assert_eq!(again, put);
+    let stat = api.stat("m", "dir/a b.bin").await.unwrap();
+    assert_eq!(
+        stat.node.as_ref().map(|n| n.meta.size),
+        Some(body.len() as u64)
+    );
+    let page = api
+        .list(
+            "m",
+            "dir",
+            &ListOptions {
+                delimited: true,
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(page.entries.len(), 1, "{page:?}");
+    let mut got = Vec::new();
+    assert_eq!(
+        api.get("m", "dir/a b.bin", &mut got).await.unwrap(),
+        body.len() as u64
+    );
+    assert_eq!(got, body);
+    let mut none = Vec::new();
+    assert!(matches!(
+        api.get("m", "dir/missing", &mut none).await,
+        Err(Error::NotFound { .. })
+    ));
+    // A create-only put over an existing path: the typed precondition error.
+    let e = api
+        .put(
+            "m",
+            "dir/a b.bin",
+            std::io::Cursor::new(b"other".to_vec()),
+            Some(5),
+            PutOptions {
+                mode: PutMode::Create,
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap_err();
+    assert!(matches!(e, Error::PreconditionFailed { .. }), "{e:?}");
+
+    // Copy, move, delete, delete_many.
+    let from = Location::new("m", "dir/a b.bin");
+    api.transfer(
+        OpKind::Copy,
+        &from,
+        &Location::new("m", "copy.bin"),
+        Some("api-cp".into()),
+        PutMode::Overwrite,
+    )
+    .await
+    .unwrap();
+    api.transfer(
+        OpKind::Move,
+        &Location::new("m", "copy.bin"),
+        &Location::new("m", "moved.bin"),
+        Some("api-mv".into()),
+        PutMode::Overwrite,
+    )
+    .await
+    .unwrap();
+    assert!(matches!(
+        api.stat("m", "copy.bin").await,
+        Err(Error::NotFound { .. })
+    ));
+    api.delete("m", "moved.bin", Some("api-rm")).await.unwrap();
+    let items = api
+        .delete_many(
+            "m",
+            &["dir/a b.bin".to_owned(), "never.bin".to_owned()],
+            &DeleteManyOptions::default(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(items.len(), 2);
+    assert!(items[0].is_ok(), "{items:?}");
+    assert!(
+        matches!(&items[1], Err(Error::NotFound { path, .. }) if path == "never.bin"),
+        "one answer per path, typed: {items:?}"
+    );
+
+    // The feed: every committed change as a JSON line, in commit order.
+    let mut s = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    s.write_all(
+        format!(
+            "GET /v1/mounts/m/events?after=0 HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer s3cret\r\n\r\n"
+        )
+        .as_bytes(),
+    )
+    .await
+    .unwrap();
+    let mut lines = BufReader::new(s).lines();
+    let mut ops = Vec::new();
+    while ops.len() < 5 {
+        let line = tokio::time::timeout(Duration::from_secs(10), lines.next_line())
+            .await
+            .expect("the feed keeps coming")
+            .unwrap()
+            .unwrap();
+        if let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) {
+            if let Some(op) = v["event"]["op"].as_str() {
+                ops.push(op.to_owned());
+            }
+        }
+    }
+    assert_eq!(ops, ["put", "copy", "move", "delete", "delete"], "{ops:?}");
+
+    let _ = stop.send(true);
+    let _ = http.await;
     env.cleanup().await;
 }
