@@ -98,3 +98,61 @@ pub fn redis_client(url: &str) -> Result<redis::Client, Error> {
         _ => redis::Client::open(url).map_err(invalid),
     }
 }
+
+/// PEM bundle of CA certificates trusted for the operations API of `serve` (`https://`), besides
+/// the system's: what the CLI and forwarding hosts verify `serve`'s certificate against.
+pub const SERVE_CA_ENV: &str = "FILESTORE_SERVE_CA_FILE";
+
+/// The TLS configuration of `serve`'s HTTP endpoints: the certificate chain and the private key
+/// in the PEM files `cert` and `key` (`FILESTORE_SERVE_TLS_CERT`, `FILESTORE_SERVE_TLS_KEY`).
+pub fn serve_tls_config(
+    cert: &std::path::Path,
+    key: &std::path::Path,
+) -> Result<Arc<rustls::ServerConfig>, Error> {
+    use rustls::pki_types::PrivateKeyDer;
+    let chain = read_pem_certs("FILESTORE_SERVE_TLS_CERT", &cert.display().to_string())?;
+    let key = PrivateKeyDer::from_pem_file(key).map_err(|e| {
+        Error::Config(format!(
+            "FILESTORE_SERVE_TLS_KEY: cannot read a private key from {}: {e}",
+            key.display()
+        ))
+    })?;
+    let config = rustls::ServerConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| Error::Config(format!("TLS for serve: {e}")))?
+        .with_no_client_auth()
+        .with_single_cert(chain, key)
+        .map_err(|e| Error::Config(format!("TLS for serve: the certificate and key: {e}")))?;
+    Ok(Arc::new(config))
+}
+
+/// The TLS configuration of a client of the operations API: the system's roots plus the PEM
+/// bundle `ca_file` (else the one in `FILESTORE_SERVE_CA_FILE`), names checked.
+pub fn serve_client_config(
+    ca_file: Option<&std::path::Path>,
+) -> Result<Arc<rustls::ClientConfig>, Error> {
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls_native_certs::load_native_certs().certs {
+        let _ = roots.add(cert);
+    }
+    let extra = ca_file
+        .map(|p| p.display().to_string())
+        .or_else(|| ca_file_env(SERVE_CA_ENV));
+    if let Some(path) = extra {
+        for cert in read_pem_certs(SERVE_CA_ENV, &path)? {
+            roots
+                .add(cert)
+                .map_err(|e| Error::Config(format!("{SERVE_CA_ENV}: {path}: {e}")))?;
+        }
+    }
+    let config = rustls::ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| Error::Config(format!("TLS to serve: {e}")))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(Arc::new(config))
+}
+
+fn ca_file_env(var: &str) -> Option<String> {
+    ca_file(var)
+}

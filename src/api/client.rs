@@ -37,6 +37,11 @@ pub struct ServeClient {
     timeout: Duration,
     /// The executor a forwarded call is meant for.
     target: Option<String>,
+    /// TLS, for an `https://` URL: the configuration and the name to verify.
+    tls: Option<(
+        std::sync::Arc<rustls::ClientConfig>,
+        rustls::pki_types::ServerName<'static>,
+    )>,
 }
 
 impl std::fmt::Debug for ServeClient {
@@ -99,21 +104,60 @@ pub enum ItemResult {
 }
 
 impl ServeClient {
-    /// A client of the operations API at `base` (`http://host:port`), sending `token` as a
-    /// bearer token.
+    /// A client of the operations API at `base` (`http://HOST:PORT` or `https://HOST[:PORT]`),
+    /// sending `token` as a bearer token.
     pub fn new(base: &str, token: Option<String>) -> Result<Self, Error> {
+        Self::with_ca(base, token, None)
+    }
+
+    /// As [`new`](Self::new), trusting the CA certificates in the PEM file `ca_file` too (for
+    /// `https://`; `FILESTORE_SERVE_CA_FILE` when `None`).
+    pub fn with_ca(
+        base: &str,
+        token: Option<String>,
+        ca_file: Option<&std::path::Path>,
+    ) -> Result<Self, Error> {
         let base = base.trim_end_matches('/').to_owned();
-        let Some(rest) = base.strip_prefix("http://") else {
-            return Err(Error::Config(format!(
-                "operations API URL '{base}': only http:// is supported by this client (put a TLS-terminating proxy in front of `serve` for https)"
-            )));
+        let bad = |why: &str| Error::Config(format!("operations API URL '{base}': {why}"));
+        let (rest, https) = match (base.strip_prefix("http://"), base.strip_prefix("https://")) {
+            (Some(r), _) => (r, false),
+            (_, Some(r)) => (r, true),
+            _ => return Err(bad("expected http://HOST:PORT or https://HOST[:PORT]")),
         };
-        let authority = rest.split('/').next().unwrap_or_default().to_owned();
-        if authority.is_empty() || rest.contains('/') {
-            return Err(Error::Config(format!(
-                "operations API URL '{base}': expected http://HOST:PORT"
-            )));
+        if rest.is_empty() || rest.contains('/') {
+            return Err(bad("expected http://HOST:PORT or https://HOST[:PORT]"));
         }
+        // HOST, HOST:PORT, [V6], [V6]:PORT
+        let (host, port) = match rest.strip_prefix('[') {
+            Some(v6) => {
+                let (h, after) = v6.split_once(']').ok_or_else(|| bad("unclosed '['"))?;
+                (h, after.strip_prefix(':'))
+            }
+            None => match rest.rsplit_once(':') {
+                Some((h, p)) => (h, Some(p)),
+                None => (rest, None),
+            },
+        };
+        let port: u16 = match port {
+            Some(p) => p.parse().map_err(|_| bad("the port is not a number"))?,
+            None if https => 443,
+            None => 80,
+        };
+        if host.is_empty() {
+            return Err(bad("no host"));
+        }
+        let authority = if rest.starts_with('[') {
+            format!("[{host}]:{port}")
+        } else {
+            format!("{host}:{port}")
+        };
+        let tls = if https {
+            let name = rustls::pki_types::ServerName::try_from(host.to_owned())
+                .map_err(|e| bad(&format!("not a TLS server name ({e})")))?;
+            Some((crate::tls::serve_client_config(ca_file)?, name))
+        } else {
+            None
+        };
         Ok(ServeClient {
             base,
             authority,
@@ -121,6 +165,7 @@ impl ServeClient {
             hops: 0,
             timeout: Duration::from_secs(300),
             target: None,
+            tls,
         })
     }
 
@@ -183,14 +228,37 @@ impl ServeClient {
         .map_err(|_| self.undelivered("connecting timed out", false))?
         .map_err(|e| self.undelivered(e, false))?;
         let _ = stream.set_nodelay(true);
-        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-            .await
-            .map_err(|e| self.undelivered(e, false))?;
-        tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                log::debug!("operations API connection ended: {e}");
+        let mut sender = match &self.tls {
+            None => {
+                let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+                    .await
+                    .map_err(|e| self.undelivered(e, false))?;
+                tokio::spawn(async move {
+                    if let Err(e) = conn.await {
+                        log::debug!("operations API connection ended: {e}");
+                    }
+                });
+                sender
             }
-        });
+            Some((config, name)) => {
+                let tls = tokio::time::timeout(
+                    Duration::from_secs(10).min(self.timeout),
+                    tokio_rustls::TlsConnector::from(config.clone()).connect(name.clone(), stream),
+                )
+                .await
+                .map_err(|_| self.undelivered("the TLS handshake timed out", false))?
+                .map_err(|e| self.undelivered(format!("TLS: {e}"), false))?;
+                let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
+                    .await
+                    .map_err(|e| self.undelivered(e, false))?;
+                tokio::spawn(async move {
+                    if let Err(e) = conn.await {
+                        log::debug!("operations API connection ended: {e}");
+                    }
+                });
+                sender
+            }
+        };
         let mut req = Request::builder()
             .method(method)
             .uri(format!("{}{}", self.base, path_and_query))

@@ -111,6 +111,12 @@ pub(crate) enum Cmd {
         /// Address of the HTTP endpoints.
         #[arg(long, env = "FILESTORE_SERVE_ADDR", default_value = "127.0.0.1:9464")]
         listen: std::net::SocketAddr,
+        /// Serve over TLS with this certificate chain (PEM); needs --tls-key.
+        #[arg(long, env = "FILESTORE_SERVE_TLS_CERT", requires = "tls_key")]
+        tls_cert: Option<std::path::PathBuf>,
+        /// The private key (PEM) of --tls-cert.
+        #[arg(long, env = "FILESTORE_SERVE_TLS_KEY", requires = "tls_cert")]
+        tls_key: Option<std::path::PathBuf>,
     },
 }
 

@@ -101,7 +101,17 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 Ok(())
             }
             Cmd::Demo(args) => demo(config, args).await,
-            Cmd::Serve { listen } => serve(config, listen, &cli).await,
+            Cmd::Serve {
+                listen,
+                ref tls_cert,
+                ref tls_key,
+            } => {
+                let tls = match (tls_cert, tls_key) {
+                    (Some(c), Some(k)) => Some(filestore_s3::tls::serve_tls_config(c, k)?),
+                    _ => None,
+                };
+                serve(config, listen, tls, &cli).await
+            }
             _ => unreachable!("every other command is one-shot"),
         };
     };
@@ -492,6 +502,7 @@ async fn run_one_shot(exec: &S3Executor, cli: &Cli) -> anyhow::Result<()> {
 async fn serve(
     mut config: ExecutorConfig,
     listen: std::net::SocketAddr,
+    tls: Option<Arc<rustls::ServerConfig>>,
     cli: &Cli,
 ) -> anyhow::Result<()> {
     let prometheus = metrics_exporter_prometheus::PrometheusBuilder::new()
@@ -502,9 +513,10 @@ async fn serve(
         .with_context(|| format!("binding {listen}"))?;
     let local = listener.local_addr()?;
     let token = cli.serve_token.clone().filter(|t| !t.is_empty());
-    if !local.ip().is_loopback() && token.is_some() {
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    if !local.ip().is_loopback() && token.is_some() && tls.is_none() {
         log::warn!(
-            "the operations API listens on {local}, beyond loopback, over plain HTTP: its token and data cross the network unencrypted unless a TLS-terminating proxy is in front"
+            "the operations API listens on {local}, beyond loopback, over plain HTTP: its token and data cross the network unencrypted (serve --tls-cert / --tls-key, or a TLS-terminating proxy)"
         );
     }
     // `serve` balances mounts with the other hosts of the database unless FILESTORE_FLEET=false.
@@ -519,10 +531,10 @@ async fn serve(
                     "listening on {local}: other hosts cannot be told where to forward calls; set FILESTORE_ADVERTISE_URL"
                 );
             } else if token.is_some() {
-                fleet.address = Some(format!("http://{local}"));
+                fleet.address = Some(format!("{scheme}://{local}"));
                 if local.ip().is_loopback() {
                     log::warn!(
-                        "other hosts forward calls to http://{local}: only hosts on this machine can; set FILESTORE_ADVERTISE_URL for a fleet across machines"
+                        "other hosts forward calls to {scheme}://{local}: only hosts on this machine can; set FILESTORE_ADVERTISE_URL for a fleet across machines"
                     );
                 }
             }
@@ -530,7 +542,7 @@ async fn serve(
     }
     let exec = S3Executor::start(config).await?;
     println!(
-        "listening on http://{local} (/healthz, /metrics{}); owner id {}",
+        "listening on {scheme}://{local} (/healthz, /metrics{}); owner id {}",
         if token.is_some() {
             ", operations API /v1/"
         } else {
@@ -548,7 +560,7 @@ async fn serve(
         exec.clone(),
         listener,
         prometheus,
-        token,
+        filestore_s3::http::ServeOptions { token, tls },
         stopped,
     ));
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;

@@ -92,32 +92,79 @@ async fn handle(
     })
 }
 
-/// Serves `/healthz`, `/metrics` and, with a `token`, the operations API on `listener` until
-/// `stop` turns true.
+/// How `serve_http` serves: the operations API's token (without one the API is off) and TLS.
+#[derive(Clone, Default)]
+pub struct ServeOptions {
+    /// The bearer token of the operations API.
+    pub token: Option<String>,
+    /// TLS for every endpoint ([`crate::tls::serve_tls_config`]); plain HTTP without.
+    pub tls: Option<Arc<rustls::ServerConfig>>,
+}
+
+impl std::fmt::Debug for ServeOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServeOptions")
+            .field("token", &self.token.as_ref().map(|_| "<redacted>"))
+            .field("tls", &self.tls.is_some())
+            .finish()
+    }
+}
+
+/// Serves `/healthz`, `/metrics` and, with a token, the operations API on `listener` (over TLS
+/// when configured) until `stop` turns true.
 pub async fn serve_http(
     exec: S3Executor,
     listener: TcpListener,
     prometheus: PrometheusHandle,
-    token: Option<String>,
+    options: ServeOptions,
     mut stop: watch::Receiver<bool>,
 ) {
-    let token: Option<Arc<str>> = token.map(Arc::from);
+    let token: Option<Arc<str>> = options.token.map(Arc::from);
+    let tls = options.tls.map(tokio_rustls::TlsAcceptor::from);
     loop {
         let accepted = tokio::select! {
             a = listener.accept() => a,
             _ = stop.changed() => return,
         };
-        let Ok((socket, _)) = accepted else { continue };
+        let Ok((socket, peer)) = accepted else {
+            continue;
+        };
         let (exec, prometheus, token) = (exec.clone(), prometheus.clone(), token.clone());
         let _ = socket.set_nodelay(true);
+        let tls = tls.clone();
         tokio::spawn(async move {
             let service = hyper::service::service_fn(move |req| {
                 handle(exec.clone(), prometheus.clone(), token.clone(), req)
             });
-            if let Err(e) = hyper::server::conn::http1::Builder::new()
-                .serve_connection(TokioIo::new(socket), service)
-                .await
-            {
+            let served = match tls {
+                None => {
+                    hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(socket), service)
+                        .await
+                }
+                Some(acceptor) => {
+                    let handshake = tokio::time::timeout(
+                        std::time::Duration::from_secs(10),
+                        acceptor.accept(socket),
+                    )
+                    .await;
+                    let stream = match handshake {
+                        Ok(Ok(s)) => s,
+                        Ok(Err(e)) => {
+                            log::debug!("TLS handshake with {peer} failed: {e}");
+                            return;
+                        }
+                        Err(_) => {
+                            log::debug!("TLS handshake with {peer} timed out");
+                            return;
+                        }
+                    };
+                    hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), service)
+                        .await
+                }
+            };
+            if let Err(e) = served {
                 log::debug!("HTTP connection ended: {e}");
             }
         });

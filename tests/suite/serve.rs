@@ -59,7 +59,7 @@ async fn healthz_and_metrics_move_with_operations() {
         env.exec.clone(),
         listener,
         prometheus,
-        None,
+        filestore_s3::http::ServeOptions::default(),
         stopped,
     ));
 
@@ -439,7 +439,10 @@ async fn the_operations_api_runs_every_call_behind_its_token() {
         env.exec.clone(),
         listener,
         prometheus,
-        Some("s3cret".into()),
+        filestore_s3::http::ServeOptions {
+            token: Some("s3cret".into()),
+            tls: None,
+        },
         stopped,
     ));
     let url = format!("http://{addr}");
@@ -612,6 +615,75 @@ async fn the_operations_api_runs_every_call_behind_its_token() {
     }
     assert_eq!(ops, ["put", "copy", "move", "delete", "delete"], "{ops:?}");
 
+    let _ = stop.send(true);
+    let _ = http.await;
+    env.cleanup().await;
+}
+
+/// `serve` over TLS: a client trusting the CA puts and gets through it, one that does not is
+/// refused at the handshake (nothing done), and plain HTTP gets no answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_operations_api_over_tls() {
+    use filestore_s3::api::client::ServeClient;
+    use filestore_s3::Error;
+    let env = TestEnv::new(Backend::S3sFs).await;
+    let (ca, cert, key) = crate::tls::certificates();
+    let dir = tempfile::tempdir().unwrap();
+    let (ca_file, cert_file, key_file) = (
+        dir.path().join("ca.pem"),
+        dir.path().join("serve.crt"),
+        dir.path().join("serve.key"),
+    );
+    std::fs::write(&ca_file, &ca).unwrap();
+    std::fs::write(&cert_file, &cert).unwrap();
+    std::fs::write(&key_file, &key).unwrap();
+    let tls = filestore_s3::tls::serve_tls_config(&cert_file, &key_file).unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let http = tokio::spawn(filestore_s3::http::serve_http(
+        env.exec.clone(),
+        listener,
+        metrics_exporter_prometheus::PrometheusBuilder::new()
+            .build_recorder()
+            .handle(),
+        filestore_s3::http::ServeOptions {
+            token: Some("t".into()),
+            tls: Some(tls),
+        },
+        stopped,
+    ));
+    let url = format!("https://localhost:{port}");
+    let api = ServeClient::with_ca(&url, Some("t".into()), Some(&ca_file)).unwrap();
+    api.put(
+        "m",
+        "tls.txt",
+        std::io::Cursor::new(b"over tls".to_vec()),
+        Some(8),
+        PutOptions::default(),
+    )
+    .await
+    .unwrap();
+    let mut got = Vec::new();
+    api.get("m", "tls.txt", &mut got).await.unwrap();
+    assert_eq!(got, b"over tls");
+    // Not trusting the CA: refused at the handshake, before any request.
+    let e = ServeClient::new(&url, Some("t".into()))
+        .unwrap()
+        .stat("m", "tls.txt")
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&e, Error::Forwarded { kind, retryable: true, .. } if kind == "not_delivered"),
+        "{e:?}"
+    );
+    // Plain HTTP to the TLS port: no answer.
+    let plain = ServeClient::new(&format!("http://127.0.0.1:{port}"), Some("t".into()))
+        .unwrap()
+        .with_timeout(Duration::from_secs(3))
+        .stat("m", "tls.txt")
+        .await;
+    assert!(plain.is_err(), "{plain:?}");
     let _ = stop.send(true);
     let _ = http.await;
     env.cleanup().await;

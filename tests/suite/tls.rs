@@ -12,7 +12,7 @@ use common::{Backend, TestEnv};
 use filestore_s3::{ExecutorConfig, GetOptions, PutOptions, S3Executor};
 
 /// A CA, and a certificate for `localhost` / 127.0.0.1 it signed: (CA PEM, cert PEM, key PEM).
-fn certificates() -> (String, String, String) {
+pub(crate) fn certificates() -> (String, String, String) {
     use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair};
     let ca_key = KeyPair::generate().unwrap();
     let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
