@@ -276,6 +276,16 @@ impl ExecutorConfig {
     /// As [`ExecutorConfig::from_env`] with `file` (if any) as the configuration file: each
     /// variable is taken from the environment when set there, else from the file.
     pub fn from_env_and_file(file: Option<&std::path::Path>) -> Result<Self, Error> {
+        Self::load(file, false)
+    }
+
+    /// As [`ExecutorConfig::from_env_and_file`] for a long-running host such as `filestore-s3
+    /// serve`: it joins the fleet unless `FILESTORE_FLEET=false`.
+    pub fn for_host_from_env_and_file(file: Option<&std::path::Path>) -> Result<Self, Error> {
+        Self::load(file, true)
+    }
+
+    fn load(file: Option<&std::path::Path>, fleet_by_default: bool) -> Result<Self, Error> {
         let file = match file {
             Some(path) => {
                 let text = std::fs::read_to_string(path).map_err(|e| {
@@ -355,7 +365,8 @@ impl ExecutorConfig {
         ];
         let fleet_on = vars.parse::<bool>("FILESTORE_FLEET")?;
         if fleet_on == Some(true)
-            || (fleet_on.is_none() && fleet_vars.iter().any(|v| vars.get(v).is_some()))
+            || (fleet_on.is_none()
+                && (fleet_by_default || fleet_vars.iter().any(|v| vars.get(v).is_some())))
         {
             let mut f = FleetSettings::default();
             if let Some(v) = vars.get("FILESTORE_ADVERTISE_URL") {

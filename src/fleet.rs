@@ -48,6 +48,8 @@ pub struct Fleet {
     pub(crate) forwarded: AtomicU64,
     /// When this host last handed a mount over.
     last_handover: Mutex<Option<Instant>>,
+    /// One client per owner's address (an https client's trust store is read once).
+    clients: Mutex<HashMap<String, crate::api::client::ServeClient>>,
     /// Held by a tick and by leaving the fleet: a heartbeat never lands after the leave.
     pub(crate) tick_lock: tokio::sync::Mutex<()>,
 }
@@ -141,8 +143,9 @@ fn should_hand_over(mine: usize, keep: usize, taker: Option<usize>) -> bool {
 pub(crate) struct TickOutcome {
     /// Mounts whose supervisors should look at their lease now.
     pub look: Vec<String>,
-    /// A mount to hand over to balance the fleet.
-    pub hand_over: Option<String>,
+    /// Mounts this host could hand over to balance the fleet, best first (the loop takes the
+    /// first with no operation running).
+    pub hand_over: Vec<String>,
 }
 
 impl Fleet {
@@ -158,6 +161,7 @@ impl Fleet {
             forwarded: AtomicU64::new(0),
             tick_lock: tokio::sync::Mutex::new(()),
             last_handover: Mutex::new(None),
+            clients: Mutex::default(),
         }
     }
 
@@ -199,6 +203,26 @@ impl Fleet {
             .and_then(|h| h.address.clone())
     }
 
+    /// The client of the operations API at `address` (made once; an address it cannot use is
+    /// logged each time it is asked for).
+    pub(crate) fn client_for(&self, address: &str) -> Option<crate::api::client::ServeClient> {
+        let mut clients = self.clients.lock().expect("fleet lock");
+        if let Some(c) = clients.get(address) {
+            return Some(c.clone());
+        }
+        match crate::api::client::ServeClient::new(address, self.settings.token.clone()) {
+            Ok(c) => {
+                let c = c.with_timeout(self.settings.forward_timeout);
+                clients.insert(address.to_owned(), c.clone());
+                Some(c)
+            }
+            Err(e) => {
+                log::warn!("fleet: cannot forward to {address}: {e}; the call runs here");
+                None
+            }
+        }
+    }
+
     /// Forgets what it saw of `mount`'s lease (a forwarded call found it moved).
     pub fn forget_lease(&self, mount: &str) {
         self.view
@@ -230,12 +254,13 @@ impl Fleet {
 
     /// One round: heartbeat, read the live hosts and the leases, recompute the share, and decide
     /// which supervisors look at their lease and whether a mount is handed over. `mounts` are the
-    /// mounts this executor may lease; `handing_over`: a hand-over of this host is under way.
+    /// mounts this executor may lease; `handing_over`: the mounts of this host being handed over
+    /// (their running operations ending).
     pub(crate) async fn tick(
         &self,
         meta: &PgMetaStore,
         mounts: &[String],
-        handing_over: bool,
+        handing_over: &HashSet<String>,
     ) -> Result<TickOutcome, MetaError> {
         let s = &self.settings;
         self.heartbeat(meta).await?;
@@ -298,7 +323,7 @@ impl Fleet {
             if !gate.ready {
                 return Ok(TickOutcome {
                     look: Vec::new(),
-                    hand_over: None,
+                    hand_over: Vec::new(),
                 });
             }
             gate.share = share;
@@ -312,6 +337,13 @@ impl Fleet {
                     .is_some_and(|l| l.live && l.owner == self.owner)
                     || now.duration_since(*since) < ttl
             });
+            // A mount being handed over is not taken back until two lease durations after its
+            // hand-over ended (its running operations can take long).
+            for m in handing_over {
+                if let Some(at) = gate.handed.get_mut(m) {
+                    *at = now;
+                }
+            }
             gate.handed
                 .retain(|_, at| now.duration_since(*at) < 2 * ttl);
             let room = share.saturating_sub(gate.held.len());
@@ -349,15 +381,17 @@ impl Fleet {
             .expect("fleet lock")
             .is_none_or(|t| now.duration_since(t) >= self.lease_ttl / 4);
         let above = should_hand_over(mine, keep, taker_holds);
-        let hand_over = (above && unleased.is_empty() && !handing_over && paced)
-            .then(|| {
-                leases
-                    .values()
-                    .filter(|l| l.live && l.owner == self.owner)
-                    .map(|l| l.mount.clone())
-                    .max_by_key(|m| preference(m, &self.owner))
-            })
-            .flatten();
+        let hand_over = if above && unleased.is_empty() && handing_over.is_empty() && paced {
+            let mut mine: Vec<String> = leases
+                .values()
+                .filter(|l| l.live && l.owner == self.owner)
+                .map(|l| l.mount.clone())
+                .collect();
+            mine.sort_by_key(|m| std::cmp::Reverse(preference(m, &self.owner)));
+            mine
+        } else {
+            Vec::new()
+        };
         metrics::gauge!("filestore_s3_fleet_live_hosts").set(hosts.len() as f64);
         metrics::gauge!("filestore_s3_fleet_share").set(share as f64);
         metrics::gauge!("filestore_s3_fleet_mounts_owned").set(mine as f64);

@@ -283,7 +283,17 @@ impl ServeClient {
         tokio::pin!(answer);
         loop {
             tokio::select! {
-                r = &mut answer => return r.map_err(|e| self.undelivered(e, true)),
+                r = &mut answer => {
+                    return r.map_err(|e| match activity.body_error() {
+                        // Cut short by its own source: the server got an incomplete body.
+                        Some(why) => Error::Source {
+                            what: "the body sent".into(),
+                            message: why,
+                            io: None,
+                        },
+                        None => self.undelivered(e, true),
+                    });
+                }
                 () = tokio::time::sleep(Duration::from_millis(500)) => {
                     if activity.idle() > self.timeout {
                         return Err(self.undelivered(
@@ -302,8 +312,7 @@ impl ServeClient {
         resp: Response<hyper::body::Incoming>,
     ) -> Result<T, Error> {
         let status = resp.status();
-        let body = resp
-            .into_body()
+        let body = http_body_util::Limited::new(resp.into_body(), ANSWER_LIMIT)
             .collect()
             .await
             .map_err(|e| self.undelivered(e, true))?
@@ -427,16 +436,18 @@ impl ServeClient {
         let moved = activity.clone();
         let stream =
             tokio_util::io::ReaderStream::with_capacity(reader, 256 * 1024).map(move |chunk| {
-                let chunk = chunk?;
+                let chunk = chunk.inspect_err(|e| moved.body_failed(e.to_string()))?;
                 moved.touch();
                 sent += chunk.len() as u64;
                 if size.is_some_and(|n| sent > n) {
                     // A source that grew while it was sent: the length announced would cut it
                     // short, and the owner would store the cut copy as the whole.
-                    return Err(std::io::Error::other(format!(
+                    let why = format!(
                         "the source grew while it was sent (more than the {} bytes announced)",
                         size.unwrap_or_default()
-                    )));
+                    );
+                    moved.body_failed(why.clone());
+                    return Err(std::io::Error::other(why));
                 }
                 if let Some(p) = &progress {
                     let secs = started.elapsed().as_secs_f64().max(1e-3);
@@ -614,12 +625,14 @@ impl ServeClient {
                 .await?;
             let status = resp.status();
             if !status.is_success() {
-                let body = resp
-                    .into_body()
-                    .collect()
-                    .await
-                    .map_err(|e| self.undelivered(e, true))?
-                    .to_bytes();
+                let body = tokio::time::timeout(
+                    self.timeout,
+                    http_body_util::Limited::new(resp.into_body(), ANSWER_LIMIT).collect(),
+                )
+                .await
+                .map_err(|_| self.undelivered("the error's answer did not arrive", true))?
+                .map_err(|e| self.undelivered(e, true))?
+                .to_bytes();
                 return Err(self.error_of(status, &body));
             }
             let mut body = resp.into_body();
@@ -655,19 +668,36 @@ impl ServeClient {
 
 /// When a call last moved (a byte of its body sent, or the request sent): its timeout counts
 /// from there, so a long upload that keeps moving is never cut.
+/// Also what ended a request body early on this side, if anything did.
 #[derive(Clone)]
-struct Activity(std::sync::Arc<std::sync::Mutex<Instant>>);
+struct Activity(std::sync::Arc<std::sync::Mutex<(Instant, Option<String>)>>);
 
 impl Activity {
     fn new() -> Self {
-        Activity(std::sync::Arc::new(std::sync::Mutex::new(Instant::now())))
+        Activity(std::sync::Arc::new(std::sync::Mutex::new((
+            Instant::now(),
+            None,
+        ))))
     }
 
     fn touch(&self) {
-        *self.0.lock().unwrap_or_else(|e| e.into_inner()) = Instant::now();
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).0 = Instant::now();
     }
 
     fn idle(&self) -> Duration {
-        self.0.lock().unwrap_or_else(|e| e.into_inner()).elapsed()
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).0.elapsed()
+    }
+
+    /// The request's body failed here (the source), so the request was cut short: the server
+    /// saw an incomplete body and applied nothing.
+    fn body_failed(&self, why: String) {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).1 = Some(why);
+    }
+
+    fn body_error(&self) -> Option<String> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).1.clone()
     }
 }
+
+/// Largest JSON answer read.
+const ANSWER_LIMIT: usize = 64 << 20;

@@ -86,7 +86,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             return r;
         }
     }
-    let config = ExecutorConfig::from_env_and_file(cli.config.as_deref())?;
+    let config = if matches!(cli.cmd, Cmd::Serve { .. }) {
+        // `serve` joins the fleet unless FILESTORE_FLEET=false.
+        ExecutorConfig::for_host_from_env_and_file(cli.config.as_deref())?
+    } else {
+        ExecutorConfig::from_env_and_file(cli.config.as_deref())?
+    };
     let Some(needs) = cli.cmd.needs() else {
         return match cli.cmd {
             Cmd::Migrate => {
@@ -512,29 +517,38 @@ async fn serve(
         .await
         .with_context(|| format!("binding {listen}"))?;
     let local = listener.local_addr()?;
-    let token = cli.serve_token.clone().filter(|t| !t.is_empty());
+    // One token for both: the API's, and the one sent when forwarding (flag, environment or file).
+    let token = cli
+        .serve_token
+        .clone()
+        .or_else(|| config.fleet.as_ref().and_then(|f| f.token.clone()))
+        .filter(|t| !t.is_empty());
     let scheme = if tls.is_some() { "https" } else { "http" };
     if !local.ip().is_loopback() && token.is_some() && tls.is_none() {
         log::warn!(
             "the operations API listens on {local}, beyond loopback, over plain HTTP: its token and data cross the network unencrypted (serve --tls-cert / --tls-key, or a TLS-terminating proxy)"
         );
     }
-    // `serve` balances mounts with the other hosts of the database unless FILESTORE_FLEET=false.
-    if fleet_switch(cli.config.as_deref())? != Some(false) {
-        let fleet = config.fleet.get_or_insert_with(Default::default);
-        if fleet.token.is_none() {
-            fleet.token = token.clone();
-        }
+    if let Some(fleet) = config.fleet.as_mut() {
+        fleet.token = token.clone();
         if fleet.address.is_none() {
-            if local.ip().is_unspecified() {
+            if token.is_none() {
+                log::warn!("FILESTORE_SERVE_TOKEN is not set: this host takes no forwarded call (its operations API is off)");
+            } else if tls.is_some() {
+                // The certificate names a host, not the address listened on.
+                log::warn!(
+                    "serving TLS: set FILESTORE_ADVERTISE_URL to https://NAME:{} with a name of the certificate, or this host takes no forwarded call",
+                    local.port()
+                );
+            } else if local.ip().is_unspecified() {
                 log::warn!(
                     "listening on {local}: other hosts cannot be told where to forward calls; set FILESTORE_ADVERTISE_URL"
                 );
-            } else if token.is_some() {
-                fleet.address = Some(format!("{scheme}://{local}"));
+            } else {
+                fleet.address = Some(format!("http://{local}"));
                 if local.ip().is_loopback() {
                     log::warn!(
-                        "other hosts forward calls to {scheme}://{local}: only hosts on this machine can; set FILESTORE_ADVERTISE_URL for a fleet across machines"
+                        "other hosts forward calls to http://{local}: only hosts on this machine can; set FILESTORE_ADVERTISE_URL for a fleet across machines"
                     );
                 }
             }
@@ -579,27 +593,4 @@ async fn serve(
     let _ = http.await;
     println!("stopped");
     Ok(())
-}
-
-/// `FILESTORE_FLEET` as the environment, else the configuration file, sets it.
-fn fleet_switch(file: Option<&std::path::Path>) -> anyhow::Result<Option<bool>> {
-    let value = match std::env::var("FILESTORE_FLEET") {
-        Ok(v) => Some(v),
-        Err(_) => match file {
-            Some(f) => {
-                let text = std::fs::read_to_string(f)
-                    .with_context(|| format!("configuration file {}", f.display()))?;
-                filestore_s3::config::parse_config_file(&text)
-                    .map_err(|e| anyhow::anyhow!("configuration file {}: {e}", f.display()))?
-                    .remove("FILESTORE_FLEET")
-            }
-            None => None,
-        },
-    };
-    value
-        .map(|v| {
-            v.parse::<bool>()
-                .with_context(|| format!("FILESTORE_FLEET='{v}'"))
-        })
-        .transpose()
 }

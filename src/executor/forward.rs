@@ -56,11 +56,10 @@ impl S3Executor {
                 (holder.owner, address)
             }
         };
-        let client = ServeClient::new(&address, s.token.clone()).ok()?;
+        let client = fleet.client_for(&address)?;
         Some(
             client
                 .with_hops(self.hops.saturating_add(1))
-                .with_timeout(s.forward_timeout)
                 .for_owner(owner),
         )
     }
@@ -76,7 +75,7 @@ impl S3Executor {
         let started = Instant::now();
         let r = call.await;
         let moved = match &r {
-            Err(Error::NotOwner { .. }) => true,
+            Err(Error::NotOwner { mount: m, .. }) => m == mount,
             Err(Error::Forwarded { kind, .. }) => kind == "misdirected",
             _ => false,
         };
@@ -103,6 +102,35 @@ impl S3Executor {
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         }
         r
+    }
+}
+
+impl S3Executor {
+    /// A forwarded call that can be sent again (its body can be made again): sent again with
+    /// the same key while it was not delivered or its answer was lost, twice at most, so that a
+    /// lost answer costs no caller a second operation (the owner answers the repeat with the
+    /// recorded outcome).
+    pub(super) async fn forwarded_again<T, Fut>(
+        &self,
+        op: &'static str,
+        mount: &str,
+        client: &ServeClient,
+        mut call: impl FnMut() -> Fut,
+    ) -> Result<T, Error>
+    where
+        Fut: std::future::Future<Output = Result<T, Error>>,
+    {
+        let mut again = 0u32;
+        loop {
+            let r = self.forwarded(op, mount, client, call()).await;
+            let unknown = matches!(&r, Err(Error::Forwarded { kind, .. })
+                if kind == "answer_lost" || kind == "not_delivered");
+            if !unknown || again >= 2 {
+                return r;
+            }
+            again += 1;
+            tokio::time::sleep(std::time::Duration::from_millis(200 * u64::from(again))).await;
+        }
     }
 }
 

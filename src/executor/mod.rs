@@ -352,6 +352,10 @@ impl S3Executor {
 
 /// The fleet's heartbeat and balancing, every quarter of the lease duration until shutdown.
 async fn run_fleet(inner: std::sync::Weak<Inner>, mut stop: tokio::sync::watch::Receiver<bool>) {
+    // Quick rounds while mounts are being taken, a few at most in a row: a lease held by an
+    // executor outside the fleet stays "free" to look at for good.
+    const QUICK: Duration = Duration::from_millis(250);
+    let mut quick_rounds = 0u32;
     loop {
         let Some(me) = inner.upgrade() else { return };
         let Some(fleet) = me.fleet.clone() else {
@@ -366,25 +370,39 @@ async fn run_fleet(inner: std::sync::Weak<Inner>, mut stop: tokio::sync::watch::
             if *stop.borrow() {
                 return;
             }
-            match fleet
-                .tick(&me.services.meta, &names, me.registry.handing_over())
-                .await
-            {
+            let handing = me.registry.handing_over();
+            match fleet.tick(&me.services.meta, &names, &handing).await {
                 Ok(out) => {
-                    // While mounts are being taken or handed over, look again soon: a look
-                    // that lost a race to another host leaves a place to fill.
-                    if !out.look.is_empty() || out.hand_over.is_some() {
-                        next = every.min(Duration::from_millis(250));
+                    if out.look.is_empty() {
+                        quick_rounds = 0;
+                    } else if quick_rounds < 8 {
+                        // A look that lost a race to another host leaves a place to fill.
+                        quick_rounds += 1;
+                        next = every.min(QUICK);
                     }
                     for m in &out.look {
                         if let Some((_, addr)) = leasable.iter().find(|(n, _)| n == m) {
                             addr.do_send(LookAtLease);
                         }
                     }
-                    if let Some(m) = out.hand_over {
-                        if me.registry.rebalance(&m, &me.config, &me.services).await {
-                            fleet.handed_over(&m);
+                    // The first candidate with no operation running: a hand-over waits for
+                    // running operations, refusing the mount's new calls meanwhile.
+                    for m in &out.hand_over {
+                        let Some((_, addr)) = leasable.iter().find(|(n, _)| n == m) else {
+                            continue;
+                        };
+                        let idle = addr
+                            .send(GetStatus)
+                            .await
+                            .is_ok_and(|st| st.operations == 0);
+                        if !idle {
+                            continue;
                         }
+                        if me.registry.rebalance(m, &me.config, &me.services).await {
+                            fleet.handed_over(m);
+                            next = every.min(QUICK);
+                        }
+                        break;
                     }
                 }
                 Err(e) => log::warn!("fleet: heartbeat or balancing failed ({e}); retrying"),

@@ -308,13 +308,14 @@ impl Registry {
         true
     }
 
-    /// Whether a hand-over (a changed mount's, or the fleet's) is under way.
-    pub fn handing_over(&self) -> bool {
-        !self
-            .handovers
+    /// The mounts being handed over (a changed mount's hand-over, or the fleet's).
+    pub fn handing_over(&self) -> std::collections::HashSet<String> {
+        self.handovers
             .lock()
             .expect("hand-over table lock")
-            .is_empty()
+            .keys()
+            .cloned()
+            .collect()
     }
 
     /// Every known mount and its state.

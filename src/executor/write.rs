@@ -33,14 +33,11 @@ impl S3Executor {
             let mut opts = opts;
             opts.idempotency_key = forwarded_key(opts.idempotency_key);
             let size = body.len() as u64;
-            let reader = std::io::Cursor::new(body);
             return self
-                .forwarded(
-                    "put",
-                    mount,
-                    &owner,
-                    owner.put(mount, path, reader, Some(size), opts),
-                )
+                .forwarded_again("put", mount, &owner, || {
+                    let reader = std::io::Cursor::new(body.clone());
+                    owner.put(mount, path, reader, Some(size), opts.clone())
+                })
                 .await;
         }
         send_put(&addr, fs_path, body, opts).await
@@ -72,18 +69,18 @@ impl S3Executor {
         let (size, mtime_ns) = file_identity(&abs_str).await.map_err(source_err)?;
         if let Some(owner) = self.forward_target(mount).await {
             // Streamed to the owner: its upload resumes only as long as this call runs.
-            let f = tokio::fs::File::open(&abs)
-                .await
-                .map_err(|e| source_err(e.to_string()))?;
             let mut opts = opts;
             opts.idempotency_key = forwarded_key(opts.idempotency_key);
             return self
-                .forwarded(
-                    "put",
-                    mount,
-                    &owner,
-                    owner.put(mount, path, f, Some(size), opts),
-                )
+                .forwarded_again("put", mount, &owner, || {
+                    let (abs, opts, owner) = (abs.clone(), opts.clone(), owner.clone());
+                    async move {
+                        let f = tokio::fs::File::open(&abs)
+                            .await
+                            .map_err(|e| Error::io(abs.display().to_string(), e))?;
+                        owner.put(mount, path, f, Some(size), opts).await
+                    }
+                })
                 .await;
         }
         if size <= spec.multipart_threshold {
@@ -131,6 +128,9 @@ impl S3Executor {
         if let Some(owner) = self.forward_target(mount).await {
             let mut opts = opts;
             opts.idempotency_key = forwarded_key(opts.idempotency_key);
+            // A stream cannot be sent twice: a lost answer is the caller's to settle, with the
+            // key the error names.
+            let key = opts.idempotency_key.clone().unwrap_or_default();
             return self
                 .forwarded(
                     "put",
@@ -138,7 +138,21 @@ impl S3Executor {
                     &owner,
                     owner.put(mount, path, reader, None, opts),
                 )
-                .await;
+                .await
+                .map_err(|e| match e {
+                    Error::Forwarded {
+                        host,
+                        kind,
+                        message,
+                        retryable,
+                    } if kind == "answer_lost" => Error::Forwarded {
+                        host,
+                        kind,
+                        message: format!("{message} (idempotency key {key})"),
+                        retryable,
+                    },
+                    other => other,
+                });
         }
         put_read(&addr, &spec, fs_path, reader, opts).await
     }
@@ -155,12 +169,9 @@ impl S3Executor {
         if let Some(owner) = self.forward_target(mount).await {
             let key = forwarded_key(opts.idempotency_key);
             return self
-                .forwarded(
-                    "delete",
-                    mount,
-                    &owner,
-                    owner.delete(mount, path, key.as_deref()),
-                )
+                .forwarded_again("delete", mount, &owner, || {
+                    owner.delete(mount, path, key.as_deref())
+                })
                 .await;
         }
         addr.send(DeleteObject {
@@ -221,12 +232,9 @@ impl S3Executor {
             opts.idempotency_key = forwarded_key(opts.idempotency_key);
             let paths: Vec<String> = paths.iter().map(|p| p.as_ref().to_owned()).collect();
             return self
-                .forwarded(
-                    "delete_many",
-                    mount,
-                    &owner,
-                    owner.delete_many(mount, &paths, &opts),
-                )
+                .forwarded_again("delete_many", mount, &owner, || {
+                    owner.delete_many(mount, &paths, &opts)
+                })
                 .await;
         }
         let calls = parsed.into_iter().map(|path| {
@@ -295,12 +303,9 @@ impl S3Executor {
             let key = forwarded_key(opts.idempotency_key);
             let verb = if op == OpKind::Move { "move" } else { "copy" };
             return self
-                .forwarded(
-                    verb,
-                    mount,
-                    &owner,
-                    owner.transfer(op, from, to, key, opts.mode),
-                )
+                .forwarded_again(verb, mount, &owner, || {
+                    owner.transfer(op, from, to, key.clone(), opts.mode)
+                })
                 .await;
         }
         addr.send(TransferObject {

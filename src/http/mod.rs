@@ -92,6 +92,17 @@ async fn handle(
     })
 }
 
+/// Connections served at once.
+const MAX_CONNECTIONS: usize = 4096;
+
+/// HTTP/1.1 with a bound on reading a request's head (a client that sends it slowly is cut).
+fn http1() -> hyper::server::conn::http1::Builder {
+    let mut b = hyper::server::conn::http1::Builder::new();
+    b.timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(std::time::Duration::from_secs(30));
+    b
+}
+
 /// How `serve_http` serves: the operations API's token (without one the API is off) and TLS.
 #[derive(Clone, Default)]
 pub struct ServeOptions {
@@ -121,24 +132,36 @@ pub async fn serve_http(
 ) {
     let token: Option<Arc<str>> = options.token.map(Arc::from);
     let tls = options.tls.map(tokio_rustls::TlsAcceptor::from);
+    // Connections at once; a client holding more waits for its turn to be accepted.
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     loop {
+        let Ok(slot) = slots.clone().acquire_owned().await else {
+            return;
+        };
         let accepted = tokio::select! {
             a = listener.accept() => a,
             _ = stop.changed() => return,
         };
-        let Ok((socket, peer)) = accepted else {
-            continue;
+        let (socket, peer) = match accepted {
+            Ok(a) => a,
+            Err(e) => {
+                // Out of file descriptors, say: wait rather than spin.
+                log::warn!("accepting an HTTP connection failed: {e}");
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                continue;
+            }
         };
         let (exec, prometheus, token) = (exec.clone(), prometheus.clone(), token.clone());
         let _ = socket.set_nodelay(true);
         let tls = tls.clone();
         tokio::spawn(async move {
+            let _slot = slot;
             let service = hyper::service::service_fn(move |req| {
                 handle(exec.clone(), prometheus.clone(), token.clone(), req)
             });
             let served = match tls {
                 None => {
-                    hyper::server::conn::http1::Builder::new()
+                    http1()
                         .serve_connection(TokioIo::new(socket), service)
                         .await
                 }
@@ -159,7 +182,7 @@ pub async fn serve_http(
                             return;
                         }
                     };
-                    hyper::server::conn::http1::Builder::new()
+                    http1()
                         .serve_connection(TokioIo::new(stream), service)
                         .await
                 }

@@ -171,7 +171,11 @@ impl MountSupervisor {
                 .into_actor(self)
                 .map(move |res, act, ctx| match res {
                     // (An answer that comes after the lease was given up holds nothing.)
-                    Ok(true) if act.fence.is_some() && !act.retired => act.lease_held_since(asked),
+                    Ok(true) if act.fence.is_some() && !act.retired => {
+                        act.lease_held_since(asked);
+                        // The place in the fleet's share stays this supervisor's.
+                        act.gate_holds(true);
+                    }
                     Ok(true) => {}
                     Ok(false) if act.retired => {
                         act.store.lease_clock().hold_until(None);
