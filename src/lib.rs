@@ -25,9 +25,10 @@ pub use config::{ExecutorConfig, FleetSettings};
 /// The executor's actix face: messages for every operation and change-event subscriptions.
 pub use executor::messages;
 pub use executor::{
-    progress_to_recipient, DeleteManyOptions, DeleteOptions, FeedEvent, FollowOptions, GetOptions,
-    GetResult, Health, ListOptions, Location, MountHealth, MountState, PutMode, PutOptions, Reach,
-    S3Executor, TransferOptions, UploadProgressMsg,
+    progress_to_recipient, CheckOptions, CheckReport, DeleteManyOptions, DeleteOptions, FeedEvent,
+    Finding, FollowOptions, GetOptions, GetResult, Health, ListOptions, Location, MountHealth,
+    MountState, PutMode, PutOptions, Reach, S3Executor, TransferOptions, UploadProgressMsg,
+    CHECK_REPORT_VERSION,
 };
 // What a host needs of the actors crate, and no more: the domain types its results carry, the
 // errors it matches on, and the settings its configuration holds. The executor's own parts

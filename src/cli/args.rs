@@ -88,6 +88,24 @@ pub(crate) enum Cmd {
     },
     /// Show the object and its node.
     Stat { mount: String, path: String },
+    /// Audit a mount without changing anything: its nodes against its bucket, its journal and
+    /// its feed (docs/operations.md). Exit 0 when clean, 1 when drift was found, 2 when the
+    /// check could not run.
+    Check {
+        mount: String,
+        /// Print the report as JSON (docs/operations.md#the-report).
+        #[arg(long)]
+        json: bool,
+        /// Examples shown per kind of finding.
+        #[arg(long, default_value_t = 20)]
+        examples: usize,
+        /// Report pending journal rows unchanged for longer than this.
+        #[arg(long, value_name = "SECS", default_value_t = 300)]
+        pending_older_than: u64,
+        /// Report events not relayed to Redis for longer than this.
+        #[arg(long, value_name = "SECS", default_value_t = 300)]
+        unpublished_older_than: u64,
+    },
     /// List a directory.
     Ls {
         mount: String,

@@ -46,7 +46,11 @@ impl Cmd {
     fn needs(&self) -> Option<Needs> {
         Some(match self {
             Cmd::Migrate | Cmd::Demo(_) | Cmd::Serve { .. } => return None,
-            Cmd::Mount(_) | Cmd::Get { .. } | Cmd::Stat { .. } | Cmd::Ls { .. } => Needs::Reads,
+            Cmd::Mount(_)
+            | Cmd::Get { .. }
+            | Cmd::Stat { .. }
+            | Cmd::Ls { .. }
+            | Cmd::Check { .. } => Needs::Reads,
             Cmd::Put { mount, .. } | Cmd::Rm { mount, .. } => Needs::Leases(vec![mount.clone()]),
             Cmd::Cp(t) | Cmd::Mv(t) => {
                 let (sm, _, dm, _) = t.ends();
@@ -60,11 +64,26 @@ impl Cmd {
     }
 }
 
+/// `check` found drift: exit 1, the report already printed.
+#[derive(Debug)]
+struct DriftFound;
+
+impl std::fmt::Display for DriftFound {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("drift found")
+    }
+}
+
+impl std::error::Error for DriftFound {}
+
 #[actix_rt::main]
 async fn main() -> std::process::ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
-    match run(Cli::parse()).await {
+    let cli = Cli::parse();
+    let checking = matches!(cli.cmd, Cmd::Check { .. });
+    match run(cli).await {
         Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) if e.is::<DriftFound>() => std::process::ExitCode::from(1),
         Err(e) => {
             // The message and the causes it does not already say, on one line; no backtrace
             // for a user's mistake.
@@ -75,7 +94,12 @@ async fn main() -> std::process::ExitCode {
                 }
             }
             eprintln!("Error: {line}");
-            std::process::ExitCode::FAILURE
+            if checking {
+                // The check could not run: not the same as drift found.
+                std::process::ExitCode::from(2)
+            } else {
+                std::process::ExitCode::FAILURE
+            }
         }
     }
 }
@@ -422,6 +446,29 @@ async fn run_one_shot(exec: &S3Executor, cli: &Cli) -> anyhow::Result<()> {
                 serde_json::to_string_pretty(&exec.stat(mount, path).await?)?
             );
         }
+        Cmd::Check {
+            mount,
+            json,
+            examples,
+            pending_older_than,
+            unpublished_older_than,
+        } => {
+            let opts = filestore_s3::CheckOptions {
+                examples: *examples,
+                pending_older_than: Duration::from_secs(*pending_older_than),
+                unpublished_older_than: Duration::from_secs(*unpublished_older_than),
+                ..Default::default()
+            };
+            let report = exec.check(mount, opts).await?;
+            if *json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                print_check(&report);
+            }
+            if !report.clean {
+                return Err(DriftFound.into());
+            }
+        }
         Cmd::Ls {
             mount,
             dir,
@@ -499,6 +546,38 @@ async fn run_one_shot(exec: &S3Executor, cli: &Cli) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// The human summary of a check.
+fn print_check(r: &filestore_s3::CheckReport) {
+    println!(
+        "mount {} (bucket {}, prefix '{}'): {} nodes, {} objects, checked in {:.1} s",
+        r.mount, r.bucket, r.prefix, r.nodes, r.objects, r.seconds
+    );
+    if let Some(l) = &r.lease {
+        println!("lease: {l}");
+    }
+    if let Some(k) = &r.capabilities {
+        println!(
+            "store honours: put If-None-Match {}, put If-Match {}, delete If-Match {}, complete If-None-Match {}, complete If-Match {} (probed {})",
+            k.put_if_none_match,
+            k.put_if_match,
+            k.delete_if_match,
+            k.complete_if_none_match,
+            k.complete_if_match,
+            k.probed_at.format("%Y-%m-%dT%H:%M:%SZ")
+        );
+    }
+    if r.clean {
+        println!("clean: no drift found");
+        return;
+    }
+    for (kind, f) in &r.findings {
+        println!("{kind}: {}", f.count);
+        for e in &f.examples {
+            println!("  {e}");
+        }
+    }
 }
 
 /// Runs every enabled mount until SIGTERM or Ctrl-C, serving /healthz and /metrics; on the

@@ -222,14 +222,15 @@ pub(crate) async fn run_remote(
                 key.settle(&r);
                 println!("{}", serde_json::to_string_pretty(&r?)?);
             }
-            Cmd::Migrate | Cmd::Mount(_) | Cmd::Demo(_) | Cmd::Serve { .. } => {
+            Cmd::Migrate | Cmd::Mount(_) | Cmd::Demo(_) | Cmd::Serve { .. } | Cmd::Check { .. } => {
                 unreachable!("not sent to serve")
             }
         }
         Ok(())
     };
     match &cli.cmd {
-        Cmd::Migrate | Cmd::Mount(_) | Cmd::Demo(_) | Cmd::Serve { .. } => None,
+        // The check reads Postgres and the bucket itself.
+        Cmd::Migrate | Cmd::Mount(_) | Cmd::Demo(_) | Cmd::Serve { .. } | Cmd::Check { .. } => None,
         _ => Some(run.await),
     }
 }

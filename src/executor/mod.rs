@@ -4,6 +4,7 @@
 //! - `registry`: the mount table, supervisors, the directory they find each other through;
 //! - `write` / `read`: the calls that change / read objects; `options`: their options.
 
+mod check;
 mod feed;
 mod forward;
 mod health;
@@ -32,6 +33,7 @@ pub use crate::options::{
     progress_to_recipient, DeleteManyOptions, DeleteOptions, GetOptions, GetResult, ListOptions,
     Location, PutMode, PutOptions, TransferOptions, UploadProgressMsg,
 };
+pub use check::{CheckOptions, CheckReport, Finding, CHECK_REPORT_VERSION};
 pub use feed::{FeedEvent, FollowOptions};
 pub use health::{Health, MountHealth, Reach};
 pub use registry::MountState;

@@ -13,6 +13,7 @@ macro_rules! cached {
 
 mod batch;
 mod bulk;
+mod check;
 mod feed;
 mod fleet;
 mod health;
@@ -36,6 +37,7 @@ use filestore_s3_actors::ports::{BatchResult, MetaError, MetaStore, MetaWrite};
 use filestore_s3_actors::Error;
 
 use crate::liveness::OwnerLock;
+pub use check::{CheckNode, CheckRow};
 pub use fleet::{HostRow, LeaseRow};
 pub use lease::LeaseHolder;
 pub use listen::{listen_mount_changes, Change};

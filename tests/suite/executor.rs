@@ -25,7 +25,7 @@ async fn migrations_apply_once_and_create_every_table() {
     let first = filestore_s3::pg::migrate(&database_url(), &schema)
         .await
         .unwrap();
-    assert_eq!(first, (1..=18).collect::<Vec<_>>());
+    assert_eq!(first, (1..=19).collect::<Vec<_>>());
     let second = filestore_s3::pg::migrate(&database_url(), &schema)
         .await
         .unwrap();

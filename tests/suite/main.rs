@@ -11,6 +11,7 @@
 mod common;
 
 mod adversarial;
+mod check;
 mod conformance;
 mod crash;
 mod credentials;
