@@ -62,6 +62,9 @@ pub struct ExecutorConfig {
     /// owner of a mount (`None`: take every free lease, refuse others' mounts with `NotOwner`).
     /// `FILESTORE_FLEET=true` (the default of `filestore-s3 serve`); see docs/hosts.md.
     pub fleet: Option<FleetSettings>,
+    /// Check every mount this executor owns this often (`FILESTORE_CHECK_INTERVAL_SECS`; off by
+    /// default): findings as gauges, the last summary in `/healthz` (docs/operations.md).
+    pub check_interval: Option<Duration>,
 }
 
 /// How an executor takes part in a fleet (docs/hosts.md).
@@ -146,6 +149,7 @@ impl std::fmt::Debug for ExecutorConfig {
             .field("mount_reload_interval", &self.mount_reload_interval)
             .field("shutdown_deadline", &self.shutdown_deadline)
             .field("fleet", &self.fleet)
+            .field("check_interval", &self.check_interval)
             .finish()
     }
 }
@@ -169,6 +173,7 @@ impl Default for ExecutorConfig {
             mount_reload_interval: Duration::from_secs(30),
             shutdown_deadline: SHUTDOWN_DRAIN_DEADLINE,
             fleet: None,
+            check_interval: None,
         }
     }
 }
@@ -201,6 +206,7 @@ pub const CONFIG_VARIABLES: &[&str] = &[
     "FILESTORE_SERVE_TOKEN",
     "FILESTORE_FORWARD_TIMEOUT_MS",
     "FILESTORE_FORWARD_HOPS",
+    "FILESTORE_CHECK_INTERVAL_SECS",
 ];
 
 /// Where configuration values come from: the environment, then an optional file.
@@ -388,6 +394,9 @@ impl ExecutorConfig {
                 f.max_hops = n;
             }
             c.fleet = Some(f);
+        }
+        if let Some(secs) = vars.parse::<u64>("FILESTORE_CHECK_INTERVAL_SECS")? {
+            c.check_interval = (secs > 0).then(|| Duration::from_secs(secs));
         }
         c.validate()?;
         Ok(c)

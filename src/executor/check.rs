@@ -393,3 +393,106 @@ impl S3Executor {
         on_arbiter(&self.inner.arbiter, work).await?
     }
 }
+
+/// The last scheduled check of a mount, as `/healthz` shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct CheckSummary {
+    /// When it started.
+    pub started_at: chrono::DateTime<chrono::Utc>,
+    /// How long it took.
+    pub seconds: f64,
+    /// Nothing found.
+    pub clean: bool,
+    /// Findings by kind: how many.
+    pub findings: BTreeMap<&'static str, u64>,
+    /// Why the check could not run, when it could not.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// Every kind of finding, for gauges that go back to 0.
+const KINDS: &[&str] = &[
+    "node_without_object",
+    "object_without_node",
+    "object_without_node_marked",
+    "size_mismatch",
+    "etag_mismatch",
+    "storage_class_mismatch",
+    "unmapped_key",
+    "pending_stale",
+    "failed_with_object",
+    "committed_without_event",
+    "event_unpublished",
+];
+
+/// Checks the mounts this executor owns every `every`, keeping each one's last summary for
+/// `/healthz` and its findings as gauges (`filestore_s3_check_findings{mount,kind}`).
+pub(super) async fn run_checks(
+    inner: std::sync::Weak<super::Inner>,
+    every: Duration,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    use filestore_s3_actors::commands::{GetStatus, LeaseStatus};
+    loop {
+        tokio::select! {
+            () = tokio::time::sleep(every) => {}
+            _ = stop.changed() => return,
+        }
+        let Some(me) = inner.upgrade() else { return };
+        let exec = S3Executor {
+            inner: me.clone(),
+            hops: super::forward::NO_FORWARDING,
+        };
+        for (mount, addr) in me.registry.leasable(&me.config) {
+            let owned = addr
+                .send(GetStatus)
+                .await
+                .is_ok_and(|s| matches!(s.lease, LeaseStatus::Owned { .. }));
+            if !owned {
+                continue;
+            }
+            let started_at = chrono::Utc::now();
+            let summary = match exec.check(&mount, CheckOptions::default()).await {
+                Ok(r) => {
+                    for kind in KINDS {
+                        let n = r.findings.get(kind).map_or(0, |f| f.count);
+                        metrics::gauge!("filestore_s3_check_findings", "mount" => mount.clone(), "kind" => *kind)
+                            .set(n as f64);
+                    }
+                    metrics::gauge!("filestore_s3_check_clean", "mount" => mount.clone())
+                        .set(if r.clean { 1.0 } else { 0.0 });
+                    metrics::gauge!("filestore_s3_check_seconds", "mount" => mount.clone())
+                        .set(r.seconds);
+                    if !r.clean {
+                        log::warn!(
+                            "check of mount {mount}: drift found: {}",
+                            r.findings
+                                .iter()
+                                .map(|(k, f)| format!("{k} {}", f.count))
+                                .collect::<Vec<_>>()
+                                .join(", ")
+                        );
+                    }
+                    CheckSummary {
+                        started_at: r.started_at,
+                        seconds: r.seconds,
+                        clean: r.clean,
+                        findings: r.findings.iter().map(|(k, f)| (*k, f.count)).collect(),
+                        error: None,
+                    }
+                }
+                Err(e) => CheckSummary {
+                    started_at,
+                    seconds: 0.0,
+                    clean: false,
+                    findings: BTreeMap::new(),
+                    error: Some(e.to_string()),
+                },
+            };
+            me.checks
+                .lock()
+                .expect("checks lock")
+                .insert(mount, summary);
+        }
+    }
+}

@@ -78,6 +78,9 @@ pub struct MountHealth {
     /// `probed_at`), once the owner's probe ran.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub conditions: Option<filestore_s3_actors::model::StoreConditions>,
+    /// The last scheduled check of the mount (`FILESTORE_CHECK_INTERVAL_SECS`), by its owner.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_check: Option<super::CheckSummary>,
 }
 
 /// An executor's health.
@@ -151,6 +154,13 @@ impl S3Executor {
                     .map_or(0.0, |f| f.oldest_pending_seconds),
                 operations: 0,
                 conditions: None,
+                last_check: self
+                    .inner
+                    .checks
+                    .lock()
+                    .expect("checks lock")
+                    .get(&name)
+                    .cloned(),
             };
             if matches!(state, MountState::Ready) {
                 if let Ok(status) = self.status(&name).await {

@@ -33,7 +33,7 @@ pub use crate::options::{
     progress_to_recipient, DeleteManyOptions, DeleteOptions, GetOptions, GetResult, ListOptions,
     Location, PutMode, PutOptions, TransferOptions, UploadProgressMsg,
 };
-pub use check::{CheckOptions, CheckReport, Finding, CHECK_REPORT_VERSION};
+pub use check::{CheckOptions, CheckReport, CheckSummary, Finding, CHECK_REPORT_VERSION};
 pub use feed::{FeedEvent, FollowOptions};
 pub use health::{Health, MountHealth, Reach};
 pub use registry::MountState;
@@ -54,6 +54,8 @@ struct Inner {
     stop_watch: tokio::sync::watch::Sender<bool>,
     /// The fleet, when this executor balances mounts with other hosts.
     fleet: Option<Arc<crate::fleet::Fleet>>,
+    /// The last scheduled check of each mount (`check_interval`).
+    checks: std::sync::Mutex<HashMap<String, check::CheckSummary>>,
 }
 
 /// Handle to a running executor. `Send + Sync + Clone`; usable from an actix System or plain tokio.
@@ -120,6 +122,7 @@ impl S3Executor {
                 registry,
                 stop_watch,
                 fleet,
+                checks: std::sync::Mutex::default(),
             }),
             hops: 0,
         };
@@ -145,6 +148,13 @@ impl S3Executor {
             exec.inner
                 .arbiter
                 .spawn(run_fleet(Arc::downgrade(&exec.inner), stop_rx.clone()));
+        }
+        if let Some(every) = exec.inner.config.check_interval {
+            exec.inner.arbiter.spawn(check::run_checks(
+                Arc::downgrade(&exec.inner),
+                every,
+                stop_rx.clone(),
+            ));
         }
         if exec.inner.config.watch_mounts {
             let c = &exec.inner.config;

@@ -206,6 +206,51 @@ pub async fn each_kind_of_drift_is_reported_once(backend: Backend) {
     env.cleanup().await;
 }
 
+/// With a check interval, the owner checks its mounts on its own: the last summary in
+/// `/healthz`'s data, drift found in the bucket after a while.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_owner_checks_its_mounts_on_a_schedule() {
+    let env = TestEnv::builder(Backend::S3sFs)
+        .config(|c| c.check_interval = Some(std::time::Duration::from_millis(300)))
+        .build()
+        .await;
+    env.exec
+        .put_bytes("m", "kept.txt", b"kept".to_vec(), PutOptions::default())
+        .await
+        .unwrap();
+    let summary = |h: &filestore_s3::Health| h.mounts["m"].last_check.clone();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    loop {
+        if summary(&env.exec.health_with(false).await).is_some_and(|s| s.clean) {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "no clean check");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    env.s3
+        .put_object()
+        .bucket(&env.bucket)
+        .key(env.key("stray.txt"))
+        .body(b"stray".to_vec().into())
+        .send()
+        .await
+        .unwrap();
+    loop {
+        let s = summary(&env.exec.health_with(false).await);
+        if let Some(s) = s.filter(|s| !s.clean) {
+            assert_eq!(s.findings.get("object_without_node"), Some(&1), "{s:?}");
+            assert_eq!(s.findings.len(), 1, "{s:?}");
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the stray object was not found"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    env.cleanup().await;
+}
+
 per_backend! {
     each_kind_of_drift_is_reported_once => super::each_kind_of_drift_is_reported_once(B);
 }
