@@ -47,6 +47,11 @@ pub(crate) fn settings() -> S3Settings {
     }
 }
 
+/// The SDK client of the bench mount.
+pub(crate) async fn client_of(spec: &Spec) -> Result<Client> {
+    client(spec).await
+}
+
 /// The SDK client the executor would use for the bench mount.
 async fn client(spec: &Spec) -> Result<Client> {
     let factory = S3StoreFactory::new(settings()).await;
@@ -159,6 +164,8 @@ pub fn run_case(spec: &Spec) -> Result<Measured> {
                 exec_delete_many(spec).await
             }
             "sdk-get-file" => sdk_get(spec).await,
+            "raw-list-w8" => crate::scan::raw_list(spec).await,
+            "exec-check-w8" => crate::scan::check(spec).await,
             "exec-get-file" => exec_get(spec).await,
             other => bail!("unknown case {other}"),
         }

@@ -7,6 +7,7 @@
 
 mod cases;
 mod fleet;
+mod scan;
 mod tools;
 
 use std::collections::BTreeMap;
@@ -59,7 +60,7 @@ struct RunArgs {
     /// Tiny sizes (seconds): the smoke run of the test command.
     #[arg(long)]
     smoke: bool,
-    /// Workloads to run (W1,W2,W3,W4,W5,W7,W10); all by default.
+    /// Workloads to run (W1,W2,W3,W4,W5,W7,W8,W10); all by default.
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
     /// Where to write the table as JSON.
@@ -72,6 +73,9 @@ struct RunArgs {
     /// W2 object count (default 5000; smoke 200).
     #[arg(long)]
     small_count: Option<usize>,
+    /// W8: objects and nodes of the checked mount (default 100000; smoke 2000).
+    #[arg(long)]
+    check_objects: Option<usize>,
     /// Milliseconds the S3 server waits before handling each request (0: none), as a store
     /// across a network would: what the ratios become when the store, not this machine's two
     /// cores, is the bottleneck. Every client (raw loops, executor, tools) sees the same delay.
@@ -624,6 +628,13 @@ fn run(args: RunArgs) -> Result<()> {
         eprintln!("generating {} MiB of data", size / MIB);
         pseudo_random_file(&base.file, size)?;
     }
+    let check_objects = args
+        .check_objects
+        .unwrap_or(if args.smoke { 2000 } else { 100_000 });
+    if wants("W8") {
+        eprintln!("generating {check_objects} objects and nodes for W8");
+        rt.block_on(scan::prepare(&base, &work.join("store"), check_objects))?;
+    }
     if wants("W2") || wants("W5") {
         for i in 0..small_count {
             pseudo_random_file(&base.small_dir.join(format!("f{i:05}")), 16 * 1024)?;
@@ -751,6 +762,23 @@ fn run(args: RunArgs) -> Result<()> {
             }
         }
 
+        if wants("W8") {
+            let w = "W8";
+            b.case(w, b.spec("raw-list-w8"), "keys/s");
+            let checked = b.case(w, b.spec("exec-check-w8"), "keys/s");
+            b.compare(w, "exec-check-w8", "raw-list-w8");
+            if let Some((_, rss)) = checked {
+                if let Some(r) = b
+                    .rows
+                    .iter_mut()
+                    .find(|r| r.workload == w && r.case == "exec-check-w8")
+                {
+                    r.note = format!(
+                        "{check_objects} objects and nodes; peak RSS {rss:.0} MiB (bound 64)"
+                    );
+                }
+            }
+        }
         if wants("W10") {
             w10(&mut b, &rt, args.smoke);
         }

@@ -105,6 +105,10 @@ pub(crate) enum Cmd {
         /// Report events not relayed to Redis for longer than this.
         #[arg(long, value_name = "SECS", default_value_t = 300)]
         unpublished_older_than: u64,
+        /// HEAD each object whose listing entry has no ETag, to compare it (stores such as
+        /// s3s-fs list none; without this they are compared by size only).
+        #[arg(long)]
+        head_etags: bool,
     },
     /// List a directory.
     Ls {

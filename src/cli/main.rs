@@ -452,8 +452,10 @@ async fn run_one_shot(exec: &S3Executor, cli: &Cli) -> anyhow::Result<()> {
             examples,
             pending_older_than,
             unpublished_older_than,
+            head_etags,
         } => {
             let opts = filestore_s3::CheckOptions {
+                head_unlisted_etags: *head_etags,
                 examples: *examples,
                 pending_older_than: Duration::from_secs(*pending_older_than),
                 unpublished_older_than: Duration::from_secs(*unpublished_older_than),
@@ -554,6 +556,12 @@ fn print_check(r: &filestore_s3::CheckReport) {
         "mount {} (bucket {}, prefix '{}'): {} nodes, {} objects, checked in {:.1} s",
         r.mount, r.bucket, r.prefix, r.nodes, r.objects, r.seconds
     );
+    if r.etags_unlisted > 0 {
+        println!(
+            "{} objects listed without an ETag: compared by size only (--head-etags to HEAD them)",
+            r.etags_unlisted
+        );
+    }
     if let Some(l) = &r.lease {
         println!("lease: {l}");
     }
