@@ -211,6 +211,25 @@ impl ServeClient {
         }
     }
 
+    /// HTTP/1.1 over `io`, its connection driven in the background.
+    async fn handshake<I>(
+        &self,
+        io: I,
+    ) -> Result<hyper::client::conn::http1::SendRequest<Body>, Error>
+    where
+        I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
+        let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(io))
+            .await
+            .map_err(|e| self.undelivered(e, false))?;
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                log::debug!("operations API connection ended: {e}");
+            }
+        });
+        Ok(sender)
+    }
+
     /// Sends one request; the answer's head, or the error of a call not delivered or answered.
     async fn send(
         &self,
@@ -229,17 +248,7 @@ impl ServeClient {
         .map_err(|e| self.undelivered(e, false))?;
         let _ = stream.set_nodelay(true);
         let mut sender = match &self.tls {
-            None => {
-                let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-                    .await
-                    .map_err(|e| self.undelivered(e, false))?;
-                tokio::spawn(async move {
-                    if let Err(e) = conn.await {
-                        log::debug!("operations API connection ended: {e}");
-                    }
-                });
-                sender
-            }
+            None => self.handshake(stream).await?,
             Some((config, name)) => {
                 let tls = tokio::time::timeout(
                     Duration::from_secs(10).min(self.timeout),
@@ -248,15 +257,7 @@ impl ServeClient {
                 .await
                 .map_err(|_| self.undelivered("the TLS handshake timed out", false))?
                 .map_err(|e| self.undelivered(format!("TLS: {e}"), false))?;
-                let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
-                    .await
-                    .map_err(|e| self.undelivered(e, false))?;
-                tokio::spawn(async move {
-                    if let Err(e) = conn.await {
-                        log::debug!("operations API connection ended: {e}");
-                    }
-                });
-                sender
+                self.handshake(tls).await?
             }
         };
         let mut req = Request::builder()

@@ -353,33 +353,7 @@ async fn run_one_shot(exec: &S3Executor, cli: &Cli) -> anyhow::Result<()> {
             ];
             call.extend(meta_s.iter().map(String::as_str));
             let key = call_key(idempotency_key, &call);
-            let bar = (!progress_json).then(|| {
-                let bar = ProgressBar::new(size);
-                bar.set_style(
-                    ProgressStyle::with_template(
-                        "{bar:40} {bytes}/{total_bytes} {bytes_per_sec} eta {eta} {msg}",
-                    )
-                    .expect("valid template"),
-                );
-                bar
-            });
-            let shown = bar.clone();
-            let sink: ProgressSink = Arc::new(move |p| match &shown {
-                Some(bar) => {
-                    bar.set_position(p.bytes_done);
-                    bar.set_message(format!(
-                        "part {}/{}",
-                        p.parts_done,
-                        p.parts_total.unwrap_or(0)
-                    ));
-                }
-                None => {
-                    // Not println!: a closed stdout (`| head`) must not panic the executor's thread.
-                    use std::io::Write as _;
-                    let line = serde_json::to_string(p).expect("progress serialises");
-                    let _ = writeln!(std::io::stdout(), "{line}");
-                }
-            });
+            let (bar, sink) = put_progress(size, progress_json);
             let r = exec
                 .put_file(
                     mount,
@@ -398,15 +372,7 @@ async fn run_one_shot(exec: &S3Executor, cli: &Cli) -> anyhow::Result<()> {
             if let Some(bar) = bar {
                 bar.finish_and_clear();
             }
-            let r = r?;
-            if progress_json {
-                println!(
-                    "{}",
-                    serde_json::to_string(&serde_json::json!({ "result": r }))?
-                );
-            } else {
-                println!("{}", serde_json::to_string_pretty(&r)?);
-            }
+            print_put(&r?, progress_json)?;
         }
         Cmd::Get {
             mount,
@@ -489,15 +455,7 @@ async fn run_one_shot(exec: &S3Executor, cli: &Cli) -> anyhow::Result<()> {
                         },
                     )
                     .await?;
-                for d in &page.directories {
-                    println!("{d}/");
-                }
-                for e in &page.entries {
-                    println!("{}\t{}\t{}", e.size, e.etag, e.path);
-                }
-                for u in &page.unmapped {
-                    eprintln!("unmapped key {:?}: {}", u.key, u.reason);
-                }
+                print_page(&page);
                 token = page.next_token;
                 if token.is_none() {
                     break;
@@ -548,6 +506,63 @@ async fn run_one_shot(exec: &S3Executor, cli: &Cli) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// A put's progress: a bar on the terminal (with the parts of a multipart upload), or JSON lines
+/// on standard output with `--progress-json`.
+pub(crate) fn put_progress(size: u64, json: bool) -> (Option<ProgressBar>, ProgressSink) {
+    let bar = (!json).then(|| {
+        let bar = ProgressBar::new(size);
+        bar.set_style(
+            ProgressStyle::with_template(
+                "{bar:40} {bytes}/{total_bytes} {bytes_per_sec} eta {eta} {msg}",
+            )
+            .expect("valid template"),
+        );
+        bar
+    });
+    let shown = bar.clone();
+    let sink: ProgressSink = Arc::new(move |p| match &shown {
+        Some(bar) => {
+            bar.set_position(p.bytes_done);
+            if let Some(total) = p.parts_total {
+                bar.set_message(format!("part {}/{total}", p.parts_done));
+            }
+        }
+        None => {
+            // Not println!: a closed stdout (`| head`) must not panic the executor's thread.
+            use std::io::Write as _;
+            let line = serde_json::to_string(p).expect("progress serialises");
+            let _ = writeln!(std::io::stdout(), "{line}");
+        }
+    });
+    (bar, sink)
+}
+
+/// A put's outcome: pretty JSON, or one `{"result": ...}` line after the progress lines.
+pub(crate) fn print_put(r: &filestore_s3::OpResult, json: bool) -> anyhow::Result<()> {
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string(&serde_json::json!({ "result": r }))?
+        );
+    } else {
+        println!("{}", serde_json::to_string_pretty(r)?);
+    }
+    Ok(())
+}
+
+/// One page of `ls`: directories, entries, and the keys that map to no path (on stderr).
+pub(crate) fn print_page(page: &filestore_s3::ListPage) {
+    for d in &page.directories {
+        println!("{d}/");
+    }
+    for e in &page.entries {
+        println!("{}\t{}\t{}", e.size, e.etag, e.path);
+    }
+    for u in &page.unmapped {
+        eprintln!("unmapped key {:?}: {}", u.key, u.reason);
+    }
 }
 
 /// The human summary of a check.

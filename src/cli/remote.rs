@@ -67,26 +67,7 @@ pub(crate) async fn run_remote(
                 ];
                 call.extend(meta_s.iter().map(String::as_str));
                 let key = call_key(idempotency_key, &call);
-                let progress_json = *progress_json;
-                let bar = (!progress_json).then(|| {
-                    let bar = ProgressBar::new(size);
-                    bar.set_style(
-                        ProgressStyle::with_template(
-                            "{bar:40} {bytes}/{total_bytes} {bytes_per_sec} eta {eta} (sent to serve)",
-                        )
-                        .expect("valid template"),
-                    );
-                    bar
-                });
-                let shown = bar.clone();
-                let sink: ProgressSink = Arc::new(move |p| match &shown {
-                    Some(bar) => bar.set_position(p.bytes_done),
-                    None => {
-                        use std::io::Write as _;
-                        let line = serde_json::to_string(p).expect("progress serialises");
-                        let _ = writeln!(std::io::stdout(), "{line}");
-                    }
-                });
+                let (bar, sink) = put_progress(size, *progress_json);
                 let r = client
                     .put(
                         mount,
@@ -106,15 +87,7 @@ pub(crate) async fn run_remote(
                 if let Some(bar) = bar {
                     bar.finish_and_clear();
                 }
-                let r = r?;
-                if progress_json {
-                    println!(
-                        "{}",
-                        serde_json::to_string(&serde_json::json!({ "result": r }))?
-                    );
-                } else {
-                    println!("{}", serde_json::to_string_pretty(&r)?);
-                }
+                print_put(&r?, *progress_json)?;
             }
             Cmd::Get {
                 mount,
@@ -175,15 +148,7 @@ pub(crate) async fn run_remote(
                             },
                         )
                         .await?;
-                    for d in &page.directories {
-                        println!("{d}/");
-                    }
-                    for e in &page.entries {
-                        println!("{}\t{}\t{}", e.size, e.etag, e.path);
-                    }
-                    for u in &page.unmapped {
-                        eprintln!("unmapped key {:?}: {}", u.key, u.reason);
-                    }
+                    print_page(&page);
                     token = page.next_token;
                     if token.is_none() {
                         break;

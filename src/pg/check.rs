@@ -110,23 +110,20 @@ impl PgMetaStore {
         mount: &str,
         limit: i64,
     ) -> Result<(u64, Vec<CheckRow>), MetaError> {
+        // Rows younger than the oldest event kept (none kept after a prune: none to look at).
+        const WHERE: &str = "FROM journal j
+             WHERE j.mount = $1 AND j.state = 'committed' AND $2::bigint >= 0
+               AND j.updated_at >= coalesce(
+                   (SELECT min(created_at) FROM outbox WHERE mount = $1),
+                   CASE WHEN EXISTS (SELECT 1 FROM outbox_horizon WHERE mount = $1)
+                        THEN 'infinity'::timestamptz ELSE '-infinity'::timestamptz END)
+               AND NOT EXISTS (SELECT 1 FROM outbox o WHERE o.journal_id = j.id AND o.mount = $1)";
         self.rows_and_count(
-            "SELECT j.id, j.op, j.path, extract(epoch FROM now() - j.updated_at)::float8
-             FROM journal j
-             WHERE j.mount = $1 AND j.state = 'committed' AND $2::bigint >= 0
-               AND j.updated_at >= coalesce(
-                   (SELECT min(created_at) FROM outbox WHERE mount = $1),
-                   CASE WHEN EXISTS (SELECT 1 FROM outbox_horizon WHERE mount = $1)
-                        THEN 'infinity'::timestamptz ELSE '-infinity'::timestamptz END)
-               AND NOT EXISTS (SELECT 1 FROM outbox o WHERE o.journal_id = j.id AND o.mount = $1)
-             ORDER BY j.id LIMIT $3",
-            "SELECT count(*) FROM journal j
-             WHERE j.mount = $1 AND j.state = 'committed' AND $2::bigint >= 0
-               AND j.updated_at >= coalesce(
-                   (SELECT min(created_at) FROM outbox WHERE mount = $1),
-                   CASE WHEN EXISTS (SELECT 1 FROM outbox_horizon WHERE mount = $1)
-                        THEN 'infinity'::timestamptz ELSE '-infinity'::timestamptz END)
-               AND NOT EXISTS (SELECT 1 FROM outbox o WHERE o.journal_id = j.id AND o.mount = $1)",
+            &format!(
+                "SELECT j.id, j.op, j.path, extract(epoch FROM now() - j.updated_at)::float8
+                 {WHERE} ORDER BY j.id LIMIT $3"
+            ),
+            &format!("SELECT count(*) {WHERE}"),
             mount,
             Duration::ZERO,
             limit,
