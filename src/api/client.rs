@@ -391,12 +391,17 @@ impl ServeClient {
             .boxed_unsync()
     }
 
-    fn object_url(mount: &str, path: &str) -> String {
+    /// `/v1/mounts/{mount}/{what}/{path}`, both encoded.
+    fn mount_url(mount: &str, what: &str, path: &str) -> String {
         format!(
-            "/v1/mounts/{}/objects/{}",
+            "/v1/mounts/{}/{what}/{}",
             wire::encode_component(mount),
             wire::encode_path(path)
         )
+    }
+
+    fn object_url(mount: &str, path: &str) -> String {
+        Self::mount_url(mount, "objects", path)
     }
 
     /// Puts the bytes `reader` yields at `path` (streamed; `size` when known). Progress, when
@@ -567,11 +572,7 @@ impl ServeClient {
     pub async fn stat(&self, mount: &str, path: &str) -> Result<Stat, Error> {
         self.call(
             Method::GET,
-            &format!(
-                "/v1/mounts/{}/stat/{}",
-                wire::encode_component(mount),
-                wire::encode_path(path)
-            ),
+            &Self::mount_url(mount, "stat", path),
             vec![],
             Self::empty(),
         )
@@ -594,11 +595,7 @@ impl ServeClient {
         }
         self.call(
             Method::GET,
-            &format!(
-                "/v1/mounts/{}/list/{}{q}",
-                wire::encode_component(mount),
-                wire::encode_path(dir)
-            ),
+            &format!("{}{q}", Self::mount_url(mount, "list", dir)),
             vec![],
             Self::empty(),
         )
